@@ -1,0 +1,2 @@
+//! The reference cloud: ingest, storage, API and dashboard.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The sensorhub: samples this machine's sensors, buffers every reading durably and sends it on.
+#![forbid(unsafe_code)]

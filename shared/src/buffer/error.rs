@@ -1,0 +1,13 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("buffer is full ({bytes} of {quota} bytes used, {needed} more needed); the records stay with the sender")]
+    Full { bytes: u64, quota: u64, needed: u64 },
+    #[error("buffer storage failed: {0}; check free disk space and permissions of the data directory")]
+    Storage(#[from] sled::Error),
+    #[error("buffer at {path} is unreadable ({reason}); it was moved to {moved_to} and a fresh one started")]
+    Recovered { path: PathBuf, moved_to: PathBuf, reason: String },
+    #[error("cannot prepare buffer directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}

@@ -1,0 +1,20 @@
+//! What two Outpost roles both need. [`model`] is the reading and batch model and the JSON shapes
+//! of the one HTTP API; [`buffer`] is the durable, quota-bounded store every hop keeps readings in
+//! until the next hop has acknowledged them; [`config`] loads TOML files and turns every mistake
+//! into an error naming file, line and key; [`backoff`] is the single retry policy; [`wire`] packs
+//! request bodies (gzip, with a hard size cap on the way in); [`tls`] builds the rustls client and
+//! server configurations, including the self-signed authority a fresh cloud makes for itself.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod buffer;
+pub mod config;
+pub mod model;
+pub mod tls;
+pub mod wire;
+
+/// Installs the process-wide rustls crypto provider (ring). Every role calls this before it builds
+/// a TLS configuration; calling it twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,280 @@
+//! The reading and batch model, and the JSON shapes of the HTTP API. These types are the wire
+//! format: renaming a field is a breaking change for every deployed hub.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The health a sensor reports for one reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Ok,
+    Warn,
+    Error,
+    #[default]
+    Unknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ok => "ok",
+            State::Warn => "warn",
+            State::Error => "error",
+            State::Unknown => "unknown",
+        }
+    }
+
+    /// Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, anything else UNKNOWN.
+    pub fn from_nagios_exit(code: i32) -> State {
+        match code {
+            0 => State::Ok,
+            1 => State::Warn,
+            2 => State::Error,
+            _ => State::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reading's value: a number, a flag or a short text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Number(f64),
+    Text(String),
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Number(n) => Some(*n),
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            Value::Text(_) => None,
+        }
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Number(v)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+
+/// What a sensor produces: a reading before the buffer gives it its place (`seq`) in the
+/// machine's sequence. This is also the form readings are stored in inside a buffer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Sensor key, dotted: `cpu.total`, `disk./var.used_pct`, `http.intranet.status`.
+    pub sensor: String,
+    /// When the value was taken. Replayed readings keep this original time.
+    pub ts: DateTime<Utc>,
+    pub value: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Sample {
+    pub fn new(sensor: impl Into<String>, value: impl Into<Value>, state: State) -> Self {
+        Sample {
+            sensor: sensor.into(),
+            ts: Utc::now(),
+            value: value.into(),
+            unit: None,
+            state,
+            message: None,
+        }
+    }
+
+    pub fn unit(mut self, unit: &str) -> Self {
+        self.unit = Some(unit.to_string());
+        self
+    }
+
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    pub fn at(mut self, ts: DateTime<Utc>) -> Self {
+        self.ts = ts;
+        self
+    }
+}
+
+/// One reading as it travels: `(machine_id, seq)` identifies it everywhere, so every hop can
+/// resend it safely and the cloud stores it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub machine_id: String,
+    /// Rises strictly per machine and survives restarts.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub sample: Sample,
+}
+
+/// The role a machine plays; reported with every batch so the cloud can list it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Sensorhub,
+    Connector,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Sensorhub => "sensorhub",
+            Role::Connector => "connector",
+        })
+    }
+}
+
+/// What a hub sends in one upload: its identity, how it is connected, how much it still holds,
+/// and the readings. `POST /v1/batches`, gzip-compressed JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub machine_id: String,
+    pub hostname: String,
+    #[serde(default)]
+    pub role: Role,
+    /// `direct`, `connector:<id>` (the cloud never sees `offline` from the hub itself: it derives
+    /// it from silence).
+    pub uplink: String,
+    /// Readings still in the hub's buffer besides these.
+    pub buffered: u64,
+    /// Readings the hub had to drop because its buffer quota was full, counted since install.
+    /// Loss is never silent: this count is shown next to the machine.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Agent version, for the dashboard.
+    #[serde(default)]
+    pub version: String,
+    pub readings: Vec<Reading>,
+}
+
+/// The cloud's answer to an accepted batch. Sent only after the readings are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAck {
+    /// Readings stored for the first time.
+    pub stored: u64,
+    /// Readings the cloud already had (a resend after a lost acknowledgement).
+    pub duplicates: u64,
+}
+
+/// `GET /v1/machines` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub id: String,
+    pub hostname: String,
+    pub role: Role,
+    /// `direct`, `connector:<id>` or `offline`.
+    pub uplink: String,
+    pub last_seen: DateTime<Utc>,
+    pub buffered: u64,
+    #[serde(default)]
+    pub dropped: u64,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// `GET /v1/machines/{id}/sensors` row: the latest reading of one sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorLatest {
+    pub sensor: String,
+    pub state: State,
+    pub value: Value,
+    #[serde(default)]
+    pub unit: Option<String>,
+    pub ts: DateTime<Utc>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `GET /v1/machines/{id}/readings` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingPoint {
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    pub value: Value,
+    pub state: State,
+}
+
+/// `GET /v1/machines/{id}/readings?resolution=hourly` row: what is left of raw readings after
+/// their retention, one row per sensor and hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HourlyPoint {
+    pub ts: DateTime<Utc>,
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+/// Error body of every API error: what went wrong, in words that say what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_json_is_flat_and_round_trips() {
+        let r = Reading {
+            machine_id: "m1".into(),
+            seq: 7,
+            sample: Sample::new("cpu.total", 12.5, State::Ok).unit("%"),
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["machine_id"], "m1");
+        assert_eq!(json["seq"], 7);
+        assert_eq!(json["sensor"], "cpu.total");
+        assert_eq!(json["value"], 12.5);
+        assert_eq!(json["state"], "ok");
+        let back: Reading = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn values_keep_their_kind() {
+        for v in [Value::Bool(true), Value::Number(3.0), Value::Text("up".into())] {
+            let s = serde_json::to_string(&v).unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&s).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn nagios_exit_codes_map_to_states() {
+        assert_eq!(State::from_nagios_exit(0), State::Ok);
+        assert_eq!(State::from_nagios_exit(1), State::Warn);
+        assert_eq!(State::from_nagios_exit(2), State::Error);
+        assert_eq!(State::from_nagios_exit(3), State::Unknown);
+        assert_eq!(State::from_nagios_exit(127), State::Unknown);
+    }
+}
