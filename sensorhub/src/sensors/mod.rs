@@ -1,0 +1,308 @@
+//! Sensors: what a hub measures on its machine and around it.
+//!
+//! Each `[[sensor]]` table ([`SensorConfig`]) becomes one sensor with its own interval and
+//! thresholds; [`SensorSet::build`] makes them all, [`SensorSet::spawn`] runs one task per sensor
+//! and sends every batch of [`Sample`]s to the writer's channel. Machine-wide sensors (cpu,
+//! memory, disk, load, process) share one sysinfo handle and refresh only what they read; rate
+//! sensors (diskio, network) read `/proc` directly on Linux; checks of things elsewhere (tcp,
+//! http, command, service) are async with a timeout. Sampling never fails: a sensor that cannot
+//! read its value reports `unknown` or `error` with a message saying why.
+
+mod command;
+mod config;
+mod counters;
+mod error;
+mod file;
+mod http;
+pub mod perfdata;
+mod probe;
+mod process;
+mod service;
+mod system;
+mod tcp;
+mod threshold;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    default_sensors, validate_sensors, CommandLine, Metric, Secret, SensorConfig, SensorKind, DEFAULT_TIMEOUT,
+};
+pub use error::SensorError;
+pub use threshold::{Thresholds, Unit};
+
+use outpost_shared::model::Sample;
+use probe::{Probe, SharedProbe};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A sensor whose sampling blocks (file system, `/proc`, sysinfo): it runs on tokio's blocking
+/// pool, never on a runtime worker.
+pub(crate) trait BlockingSensor: Send + 'static {
+    /// Takes a first reading of counters that only mean something as a difference (CPU times,
+    /// bytes transferred) and says how long to wait before the first sample has a rate.
+    fn prime(&mut self) -> Option<Duration> {
+        None
+    }
+
+    fn sample(&mut self, out: &mut Vec<Sample>);
+}
+
+enum Work {
+    Blocking(Arc<Mutex<dyn BlockingSensor>>),
+    Service(service::Service),
+    Tcp(tcp::Tcp),
+    Http(Box<http::Http>),
+    Command(command::Command),
+}
+
+/// One built sensor, ready to run.
+struct Sensor {
+    id: String,
+    interval: Duration,
+    work: Work,
+}
+
+impl Sensor {
+    async fn prime(&mut self) -> Option<Duration> {
+        match &self.work {
+            Work::Blocking(b) => {
+                let b = b.clone();
+                tokio::task::spawn_blocking(move || b.lock().unwrap_or_else(PoisonError::into_inner).prime())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
+
+    async fn sample(&mut self) -> Vec<Sample> {
+        let mut out = Vec::new();
+        match &mut self.work {
+            Work::Blocking(b) => {
+                let b = b.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    b.lock().unwrap_or_else(PoisonError::into_inner).sample(&mut out);
+                    out
+                })
+                .await;
+                match done {
+                    Ok(samples) => out = samples,
+                    Err(e) => {
+                        tracing::error!(sensor = %self.id, error = %e, "sensor panicked; it will try again")
+                    }
+                }
+            }
+            Work::Service(s) => s.sample(&mut out).await,
+            Work::Tcp(t) => t.sample(&mut out).await,
+            Work::Http(h) => h.sample(&mut out).await,
+            Work::Command(c) => c.sample(&mut out).await,
+        }
+        out
+    }
+}
+
+/// Every sensor of a hub, built and not yet running.
+pub struct SensorSet {
+    sensors: Vec<Sensor>,
+}
+
+impl SensorSet {
+    /// Validates `configs` and builds every sensor: HTTP clients and their trust roots are made
+    /// here, once, so a bad CA file stops the hub at start instead of failing every check.
+    pub fn build(configs: &[SensorConfig]) -> Result<SensorSet, SensorError> {
+        let mut problems = Vec::new();
+        validate_sensors(configs, &mut problems);
+        if !problems.is_empty() {
+            return Err(SensorError::Invalid(problems));
+        }
+        let probe: SharedProbe = Probe::shared();
+        // One client per trust store: a client holds the parsed roots, and checks against the
+        // same CA can share them.
+        let mut clients: HashMap<Option<PathBuf>, reqwest::Client> = HashMap::new();
+        let mut sensors = Vec::with_capacity(configs.len());
+        for cfg in configs {
+            let id = cfg.id();
+            let blocking = |b: Arc<Mutex<dyn BlockingSensor>>| Work::Blocking(b);
+            let work = match cfg.kind {
+                SensorKind::Cpu => blocking(Arc::new(Mutex::new(system::Cpu::new(cfg, probe.clone())))),
+                SensorKind::Memory => blocking(Arc::new(Mutex::new(system::Memory::new(cfg, probe.clone())))),
+                SensorKind::Disk => blocking(Arc::new(Mutex::new(system::Disk::new(cfg, probe.clone())))),
+                SensorKind::Diskio => {
+                    blocking(Arc::new(Mutex::new(counters::DiskIo::new(cfg, probe.clone()))))
+                }
+                SensorKind::Network => {
+                    blocking(Arc::new(Mutex::new(counters::Network::new(cfg, probe.clone()))))
+                }
+                SensorKind::Load => blocking(Arc::new(Mutex::new(system::Load::new(cfg)))),
+                SensorKind::Process => {
+                    blocking(Arc::new(Mutex::new(process::Process::new(cfg, probe.clone()))))
+                }
+                SensorKind::File => blocking(Arc::new(Mutex::new(file::File::new(cfg)))),
+                SensorKind::Service => Work::Service(service::Service::new(cfg)),
+                SensorKind::Tcp => Work::Tcp(tcp::Tcp::new(cfg)),
+                SensorKind::Command => Work::Command(command::Command::new(cfg)),
+                SensorKind::Http => {
+                    let url = reqwest::Url::parse(cfg.url.as_deref().unwrap_or_default()).map_err(|e| {
+                        SensorError::Invalid(vec![outpost_shared::config::Problem::new(
+                            format!("sensor `{id}`.url"),
+                            e.to_string(),
+                        )])
+                    })?;
+                    let client = match clients.get(&cfg.ca_file) {
+                        Some(c) => c.clone(),
+                        None => {
+                            let https = configs.iter().any(|c| {
+                                c.kind == SensorKind::Http
+                                    && c.ca_file == cfg.ca_file
+                                    && c.url.as_deref().is_some_and(|u| u.starts_with("https:"))
+                            });
+                            let c = http::client(cfg.ca_file.as_deref(), https).map_err(|e| match e {
+                                http::ClientError::Tls(source) => SensorError::Tls { id: id.clone(), source },
+                                http::ClientError::Build(source) => {
+                                    SensorError::HttpClient { id: id.clone(), source }
+                                }
+                            })?;
+                            clients.insert(cfg.ca_file.clone(), c.clone());
+                            c
+                        }
+                    };
+                    Work::Http(Box::new(http::Http::new(cfg, client, url)))
+                }
+            };
+            sensors.push(Sensor { id, interval: cfg.interval(), work });
+        }
+        Ok(SensorSet { sensors })
+    }
+
+    /// Sensor names, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.sensors.iter().map(|s| s.id.clone()).collect()
+    }
+
+    /// Samples every sensor once, in order, and returns all samples: for `config check`-style
+    /// dry runs and tests. Rate sensors take their baseline first, so this takes about a second.
+    pub async fn sample_all(&mut self) -> Vec<Sample> {
+        let mut wait = Duration::ZERO;
+        for s in &mut self.sensors {
+            if let Some(w) = s.prime().await {
+                wait = wait.max(w);
+            }
+        }
+        tokio::time::sleep(wait).await;
+        let mut out = Vec::new();
+        for s in &mut self.sensors {
+            out.extend(s.sample().await);
+        }
+        out
+    }
+
+    /// Spawns one task per sensor on its interval (first sample at once); every sample batch
+    /// goes to `out`. A full `out` means the writer is behind: the sensor waits (back-pressure)
+    /// and skips the ticks it missed, it never drops a batch it has taken. All tasks end when
+    /// `shutdown` is cancelled or `out` is closed; [`SensorHandle::stopped`] waits for that.
+    pub fn spawn(self, out: mpsc::Sender<Vec<Sample>>, shutdown: CancellationToken) -> SensorHandle {
+        let tracker = TaskTracker::new();
+        let mut triggers = Vec::with_capacity(self.sensors.len());
+        for sensor in self.sensors {
+            let trigger = Arc::new(Notify::new());
+            triggers.push((sensor.id.clone(), trigger.clone()));
+            tracker.spawn(run(sensor, trigger, out.clone(), shutdown.clone()));
+        }
+        tracker.close();
+        SensorHandle { inner: Arc::new(HandleInner { triggers, tracker }) }
+    }
+}
+
+async fn run(
+    mut sensor: Sensor,
+    trigger: Arc<Notify>,
+    out: mpsc::Sender<Vec<Sample>>,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return,
+        wait = sensor.prime() => {
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    let mut ticker = tokio::time::interval(sensor.interval);
+    // After a slow check or a stalled writer, carry on from now instead of catching up with a
+    // burst of back-to-back samples.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+            _ = trigger.notified() => {}
+        }
+        let samples = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            s = sensor.sample() => s,
+        };
+        if samples.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            sent = out.send(samples) => {
+                if sent.is_err() {
+                    tracing::debug!(sensor = %sensor.id, "sample channel closed; sensor stops");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Controls running sensors: sample one now, list them, wait for them to stop.
+#[derive(Clone)]
+pub struct SensorHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    /// In config order; a hub has tens of sensors, so a list beats a map.
+    triggers: Vec<(String, Arc<Notify>)>,
+    tracker: TaskTracker,
+}
+
+impl SensorHandle {
+    /// Samples the named sensor now (for the `sample-now` command); false if no such sensor.
+    /// A sensor busy sampling samples again right after.
+    pub fn trigger(&self, name: &str) -> bool {
+        match self.inner.triggers.iter().find(|(n, _)| n == name) {
+            Some((_, t)) => {
+                t.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sensor names, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.inner.triggers.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Waits until every sensor task has ended (after shutdown, or once `out` closed).
+    pub async fn stopped(&self) {
+        self.inner.tracker.wait().await;
+    }
+}
