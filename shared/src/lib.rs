@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod buffer;
 pub mod config;
+pub mod keys;
 pub mod model;
 pub mod tls;
 pub mod wire;

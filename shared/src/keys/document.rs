@@ -1,0 +1,280 @@
+//! Signed documents: [`Signed<T>`] and the documents that travel in it.
+//!
+//! A document is serialized to JSON once, by its signer, and those bytes are what is signed and
+//! what travels (base64 inside the envelope). Relays never re-serialize the payload, so key order,
+//! whitespace or number formatting cannot differ between what was signed and what is checked,
+//! and a connector cannot alter a command or a result without the signature failing.
+//!
+//! The signature (RSA-PSS, SHA-256) covers `outpost-signed-v1\n<kind>\n<payload bytes>`, so a
+//! payload signed as one kind (a receipt) never verifies as another (a command).
+//!
+//! JSON form of the envelope:
+//! `{"kind":"command","signer":"<machine id>","payload":"<base64>","signature":"<base64>"}`
+
+use super::error::{CommandRefused, DocumentError, KeyError};
+use super::machine::{KeyPair, MachineId, PublicKey};
+use super::pinning::CertFingerprint;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+use std::time::Duration;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A document type that can be signed; `KIND` names it inside the signature.
+pub trait SignedKind: Serialize + DeserializeOwned {
+    const KIND: &'static str;
+}
+
+/// A payload signed by one machine key, carrying the exact bytes that were signed.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Signed<T> {
+    /// `T::KIND`, in clear so a misrouted document is named in errors; the signature covers it.
+    pub kind: String,
+    /// Fingerprint of the key that signed.
+    pub signer: MachineId,
+    /// The JSON bytes of the document, standard base64.
+    pub payload: String,
+    /// RSA-PSS signature, standard base64.
+    pub signature: String,
+    #[serde(skip)]
+    _doc: PhantomData<fn() -> T>,
+}
+
+fn signed_message(kind: &str, payload: &[u8]) -> Vec<u8> {
+    let mut message = format!("outpost-signed-v1\n{kind}\n").into_bytes();
+    message.extend_from_slice(payload);
+    message
+}
+
+impl<T: SignedKind> Signed<T> {
+    /// Serializes `document` and signs the bytes.
+    pub fn sign(key: &KeyPair, document: &T) -> Result<Signed<T>, KeyError> {
+        let payload = serde_json::to_vec(document).map_err(|e| KeyError::Serialize(e.to_string()))?;
+        let signature = key.sign_pss(&signed_message(T::KIND, &payload))?;
+        Ok(Signed {
+            kind: T::KIND.to_string(),
+            signer: key.machine_id().clone(),
+            payload: B64.encode(payload),
+            signature: B64.encode(signature),
+            _doc: PhantomData,
+        })
+    }
+
+    /// Checks the signature against `key` (which the caller trusts for this kind of document)
+    /// and returns the document.
+    pub fn verify(&self, key: &PublicKey) -> Result<T, DocumentError> {
+        if &self.signer != key.machine_id() {
+            return Err(DocumentError::WrongSigner {
+                expected: key.machine_id().clone(),
+                found: self.signer.clone(),
+            });
+        }
+        if self.kind != T::KIND {
+            return Err(DocumentError::Malformed(format!("expected a {}, got a {:?}", T::KIND, self.kind)));
+        }
+        let payload = self.payload_bytes()?;
+        let signature = B64
+            .decode(self.signature.as_bytes())
+            .map_err(|_| DocumentError::Malformed("signature is not base64".into()))?;
+        if !key.verify_pss(&signed_message(T::KIND, &payload), &signature) {
+            return Err(DocumentError::BadSignature);
+        }
+        serde_json::from_slice(&payload)
+            .map_err(|e| DocumentError::Malformed(format!("{} payload is not valid: {e}", T::KIND)))
+    }
+
+    /// The document *without* checking the signature: for relays that must route it (a
+    /// connector reads the target machine of a command) but never act on it.
+    pub fn peek_unverified(&self) -> Result<T, DocumentError> {
+        serde_json::from_slice(&self.payload_bytes()?)
+            .map_err(|e| DocumentError::Malformed(format!("{} payload is not valid: {e}", T::KIND)))
+    }
+
+    /// The signed bytes, decoded from base64.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, DocumentError> {
+        B64.decode(self.payload.as_bytes())
+            .map_err(|_| DocumentError::Malformed("payload is not base64".into()))
+    }
+}
+
+impl<T> Clone for Signed<T> {
+    fn clone(&self) -> Self {
+        Signed {
+            kind: self.kind.clone(),
+            signer: self.signer.clone(),
+            payload: self.payload.clone(),
+            signature: self.signature.clone(),
+            _doc: PhantomData,
+        }
+    }
+}
+
+impl<T> PartialEq for Signed<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.kind, &self.signer, &self.payload, &self.signature)
+            == (&other.kind, &other.signer, &other.payload, &other.signature)
+    }
+}
+
+impl<T> std::fmt::Debug for Signed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signed({} by {}, {} base64 bytes)", self.kind, self.signer, self.payload.len())
+    }
+}
+
+/// An order from the cloud to one machine, signed by the cloud key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Strict: a hub must not silently ignore a part of an order it does not understand.
+#[serde(deny_unknown_fields)]
+pub struct CommandEnvelope {
+    /// Unique per command; the hub remembers it until expiry to refuse replays.
+    pub id: String,
+    /// The only machine that may run it.
+    pub target: MachineId,
+    /// What to do, e.g. `relay.set`; the hub's command table gives it meaning.
+    pub action: String,
+    /// Arguments of the action, e.g. `{"card": 1, "relay": 3, "on": true}`.
+    #[serde(default)]
+    pub parameters: serde_json::Value,
+    pub issued_at: DateTime<Utc>,
+    /// After this the command is refused: a command stuck in a queue must not run late.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl SignedKind for CommandEnvelope {
+    const KIND: &'static str = "command";
+}
+
+/// Longest command id accepted; ids are kept in the replay log, one per line.
+const MAX_ID_LEN: usize = 128;
+
+impl CommandEnvelope {
+    /// A new command with a random 128-bit id, valid from `now` for `ttl`.
+    pub fn new(
+        target: MachineId,
+        action: impl Into<String>,
+        parameters: serde_json::Value,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<CommandEnvelope, KeyError> {
+        let id: [u8; 16] = super::random_bytes()?;
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        Ok(CommandEnvelope {
+            id: hex::encode(id),
+            target,
+            action: action.into(),
+            parameters,
+            issued_at: now,
+            expires_at: now.checked_add_signed(ttl).unwrap_or(DateTime::<Utc>::MAX_UTC),
+        })
+    }
+
+    /// Checks what the type cannot: id and action shape, expiry after issue.
+    pub fn validate(&self) -> Result<(), CommandRefused> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= MAX_ID_LEN
+            && self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !id_ok {
+            return Err(CommandRefused::Malformed(format!(
+                "command id {:?} must be 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 - _ . :",
+                self.id.chars().take(MAX_ID_LEN + 8).collect::<String>()
+            )));
+        }
+        if self.action.trim().is_empty() || self.action.len() > 128 {
+            return Err(CommandRefused::Malformed(format!(
+                "command {} has an empty or overlong action",
+                self.id
+            )));
+        }
+        if self.expires_at <= self.issued_at {
+            return Err(CommandRefused::Malformed(format!(
+                "command {} expires ({}) before it is issued ({})",
+                self.id, self.expires_at, self.issued_at
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How a command ended on the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandStatus {
+    Done,
+    Failed,
+    /// Not run: the envelope was refused (forged, expired, replayed, mis-targeted, malformed).
+    Refused,
+}
+
+/// What a hub reports back for a command, signed by the hub's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command_id: String,
+    /// The hub that ran (or refused) it.
+    pub machine_id: MachineId,
+    pub status: CommandStatus,
+    /// Action output, or `{"error": "..."}` for `failed` and `refused`.
+    #[serde(default)]
+    pub output: serde_json::Value,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl SignedKind for CommandResult {
+    const KIND: &'static str = "command-result";
+}
+
+impl CommandResult {
+    /// The result for a refused command, with the reason as `output.error`.
+    pub fn refused(
+        command_id: impl Into<String>,
+        machine_id: MachineId,
+        reason: &dyn std::fmt::Display,
+        now: DateTime<Utc>,
+    ) -> CommandResult {
+        CommandResult {
+            command_id: command_id.into(),
+            machine_id,
+            status: CommandStatus::Refused,
+            output: serde_json::json!({ "error": reason.to_string() }),
+            finished_at: now,
+        }
+    }
+}
+
+/// A connector the cloud has authorised for a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizedConnector {
+    /// The connector's machine id (fingerprint of its signing key).
+    pub machine_id: MachineId,
+    /// SHA-256 of its LAN TLS certificate, which hubs pin.
+    pub lan_cert: CertFingerprint,
+}
+
+/// The cloud's answer to an enrollment, signed by the cloud key. A hub keeps it to know which
+/// connectors it may send data to, and which LAN certificate each must present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentReceipt {
+    /// The machine that enrolled.
+    pub machine_id: MachineId,
+    pub network_id: String,
+    pub connectors: Vec<AuthorizedConnector>,
+    /// Fingerprint of the cloud signing key (the same one the enrollment token carried).
+    pub cloud_key: MachineId,
+    pub issued_at: DateTime<Utc>,
+}
+
+impl SignedKind for EnrollmentReceipt {
+    const KIND: &'static str = "enrollment-receipt";
+}
+
+impl EnrollmentReceipt {
+    /// The authorised connector with this id, if any: a discovered connector not listed here is
+    /// never sent data.
+    pub fn connector(&self, id: &MachineId) -> Option<&AuthorizedConnector> {
+        self.connectors.iter().find(|c| &c.machine_id == id)
+    }
+}

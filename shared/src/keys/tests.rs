@@ -1,0 +1,630 @@
+//! Tests of the key module. RSA-3072 generation takes seconds, so the three keys used everywhere
+//! (two machines and the cloud) are made once per test binary.
+
+use super::*;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn key(slot: &'static OnceLock<KeyPair>) -> &'static KeyPair {
+    slot.get_or_init(|| KeyPair::generate().expect("key generation"))
+}
+
+fn machine_a() -> &'static KeyPair {
+    static A: OnceLock<KeyPair> = OnceLock::new();
+    key(&A)
+}
+
+fn machine_b() -> &'static KeyPair {
+    static B: OnceLock<KeyPair> = OnceLock::new();
+    key(&B)
+}
+
+fn cloud() -> &'static KeyPair {
+    static CLOUD: OnceLock<KeyPair> = OnceLock::new();
+    key(&CLOUD)
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_900_000_000, 0).unwrap()
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+// ---- machine keys ----
+
+#[test]
+fn machine_id_is_the_first_128_bits_of_sha256_over_spki() {
+    let a = machine_a();
+    let digest = super::sha256(a.public().spki_der());
+    assert_eq!(a.machine_id().as_str(), hex::encode(&digest[..16]));
+    assert_eq!(a.machine_id().as_str().len(), 32);
+    assert_eq!(a.public().spki_der().len(), 422, "SPKI DER of a 3072-bit key with e = 65537");
+    assert_ne!(a.machine_id(), machine_b().machine_id());
+
+    let again = PublicKey::from_pem(&a.public().to_pem()).unwrap();
+    assert_eq!(again.machine_id(), a.machine_id());
+    assert_eq!(PublicKey::from_spki_der(a.public().spki_der()).unwrap(), *a.public());
+    assert!(again.clone().expect_fingerprint(a.machine_id()).is_ok());
+    let err = again.expect_fingerprint(machine_b().machine_id()).unwrap_err();
+    assert!(matches!(err, KeyError::FingerprintMismatch { .. }), "{err}");
+
+    assert!(MachineId::parse("ABCDEF0123456789abcdef0123456789").is_err(), "upper case refused");
+    assert!(MachineId::parse("abc").is_err());
+    let json = serde_json::to_string(a.machine_id()).unwrap();
+    assert_eq!(serde_json::from_str::<MachineId>(&json).unwrap(), *a.machine_id());
+    assert!(serde_json::from_str::<MachineId>("\"nothex\"").is_err());
+}
+
+#[test]
+fn private_key_pem_round_trips_and_debug_hides_it() {
+    let a = machine_a();
+    let pem = a.to_pkcs8_pem();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    let back = KeyPair::from_pkcs8_pem(&pem).unwrap();
+    assert_eq!(back.machine_id(), a.machine_id());
+    let debug = format!("{a:?}");
+    assert!(debug.contains(a.machine_id().as_str()) && !debug.contains("PRIVATE"), "{debug}");
+}
+
+#[test]
+fn load_or_create_writes_a_0600_key_once_and_loads_it_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys/machine.key");
+    let (made, created) = KeyPair::load_or_create_with(&path, || Ok(machine_a().clone())).unwrap();
+    assert!(created);
+    assert_eq!(made.machine_id(), machine_a().machine_id());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+
+    let (loaded, created) =
+        KeyPair::load_or_create_with(&path, || panic!("must not generate when the key exists")).unwrap();
+    assert!(!created);
+    assert_eq!(loaded.machine_id(), machine_a().machine_id());
+
+    // An identity is never replaced by accident.
+    let err = machine_b().save_new(&path).unwrap_err();
+    assert!(
+        matches!(&err, KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
+    );
+    assert_eq!(KeyPair::load(&path).unwrap().machine_id(), machine_a().machine_id());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_key_file_readable_by_others_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("machine.key");
+    machine_a().save_new(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = KeyPair::load_or_create_with(&path, || panic!("must not replace a key")).unwrap_err();
+    assert!(matches!(err, KeyError::Permissions { mode: 0o644, .. }));
+    let message = err.to_string();
+    assert!(message.contains(&format!("chmod 600 {}", path.display())), "{message}");
+    assert!(message.contains("0644"), "{message}");
+}
+
+#[test]
+fn a_key_file_with_garbage_is_a_clear_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("machine.key");
+    write_private(&path, b"not a key");
+    let err = KeyPair::load(&path).unwrap_err();
+    assert!(matches!(err, KeyError::BadPrivateKey { .. }));
+    assert!(err.to_string().contains("machine.key"), "{err}");
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    crate::tls::write_file(path, bytes, 0o600).unwrap();
+}
+
+// ---- request signatures ----
+
+const BODY: &[u8] = br#"{"readings":[1,2,3]}"#;
+
+#[test]
+fn a_signed_request_verifies_through_real_headers() {
+    let a = machine_a();
+    let signed = sign_request(a, "post", "/v1/batches?live=1", BODY, t0()).unwrap();
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value) in signed.to_pairs() {
+        map.insert(name, value.parse().unwrap());
+    }
+    let received = SignedHeaders::from_header_map(&map).unwrap();
+    assert_eq!(received, signed);
+    verify_request(
+        a.public(),
+        &received,
+        "POST",
+        "/v1/batches?live=1",
+        BODY,
+        t0() + secs(30),
+        DEFAULT_MAX_SKEW,
+    )
+    .unwrap();
+}
+
+#[test]
+fn tampered_requests_are_refused() {
+    let a = machine_a();
+    let h = sign_request(a, "POST", "/v1/batches", BODY, t0()).unwrap();
+    let check = |h: &SignedHeaders, method: &str, path: &str, body: &[u8]| {
+        verify_request(a.public(), h, method, path, body, t0(), DEFAULT_MAX_SKEW)
+    };
+    assert_eq!(check(&h, "POST", "/v1/batches", br#"{"readings":[1,2,4]}"#), Err(VerifyError::BadSignature));
+    assert_eq!(check(&h, "POST", "/v1/batches?x=1", BODY), Err(VerifyError::BadSignature));
+    assert_eq!(check(&h, "PUT", "/v1/batches", BODY), Err(VerifyError::BadSignature));
+    let moved = SignedHeaders { timestamp: h.timestamp + 1, ..h.clone() };
+    assert_eq!(check(&moved, "POST", "/v1/batches", BODY), Err(VerifyError::BadSignature));
+    let mut sig = base64::engine::general_purpose::STANDARD.decode(&h.signature_b64).unwrap();
+    sig[10] ^= 1;
+    let flipped =
+        SignedHeaders { signature_b64: base64::engine::general_purpose::STANDARD.encode(sig), ..h.clone() };
+    assert_eq!(check(&flipped, "POST", "/v1/batches", BODY), Err(VerifyError::BadSignature));
+    let garbage = SignedHeaders { signature_b64: "%%%".into(), ..h.clone() };
+    assert!(matches!(check(&garbage, "POST", "/v1/batches", BODY), Err(VerifyError::Malformed(_))));
+    assert_eq!(check(&h, "POST", "/v1/batches", BODY), Ok(()));
+}
+
+#[test]
+fn requests_outside_the_skew_window_are_stale() {
+    let a = machine_a();
+    let h = sign_request(a, "POST", "/v1/batches", BODY, t0()).unwrap();
+    let at = |now| verify_request(a.public(), &h, "POST", "/v1/batches", BODY, now, DEFAULT_MAX_SKEW);
+    assert_eq!(at(t0() + secs(300)), Ok(()));
+    assert_eq!(at(t0() - secs(300)), Ok(()));
+    let late = at(t0() + secs(301)).unwrap_err();
+    assert_eq!(late, VerifyError::Stale { timestamp: t0().timestamp(), off_by_secs: 301, allowed_secs: 300 });
+    assert!(late.to_string().contains("NTP"));
+    assert!(matches!(at(t0() - secs(3600)), Err(VerifyError::Stale { .. })), "from the future");
+}
+
+#[test]
+fn requests_checked_against_another_machines_key_are_refused() {
+    let (a, b) = (machine_a(), machine_b());
+    let h = sign_request(a, "POST", "/v1/batches", BODY, t0()).unwrap();
+    let err =
+        verify_request(b.public(), &h, "POST", "/v1/batches", BODY, t0(), DEFAULT_MAX_SKEW).unwrap_err();
+    assert!(matches!(err, VerifyError::WrongSigner { .. }), "{err}");
+    // A claiming to be B: the id matches B's key, the signature does not.
+    let posing = SignedHeaders { machine_id: b.machine_id().clone(), ..h };
+    let err = verify_request(b.public(), &posing, "POST", "/v1/batches", BODY, t0(), DEFAULT_MAX_SKEW);
+    assert_eq!(err, Err(VerifyError::BadSignature));
+}
+
+#[test]
+fn missing_or_malformed_signature_headers_are_named() {
+    let id = machine_a().machine_id().as_str();
+    let missing = SignedHeaders::from_values(None, Some("1"), Some("x")).unwrap_err();
+    assert_eq!(missing, VerifyError::Unsigned(HEADER_MACHINE));
+    assert!(missing.to_string().contains("x-outpost-machine"));
+    assert_eq!(
+        SignedHeaders::from_values(Some(id), None, Some("x")),
+        Err(VerifyError::Unsigned(HEADER_TIMESTAMP))
+    );
+    assert_eq!(
+        SignedHeaders::from_values(Some(id), Some("1"), None),
+        Err(VerifyError::Unsigned(HEADER_SIGNATURE))
+    );
+    let empty = reqwest::header::HeaderMap::new();
+    assert_eq!(SignedHeaders::from_header_map(&empty), Err(VerifyError::Unsigned(HEADER_MACHINE)));
+    let bad_time = SignedHeaders::from_values(Some(id), Some("2030-01-01"), Some("x")).unwrap_err();
+    assert!(matches!(bad_time, VerifyError::Malformed(_)), "{bad_time}");
+    let bad_id = SignedHeaders::from_values(Some("someone"), Some("1"), Some("x")).unwrap_err();
+    assert!(matches!(bad_id, VerifyError::Malformed(_)), "{bad_id}");
+}
+
+// ---- signed documents ----
+
+fn command_for(target: &MachineId, now: DateTime<Utc>, ttl_secs: u64) -> CommandEnvelope {
+    CommandEnvelope::new(
+        target.clone(),
+        "relay.set",
+        serde_json::json!({"card": 1, "relay": 3, "on": true}),
+        now,
+        Duration::from_secs(ttl_secs),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_signed_document_survives_relaying_as_json_and_verifies() {
+    let command = command_for(machine_a().machine_id(), t0(), 60);
+    let signed = Signed::sign(cloud(), &command).unwrap();
+    // A connector parses and re-serializes the envelope: the payload bytes stay as they were.
+    let relayed: serde_json::Value = serde_json::to_value(&signed).unwrap();
+    let pretty = serde_json::to_string_pretty(&relayed).unwrap();
+    let received: Signed<CommandEnvelope> = serde_json::from_str(&pretty).unwrap();
+    assert_eq!(received, signed);
+    assert_eq!(received.verify(cloud().public()).unwrap(), command);
+    assert_eq!(received.peek_unverified().unwrap().target, *machine_a().machine_id());
+    assert_eq!(relayed["kind"], "command");
+    assert_eq!(relayed["signer"], cloud().machine_id().as_str());
+}
+
+#[test]
+fn tampered_or_misattributed_documents_are_refused() {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let result = CommandResult {
+        command_id: "c1".into(),
+        machine_id: machine_a().machine_id().clone(),
+        status: CommandStatus::Done,
+        output: serde_json::json!({"state": "on"}),
+        finished_at: t0(),
+    };
+    let signed = Signed::sign(machine_a(), &result).unwrap();
+    assert_eq!(signed.verify(machine_a().public()).unwrap(), result);
+
+    let mut forged = signed.clone();
+    let text = String::from_utf8(signed.payload_bytes().unwrap()).unwrap().replace("\"done\"", "\"failed\"");
+    forged.payload = b64.encode(text);
+    assert_eq!(forged.verify(machine_a().public()), Err(DocumentError::BadSignature));
+
+    let mut bad_sig = signed.clone();
+    let mut sig = b64.decode(&signed.signature).unwrap();
+    sig[0] ^= 0x80;
+    bad_sig.signature = b64.encode(sig);
+    assert_eq!(bad_sig.verify(machine_a().public()), Err(DocumentError::BadSignature));
+
+    assert!(matches!(signed.verify(machine_b().public()), Err(DocumentError::WrongSigner { .. })));
+    let mut posing = signed.clone();
+    posing.signer = machine_b().machine_id().clone();
+    assert_eq!(posing.verify(machine_b().public()), Err(DocumentError::BadSignature));
+}
+
+#[test]
+fn a_document_signed_as_one_kind_never_verifies_as_another() {
+    let receipt = EnrollmentReceipt {
+        machine_id: machine_a().machine_id().clone(),
+        network_id: "plant-7".into(),
+        connectors: vec![AuthorizedConnector {
+            machine_id: machine_b().machine_id().clone(),
+            lan_cert: CertFingerprint::of_der(b"connector certificate"),
+        }],
+        cloud_key: cloud().machine_id().clone(),
+        issued_at: t0(),
+    };
+    let signed = Signed::sign(cloud(), &receipt).unwrap();
+    let back = signed.verify(cloud().public()).unwrap();
+    assert_eq!(back.connector(machine_b().machine_id()).unwrap().lan_cert, receipt.connectors[0].lan_cert);
+    assert!(back.connector(machine_a().machine_id()).is_none());
+
+    let json = serde_json::to_string(&signed).unwrap();
+    let as_command: Signed<CommandEnvelope> = serde_json::from_str(&json).unwrap();
+    assert!(matches!(as_command.verify(cloud().public()), Err(DocumentError::Malformed(_))));
+    let relabelled: Signed<CommandEnvelope> =
+        serde_json::from_str(&json.replace("\"enrollment-receipt\"", "\"command\"")).unwrap();
+    assert_eq!(relabelled.verify(cloud().public()), Err(DocumentError::BadSignature));
+}
+
+// ---- command verification ----
+
+fn verifier(dir: &std::path::Path, now: DateTime<Utc>) -> CommandVerifier {
+    CommandVerifier::open(
+        cloud().public().clone(),
+        machine_a().machine_id().clone(),
+        &dir.join("state/commands.log"),
+        now,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_command_runs_once_and_a_replay_is_refused_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let signed = Signed::sign(cloud(), &command_for(machine_a().machine_id(), t0(), 600)).unwrap();
+    {
+        let v = verifier(dir.path(), t0());
+        let accepted = v.verify(&signed, t0() + secs(1)).unwrap();
+        assert_eq!(accepted.action, "relay.set");
+        let again = v.verify(&signed, t0() + secs(2)).unwrap_err();
+        assert!(matches!(again, CommandRefused::Replayed { .. }), "{again}");
+    }
+    // The hub restarts: a new verifier on the same log still knows the id.
+    let v = verifier(dir.path(), t0() + secs(60));
+    let err = v.verify(&signed, t0() + secs(61)).unwrap_err();
+    assert!(matches!(err, CommandRefused::Replayed { .. }), "{err}");
+    assert!(err.to_string().contains("already received"));
+    // Another command still goes through.
+    let other = Signed::sign(cloud(), &command_for(machine_a().machine_id(), t0(), 600)).unwrap();
+    v.verify(&other, t0() + secs(62)).unwrap();
+}
+
+#[test]
+fn expired_future_and_overlong_commands_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(dir.path(), t0()).with_max_skew(Duration::from_secs(30));
+    let signed = Signed::sign(cloud(), &command_for(machine_a().machine_id(), t0(), 60)).unwrap();
+    let err = v.verify(&signed, t0() + secs(91)).unwrap_err();
+    assert!(matches!(err, CommandRefused::Expired { .. }), "{err}");
+    assert!(err.to_string().contains("expired at"), "{err}");
+    let err = v.verify(&signed, t0() - secs(31)).unwrap_err();
+    assert!(matches!(err, CommandRefused::IssuedInFuture { .. }), "{err}");
+    let long = Signed::sign(cloud(), &command_for(machine_a().machine_id(), t0(), 3 * 24 * 3600)).unwrap();
+    assert!(matches!(v.verify(&long, t0()), Err(CommandRefused::Malformed(_))));
+    // None of the refusals used up the id: the command is still good inside its window.
+    v.verify(&signed, t0() + secs(10)).unwrap();
+}
+
+#[test]
+fn mis_targeted_forged_and_malformed_commands_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(dir.path(), t0());
+    let for_b = Signed::sign(cloud(), &command_for(machine_b().machine_id(), t0(), 60)).unwrap();
+    let err = v.verify(&for_b, t0()).unwrap_err();
+    assert!(matches!(err, CommandRefused::WrongTarget { .. }), "{err}");
+    assert!(err.to_string().contains(machine_b().machine_id().as_str()));
+
+    // Signed by a machine key instead of the cloud key.
+    let forged = Signed::sign(machine_b(), &command_for(machine_a().machine_id(), t0(), 60)).unwrap();
+    assert!(matches!(
+        v.verify(&forged, t0()),
+        Err(CommandRefused::Forged(DocumentError::WrongSigner { .. }))
+    ));
+    let mut posing = forged.clone();
+    posing.signer = cloud().machine_id().clone();
+    assert!(matches!(v.verify(&posing, t0()), Err(CommandRefused::Forged(DocumentError::BadSignature))));
+
+    let mut bad_id = command_for(machine_a().machine_id(), t0(), 60);
+    bad_id.id = "two words\n".into();
+    let signed = Signed::sign(cloud(), &bad_id).unwrap();
+    assert!(matches!(v.verify(&signed, t0()), Err(CommandRefused::Malformed(_))));
+}
+
+#[test]
+fn the_replay_log_forgets_expired_ids_and_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("commands.log");
+    let mut log = ReplayLog::open(&path, t0()).unwrap();
+    for i in 0..1100 {
+        assert!(log.record(&format!("old-{i}"), t0() + secs(10), t0()).unwrap());
+    }
+    assert!(!log.record("old-5", t0() + secs(10), t0()).unwrap(), "known id");
+    let later = t0() + secs(100);
+    assert!(log.record("new-1", later + secs(600), later).unwrap());
+    for i in 0..1100 {
+        log.record(&format!("new-more-{i}"), later + secs(600), later).unwrap();
+    }
+    let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+    assert!(lines < 1200, "expired ids were compacted away, {lines} lines left");
+    drop(log);
+    let log = ReplayLog::open(&path, later).unwrap();
+    assert_eq!(log.len(), 1101);
+    let log = ReplayLog::open(&path, later + secs(601)).unwrap();
+    assert!(log.is_empty());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+}
+
+#[test]
+fn a_torn_last_line_in_the_replay_log_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("commands.log");
+    let until = (t0() + secs(60)).timestamp();
+    std::fs::write(&path, format!("{until} abc\n{until}")).unwrap();
+    let mut log = ReplayLog::open(&path, t0()).unwrap();
+    assert_eq!(log.len(), 1);
+    assert!(!log.record("abc", t0() + secs(60), t0()).unwrap());
+}
+
+#[test]
+fn a_refused_result_carries_the_reason() {
+    let reason = CommandRefused::Replayed { id: "c9".into() };
+    let result = CommandResult::refused("c9", machine_a().machine_id().clone(), &reason, t0());
+    assert_eq!(result.status, CommandStatus::Refused);
+    let json = serde_json::to_value(&result).unwrap();
+    assert_eq!(json["status"], "refused");
+    assert!(json["output"]["error"].as_str().unwrap().contains("already received"));
+}
+
+// ---- sealed secrets ----
+
+#[test]
+fn a_sealed_secret_opens_only_on_its_machine() {
+    let (a, b) = (machine_a(), machine_b());
+    let password = "hunter2-sensor-pass";
+    let sealed = seal(a.public(), password).unwrap();
+    assert!(is_sealed(&sealed));
+    assert!(sealed.starts_with(&format!("sealed:v1:{}:", a.machine_id())));
+    assert_eq!(unseal(a, &sealed).unwrap().expose(), password);
+    assert_ne!(seal(a.public(), password).unwrap(), sealed, "fresh key and nonce each time");
+
+    let err = unseal(b, &sealed).unwrap_err();
+    assert!(matches!(err, SealError::NotForThisMachine { .. }), "{err}");
+    // Relabelled for B: B's key cannot unwrap A's content key.
+    let relabelled = sealed.replace(a.machine_id().as_str(), b.machine_id().as_str());
+    assert!(matches!(unseal(b, &relabelled), Err(SealError::Undecryptable)));
+}
+
+#[test]
+fn a_sealed_blob_does_not_contain_the_plaintext_and_detects_tampering() {
+    let a = machine_a();
+    let password = "PLAINTEXT-PASSWORD-1234";
+    let sealed = seal(a.public(), password).unwrap();
+    assert!(!sealed.contains(password));
+    let b64 = sealed.rsplit(':').next().unwrap();
+    let blob = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64).unwrap();
+    assert!(!blob.windows(password.len()).any(|w| w == password.as_bytes()));
+
+    let mut tampered = blob.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    let text = format!(
+        "sealed:v1:{}:{}",
+        a.machine_id(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tampered)
+    );
+    assert!(matches!(unseal(a, &text), Err(SealError::Undecryptable)));
+
+    for bad in
+        ["hunter2", "sealed:v1:", "sealed:v1:nothex:AAAA", &format!("sealed:v1:{}:AAAA", a.machine_id())]
+    {
+        assert!(matches!(unseal(a, bad), Err(SealError::Malformed(_))), "{bad}");
+    }
+}
+
+#[test]
+fn a_secret_never_prints() {
+    let s = Secret::new("topsecret");
+    assert_eq!(format!("{s}"), "***");
+    assert_eq!(format!("{s:?}"), "***");
+    assert_eq!(format!("{:?}", Some(s.clone())), "Some(***)");
+    assert_eq!(s.expose(), "topsecret");
+}
+
+// ---- enrollment tokens ----
+
+#[test]
+fn a_token_round_trips_and_only_its_hash_is_needed() {
+    let expires = t0() + secs(3600);
+    let token = EnrollmentToken::generate("plant-7", cloud().machine_id().clone(), expires).unwrap();
+    let text = token.encode();
+    assert!(text.starts_with("OPT1.plant-7."), "{text}");
+    assert!(text.ends_with(&format!(".{}.{}", cloud().machine_id(), expires.timestamp())));
+    let parsed = EnrollmentToken::parse_at(&format!("  {text}\n"), t0()).unwrap();
+    assert_eq!(parsed, token);
+    assert_eq!(parsed.cloud_key, *cloud().machine_id());
+
+    let stored = token.secret_hash();
+    assert_eq!(stored.len(), 64);
+    assert!(!stored.contains(text.split('.').nth(2).unwrap()));
+    assert!(token_secret_matches(&stored, &parsed));
+    let other = EnrollmentToken::generate("plant-7", cloud().machine_id().clone(), expires).unwrap();
+    assert!(!token_secret_matches(&stored, &other));
+    assert!(!format!("{parsed:?}").contains(text.split('.').nth(2).unwrap()), "Debug hides the secret");
+}
+
+#[test]
+fn bad_tokens_get_clear_errors() {
+    let token = EnrollmentToken::generate("plant-7", cloud().machine_id().clone(), t0()).unwrap();
+    let text = token.encode();
+    let err = EnrollmentToken::parse_at(&text, t0()).unwrap_err();
+    assert_eq!(err, TokenError::Expired(t0()));
+    assert!(err.to_string().starts_with("token expired at 2030-"), "{err}");
+
+    let fields: Vec<&str> = text.split('.').collect();
+    let with = |i: usize, v: &str| {
+        let mut f = fields.clone();
+        f[i] = v;
+        EnrollmentToken::parse_at(&f.join("."), t0() - secs(10)).unwrap_err().to_string()
+    };
+    assert!(EnrollmentToken::parse_at(&text, t0() - secs(1)).is_ok());
+    let few = EnrollmentToken::parse_at("OPT1.plant-7.abc", t0()).unwrap_err().to_string();
+    assert!(few.starts_with("malformed token: expected 5 fields"), "{few}");
+    assert!(with(0, "OPT2").contains("unknown version"));
+    assert!(with(1, "plant 7").contains("network id"));
+    assert!(with(2, "c2hvcnQ").contains("secret"));
+    assert!(with(3, "xyz").contains("cloud key fingerprint"));
+    assert!(with(4, "tomorrow").contains("expiry"));
+    assert!(EnrollmentToken::generate("bad.id", cloud().machine_id().clone(), t0()).is_err());
+}
+
+// ---- certificate pinning ----
+
+#[test]
+fn cert_fingerprints_parse_in_common_spellings() {
+    let fp = CertFingerprint::of_der(b"certificate");
+    let text = fp.to_string();
+    assert_eq!(text.len(), 64);
+    assert_eq!(CertFingerprint::parse(&text.to_uppercase()).unwrap(), fp);
+    let colons =
+        text.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":");
+    assert_eq!(CertFingerprint::parse(&colons).unwrap(), fp);
+    assert!(CertFingerprint::parse("abcd").is_err());
+    let json = serde_json::to_string(&fp).unwrap();
+    assert_eq!(serde_json::from_str::<CertFingerprint>(&json).unwrap(), fp);
+}
+
+mod tls_pinning {
+    use super::super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Cert {
+        der: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    }
+
+    fn make_cert() -> Cert {
+        let made = rcgen::generate_simple_self_signed(vec!["connector.local".to_string()]).unwrap();
+        Cert {
+            der: made.cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der())),
+        }
+    }
+
+    /// Presents `chain` and signs the handshake with `key`, even if they do not belong together
+    /// (rustls' own `with_single_cert` would refuse such a pair up front).
+    #[derive(Debug)]
+    struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+    impl rustls::server::ResolvesServerCert for Fixed {
+        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    /// Serves one TLS connection on 127.0.0.1 that says hello, and connects to it with a client
+    /// pinned to `pin`. Returns what the client read, or the handshake error.
+    async fn handshake(
+        cert: &CertificateDer<'static>,
+        key: &PrivateKeyDer<'static>,
+        pin: CertFingerprint,
+    ) -> Result<String, std::io::Error> {
+        crate::install_crypto_provider();
+        let provider = rustls::crypto::ring::default_provider();
+        let signing_key = provider.key_provider.load_private_key(key.clone_key()).unwrap();
+        let certified = rustls::sign::CertifiedKey::new(vec![cert.clone()], signing_key);
+        let server_cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                let _ = tls.write_all(b"hello").await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let connector = tokio_rustls::TlsConnector::from(pinned_client_config(pin));
+        let client = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = ServerName::try_from("connector.local").unwrap();
+            let mut tls = connector.connect(name, tcp).await?;
+            let mut got = String::new();
+            tls.read_to_string(&mut got).await?;
+            Ok(got)
+        };
+        let result =
+            tokio::time::timeout(std::time::Duration::from_secs(20), client).await.expect("handshake hung");
+        tokio::time::timeout(std::time::Duration::from_secs(20), server).await.expect("server hung").unwrap();
+        result
+    }
+
+    #[tokio::test]
+    async fn only_the_pinned_certificate_is_accepted() {
+        let (one, two) = (make_cert(), make_cert());
+        let pin_one = CertFingerprint::of_der(&one.der);
+
+        assert_eq!(handshake(&one.der, &one.key, pin_one).await.unwrap(), "hello");
+
+        let err = handshake(&two.der, &two.key, pin_one).await.unwrap_err();
+        assert!(err.to_string().contains("is not the pinned"), "{err}");
+        assert!(err.to_string().contains(&pin_one.to_string()), "{err}");
+
+        // The pinned certificate copied without its private key: the handshake signature fails.
+        let err = handshake(&one.der, &two.key, pin_one).await.unwrap_err();
+        assert!(err.to_string().contains("BadSignature"), "{err}");
+    }
+}
