@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod config;
 pub mod model;
+pub mod ssdp;
 pub mod tls;
 pub mod wire;
 
