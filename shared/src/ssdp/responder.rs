@@ -6,6 +6,12 @@
 //! interface, bound to that interface's address, with `IP_MULTICAST_IF` set to it and TTL 2 for
 //! multicast and unicast alike (a requester on our own subnet is one hop away).
 //!
+//! Sharing the port has one limit: the kernel gives every bound socket a copy of each multicast
+//! datagram, but hands a unicast datagram to port 1900 to only one of them. A unicast M-SEARCH
+//! (rare: UPnP 1.1 control points use it to re-check a known device) therefore reaches only one of
+//! several responders on a machine; a process that advertises several services should run one
+//! responder with several [`Advertisement`]s.
+//!
 //! Every datagram goes through [`Core`], which holds no sockets and takes the time as an argument,
 //! so its decisions are unit-tested with a fake clock: size, source (IPv4, on a served subnet,
 //! port >= 1024), syntax, search target, queue space, rate limit; then a reply is scheduled after
@@ -433,6 +439,8 @@ impl Responder {
             .expect("constant backoff settings are valid");
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         tokio::pin!(shutdown);
+        // Biased, with the socket last: a flood keeps the socket always readable, and must not
+        // starve the replies, the NOTIFY timer or the rescan.
         loop {
             let due = self.core.next_due();
             tokio::select! {
@@ -442,6 +450,18 @@ impl Responder {
                     for out in self.core.take_due(Instant::now()) {
                         self.send(out, false).await;
                     }
+                }
+                _ = sleep_until(next_notify) => {
+                    let ifaces = self.core.ifaces.clone();
+                    self.announce(Announce::Alive, &ifaces).await;
+                    next_notify = Instant::now() + self.core.jitter(self.core.cfg.notify_interval, 0.8);
+                }
+                _ = sleep_until(next_rescan), if self.spec.is_some() => {
+                    if let Some(spec) = &self.spec {
+                        let wanted = scan(spec);
+                        self.apply_interfaces(wanted, false).await;
+                    }
+                    next_rescan = Instant::now() + self.core.cfg.rescan_interval;
                 }
                 r = self.recv.recv_from(&mut buf) => match r {
                     Ok((n, src)) => {
@@ -457,18 +477,6 @@ impl Responder {
                         tokio::time::sleep(recv_backoff.next_delay()).await;
                     }
                 },
-                _ = sleep_until(next_notify) => {
-                    let ifaces = self.core.ifaces.clone();
-                    self.announce(Announce::Alive, &ifaces).await;
-                    next_notify = Instant::now() + self.core.jitter(self.core.cfg.notify_interval, 0.8);
-                }
-                _ = sleep_until(next_rescan), if self.spec.is_some() => {
-                    if let Some(spec) = &self.spec {
-                        let wanted = scan(spec);
-                        self.apply_interfaces(wanted, false).await;
-                    }
-                    next_rescan = Instant::now() + self.core.cfg.rescan_interval;
-                }
             }
         }
         let ifaces = self.core.ifaces.clone();
