@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod config;
 pub mod keys;
 pub mod model;
+pub mod ssdp;
 pub mod tls;
 pub mod wire;
 
