@@ -1,1 +1,227 @@
-fn main() {}
+//! The one `outpost` binary. Thin on purpose: parse arguments, set up logging, load config, call a
+//! library's `run`. Every role's logic lives in its crate.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use outpost_shared::config::{ConfigError, EXIT_CONFIG};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "outpost", version, about = "Outpost: sensorhub, connector and cloud in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole system on this machine: cloud and a sensorhub of this machine.
+    Up {
+        /// Where all roles keep their data.
+        #[arg(long, default_value = "outpost-data")]
+        data_dir: PathBuf,
+        /// Port of the cloud (dashboard and API) on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
+    /// Run the cloud: ingest, storage, API and dashboard.
+    Cloud {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a sensorhub: sample this machine and send the readings on.
+    Sensorhub {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the default configuration of a role, or check a config file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Show what a stopped hub's buffer holds (it must not be running: the buffer is locked).
+    Buffer {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the default configuration.
+    Default {
+        #[arg(long, value_enum, default_value = "sensorhub")]
+        role: Role,
+    },
+    /// Validate a config file; exit 64 naming file, line and key of every problem.
+    Check {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "sensorhub")]
+        role: Role,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Sensorhub,
+    Cloud,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                eprintln!("{ce}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn load<T: serde::de::DeserializeOwned + outpost_shared::config::Validate + Default>(
+    path: Option<&Path>,
+) -> Result<T, ConfigError> {
+    match path {
+        Some(p) => outpost_shared::config::load(p),
+        None => Ok(T::default()),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM (how systemd and `kill` ask a service to stop).
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler works on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("stopping");
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Config { action: ConfigAction::Default { role } } => {
+            print!(
+                "{}",
+                match role {
+                    Role::Sensorhub => outpost_sensorhub::config::DEFAULT_CONFIG,
+                    Role::Cloud => outpost_cloud::config::DEFAULT_CONFIG,
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { action: ConfigAction::Check { file, role } } => {
+            match role {
+                Role::Sensorhub => {
+                    outpost_shared::config::load::<outpost_sensorhub::HubConfig>(&file)?;
+                }
+                Role::Cloud => {
+                    outpost_shared::config::load::<outpost_cloud::CloudConfig>(&file)?;
+                }
+            }
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cloud { config } => {
+            let config: outpost_cloud::CloudConfig = load(config.as_deref())?;
+            runtime()?.block_on(outpost_cloud::run(config, stop_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sensorhub { config } => {
+            let config: outpost_sensorhub::HubConfig = load(config.as_deref())?;
+            runtime()?.block_on(outpost_sensorhub::run(config, stop_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Buffer { data_dir } => {
+            let (buffer, _) = outpost_shared::buffer::SledBuffer::open(
+                &data_dir.join("buffer"),
+                u64::MAX,
+                outpost_shared::buffer::WhenFull::Reject,
+            )
+            .with_context(|| {
+                format!("cannot open the buffer in {} (is the hub still running?)", data_dir.display())
+            })?;
+            use outpost_shared::buffer::Storage;
+            let st = buffer.stats();
+            let first = buffer.oldest(1)?.first().map(|(s, _)| *s);
+            let last = buffer.newest(1)?.first().map(|(s, _)| *s);
+            println!(
+                "{}",
+                serde_json::json!({"len": st.len, "bytes": st.bytes, "dropped": st.dropped,
+                    "next_seq": st.next_seq, "oldest_seq": first, "newest_seq": last})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up { data_dir, port } => {
+            runtime()?.block_on(up(data_dir, port))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Everything on this machine, on loopback only: nothing listens on or sends to other interfaces.
+async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
+    let cloud_cfg = outpost_cloud::CloudConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        data_dir: data_dir.join("cloud"),
+        ..Default::default()
+    };
+    let cloud = outpost_cloud::start(cloud_cfg).await.with_context(|| {
+        format!("cannot start the cloud on 127.0.0.1:{port}; try `outpost up --port 9443`")
+    })?;
+    let url = cloud.url();
+    let hub_cfg = outpost_sensorhub::HubConfig {
+        data_dir: data_dir.join("sensorhub"),
+        uplink: outpost_sensorhub::uplink::UplinkConfig {
+            cloud: Some(url.clone()),
+            ca_file: Some(cloud.ca_file.clone()),
+            token_file: Some(data_dir.join("cloud").join("ingest-token")),
+            // `up` stays on loopback: no SSDP multicast on this machine's interfaces.
+            discover: false,
+            advertise: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let hub = outpost_sensorhub::start(hub_cfg, stop.clone()).await.context("cannot start the sensorhub")?;
+
+    println!("Outpost is up.");
+    println!("  Dashboard:   {url}/#token={}", cloud.admin_token);
+    println!("  Admin token: {}", cloud.admin_token);
+    println!("  CA file:     {}", cloud.ca_file.display());
+    println!("  Machine:     {} (sensorhub of this machine)", hub.machine_id);
+    println!("  Data:        {}", data_dir.display());
+    println!("Press Ctrl-C to stop.");
+
+    stop_signal().await;
+    stop.cancel();
+    hub.join().await;
+    cloud.stop().await?;
+    Ok(())
+}

@@ -1,2 +1,166 @@
-//! The reference cloud: ingest, storage, API and dashboard.
+//! The reference cloud, self-hostable: it takes batches from hubs (directly or through a
+//! connector), stores each `(machine_id, seq)` once in sled ([`store`]), serves the JSON API and
+//! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
+//! aggregates. [`start`] brings it up and returns a handle (tests use it); [`run`] is the role's
+//! entry point for the binary.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod dashboard;
+pub mod error;
+pub mod store;
+
+pub use config::CloudConfig;
+pub use error::CloudError;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long open requests (and live-event streams) get to finish on shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A running cloud.
+pub struct Cloud {
+    pub addr: SocketAddr,
+    /// Required as `Authorization: Bearer` on the API and the dashboard.
+    pub admin_token: String,
+    /// What hubs present on ingest until they enroll with keys.
+    pub ingest_token: String,
+    /// The authority hubs must trust to reach this cloud (`ca.pem`).
+    pub ca_file: PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), CloudError>>,
+}
+
+impl Cloud {
+    /// `https://host:port` as hubs and browsers reach it on loopback.
+    pub fn url(&self) -> String {
+        let host = match self.addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        format!("https://{host}:{}", self.addr.port())
+    }
+
+    /// Stops accepting, lets open requests finish within the grace period, flushes storage.
+    pub async fn stop(self) -> Result<(), CloudError> {
+        self.shutdown.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    /// Waits until the server ends by itself (a fatal error) or is stopped.
+    pub async fn wait(&mut self) -> Result<(), CloudError> {
+        (&mut self.task).await.unwrap_or(Ok(()))
+    }
+}
+
+/// Runs the cloud until `shutdown` completes.
+pub async fn run(config: CloudConfig, shutdown: impl Future<Output = ()>) -> Result<(), CloudError> {
+    let mut cloud = start(config).await?;
+    tracing::info!(url = %cloud.url(), "cloud listening");
+    tokio::select! {
+        _ = shutdown => cloud.stop().await,
+        r = cloud.wait() => r,
+    }
+}
+
+/// Opens storage, makes certificate and tokens on first start, binds and serves.
+pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| CloudError::Io { path: dir.clone(), source })?;
+    let (cert, key, ca_file) = match &config.tls {
+        Some(t) => (t.cert.clone(), t.key.clone(), t.cert.clone()),
+        None => {
+            let p =
+                outpost_shared::tls::ensure_self_signed(&dir.join("tls"), &config.names, "outpost cloud")?;
+            (p.cert, p.key, p.ca)
+        }
+    };
+    let tls = outpost_shared::tls::server_config(&cert, &key)?;
+    let admin_token = ensure_token(&dir.join("admin-token"))?;
+    let ingest_token = ensure_token(&dir.join("ingest-token"))?;
+    let store = store::Store::open(&dir.join("db"))?;
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|source| CloudError::Listen { addr: config.listen, source })?;
+    listener.set_nonblocking(true).map_err(|source| CloudError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| CloudError::Listen { addr: config.listen, source })?;
+
+    let shutdown = CancellationToken::new();
+    let state = api::AppState::new(
+        store.clone(),
+        admin_token.clone(),
+        ingest_token.clone(),
+        Arc::new(config.clone()),
+    );
+    let app = api::router(state);
+    let handle = axum_server::Handle::new();
+    let server =
+        axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+            .handle(handle.clone())
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+
+    let compactor = spawn_compactor(store.clone(), config.clone(), shutdown.clone());
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let h = handle.clone();
+        let watcher = tokio::spawn(async move {
+            stop.cancelled().await;
+            h.graceful_shutdown(Some(GRACE));
+        });
+        let served = server.await;
+        watcher.abort();
+        let _ = compactor.await;
+        store.flush().await?;
+        served.map_err(|source| CloudError::Listen { addr, source })
+    });
+    Ok(Cloud { addr, admin_token, ingest_token, ca_file, shutdown, task })
+}
+
+fn spawn_compactor(
+    store: store::Store,
+    config: CloudConfig,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(config.retention.compact_every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let s = store.clone();
+            let r = config.retention.clone();
+            match tokio::task::spawn_blocking(move || s.compact(chrono::Utc::now(), r.raw, r.hourly)).await {
+                Ok(Ok(out)) if out.folded > 0 || out.hourly_expired > 0 => {
+                    tracing::info!(folded = out.folded, expired = out.hourly_expired, "retention pass")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
+                Err(e) => tracing::error!(error = %e, "retention pass panicked"),
+            }
+        }
+    })
+}
+
+/// Reads a token file, or makes one (256 random bits, hex) readable by the owner alone.
+fn ensure_token(path: &Path) -> Result<String, CloudError> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw)
+        .map_err(|e| CloudError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let token = hex::encode(raw);
+    outpost_shared::tls::write_file(path, token.as_bytes(), 0o600)?;
+    Ok(token)
+}

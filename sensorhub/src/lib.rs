@@ -1,4 +1,279 @@
 //! The sensorhub: samples this machine's sensors, buffers every reading durably and sends it on.
+//!
+//! Three tasks and two bounded hand-offs: the [`sensors`] each sample on their own interval and
+//! send to the [`writer`] over a bounded channel (a slow disk makes sensors wait, it never drops
+//! silently); the writer group-commits into the durable buffer and wakes the [`uplink`], which
+//! sends live readings first and the backlog behind them, deleting only what was acknowledged.
+//! [`run`] wires them up from a [`config::HubConfig`] and tears them down in order on shutdown.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod sensors;
+pub mod uplink;
+pub mod writer;
+
+pub use config::HubConfig;
+
+use outpost_shared::buffer::{OpenOutcome, SledBuffer, Storage, WhenFull};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Sample batches in flight between the sensors and the writer.
+const SAMPLE_QUEUE: usize = 256;
+/// How long the uplink may keep trying to hand over what is buffered on a clean stop.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Buffer(#[from] outpost_shared::buffer::BufferError),
+    #[error(transparent)]
+    Uplink(#[from] uplink::UplinkError),
+    #[error(transparent)]
+    Sensors(#[from] sensors::SensorError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Runs the hub until `shutdown` completes; then stops the sensors, writes what they produced and
+/// closes the buffer cleanly.
+pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
+    let token = CancellationToken::new();
+    let hub = start(config, token.clone()).await?;
+    shutdown.await;
+    token.cancel();
+    hub.join().await;
+    Ok(())
+}
+
+/// A started hub.
+pub struct Hub {
+    pub machine_id: String,
+    pub status: tokio::sync::watch::Receiver<uplink::UplinkStatus>,
+    pub sensors: sensors::SensorHandle,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Hub {
+    /// Waits for every task to finish after the token given to [`start`] was cancelled.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens the buffer, starts sensors, writer and uplink. Cancelling `shutdown` stops them.
+pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub, HubError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| HubError::Io { path: dir.clone(), source })?;
+    let machine_id = machine_id(dir)?;
+    let hostname = config.hostname.clone().unwrap_or_else(system_hostname);
+    let (buffer, outcome) = SledBuffer::open(&dir.join("buffer"), config.buffer.quota, WhenFull::DropOldest)?;
+    if let OpenOutcome::Recovered { moved_to, reason } = outcome {
+        tracing::error!(moved_to = %moved_to.display(), %reason,
+            "the buffer was unreadable; its readings are lost unless recovered by hand from the moved directory");
+    }
+    let buffer: Arc<dyn Storage> = Arc::new(buffer);
+    let stats = buffer.stats();
+    tracing::info!(%machine_id, %hostname, buffered = stats.len, next_seq = stats.next_seq, "sensorhub starting");
+
+    let sensor_set = sensors::SensorSet::build(&config.effective_sensors())?;
+    let feed = Arc::new(uplink::Feed::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(SAMPLE_QUEUE);
+    let sensor_stop = shutdown.child_token();
+    let sensor_handle = sensor_set.spawn(tx, sensor_stop.clone());
+    let writer = tokio::spawn(writer::run(buffer.clone(), rx, feed.clone()));
+
+    let identity = uplink::Identity {
+        machine_id: machine_id.clone(),
+        hostname,
+        role: config.role,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let uplink_stop = CancellationToken::new();
+    let u = &config.uplink;
+    let (status, uplink_task) = if u.cloud.is_some() || u.connector.is_some() || u.discover {
+        let token = read_token(u)?;
+        let direct = match &u.cloud {
+            Some(url) => {
+                let client = outpost_shared::tls::https_client(u.ca_file.as_deref(), u.timeout)
+                    .map_err(uplink::UplinkError::from)?;
+                Some(uplink::HttpTransport::new(client, url, token.clone(), "direct".into()))
+            }
+            None => None,
+        };
+        let lan_client = if u.connector.is_some() || u.discover {
+            Some(
+                outpost_shared::tls::https_client(u.connector_ca.as_deref(), u.timeout)
+                    .map_err(uplink::UplinkError::from)?,
+            )
+        } else {
+            None
+        };
+        let transport = uplink::PathTransport::new(u.clone(), token, lan_client, direct, dir.clone());
+        let (up, status) = uplink::Uplink::new(buffer.clone(), transport, u.clone(), identity, feed);
+        (status, Some(tokio::spawn(up.run(uplink_stop.clone()))))
+    } else {
+        tracing::warn!("no cloud, connector or discovery configured: readings are only buffered");
+        let (_tx, rx) = tokio::sync::watch::channel(uplink::UplinkStatus {
+            path: "offline".into(),
+            ..Default::default()
+        });
+        (rx, None)
+    };
+
+    let mut tasks = Vec::new();
+    if config.uplink.advertise {
+        tasks.push(advertise(&config, dir, &machine_id, shutdown.clone())?);
+    }
+    let reporter = tokio::spawn(write_status(
+        dir.join(STATUS_FILE),
+        machine_id.clone(),
+        status.clone(),
+        shutdown.clone(),
+    ));
+
+    // Orderly stop: sensors first, then the writer empties its queue into the buffer, then the
+    // uplink gets a moment to hand over what it holds, then the buffer closes (flush on drop).
+    let supervisor = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        sensor_stop.cancel();
+        let _ = writer.await;
+        if let Some(task) = uplink_task {
+            let _ = tokio::time::timeout(STOP_GRACE, async {
+                while buffer.stats().len > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            uplink_stop.cancel();
+            let _ = task.await;
+        }
+        drop(buffer);
+    });
+    tasks.extend([supervisor, reporter]);
+    Ok(Hub { machine_id, status, sensors: sensor_handle, tasks })
+}
+
+/// Answers connectors' SSDP searches for hubs. The hub serves nothing at LOCATION; its path names
+/// the machine, which is how a connector tells attached hubs from unattached ones.
+fn advertise(
+    config: &HubConfig,
+    dir: &Path,
+    machine_id: &str,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, HubError> {
+    use outpost_shared::ssdp;
+    let mut uuid = [0u8; 16];
+    let raw = hex::decode(machine_id).unwrap_or_else(|_| machine_id.as_bytes().to_vec());
+    for (i, b) in raw.iter().take(16).enumerate() {
+        uuid[i] = *b;
+    }
+    let ad = ssdp::Advertisement {
+        st: ssdp::ST_SENSORHUB.into(),
+        uuid: ssdp::uuid_from_bytes(uuid),
+        location: format!("https://{}/outpost/hub/{machine_id}", ssdp::LOCATION_IP),
+        boot_id: ssdp::next_boot_id(&dir.join("ssdp-boot-id")).map_err(|e| HubError::Io {
+            path: dir.join("ssdp-boot-id"),
+            source: std::io::Error::other(e.to_string()),
+        })?,
+        config_id: 1,
+        server: ssdp::server_header(env!("CARGO_PKG_VERSION")),
+    };
+    let cfg = config.ssdp.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = ssdp::run_responder(cfg, vec![ad], shutdown.cancelled_owned()).await {
+            tracing::warn!(error = %e, "SSDP responder stopped; connectors will not list this hub");
+        }
+    }))
+}
+
+/// The hub's status for `outpost status` and operators: uplink path, buffer depth, last upload.
+pub const STATUS_FILE: &str = "status.json";
+
+/// What `status.json` holds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct StatusFile {
+    pub machine_id: String,
+    pub pid: u32,
+    /// `direct`, `connector:<id>` or `offline`.
+    pub uplink: String,
+    pub buffered: u64,
+    pub last_upload: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_error: Option<String>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Rewrites the status file on every change, at most once a second, and at least every 10 s so
+/// its age tells whether the hub is alive.
+async fn write_status(
+    path: PathBuf,
+    machine_id: String,
+    mut status: tokio::sync::watch::Receiver<uplink::UplinkStatus>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let s = status.borrow_and_update().clone();
+        let file = StatusFile {
+            machine_id: machine_id.clone(),
+            pid: std::process::id(),
+            uplink: s.path,
+            buffered: s.buffered,
+            last_upload: s.last_upload,
+            last_error: s.last_error,
+            updated_at: chrono::Utc::now(),
+        };
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec_pretty(&file).expect("status serialises");
+        if let Err(e) = std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write status file");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            r = status.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn read_token(cfg: &uplink::UplinkConfig) -> Result<String, uplink::UplinkError> {
+    if let Some(t) = &cfg.token {
+        return Ok(t.clone());
+    }
+    match &cfg.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|source| uplink::UplinkError::Token { path: path.clone(), source }),
+        None => Ok(String::new()),
+    }
+}
+
+/// This machine's identity, made once and kept in the data directory.
+fn machine_id(dir: &Path) -> Result<String, HubError> {
+    let path = dir.join("machine-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw)
+        .map_err(|e| HubError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+    let id = hex::encode(raw);
+    std::fs::write(&path, &id).map_err(|source| HubError::Io { path, source })?;
+    Ok(id)
+}
+
+pub fn system_hostname() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "unknown-host".into())
+}

@@ -176,6 +176,97 @@ pub struct Batch {
     pub readings: Vec<Reading>,
 }
 
+/// Why a batch cannot be taken, as the receiver tells the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchProblem {
+    /// More readings than the receiver takes at once (HTTP 413).
+    #[error("{count} readings in one batch; at most {max}")]
+    TooMany { count: usize, max: usize },
+    /// Something in it is wrong (HTTP 400). One bad reading refuses the whole batch, so a sender
+    /// never has to guess which part was kept.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Batch {
+    /// Checks a whole batch before anything of it is stored.
+    pub fn validate(&self, max_readings: usize) -> Result<(), BatchProblem> {
+        let bad = |m: String| Err(BatchProblem::Invalid(m));
+        if self.machine_id.is_empty() || self.machine_id.len() > 128 || self.machine_id.contains('\0') {
+            return bad("machine_id must be 1 to 128 characters without NUL".into());
+        }
+        if self.readings.len() > max_readings {
+            return Err(BatchProblem::TooMany { count: self.readings.len(), max: max_readings });
+        }
+        for (i, r) in self.readings.iter().enumerate() {
+            if r.machine_id != self.machine_id {
+                return bad(format!(
+                    "reading {i} belongs to machine {}, not to the sender {}",
+                    r.machine_id, self.machine_id
+                ));
+            }
+            if r.seq == 0 {
+                return bad(format!("reading {i}: seq starts at 1"));
+            }
+            let s = &r.sample.sensor;
+            if s.is_empty() || s.len() > 256 || s.contains('\0') {
+                return bad(format!("reading {i}: sensor key must be 1 to 256 characters without NUL"));
+            }
+            if let Value::Number(n) = r.sample.value {
+                if !n.is_finite() {
+                    return bad(format!("reading {i}: value must be a finite number"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A hub that answered a connector's SSDP search but sends its readings elsewhere (or nowhere):
+/// listed on the dashboard so an operator can attach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnattachedHub {
+    /// The hub's machine id, from its USN.
+    pub machine_id: String,
+    pub location: String,
+    #[serde(default)]
+    pub server: String,
+    /// The connector that saw it.
+    #[serde(default)]
+    pub connector: String,
+    pub seen_at: DateTime<Utc>,
+}
+
+/// `POST /v1/forward`: what a connector sends the cloud. Each batch is the hub's own batch JSON,
+/// byte for byte as the hub sent it, so the connector cannot alter what a hub said.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardEnvelope {
+    /// The connector's machine id.
+    pub connector: String,
+    pub batches: Vec<Box<serde_json::value::RawValue>>,
+    /// Hubs the connector found by SSDP that do not send through it.
+    #[serde(default)]
+    pub unattached: Vec<UnattachedHub>,
+}
+
+/// The cloud's answer to a forward: one result per batch, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardAck {
+    pub results: Vec<ForwardResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ForwardResult {
+    Stored(BatchAck),
+    /// Refused for good (the HTTP status it would have had, and why): the connector drops it and
+    /// logs it; resending cannot help.
+    Refused {
+        status: u16,
+        error: String,
+    },
+}
+
 /// The cloud's answer to an accepted batch. Sent only after the readings are durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchAck {

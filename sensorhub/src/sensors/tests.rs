@@ -146,7 +146,7 @@ fn defaults_are_valid_and_local() {
 #[test]
 fn validation_names_the_key() {
     let mut short = SensorConfig::new(SensorKind::Cpu);
-    short.interval = Some(Duration::from_millis(500));
+    short.interval = Some(Duration::from_millis(50));
     let mut order = SensorConfig::new(SensorKind::Memory);
     order.warn = Some(95.0);
     order.error = Some(90.0);
@@ -171,7 +171,7 @@ fn validation_names_the_key() {
             "no `{key}` ~ `{words}` in {p:#?}"
         )
     };
-    has("sensor[0].interval", "minimum is 1s");
+    has("sensor[0].interval", "minimum is 100ms");
     has("sensor[1].warn", "must not be above error");
     has("sensor[2].warn", "below = true");
     has("sensor[3].host", "needs `host`");

@@ -8,6 +8,8 @@ pub enum BufferError {
     Storage(#[from] sled::Error),
     #[error("buffer at {path} is unreadable ({reason}); it was moved to {moved_to} and a fresh one started")]
     Recovered { path: PathBuf, moved_to: PathBuf, reason: String },
+    #[error("buffer record is malformed: {0}")]
+    Malformed(String),
     #[error("cannot prepare buffer directory {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }

@@ -11,6 +11,39 @@ const META_DROPPED: &[u8] = b"dropped";
 /// promises a small footprint keeps it to a few MiB. Reads are mostly sequential anyway.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Most records in one chunk: large enough to amortise sled's per-operation cost, small enough
+/// that acknowledging a few live readings rewrites little.
+const CHUNK_ITEMS: usize = 512;
+
+/// A chunk on disk: `(seq u64 BE, len u32 BE, bytes)` per record, ascending `seq`.
+fn encode_chunk<'a>(items: impl Iterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (seq, bytes) in items {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+fn decode_chunk(v: &[u8]) -> Result<Vec<(u64, &[u8])>, BufferError> {
+    let mut items = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        if rest.len() < 12 {
+            return Err(BufferError::Malformed("truncated record in chunk".into()));
+        }
+        let seq = decode_seq(&rest[..8]);
+        let len = u32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+        if rest.len() < 12 + len {
+            return Err(BufferError::Malformed("truncated record in chunk".into()));
+        }
+        items.push((seq, &rest[12..12 + len]));
+        rest = &rest[12 + len..];
+    }
+    Ok(items)
+}
+
 /// Seqs are reserved in blocks in a small file beside the database, so that even a buffer that sled
 /// had to truncate, or that was moved aside as corrupt, never hands out a `seq` again: a reused
 /// `seq` would be taken for a duplicate by the cloud and silently discarded.
@@ -26,8 +59,10 @@ pub enum OpenOutcome {
     Recovered { moved_to: PathBuf, reason: String },
 }
 
-/// The durable buffer on sled. Records live in tree `records` under their big-endian `seq`, so
-/// key order is `seq` order; counters live in tree `meta`.
+/// The durable buffer on sled. Records are stored in chunks: one sled value holds up to
+/// [`CHUNK_ITEMS`] records of one append, keyed by the big-endian `seq` of its first record, so key
+/// order is `seq` order. One sled operation per chunk instead of per record is what makes a
+/// group commit of thousands of readings cheap. Counters live in tree `meta`.
 pub struct SledBuffer {
     db: sled::Db,
     records: sled::Tree,
@@ -60,7 +95,7 @@ impl SledBuffer {
         }
         match Self::open_existing(path, quota, when_full) {
             Ok(buffer) => Ok((buffer, OpenOutcome::Opened)),
-            Err(BufferError::Storage(e)) if is_corruption(&e) => {
+            Err(e) if is_corruption(&e) => {
                 let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
                 let moved_to = path.with_extension(format!("corrupt-{stamp}"));
                 std::fs::rename(path, &moved_to)
@@ -85,10 +120,12 @@ impl SledBuffer {
         // One pass over the records at start: it both rebuilds the counters and proves every page
         // is readable, so corruption shows here and not in the middle of an upload.
         for item in records.iter() {
-            let (k, v) = item?;
-            len += 1;
-            bytes += record_cost(&v);
-            last = decode_seq(&k);
+            let (_, v) = item?;
+            for (seq, rec) in decode_chunk(&v)? {
+                len += 1;
+                bytes += record_cost(rec);
+                last = seq;
+            }
         }
         let floor_file = seq_floor_path(path);
         let reserved = read_floor(&floor_file);
@@ -122,23 +159,55 @@ impl SledBuffer {
         seq < self.durable_next.load(Ordering::Acquire)
     }
 
+    /// Up to `n` visible records from chunks in the order `chunks` yields them; `rev` reverses
+    /// the records inside each chunk too (newest first).
     fn collect(
         &self,
-        iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        chunks: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
         n: usize,
+        rev: bool,
     ) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
         let mut out = Vec::with_capacity(n.min(4096));
-        for item in iter {
+        for item in chunks {
             if out.len() >= n {
                 break;
             }
-            let (k, v) = item?;
-            let seq = decode_seq(&k);
-            if self.visible(seq) {
-                out.push((seq, v.to_vec()));
+            let (_, v) = item?;
+            let mut items = decode_chunk(&v)?;
+            if rev {
+                items.reverse();
+            }
+            for (seq, rec) in items {
+                if out.len() >= n {
+                    break;
+                }
+                if self.visible(seq) {
+                    out.push((seq, rec.to_vec()));
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Removes the records of one chunk for which `gone` holds; rewrites or deletes the chunk.
+    /// Returns the number and cost of the removed records.
+    fn prune_chunk(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        gone: impl Fn(u64) -> bool,
+    ) -> Result<(u64, u64), BufferError> {
+        let items = decode_chunk(value)?;
+        let (drop, keep): (Vec<_>, Vec<_>) = items.into_iter().partition(|(seq, _)| gone(*seq));
+        if drop.is_empty() {
+            return Ok((0, 0));
+        }
+        if keep.is_empty() {
+            self.records.remove(key)?;
+        } else {
+            self.records.insert(key, encode_chunk(keep.into_iter()))?;
+        }
+        Ok((drop.len() as u64, drop.iter().map(|(_, r)| record_cost(r)).sum()))
     }
 }
 
@@ -147,24 +216,13 @@ impl Storage for SledBuffer {
         let range = {
             let mut c = self.state.lock().unwrap();
             let needed: u64 = records.iter().map(|r| record_cost(r)).sum();
-            let mut batch = sled::Batch::default();
             if c.bytes + needed > self.quota {
                 match self.when_full {
                     WhenFull::Reject => {
                         return Err(BufferError::Full { bytes: c.bytes, quota: self.quota, needed });
                     }
                     WhenFull::DropOldest => {
-                        let mut freed = 0u64;
-                        let mut count = 0u64;
-                        for item in self.records.iter() {
-                            if c.bytes - freed + needed <= self.quota {
-                                break;
-                            }
-                            let (k, v) = item?;
-                            freed += record_cost(&v);
-                            count += 1;
-                            batch.remove(k);
-                        }
+                        let (count, freed) = self.drop_oldest(c.bytes + needed - self.quota)?;
                         c.bytes -= freed;
                         c.len -= count;
                         c.dropped += count;
@@ -189,12 +247,16 @@ impl Storage for SledBuffer {
                 }
                 c.dropped += skip as u64;
             }
-            for (i, r) in records.iter().enumerate() {
-                if i >= skip {
-                    batch.insert(&(start + i as u64).to_be_bytes(), r.as_slice());
-                    c.bytes += record_cost(r);
-                    c.len += 1;
-                }
+            let kept: Vec<(u64, &[u8])> = records
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .map(|(i, r)| (start + i as u64, r.as_slice()))
+                .collect();
+            for part in kept.chunks(CHUNK_ITEMS) {
+                self.records.insert(part[0].0.to_be_bytes(), encode_chunk(part.iter().copied()))?;
+                c.len += part.len() as u64;
+                c.bytes += part.iter().map(|(_, r)| record_cost(r)).sum::<u64>();
             }
             c.next_seq = start + records.len() as u64;
             if c.next_seq > self.reserved.load(Ordering::Acquire) {
@@ -202,7 +264,6 @@ impl Storage for SledBuffer {
                 write_floor(&self.floor_file, reserve)?;
                 self.reserved.store(reserve, Ordering::Release);
             }
-            self.records.apply_batch(batch)?;
             self.meta.insert(META_NEXT_SEQ, &c.next_seq.to_be_bytes())?;
             self.meta.insert(META_DROPPED, &c.dropped.to_be_bytes())?;
             start..c.next_seq
@@ -214,40 +275,55 @@ impl Storage for SledBuffer {
     }
 
     fn oldest(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
-        self.collect(self.records.iter(), n)
+        self.collect(self.records.iter(), n, false)
     }
 
     fn newest(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
-        self.collect(self.records.iter().rev(), n)
+        self.collect(self.records.iter().rev(), n, true)
     }
 
     /// Removal is made durable by the next flush, not awaited here: after a crash a removed record
     /// may come back and be sent again, which the next hop's exactly-once storage absorbs. That
     /// trade keeps acknowledgements free of an fsync each.
     fn remove(&self, seqs: &[u64]) -> Result<(), BufferError> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let mut c = self.state.lock().unwrap();
-        for seq in seqs {
-            if let Some(v) = self.records.remove(seq.to_be_bytes())? {
-                c.bytes -= record_cost(&v);
-                c.len -= 1;
-            }
+        let mut i = 0;
+        while i < sorted.len() {
+            let Some(item) = self.records.range(..=sorted[i].to_be_bytes()).next_back() else {
+                i += 1; // older than every chunk: already gone
+                continue;
+            };
+            let (k, v) = item?;
+            let next_chunk =
+                self.records.range((std::ops::Bound::Excluded(k.clone()), std::ops::Bound::Unbounded)).next();
+            let end = match next_chunk {
+                Some(n) => decode_seq(&n?.0),
+                None => u64::MAX,
+            };
+            let j = i + sorted[i..].partition_point(|s| *s < end);
+            let set = &sorted[i..j];
+            let (count, freed) = self.prune_chunk(&k, &v, |s| set.binary_search(&s).is_ok())?;
+            c.len -= count;
+            c.bytes -= freed;
+            i = j;
         }
         Ok(())
     }
 
     fn delete_through(&self, through: u64) -> Result<u64, BufferError> {
         let mut c = self.state.lock().unwrap();
-        let mut batch = sled::Batch::default();
-        let mut count = 0u64;
+        let mut total = 0;
         for item in self.records.range(..=through.to_be_bytes()) {
             let (k, v) = item?;
-            c.bytes -= record_cost(&v);
-            c.len -= 1;
-            count += 1;
-            batch.remove(k);
+            let (count, freed) = self.prune_chunk(&k, &v, |s| s <= through)?;
+            c.len -= count;
+            c.bytes -= freed;
+            total += count;
         }
-        self.records.apply_batch(batch)?;
-        Ok(count)
+        Ok(total)
     }
 
     fn stats(&self) -> BufferStats {
@@ -259,6 +335,33 @@ impl Storage for SledBuffer {
             dropped: c.dropped,
             next_seq: c.next_seq,
         }
+    }
+}
+
+impl SledBuffer {
+    /// Drops the oldest records until at least `need` bytes are free; whole chunks where possible.
+    fn drop_oldest(&self, need: u64) -> Result<(u64, u64), BufferError> {
+        let (mut count, mut freed) = (0u64, 0u64);
+        while freed < need {
+            let Some(item) = self.records.iter().next() else { break };
+            let (k, v) = item?;
+            let items = decode_chunk(&v)?;
+            if items.is_empty() {
+                self.records.remove(&k)?;
+                continue;
+            }
+            let mut cut = 0usize;
+            let mut f = 0u64;
+            while cut < items.len() && freed + f < need {
+                f += record_cost(items[cut].1);
+                cut += 1;
+            }
+            let last_dropped = items[cut - 1].0;
+            let (n, b) = self.prune_chunk(&k, &v, |s| s <= last_dropped)?;
+            count += n;
+            freed += b;
+        }
+        Ok((count, freed))
     }
 }
 
@@ -298,6 +401,15 @@ fn decode_seq(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-fn is_corruption(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_))
+fn is_corruption(e: &BufferError) -> bool {
+    match e {
+        BufferError::Storage(e) => {
+            matches!(
+                e,
+                sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_)
+            )
+        }
+        BufferError::Malformed(_) => true,
+        _ => false,
+    }
 }

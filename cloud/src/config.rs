@@ -1,0 +1,147 @@
+//! The cloud's configuration (`cloud.toml`): where it listens, where it keeps data, its
+//! certificate, retention and ingest limits. Parsed, then validated, then built.
+
+use outpost_shared::config::{Problem, Validate};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The embedded default configuration, printed by `outpost config default --role cloud`.
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// Address of the HTTPS listener: API, ingest and dashboard.
+    pub listen: SocketAddr,
+    /// Keys, tokens, certificates and the database live here.
+    pub data_dir: PathBuf,
+    /// Host names and addresses the self-signed certificate is made for when no `tls` is given.
+    pub names: Vec<String>,
+    pub tls: Option<TlsFiles>,
+    pub retention: Retention,
+    pub ingest: IngestLimits,
+    /// A machine silent for this long is shown with uplink `offline`.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+}
+
+/// A certificate from config, e.g. one bought or issued by the company CA.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Raw readings are kept this long, then folded into hourly min/avg/max.
+    #[serde(with = "humantime_serde")]
+    pub raw: Duration,
+    /// Hourly aggregates are kept this long.
+    #[serde(with = "humantime_serde")]
+    pub hourly: Duration,
+    /// How often the fold runs.
+    #[serde(with = "humantime_serde")]
+    pub compact_every: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestLimits {
+    /// Largest request body on the wire (compressed), bytes or e.g. "8MiB".
+    #[serde(with = "outpost_shared::config::size")]
+    pub max_body: u64,
+    /// Largest body once decompressed: the cap that defeats gzip bombs.
+    #[serde(with = "outpost_shared::config::size")]
+    pub max_decompressed: u64,
+    /// Most readings in one batch.
+    pub max_readings: usize,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            listen: "127.0.0.1:8443".parse().expect("valid literal"),
+            data_dir: PathBuf::from("outpost-data/cloud"),
+            names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            tls: None,
+            retention: Retention::default(),
+            ingest: IngestLimits::default(),
+            offline_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            raw: Duration::from_secs(7 * 86400),
+            hourly: Duration::from_secs(400 * 86400),
+            compact_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits { max_body: 8 << 20, max_decompressed: 64 << 20, max_readings: 50_000 }
+    }
+}
+
+impl Validate for CloudConfig {
+    fn validate(&self, problems: &mut Vec<Problem>) {
+        if self.retention.raw < Duration::from_secs(3600) {
+            problems.push(Problem::new(
+                "retention.raw",
+                "must be at least 1h: hourly aggregates are made from raw readings",
+            ));
+        }
+        if self.retention.hourly < self.retention.raw {
+            problems.push(Problem::new("retention.hourly", "must not be shorter than retention.raw"));
+        }
+        if self.retention.compact_every < Duration::from_secs(1) {
+            problems.push(Problem::new("retention.compact_every", "must be at least 1s"));
+        }
+        if self.ingest.max_body < 1024 {
+            problems.push(Problem::new("ingest.max_body", "must be at least 1KiB"));
+        }
+        if self.ingest.max_decompressed < self.ingest.max_body {
+            problems.push(Problem::new("ingest.max_decompressed", "must not be below ingest.max_body"));
+        }
+        if self.ingest.max_readings == 0 {
+            problems.push(Problem::new("ingest.max_readings", "must be above 0"));
+        }
+        if self.tls.is_none() && self.names.is_empty() {
+            problems.push(Problem::new(
+                "names",
+                "give at least one host name for the self-signed certificate, or a [tls] cert and key",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.exists() {
+                    problems.push(Problem::new(key, format!("file {} does not exist", path.display())));
+                }
+            }
+        }
+        if self.offline_after < Duration::from_secs(5) {
+            problems.push(Problem::new("offline_after", "must be at least 5s"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_parses_and_equals_the_built_in_defaults() {
+        let parsed: CloudConfig =
+            outpost_shared::config::parse(DEFAULT_CONFIG, std::path::Path::new("default.toml")).unwrap();
+        assert_eq!(parsed, CloudConfig::default());
+    }
+}

@@ -1,0 +1,15 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("storage failed: {0}; check disk space and permissions of the data directory")]
+    Storage(#[from] sled::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] outpost_shared::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}; is another cloud running, or is the port privileged?")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("stored data is unreadable ({0}); restore the data directory from a backup or move it aside")]
+    Corrupt(String),
+}

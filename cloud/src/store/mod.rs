@@ -1,0 +1,377 @@
+//! The cloud's storage on sled. Exactly-once is a property of the key: a raw reading is stored
+//! under `(machine, sensor, seq)`, so a resent reading lands on the same key and is counted as a
+//! duplicate instead of stored twice. An acknowledgement is sent only after the flush.
+//!
+//! Trees:
+//! - `raw`: `machine \0 sensor \0 seq(be64)` → `ts_ms(be64) ++ json(RawValue)`; the timestamp in
+//!   front lets range queries and retention filter without parsing JSON.
+//! - `latest`: `machine \0 sensor` → json(SensorLatest), the newest reading by timestamp.
+//! - `machines`: `machine` → json(MachineInfo).
+//! - `hourly`: `machine \0 sensor \0 hour_ms(be64)` → json(HourlyAgg), what retention leaves.
+
+#[cfg(test)]
+mod tests;
+
+use crate::error::CloudError;
+use chrono::{DateTime, TimeZone, Utc};
+use outpost_shared::model::{
+    Batch, HourlyPoint, MachineInfo, ReadingPoint, SensorLatest, State, UnattachedHub, Value,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Page cache: enough for the hot tail of every sensor of a small site, not the 1 GiB default.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    raw: sled::Tree,
+    latest: sled::Tree,
+    machines: sled::Tree,
+    hourly: sled::Tree,
+    unattached: sled::Tree,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawValue {
+    v: Value,
+    s: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy)]
+struct HourlyAgg {
+    min: f64,
+    max: f64,
+    sum: f64,
+    count: u64,
+}
+
+impl HourlyAgg {
+    fn merge(&mut self, o: HourlyAgg) {
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+}
+
+/// What one batch did to the store, for the acknowledgement and the live feed.
+#[derive(Debug, Default)]
+pub struct IngestOutcome {
+    pub stored: u64,
+    pub duplicates: u64,
+    /// Sensors whose latest reading changed, for live updates.
+    pub changed: Vec<SensorLatest>,
+    pub machine: Option<MachineInfo>,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CompactOutcome {
+    pub folded: u64,
+    pub hourly_expired: u64,
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn key3(a: &str, b: &str, n: u64) -> Vec<u8> {
+    let mut k = key2(a, b);
+    k.push(0);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn ts_ms(ts: DateTime<Utc>) -> u64 {
+    ts.timestamp_millis().max(0) as u64
+}
+
+fn from_ms(ms: u64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms as i64).single().unwrap_or_default()
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> CloudError {
+    CloudError::Corrupt(format!("{what}: {e}"))
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, CloudError> {
+        let db =
+            sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open()?;
+        Ok(Store {
+            raw: db.open_tree("raw")?,
+            latest: db.open_tree("latest")?,
+            machines: db.open_tree("machines")?,
+            hourly: db.open_tree("hourly")?,
+            unattached: db.open_tree("unattached")?,
+            db,
+        })
+    }
+
+    /// Stores a validated batch and makes it durable. Blocking: call from a blocking thread.
+    pub fn ingest(&self, batch: &Batch, now: DateTime<Utc>) -> Result<IngestOutcome, CloudError> {
+        let mut out = IngestOutcome::default();
+        let mut newest: HashMap<&str, usize> = HashMap::new();
+        let mut val = Vec::with_capacity(128);
+        for (i, r) in batch.readings.iter().enumerate() {
+            let s = &r.sample;
+            val.clear();
+            val.extend_from_slice(&ts_ms(s.ts).to_be_bytes());
+            serde_json::to_writer(
+                &mut val,
+                &RawValue { v: s.value.clone(), s: s.state, u: s.unit.clone(), m: s.message.clone() },
+            )
+            .map_err(|e| corrupt("encode", e))?;
+            match self.raw.insert(key3(&batch.machine_id, &s.sensor, r.seq), val.as_slice())? {
+                Some(_) => out.duplicates += 1,
+                None => {
+                    out.stored += 1;
+                    let e = newest.entry(&s.sensor).or_insert(i);
+                    if batch.readings[*e].sample.ts <= s.ts {
+                        *e = i;
+                    }
+                }
+            }
+        }
+        for (sensor, i) in newest {
+            let s = &batch.readings[i].sample;
+            let key = key2(&batch.machine_id, sensor);
+            let current: Option<SensorLatest> = match self.latest.get(&key)? {
+                Some(v) => serde_json::from_slice(&v).ok(),
+                None => None,
+            };
+            // A replayed backlog reading must not hide a newer live one.
+            if current.as_ref().is_some_and(|c| c.ts > s.ts) {
+                continue;
+            }
+            let l = SensorLatest {
+                sensor: sensor.to_string(),
+                state: s.state,
+                value: s.value.clone(),
+                unit: s.unit.clone(),
+                ts: s.ts,
+                message: s.message.clone(),
+            };
+            self.latest.insert(key, serde_json::to_vec(&l).map_err(|e| corrupt("encode", e))?)?;
+            out.changed.push(l);
+        }
+        let info = MachineInfo {
+            id: batch.machine_id.clone(),
+            hostname: batch.hostname.clone(),
+            role: batch.role,
+            uplink: batch.uplink.clone(),
+            last_seen: now,
+            buffered: batch.buffered,
+            dropped: batch.dropped,
+            version: batch.version.clone(),
+        };
+        self.machines.insert(
+            batch.machine_id.as_bytes(),
+            serde_json::to_vec(&info).map_err(|e| corrupt("encode", e))?,
+        )?;
+        out.machine = Some(info);
+        Ok(out)
+    }
+
+    /// Waits until everything written so far is on disk. Only after this may a batch be
+    /// acknowledged.
+    pub async fn flush(&self) -> Result<(), CloudError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn machines(&self) -> Result<Vec<MachineInfo>, CloudError> {
+        self.machines
+            .iter()
+            .map(|item| {
+                let (_, v) = item?;
+                serde_json::from_slice(&v).map_err(|e| corrupt("machine record", e))
+            })
+            .collect()
+    }
+
+    pub fn machine(&self, id: &str) -> Result<Option<MachineInfo>, CloudError> {
+        match self.machines.get(id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| corrupt("machine record", e))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn sensors(&self, machine: &str) -> Result<Vec<SensorLatest>, CloudError> {
+        let mut prefix = machine.as_bytes().to_vec();
+        prefix.push(0);
+        self.latest
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (_, v) = item?;
+                serde_json::from_slice(&v).map_err(|e| corrupt("latest record", e))
+            })
+            .collect()
+    }
+
+    /// Raw readings of one sensor at or after `since`, oldest first, at most `limit`.
+    pub fn readings(
+        &self,
+        machine: &str,
+        sensor: &str,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<ReadingPoint>, CloudError> {
+        let mut prefix = key2(machine, sensor);
+        prefix.push(0);
+        let since_ms = since.map(ts_ms).unwrap_or(0);
+        let mut out = Vec::new();
+        for item in self.raw.scan_prefix(&prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let ts = be64(&v);
+            if ts < since_ms {
+                continue;
+            }
+            let raw: RawValue = serde_json::from_slice(&v[8..]).map_err(|e| corrupt("raw reading", e))?;
+            out.push(ReadingPoint {
+                seq: be64(&k[k.len() - 8..]),
+                ts: from_ms(ts),
+                value: raw.v,
+                state: raw.s,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Hourly aggregates of one sensor at or after `since`, oldest first.
+    pub fn hourly(
+        &self,
+        machine: &str,
+        sensor: &str,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<HourlyPoint>, CloudError> {
+        let mut prefix = key2(machine, sensor);
+        prefix.push(0);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&since.map(ts_ms).unwrap_or(0).to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.hourly.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let a: HourlyAgg = serde_json::from_slice(&v).map_err(|e| corrupt("hourly record", e))?;
+            out.push(HourlyPoint {
+                ts: from_ms(be64(&k[k.len() - 8..])),
+                min: a.min,
+                avg: a.sum / a.count.max(1) as f64,
+                max: a.max,
+                count: a.count,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Folds raw readings older than `raw` into hourly aggregates and drops hourly aggregates
+    /// older than `hourly`. Text values have nothing to average and are simply dropped.
+    pub fn compact(
+        &self,
+        now: DateTime<Utc>,
+        raw: Duration,
+        hourly: Duration,
+    ) -> Result<CompactOutcome, CloudError> {
+        let raw_cut = ts_ms(now).saturating_sub(raw.as_millis() as u64);
+        let hourly_cut = ts_ms(now).saturating_sub(hourly.as_millis() as u64);
+        let mut aggs: HashMap<Vec<u8>, HourlyAgg> = HashMap::new();
+        let mut out = CompactOutcome::default();
+        let mut batch = sled::Batch::default();
+        for item in self.raw.iter() {
+            let (k, v) = item?;
+            let ts = be64(&v);
+            if ts >= raw_cut {
+                continue;
+            }
+            batch.remove(k.clone());
+            out.folded += 1;
+            let Ok(rv) = serde_json::from_slice::<RawValue>(&v[8..]) else { continue };
+            let Some(x) = rv.v.as_f64() else { continue };
+            let hour = ts - ts % 3_600_000;
+            let mut hk = k[..k.len() - 8].to_vec();
+            hk.extend_from_slice(&hour.to_be_bytes());
+            let a = HourlyAgg { min: x, max: x, sum: x, count: 1 };
+            aggs.entry(hk).and_modify(|e| e.merge(a)).or_insert(a);
+        }
+        for (hk, mut a) in aggs {
+            if let Some(old) = self.hourly.get(&hk)? {
+                if let Ok(o) = serde_json::from_slice::<HourlyAgg>(&old) {
+                    a.merge(o);
+                }
+            }
+            self.hourly.insert(hk, serde_json::to_vec(&a).map_err(|e| corrupt("encode", e))?)?;
+        }
+        self.raw.apply_batch(batch)?;
+        let mut expired = sled::Batch::default();
+        for item in self.hourly.iter() {
+            let (k, _) = item?;
+            if be64(&k[k.len() - 8..]) < hourly_cut {
+                expired.remove(k);
+                out.hourly_expired += 1;
+            }
+        }
+        self.hourly.apply_batch(expired)?;
+        self.db.flush()?;
+        Ok(out)
+    }
+
+    /// Remembers hubs a connector found that do not send through it (the latest sighting wins).
+    pub fn note_unattached(&self, hubs: &[UnattachedHub]) -> Result<(), CloudError> {
+        for h in hubs {
+            self.unattached
+                .insert(h.machine_id.as_bytes(), serde_json::to_vec(h).map_err(|e| corrupt("encode", e))?)?;
+        }
+        Ok(())
+    }
+
+    /// Hubs seen by a connector within the last day that have not sent anything since they were
+    /// seen. A hub that starts sending drops off this list by itself.
+    pub fn unattached(&self, now: DateTime<Utc>) -> Result<Vec<UnattachedHub>, CloudError> {
+        let mut out = Vec::new();
+        for item in self.unattached.iter() {
+            let (_, v) = item?;
+            let h: UnattachedHub = serde_json::from_slice(&v).map_err(|e| corrupt("unattached record", e))?;
+            if now - h.seen_at > chrono::Duration::days(1) {
+                continue;
+            }
+            if self
+                .machine(&h.machine_id)?
+                .is_some_and(|m| m.last_seen >= h.seen_at - chrono::Duration::minutes(2))
+            {
+                continue;
+            }
+            out.push(h);
+        }
+        Ok(out)
+    }
+
+    /// Total raw readings stored; for tests and the status page.
+    pub fn raw_count(&self) -> usize {
+        self.raw.len()
+    }
+}

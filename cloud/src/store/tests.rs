@@ -1,0 +1,96 @@
+use super::*;
+use chrono::Duration as CDuration;
+use outpost_shared::model::{Reading, Role, Sample};
+
+fn batch(machine: &str, readings: Vec<(u64, &str, f64, DateTime<Utc>)>) -> Batch {
+    Batch {
+        machine_id: machine.into(),
+        hostname: "h".into(),
+        role: Role::Sensorhub,
+        uplink: "direct".into(),
+        buffered: 0,
+        dropped: 0,
+        version: "t".into(),
+        readings: readings
+            .into_iter()
+            .map(|(seq, sensor, v, ts)| Reading {
+                machine_id: machine.into(),
+                seq,
+                sample: Sample::new(sensor, v, State::Ok).at(ts),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_resent_reading_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let b = batch("m1", vec![(1, "cpu", 1.0, now), (2, "cpu", 2.0, now), (3, "mem", 3.0, now)]);
+    let first = store.ingest(&b, now).unwrap();
+    assert_eq!((first.stored, first.duplicates), (3, 0));
+    let again = store.ingest(&b, now).unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, 3));
+    assert_eq!(store.readings("m1", "cpu", None, 100).unwrap().len(), 2);
+    assert_eq!(store.raw_count(), 3);
+}
+
+#[test]
+fn latest_is_the_newest_by_time_not_by_arrival() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    store.ingest(&batch("m1", vec![(10, "cpu", 50.0, now)]), now).unwrap();
+    // A backlog reading from an hour ago arrives later; it must not replace the live value.
+    store.ingest(&batch("m1", vec![(3, "cpu", 7.0, now - CDuration::hours(1))]), now).unwrap();
+    let s = store.sensors("m1").unwrap();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].value, Value::Number(50.0));
+    let pts = store.readings("m1", "cpu", Some(now - CDuration::minutes(5)), 100).unwrap();
+    assert_eq!(pts.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![10]);
+}
+
+#[test]
+fn machines_do_not_bleed_into_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    store.ingest(&batch("m1", vec![(1, "cpu", 1.0, now)]), now).unwrap();
+    store.ingest(&batch("m10", vec![(1, "cpu", 9.0, now)]), now).unwrap();
+    assert_eq!(store.readings("m1", "cpu", None, 10).unwrap().len(), 1);
+    assert_eq!(store.sensors("m1").unwrap()[0].value, Value::Number(1.0));
+    assert_eq!(store.machines().unwrap().len(), 2);
+}
+
+#[test]
+fn retention_folds_old_raw_readings_into_hourly_min_avg_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let old = now - CDuration::days(8);
+    let hour_start =
+        Utc.timestamp_millis_opt(old.timestamp_millis() - old.timestamp_millis() % 3_600_000).unwrap();
+    let b = batch(
+        "m1",
+        vec![
+            (1, "cpu", 10.0, hour_start + CDuration::minutes(1)),
+            (2, "cpu", 20.0, hour_start + CDuration::minutes(2)),
+            (3, "cpu", 60.0, hour_start + CDuration::minutes(3)),
+            (4, "cpu", 5.0, now),
+        ],
+    );
+    store.ingest(&b, now).unwrap();
+    let out = store.compact(now, Duration::from_secs(7 * 86400), Duration::from_secs(400 * 86400)).unwrap();
+    assert_eq!(out.folded, 3);
+    let raw = store.readings("m1", "cpu", None, 100).unwrap();
+    assert_eq!(raw.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![4]);
+    let h = store.hourly("m1", "cpu", None, 100).unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!((h[0].min, h[0].avg, h[0].max, h[0].count), (10.0, 30.0, 60.0, 3));
+    assert_eq!(h[0].ts, hour_start);
+    // Aggregates past their own retention go too.
+    let later = now + CDuration::days(500);
+    let out = store.compact(later, Duration::from_secs(7 * 86400), Duration::from_secs(400 * 86400)).unwrap();
+    assert_eq!(out.hourly_expired, 1 + 1, "both the old hour and the folded live reading's hour expire");
+}

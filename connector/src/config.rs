@@ -1,0 +1,173 @@
+//! The connector's configuration (`connector.toml`). Parsed, then validated, then built.
+
+use outpost_sensorhub::sensors::SensorConfig;
+use outpost_shared::config::{Problem, Validate};
+use outpost_shared::ssdp::ResponderConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The embedded default configuration, printed by `outpost config default --role connector`.
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorConfig {
+    /// Buffer, certificate and identity live here.
+    pub data_dir: PathBuf,
+    /// The LAN API (HTTPS) hubs send to.
+    pub listen: SocketAddr,
+    /// The URL hubs are told (SSDP LOCATION); by default `https://<first LAN address>:<port>`.
+    pub advertise_url: Option<String>,
+    /// Names and addresses for the self-signed LAN certificate; the LAN addresses are added.
+    pub names: Vec<String>,
+    pub cloud: CloudLink,
+    pub buffer: BufferConfig,
+    pub ssdp: SsdpConfig,
+    /// Sensors of the connector's own machine (its embedded hub); the defaults when empty.
+    #[serde(rename = "sensor")]
+    pub sensors: Vec<SensorConfig>,
+    /// Run the embedded hub that monitors this machine.
+    pub monitor_self: bool,
+}
+
+/// `[cloud]`: where the connector forwards to, over outbound HTTPS only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudLink {
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// The cloud's ingest token; hubs present the same one to the connector.
+    pub token_file: Option<PathBuf>,
+    pub token: Option<String>,
+    /// Most readings in one forward request (many hub batches together).
+    pub max_readings: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// When the buffer holds this much, hubs get 503 + Retry-After and keep their data.
+    #[serde(with = "outpost_shared::config::size")]
+    pub quota: u64,
+    /// What a refused hub is told to wait before trying again.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsdpConfig {
+    /// Answer hubs' searches and announce this connector (UDP 1900 multicast on LAN interfaces).
+    pub advertise: bool,
+    /// Search the LAN for hubs that are not attached, and report them to the cloud.
+    pub search_hubs: bool,
+    #[serde(with = "humantime_serde")]
+    pub search_every: Duration,
+    pub responder: ResponderConfig,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        ConnectorConfig {
+            data_dir: PathBuf::from("outpost-data/connector"),
+            listen: "0.0.0.0:8444".parse().expect("valid literal"),
+            advertise_url: None,
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            cloud: CloudLink::default(),
+            buffer: BufferConfig::default(),
+            ssdp: SsdpConfig::default(),
+            sensors: Vec::new(),
+            monitor_self: true,
+        }
+    }
+}
+
+impl Default for CloudLink {
+    fn default() -> Self {
+        CloudLink {
+            url: None,
+            ca_file: None,
+            token_file: None,
+            token: None,
+            max_readings: 20_000,
+            timeout: Duration::from_secs(30),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig { quota: 1 << 30, retry_after: Duration::from_secs(10) }
+    }
+}
+
+impl Default for SsdpConfig {
+    fn default() -> Self {
+        SsdpConfig {
+            advertise: true,
+            search_hubs: true,
+            search_every: Duration::from_secs(300),
+            responder: ResponderConfig::default(),
+        }
+    }
+}
+
+impl Validate for ConnectorConfig {
+    fn validate(&self, problems: &mut Vec<Problem>) {
+        match &self.cloud.url {
+            Some(u) if !u.starts_with("https://") => problems.push(Problem::new(
+                "cloud.url",
+                "must be an https:// URL: the connector only speaks outbound HTTPS",
+            )),
+            None => problems.push(Problem::new("cloud.url", "the connector needs the cloud's URL")),
+            _ => {}
+        }
+        if self.cloud.token.is_none() && self.cloud.token_file.is_none() {
+            problems.push(Problem::new(
+                "cloud.token_file",
+                "the cloud needs an ingest token: set token_file (or token)",
+            ));
+        }
+        for (key, path) in
+            [("cloud.ca_file", &self.cloud.ca_file), ("cloud.token_file", &self.cloud.token_file)]
+        {
+            if let Some(p) = path {
+                if !p.exists() {
+                    problems.push(Problem::new(key, format!("file {} does not exist", p.display())));
+                }
+            }
+        }
+        if self.cloud.max_readings == 0 || self.cloud.max_readings > 50_000 {
+            problems.push(Problem::new("cloud.max_readings", "must be between 1 and 50000"));
+        }
+        if self.cloud.retry_min.is_zero() || self.cloud.retry_max < self.cloud.retry_min {
+            problems.push(Problem::new(
+                "cloud.retry_max",
+                "retry_min must be above 0 and retry_max not below it",
+            ));
+        }
+        if self.buffer.quota < 64 << 10 {
+            problems.push(Problem::new("buffer.quota", "must be at least 64KiB"));
+        }
+        if self.ssdp.search_every < Duration::from_secs(5) {
+            problems.push(Problem::new("ssdp.search_every", "must be at least 5s"));
+        }
+        if let Some(u) = &self.advertise_url {
+            if !u.starts_with("https://") {
+                problems.push(Problem::new("advertise_url", "must be an https:// URL"));
+            }
+        }
+        self.ssdp.responder.check("ssdp.responder", problems);
+        outpost_sensorhub::sensors::validate_sensors(&self.sensors, problems);
+    }
+}

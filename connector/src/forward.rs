@@ -1,0 +1,241 @@
+//! Store-and-forward to the cloud: many hubs' batches per request, oldest first, each exactly as
+//! its hub sent it. A batch leaves the buffer only after the cloud's answer for it: stored, or
+//! refused for good (then it is logged; resending could never help).
+
+use crate::config::CloudLink;
+use crate::{record, Shared};
+use outpost_shared::backoff::Backoff;
+use outpost_shared::model::{ApiError, ForwardAck, ForwardEnvelope, ForwardResult, UnattachedHub};
+use outpost_shared::ssdp::Found;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Most hub batches one request may carry, whatever their size.
+const MAX_BATCHES: usize = 1000;
+/// A hub that sent through this connector within this window counts as attached.
+const ATTACHED_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
+
+pub(crate) async fn run(
+    sh: Arc<Shared>,
+    client: reqwest::Client,
+    cfg: CloudLink,
+    shutdown: CancellationToken,
+) {
+    let Some(url) = cfg.url.as_ref().map(|u| format!("{}/v1/forward", u.trim_end_matches('/'))) else {
+        return;
+    };
+    let mut backoff = Backoff::new(cfg.retry_min, cfg.retry_max, 0.5).expect("validated with the config");
+    let mut failing = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let (seqs, env) = match collect(&sh, cfg.max_readings).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the connector buffer");
+                (Vec::new(), None)
+            }
+        };
+        let Some(env) = env else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sh.forward_wake.notified() => {}
+            }
+            // Let concurrent hubs' batches gather into one request.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        match send(&client, &url, &sh.token, &env).await {
+            Ok(ack) => {
+                if failing {
+                    tracing::info!("cloud reachable again; forwarding the backlog");
+                    failing = false;
+                }
+                backoff.reset();
+                for (r, raw) in ack.results.iter().zip(&env.batches) {
+                    if let ForwardResult::Refused { status, error } = r {
+                        tracing::error!(status, %error, batch_bytes = raw.get().len(), "cloud refuses a hub batch for good; dropped");
+                    }
+                }
+                remove(&sh, seqs).await;
+                // The unattached list was delivered with this request.
+                if !env.unattached.is_empty() {
+                    sh.unattached.lock().unwrap().clear();
+                }
+            }
+            Err(Retry::After(d)) => sleep_or_stop(&shutdown, d).await,
+            Err(Retry::Backoff(msg)) => {
+                if !failing {
+                    tracing::warn!(error = %msg, buffered = sh.buffer.stats().len, "cannot reach the cloud; holding hub batches");
+                    failing = true;
+                }
+                sleep_or_stop(&shutdown, backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+enum Retry {
+    After(Duration),
+    Backoff(String),
+}
+
+/// The oldest batches up to `max_readings` (at least one), and the pending unattached hubs.
+async fn collect(
+    sh: &Arc<Shared>,
+    max_readings: usize,
+) -> Result<(Vec<u64>, Option<ForwardEnvelope>), String> {
+    let buffer = sh.buffer.clone();
+    let oldest = tokio::task::spawn_blocking(move || buffer.oldest(MAX_BATCHES))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut seqs = Vec::new();
+    let mut batches = Vec::new();
+    let mut readings = 0usize;
+    for (seq, bytes) in oldest {
+        let Some(r) = record::decode(&bytes) else {
+            tracing::error!(seq, "unreadable record in the connector buffer; dropped");
+            seqs.push(seq);
+            continue;
+        };
+        if !batches.is_empty() && readings + r.readings as usize > max_readings {
+            break;
+        }
+        readings += r.readings as usize;
+        let json = String::from_utf8(r.json.to_vec()).map_err(|e| e.to_string())?;
+        batches.push(RawValue::from_string(json).map_err(|e| e.to_string())?);
+        seqs.push(seq);
+    }
+    let unattached = sh.unattached.lock().unwrap().clone();
+    if batches.is_empty() && unattached.is_empty() {
+        if !seqs.is_empty() {
+            remove(sh, seqs).await;
+        }
+        return Ok((Vec::new(), None));
+    }
+    Ok((seqs, Some(ForwardEnvelope { connector: sh.machine_id.clone(), batches, unattached })))
+}
+
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    env: &ForwardEnvelope,
+) -> Result<ForwardAck, Retry> {
+    let body = outpost_shared::wire::encode_gzip_json(env).map_err(|e| Retry::Backoff(e.to_string()))?;
+    let resp = client
+        .post(url)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_ENCODING, outpost_shared::wire::GZIP)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| Retry::Backoff(describe(&e)))?;
+    let status = resp.status();
+    if status.is_success() {
+        let ack: ForwardAck = resp.json().await.map_err(|e| Retry::Backoff(describe(&e)))?;
+        if ack.results.len() != env.batches.len() {
+            return Err(Retry::Backoff(format!(
+                "cloud answered {} results for {} batches",
+                ack.results.len(),
+                env.batches.len()
+            )));
+        }
+        return Ok(ack);
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let msg = resp.json::<ApiError>().await.map(|e| e.error).unwrap_or_default();
+    match (status.as_u16(), retry_after) {
+        (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),
+        (code, _) => Err(Retry::Backoff(format!("cloud answered {code}: {msg}"))),
+    }
+}
+
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn remove(sh: &Arc<Shared>, seqs: Vec<u64>) {
+    let buffer = sh.buffer.clone();
+    let to_remove = seqs.clone();
+    // Recount fair shares for what leaves.
+    let freed: Vec<(String, u64)> = {
+        let b = sh.buffer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (seq, bytes) in b.oldest(MAX_BATCHES + 1).unwrap_or_default() {
+                if to_remove.binary_search(&seq).is_ok() {
+                    if let Some(r) = record::decode(&bytes) {
+                        out.push((r.machine_id.to_string(), bytes.len() as u64));
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default()
+    };
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || buffer.remove(&seqs)).await {
+        tracing::error!(error = %e, "could not remove forwarded batches; the cloud will see them again and store them once");
+    }
+    let mut per_hub = sh.per_hub.lock().unwrap();
+    for (m, b) in freed {
+        if let Some(v) = per_hub.get_mut(&m) {
+            *v = v.saturating_sub(b);
+        }
+    }
+}
+
+/// Hubs answering SSDP that have not sent through this connector recently are reported as
+/// unattached with the next forward.
+pub(crate) fn note_found_hubs(sh: &Shared, found: Vec<Found>) {
+    let now = chrono::Utc::now();
+    let attached = sh.attached.lock().unwrap();
+    let mut list = sh.unattached.lock().unwrap();
+    for f in found {
+        let Some(id) = hub_id_from_location(&f.location) else { continue };
+        if attached.get(&id).is_some_and(|t| now - *t < ATTACHED_WINDOW) {
+            continue;
+        }
+        list.retain(|h| h.machine_id != id);
+        list.push(UnattachedHub {
+            machine_id: id,
+            location: f.location,
+            server: f.server,
+            connector: String::new(),
+            seen_at: now,
+        });
+    }
+    if !list.is_empty() {
+        sh.forward_wake.notify_one();
+    }
+}
+
+/// A hub's LOCATION ends in `/outpost/hub/<machine id>` (see the sensorhub's advertisement).
+fn hub_id_from_location(location: &str) -> Option<String> {
+    let id = location.trim_end_matches('/').rsplit_once("/outpost/hub/")?.1;
+    (!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())).then(|| id.to_string())
+}

@@ -1,0 +1,146 @@
+//! The LAN side: the machine-facing part of the one API (`POST /v1/batches`), served over TLS to
+//! the hubs of this network. A batch is acknowledged only once it is durable in the connector's
+//! buffer; a full buffer, or a hub over its fair share of a filling one, gets 503 + Retry-After.
+
+use crate::{record, Shared};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outpost_shared::buffer::BufferError;
+use outpost_shared::model::{ApiError, Batch, BatchAck, BatchProblem};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Limits for one hub request: the same as the cloud's defaults.
+const MAX_BODY: usize = 8 << 20;
+const MAX_DECOMPRESSED: usize = 64 << 20;
+const MAX_READINGS: usize = 50_000;
+
+pub(crate) fn serve(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let app = Router::new()
+        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route("/v1/connector", get(identity))
+        .route("/v1/batches", post(intake))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared);
+    let handle = axum_server::Handle::new();
+    let server =
+        axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+            .handle(handle.clone())
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+    tokio::spawn(async move {
+        let h = handle.clone();
+        let watcher = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            h.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "LAN API stopped");
+        }
+        watcher.abort();
+    })
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: msg.into() })).into_response()
+}
+
+async fn identity(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"machine_id": sh.machine_id, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+fn busy(sh: &Shared, msg: String) -> Response {
+    let mut r = err(StatusCode::SERVICE_UNAVAILABLE, msg);
+    let secs = sh.retry_after.as_secs().max(1).to_string();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).expect("digits"));
+    r
+}
+
+async fn intake(
+    State(sh): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if sh.token.is_empty()
+        || presented.len() != sh.token.len()
+        || presented.bytes().zip(sh.token.bytes()).any(|(a, b)| a != b)
+    {
+        return err(StatusCode::UNAUTHORIZED, "ingest token missing or wrong");
+    }
+    let gz = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+        == Some(outpost_shared::wire::GZIP);
+    let json = match outpost_shared::wire::decompress(&body, gz, MAX_DECOMPRESSED) {
+        Ok(j) => j,
+        Err(e @ outpost_shared::wire::WireError::TooLarge { .. }) => {
+            return err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        Err(e) => return err(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let batch: Batch = match serde_json::from_slice(&json) {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid batch: {e}")),
+    };
+    // Refuse here what the cloud would refuse, so it never occupies the buffer.
+    if let Err(p) = batch.validate(MAX_READINGS) {
+        let status = match p {
+            BatchProblem::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BatchProblem::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        tracing::warn!(%peer, machine = %batch.machine_id, reason = %p, "hub batch refused");
+        return err(status, p.to_string());
+    }
+    let rec = record::encode(batch.readings.len() as u32, &batch.machine_id, &json);
+    let cost = rec.len() as u64;
+    if let Some(msg) = over_fair_share(&sh, &batch.machine_id, cost) {
+        return busy(&sh, msg);
+    }
+    let buffer = sh.buffer.clone();
+    match tokio::task::spawn_blocking(move || buffer.append(&[rec])).await.expect("append does not panic") {
+        Ok(_) => {}
+        Err(BufferError::Full { bytes, quota, .. }) => {
+            tracing::warn!(machine = %batch.machine_id, bytes, quota, "buffer full; hub told to hold its data");
+            return busy(
+                &sh,
+                format!("connector buffer full ({bytes} of {quota} bytes); keep the data and retry later"),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store hub batch");
+            return busy(&sh, format!("connector cannot store right now: {e}"));
+        }
+    }
+    *sh.per_hub.lock().unwrap().entry(batch.machine_id.clone()).or_default() += cost;
+    sh.attached.lock().unwrap().insert(batch.machine_id.clone(), chrono::Utc::now());
+    sh.forward_wake.notify_one();
+    Json(BatchAck { stored: batch.readings.len() as u64, duplicates: 0 }).into_response()
+}
+
+/// Once the buffer is half full, a hub may hold at most an equal share of the quota: one chatty
+/// or long-cut-off hub cannot crowd out the others.
+fn over_fair_share(sh: &Shared, machine: &str, cost: u64) -> Option<String> {
+    let used = sh.buffer.stats().bytes;
+    if used + cost <= sh.quota / 2 {
+        return None;
+    }
+    let per_hub = sh.per_hub.lock().unwrap();
+    let active = per_hub.values().filter(|b| **b > 0).count() + usize::from(!per_hub.contains_key(machine));
+    let share = sh.quota / active.max(1) as u64;
+    let mine = per_hub.get(machine).copied().unwrap_or(0);
+    (mine + cost > share)
+        .then(|| format!("this hub holds {mine} bytes here, its fair share is {share}; retry later"))
+}

@@ -1,0 +1,259 @@
+//! The connector: the one machine of a customer network that talks to the cloud. Hubs find it by
+//! SSDP ([`outpost_shared::ssdp`]) and post their batches to its LAN API ([`lan`]), which takes
+//! custody of each batch (durable in its own buffer before it acknowledges) and pushes back with
+//! 503 + Retry-After when full, so data waits on the hubs. The [`forward`] task carries many hubs'
+//! batches per request to the cloud over outbound HTTPS, byte for byte as the hubs sent them. An
+//! embedded hub monitors the connector's own machine through the same LAN API.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod forward;
+pub mod lan;
+mod record;
+
+pub use config::ConnectorConfig;
+
+use outpost_shared::buffer::{OpenOutcome, SledBuffer, Storage, WhenFull};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error(transparent)]
+    Buffer(#[from] outpost_shared::buffer::BufferError),
+    #[error(transparent)]
+    Tls(#[from] outpost_shared::tls::TlsError),
+    #[error(transparent)]
+    Hub(#[from] outpost_sensorhub::HubError),
+    #[error(transparent)]
+    Ssdp(#[from] outpost_shared::ssdp::SsdpError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}; is another connector running?")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// What the LAN side and the forwarder share.
+pub(crate) struct Shared {
+    pub machine_id: String,
+    pub token: String,
+    pub buffer: Arc<dyn Storage>,
+    pub quota: u64,
+    pub retry_after: Duration,
+    /// Bytes each hub has in the buffer: the basis of the fair share.
+    pub per_hub: Mutex<HashMap<String, u64>>,
+    /// Hubs that sent through this connector recently, by machine id (for the unattached list).
+    pub attached: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    pub forward_wake: tokio::sync::Notify,
+    pub unattached: Mutex<Vec<outpost_shared::model::UnattachedHub>>,
+}
+
+/// A running connector.
+pub struct Connector {
+    pub machine_id: String,
+    /// The LAN API address actually bound.
+    pub addr: SocketAddr,
+    /// The CA hubs must trust for the LAN API.
+    pub ca_file: PathBuf,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    hub: Option<outpost_sensorhub::Hub>,
+}
+
+impl Connector {
+    /// `https://127.0.0.1:<port>`: how processes on this machine reach the LAN API.
+    pub fn loopback_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.hub {
+            h.join().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Runs the connector until `shutdown` completes.
+pub async fn run(config: ConnectorConfig, shutdown: impl Future<Output = ()>) -> Result<(), ConnectorError> {
+    let c = start(config).await?;
+    tracing::info!(machine_id = %c.machine_id, lan = %c.addr, "connector running");
+    shutdown.await;
+    c.stop().await;
+    Ok(())
+}
+
+pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| ConnectorError::Io { path: dir.clone(), source })?;
+    let machine_id = machine_id(dir)?;
+    let token = read_token(&config.cloud)?;
+    let (buffer, outcome) = SledBuffer::open(&dir.join("buffer"), config.buffer.quota, WhenFull::Reject)?;
+    if let OpenOutcome::Recovered { moved_to, reason } = outcome {
+        tracing::error!(moved_to = %moved_to.display(), %reason, "the connector's buffer was unreadable and was moved aside");
+    }
+    let buffer: Arc<dyn Storage> = Arc::new(buffer);
+    let per_hub = record::per_hub_bytes(buffer.as_ref())?;
+
+    let lan_ifaces = outpost_shared::ssdp::lan_interfaces(&config.ssdp.responder.interfaces);
+    let mut names = config.names.clone();
+    names.extend(lan_ifaces.iter().map(|i| i.addr.to_string()));
+    names.sort();
+    names.dedup();
+    let certs = outpost_shared::tls::ensure_self_signed(&dir.join("tls"), &names, "outpost connector")?;
+    let tls = outpost_shared::tls::server_config(&certs.cert, &certs.key)?;
+
+    let shared = Arc::new(Shared {
+        machine_id: machine_id.clone(),
+        token: token.clone(),
+        buffer: buffer.clone(),
+        quota: config.buffer.quota,
+        retry_after: config.buffer.retry_after,
+        per_hub: Mutex::new(per_hub),
+        attached: Mutex::new(HashMap::new()),
+        forward_wake: tokio::sync::Notify::new(),
+        unattached: Mutex::new(Vec::new()),
+    });
+    let shutdown = CancellationToken::new();
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
+    let mut tasks = vec![lan::serve(listener, tls, shared.clone(), shutdown.clone())];
+
+    let client = outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), config.cloud.timeout)?;
+    tasks.push(tokio::spawn(forward::run(shared.clone(), client, config.cloud.clone(), shutdown.clone())));
+
+    if config.ssdp.advertise || config.ssdp.search_hubs {
+        // `{ip}` becomes the address of the interface each answer leaves by.
+        let location = config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}:{}", outpost_shared::ssdp::LOCATION_IP, addr.port()));
+        tasks.extend(discovery(&config, dir, &machine_id, location, shared.clone(), shutdown.clone())?);
+    }
+
+    let hub = if config.monitor_self {
+        let hub_dir = dir.join("hub");
+        std::fs::create_dir_all(&hub_dir)
+            .map_err(|source| ConnectorError::Io { path: hub_dir.clone(), source })?;
+        // The embedded hub is this machine: same identity, reported with the connector role.
+        std::fs::write(hub_dir.join("machine-id"), &machine_id)
+            .map_err(|source| ConnectorError::Io { path: hub_dir.clone(), source })?;
+        let hub_cfg = outpost_sensorhub::HubConfig {
+            data_dir: hub_dir,
+            role: outpost_shared::model::Role::Connector,
+            sensors: config.sensors.clone(),
+            uplink: outpost_sensorhub::uplink::UplinkConfig {
+                connector: Some(format!("https://127.0.0.1:{}", addr.port())),
+                connector_ca: Some(certs.ca.clone()),
+                cloud: config.cloud.url.clone(),
+                ca_file: config.cloud.ca_file.clone(),
+                token: Some(token.clone()),
+                discover: false,
+                advertise: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Some(outpost_sensorhub::start(hub_cfg, shutdown.child_token()).await?)
+    } else {
+        None
+    };
+    Ok(Connector { machine_id, addr, ca_file: certs.ca, shutdown, tasks, hub })
+}
+
+/// The SSDP side: announce this connector, and look for hubs that are not attached.
+fn discovery(
+    config: &ConnectorConfig,
+    dir: &Path,
+    machine_id: &str,
+    location: String,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ConnectorError> {
+    let mut tasks = Vec::new();
+    if config.ssdp.advertise {
+        let ad = outpost_shared::ssdp::Advertisement {
+            st: outpost_shared::ssdp::ST_CONNECTOR.into(),
+            uuid: outpost_shared::ssdp::uuid_from_bytes(id_bytes(machine_id)),
+            location,
+            boot_id: outpost_shared::ssdp::next_boot_id(&dir.join("ssdp-boot-id"))?,
+            config_id: 1,
+            server: outpost_shared::ssdp::server_header(env!("CARGO_PKG_VERSION")),
+        };
+        let cfg = config.ssdp.responder.clone();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = outpost_shared::ssdp::run_responder(cfg, vec![ad], stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "SSDP responder stopped; hubs cannot discover this connector");
+            }
+        }));
+    }
+    if config.ssdp.search_hubs {
+        let every = config.ssdp.search_every;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match outpost_shared::ssdp::search(outpost_shared::ssdp::ST_SENSORHUB, Duration::from_secs(2))
+                    .await
+                {
+                    Ok(found) => forward::note_found_hubs(&shared, found),
+                    Err(e) => tracing::warn!(error = %e, "SSDP search for hubs failed"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+/// The first 16 bytes of a machine id (hex), for a stable SSDP uuid.
+pub(crate) fn id_bytes(machine_id: &str) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let raw = hex::decode(machine_id).unwrap_or_else(|_| machine_id.as_bytes().to_vec());
+    for (i, x) in raw.iter().take(16).enumerate() {
+        b[i] = *x;
+    }
+    b
+}
+
+fn read_token(cfg: &config::CloudLink) -> Result<String, ConnectorError> {
+    if let Some(t) = &cfg.token {
+        return Ok(t.clone());
+    }
+    match &cfg.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|source| ConnectorError::Io { path: path.clone(), source }),
+        None => Ok(String::new()),
+    }
+}
+
+fn machine_id(dir: &Path) -> Result<String, ConnectorError> {
+    let path = dir.join("machine-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw)
+        .map_err(|e| ConnectorError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+    let id = hex::encode(raw);
+    std::fs::write(&path, &id).map_err(|source| ConnectorError::Io { path, source })?;
+    Ok(id)
+}

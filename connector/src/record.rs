@@ -1,0 +1,51 @@
+//! How a hub batch sits in the connector's buffer: a small header (reading count, hub id) in front
+//! of the batch JSON exactly as the hub sent it, so the forwarder can size requests and the intake
+//! can keep fair shares without parsing JSON again.
+
+use outpost_shared::buffer::{BufferError, Storage};
+use std::collections::HashMap;
+
+pub struct Record<'a> {
+    pub readings: u32,
+    pub machine_id: &'a str,
+    pub json: &'a [u8],
+}
+
+pub fn encode(readings: u32, machine_id: &str, json: &[u8]) -> Vec<u8> {
+    let id = machine_id.as_bytes();
+    let mut out = Vec::with_capacity(5 + id.len() + json.len());
+    out.extend_from_slice(&readings.to_be_bytes());
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    out.extend_from_slice(json);
+    out
+}
+
+pub fn decode(bytes: &[u8]) -> Option<Record<'_>> {
+    let readings = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
+    let n = *bytes.get(4)? as usize;
+    let machine_id = std::str::from_utf8(bytes.get(5..5 + n)?).ok()?;
+    Some(Record { readings, machine_id, json: bytes.get(5 + n..)? })
+}
+
+/// Bytes per hub in the buffer, rebuilt at start.
+pub fn per_hub_bytes(buffer: &dyn Storage) -> Result<HashMap<String, u64>, BufferError> {
+    let mut out = HashMap::new();
+    for (_, bytes) in buffer.oldest(usize::MAX)? {
+        if let Some(r) = decode(&bytes) {
+            *out.entry(r.machine_id.to_string()).or_default() += bytes.len() as u64;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_trip() {
+        let e = super::encode(42, "abc", b"{\"x\":1}");
+        let r = super::decode(&e).unwrap();
+        assert_eq!((r.readings, r.machine_id, r.json), (42, "abc", &b"{\"x\":1}"[..]));
+        assert!(super::decode(&e[..3]).is_none());
+    }
+}

@@ -1,0 +1,95 @@
+use super::{SendError, Transport};
+use outpost_shared::model::{ApiError, Batch, BatchAck};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use std::time::Duration;
+
+/// When a busy receiver does not say how long to wait.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Uploads over HTTPS to `POST {base}/v1/batches`, gzip-compressed JSON.
+#[derive(Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    label: String,
+}
+
+impl HttpTransport {
+    /// `label` is the path reported with each batch: `direct` or `connector:<id>`.
+    pub fn new(client: reqwest::Client, base: &str, token: String, label: String) -> Self {
+        HttpTransport { client, url: format!("{}/v1/batches", base.trim_end_matches('/')), token, label }
+    }
+
+    /// The receiver's base URL.
+    pub fn base(&self) -> &str {
+        self.url.trim_end_matches("/v1/batches")
+    }
+
+    /// Whether the receiver answers its health check now.
+    pub async fn probe(&self) -> bool {
+        let url = format!("{}/v1/health", self.base());
+        matches!(self.client.get(url).send().await, Ok(r) if r.status().is_success())
+    }
+}
+
+/// The whole cause chain: reqwest's own message hides whether it was DNS, refusal or TLS.
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Transport for HttpTransport {
+    async fn send(&self, batch: &mut Batch) -> Result<BatchAck, SendError> {
+        batch.uplink = self.label.clone();
+        let body = outpost_shared::wire::encode_gzip_json(batch)
+            .map_err(|e| SendError::Refused { status: 0, message: format!("cannot encode batch: {e}") })?;
+        let resp = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_ENCODING, outpost_shared::wire::GZIP)
+            .header(CONTENT_TYPE, "application/json")
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Unreachable(describe(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json::<BatchAck>().await.map_err(|e| SendError::Unreachable(describe(&e)));
+        }
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let message = match resp.bytes().await {
+            Ok(b) => serde_json::from_slice::<ApiError>(&b)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned()),
+            Err(e) => describe(&e),
+        };
+        Err(match status {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                SendError::Busy(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                SendError::Unauthorised { status: status.as_u16(), message }
+            }
+            s if s.is_client_error() => SendError::Refused { status: s.as_u16(), message },
+            s => SendError::Unreachable(format!("{s}: {message}")),
+        })
+    }
+
+    fn path(&self) -> String {
+        self.label.clone()
+    }
+}

@@ -1,0 +1,229 @@
+//! Which way readings leave the hub: its known connector (remembered on disk) → connectors found
+//! by SSDP → the cloud directly once the connector has been unreachable for `fallback_after` (when
+//! allowed) → offline, buffering. On the direct path it re-probes connectors every
+//! `reprobe_every` and switches back as soon as one answers.
+//!
+//! All paths speak the same API, so a switch is a change of base URL, not of code path.
+
+use super::{HttpTransport, SendError, Transport, UplinkConfig};
+use outpost_shared::model::{Batch, BatchAck};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Where the hub remembers the connector that last took its readings.
+pub const REMEMBERED_FILE: &str = "connector.json";
+/// How long a connector candidate gets to say who it is.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Discovery is not repeated more often than this while a connector stays unreachable.
+const REDISCOVER_EVERY: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Connector,
+    Direct,
+}
+
+/// The identity a connector shows on `GET /v1/connector`.
+#[derive(Debug, serde::Deserialize)]
+struct ConnectorIdentity {
+    machine_id: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    url: String,
+}
+
+struct State {
+    mode: Mode,
+    connector: Option<HttpTransport>,
+    failing_since: Option<Instant>,
+    last_discovery: Option<Instant>,
+    next_probe: Instant,
+}
+
+/// A [`Transport`] that picks the path for every batch.
+pub struct PathTransport {
+    cfg: UplinkConfig,
+    token: String,
+    /// Client for connectors: trusts the connectors' CA (`uplink.connector_ca`).
+    lan_client: Option<reqwest::Client>,
+    direct: Option<HttpTransport>,
+    remember: PathBuf,
+    state: Mutex<State>,
+    last_path: std::sync::Mutex<String>,
+}
+
+impl PathTransport {
+    pub fn new(
+        cfg: UplinkConfig,
+        token: String,
+        lan_client: Option<reqwest::Client>,
+        direct: Option<HttpTransport>,
+        data_dir: PathBuf,
+    ) -> Self {
+        let wants_connector = cfg.connector.is_some() || cfg.discover;
+        let mode = if wants_connector || direct.is_none() { Mode::Connector } else { Mode::Direct };
+        PathTransport {
+            token,
+            lan_client,
+            direct,
+            remember: data_dir.join(REMEMBERED_FILE),
+            state: Mutex::new(State {
+                mode,
+                connector: None,
+                // Without any connector known yet, the fallback clock runs from start.
+                failing_since: None,
+                last_discovery: None,
+                next_probe: Instant::now() + cfg.reprobe_every,
+            }),
+            last_path: std::sync::Mutex::new("offline".into()),
+            cfg,
+        }
+    }
+
+    /// Connector URLs to try, best first: configured, remembered, then discovered by SSDP.
+    async fn candidates(&self, st: &mut State, discover: bool) -> Vec<String> {
+        let mut urls = Vec::new();
+        if let Some(u) = &self.cfg.connector {
+            urls.push(u.clone());
+        }
+        if let Some(r) =
+            std::fs::read(&self.remember).ok().and_then(|b| serde_json::from_slice::<Remembered>(&b).ok())
+        {
+            urls.push(r.url);
+        }
+        if discover && self.cfg.discover && st.last_discovery.is_none_or(|t| t.elapsed() >= REDISCOVER_EVERY)
+        {
+            st.last_discovery = Some(Instant::now());
+            match outpost_shared::ssdp::search(outpost_shared::ssdp::ST_CONNECTOR, self.cfg.discover_wait)
+                .await
+            {
+                Ok(found) => {
+                    for f in found {
+                        tracing::info!(location = %f.location, usn = %f.usn, "connector found by SSDP");
+                        urls.push(f.location);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "SSDP search for connectors failed"),
+            }
+        }
+        urls.dedup();
+        urls
+    }
+
+    /// Asks a candidate who it is; a transport labelled `connector:<id>` if it answers.
+    async fn identify(&self, url: &str) -> Option<HttpTransport> {
+        let client = self.lan_client.as_ref()?;
+        let base = url.trim_end_matches('/');
+        let resp = client.get(format!("{base}/v1/connector")).timeout(IDENTIFY_TIMEOUT).send().await;
+        let id = match resp {
+            Ok(r) if r.status().is_success() => r.json::<ConnectorIdentity>().await.ok()?.machine_id,
+            Ok(r) => {
+                tracing::debug!(%url, status = %r.status(), "candidate is not a connector");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(%url, error = %super::http::describe(&e), "connector candidate unreachable");
+                return None;
+            }
+        };
+        Some(HttpTransport::new(client.clone(), base, self.token.clone(), format!("connector:{id}")))
+    }
+
+    async fn find_connector(&self, st: &mut State, discover: bool) -> Option<HttpTransport> {
+        for url in self.candidates(st, discover).await {
+            if let Some(t) = self.identify(&url).await {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    fn remember(&self, base: &str) {
+        let known =
+            std::fs::read(&self.remember).ok().and_then(|b| serde_json::from_slice::<Remembered>(&b).ok());
+        if known.is_some_and(|k| k.url == base) {
+            return;
+        }
+        let json = serde_json::to_vec(&Remembered { url: base.to_string() }).expect("serialises");
+        let tmp = self.remember.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &self.remember)) {
+            tracing::warn!(error = %e, "cannot remember the connector");
+        }
+    }
+
+    fn set_path(&self, p: String) {
+        *self.last_path.lock().unwrap() = p;
+    }
+}
+
+impl Transport for PathTransport {
+    async fn send(&self, batch: &mut Batch) -> Result<BatchAck, SendError> {
+        let mut st = self.state.lock().await;
+        let now = Instant::now();
+        if st.mode == Mode::Direct
+            && now >= st.next_probe
+            && (self.cfg.connector.is_some() || self.cfg.discover)
+        {
+            st.next_probe = now + self.cfg.reprobe_every;
+            if let Some(c) = self.find_connector(&mut st, true).await {
+                tracing::info!(to = %c.path(), "a connector answers again; leaving the direct path");
+                st.connector = Some(c);
+                st.mode = Mode::Connector;
+                st.failing_since = None;
+            }
+        }
+        if st.mode == Mode::Connector {
+            if st.connector.is_none() {
+                st.connector = self.find_connector(&mut st, true).await;
+            }
+            let mut last_err = String::from("no connector found");
+            if let Some(c) = st.connector.clone() {
+                match c.send(batch).await {
+                    Ok(ack) => {
+                        st.failing_since = None;
+                        self.remember(c.base());
+                        self.set_path(c.path());
+                        return Ok(ack);
+                    }
+                    // Alive but full or refusing: the data waits here; no fallback.
+                    Err(
+                        e @ (SendError::Busy(_) | SendError::Refused { .. } | SendError::Unauthorised { .. }),
+                    ) => return Err(e),
+                    Err(SendError::Unreachable(e)) => {
+                        last_err = e;
+                        // Another connector may have taken over: look again (rate-limited).
+                        if let Some(other) = self.find_connector(&mut st, true).await {
+                            if other.base() != c.base() {
+                                tracing::info!(from = %c.base(), to = %other.base(), "switching connector");
+                                st.connector = Some(other);
+                            }
+                        }
+                    }
+                }
+            }
+            let since = *st.failing_since.get_or_insert(now);
+            if self.direct.is_none()
+                || !self.cfg.allow_direct
+                || now.duration_since(since) < self.cfg.fallback_after
+            {
+                return Err(SendError::Unreachable(format!("connector unreachable: {last_err}")));
+            }
+            tracing::warn!(after = ?now.duration_since(since), "connector unreachable; sending directly to the cloud");
+            st.mode = Mode::Direct;
+            st.next_probe = now + self.cfg.reprobe_every;
+        }
+        let direct = self.direct.as_ref().expect("direct mode only with a direct transport");
+        let r = direct.send(batch).await;
+        if r.is_ok() {
+            self.set_path(direct.path());
+        }
+        r
+    }
+
+    fn path(&self) -> String {
+        self.last_path.lock().unwrap().clone()
+    }
+}
