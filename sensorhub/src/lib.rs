@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod relay;
 pub mod sensors;
 pub mod uplink;
 pub mod writer;
