@@ -35,6 +35,32 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run a connector: the LAN side for hubs, store-and-forward to the cloud.
+    Connector {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Switch a Conrad relay card like the classic `relais` tool: -stat, -on, -off, -sN, -rN,
+    /// --port PATH, --card N. Prints `OK: <state>` or `FAIL: <code> <address> <data>`.
+    #[command(disable_help_flag = true)]
+    Relay {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Simulate N cascaded relay cards on a pseudo-terminal and print its device path.
+    RelaySim {
+        #[arg(long, default_value_t = 1)]
+        cards: u8,
+        /// Also make this symlink to the device (a stable path for configs).
+        #[arg(long)]
+        link: Option<PathBuf>,
+    },
+    /// Make a role a systemd (Linux) or Windows service, or upgrade it in place.
+    Install(outpost_installer::InstallArgs),
+    /// Stop and remove a role's service (config and data stay unless --purge).
+    Uninstall(outpost_installer::UninstallArgs),
+    /// Whether the services run, and how hubs and connectors upload.
+    Status(outpost_installer::StatusArgs),
     /// Print the default configuration of a role, or check a config file.
     Config {
         #[command(subcommand)]
@@ -65,15 +91,28 @@ enum ConfigAction {
 #[derive(Clone, Copy, ValueEnum)]
 enum Role {
     Sensorhub,
+    Connector,
     Cloud,
+}
+
+fn default_config(role: Role) -> &'static str {
+    match role {
+        Role::Sensorhub => outpost_sensorhub::config::DEFAULT_CONFIG,
+        Role::Connector => outpost_connector::config::DEFAULT_CONFIG,
+        Role::Cloud => outpost_cloud::config::DEFAULT_CONFIG,
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One-shot tools print their result on stdout; only problems belong on stderr.
+    let quiet =
+        matches!(cli.command, Command::Relay { .. } | Command::Config { .. } | Command::Buffer { .. });
+    let default_filter = if quiet { "warn" } else { "info,sled=warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -89,6 +128,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Runs a role the way a service manager expects: ready once started, a watchdog heartbeat while
+/// the runtime is healthy, "stopping" on the way out. Outside systemd these do nothing.
+async fn as_service<E>(role: impl std::future::Future<Output = Result<(), E>>) -> Result<(), E> {
+    let watchdog = outpost_installer::sdnotify::spawn_watchdog();
+    outpost_installer::sdnotify::notify_ready();
+    let r = role.await;
+    outpost_installer::sdnotify::notify_stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    r
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -126,19 +182,16 @@ async fn stop_signal() {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Config { action: ConfigAction::Default { role } } => {
-            print!(
-                "{}",
-                match role {
-                    Role::Sensorhub => outpost_sensorhub::config::DEFAULT_CONFIG,
-                    Role::Cloud => outpost_cloud::config::DEFAULT_CONFIG,
-                }
-            );
+            print!("{}", default_config(role));
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { action: ConfigAction::Check { file, role } } => {
             match role {
                 Role::Sensorhub => {
                     outpost_shared::config::load::<outpost_sensorhub::HubConfig>(&file)?;
+                }
+                Role::Connector => {
+                    outpost_shared::config::load::<outpost_connector::ConnectorConfig>(&file)?;
                 }
                 Role::Cloud => {
                     outpost_shared::config::load::<outpost_cloud::CloudConfig>(&file)?;
@@ -149,14 +202,61 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Cloud { config } => {
             let config: outpost_cloud::CloudConfig = load(config.as_deref())?;
-            runtime()?.block_on(outpost_cloud::run(config, stop_signal()))?;
+            runtime()?.block_on(as_service(outpost_cloud::run(config, stop_signal())))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sensorhub { config } => {
             let config: outpost_sensorhub::HubConfig = load(config.as_deref())?;
-            runtime()?.block_on(outpost_sensorhub::run(config, stop_signal()))?;
+            runtime()?.block_on(as_service(outpost_sensorhub::run(config, stop_signal())))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Connector { config } => {
+            let config: outpost_connector::ConnectorConfig = load(config.as_deref())?;
+            runtime()?.block_on(as_service(outpost_connector::run(config, stop_signal())))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay { args } => Ok(exit(outpost_sensorhub::relay::relay_cli(&args))),
+        Command::RelaySim { cards, link } => {
+            runtime()?.block_on(async {
+                let sim = outpost_sensorhub::relay::run_simulator(cards, link)?;
+                println!("{}", sim.path().display());
+                stop_signal().await;
+                drop(sim);
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install(args) => {
+            let defaults = |r: outpost_installer::Role| {
+                Ok(default_config(match r {
+                    outpost_installer::Role::Sensorhub => Role::Sensorhub,
+                    outpost_installer::Role::Connector => Role::Connector,
+                    outpost_installer::Role::Cloud => Role::Cloud,
+                })
+                .to_string())
+            };
+            match outpost_installer::run_install(&args, &defaults) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("outpost install: {e}");
+                    Ok(exit(e.exit_code()))
+                }
+            }
+        }
+        Command::Uninstall(args) => match outpost_installer::run_uninstall(&args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("outpost uninstall: {e}");
+                Ok(exit(e.exit_code()))
+            }
+        },
+        Command::Status(args) => match outpost_installer::run_status(&args) {
+            Ok(code) => Ok(exit(code)),
+            Err(e) => {
+                eprintln!("outpost status: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Buffer { data_dir } => {
             let (buffer, _) = outpost_shared::buffer::SledBuffer::open(
                 &data_dir.join("buffer"),
