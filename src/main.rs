@@ -205,8 +205,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(as_service(outpost_cloud::run(config, stop_signal())))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sensorhub { config } => {
-            let config: outpost_sensorhub::HubConfig = load(config.as_deref())?;
+        Command::Sensorhub { config: path } => {
+            let mut config: outpost_sensorhub::HubConfig = load(path.as_deref())?;
+            config.config_path = path;
             runtime()?.block_on(as_service(outpost_sensorhub::run(config, stop_signal())))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -284,7 +285,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Everything on this machine, on loopback only: nothing listens on or sends to other interfaces.
+/// Everything on this machine, on loopback only: nothing listens on or sends to other interfaces,
+/// and no SSDP goes out (the hub is given the connector's loopback address instead).
 async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
     let cloud_cfg = outpost_cloud::CloudConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -295,13 +297,43 @@ async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
         format!("cannot start the cloud on 127.0.0.1:{port}; try `outpost up --port 9443`")
     })?;
     let url = cloud.url();
+    // First start: one-time tokens so connector and hub enroll themselves; later starts find
+    // their enrollment on disk and need none.
+    let token_for = |dir: &Path| -> anyhow::Result<Option<String>> {
+        if dir.join(outpost_sensorhub::trust::ENROLLMENT_FILE).exists() {
+            return Ok(None);
+        }
+        let t = cloud.trust.new_token("default", std::time::Duration::from_secs(3600), chrono::Utc::now())?;
+        Ok(Some(t.encode()))
+    };
+    let connector_dir = data_dir.join("connector");
+    let connector_cfg = outpost_connector::ConnectorConfig {
+        data_dir: connector_dir.clone(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port.wrapping_add(1))),
+        cloud: outpost_connector::config::CloudLink {
+            url: Some(url.clone()),
+            ca_file: Some(cloud.ca_file.clone()),
+            enroll_token: token_for(&connector_dir)?,
+            ..Default::default()
+        },
+        ssdp: outpost_connector::config::SsdpConfig {
+            advertise: false,
+            search_hubs: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let connector = outpost_connector::start(connector_cfg)
+        .await
+        .with_context(|| format!("cannot start the connector on 127.0.0.1:{}", port.wrapping_add(1)))?;
+    let hub_dir = data_dir.join("sensorhub");
     let hub_cfg = outpost_sensorhub::HubConfig {
-        data_dir: data_dir.join("sensorhub"),
+        data_dir: hub_dir.clone(),
         uplink: outpost_sensorhub::uplink::UplinkConfig {
+            connector: Some(connector.loopback_url()),
             cloud: Some(url.clone()),
             ca_file: Some(cloud.ca_file.clone()),
-            token_file: Some(data_dir.join("cloud").join("ingest-token")),
-            // `up` stays on loopback: no SSDP multicast on this machine's interfaces.
+            enroll_token: token_for(&hub_dir)?,
             discover: false,
             advertise: false,
             ..Default::default()
@@ -315,13 +347,15 @@ async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
     println!("  Dashboard:   {url}/#token={}", cloud.admin_token);
     println!("  Admin token: {}", cloud.admin_token);
     println!("  CA file:     {}", cloud.ca_file.display());
-    println!("  Machine:     {} (sensorhub of this machine)", hub.machine_id);
+    println!("  Connector:   {} ({})", connector.loopback_url(), connector.machine_id);
+    println!("  Sensorhub:   {} (this machine, through the connector)", hub.machine_id);
     println!("  Data:        {}", data_dir.display());
     println!("Press Ctrl-C to stop.");
 
     stop_signal().await;
     stop.cancel();
     hub.join().await;
+    connector.stop().await;
     cloud.stop().await?;
     Ok(())
 }

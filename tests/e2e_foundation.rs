@@ -108,10 +108,7 @@ fn every_reading_taken_while_the_cloud_was_down_arrives_once() {
     let mut cloud = CloudProc::start(&dir.path().join("cloud"));
     let hub_dir = dir.path().join("hub");
     let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, FAST));
-    let id = {
-        wait_until(Duration::from_secs(20), "the hub has an id", || hub_dir.join("data/machine-id").exists());
-        machine_id(&hub_dir)
-    };
+    let id = machine_id(&hub_dir);
     wait_until(Duration::from_secs(20), "first readings arrive", || !machines(&cloud).is_empty());
     cloud.stop();
     std::thread::sleep(Duration::from_secs(4));
@@ -190,30 +187,27 @@ fn oversized_or_malformed_ingest_is_refused_and_nothing_is_stored() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let cloud = CloudProc::start(&dir.path().join("cloud"));
-    let token = std::fs::read_to_string(cloud.ingest_token_file()).unwrap();
-    let client = cloud.client();
+    let m = TestMachine::enroll(&cloud, "sensorhub");
+    let id = m.id();
     let post = |body: Vec<u8>, gzip: bool| {
-        let mut r = client.post(format!("{}/v1/batches", cloud.url())).bearer_auth(token.trim()).body(body);
-        if gzip {
-            r = r.header("content-encoding", "gzip");
-        }
-        let resp = r.send().unwrap();
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().unwrap_or(Value::Null);
-        (status, body)
+        let signed = if gzip { Vec::new() } else { body.clone() };
+        m.post(&cloud, "/v1/batches", body, &signed, gzip)
     };
-    let reading = |m: &str, seq: u64| serde_json::json!({"machine_id": m, "seq": seq, "sensor": "cpu.total", "ts": "2026-01-01T00:00:00Z", "value": 1.0, "state": "ok"});
+    let reading = |machine: &str, seq: u64| serde_json::json!({"machine_id": machine, "seq": seq, "sensor": "cpu.total", "ts": "2026-01-01T00:00:00Z", "value": 1.0, "state": "ok"});
     let batch = |readings: Vec<Value>| {
-        serde_json::to_vec(&serde_json::json!({"machine_id": "m1", "hostname": "h", "uplink": "direct", "buffered": 0, "readings": readings})).unwrap()
+        serde_json::to_vec(&serde_json::json!({"machine_id": id, "hostname": "h", "uplink": "direct", "buffered": 0, "readings": readings})).unwrap()
     };
     let (s, b) = post(b"{not json".to_vec(), false);
     assert_eq!(s, 400);
     assert!(b["error"].as_str().unwrap().contains("not a valid batch"), "{b}");
     assert_eq!(post(b"garbage".to_vec(), true).0, 400, "bad gzip");
     // A reading claiming to be from another machine spoils the whole batch.
-    assert_eq!(post(batch(vec![reading("m1", 1), reading("m2", 2)]), false).0, 400);
+    assert_eq!(
+        post(batch(vec![reading(&id, 1), reading("0123456789abcdef0123456789abcdef", 2)]), false).0,
+        400
+    );
     // Too many readings.
-    assert_eq!(post(batch((1..=50_001).map(|i| reading("m1", i)).collect()), false).0, 413);
+    assert_eq!(post(batch((1..=50_001).map(|i| reading(&id, i)).collect()), false).0, 413);
     // Larger than the body limit on the wire.
     assert_eq!(post(vec![b' '; 9 << 20], false).0, 413);
     // A gzip bomb: small on the wire, over the decompression cap.
@@ -224,36 +218,39 @@ fn oversized_or_malformed_ingest_is_refused_and_nothing_is_stored() {
     let bomb = enc.finish().unwrap();
     assert!(bomb.len() < 1 << 20);
     assert_eq!(post(bomb, true).0, 413);
-    // Without the token: 401.
-    let r = client
+    // Unsigned: 401, and the reason says so.
+    let r = cloud
+        .client()
         .post(format!("{}/v1/batches", cloud.url()))
-        .body(batch(vec![reading("m1", 1)]))
+        .body(batch(vec![reading(&id, 1)]))
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    assert!(r.text().unwrap().contains("not signed"));
     assert!(machines(&cloud).is_empty(), "nothing of a refused batch is stored");
     // And the API needs the admin token.
-    let r = client.get(format!("{}/v1/machines", cloud.url())).send().unwrap();
+    let r = cloud.client().get(format!("{}/v1/machines", cloud.url())).send().unwrap();
     assert_eq!(r.status().as_u16(), 401);
     // A good one is stored, once, even when sent twice.
     assert_eq!(
-        post(batch(vec![reading("m1", 1)]), false),
+        post(batch(vec![reading(&id, 1)]), false),
         (200, serde_json::json!({"stored": 1, "duplicates": 0}))
     );
     assert_eq!(
-        post(batch(vec![reading("m1", 1)]), false),
+        post(batch(vec![reading(&id, 1)]), false),
         (200, serde_json::json!({"stored": 0, "duplicates": 1}))
     );
-    assert_eq!(cloud.seqs("m1", "cpu.total"), vec![1]);
+    assert_eq!(cloud.seqs(&id, "cpu.total"), vec![1]);
 }
 
 #[test]
 fn a_full_buffer_drops_the_oldest_and_the_drop_count_reaches_the_cloud() {
     let dir = tempfile::tempdir().unwrap();
     let mut cloud = CloudProc::start(&dir.path().join("cloud"));
-    cloud.stop();
     let hub_dir = dir.path().join("hub");
     let config = hub_config(&hub_dir, &cloud, &format!("{FAST}\n[buffer]\nquota = \"16KiB\"\n"));
+    // The hub starts while the cloud is away: it cannot even enroll yet, and buffers.
+    cloud.stop();
     let hub = start_hub(&hub_dir, &config);
     // Wait until the quota has forced drops.
     wait_until(Duration::from_secs(60), "the hub log reports dropped readings", || {

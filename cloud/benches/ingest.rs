@@ -20,10 +20,20 @@ async fn main() {
     let cloud = outpost_cloud::start(cfg).await.unwrap();
     let url = format!("{}/v1/batches", cloud.url());
     let client = outpost_shared::tls::https_client(Some(&cloud.ca_file), Duration::from_secs(60)).unwrap();
-    // Pre-encode every body so the figure is the cloud's, not the sender's.
+    // Pre-encode and pre-sign every body so the figure is the cloud's, not the sender's.
     let mut bodies = Vec::new();
-    for s in 0..SENDERS {
-        let machine = format!("bench-machine-{s}");
+    for _ in 0..SENDERS {
+        let key = outpost_shared::keys::KeyPair::generate().unwrap();
+        let token = cloud.trust.new_token("bench", Duration::from_secs(600), chrono::Utc::now()).unwrap();
+        let req = outpost_cloud::trust::EnrollRequest {
+            token: token.encode(),
+            public_key: key.public().to_pem(),
+            role: Role::Sensorhub,
+            hostname: "bench".into(),
+            lan_cert: None,
+        };
+        cloud.trust.enroll(&req, chrono::Utc::now()).unwrap();
+        let machine = key.machine_id().to_string();
         let mut mine = Vec::new();
         for b in 0..BATCHES_PER_SENDER {
             let readings = (0..BATCH)
@@ -43,24 +53,25 @@ async fn main() {
                 version: "bench".into(),
                 readings,
             };
-            mine.push(outpost_shared::wire::encode_gzip_json(&batch).unwrap());
+            let json = serde_json::to_vec(&batch).unwrap();
+            let sig =
+                outpost_shared::keys::sign_request(&key, "POST", "/v1/batches", &json, chrono::Utc::now())
+                    .unwrap();
+            mine.push((outpost_shared::wire::gzip(&json), sig));
         }
         bodies.push(mine);
     }
     let t = Instant::now();
     let mut tasks = Vec::new();
     for mine in bodies {
-        let (client, url, token) = (client.clone(), url.clone(), cloud.ingest_token.clone());
+        let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            for body in mine {
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-encoding", "gzip")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
+            for (body, sig) in mine {
+                let mut req = client.post(&url).header("content-encoding", "gzip");
+                for (name, value) in sig.to_pairs() {
+                    req = req.header(name, value);
+                }
+                let r = req.body(body).send().await.unwrap();
                 assert!(r.status().is_success(), "{}", r.status());
             }
         }));
@@ -71,7 +82,7 @@ async fn main() {
     let secs = t.elapsed().as_secs_f64();
     let total = SENDERS * BATCHES_PER_SENDER * BATCH;
     println!(
-        "cloud ingest: {:.0} readings/s ({total} readings, {SENDERS} senders, batches of {BATCH}, {:.2} s, HTTPS + gzip + sled flush per batch)",
+        "cloud ingest: {:.0} readings/s ({total} readings, {SENDERS} senders, batches of {BATCH}, {:.2} s, HTTPS + gzip + RSA-PSS check + sled flush per batch)",
         total as f64 / secs,
         secs
     );

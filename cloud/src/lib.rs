@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod store;
+pub mod trust;
 
 pub use config::CloudConfig;
 pub use error::CloudError;
@@ -29,8 +31,8 @@ pub struct Cloud {
     pub addr: SocketAddr,
     /// Required as `Authorization: Bearer` on the API and the dashboard.
     pub admin_token: String,
-    /// What hubs present on ingest until they enroll with keys.
-    pub ingest_token: String,
+    /// Makes enrollment tokens and signs receipts and commands.
+    pub trust: trust::Trust,
     /// The authority hubs must trust to reach this cloud (`ca.pem`).
     pub ca_file: PathBuf,
     shutdown: CancellationToken,
@@ -84,8 +86,9 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
-    let ingest_token = ensure_token(&dir.join("ingest-token"))?;
     let store = store::Store::open(&dir.join("db"))?;
+    let trust = trust::Trust::open(dir, store.db())?;
+    let commands = commands::Commands::open(store.db())?;
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| CloudError::Listen { addr: config.listen, source })?;
@@ -96,7 +99,8 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let state = api::AppState::new(
         store.clone(),
         admin_token.clone(),
-        ingest_token.clone(),
+        trust.clone(),
+        commands,
         Arc::new(config.clone()),
     );
     let app = api::router(state);
@@ -120,7 +124,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         store.flush().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });
-    Ok(Cloud { addr, admin_token, ingest_token, ca_file, shutdown, task })
+    Ok(Cloud { addr, admin_token, trust, ca_file, shutdown, task })
 }
 
 fn spawn_compactor(

@@ -38,9 +38,9 @@ pub struct ConnectorConfig {
 pub struct CloudLink {
     pub url: Option<String>,
     pub ca_file: Option<PathBuf>,
-    /// The cloud's ingest token; hubs present the same one to the connector.
-    pub token_file: Option<PathBuf>,
-    pub token: Option<String>,
+    /// One-time enrollment token for the first start; otherwise the file `enroll-token` in the
+    /// data directory (the installer writes it). Not needed once enrolled.
+    pub enroll_token: Option<String>,
     /// Most readings in one forward request (many hub batches together).
     pub max_readings: usize,
     #[serde(with = "humantime_serde")]
@@ -95,8 +95,7 @@ impl Default for CloudLink {
         CloudLink {
             url: None,
             ca_file: None,
-            token_file: None,
-            token: None,
+            enroll_token: None,
             max_readings: 20_000,
             timeout: Duration::from_secs(30),
             retry_min: Duration::from_secs(1),
@@ -132,15 +131,7 @@ impl Validate for ConnectorConfig {
             None => problems.push(Problem::new("cloud.url", "the connector needs the cloud's URL")),
             _ => {}
         }
-        if self.cloud.token.is_none() && self.cloud.token_file.is_none() {
-            problems.push(Problem::new(
-                "cloud.token_file",
-                "the cloud needs an ingest token: set token_file (or token)",
-            ));
-        }
-        for (key, path) in
-            [("cloud.ca_file", &self.cloud.ca_file), ("cloud.token_file", &self.cloud.token_file)]
-        {
+        for (key, path) in [("cloud.ca_file", &self.cloud.ca_file)] {
             if let Some(p) = path {
                 if !p.exists() {
                     problems.push(Problem::new(key, format!("file {} does not exist", p.display())));

@@ -5,7 +5,9 @@
 use crate::config::CloudLink;
 use crate::{record, Shared};
 use outpost_shared::backoff::Backoff;
-use outpost_shared::model::{ApiError, ForwardAck, ForwardEnvelope, ForwardResult, UnattachedHub};
+use outpost_shared::model::{
+    ApiError, BatchSignature, ForwardAck, ForwardEnvelope, ForwardResult, ForwardedBatch, UnattachedHub,
+};
 use outpost_shared::ssdp::Found;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -17,16 +19,67 @@ const MAX_BATCHES: usize = 1000;
 /// A hub that sent through this connector within this window counts as attached.
 const ATTACHED_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
 
+/// What the connector needs to enroll itself.
+pub(crate) struct Enroll {
+    pub dir: std::path::PathBuf,
+    /// Fingerprint of the LAN certificate, which the cloud lists for hubs to pin.
+    pub lan_cert: String,
+    pub hostname: String,
+}
+
 pub(crate) async fn run(
     sh: Arc<Shared>,
     client: reqwest::Client,
     cfg: CloudLink,
+    enroll: Enroll,
     shutdown: CancellationToken,
 ) {
-    let Some(url) = cfg.url.as_ref().map(|u| format!("{}/v1/forward", u.trim_end_matches('/'))) else {
-        return;
-    };
+    let Some(base) = cfg.url.as_ref().map(|u| u.trim_end_matches('/').to_string()) else { return };
+    let url = format!("{base}/v1/forward");
     let mut backoff = Backoff::new(cfg.retry_min, cfg.retry_max, 0.5).expect("validated with the config");
+    // Enrolled first: the cloud takes nothing from a connector it does not know. Hub batches
+    // are taken into custody meanwhile.
+    loop {
+        let attempt = async {
+            if outpost_sensorhub::trust::load(&enroll.dir, &sh.key)?.is_some() {
+                return Ok(());
+            }
+            let token = outpost_sensorhub::trust::token(cfg.enroll_token.as_deref(), &enroll.dir)?;
+            outpost_sensorhub::trust::enroll(
+                &client,
+                &base,
+                &enroll.dir,
+                &sh.key,
+                &token,
+                outpost_shared::model::Role::Connector,
+                &enroll.hostname,
+                Some(enroll.lan_cert.clone()),
+            )
+            .await
+            .map(|_| ())
+        };
+        match attempt.await {
+            Ok(()) => break,
+            Err(e) => {
+                if backoff.attempts() == 0 {
+                    tracing::error!(error = %e, "connector not enrolled yet; holding hub batches until it is");
+                }
+                sleep_or_stop(&shutdown, backoff.next_delay()).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        }
+    }
+    backoff.reset();
+    // The embedded hub shares this machine's key, and so its enrollment.
+    let hub_dir = enroll.dir.join("hub");
+    if std::fs::create_dir_all(&hub_dir).is_ok() {
+        let _ = std::fs::copy(
+            enroll.dir.join(outpost_sensorhub::trust::ENROLLMENT_FILE),
+            hub_dir.join(outpost_sensorhub::trust::ENROLLMENT_FILE),
+        );
+    }
     let mut failing = false;
     loop {
         if shutdown.is_cancelled() {
@@ -48,16 +101,16 @@ pub(crate) async fn run(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        match send(&client, &url, &sh.token, &env).await {
+        match send(&client, &url, &sh.key, &env).await {
             Ok(ack) => {
                 if failing {
                     tracing::info!("cloud reachable again; forwarding the backlog");
                     failing = false;
                 }
                 backoff.reset();
-                for (r, raw) in ack.results.iter().zip(&env.batches) {
+                for (r, fb) in ack.results.iter().zip(&env.batches) {
                     if let ForwardResult::Refused { status, error } = r {
-                        tracing::error!(status, %error, batch_bytes = raw.get().len(), "cloud refuses a hub batch for good; dropped");
+                        tracing::error!(status, %error, hub = %fb.sig.machine_id, "cloud refuses a hub batch for good; dropped");
                     }
                 }
                 remove(&sh, seqs).await;
@@ -114,7 +167,14 @@ async fn collect(
         }
         readings += r.readings as usize;
         let json = String::from_utf8(r.json.to_vec()).map_err(|e| e.to_string())?;
-        batches.push(RawValue::from_string(json).map_err(|e| e.to_string())?);
+        batches.push(ForwardedBatch {
+            sig: BatchSignature {
+                machine_id: r.machine_id.to_string(),
+                timestamp: r.timestamp,
+                signature: r.signature.to_string(),
+            },
+            body: RawValue::from_string(json).map_err(|e| e.to_string())?,
+        });
         seqs.push(seq);
     }
     let unattached = sh.unattached.lock().unwrap().clone();
@@ -130,13 +190,18 @@ async fn collect(
 async fn send(
     client: &reqwest::Client,
     url: &str,
-    token: &str,
+    key: &outpost_shared::keys::KeyPair,
     env: &ForwardEnvelope,
 ) -> Result<ForwardAck, Retry> {
-    let body = outpost_shared::wire::encode_gzip_json(env).map_err(|e| Retry::Backoff(e.to_string()))?;
-    let resp = client
-        .post(url)
-        .bearer_auth(token)
+    let json = serde_json::to_vec(env).map_err(|e| Retry::Backoff(e.to_string()))?;
+    let sig = outpost_shared::keys::sign_request(key, "POST", "/v1/forward", &json, chrono::Utc::now())
+        .map_err(|e| Retry::Backoff(e.to_string()))?;
+    let body = outpost_shared::wire::gzip(&json);
+    let mut req = client.post(url);
+    for (name, value) in sig.to_pairs() {
+        req = req.header(name, value);
+    }
+    let resp = req
         .header(reqwest::header::CONTENT_ENCODING, outpost_shared::wire::GZIP)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)

@@ -30,6 +30,12 @@ pub(crate) fn serve(
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/v1/connector", get(identity))
         .route("/v1/batches", post(intake))
+        // Passed through to the cloud unchanged: the hub's signature and the cloud's answer
+        // (itself signed) travel end to end, so the connector is only a pipe for these.
+        .route("/v1/enroll", post(proxy))
+        .route("/v1/receipt", post(proxy))
+        .route("/v1/commands/poll", get(proxy))
+        .route("/v1/commands/result", post(proxy))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
     let handle = axum_server::Handle::new();
@@ -71,17 +77,14 @@ async fn intake(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if sh.token.is_empty()
-        || presented.len() != sh.token.len()
-        || presented.bytes().zip(sh.token.bytes()).any(|(a, b)| a != b)
-    {
-        return err(StatusCode::UNAUTHORIZED, "ingest token missing or wrong");
-    }
+    // The connector cannot check a hub's signature (it holds no hub keys): the cloud does. It
+    // insists on one being there, and on the signer being the batch's machine, and keeps it.
+    let sig = match outpost_shared::keys::SignedHeaders::from_header_map(&headers) {
+        Ok(s) => s,
+        Err(e) => {
+            return err(StatusCode::UNAUTHORIZED, format!("unsigned batch ({e}); hubs sign every batch"))
+        }
+    };
     let gz = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
         == Some(outpost_shared::wire::GZIP);
     let json = match outpost_shared::wire::decompress(&body, gz, MAX_DECOMPRESSED) {
@@ -104,7 +107,16 @@ async fn intake(
         tracing::warn!(%peer, machine = %batch.machine_id, reason = %p, "hub batch refused");
         return err(status, p.to_string());
     }
-    let rec = record::encode(batch.readings.len() as u32, &batch.machine_id, &json);
+    if sig.machine_id.as_str() != batch.machine_id {
+        return err(StatusCode::UNAUTHORIZED, "batch signed by another machine than its own");
+    }
+    let rec = record::encode(
+        batch.readings.len() as u32,
+        &batch.machine_id,
+        sig.timestamp,
+        &sig.signature_b64,
+        &json,
+    );
     let cost = rec.len() as u64;
     if let Some(msg) = over_fair_share(&sh, &batch.machine_id, cost) {
         return busy(&sh, msg);
@@ -143,4 +155,38 @@ fn over_fair_share(sh: &Shared, machine: &str, cost: u64) -> Option<String> {
     let mine = per_hub.get(machine).copied().unwrap_or(0);
     (mine + cost > share)
         .then(|| format!("this hub holds {mine} bytes here, its fair share is {share}; retry later"))
+}
+
+/// Forwards a machine request to the cloud as it came (method, path and query, signature
+/// headers, body) and relays the answer.
+async fn proxy(
+    State(sh): State<Arc<Shared>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some((client, base)) = sh.cloud.clone() else {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "this connector has no cloud configured");
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = client.request(method, format!("{base}{path}")).timeout(Duration::from_secs(40));
+    for name in [
+        outpost_shared::keys::HEADER_MACHINE,
+        outpost_shared::keys::HEADER_TIMESTAMP,
+        outpost_shared::keys::HEADER_SIGNATURE,
+        header::CONTENT_TYPE.as_str(),
+    ] {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v.as_bytes());
+        }
+    }
+    match req.body(body).send().await {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = r.bytes().await.unwrap_or_default();
+            (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+        }
+        Err(e) => err(StatusCode::BAD_GATEWAY, format!("cloud unreachable from the connector: {e}")),
+    }
 }

@@ -41,7 +41,9 @@ pub enum ConnectorError {
 /// What the LAN side and the forwarder share.
 pub(crate) struct Shared {
     pub machine_id: String,
-    pub token: String,
+    pub key: Arc<outpost_shared::keys::KeyPair>,
+    /// The cloud's base URL and a client for it, for requests passed through for hubs.
+    pub cloud: Option<(reqwest::Client, String)>,
     pub buffer: Arc<dyn Storage>,
     pub quota: u64,
     pub retry_after: Duration,
@@ -94,8 +96,9 @@ pub async fn run(config: ConnectorConfig, shutdown: impl Future<Output = ()>) ->
 pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| ConnectorError::Io { path: dir.clone(), source })?;
-    let machine_id = machine_id(dir)?;
-    let token = read_token(&config.cloud)?;
+    let key = outpost_sensorhub::trust::machine_key(&dir.join(outpost_sensorhub::trust::KEY_FILE))
+        .map_err(outpost_sensorhub::HubError::from)?;
+    let machine_id = key.machine_id().to_string();
     let (buffer, outcome) = SledBuffer::open(&dir.join("buffer"), config.buffer.quota, WhenFull::Reject)?;
     if let OpenOutcome::Recovered { moved_to, reason } = outcome {
         tracing::error!(moved_to = %moved_to.display(), %reason, "the connector's buffer was unreadable and was moved aside");
@@ -111,9 +114,12 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
     let certs = outpost_shared::tls::ensure_self_signed(&dir.join("tls"), &names, "outpost connector")?;
     let tls = outpost_shared::tls::server_config(&certs.cert, &certs.key)?;
 
+    let cloud_client =
+        outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), Duration::from_secs(40))?;
     let shared = Arc::new(Shared {
         machine_id: machine_id.clone(),
-        token: token.clone(),
+        key: key.clone(),
+        cloud: config.cloud.url.clone().map(|u| (cloud_client, u.trim_end_matches('/').to_string())),
         buffer: buffer.clone(),
         quota: config.buffer.quota,
         retry_after: config.buffer.retry_after,
@@ -133,7 +139,14 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
     let mut tasks = vec![lan::serve(listener, tls, shared.clone(), shutdown.clone())];
 
     let client = outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), config.cloud.timeout)?;
-    tasks.push(tokio::spawn(forward::run(shared.clone(), client, config.cloud.clone(), shutdown.clone())));
+    let lan_cert = outpost_shared::keys::CertFingerprint::of_pem_file(&certs.cert)?.to_string();
+    tasks.push(tokio::spawn(forward::run(
+        shared.clone(),
+        client,
+        config.cloud.clone(),
+        forward::Enroll { dir: dir.clone(), lan_cert, hostname: outpost_sensorhub::system_hostname() },
+        shutdown.clone(),
+    )));
 
     if config.ssdp.advertise || config.ssdp.search_hubs {
         // `{ip}` becomes the address of the interface each answer leaves by.
@@ -148,19 +161,17 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         let hub_dir = dir.join("hub");
         std::fs::create_dir_all(&hub_dir)
             .map_err(|source| ConnectorError::Io { path: hub_dir.clone(), source })?;
-        // The embedded hub is this machine: same identity, reported with the connector role.
-        std::fs::write(hub_dir.join("machine-id"), &machine_id)
-            .map_err(|source| ConnectorError::Io { path: hub_dir.clone(), source })?;
+        // The embedded hub is this machine: same key (so the same identity and enrollment),
+        // reported with the connector role.
         let hub_cfg = outpost_sensorhub::HubConfig {
             data_dir: hub_dir,
+            key_file: Some(dir.join(outpost_sensorhub::trust::KEY_FILE)),
             role: outpost_shared::model::Role::Connector,
             sensors: config.sensors.clone(),
             uplink: outpost_sensorhub::uplink::UplinkConfig {
                 connector: Some(format!("https://127.0.0.1:{}", addr.port())),
-                connector_ca: Some(certs.ca.clone()),
                 cloud: config.cloud.url.clone(),
                 ca_file: config.cloud.ca_file.clone(),
-                token: Some(token.clone()),
                 discover: false,
                 advertise: false,
                 ..Default::default()
@@ -229,31 +240,4 @@ pub(crate) fn id_bytes(machine_id: &str) -> [u8; 16] {
         b[i] = *x;
     }
     b
-}
-
-fn read_token(cfg: &config::CloudLink) -> Result<String, ConnectorError> {
-    if let Some(t) = &cfg.token {
-        return Ok(t.clone());
-    }
-    match &cfg.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|t| t.trim().to_string())
-            .map_err(|source| ConnectorError::Io { path: path.clone(), source }),
-        None => Ok(String::new()),
-    }
-}
-
-fn machine_id(dir: &Path) -> Result<String, ConnectorError> {
-    let path = dir.join("machine-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        if !id.trim().is_empty() {
-            return Ok(id.trim().to_string());
-        }
-    }
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw)
-        .map_err(|e| ConnectorError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
-    let id = hex::encode(raw);
-    std::fs::write(&path, &id).map_err(|source| ConnectorError::Io { path, source })?;
-    Ok(id)
 }

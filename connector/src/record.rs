@@ -1,6 +1,7 @@
-//! How a hub batch sits in the connector's buffer: a small header (reading count, hub id) in front
-//! of the batch JSON exactly as the hub sent it, so the forwarder can size requests and the intake
-//! can keep fair shares without parsing JSON again.
+//! How a hub batch sits in the connector's buffer: a small header (reading count, hub id, the
+//! hub's signature) in front of the batch JSON exactly as the hub signed it, so the forwarder can
+//! size requests and pass the signature on, and the intake can keep fair shares, without parsing
+//! JSON again.
 
 use outpost_shared::buffer::{BufferError, Storage};
 use std::collections::HashMap;
@@ -8,15 +9,20 @@ use std::collections::HashMap;
 pub struct Record<'a> {
     pub readings: u32,
     pub machine_id: &'a str,
+    pub timestamp: i64,
+    pub signature: &'a str,
     pub json: &'a [u8],
 }
 
-pub fn encode(readings: u32, machine_id: &str, json: &[u8]) -> Vec<u8> {
-    let id = machine_id.as_bytes();
-    let mut out = Vec::with_capacity(5 + id.len() + json.len());
+pub fn encode(readings: u32, machine_id: &str, timestamp: i64, signature: &str, json: &[u8]) -> Vec<u8> {
+    let (id, sig) = (machine_id.as_bytes(), signature.as_bytes());
+    let mut out = Vec::with_capacity(15 + id.len() + sig.len() + json.len());
     out.extend_from_slice(&readings.to_be_bytes());
     out.push(id.len() as u8);
     out.extend_from_slice(id);
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(&(sig.len() as u16).to_be_bytes());
+    out.extend_from_slice(sig);
     out.extend_from_slice(json);
     out
 }
@@ -25,7 +31,14 @@ pub fn decode(bytes: &[u8]) -> Option<Record<'_>> {
     let readings = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
     let n = *bytes.get(4)? as usize;
     let machine_id = std::str::from_utf8(bytes.get(5..5 + n)?).ok()?;
-    Some(Record { readings, machine_id, json: bytes.get(5 + n..)? })
+    let mut at = 5 + n;
+    let timestamp = i64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
+    at += 8;
+    let sl = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
+    at += 2;
+    let signature = std::str::from_utf8(bytes.get(at..at + sl)?).ok()?;
+    at += sl;
+    Some(Record { readings, machine_id, timestamp, signature, json: bytes.get(at..)? })
 }
 
 /// Bytes per hub in the buffer, rebuilt at start.
@@ -43,9 +56,10 @@ pub fn per_hub_bytes(buffer: &dyn Storage) -> Result<HashMap<String, u64>, Buffe
 mod tests {
     #[test]
     fn round_trip() {
-        let e = super::encode(42, "abc", b"{\"x\":1}");
+        let e = super::encode(42, "abc", 1_700_000_000, "c2ln", b"{\"x\":1}");
         let r = super::decode(&e).unwrap();
         assert_eq!((r.readings, r.machine_id, r.json), (42, "abc", &b"{\"x\":1}"[..]));
+        assert_eq!((r.timestamp, r.signature), (1_700_000_000, "c2ln"));
         assert!(super::decode(&e[..3]).is_none());
     }
 }

@@ -26,6 +26,12 @@ pub struct HubConfig {
     /// SSDP: answer connectors' searches for hubs, so they can list this hub when it is not
     /// attached (UDP 1900 multicast on LAN interfaces only).
     pub ssdp: outpost_shared::ssdp::ResponderConfig,
+    /// The machine's private key; `<data_dir>/machine.key` by default. Made on first start,
+    /// readable by the service alone; the machine id is the fingerprint of its public key.
+    pub key_file: Option<PathBuf>,
+    /// The file this configuration was read from, for `reload-config`. Set by the binary.
+    #[serde(skip)]
+    pub config_path: Option<PathBuf>,
     /// Who runs this hub: a plain sensorhub, or a connector monitoring its own machine. Not
     /// configurable: the connector sets it for its embedded hub.
     #[serde(skip)]
@@ -56,6 +62,8 @@ impl Default for HubConfig {
             buffer: BufferConfig::default(),
             sensors: Vec::new(),
             ssdp: Default::default(),
+            key_file: None,
+            config_path: None,
             role: Default::default(),
         }
     }

@@ -7,9 +7,11 @@
 //! [`run`] wires them up from a [`config::HubConfig`] and tears them down in order on shutdown.
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
 pub mod relay;
 pub mod sensors;
+pub mod trust;
 pub mod uplink;
 pub mod writer;
 
@@ -35,6 +37,8 @@ pub enum HubError {
     Uplink(#[from] uplink::UplinkError),
     #[error(transparent)]
     Sensors(#[from] sensors::SensorError),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -71,7 +75,8 @@ impl Hub {
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub, HubError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| HubError::Io { path: dir.clone(), source })?;
-    let machine_id = machine_id(dir)?;
+    let key = trust::machine_key(&config.key_file.clone().unwrap_or_else(|| dir.join(trust::KEY_FILE)))?;
+    let machine_id = key.machine_id().to_string();
     let hostname = config.hostname.clone().unwrap_or_else(system_hostname);
     let (buffer, outcome) = SledBuffer::open(&dir.join("buffer"), config.buffer.quota, WhenFull::DropOldest)?;
     if let OpenOutcome::Recovered { moved_to, reason } = outcome {
@@ -96,35 +101,63 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let uplink_stop = CancellationToken::new();
-    let u = &config.uplink;
-    let (status, uplink_task) = if u.cloud.is_some() || u.connector.is_some() || u.discover {
-        let token = read_token(u)?;
+    let u = config.uplink.clone();
+    let (status_tx, status) =
+        tokio::sync::watch::channel(uplink::UplinkStatus { path: "offline".into(), ..Default::default() });
+    let uplink_task = if u.cloud.is_some() || u.connector.is_some() || u.discover {
         let direct = match &u.cloud {
             Some(url) => {
                 let client = outpost_shared::tls::https_client(u.ca_file.as_deref(), u.timeout)
                     .map_err(uplink::UplinkError::from)?;
-                Some(uplink::HttpTransport::new(client, url, token.clone(), "direct".into()))
+                Some(uplink::HttpTransport::new(client, url, key.clone(), "direct".into()))
             }
             None => None,
         };
-        let lan_client = if u.connector.is_some() || u.discover {
-            Some(
-                outpost_shared::tls::https_client(u.connector_ca.as_deref(), u.timeout)
-                    .map_err(uplink::UplinkError::from)?,
-            )
-        } else {
-            None
+        let stop = uplink_stop.clone();
+        let parts = UplinkParts {
+            dir: dir.clone(),
+            key: key.clone(),
+            role: config.role,
+            hostname: identity.hostname.clone(),
+            sensors: sensor_handle.clone(),
+            config_path: config.config_path.clone(),
         };
-        let transport = uplink::PathTransport::new(u.clone(), token, lan_client, direct, dir.clone());
-        let (up, status) = uplink::Uplink::new(buffer.clone(), transport, u.clone(), identity, feed);
-        (status, Some(tokio::spawn(up.run(uplink_stop.clone()))))
+        let buffer = buffer.clone();
+        Some(tokio::spawn(async move {
+            let Some(enrollment) = enrolled(&u, direct.as_ref(), &parts, &stop).await else { return };
+            let transport = Arc::new(uplink::PathTransport::new(
+                u.clone(),
+                parts.key.clone(),
+                enrollment.clone(),
+                direct,
+                parts.dir.clone(),
+            ));
+            let verifier = match outpost_shared::keys::CommandVerifier::open(
+                enrollment.cloud_key.clone(),
+                parts.key.machine_id().clone(),
+                &parts.dir.join("command-replay.log"),
+                chrono::Utc::now(),
+            ) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the command replay log; commands are disabled");
+                    return run_uplink(buffer, transport, u, identity, feed, status_tx, stop).await;
+                }
+            };
+            let exec = commands::Executor {
+                key: parts.key.clone(),
+                verifier,
+                sensors: parts.sensors.clone(),
+                relays: None,
+                config_path: parts.config_path.clone(),
+            };
+            let poller = tokio::spawn(commands::run(transport.clone(), exec, stop.clone()));
+            run_uplink(buffer, transport, u, identity, feed, status_tx, stop).await;
+            let _ = poller.await;
+        }))
     } else {
         tracing::warn!("no cloud, connector or discovery configured: readings are only buffered");
-        let (_tx, rx) = tokio::sync::watch::channel(uplink::UplinkStatus {
-            path: "offline".into(),
-            ..Default::default()
-        });
-        (rx, None)
+        None
     };
 
     let mut tasks = Vec::new();
@@ -246,33 +279,74 @@ async fn write_status(
     }
 }
 
-fn read_token(cfg: &uplink::UplinkConfig) -> Result<String, uplink::UplinkError> {
-    if let Some(t) = &cfg.token {
-        return Ok(t.clone());
-    }
-    match &cfg.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|t| t.trim().to_string())
-            .map_err(|source| uplink::UplinkError::Token { path: path.clone(), source }),
-        None => Ok(String::new()),
-    }
+/// What the uplink task needs besides the buffer.
+struct UplinkParts {
+    dir: PathBuf,
+    key: Arc<outpost_shared::keys::KeyPair>,
+    role: outpost_shared::model::Role,
+    hostname: String,
+    sensors: sensors::SensorHandle,
+    config_path: Option<PathBuf>,
 }
 
-/// This machine's identity, made once and kept in the data directory.
-fn machine_id(dir: &Path) -> Result<String, HubError> {
-    let path = dir.join("machine-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim();
-        if !id.is_empty() {
-            return Ok(id.to_string());
+async fn run_uplink(
+    buffer: Arc<dyn Storage>,
+    transport: Arc<uplink::PathTransport>,
+    cfg: uplink::UplinkConfig,
+    identity: uplink::Identity,
+    feed: Arc<uplink::Feed>,
+    status: tokio::sync::watch::Sender<uplink::UplinkStatus>,
+    stop: CancellationToken,
+) {
+    uplink::Uplink::with_status(buffer, transport, cfg, identity, feed, status).run(stop).await
+}
+
+/// The stored enrollment, or a new one made with the token (retried until it works or the hub
+/// stops: readings keep buffering meanwhile). None when stopped first.
+async fn enrolled(
+    u: &uplink::UplinkConfig,
+    direct: Option<&uplink::HttpTransport>,
+    parts: &UplinkParts,
+    stop: &CancellationToken,
+) -> Option<trust::Enrollment> {
+    let mut backoff =
+        outpost_shared::backoff::Backoff::new(u.retry_min, u.retry_max, 0.5).expect("validated");
+    loop {
+        let attempt = async {
+            if let Some(e) = trust::load(&parts.dir, &parts.key)? {
+                return Ok(e);
+            }
+            let Some(cloud) = direct else {
+                return Err(trust::TrustError::Enroll(
+                    "not enrolled, and no uplink.cloud to enroll with".into(),
+                ));
+            };
+            let token = trust::token(u.enroll_token.as_deref(), &parts.dir)?;
+            trust::enroll(
+                cloud.client(),
+                cloud.base(),
+                &parts.dir,
+                &parts.key,
+                &token,
+                parts.role,
+                &parts.hostname,
+                None,
+            )
+            .await
+        };
+        match attempt.await {
+            Ok(e) => return Some(e),
+            Err(e) => {
+                if backoff.attempts() == 0 {
+                    tracing::error!(error = %e, "not enrolled yet; readings are buffered until enrollment succeeds");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
         }
     }
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw)
-        .map_err(|e| HubError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
-    let id = hex::encode(raw);
-    std::fs::write(&path, &id).map_err(|source| HubError::Io { path, source })?;
-    Ok(id)
 }
 
 pub fn system_hostname() -> String {

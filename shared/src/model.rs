@@ -243,10 +243,25 @@ pub struct UnattachedHub {
 pub struct ForwardEnvelope {
     /// The connector's machine id.
     pub connector: String,
-    pub batches: Vec<Box<serde_json::value::RawValue>>,
+    pub batches: Vec<ForwardedBatch>,
     /// Hubs the connector found by SSDP that do not send through it.
     #[serde(default)]
     pub unattached: Vec<UnattachedHub>,
+}
+
+/// One hub batch inside a forward: the JSON exactly as the hub signed it, and its signature.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedBatch {
+    pub sig: BatchSignature,
+    pub body: Box<serde_json::value::RawValue>,
+}
+
+/// The three signature headers of the hub's original request, carried along.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchSignature {
+    pub machine_id: String,
+    pub timestamp: i64,
+    pub signature: String,
 }
 
 /// The cloud's answer to a forward: one result per batch, in order.

@@ -21,10 +21,14 @@ pub enum WireError {
 
 /// Serialises `value` to JSON and gzips it (fast level: hubs are small machines).
 pub fn encode_gzip_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
-    let json = serde_json::to_vec(value)?;
-    let mut enc = GzEncoder::new(Vec::with_capacity(json.len() / 4 + 64), Compression::fast());
-    enc.write_all(&json).expect("writing to a Vec cannot fail");
-    Ok(enc.finish().expect("writing to a Vec cannot fail"))
+    Ok(gzip(&serde_json::to_vec(value)?))
+}
+
+/// Gzips bytes already encoded (e.g. the exact JSON a signature covers).
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(bytes.len() / 4 + 64), Compression::fast());
+    enc.write_all(bytes).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
 }
 
 /// Decompresses `body` (gzip when `gzipped`) to at most `limit` bytes.

@@ -130,8 +130,31 @@ impl CloudProc {
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("data/admin-token")).unwrap().trim().to_string()
     }
-    pub fn ingest_token_file(&self) -> PathBuf {
-        self.dir.join("data/ingest-token")
+    /// A fresh one-time enrollment token from the cloud's API.
+    pub fn enroll_token(&self) -> String {
+        let r = self
+            .client()
+            .post(format!("{}/v1/enrollment-tokens", self.url()))
+            .bearer_auth(self.admin_token())
+            .json(&serde_json::json!({"network": "default", "ttl": "1h"}))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "token: {}", r.status());
+        let v: Value = r.json().unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// POST a JSON body to an admin API path.
+    pub fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client()
+            .post(format!("{}{path}", self.url()))
+            .bearer_auth(self.admin_token())
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
     }
 
     pub fn client(&self) -> reqwest::blocking::Client {
@@ -167,30 +190,84 @@ impl CloudProc {
     }
 }
 
-/// Writes a hub config that uploads to `cloud`, plus `extra` TOML, and returns its path.
-pub fn hub_config(dir: &Path, cloud: &CloudProc, extra: &str) -> PathBuf {
+/// Writes a hub config that enrolls with and uploads to `cloud`, plus `extra` TOML (top-level
+/// keys and tables) and `uplink` (more `[uplink]` keys), and returns its path.
+pub fn hub_config_with(dir: &Path, cloud: &CloudProc, extra: &str, uplink: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("sensorhub.toml");
     std::fs::write(
         &path,
         format!(
-            "data_dir = \"{}\"\n{extra}\n[uplink]\ncloud = \"{}\"\nca_file = \"{}\"\ntoken_file = \"{}\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\n# Loopback tests: no SSDP multicast on this machine's real interfaces.\ndiscover = false\nadvertise = false\n",
+            "data_dir = \"{}\"\n{extra}\n[uplink]\ncloud = \"{}\"\nca_file = \"{}\"\nenroll_token = \"{}\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\n# Loopback tests: no SSDP multicast on this machine's real interfaces.\ndiscover = false\nadvertise = false\n{uplink}\n",
             dir.join("data").display(),
             cloud.url(),
             cloud.ca().display(),
-            cloud.ingest_token_file().display()
+            cloud.enroll_token(),
         ),
     )
     .unwrap();
     path
 }
 
+pub fn hub_config(dir: &Path, cloud: &CloudProc, extra: &str) -> PathBuf {
+    hub_config_with(dir, cloud, extra, "")
+}
+
 pub fn start_hub(dir: &Path, config: &Path) -> Proc {
     Proc::start(&["sensorhub", "--config", config.to_str().unwrap()], &dir.join("hub.log"))
 }
 
+/// The hub's machine id: the fingerprint of its key, as its status file reports it.
 pub fn machine_id(hub_dir: &Path) -> String {
-    std::fs::read_to_string(hub_dir.join("data/machine-id")).unwrap().trim().to_string()
+    let path = hub_dir.join("data/status.json");
+    wait_until(Duration::from_secs(30), "the hub writes its status file", || path.exists());
+    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["machine_id"].as_str().unwrap().to_string()
+}
+
+/// A machine of the test's own: a real key, enrolled with the cloud, signing its requests like a
+/// hub does. For feeding the cloud exactly the requests a test needs.
+pub struct TestMachine {
+    pub key: outpost_shared::keys::KeyPair,
+}
+
+impl TestMachine {
+    pub fn enroll(cloud: &CloudProc, role: &str) -> TestMachine {
+        let key = outpost_shared::keys::KeyPair::generate().unwrap();
+        let body = serde_json::json!({"token": cloud.enroll_token(), "public_key": key.public().to_pem(),
+            "role": role, "hostname": "test", "lan_cert": Value::Null});
+        let r = cloud.client().post(format!("{}/v1/enroll", cloud.url())).json(&body).send().unwrap();
+        assert!(r.status().is_success(), "enroll: {}", r.status());
+        TestMachine { key }
+    }
+
+    pub fn id(&self) -> String {
+        self.key.machine_id().to_string()
+    }
+
+    /// POSTs `body` (JSON bytes) to `path`, signed over `signed_body` (normally the same bytes).
+    pub fn post(
+        &self,
+        cloud: &CloudProc,
+        path: &str,
+        body: Vec<u8>,
+        signed_body: &[u8],
+        gzip: bool,
+    ) -> (u16, Value) {
+        let sig =
+            outpost_shared::keys::sign_request(&self.key, "POST", path, signed_body, chrono::Utc::now())
+                .unwrap();
+        let mut r = cloud.client().post(format!("{}{path}", cloud.url()));
+        for (name, value) in sig.to_pairs() {
+            r = r.header(name, value);
+        }
+        if gzip {
+            r = r.header("content-encoding", "gzip");
+        }
+        let resp = r.body(body).send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
 }
 
 /// Polls `f` until it holds or `limit` passes; a timeout here is a failure of the system, with a

@@ -1,8 +1,10 @@
 //! The HTTP API: one router for machines (ingest) and people (JSON API, live events, dashboard).
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it was.
 
+use crate::commands::{Commands, DEFAULT_TTL};
 use crate::config::CloudConfig;
 use crate::store::Store;
+use crate::trust::{EnrollRequest, Refusal, Trust};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::middleware::{self, Next};
@@ -12,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
+use outpost_shared::keys::{CommandResult, PublicKey, Signed, SignedHeaders};
 use outpost_shared::model::{
     ApiError, Batch, BatchAck, BatchProblem, ForwardAck, ForwardEnvelope, ForwardResult, MachineInfo,
     SensorLatest,
@@ -30,15 +33,22 @@ const EVENT_BACKLOG: usize = 1024;
 pub struct AppState {
     store: Store,
     admin_token: Arc<str>,
-    ingest_token: Arc<str>,
+    trust: Trust,
+    commands: Commands,
     config: Arc<CloudConfig>,
     events: broadcast::Sender<LiveEvent>,
 }
 
 impl AppState {
-    pub fn new(store: Store, admin_token: String, ingest_token: String, config: Arc<CloudConfig>) -> Self {
+    pub fn new(
+        store: Store,
+        admin_token: String,
+        trust: Trust,
+        commands: Commands,
+        config: Arc<CloudConfig>,
+    ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        AppState { store, admin_token: admin_token.into(), ingest_token: ingest_token.into(), config, events }
+        AppState { store, admin_token: admin_token.into(), trust, commands, config, events }
     }
 }
 
@@ -57,14 +67,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}/readings", get(readings))
         .route("/v1/events", get(events))
         .route("/v1/hubs/unattached", get(unattached))
+        .route("/v1/enrollment-tokens", post(new_token).get(list_tokens))
+        .route("/v1/machines/{id}/commands", post(new_command))
+        .route("/v1/machines/{id}/relays/{card}/{relay}", post(switch_relay))
+        .route("/v1/machines/{id}/seal", post(seal_secret))
+        .route("/v1/commands/{id}", get(command_status))
+        .route("/v1/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let machines = Router::new()
         .route("/v1/batches", post(ingest))
         .route("/v1/forward", post(forward))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/receipt", post(receipt))
+        .route("/v1/commands/poll", get(poll_commands))
+        .route("/v1/commands/result", post(command_result))
         .layer(DefaultBodyLimit::max(state.config.ingest.max_body as usize));
     Router::new()
         .route("/", get(crate::dashboard::index))
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route("/v1/cloud-key", get(cloud_key))
         .merge(people)
         .merge(machines)
         .fallback(|| async {
@@ -221,15 +242,27 @@ async fn events(
 
 // The error side of these helpers is the finished HTTP response; it lives for one request.
 #[allow(clippy::result_large_err)]
-/// The ingest token check shared by `/v1/batches` and `/v1/forward`.
-fn check_ingest_token(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    match presented_token(headers) {
-        Some(t) if same(&t, &st.ingest_token) => Ok(()),
-        _ => Err(err(
-            StatusCode::UNAUTHORIZED,
-            "ingest token missing or wrong; give the hub the cloud's ingest-token",
-        )),
-    }
+/// Checks a signed machine request against the signer's enrolled key. `skew` as in
+/// [`Trust::verify`].
+fn check_signed(
+    st: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    skew: Option<std::time::Duration>,
+) -> Result<crate::trust::MachineKey, Response> {
+    let sig = SignedHeaders::from_header_map(headers).map_err(|e| refused(Refusal::Unsigned(e)))?;
+    st.trust.verify(&sig, method, path, body, skew).map_err(refused)
+}
+
+fn refused(r: Refusal) -> Response {
+    tracing::warn!(reason = %r, "machine request refused");
+    let status = match r {
+        Refusal::Enroll(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    err(status, r.to_string())
 }
 
 #[allow(clippy::result_large_err)]
@@ -248,9 +281,20 @@ fn body_json(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>,
 }
 
 /// Parses, validates, stores and flushes one hub batch. Every path into storage goes through here.
-async fn take_batch(st: &AppState, json: &[u8], peer: &str) -> Result<BatchAck, (StatusCode, String)> {
+async fn take_batch(
+    st: &AppState,
+    json: &[u8],
+    signer: &str,
+    peer: &str,
+) -> Result<BatchAck, (StatusCode, String)> {
     let batch: Batch = serde_json::from_slice(json)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not a valid batch: {e}")))?;
+    if batch.machine_id != signer {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            format!("batch of machine {} signed by {signer}", batch.machine_id),
+        ));
+    }
     if let Err(p) = batch.validate(st.config.ingest.max_readings) {
         tracing::warn!(%peer, machine = %batch.machine_id, reason = %p, "batch refused");
         let status = match p {
@@ -283,14 +327,16 @@ async fn ingest(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_ingest_token(&st, &headers) {
-        return r;
-    }
     let json = match body_json(&st, &headers, &body) {
         Ok(j) => j,
         Err(r) => return r,
     };
-    match take_batch(&st, &json, &peer.to_string()).await {
+    let signer = match check_signed(&st, &headers, "POST", "/v1/batches", &json, Some(crate::trust::MAX_SKEW))
+    {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match take_batch(&st, &json, &signer.machine_id, &peer.to_string()).await {
         Ok(ack) => Json(ack).into_response(),
         Err((status, msg)) if status.is_server_error() => internal(msg),
         Err((status, msg)) => err(status, msg),
@@ -305,21 +351,52 @@ async fn forward(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_ingest_token(&st, &headers) {
-        return r;
-    }
     let json = match body_json(&st, &headers, &body) {
         Ok(j) => j,
         Err(r) => return r,
     };
+    let connector =
+        match check_signed(&st, &headers, "POST", "/v1/forward", &json, Some(crate::trust::MAX_SKEW)) {
+            Ok(m) if m.role == outpost_shared::model::Role::Connector => m,
+            Ok(m) => {
+                return err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))
+            }
+            Err(r) => return r,
+        };
     let env: ForwardEnvelope = match serde_json::from_slice(&json) {
         Ok(e) => e,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}")),
     };
-    let via = format!("{peer} via connector {}", env.connector);
+    let via = format!("{peer} via connector {}", connector.machine_id);
     let mut results = Vec::with_capacity(env.batches.len());
-    for raw in &env.batches {
-        match take_batch(&st, raw.get().as_bytes(), &via).await {
+    for fb in &env.batches {
+        let body = fb.body.get().as_bytes();
+        // Each batch must carry its hub's own signature over exactly these bytes: a connector
+        // cannot alter or invent readings. Held batches are old, so no time window here.
+        let sig = SignedHeaders::from_values(
+            Some(&fb.sig.machine_id),
+            Some(&fb.sig.timestamp.to_string()),
+            Some(&fb.sig.signature),
+        );
+        let hub = match sig
+            .map_err(Refusal::Unsigned)
+            .and_then(|s| st.trust.verify(&s, "POST", "/v1/batches", body, None))
+        {
+            Ok(h) if h.network_id == connector.network_id => h,
+            Ok(h) => {
+                results.push(ForwardResult::Refused {
+                    status: 403,
+                    error: format!("hub {} is not in this connector's network", h.machine_id),
+                });
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(connector = %connector.machine_id, reason = %e, "forwarded batch refused");
+                results.push(ForwardResult::Refused { status: 401, error: e.to_string() });
+                continue;
+            }
+        };
+        match take_batch(&st, body, &hub.machine_id, &via).await {
             Ok(ack) => results.push(ForwardResult::Stored(ack)),
             Err((status, msg)) if status.is_server_error() => return internal(msg),
             Err((status, msg)) => {
@@ -331,7 +408,7 @@ async fn forward(
         let store = st.store.clone();
         let mut hubs = env.unattached;
         for h in &mut hubs {
-            h.connector = env.connector.clone();
+            h.connector = connector.machine_id.clone();
         }
         if let Err(e) = tokio::task::spawn_blocking(move || store.note_unattached(&hubs))
             .await
@@ -349,6 +426,234 @@ async fn unattached(State(st): State<AppState>) -> Response {
     match tokio::task::spawn_blocking(move || store.unattached(Utc::now())).await {
         Ok(Ok(list)) => Json(list).into_response(),
         Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn cloud_key(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let k = st.trust.key();
+    Json(serde_json::json!({"fingerprint": k.machine_id().to_string(), "public_key": k.public().to_pem()}))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    network: Option<String>,
+    /// Validity, e.g. "1h" (default 24h).
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<std::time::Duration>,
+}
+
+async fn new_token(State(st): State<AppState>, body: Option<Json<TokenRequest>>) -> Response {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let network = req.network.unwrap_or_else(|| "default".into());
+    let ttl = req.ttl.unwrap_or(std::time::Duration::from_secs(86400));
+    match st.trust.new_token(&network, ttl, Utc::now()) {
+        Ok(t) => {
+            Json(serde_json::json!({"token": t.encode(), "network": network, "expires_at": t.expires_at}))
+                .into_response()
+        }
+        Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn list_tokens(State(st): State<AppState>) -> Response {
+    match st.trust.open_tokens(Utc::now()) {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollRequest>) -> Response {
+    let trust = st.trust.clone();
+    match tokio::task::spawn_blocking(move || trust.enroll(&req, Utc::now())).await {
+        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn receipt(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let mk = match check_signed(&st, &headers, "POST", "/v1/receipt", &body, Some(crate::trust::MAX_SKEW)) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let trust = st.trust.clone();
+    match tokio::task::spawn_blocking(move || trust.receipt(&mk, Utc::now())).await {
+        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    action: String,
+    #[serde(default)]
+    parameters: serde_json::Value,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<std::time::Duration>,
+}
+
+/// Actions a hub understands; anything else is refused here, before it is signed.
+const ACTIONS: &[&str] =
+    &["ping", "sample-now", "reload-config", "relay.set", "relay.toggle", "relay.set_port"];
+
+async fn create_command(
+    st: &AppState,
+    machine: &str,
+    action: &str,
+    parameters: serde_json::Value,
+    ttl: Option<std::time::Duration>,
+    who: &str,
+) -> Response {
+    if !ACTIONS.contains(&action) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("unknown action `{action}`; known: {}", ACTIONS.join(", ")),
+        );
+    }
+    match st.trust.machine_key(machine) {
+        Ok(Some(_)) => {}
+        Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
+        Err(e) => return internal(e),
+    }
+    match st
+        .commands
+        .create(st.trust.key(), machine, action, parameters, ttl.unwrap_or(DEFAULT_TTL), who)
+        .await
+    {
+        Ok(rec) => (StatusCode::CREATED, Json(serde_json::json!({"command_id": rec.id}))).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn new_command(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<CommandRequest>,
+) -> Response {
+    create_command(&st, &id, &req.action, req.parameters, req.ttl, "admin").await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySwitch {
+    on: bool,
+}
+
+async fn switch_relay(
+    State(st): State<AppState>,
+    Path((id, card, relay)): Path<(String, u8, u8)>,
+    Json(req): Json<RelaySwitch>,
+) -> Response {
+    if card == 0 || !(1..=8).contains(&relay) {
+        return err(StatusCode::BAD_REQUEST, "cards are numbered from 1, relays 1 to 8");
+    }
+    let params = serde_json::json!({"card": card, "relay": relay, "on": req.on});
+    create_command(&st, &id, "relay.set", params, None, "admin").await
+}
+
+async fn command_status(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    match st.commands.get(&id) {
+        Ok(Some(rec)) => {
+            let status = rec.effective_status(Utc::now()).to_string();
+            Json(serde_json::json!({
+                "id": rec.id, "machine": rec.machine, "action": rec.action, "parameters": rec.parameters,
+                "status": status, "result": rec.result, "created_by": rec.created_by, "created_at": rec.created_at,
+                "delivered_at": rec.delivered_at, "finished_at": rec.finished_at, "expires_at": rec.expires_at,
+            }))
+            .into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such command"),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    machine: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(State(st): State<AppState>, Query(q): Query<AuditQuery>) -> Response {
+    match st.commands.audit(q.machine.as_deref(), q.limit.unwrap_or(200).min(10_000)) {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollQuery {
+    /// Seconds to hold the request open when nothing is waiting (at most 30).
+    wait: Option<u64>,
+}
+
+async fn poll_commands(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Query(q): Query<PollQuery>,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v1/commands/poll");
+    let mk = match check_signed(&st, &headers, "GET", path, b"", Some(crate::trust::MAX_SKEW)) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let wait = std::time::Duration::from_secs(q.wait.unwrap_or(25).min(30));
+    match st.commands.poll(&mk.machine_id, wait).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn command_result(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let mk =
+        match check_signed(&st, &headers, "POST", "/v1/commands/result", &body, Some(crate::trust::MAX_SKEW))
+        {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+    let signed: Signed<CommandResult> = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a signed command result: {e}")),
+    };
+    let key = match PublicKey::from_pem(&mk.public_key) {
+        Ok(k) => k,
+        Err(e) => return internal(e),
+    };
+    match st.commands.finish(&mk.machine_id, &key, &signed).await {
+        Ok(rec) => Json(serde_json::json!({"status": rec.status})).into_response(),
+        Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealRequest {
+    secret: String,
+}
+
+/// Seals a secret to one machine's key and returns only the sealed form; the plaintext is
+/// never stored or logged here.
+async fn seal_secret(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<SealRequest>,
+) -> Response {
+    let mk = match st.trust.machine_key(&id) {
+        Ok(Some(m)) => m,
+        Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
+        Err(e) => return internal(e),
+    };
+    let sealed = PublicKey::from_pem(&mk.public_key)
+        .map_err(|e| e.to_string())
+        .and_then(|k| outpost_shared::keys::seal(&k, &req.secret).map_err(|e| e.to_string()));
+    match sealed {
+        Ok(s) => Json(serde_json::json!({"sealed": s})).into_response(),
         Err(e) => internal(e),
     }
 }

@@ -370,6 +370,11 @@ impl Store {
         Ok(out)
     }
 
+    /// The database, for the other parts of the cloud that keep state in it.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Total raw readings stored; for tests and the status page.
     pub fn raw_count(&self) -> usize {
         self.raw.len()

@@ -12,8 +12,6 @@ pub struct UplinkConfig {
     /// A connector to use first, e.g. `https://192.168.1.10:8444`; otherwise the remembered one,
     /// then whatever SSDP finds.
     pub connector: Option<String>,
-    /// CA that signed the connectors' LAN certificates; the system roots when absent.
-    pub connector_ca: Option<PathBuf>,
     /// Search the LAN for connectors by SSDP (UDP 1900 multicast).
     pub discover: bool,
     /// Announce this hub by SSDP so connectors can list it while it is not attached.
@@ -30,9 +28,9 @@ pub struct UplinkConfig {
     pub reprobe_every: Duration,
     /// CA certificate that signed the cloud's certificate; the system roots when absent.
     pub ca_file: Option<PathBuf>,
-    /// Ingest token, inline, or (better) in a file readable by the service alone.
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
+    /// One-time enrollment token for the first start (from the dashboard); otherwise the file
+    /// `enroll-token` in the data directory, which the installer writes. Not needed once enrolled.
+    pub enroll_token: Option<String>,
     /// Most readings in one upload.
     pub batch_max: usize,
     /// Most of those that may be live readings; the rest of the batch drains the backlog.
@@ -55,7 +53,6 @@ impl Default for UplinkConfig {
         UplinkConfig {
             cloud: None,
             connector: None,
-            connector_ca: None,
             discover: true,
             advertise: true,
             discover_wait: Duration::from_secs(1),
@@ -63,8 +60,7 @@ impl Default for UplinkConfig {
             fallback_after: Duration::from_secs(60),
             reprobe_every: Duration::from_secs(300),
             ca_file: None,
-            token: None,
-            token_file: None,
+            enroll_token: None,
             batch_max: 5000,
             live_max: 1000,
             linger: Duration::from_millis(100),
@@ -85,27 +81,9 @@ impl UplinkConfig {
                 ));
             }
         }
-        // Discovery alone needs no token to be valid: a hub may be set up before its token.
-        if (self.cloud.is_some() || self.connector.is_some())
-            && self.token.is_none()
-            && self.token_file.is_none()
-        {
-            problems.push(Problem::new(
-                "uplink.token_file",
-                "the cloud needs an ingest token: set token_file (or token)",
-            ));
-        }
         if let Some(url) = &self.connector {
             if !url.starts_with("https://") {
                 problems.push(Problem::new("uplink.connector", "must be an https:// URL"));
-            }
-        }
-        if let Some(ca) = &self.connector_ca {
-            if !ca.exists() {
-                problems.push(Problem::new(
-                    "uplink.connector_ca",
-                    format!("file {} does not exist", ca.display()),
-                ));
             }
         }
         if self.discover_wait < Duration::from_millis(100) || self.discover_wait > Duration::from_secs(10) {
@@ -120,10 +98,12 @@ impl UplinkConfig {
                     .push(Problem::new("uplink.ca_file", format!("file {} does not exist", ca.display())));
             }
         }
-        if let Some(tf) = &self.token_file {
-            if !tf.exists() {
-                problems
-                    .push(Problem::new("uplink.token_file", format!("file {} does not exist", tf.display())));
+        if let Some(t) = &self.enroll_token {
+            // Format only: once enrolled, an expired token in the file does no harm.
+            if let Err(e) =
+                outpost_shared::keys::EnrollmentToken::parse_at(t, chrono::DateTime::<chrono::Utc>::MIN_UTC)
+            {
+                problems.push(Problem::new("uplink.enroll_token", e.to_string()));
             }
         }
         if self.batch_max == 0 || self.batch_max > 50_000 {

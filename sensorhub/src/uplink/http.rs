@@ -1,25 +1,32 @@
 use super::{SendError, Transport};
+use outpost_shared::keys::KeyPair;
 use outpost_shared::model::{ApiError, Batch, BatchAck};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// When a busy receiver does not say how long to wait.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// Uploads over HTTPS to `POST {base}/v1/batches`, gzip-compressed JSON.
+/// Uploads over HTTPS to `POST {base}/v1/batches`, gzip-compressed JSON signed with the
+/// machine key (the signature covers the JSON itself, so it survives a connector unchanged).
 #[derive(Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
     url: String,
-    token: String,
+    key: Arc<KeyPair>,
     label: String,
 }
 
 impl HttpTransport {
     /// `label` is the path reported with each batch: `direct` or `connector:<id>`.
-    pub fn new(client: reqwest::Client, base: &str, token: String, label: String) -> Self {
-        HttpTransport { client, url: format!("{}/v1/batches", base.trim_end_matches('/')), token, label }
+    pub fn new(client: reqwest::Client, base: &str, key: Arc<KeyPair>, label: String) -> Self {
+        HttpTransport { client, url: format!("{}/v1/batches", base.trim_end_matches('/')), key, label }
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// The receiver's base URL.
@@ -35,7 +42,7 @@ impl HttpTransport {
 }
 
 /// The whole cause chain: reqwest's own message hides whether it was DNS, refusal or TLS.
-pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+pub fn describe(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -49,18 +56,21 @@ pub(crate) fn describe(e: &dyn std::error::Error) -> String {
 impl Transport for HttpTransport {
     async fn send(&self, batch: &mut Batch) -> Result<BatchAck, SendError> {
         batch.uplink = self.label.clone();
-        let body = outpost_shared::wire::encode_gzip_json(batch)
+        let json = serde_json::to_vec(batch)
             .map_err(|e| SendError::Refused { status: 0, message: format!("cannot encode batch: {e}") })?;
-        let resp = self
+        let sig =
+            outpost_shared::keys::sign_request(&self.key, "POST", "/v1/batches", &json, chrono::Utc::now())
+                .map_err(|e| SendError::Unreachable(format!("cannot sign: {e}")))?;
+        let body = outpost_shared::wire::gzip(&json);
+        let mut req = self
             .client
             .post(&self.url)
             .header(CONTENT_ENCODING, outpost_shared::wire::GZIP)
-            .header(CONTENT_TYPE, "application/json")
-            .bearer_auth(&self.token)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SendError::Unreachable(describe(&e)))?;
+            .header(CONTENT_TYPE, "application/json");
+        for (name, value) in sig.to_pairs() {
+            req = req.header(name, value);
+        }
+        let resp = req.body(body).send().await.map_err(|e| SendError::Unreachable(describe(&e)))?;
         let status = resp.status();
         if status.is_success() {
             return resp.json::<BatchAck>().await.map_err(|e| SendError::Unreachable(describe(&e)));

@@ -14,7 +14,7 @@ mod tests;
 
 pub use config::UplinkConfig;
 pub use error::{SendError, UplinkError};
-pub use http::HttpTransport;
+pub use http::{describe, HttpTransport};
 pub use path::{PathTransport, REMEMBERED_FILE};
 
 use chrono::{DateTime, Utc};
@@ -28,6 +28,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+
+impl<T: Transport> Transport for Arc<T> {
+    fn send(&self, batch: &mut Batch) -> impl Future<Output = Result<BatchAck, SendError>> + Send {
+        (**self).send(batch)
+    }
+    fn path(&self) -> String {
+        (**self).path()
+    }
+}
 
 /// Something that takes a batch and acknowledges it once it is durable on its side.
 pub trait Transport: Send + Sync + 'static {
@@ -96,10 +105,22 @@ impl<T: Transport> Uplink<T> {
         feed: Arc<Feed>,
     ) -> (Self, watch::Receiver<UplinkStatus>) {
         let (status, rx) = watch::channel(UplinkStatus { path: "offline".into(), ..Default::default() });
+        (Self::with_status(buffer, transport, cfg, identity, feed, status), rx)
+    }
+
+    /// Like [`Uplink::new`], reporting to a status channel made beforehand.
+    pub fn with_status(
+        buffer: Arc<dyn Storage>,
+        transport: T,
+        cfg: UplinkConfig,
+        identity: Identity,
+        feed: Arc<Feed>,
+        status: watch::Sender<UplinkStatus>,
+    ) -> Self {
         // Whatever is in the buffer at start is backlog; what the sensors take from now on is live.
         let live_mark = buffer.stats().next_seq;
         let cap = cfg.batch_max;
-        (Uplink { buffer, transport, cfg, identity, feed, status, live_mark, cap, rejected: 0 }, rx)
+        Uplink { buffer, transport, cfg, identity, feed, status, live_mark, cap, rejected: 0 }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {

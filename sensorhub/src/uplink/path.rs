@@ -6,8 +6,12 @@
 //! All paths speak the same API, so a switch is a change of base URL, not of code path.
 
 use super::{HttpTransport, SendError, Transport, UplinkConfig};
+use crate::trust::Enrollment;
+use outpost_shared::keys::{pinned_https_client, CertFingerprint, KeyPair};
 use outpost_shared::model::{Batch, BatchAck};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -17,6 +21,8 @@ pub const REMEMBERED_FILE: &str = "connector.json";
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Discovery is not repeated more often than this while a connector stays unreachable.
 const REDISCOVER_EVERY: Duration = Duration::from_secs(20);
+/// The receipt (the authorised connectors) is not refreshed more often than this.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -46,9 +52,13 @@ struct State {
 /// A [`Transport`] that picks the path for every batch.
 pub struct PathTransport {
     cfg: UplinkConfig,
-    token: String,
-    /// Client for connectors: trusts the connectors' CA (`uplink.connector_ca`).
-    lan_client: Option<reqwest::Client>,
+    key: Arc<KeyPair>,
+    /// The connectors the cloud authorised for this hub's network, with their certificates.
+    enrollment: std::sync::Mutex<Enrollment>,
+    last_refresh: std::sync::Mutex<Option<Instant>>,
+    /// One client per authorised connector certificate: each trusts exactly that certificate.
+    pinned: std::sync::Mutex<HashMap<CertFingerprint, reqwest::Client>>,
+    data_dir: PathBuf,
     direct: Option<HttpTransport>,
     remember: PathBuf,
     state: Mutex<State>,
@@ -58,18 +68,21 @@ pub struct PathTransport {
 impl PathTransport {
     pub fn new(
         cfg: UplinkConfig,
-        token: String,
-        lan_client: Option<reqwest::Client>,
+        key: Arc<KeyPair>,
+        enrollment: Enrollment,
         direct: Option<HttpTransport>,
         data_dir: PathBuf,
     ) -> Self {
         let wants_connector = cfg.connector.is_some() || cfg.discover;
         let mode = if wants_connector || direct.is_none() { Mode::Connector } else { Mode::Direct };
         PathTransport {
-            token,
-            lan_client,
+            key,
+            enrollment: std::sync::Mutex::new(enrollment),
+            last_refresh: std::sync::Mutex::new(None),
+            pinned: std::sync::Mutex::new(HashMap::new()),
             direct,
             remember: data_dir.join(REMEMBERED_FILE),
+            data_dir,
             state: Mutex::new(State {
                 mode,
                 connector: None,
@@ -113,23 +126,78 @@ impl PathTransport {
         urls
     }
 
-    /// Asks a candidate who it is; a transport labelled `connector:<id>` if it answers.
+    /// Asks a candidate who it is, trusting only the certificates of connectors the cloud
+    /// authorised; a transport labelled `connector:<id>` if it is one of them. A connector that is
+    /// not authorised (a rogue SSDP answer, or one enrolled elsewhere) gets nothing.
     async fn identify(&self, url: &str) -> Option<HttpTransport> {
-        let client = self.lan_client.as_ref()?;
         let base = url.trim_end_matches('/');
-        let resp = client.get(format!("{base}/v1/connector")).timeout(IDENTIFY_TIMEOUT).send().await;
-        let id = match resp {
-            Ok(r) if r.status().is_success() => r.json::<ConnectorIdentity>().await.ok()?.machine_id,
-            Ok(r) => {
-                tracing::debug!(%url, status = %r.status(), "candidate is not a connector");
-                return None;
+        for attempt in 0..2 {
+            let authorised = self.enrollment.lock().unwrap().receipt.connectors.clone();
+            for c in &authorised {
+                let client = self.pinned_client(c.lan_cert);
+                let resp = client.get(format!("{base}/v1/connector")).timeout(IDENTIFY_TIMEOUT).send().await;
+                let Ok(r) = resp else { continue };
+                let Ok(who) = r.json::<ConnectorIdentity>().await else { continue };
+                if who.machine_id == c.machine_id.as_str() {
+                    let label = format!("connector:{}", who.machine_id);
+                    return Some(HttpTransport::new(client, base, self.key.clone(), label));
+                }
+                tracing::warn!(%url, claims = %who.machine_id, "connector presents another connector's certificate; refused");
+            }
+            // Perhaps the connector was enrolled after our receipt: ask the cloud once.
+            if attempt == 0 && !self.refresh_receipt().await {
+                break;
+            }
+        }
+        tracing::warn!(%url, authorised = self.enrollment.lock().unwrap().receipt.connectors.len(),
+            "connector is not authorised by the cloud for this network (its certificate matches none the cloud lists); sending it no readings");
+        None
+    }
+
+    fn pinned_client(&self, fp: CertFingerprint) -> reqwest::Client {
+        let mut pinned = self.pinned.lock().unwrap();
+        pinned
+            .entry(fp)
+            .or_insert_with(|| {
+                pinned_https_client(fp, self.cfg.timeout).expect("a pinned TLS client can always be built")
+            })
+            .clone()
+    }
+
+    /// Fetches a fresh receipt from the cloud (rate-limited); true when it was refreshed.
+    async fn refresh_receipt(&self) -> bool {
+        let Some(direct) = &self.direct else { return false };
+        {
+            let mut last = self.last_refresh.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let current = self.enrollment.lock().unwrap().clone();
+        match crate::trust::refresh(direct.client(), direct.base(), &self.data_dir, &self.key, &current).await
+        {
+            Ok(e) => {
+                *self.enrollment.lock().unwrap() = e;
+                true
             }
             Err(e) => {
-                tracing::debug!(%url, error = %super::http::describe(&e), "connector candidate unreachable");
-                return None;
+                tracing::debug!(error = %e, "cannot refresh the enrollment receipt");
+                false
             }
-        };
-        Some(HttpTransport::new(client.clone(), base, self.token.clone(), format!("connector:{id}")))
+        }
+    }
+
+    /// Where commands are fetched from right now: the path readings take.
+    pub async fn current(&self) -> Option<(reqwest::Client, String)> {
+        let st = self.state.lock().await;
+        match (st.mode, &st.connector, &self.direct) {
+            (Mode::Connector, Some(c), _) => Some((c.client().clone(), c.base().to_string())),
+            (_, _, Some(d)) if st.mode == Mode::Direct || st.connector.is_none() => {
+                Some((d.client().clone(), d.base().to_string()))
+            }
+            _ => None,
+        }
     }
 
     async fn find_connector(&self, st: &mut State, discover: bool) -> Option<HttpTransport> {

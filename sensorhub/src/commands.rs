@@ -1,0 +1,236 @@
+//! The command channel, hub side: long-polls the path readings take (connector or cloud) for
+//! commands, verifies each (cloud signature, target, expiry, replay — ids remembered on disk),
+//! runs it, and returns a result signed with the machine key. A refused command runs nothing and
+//! its refusal is reported back, so the cloud's audit trail shows it.
+
+use crate::uplink::PathTransport;
+use chrono::Utc;
+use outpost_shared::backoff::Backoff;
+use outpost_shared::keys::{
+    sign_request, CommandEnvelope, CommandResult, CommandStatus, CommandVerifier, KeyPair, Signed,
+};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long one poll may be held open by the other side.
+const POLL_WAIT_SECS: u64 = 25;
+
+/// What commands act on.
+pub struct Executor {
+    pub key: Arc<KeyPair>,
+    pub verifier: CommandVerifier,
+    pub sensors: crate::sensors::SensorHandle,
+    pub relays: Option<(crate::relay::RelayHandle, crate::relay::RelayConfig)>,
+    /// The config file to re-read on `reload-config`, when the hub was started from one.
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+pub async fn run(transport: Arc<PathTransport>, exec: Executor, shutdown: CancellationToken) {
+    let mut backoff =
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 0.5).expect("constant settings");
+    let path = format!("/v1/commands/poll?wait={POLL_WAIT_SECS}");
+    loop {
+        let current = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = transport.current() => c,
+        };
+        let Some((client, base)) = current else {
+            sleep_or_stop(&shutdown, Duration::from_secs(1)).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            continue;
+        };
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = poll(&client, &base, &path, &exec.key) => r,
+        };
+        match polled {
+            Ok(list) => {
+                backoff.reset();
+                for signed in list {
+                    let result = exec.handle(&signed).await;
+                    if let Err(e) = report(&client, &base, &exec.key, &result).await {
+                        tracing::warn!(command = %result.command_id, error = %e, "cannot report a command result");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "command poll failed");
+                sleep_or_stop(&shutdown, backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+fn signed_request(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    base: &str,
+    path: &str,
+    body: &[u8],
+    key: &KeyPair,
+) -> Result<reqwest::RequestBuilder, String> {
+    let sig = sign_request(key, method.as_str(), path, body, Utc::now()).map_err(|e| e.to_string())?;
+    let mut req = client.request(method, format!("{}{path}", base.trim_end_matches('/')));
+    for (name, value) in sig.to_pairs() {
+        req = req.header(name, value);
+    }
+    Ok(req)
+}
+
+async fn poll(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    key: &KeyPair,
+) -> Result<Vec<Signed<CommandEnvelope>>, String> {
+    let resp = signed_request(client, reqwest::Method::GET, base, path, b"", key)?
+        .timeout(Duration::from_secs(POLL_WAIT_SECS + 10))
+        .send()
+        .await
+        .map_err(|e| crate::uplink::describe(&e))?;
+    if !resp.status().is_success() {
+        return Err(format!("poll answered {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| e.to_string())
+}
+
+async fn report(
+    client: &reqwest::Client,
+    base: &str,
+    key: &KeyPair,
+    result: &CommandResult,
+) -> Result<(), String> {
+    let signed = Signed::sign(key, result).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&signed).map_err(|e| e.to_string())?;
+    let resp = signed_request(client, reqwest::Method::POST, base, "/v1/commands/result", &body, key)?
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| crate::uplink::describe(&e))?;
+    if !resp.status().is_success() {
+        return Err(format!("result answered {}", resp.status()));
+    }
+    Ok(())
+}
+
+impl Executor {
+    /// Verifies and runs one command; always returns a result to report.
+    pub async fn handle(&self, signed: &Signed<CommandEnvelope>) -> CommandResult {
+        let now = Utc::now();
+        let me = self.key.machine_id().clone();
+        let command = match self.verifier.verify(signed, now) {
+            Ok(c) => c,
+            Err(refusal) => {
+                // Report under the id it claims, if it can be read at all, so the audit shows it.
+                let id = signed.peek_unverified().map(|c| c.id).unwrap_or_else(|_| "unreadable".into());
+                tracing::warn!(command = %id, reason = %refusal, "command refused; nothing was done");
+                return CommandResult::refused(id, me, &refusal, now);
+            }
+        };
+        tracing::info!(command = %command.id, action = %command.action, "running command");
+        let (status, output) = match self.run(&command).await {
+            Ok(out) => (CommandStatus::Done, out),
+            Err(Outcome::Refused(why)) => {
+                tracing::warn!(command = %command.id, reason = %why, "command refused");
+                (CommandStatus::Refused, json!({"error": why}))
+            }
+            Err(Outcome::Failed(why)) => {
+                tracing::warn!(command = %command.id, error = %why, "command failed");
+                (CommandStatus::Failed, json!({"error": why}))
+            }
+        };
+        CommandResult { command_id: command.id, machine_id: me, status, output, finished_at: Utc::now() }
+    }
+
+    async fn run(&self, c: &CommandEnvelope) -> Result<Value, Outcome> {
+        let p = &c.parameters;
+        match c.action.as_str() {
+            "ping" => Ok(json!({"pong": true, "version": env!("CARGO_PKG_VERSION")})),
+            "sample-now" => {
+                let name = p["sensor"]
+                    .as_str()
+                    .ok_or_else(|| Outcome::Failed("parameter `sensor` is missing".into()))?;
+                if self.sensors.trigger(name) {
+                    Ok(json!({"sampled": name}))
+                } else {
+                    Err(Outcome::Failed(format!(
+                        "no sensor named `{name}`; known: {}",
+                        self.sensors.names().join(", ")
+                    )))
+                }
+            }
+            "reload-config" => {
+                let Some(path) = &self.config_path else {
+                    return Err(Outcome::Failed("this hub was not started from a config file".into()));
+                };
+                // Checked now; a valid file takes effect on the next start of the service.
+                match outpost_shared::config::load::<crate::HubConfig>(path) {
+                    Ok(_) => Ok(
+                        json!({"valid": true, "note": "restart the service to apply uplink and buffer changes"}),
+                    ),
+                    Err(e) => Err(Outcome::Failed(e.to_string())),
+                }
+            }
+            "relay.set" | "relay.toggle" | "relay.set_port" => self.relay(c).await,
+            other => Err(Outcome::Refused(format!("unknown action `{other}`"))),
+        }
+    }
+
+    async fn relay(&self, c: &CommandEnvelope) -> Result<Value, Outcome> {
+        let Some((handle, cfg)) = &self.relays else {
+            return Err(Outcome::Failed("no relay card is configured on this hub".into()));
+        };
+        let p = &c.parameters;
+        let card = p["card"]
+            .as_u64()
+            .filter(|c| (1..=255).contains(c))
+            .ok_or_else(|| Outcome::Failed("`card` must be 1 to 255".into()))? as u8;
+        let mask = match c.action.as_str() {
+            "relay.set_port" => 0xFF,
+            _ => {
+                let relay = p["relay"]
+                    .as_u64()
+                    .filter(|r| (1..=8).contains(r))
+                    .ok_or_else(|| Outcome::Failed("`relay` must be 1 to 8".into()))?;
+                1u8 << (relay - 1)
+            }
+        };
+        cfg.check_remote(card, mask).map_err(|e| Outcome::Refused(e.to_string()))?;
+        let state = match c.action.as_str() {
+            "relay.set" => {
+                let on =
+                    p["on"].as_bool().ok_or_else(|| Outcome::Failed("`on` must be true or false".into()))?;
+                let relay = mask.trailing_zeros() as u8 + 1;
+                handle.switch(card, relay, on).await
+            }
+            "relay.toggle" => handle.toggle_mask(card, mask).await,
+            _ => {
+                let s = p["state"]
+                    .as_u64()
+                    .filter(|s| *s <= 255)
+                    .ok_or_else(|| Outcome::Failed("`state` must be 0 to 255".into()))?;
+                handle.set_port(card, s as u8).await
+            }
+        }
+        .map_err(|e| Outcome::Failed(e.to_string()))?;
+        // The state read back from the card, never the one asked for.
+        Ok(json!({"card": card, "state": state}))
+    }
+}
+
+enum Outcome {
+    Refused(String),
+    Failed(String),
+}
