@@ -55,6 +55,12 @@ enum Command {
         #[arg(long)]
         link: Option<PathBuf>,
     },
+    /// Seal a secret (a sensor or mail password) to one machine's key, for a local config file.
+    /// Only that machine can read it; the sealed text is safe to store and copy.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Make a role a systemd (Linux) or Windows service, or upgrade it in place.
     Install(outpost_installer::InstallArgs),
     /// Stop and remove a role's service (config and data stay unless --purge).
@@ -70,6 +76,20 @@ enum Command {
     Buffer {
         #[arg(long)]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Print the sealed form of VALUE (read from standard input when not given).
+    Seal {
+        /// The data directory of the machine's role (holds machine.key).
+        #[arg(long, conflicts_with = "public_key")]
+        data_dir: Option<PathBuf>,
+        /// The machine's public key (PEM), e.g. when sealing on another machine.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        value: Option<String>,
     },
 }
 
@@ -225,6 +245,38 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 drop(sim);
                 anyhow::Ok(())
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret { action: SecretAction::Seal { data_dir, public_key, value } } => {
+            let key = match (data_dir, public_key) {
+                (Some(dir), None) => {
+                    let path = dir.join(outpost_sensorhub::trust::KEY_FILE);
+                    outpost_shared::keys::KeyPair::load(&path)
+                        .with_context(|| format!("cannot read the machine key {}", path.display()))?
+                        .public()
+                        .clone()
+                }
+                (None, Some(pem)) => {
+                    let text = std::fs::read_to_string(&pem)
+                        .with_context(|| format!("cannot read {}", pem.display()))?;
+                    outpost_shared::keys::PublicKey::from_pem(&text)?
+                }
+                _ => {
+                    eprintln!(
+                        "outpost secret seal: give --data-dir DIR (of the machine) or --public-key FILE"
+                    );
+                    return Ok(exit(EXIT_CONFIG));
+                }
+            };
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            println!("{}", outpost_shared::keys::seal(&key, &value)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Install(args) => {

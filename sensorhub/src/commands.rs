@@ -234,3 +234,106 @@ enum Outcome {
     Refused(String),
     Failed(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensors::{SensorConfig, SensorKind, SensorSet};
+    use outpost_shared::keys::MachineId;
+    use std::sync::OnceLock;
+
+    /// Keys are slow to make: one cloud, one impostor and one hub key for all tests.
+    fn keys() -> &'static (KeyPair, KeyPair, Arc<KeyPair>) {
+        static K: OnceLock<(KeyPair, KeyPair, Arc<KeyPair>)> = OnceLock::new();
+        K.get_or_init(|| {
+            (
+                KeyPair::generate().unwrap(),
+                KeyPair::generate().unwrap(),
+                Arc::new(KeyPair::generate().unwrap()),
+            )
+        })
+    }
+
+    /// An executor whose only sensor samples solely when triggered, and the channel that shows it.
+    async fn executor(
+        dir: &std::path::Path,
+    ) -> (Executor, tokio::sync::mpsc::Receiver<Vec<outpost_shared::model::Sample>>) {
+        let (cloud, _, hub) = keys();
+        let file = dir.join("watched");
+        std::fs::write(&file, b"x").unwrap();
+        let mut cfg = SensorConfig::new(SensorKind::File);
+        cfg.name = Some("f".into());
+        cfg.path = Some(file);
+        cfg.interval = Some(Duration::from_secs(3600));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let sensors = SensorSet::build(&[cfg]).unwrap().spawn(tx, CancellationToken::new());
+        // The first sample comes at once; what follows can only be a triggered one.
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+        let verifier = CommandVerifier::open(
+            cloud.public().clone(),
+            hub.machine_id().clone(),
+            &dir.join("replay.log"),
+            Utc::now(),
+        )
+        .unwrap();
+        (Executor { key: hub.clone(), verifier, sensors, relays: None, config_path: None }, rx)
+    }
+
+    fn command(signer: &KeyPair, target: &MachineId, ttl: Duration) -> Signed<CommandEnvelope> {
+        let env =
+            CommandEnvelope::new(target.clone(), "sample-now", json!({"sensor": "file.f"}), Utc::now(), ttl)
+                .unwrap();
+        Signed::sign(signer, &env).unwrap()
+    }
+
+    async fn sampled(rx: &mut tokio::sync::mpsc::Receiver<Vec<outpost_shared::model::Sample>>) -> bool {
+        tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn forged_replayed_mistargeted_and_expired_commands_are_refused_and_run_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cloud, impostor, hub) = keys();
+        let (exec, mut rx) = executor(dir.path()).await;
+        let me = hub.machine_id().clone();
+
+        let forged = command(impostor, &me, Duration::from_secs(60));
+        let r = exec.handle(&forged).await;
+        assert_eq!(r.status, CommandStatus::Refused, "{r:?}");
+        assert!(!sampled(&mut rx).await, "a forged command ran");
+
+        let elsewhere = command(cloud, impostor.machine_id(), Duration::from_secs(60));
+        assert_eq!(exec.handle(&elsewhere).await.status, CommandStatus::Refused);
+        assert!(!sampled(&mut rx).await, "a command for another machine ran");
+
+        let mut env = CommandEnvelope::new(
+            me.clone(),
+            "sample-now",
+            json!({"sensor": "file.f"}),
+            Utc::now(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        // Expired beyond the 5 minutes of clock skew a hub tolerates.
+        env.issued_at -= chrono::Duration::minutes(20);
+        env.expires_at = Utc::now() - chrono::Duration::minutes(10);
+        let expired = Signed::sign(cloud, &env).unwrap();
+        assert_eq!(exec.handle(&expired).await.status, CommandStatus::Refused);
+        assert!(!sampled(&mut rx).await, "an expired command ran");
+
+        let valid = command(cloud, &me, Duration::from_secs(60));
+        let r = exec.handle(&valid).await;
+        assert_eq!(r.status, CommandStatus::Done, "{r:?}");
+        assert!(sampled(&mut rx).await, "the valid command ran");
+        let again = exec.handle(&valid).await;
+        assert_eq!(again.status, CommandStatus::Refused, "a replay is refused");
+        assert!(again.output["error"].as_str().unwrap().to_lowercase().contains("replay"), "{again:?}");
+        assert!(!sampled(&mut rx).await, "the replay ran");
+
+        // Even after a restart: the ids are remembered on disk.
+        drop(exec);
+        let (exec, mut rx) = executor(dir.path()).await;
+        assert_eq!(exec.handle(&valid).await.status, CommandStatus::Refused);
+        assert!(!sampled(&mut rx).await, "the replay after restart ran");
+    }
+}

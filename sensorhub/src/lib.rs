@@ -87,7 +87,9 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let stats = buffer.stats();
     tracing::info!(%machine_id, %hostname, buffered = stats.len, next_seq = stats.next_seq, "sensorhub starting");
 
-    let sensor_set = sensors::SensorSet::build(&config.effective_sensors())?;
+    let mut sensor_configs = config.effective_sensors();
+    trust::unseal_sensor_secrets(&mut sensor_configs, &key)?;
+    let sensor_set = sensors::SensorSet::build(&sensor_configs)?;
     let feed = Arc::new(uplink::Feed::default());
     let (tx, rx) = tokio::sync::mpsc::channel(SAMPLE_QUEUE);
     let sensor_stop = shutdown.child_token();

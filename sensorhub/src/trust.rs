@@ -24,6 +24,8 @@ pub enum TrustError {
     Token(String),
     #[error("enrollment failed: {0}")]
     Enroll(String),
+    #[error("sensor `{sensor}`: cannot unseal its password ({message}); seal it again for this machine (`outpost secret seal`)")]
+    Unseal { sensor: String, message: String },
     #[error("enrollment record {path} is damaged ({message}); delete it and enroll again with a new token")]
     Damaged { path: PathBuf, message: String },
 }
@@ -163,4 +165,22 @@ pub fn token(cfg_token: Option<&str>, dir: &Path) -> Result<String, TrustError> 
     std::fs::read_to_string(dir.join(TOKEN_FILE))
         .map(|t| t.trim().to_string())
         .map_err(|_| TrustError::NoToken(dir.join(TOKEN_FILE)))
+}
+
+/// Replaces sealed sensor passwords by their plaintext, in memory only, just before the sensors
+/// are built. Config files, the cloud and connectors only ever hold the sealed form.
+pub fn unseal_sensor_secrets(
+    sensors: &mut [crate::sensors::SensorConfig],
+    key: &KeyPair,
+) -> Result<(), TrustError> {
+    for s in sensors {
+        let Some(p) = &s.password else { continue };
+        if !outpost_shared::keys::is_sealed(p.expose()) {
+            continue;
+        }
+        let plain = outpost_shared::keys::unseal(key, p.expose())
+            .map_err(|e| TrustError::Unseal { sensor: s.id(), message: e.to_string() })?;
+        s.password = Some(crate::sensors::Secret::new(plain.expose()));
+    }
+    Ok(())
 }
