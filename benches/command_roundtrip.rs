@@ -1,0 +1,110 @@
+//! Command round trip through a connector on loopback: dashboard API call → cloud signs →
+//! connector relays the long-poll → hub verifies, runs `ping`, signs the result → back through
+//! the connector → status `done` visible on the API. Prints p50/p99 over 200 commands.
+//! Run: `cargo bench --bench command_roundtrip`
+
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = outpost_cloud::start(outpost_cloud::CloudConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("cloud"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token = || Some(cloud.trust.new_token("bench", Duration::from_secs(600), chrono::Utc::now()).unwrap().encode());
+    let connector = outpost_connector::start(outpost_connector::ConnectorConfig {
+        data_dir: dir.path().join("connector"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cloud: outpost_connector::config::CloudLink {
+            url: Some(cloud.url()),
+            ca_file: Some(cloud.ca_file.clone()),
+            enroll_token: token(),
+            ..Default::default()
+        },
+        ssdp: outpost_connector::config::SsdpConfig { advertise: false, search_hubs: false, ..Default::default() },
+        monitor_self: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let hub = outpost_sensorhub::start(
+        outpost_sensorhub::HubConfig {
+            data_dir: dir.path().join("hub"),
+            uplink: outpost_sensorhub::uplink::UplinkConfig {
+                connector: Some(connector.loopback_url()),
+                cloud: Some(cloud.url()),
+                ca_file: Some(cloud.ca_file.clone()),
+                enroll_token: token(),
+                discover: false,
+                advertise: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let api = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cloud.ca_file).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let base = cloud.url();
+    let admin = cloud.admin_token.clone();
+    // Wait until the hub is enrolled and talks through the connector.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m: serde_json::Value =
+            api.get(format!("{base}/v1/machines")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        if m.as_array().unwrap().iter().any(|m| m["id"] == hub.machine_id.as_str() && m["uplink"].as_str().unwrap().starts_with("connector:")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hub never came up through the connector");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut times = Vec::new();
+    for i in 0..220 {
+        let t = Instant::now();
+        let r: serde_json::Value = api
+            .post(format!("{base}/v1/machines/{}/commands", hub.machine_id))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"action": "ping"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = r["command_id"].as_str().unwrap().to_string();
+        loop {
+            let s: serde_json::Value =
+                api.get(format!("{base}/v1/commands/{id}")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+            if s["status"] == "done" {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "command {id} stuck: {s}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if i >= 20 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "command round trip through a connector (API → signed command → hub → signed result → API), {} commands: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        times.len(),
+        p(0.5).as_secs_f64() * 1e3,
+        p(0.99).as_secs_f64() * 1e3,
+        times.last().unwrap().as_secs_f64() * 1e3
+    );
+    stop.cancel();
+    hub.join().await;
+    connector.stop().await;
+    cloud.stop().await.unwrap();
+}
