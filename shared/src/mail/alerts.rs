@@ -123,7 +123,12 @@ impl Alerter {
         let new = change.new;
         self.queue(change, baseline, 0, now);
         let quiet_until = now + dur(self.timing.quiet_period);
-        let t = self.tracks.entry(key).or_insert(Track { told: baseline, quiet_until: None, held: None, flips: 0 });
+        let t = self.tracks.entry(key).or_insert(Track {
+            told: baseline,
+            quiet_until: None,
+            held: None,
+            flips: 0,
+        });
         t.told = new;
         t.quiet_until = Some(quiet_until);
         Observed::Queued
@@ -189,8 +194,7 @@ impl Alerter {
         }
         // Forget calm sensors (memory stays bounded by the sensors in trouble); a sensor in warn or
         // error is remembered so its recovery is mailed even across an `unknown` in between.
-        self.tracks
-            .retain(|_, t| t.quiet_until.is_some() || matches!(t.told, State::Warn | State::Error));
+        self.tracks.retain(|_, t| t.quiet_until.is_some() || matches!(t.told, State::Warn | State::Error));
         match self.window_start {
             Some(w) if now >= w + dur(self.timing.group_window) => {
                 self.window_start = None;
@@ -359,10 +363,8 @@ pub fn spawn_alerts(
         tokio::pin!(shutdown);
         let far = std::time::Duration::from_secs(3600);
         loop {
-            let wait = alerter
-                .next_deadline()
-                .map(|d| (d - Utc::now()).to_std().unwrap_or_default())
-                .unwrap_or(far);
+            let wait =
+                alerter.next_deadline().map(|d| (d - Utc::now()).to_std().unwrap_or_default()).unwrap_or(far);
             tokio::select! {
                 change = rx.recv() => match change {
                     Some(c) => {

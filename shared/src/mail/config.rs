@@ -171,23 +171,20 @@ impl MailConfig {
         if self.port == 0 {
             problems.push(Problem::new(key("port"), "must be between 1 and 65535"));
         }
-        match (self.tls, self.port) {
-            (Some(TlsMode::Smtps), p) if p != SMTPS_PORT => problems.push(Problem::new(
-                key("tls"),
-                format!("\"smtps\" (implicit TLS) is served on port 465, not {p}; use \"starttls\" or port 465"),
-            )),
-            (Some(TlsMode::Starttls), SMTPS_PORT) => problems.push(Problem::new(
+        // Implicit TLS on another port is fine when written out; STARTTLS on 465 cannot work.
+        if self.tls == Some(TlsMode::Starttls) && self.port == SMTPS_PORT {
+            problems.push(Problem::new(
                 key("tls"),
                 "port 465 speaks TLS from the first byte; use tls = \"smtps\" or another port",
-            )),
-            _ => {}
+            ));
         }
         if self.tls_mode() == TlsMode::None && self.ca_file.is_some() {
             problems.push(Problem::new(key("ca_file"), "has no use with tls = \"none\""));
         }
         if let Some(ca) = &self.ca_file {
             if !ca.is_file() {
-                problems.push(Problem::new(key("ca_file"), format!("{} is not a readable file", ca.display())));
+                problems
+                    .push(Problem::new(key("ca_file"), format!("{} is not a readable file", ca.display())));
             }
         }
         match (&self.username, &self.password) {

@@ -66,7 +66,8 @@ impl Outbox {
         let mut rnd = [0u8; 8];
         getrandom::fill(&mut rnd).map_err(|e| OutboxError::Corrupt { id, detail: e.to_string() })?;
         let entry = Entry { message_id: format!("{id}.{}@outpost", hex::encode(rnd)), mail: mail.clone() };
-        let bytes = serde_json::to_vec(&entry).map_err(|e| OutboxError::Corrupt { id, detail: e.to_string() })?;
+        let bytes =
+            serde_json::to_vec(&entry).map_err(|e| OutboxError::Corrupt { id, detail: e.to_string() })?;
         self.queue.insert(id.to_be_bytes(), bytes)?;
         while self.queue.len() > MAX_QUEUED {
             if let Some((k, v)) = self.queue.pop_min()? {

@@ -81,7 +81,11 @@ pub fn build(
         counts[3],
         worst,
         readings.len().min(MAX_CSV_ROWS),
-        if truncated { format!(" (cut from {}: too many for one mail)", readings.len()) } else { String::new() }
+        if truncated {
+            format!(" (cut from {}: too many for one mail)", readings.len())
+        } else {
+            String::new()
+        }
     );
 
     let mut text = format!("{summary}\n\n");
@@ -175,7 +179,9 @@ fn csv(readings: &[ReportReading]) -> String {
         };
         let ts = r.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let unit = r.unit.as_deref().unwrap_or("");
-        for (i, f) in [r.machine_id.as_str(), &r.hostname, &r.sensor, &ts, &value, unit].into_iter().enumerate() {
+        for (i, f) in
+            [r.machine_id.as_str(), &r.hostname, &r.sensor, &ts, &value, unit].into_iter().enumerate()
+        {
             if i > 0 {
                 out.push(',');
             }

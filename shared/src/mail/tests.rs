@@ -50,7 +50,7 @@ fn tls_mode_follows_the_port_and_none_must_be_written() {
 #[test]
 fn config_mistakes_are_named_by_key_and_line() {
     let err = load(
-        "[mail]\nserver = \"smtp.example.org\"\nport = 587\ntls = \"smtps\"\nfrom = \"not an address\"\n\
+        "[mail]\nserver = \"smtp.example.org\"\nport = 465\ntls = \"starttls\"\nfrom = \"not an address\"\n\
          username = \"u\"\nto = [\"ops@example.org\"]\n\n[[mail.route]]\nmachines = [\"web-*\"]\nto = []\n",
     )
     .unwrap_err();
@@ -59,7 +59,8 @@ fn config_mistakes_are_named_by_key_and_line() {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }
     assert!(text.contains("outpost.toml:4:"), "{text}");
-    let err = load("[mail]\nserver = \"s\"\nfrom = \"a@b.c\"\nto = [\"a@b.c\"]\npasword = \"x\"\n").unwrap_err();
+    let err =
+        load("[mail]\nserver = \"s\"\nfrom = \"a@b.c\"\nto = [\"a@b.c\"]\npasword = \"x\"\n").unwrap_err();
     assert!(err.to_string().contains("pasword"), "{err}");
 }
 
@@ -216,7 +217,10 @@ fn recovery_is_mailed_even_across_unknown() {
     a.observe(change("h", "s", State::Ok, State::Error, at(0)), at(0));
     assert_eq!(a.poll(at(30)).len(), 1);
     assert!(a.poll(at(700)).is_empty());
-    assert_eq!(a.observe(change("h", "s", State::Error, State::Unknown, at(800)), at(800)), Observed::Ignored);
+    assert_eq!(
+        a.observe(change("h", "s", State::Error, State::Unknown, at(800)), at(800)),
+        Observed::Ignored
+    );
     assert_eq!(a.observe(change("h", "s", State::Unknown, State::Ok, at(900)), at(900)), Observed::Queued);
     assert_eq!(a.poll(at(930))[0].subject, "[Outpost] OK again h: s (was error)");
 }
@@ -234,8 +238,10 @@ fn messages_have_the_right_mime_structure() {
         html: None,
         attachments: vec![],
     };
-    let raw = String::from_utf8(transport::build_message(&lettre_from(), &mail, "1.ab@outpost").unwrap().formatted())
-        .unwrap();
+    let raw = String::from_utf8(
+        transport::build_message(&lettre_from(), &mail, "1.ab@outpost").unwrap().formatted(),
+    )
+    .unwrap();
     assert!(raw.contains("Message-ID: <1.ab@outpost>"), "{raw}");
     assert!(raw.contains("Content-Type: text/plain") && !raw.contains("multipart"), "{raw}");
 
@@ -245,8 +251,10 @@ fn messages_have_the_right_mime_structure() {
         content_type: "text/csv; charset=utf-8".into(),
         data: b"a,b\r\n1,2\r\n".to_vec(),
     });
-    let raw = String::from_utf8(transport::build_message(&lettre_from(), &mail, "2.ab@outpost").unwrap().formatted())
-        .unwrap();
+    let raw = String::from_utf8(
+        transport::build_message(&lettre_from(), &mail, "2.ab@outpost").unwrap().formatted(),
+    )
+    .unwrap();
     let mixed = raw.find("multipart/mixed").expect("mixed");
     let alt = raw.find("multipart/alternative").expect("alternative");
     assert!(mixed < alt && raw.contains("text/html") && raw.contains("filename=\"r.csv\""), "{raw}");
@@ -412,8 +420,11 @@ fn report_has_table_text_and_csv() {
          id-1,web1,\"http.\"\"x\"\",y\",2025-03-01T12:00:00.000Z,\"a,b\",,ok\r\n"
     );
     assert_eq!(m.attachments[0].filename, "outpost-home-2025-03-01.csv");
-    let raw = String::from_utf8(transport::build_message(&lettre_from(), &m, "r@o").unwrap().formatted()).unwrap();
-    assert!(raw.contains("multipart/mixed") && raw.contains("multipart/alternative") && raw.contains("text/csv"));
+    let raw =
+        String::from_utf8(transport::build_message(&lettre_from(), &m, "r@o").unwrap().formatted()).unwrap();
+    assert!(
+        raw.contains("multipart/mixed") && raw.contains("multipart/alternative") && raw.contains("text/csv")
+    );
 }
 
 #[test]

@@ -159,9 +159,8 @@ pub(crate) fn build_message(from: &Mailbox, mail: &Mail, message_id: &str) -> Re
         for a in &mail.attachments {
             let ct = ContentType::parse(&a.content_type)
                 .map_err(|e| bad(format!("attachment {}: content type: {e}", a.filename)))?;
-            mixed = mixed.singlepart(
-                lettre::message::Attachment::new(a.filename.clone()).body(a.data.clone(), ct),
-            );
+            mixed = mixed
+                .singlepart(lettre::message::Attachment::new(a.filename.clone()).body(a.data.clone(), ct));
         }
         b.multipart(mixed)
     };
@@ -180,7 +179,8 @@ fn classify(server: &str, e: &lettre::transport::smtp::Error, timeout: Duration)
         use rustls::CertificateError as C;
         return match r {
             rustls::Error::InvalidCertificate(c) => match c {
-                C::UnknownIssuer => SendError::UnknownCa { server },
+                // BadSignature: an authority of the same name is trusted, but it did not sign this.
+                C::UnknownIssuer | C::BadSignature => SendError::UnknownCa { server },
                 C::NotValidForName | C::NotValidForNameContext { .. } => {
                     SendError::WrongHost { server, detail: c.to_string() }
                 }
