@@ -68,6 +68,9 @@ pub struct MailConfig {
     pub route: Vec<Route>,
     #[serde(default)]
     pub alerts: AlertTiming,
+    /// Time of day (UTC, `HH:MM`) of the daily status report to `mail.to`; `"off"` for none.
+    #[serde(default = "default_report_at")]
+    pub report_at: String,
 }
 
 impl std::fmt::Debug for MailConfig {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for MailConfig {
             .field("to", &self.to)
             .field("route", &self.route)
             .field("alerts", &self.alerts)
+            .field("report_at", &self.report_at)
             .finish()
     }
 }
@@ -135,6 +139,10 @@ fn default_port() -> u16 {
     587
 }
 
+fn default_report_at() -> String {
+    "07:00".into()
+}
+
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -154,7 +162,14 @@ impl MailConfig {
             to: Vec::new(),
             route: Vec::new(),
             alerts: AlertTiming::default(),
+            report_at: default_report_at(),
         }
+    }
+
+    /// When the daily report is due (UTC), or `None` when `report_at = "off"` (or malformed, which
+    /// validation reports).
+    pub fn daily_report_at(&self) -> Option<chrono::NaiveTime> {
+        chrono::NaiveTime::parse_from_str(self.report_at.trim(), "%H:%M").ok()
     }
 
     /// The mode in force: the configured one, else derived from the port.
@@ -213,6 +228,15 @@ impl MailConfig {
                     problems.push(Problem::new(format!("{rk}.{field}"), "patterns must not be empty"));
                 }
             }
+        }
+        if self.report_at.trim() != "off" && self.daily_report_at().is_none() {
+            problems.push(Problem::new(key("report_at"), "must be a UTC time of day as HH:MM, or \"off\""));
+        }
+        if self.report_at.trim() != "off" && self.to.is_empty() && !self.route.is_empty() {
+            problems.push(Problem::new(
+                key("to"),
+                "the daily report goes to mail.to: give a recipient or set report_at = \"off\"",
+            ));
         }
         let a = &self.alerts;
         if a.group_window > Duration::from_secs(3600) {

@@ -45,6 +45,13 @@ fn tls_mode_follows_the_port_and_none_must_be_written() {
     let c = load(&format!("{base}port = 25\ntls = \"none\"\n")).unwrap();
     assert_eq!(c.tls_mode(), TlsMode::None);
     assert_eq!(c.alerts, AlertTiming::default());
+    assert_eq!(c.daily_report_at(), chrono::NaiveTime::from_hms_opt(7, 0, 0));
+    let c = load(&format!("{base}report_at = \"off\"\n")).unwrap();
+    assert_eq!(c.daily_report_at(), None);
+    assert!(load(&format!("{base}report_at = \"7 am\"\n"))
+        .unwrap_err()
+        .to_string()
+        .contains("mail.report_at"));
 }
 
 #[test]
