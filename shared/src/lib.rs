@@ -3,13 +3,15 @@
 //! until the next hop has acknowledged them; [`config`] loads TOML files and turns every mistake
 //! into an error naming file, line and key; [`backoff`] is the single retry policy; [`wire`] packs
 //! request bodies (gzip, with a hard size cap on the way in); [`tls`] builds the rustls client and
-//! server configurations, including the self-signed authority a fresh cloud makes for itself.
+//! server configurations, including the self-signed authority a fresh cloud makes for itself;
+//! [`mail`] sends alerts and reports over SMTPS/STARTTLS through a durable outbox.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod buffer;
 pub mod config;
 pub mod keys;
+pub mod mail;
 pub mod model;
 pub mod ssdp;
 pub mod tls;

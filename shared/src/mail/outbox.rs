@@ -1,0 +1,193 @@
+//! The outbox: mails on disk until the mail server has accepted them.
+//!
+//! Durability: [`Outbox::enqueue`] returns after sled flushed the entry, so an alert survives a
+//! crash or a power cut from then on. The sender deletes an entry only after the server answered
+//! 250 to its DATA, so a mail server that is down, slow or refusing the login delays mail but loses
+//! none. A crash between that answer and the delete sends the mail once more; its `Message-ID`
+//! is the same both times, so mail clients show it once.
+//!
+//! Mails go out oldest first, one at a time; a mail the server refuses for good (5xx for the
+//! message itself) is moved to the `dead` tree and logged, so one bad recipient cannot block every
+//! later alert. The queue is bounded by [`MAX_QUEUED`]: when full the *oldest* mail is moved to
+//! `dead` (a fresh alert matters more than a stale one) and counted in the log.
+
+use super::error::OutboxError;
+use super::transport::Transport;
+use super::Mail;
+use crate::backoff::Backoff;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Mails kept waiting at most; beyond this the oldest is set aside (see the module doc).
+pub const MAX_QUEUED: usize = 10_000;
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    message_id: String,
+    mail: Mail,
+}
+
+/// The durable queue; cheap to clone (one sled database shared).
+#[derive(Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    queue: sled::Tree,
+    dead: sled::Tree,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("queued", &self.queue.len()).finish()
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox in directory `path`.
+    pub fn open(path: &Path) -> Result<Outbox, OutboxError> {
+        let db = sled::Config::new()
+            .path(path)
+            // A few mails in flight: no need for sled's 1 GiB default page cache.
+            .cache_capacity(4 * 1024 * 1024)
+            .open()
+            .map_err(|source| OutboxError::Open { path: path.display().to_string(), source })?;
+        let queue = db.open_tree("queue")?;
+        let dead = db.open_tree("dead")?;
+        Ok(Outbox { db, queue, dead, wake: Arc::new(Notify::new()) })
+    }
+
+    /// Adds a mail; it is on disk when this returns. Returns its queue id.
+    pub async fn enqueue(&self, mail: &Mail) -> Result<u64, OutboxError> {
+        let id = self.db.generate_id()?;
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| OutboxError::Corrupt { id, detail: e.to_string() })?;
+        let entry = Entry { message_id: format!("{id}.{}@outpost", hex::encode(rnd)), mail: mail.clone() };
+        let bytes =
+            serde_json::to_vec(&entry).map_err(|e| OutboxError::Corrupt { id, detail: e.to_string() })?;
+        self.queue.insert(id.to_be_bytes(), bytes)?;
+        while self.queue.len() > MAX_QUEUED {
+            if let Some((k, v)) = self.queue.pop_min()? {
+                tracing::error!(queued = MAX_QUEUED, "mail outbox full: oldest mail set aside unsent");
+                self.dead.insert(k, v)?;
+            }
+        }
+        self.db.flush_async().await?;
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Mails waiting to be sent.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Mails the server refused for good (or that overflowed the queue), kept for inspection.
+    pub fn dead_len(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// The oldest waiting mail.
+    fn first(&self) -> Result<Option<(u64, Entry)>, OutboxError> {
+        let Some((k, v)) = self.queue.first()? else { return Ok(None) };
+        let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+        match serde_json::from_slice::<Entry>(&v) {
+            Ok(e) => Ok(Some((id, e))),
+            Err(e) => {
+                // Unreadable: set aside rather than loop on it forever.
+                self.dead.insert(k.clone(), v)?;
+                self.queue.remove(k)?;
+                Err(OutboxError::Corrupt { id, detail: e.to_string() })
+            }
+        }
+    }
+
+    async fn remove(&self, id: u64) -> Result<(), OutboxError> {
+        self.queue.remove(id.to_be_bytes())?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    async fn bury(&self, id: u64) -> Result<(), OutboxError> {
+        if let Some(v) = self.queue.remove(id.to_be_bytes())? {
+            self.dead.insert(id.to_be_bytes(), v)?;
+        }
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// The retry policy of the sender: 5 s doubling to 10 min.
+pub fn default_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(5), Duration::from_secs(600), 0.3).expect("valid constants")
+}
+
+/// Sends what is in the outbox, oldest first, until `shutdown` resolves. Waits for new mail
+/// without polling; after a failure waits [`Backoff`]'s delay (or less, if `shutdown` comes).
+pub fn spawn_sender<T: Transport>(
+    outbox: Outbox,
+    transport: T,
+    backoff: Backoff,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::pin!(shutdown);
+        let mut backoff = backoff;
+        loop {
+            let next = match outbox.first() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "mail outbox");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                        _ = &mut shutdown => return,
+                    }
+                }
+            };
+            let Some((id, entry)) = next else {
+                tokio::select! {
+                    _ = outbox.wake.notified() => continue,
+                    _ = &mut shutdown => return,
+                }
+            };
+            let result = tokio::select! {
+                r = transport.send(&entry.mail, &entry.message_id) => r,
+                _ = &mut shutdown => return,
+            };
+            let done = match result {
+                Ok(()) => {
+                    tracing::info!(id, to = ?entry.mail.to, subject = %entry.mail.subject, "mail sent");
+                    backoff.reset();
+                    outbox.remove(id).await
+                }
+                Err(e) if e.is_permanent() => {
+                    tracing::error!(id, error = %e, subject = %entry.mail.subject, "mail refused for good; set aside");
+                    outbox.bury(id).await
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(id, error = %e, retry_in = ?delay, waiting = outbox.len(), "mail not sent");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => Ok(()),
+                        _ = &mut shutdown => return,
+                    }
+                }
+            };
+            if let Err(e) = done {
+                tracing::error!(error = %e, "mail outbox");
+                // Disk trouble: do not spin.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = &mut shutdown => return,
+                }
+            }
+        }
+    })
+}
