@@ -15,7 +15,9 @@ async fn main() {
     })
     .await
     .unwrap();
-    let token = || Some(cloud.trust.new_token("bench", Duration::from_secs(600), chrono::Utc::now()).unwrap().encode());
+    let token = || {
+        Some(cloud.trust.new_token("bench", Duration::from_secs(600), chrono::Utc::now()).unwrap().encode())
+    };
     let connector = outpost_connector::start(outpost_connector::ConnectorConfig {
         data_dir: dir.path().join("connector"),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -25,7 +27,11 @@ async fn main() {
             enroll_token: token(),
             ..Default::default()
         },
-        ssdp: outpost_connector::config::SsdpConfig { advertise: false, search_hubs: false, ..Default::default() },
+        ssdp: outpost_connector::config::SsdpConfig {
+            advertise: false,
+            search_hubs: false,
+            ..Default::default()
+        },
         monitor_self: false,
         ..Default::default()
     })
@@ -51,7 +57,9 @@ async fn main() {
     .await
     .unwrap();
     let api = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cloud.ca_file).unwrap()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cloud.ca_file).unwrap()).unwrap(),
+        )
         .build()
         .unwrap();
     let base = cloud.url();
@@ -59,9 +67,18 @@ async fn main() {
     // Wait until the hub is enrolled and talks through the connector.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let m: serde_json::Value =
-            api.get(format!("{base}/v1/machines")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
-        if m.as_array().unwrap().iter().any(|m| m["id"] == hub.machine_id.as_str() && m["uplink"].as_str().unwrap().starts_with("connector:")) {
+        let m: serde_json::Value = api
+            .get(format!("{base}/v1/machines"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if m.as_array().unwrap().iter().any(|m| {
+            m["id"] == hub.machine_id.as_str() && m["uplink"].as_str().unwrap().starts_with("connector:")
+        }) {
             break;
         }
         assert!(Instant::now() < deadline, "hub never came up through the connector");
@@ -82,8 +99,15 @@ async fn main() {
             .unwrap();
         let id = r["command_id"].as_str().unwrap().to_string();
         loop {
-            let s: serde_json::Value =
-                api.get(format!("{base}/v1/commands/{id}")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+            let s: serde_json::Value = api
+                .get(format!("{base}/v1/commands/{id}"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if s["status"] == "done" {
                 break;
             }

@@ -25,6 +25,8 @@ pub struct CloudConfig {
     /// A machine silent for this long is shown with uplink `offline`.
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
+    /// Alert mails on sensor state changes (`[mail]`); none when absent.
+    pub mail: Option<outpost_shared::mail::MailConfig>,
 }
 
 /// A certificate from config, e.g. one bought or issued by the company CA.
@@ -72,6 +74,7 @@ impl Default for CloudConfig {
             retention: Retention::default(),
             ingest: IngestLimits::default(),
             offline_after: Duration::from_secs(120),
+            mail: None,
         }
     }
 }
@@ -127,6 +130,9 @@ impl Validate for CloudConfig {
                     problems.push(Problem::new(key, format!("file {} does not exist", path.display())));
                 }
             }
+        }
+        if let Some(m) = &self.mail {
+            m.check("mail", problems);
         }
         if self.offline_after < Duration::from_secs(5) {
             problems.push(Problem::new("offline_after", "must be at least 5s"));

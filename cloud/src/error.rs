@@ -10,6 +10,8 @@ pub enum CloudError {
     Tls(#[from] outpost_shared::tls::TlsError),
     #[error("cannot listen on {addr}: {source}; is another cloud running, or is the port privileged?")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("mail: {0}")]
+    Mail(String),
     #[error("keys: {0}")]
     Keys(String),
     #[error("stored data is unreadable ({0}); restore the data directory from a backup or move it aside")]

@@ -103,6 +103,31 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         commands,
         Arc::new(config.clone()),
     );
+    let state = match &config.mail {
+        Some(mail) => {
+            let transport = outpost_shared::mail::SmtpTransport::new(mail, Some(trust.key()))
+                .map_err(|e| CloudError::Mail(e.to_string()))?;
+            let outbox = outpost_shared::mail::Outbox::open(&dir.join("mail-outbox"))
+                .map_err(|e| CloudError::Mail(e.to_string()))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(outpost_shared::mail::alerts::CHANNEL_CAPACITY);
+            // Queued durably first, sent by its own task: a mail server that is down delays
+            // alerts, it does not lose them.
+            outpost_shared::mail::spawn_sender(
+                outbox.clone(),
+                transport,
+                outpost_shared::mail::outbox::default_backoff(),
+                shutdown.clone().cancelled_owned(),
+            );
+            outpost_shared::mail::alerts::spawn_alerts(
+                outpost_shared::mail::Alerter::new(mail),
+                rx,
+                outbox,
+                shutdown.clone().cancelled_owned(),
+            );
+            state.with_alerts(tx)
+        }
+        None => state,
+    };
     let app = api::router(state);
     let handle = axum_server::Handle::new();
     let server =

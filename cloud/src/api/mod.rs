@@ -37,6 +37,9 @@ pub struct AppState {
     commands: Commands,
     config: Arc<CloudConfig>,
     events: broadcast::Sender<LiveEvent>,
+    /// State changes for the alert mailer, when mail is configured. Never waited on: ingest
+    /// must not slow down because a mail server is slow.
+    alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::StateChange>>,
 }
 
 impl AppState {
@@ -48,7 +51,12 @@ impl AppState {
         config: Arc<CloudConfig>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        AppState { store, admin_token: admin_token.into(), trust, commands, config, events }
+        AppState { store, admin_token: admin_token.into(), trust, commands, config, events, alerts: None }
+    }
+
+    pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::StateChange>) -> Self {
+        self.alerts = Some(tx);
+        self
     }
 }
 
@@ -311,6 +319,24 @@ async fn take_batch(
     };
     // Custody: acknowledge only what is on disk.
     st.store.flush().await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
+        for (old, l) in &outcome.transitions {
+            let change = outpost_shared::mail::StateChange {
+                machine_id: m.id.clone(),
+                hostname: m.hostname.clone(),
+                sensor: l.sensor.clone(),
+                old: *old,
+                new: l.state,
+                value: Some(l.value.clone()),
+                unit: l.unit.clone(),
+                message: l.message.clone(),
+                ts: l.ts,
+            };
+            if tx.try_send(change).is_err() {
+                tracing::warn!(machine = %m.id, sensor = %l.sensor, "alert queue full; state change not mailed");
+            }
+        }
+    }
     if let Some(m) = outcome.machine {
         let id = m.id.clone();
         let _ = st.events.send(LiveEvent::Machine(m));

@@ -69,6 +69,9 @@ pub struct IngestOutcome {
     pub duplicates: u64,
     /// Sensors whose latest reading changed, for live updates.
     pub changed: Vec<SensorLatest>,
+    /// Latest readings whose state differs from the one before, with that previous state: what
+    /// alerts are made of.
+    pub transitions: Vec<(State, SensorLatest)>,
     pub machine: Option<MachineInfo>,
 }
 
@@ -171,6 +174,10 @@ impl Store {
                 message: s.message.clone(),
             };
             self.latest.insert(key, serde_json::to_vec(&l).map_err(|e| corrupt("encode", e))?)?;
+            let old = current.as_ref().map(|c| c.state).unwrap_or(State::Unknown);
+            if old != l.state {
+                out.transitions.push((old, l.clone()));
+            }
             out.changed.push(l);
         }
         let info = MachineInfo {
