@@ -22,13 +22,16 @@ fn main() {
 
 #[cfg(unix)]
 mod bench {
-    use outpost_sensorhub::relay::{run_simulator_with, serial_floor, DriverSettings, RelayHandle, SimOptions};
+    use outpost_sensorhub::relay::{
+        run_simulator_with, serial_floor, DriverSettings, RelayHandle, SimOptions,
+    };
     use std::time::{Duration, Instant};
 
     pub async fn run(cards: u8, emulate_baud: bool, switches: usize) {
         let sim = run_simulator_with(SimOptions { emulate_baud, ..SimOptions::new(cards) })
             .expect("the simulator starts");
-        let relays = RelayHandle::connect(DriverSettings::new(sim.path())).await.expect("the driver connects");
+        let relays =
+            RelayHandle::connect(DriverSettings::new(sim.path())).await.expect("the driver connects");
         let card = cards;
         for _ in 0..20 {
             relays.set_single(card, 1).await.expect("warm-up");
