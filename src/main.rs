@@ -379,6 +379,7 @@ async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start the connector on 127.0.0.1:{}", port.wrapping_add(1)))?;
     let hub_dir = data_dir.join("sensorhub");
+    let relays = UpRelays::start(&data_dir);
     let hub_cfg = outpost_sensorhub::HubConfig {
         data_dir: hub_dir.clone(),
         uplink: outpost_sensorhub::uplink::UplinkConfig {
@@ -390,6 +391,7 @@ async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
             advertise: false,
             ..Default::default()
         },
+        relay: relays.config(),
         ..Default::default()
     };
     let stop = tokio_util::sync::CancellationToken::new();
@@ -401,13 +403,89 @@ async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
     println!("  CA file:     {}", cloud.ca_file.display());
     println!("  Connector:   {} ({})", connector.loopback_url(), connector.machine_id);
     println!("  Sensorhub:   {} (this machine, through the connector)", hub.machine_id);
+    relays.banner();
     println!("  Data:        {}", data_dir.display());
     println!("Press Ctrl-C to stop.");
 
     stop_signal().await;
     stop.cancel();
+    // The hub closes the serial port before the simulator behind it goes away.
     hub.join().await;
     connector.stop().await;
+    drop(relays);
     cloud.stop().await?;
     Ok(())
+}
+
+/// Simulated relay cards for `outpost up`: the hub drives them through a real pseudo-terminal, so
+/// the dashboard shows relay readings without hardware. Without them `up` still runs.
+struct UpRelays {
+    #[cfg(unix)]
+    sim: Option<outpost_sensorhub::relay::SimulatorHandle>,
+}
+
+impl UpRelays {
+    const CARDS: u8 = 2;
+
+    #[cfg(unix)]
+    fn start(data_dir: &Path) -> UpRelays {
+        let dir = data_dir.join("relay-sim");
+        let sim =
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display())).and_then(|()| {
+                outpost_sensorhub::relay::run_simulator(Self::CARDS, Some(dir.join("ttyRELAY0")))
+                    .map_err(|e| e.to_string())
+            });
+        match sim {
+            Ok(sim) => UpRelays { sim: Some(sim) },
+            Err(e) => {
+                tracing::warn!(error = %e, "no simulated relay cards; running without relays");
+                UpRelays { sim: None }
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn start(_data_dir: &Path) -> UpRelays {
+        UpRelays {}
+    }
+
+    /// The hub's `[relay]` section: two named relays, the pump switched on again whenever its
+    /// card comes up without power (as a fresh simulator does), the siren locked against remote
+    /// commands.
+    fn config(&self) -> Option<outpost_sensorhub::relay::RelayConfig> {
+        use outpost_sensorhub::relay::{RelayConfig, RelaySettings, Restore};
+        let port = self.port()?;
+        let named = |relay: u8, name: &str, locked: bool, restore: Restore| RelaySettings {
+            card: 1,
+            relay,
+            name: Some(name.into()),
+            locked,
+            restore,
+        };
+        Some(RelayConfig {
+            poll_interval: std::time::Duration::from_secs(2),
+            relays: vec![named(1, "pump", false, Restore::On), named(2, "siren", true, Restore::Unset)],
+            ..RelayConfig::new(port)
+        })
+    }
+
+    /// The simulator's stable path (a symlink to its pseudo-terminal).
+    fn port(&self) -> Option<PathBuf> {
+        #[cfg(unix)]
+        return self.sim.as_ref().map(|s| s.path());
+        #[cfg(not(unix))]
+        None
+    }
+
+    fn banner(&self) {
+        #[cfg(unix)]
+        if let Some(sim) = &self.sim {
+            let device = sim.device().map(|d| format!(" -> {}", d.display())).unwrap_or_default();
+            println!(
+                "  Relays:      {} simulated cards on {}{device} (card 1: K1 pump, K2 siren)",
+                Self::CARDS,
+                sim.path().display()
+            );
+        }
+    }
 }

@@ -436,6 +436,12 @@ impl Driver {
             }
             self.snap.power_ups[usize::from(card) - 1] += 1;
             let mask = self.settings.restore.get(&card).copied().unwrap_or_default();
+            if mask == RestoreMask::default() {
+                // Every card is "powered up" for a one-shot `outpost relay` after the cards were
+                // switched on; with nothing to restore that is no news worth a warning.
+                tracing::info!(card, "relay card was powered up; nothing to restore");
+                continue;
+            }
             tracing::warn!(card, on = mask.on, off = mask.off, "relay card was powered up; restoring");
             self.restore(card, mask)?;
         }
