@@ -49,16 +49,31 @@ fn replace_keeping_decor(v: &mut Value, new: &str) {
     *v.decor_mut() = decor;
 }
 
-/// Sets `[uplink] cloud` (and `ca_file` when given), creating the table when missing. Returns the
-/// new text.
+/// Where a config names the cloud: a hub's `[uplink] cloud`, or a connector's `[cloud] url` (a
+/// connector config has a `[cloud]` table and no `[uplink]`).
+fn cloud_place(has_uplink: bool, has_cloud_table: bool) -> (&'static str, &'static str) {
+    if has_cloud_table && !has_uplink {
+        (CONNECTOR_CLOUD_TABLE, CONNECTOR_URL_KEY)
+    } else {
+        (UPLINK_TABLE, CLOUD_KEY)
+    }
+}
+
+/// A connector's `[cloud]` table and its `url` key.
+pub const CONNECTOR_CLOUD_TABLE: &str = "cloud";
+pub const CONNECTOR_URL_KEY: &str = "url";
+
+/// Sets the cloud's URL (`[uplink] cloud` of a hub, `[cloud] url` of a connector) and `ca_file`
+/// when given, creating the table when missing. Returns the new text.
 pub fn set_uplink(text: &str, cloud: &str, ca_file: Option<&str>) -> Result<String, String> {
     let mut doc = parse(text)?;
+    let (table, key) = cloud_place(doc.contains_key(UPLINK_TABLE), doc.contains_key(CONNECTOR_CLOUD_TABLE));
     let uplink = doc
-        .entry(UPLINK_TABLE)
+        .entry(table)
         .or_insert_with(|| Item::Table(toml_edit::Table::new()))
         .as_table_like_mut()
-        .ok_or_else(|| format!("`{UPLINK_TABLE}` must be a table"))?;
-    set_one(uplink, CLOUD_KEY, cloud);
+        .ok_or_else(|| format!("`{table}` must be a table"))?;
+    set_one(uplink, key, cloud);
     if let Some(ca) = ca_file {
         set_one(uplink, CA_FILE_KEY, ca);
     }
@@ -82,9 +97,11 @@ pub fn find_data_dir(config: &toml::Table) -> Option<String> {
     config.values().filter_map(toml::Value::as_table).find_map(find_data_dir)
 }
 
-/// `[uplink] cloud` of a config, if set.
+/// The cloud's URL a config names, if set.
 pub fn find_cloud(config: &toml::Table) -> Option<String> {
-    config.get(UPLINK_TABLE)?.get(CLOUD_KEY)?.as_str().map(str::to_string)
+    let (table, key) =
+        cloud_place(config.contains_key(UPLINK_TABLE), config.contains_key(CONNECTOR_CLOUD_TABLE));
+    config.get(table)?.get(key)?.as_str().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -110,6 +127,16 @@ mod tests {
         let parsed: toml::Table = toml::from_str(&out).unwrap();
         assert_eq!(parsed["data_dir"].as_str(), Some("/var/lib/outpost/sensorhub"));
         assert_eq!(parsed["uplink"]["cloud"].as_str(), Some("https://a.example"));
+    }
+
+    #[test]
+    fn a_connector_config_gets_its_cloud_url_in_the_cloud_table() {
+        let out =
+            set_uplink("data_dir = \"/x\"\n[cloud]\nmax_readings = 10\n", "https://c.example", None).unwrap();
+        let parsed: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(parsed["cloud"]["url"].as_str(), Some("https://c.example"));
+        assert!(!parsed.contains_key("uplink"), "{out}");
+        assert_eq!(find_cloud(&parsed).as_deref(), Some("https://c.example"));
     }
 
     #[test]
