@@ -128,7 +128,6 @@ fn a_hub_uploads_relay_states_and_a_change_at_the_card_reaches_the_cloud_within_
         link.display()
     );
     let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &relay_cfg));
-    wait_until(Duration::from_secs(20), "the hub has an id", || hub_dir.join("data/machine-id").exists());
     let id = machine_id(&hub_dir);
     wait_until(Duration::from_secs(30), "the cloud knows the hub", || {
         cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| m["id"] == id.as_str())
