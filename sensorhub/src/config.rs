@@ -1,6 +1,7 @@
 //! The hub's configuration (`sensorhub.toml`). Parsed, then validated as a whole (every problem
 //! reported at once, with file, line and key), then built into running parts.
 
+use crate::relay::RelayConfig;
 use crate::sensors::SensorConfig;
 use crate::uplink::UplinkConfig;
 use outpost_shared::config::{Problem, Validate};
@@ -26,6 +27,9 @@ pub struct HubConfig {
     /// SSDP: answer connectors' searches for hubs, so they can list this hub when it is not
     /// attached (UDP 1900 multicast on LAN interfaces only).
     pub ssdp: outpost_shared::ssdp::ResponderConfig,
+    /// Conrad relay cards on a serial port (`[relay]`): their states become readings
+    /// (`relay.<card>`, `relay.<card>.k1`…`k8`). Absent: no serial port is touched.
+    pub relay: Option<RelayConfig>,
     /// Who runs this hub: a plain sensorhub, or a connector monitoring its own machine. Not
     /// configurable: the connector sets it for its embedded hub.
     #[serde(skip)]
@@ -56,6 +60,7 @@ impl Default for HubConfig {
             buffer: BufferConfig::default(),
             sensors: Vec::new(),
             ssdp: Default::default(),
+            relay: None,
             role: Default::default(),
         }
     }
@@ -86,5 +91,8 @@ impl Validate for HubConfig {
         }
         crate::sensors::validate_sensors(&self.sensors, problems);
         self.ssdp.check("ssdp", problems);
+        if let Some(relay) = &self.relay {
+            relay.validate(problems);
+        }
     }
 }
