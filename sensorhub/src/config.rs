@@ -1,6 +1,7 @@
 //! The hub's configuration (`sensorhub.toml`). Parsed, then validated as a whole (every problem
 //! reported at once, with file, line and key), then built into running parts.
 
+use crate::relay::RelayConfig;
 use crate::sensors::SensorConfig;
 use crate::uplink::UplinkConfig;
 use outpost_shared::config::{Problem, Validate};
@@ -32,6 +33,9 @@ pub struct HubConfig {
     /// The file this configuration was read from, for `reload-config`. Set by the binary.
     #[serde(skip)]
     pub config_path: Option<PathBuf>,
+    /// Conrad relay cards on a serial port (`[relay]`): their states become readings
+    /// (`relay.<card>`, `relay.<card>.k1`…`k8`). Absent: no serial port is touched.
+    pub relay: Option<RelayConfig>,
     /// Who runs this hub: a plain sensorhub, or a connector monitoring its own machine. Not
     /// configurable: the connector sets it for its embedded hub.
     #[serde(skip)]
@@ -64,6 +68,7 @@ impl Default for HubConfig {
             ssdp: Default::default(),
             key_file: None,
             config_path: None,
+            relay: None,
             role: Default::default(),
         }
     }
@@ -94,5 +99,8 @@ impl Validate for HubConfig {
         }
         crate::sensors::validate_sensors(&self.sensors, problems);
         self.ssdp.check("ssdp", problems);
+        if let Some(relay) = &self.relay {
+            relay.validate(problems);
+        }
     }
 }

@@ -4,6 +4,8 @@
 //! send to the [`writer`] over a bounded channel (a slow disk makes sensors wait, it never drops
 //! silently); the writer group-commits into the durable buffer and wakes the [`uplink`], which
 //! sends live readings first and the backlog behind them, deleting only what was acknowledged.
+//! With a `[relay]` section the [`relay`] poller is one more producer on the sensors' channel:
+//! relay states are readings like any other.
 //! [`run`] wires them up from a [`config::HubConfig`] and tears them down in order on shutdown.
 #![forbid(unsafe_code)]
 
@@ -59,6 +61,10 @@ pub struct Hub {
     pub machine_id: String,
     pub status: tokio::sync::watch::Receiver<uplink::UplinkStatus>,
     pub sensors: sensors::SensorHandle,
+    /// The relay cards, when the config has `[relay]`: remote switching goes through
+    /// [`relay::Relays::switch_remote`], which refuses `locked` relays. The driver closes the
+    /// port when the hub stops.
+    pub relays: Option<relay::Relays>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -91,6 +97,17 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let feed = Arc::new(uplink::Feed::default());
     let (tx, rx) = tokio::sync::mpsc::channel(SAMPLE_QUEUE);
     let sensor_stop = shutdown.child_token();
+    // The relay poller stops with the sensors and feeds the same channel, so the writer still
+    // empties everything it produced before the buffer closes.
+    let (relays, relay_poller) = match config.relay.clone() {
+        Some(cfg) => {
+            let (relays, poller) =
+                relay::Relays::start(cfg, tx.clone(), sensor_stop.clone().cancelled_owned());
+            (Some(relays), Some(poller))
+        }
+        None => (None, None),
+    };
+    let relay_driver = relays.as_ref().map(|r| r.handle.clone());
     let sensor_handle = sensor_set.spawn(tx, sensor_stop.clone());
     let writer = tokio::spawn(writer::run(buffer.clone(), rx, feed.clone()));
 
@@ -121,6 +138,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             hostname: identity.hostname.clone(),
             sensors: sensor_handle.clone(),
             config_path: config.config_path.clone(),
+            relays: relays.clone(),
         };
         let buffer = buffer.clone();
         Some(tokio::spawn(async move {
@@ -148,7 +166,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 key: parts.key.clone(),
                 verifier,
                 sensors: parts.sensors.clone(),
-                relays: None,
+                relays: parts.relays.as_ref().map(|r| (r.handle.clone(), (*r.config).clone())),
                 config_path: parts.config_path.clone(),
             };
             let poller = tokio::spawn(commands::run(transport.clone(), exec, stop.clone()));
@@ -176,6 +194,14 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let supervisor = tokio::spawn(async move {
         shutdown.cancelled().await;
         sensor_stop.cancel();
+        if let Some(poller) = relay_poller {
+            let _ = poller.await;
+        }
+        // Close the serial port for every clone of the handle, so the port is free (for
+        // `outpost relay` or a restarted hub) as soon as the hub has stopped.
+        if let Some(driver) = relay_driver {
+            driver.shutdown().await;
+        }
         let _ = writer.await;
         if let Some(task) = uplink_task {
             let _ = tokio::time::timeout(STOP_GRACE, async {
@@ -190,7 +216,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         drop(buffer);
     });
     tasks.extend([supervisor, reporter]);
-    Ok(Hub { machine_id, status, sensors: sensor_handle, tasks })
+    Ok(Hub { machine_id, status, sensors: sensor_handle, relays, tasks })
 }
 
 /// Answers connectors' SSDP searches for hubs. The hub serves nothing at LOCATION; its path names
@@ -287,6 +313,8 @@ struct UplinkParts {
     hostname: String,
     sensors: sensors::SensorHandle,
     config_path: Option<PathBuf>,
+    /// The relay cards, so `relay.*` commands reach them (the executor checks `locked`).
+    relays: Option<relay::Relays>,
 }
 
 async fn run_uplink(

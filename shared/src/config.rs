@@ -131,32 +131,17 @@ fn key_at(text: &str, pos: usize, message: &str) -> String {
 }
 
 /// Best effort: the line where the last segment of a dotted key (`sensor[2].interval` → the third
-/// `[[sensor]]` table's `interval`) is set.
+/// `[[sensor]]` table's `interval`; `relay.relays[1].relay` → the second `[[relay.relays]]`
+/// table's `relay`) is set.
 fn locate_key(text: &str, key: &str) -> Option<usize> {
     let mut parts: Vec<&str> = key.split('.').collect();
     let leaf = parts.pop()?;
     let leaf = leaf.split('[').next().unwrap_or(leaf);
-    // Find the table the key lives in, honouring an array index like `sensor[2]`.
+    // Find the table the key lives in: the one its whole path names, else its top-level table
+    // (a key inside an inline table or a sub-table has no header of its own).
     let mut start_line = 0usize;
-    if let Some(table) = parts.first() {
-        let (name, index) = match table.split_once('[') {
-            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
-            None => (*table, None),
-        };
-        let mut seen = 0usize;
-        let mut found = None;
-        for (i, l) in text.lines().enumerate() {
-            let t = l.trim();
-            let header = t.trim_matches(|c| c == '[' || c == ']').trim();
-            if t.starts_with('[') && header == name {
-                if index.is_none_or(|idx| idx == seen) {
-                    found = Some(i);
-                    break;
-                }
-                seen += 1;
-            }
-        }
-        start_line = found?;
+    if let Some(top) = parts.first() {
+        start_line = find_table(text, &parts.join(".")).or_else(|| find_table(text, top))?;
     }
     for (i, l) in text.lines().enumerate().skip(start_line) {
         let t = l.trim_start();
@@ -174,6 +159,27 @@ fn locate_key(text: &str, key: &str) -> Option<usize> {
     } else {
         Some(start_line + 1)
     }
+}
+
+/// The line (0-based) of the header of table `spec`, honouring a trailing array index like
+/// `sensor[2]` (the third `[[sensor]]`).
+fn find_table(text: &str, spec: &str) -> Option<usize> {
+    let (name, index) = match spec.strip_suffix(']').and_then(|s| s.rsplit_once('[')) {
+        Some((n, i)) => (n, i.parse::<usize>().ok()),
+        None => (spec, None),
+    };
+    let mut seen = 0usize;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        let header = t.trim_matches(|c| c == '[' || c == ']').trim();
+        if t.starts_with('[') && header == name {
+            if index.is_none_or(|idx| idx == seen) {
+                return Some(i);
+            }
+            seen += 1;
+        }
+    }
+    None
 }
 
 impl fmt::Display for Problem {
@@ -278,6 +284,17 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("c.toml:1: key `name`: must not be empty"), "{msg}");
         assert!(msg.contains("c.toml:3: key `section.port`: port 1 is reserved"), "{msg}");
+    }
+
+    #[test]
+    fn keys_in_nested_arrays_of_tables_are_found() {
+        let text = "[relay]\nport = 1\n\n[[relay.relays]]\nrelay = 1\n\n[[relay.relays]]\nrelay = 9\n";
+        assert_eq!(locate_key(text, "relay.relays[1].relay"), Some(8));
+        assert_eq!(locate_key(text, "relay.relays[0].relay"), Some(5));
+        assert_eq!(locate_key(text, "relay.port"), Some(2));
+        let text = "[[sensor]]\nkind = 1\n[[sensor]]\nkind = 2\n";
+        assert_eq!(locate_key(text, "sensor[1].kind"), Some(4));
+        assert_eq!(locate_key(text, "sensor[1].http.url"), Some(3), "the table when the key is not there");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   only states it read back from a card.
 //!   A port that vanishes while the driver is idle is noticed at its next exchange (the poller
 //!   makes one every poll interval); from then on it is reopened in the background.
+//! - [`Relays`]: what a hub with `[relay]` runs (driver and poller), and the door for remote
+//!   switching that honours `locked`.
 //! - [`spawn_poller`]: turns states into readings (`relay.<card>`, `relay.<card>.k1`…`k8`), every
 //!   poll interval and at once after a change.
 //! - [`run_simulator`] (Unix): cascaded cards on a real pseudo-terminal, with fault injection.
@@ -37,6 +39,7 @@ pub mod config;
 mod driver;
 pub mod error;
 mod handle;
+mod hub;
 mod poller;
 pub mod protocol;
 #[cfg(unix)]
@@ -47,6 +50,7 @@ pub use config::{DriverSettings, RelayConfig, RelaySettings, Restore, RestoreMas
 pub use driver::Snapshot;
 pub use error::RelayError;
 pub use handle::RelayHandle;
+pub use hub::Relays;
 pub use poller::{error_sample, spawn_poller, state_samples};
 pub use protocol::{serial_floor, CardOptions, Command, Frame, FRAME_TIME};
 #[cfg(unix)]

@@ -566,3 +566,84 @@ fn relais_rejects_bad_arguments_and_missing_ports() {
         })
     );
 }
+
+// ---------------------------------------------------------------- in the hub
+
+#[test]
+fn the_hub_config_takes_a_relay_section_and_names_file_line_and_key_of_its_problems() {
+    let text = "data_dir = \"d\"\n\n[relay]\nport = \"/dev/ttyUSB0\"\npoll_interval = \"1s\"\n\n\
+                [[relay.relays]]\nrelay = 1\nname = \"pump\"\nrestore = \"on\"\n\n\
+                [[relay.relays]]\ncard = 2\nrelay = 8\nname = \"siren\"\nlocked = true\n";
+    let cfg = parse::<crate::HubConfig>(text, Path::new("hub.toml")).unwrap();
+    let relay = cfg.relay.expect("[relay] is kept");
+    assert_eq!(relay.poll_interval, Duration::from_secs(1));
+    assert_eq!(relay.name(2, 8), Some("siren"));
+    assert_eq!(relay.locked_mask(2), 0x80);
+    assert!(parse::<crate::HubConfig>("data_dir = \"d\"\n", Path::new("h")).unwrap().relay.is_none());
+
+    let bad = "data_dir = \"d\"\n\n[relay]\nport = \"\"\npoll_interval = \"1ms\"\n\n\
+               [[relay.relays]]\nrelay = 1\n\n[[relay.relays]]\ncard = 2\nrelay = 9\n";
+    let err = parse::<crate::HubConfig>(bad, Path::new("hub.toml")).unwrap_err().to_string();
+    for expected in [
+        "hub.toml:4: key `relay.port`",
+        "hub.toml:5: key `relay.poll_interval`",
+        "hub.toml:12: key `relay.relays[1].relay`",
+    ] {
+        assert!(err.contains(expected), "{expected} in:\n{err}");
+    }
+    let err = parse::<crate::HubConfig>("[relay]\nport = \"x\"\nspeed = 9600\n", Path::new("hub.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hub.toml:3: key `relay.speed`"), "{err}");
+}
+
+/// What a stopped hub's buffer holds, decoded.
+fn buffered_samples(data_dir: &Path) -> Vec<Sample> {
+    use outpost_shared::buffer::{SledBuffer, Storage, WhenFull};
+    let (buffer, _) = SledBuffer::open(&data_dir.join("buffer"), u64::MAX, WhenFull::Reject).unwrap();
+    let records = buffer.oldest(1_000_000).unwrap();
+    records.iter().map(|(_, r)| serde_json::from_slice(r).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_with_a_relay_section_buffers_relay_readings_and_refuses_locked_remote_switching() {
+    let (_sim_dir, sim) = sim(2);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = {:?}\n\n[[sensor]]\nkind = \"memory\"\ninterval = \"1h\"\n\n\
+         [relay]\nport = {:?}\npoll_interval = \"200ms\"\n\n\
+         [[relay.relays]]\ncard = 2\nrelay = 8\nname = \"siren\"\nlocked = true\n",
+        dir.path().join("data"),
+        sim.path()
+    );
+    let cfg = parse::<crate::HubConfig>(&text, Path::new("hub.toml")).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let hub = within(crate::start(cfg, stop.clone())).await.unwrap();
+    let relays = hub.relays.clone().expect("the hub runs the relay driver");
+    wait_for(&relays.handle, |s| s.states == [Some(0), Some(0)]).await;
+
+    // The locked relay is refused before anything reaches the card; others switch.
+    let err = within(relays.switch_remote(2, 8, true)).await.unwrap_err();
+    assert!(matches!(err, RelayError::Locked { card: 2, relay: 8 }), "{err}");
+    assert_eq!(sim.states(2), 0);
+    assert_eq!(within(relays.switch_remote(1, 3, true)).await.unwrap(), 4);
+    assert_eq!(sim.states(1), 4);
+    // Locally (the card's own buttons) the locked relay may change; the next poll reads it.
+    sim.set_states(2, 0x80);
+    wait_for(&relays.handle, |s| s.states.get(1) == Some(&Some(0x80))).await;
+
+    stop.cancel();
+    within(hub.join()).await;
+    // Stopping the hub closed the port: it can be opened again at once.
+    let again = within(RelayHandle::connect(settings(&sim.path()))).await.expect("the port is free");
+    again.shutdown().await;
+
+    let samples = buffered_samples(&dir.path().join("data"));
+    let has = |sensor: &str, value: Value| samples.iter().any(|s| s.sensor == sensor && s.value == value);
+    assert!(has("relay.1", Value::Number(4.0)), "the switched state was buffered");
+    assert!(has("relay.1.k3", Value::Bool(true)));
+    assert!(has("relay.2", Value::Number(128.0)), "the polled change was buffered");
+    let siren: Vec<_> = samples.iter().filter(|s| s.sensor == "relay.2.k8").collect();
+    assert!(siren.iter().any(|s| s.message.as_deref() == Some("siren: off")));
+    assert!(siren.iter().any(|s| s.message.as_deref() == Some("siren: on")));
+}
