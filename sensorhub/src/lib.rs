@@ -140,6 +140,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             hostname: identity.hostname.clone(),
             sensors: sensor_handle.clone(),
             config_path: config.config_path.clone(),
+            relays: relays.clone(),
         };
         let buffer = buffer.clone();
         Some(tokio::spawn(async move {
@@ -167,7 +168,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 key: parts.key.clone(),
                 verifier,
                 sensors: parts.sensors.clone(),
-                relays: None,
+                relays: parts.relays.as_ref().map(|r| (r.handle.clone(), (*r.config).clone())),
                 config_path: parts.config_path.clone(),
             };
             let poller = tokio::spawn(commands::run(transport.clone(), exec, stop.clone()));
@@ -314,6 +315,8 @@ struct UplinkParts {
     hostname: String,
     sensors: sensors::SensorHandle,
     config_path: Option<PathBuf>,
+    /// The relay cards, so `relay.*` commands reach them (the executor checks `locked`).
+    relays: Option<relay::Relays>,
 }
 
 async fn run_uplink(
