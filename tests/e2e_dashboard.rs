@@ -70,3 +70,192 @@ fn the_dashboard_renders_this_machines_sensors_with_state_colours() {
     );
     browser.screenshot(&dir.path().join("dashboard.png"));
 }
+
+/// Where a test saves its screenshot: `OUTPOST_SCREENSHOTS` (a directory) when set, to look at
+/// the layout by eye; otherwise the test's own temporary directory.
+fn screenshot_path(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {
+    match std::env::var_os("OUTPOST_SCREENSHOTS") {
+        Some(d) => std::path::PathBuf::from(d).join(name),
+        None => tmp.join(name),
+    }
+}
+
+/// The latest reading of one sensor, as the cloud's API reports it; None until the machine has
+/// sent that sensor (the API answers 404 for a machine it has not heard from yet).
+fn latest(cloud: &CloudProc, machine: &str, sensor: &str) -> Option<serde_json::Value> {
+    let r = cloud
+        .client()
+        .get(format!("{}/v1/machines/{machine}/sensors", cloud.url()))
+        .bearer_auth(cloud.admin_token())
+        .send()
+        .ok()?;
+    if r.status() == 404 {
+        return None;
+    }
+    assert!(r.status().is_success(), "GET sensors: {}", r.status());
+    let list: serde_json::Value = r.json().unwrap();
+    list.as_array().unwrap().iter().find(|s| s["sensor"] == sensor).cloned()
+}
+
+/// The page's switch for a relay, found by the name the hub reports for it.
+fn switch_js(name: &str) -> String {
+    format!("document.querySelector('button.relay[role=\"switch\"][data-name=\"{name}\"]')")
+}
+
+#[test]
+fn relays_switch_from_the_dashboard_as_read_back_and_locked_ones_are_refused() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A simulated Conrad card on a pseudo-terminal, behind a stable link.
+    let link = dir.path().join("ttyRELAY0");
+    let _sim = Proc::start(
+        &["relay-sim", "--cards", "1", "--link", link.to_str().unwrap()],
+        &dir.path().join("relay-sim.log"),
+    );
+    wait_until(Duration::from_secs(15), "the relay simulator makes its device link", || link.exists());
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let hub_dir = dir.path().join("hub");
+    let relay = format!(
+        "[relay]\nport = \"{}\"\npoll_interval = \"500ms\"\n\n\
+         [[relay.relays]]\ncard = 1\nrelay = 1\nname = \"pump\"\n\n\
+         [[relay.relays]]\ncard = 1\nrelay = 2\nname = \"siren\"\nlocked = true\n",
+        link.display()
+    );
+    let _hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &relay));
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "the card's relay states reach the cloud", || {
+        latest(&cloud, &id, "relay.1.k2").is_some()
+    });
+    assert_eq!(
+        latest(&cloud, &id, "relay.1.k1").unwrap()["value"],
+        false,
+        "the card starts with every relay off"
+    );
+
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1000);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the hub is listed",
+        &format!("return !!document.querySelector('tr.machine[data-id=\"{id}\"]')"),
+    );
+    browser.click(&format!("tr.machine[data-id=\"{id}\"]"));
+    let pump = switch_js("pump");
+    let siren = switch_js("siren");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the relay panel shows card 1 with the named switches, off, and K3 unnamed",
+        &format!(
+            "const p = {pump}, s = {siren}, k3 = document.querySelector('button.relay[data-card=\"1\"][data-relay=\"3\"]'); \
+             return !!p && !!s && !!k3 && p.getAttribute('aria-checked') === 'false' \
+               && s.getAttribute('aria-checked') === 'false' && k3.dataset.name === 'K3' \
+               && p.textContent.includes('pump')"
+        ),
+    );
+
+    // Switch the pump on: the page shows it on once the card reports it.
+    browser.click("button.relay[data-name=\"pump\"]");
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the pump switch shows ON as read back from the card",
+        &format!("const p = {pump}; return p.getAttribute('aria-checked') === 'true' && p.textContent.includes('ON')"),
+    );
+    // What the page shows is what the card holds: the hub's latest reading of relay K1 says on.
+    // (The hub holds the serial port, so the card is read through the cloud, not `outpost relay`.)
+    assert_eq!(latest(&cloud, &id, "relay.1.k1").unwrap()["value"], true, "the card really has relay 1 on");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the command's outcome is shown",
+        "return document.querySelector('.card[data-card=\"1\"] .outcome').textContent.startsWith('done')",
+    );
+
+    // The siren is locked in the hub's config: the hub refuses, and the page says so.
+    browser.click("button.relay[data-name=\"siren\"]");
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the refusal is shown",
+        "const t = document.querySelector('.card[data-card=\"1\"] .outcome').textContent; \
+         return t.startsWith('refused') && t.includes('siren') && t.includes('locked')",
+    );
+    assert_eq!(browser.eval(&format!("return {siren}.getAttribute('aria-checked')")), "false");
+    assert_eq!(latest(&cloud, &id, "relay.1.k2").unwrap()["value"], false, "the locked relay stays off");
+    let audit = cloud.api(&format!("/v1/audit?machine={id}&limit=50"));
+    assert!(
+        audit.as_array().unwrap().iter().any(|a| a["event"] == "refused" && a["parameters"]["relay"] == 2),
+        "the audit trail records the refusal: {audit}"
+    );
+    // The page's audit trail is refreshed after the command, with the refusal and the pump's success.
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the page's audit trail shows the refusal and the completed pump command",
+        "return !!document.querySelector('tr.audit[data-event=\"refused\"]') \
+           && !!document.querySelector('tr.audit[data-event=\"done\"]')",
+    );
+    // Still on: a refused command elsewhere does not disturb the pump.
+    assert_eq!(browser.eval(&format!("return {pump}.getAttribute('aria-checked')")), "true");
+    browser.screenshot(&screenshot_path(dir.path(), "dashboard-relays.png"));
+}
+
+#[test]
+fn enrollment_tokens_and_unattached_hubs_show_on_the_dashboard() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    // A connector reports a hub it found on its LAN that does not send yet; the hub's texts
+    // carry markup, which the page must show as text.
+    let connector = TestMachine::enroll(&cloud, "connector");
+    let body = serde_json::to_vec(&serde_json::json!({
+        "connector": connector.id(),
+        "batches": [],
+        "unattached": [{
+            "machine_id": "feedc0ffee0123456789",
+            "location": "http://10.0.0.7:1900/<img src=x id=injected>",
+            "server": "outpost-sensorhub/0.1",
+            "seen_at": chrono::Utc::now(),
+        }],
+    }))
+    .unwrap();
+    let (status, answer) = connector.post(&cloud, "/v1/forward", body.clone(), &body, false);
+    assert_eq!(status, 200, "forward: {answer}");
+
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1000);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the unattached hub is listed, its markup shown as text",
+        "const r = document.querySelector('tr.unattached[data-id=\"feedc0ffee0123456789\"]'); \
+         return !!r && r.textContent.includes('<img src=x id=injected>')",
+    );
+    assert_eq!(browser.eval("return !!document.getElementById('injected')"), false);
+
+    browser.click("#newtoken");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "a new enrollment token is shown with its expiry and how to use it",
+        "const v = document.getElementById('tokenvalue').value; \
+         return v.startsWith('OPT1.') && !document.getElementById('tokenout').hidden \
+           && document.getElementById('tokencmd').textContent.includes('--enroll ' + v + ' --cloud https://') \
+           && document.getElementById('tokenconf').textContent.includes('enroll_token = \"' + v + '\"') \
+           && document.getElementById('tokenexp').textContent.length > 0",
+    );
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the open tokens list has it",
+        "return document.querySelectorAll('#tokens tr.token').length === 1",
+    );
+    // The token the page shows is one the cloud accepts: enrolling with it works once.
+    let token =
+        browser.eval("return document.getElementById('tokenvalue').value").as_str().unwrap().to_string();
+    let key = outpost_shared::keys::KeyPair::generate().unwrap();
+    let enroll = serde_json::json!({"token": token, "public_key": key.public().to_pem(),
+        "role": "sensorhub", "hostname": "new-hub", "lan_cert": serde_json::Value::Null});
+    let r = cloud.client().post(format!("{}/v1/enroll", cloud.url())).json(&enroll).send().unwrap();
+    assert!(r.status().is_success(), "enrolling with the page's token: {}", r.status());
+    browser.screenshot(&screenshot_path(dir.path(), "dashboard-enroll.png"));
+}

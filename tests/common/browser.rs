@@ -105,6 +105,11 @@ impl Browser {
         self.call("POST", &format!("/element/{id}/click"), json!({}));
     }
 
+    /// Resizes the browser window (CSS pixels), e.g. to see a desktop layout in a screenshot.
+    pub fn set_window_size(&self, width: u32, height: u32) {
+        self.call("POST", "/window/rect", json!({"width": width, "height": height}));
+    }
+
     pub fn screenshot(&self, path: &std::path::Path) {
         use base64::Engine;
         let b64 = self.call("GET", "/screenshot", Value::Null);
