@@ -198,7 +198,16 @@ impl Executor {
             .filter(|c| (1..=255).contains(c))
             .ok_or_else(|| Outcome::Failed("`card` must be 1 to 255".into()))? as u8;
         let mask = match c.action.as_str() {
-            "relay.set_port" => 0xFF,
+            // Only the relays that would change need to be free to move.
+            "relay.set_port" => {
+                let want = p["state"]
+                    .as_u64()
+                    .filter(|s| *s <= 255)
+                    .ok_or_else(|| Outcome::Failed("`state` must be 0 to 255".into()))?
+                    as u8;
+                let now = handle.get(card).await.map_err(|e| Outcome::Failed(e.to_string()))?;
+                now ^ want
+            }
             _ => {
                 let relay = p["relay"]
                     .as_u64()
