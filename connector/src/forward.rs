@@ -4,6 +4,7 @@
 
 use crate::config::CloudLink;
 use crate::{record, Shared};
+use outpost_sensorhub::uplink::describe;
 use outpost_shared::backoff::Backoff;
 use outpost_shared::model::{
     ApiError, BatchSignature, ForwardAck, ForwardEnvelope, ForwardResult, ForwardedBatch, UnattachedHub,
@@ -230,17 +231,6 @@ async fn send(
         (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),
         (code, _) => Err(Retry::Backoff(format!("cloud answered {code}: {msg}"))),
     }
-}
-
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn remove(sh: &Arc<Shared>, seqs: Vec<u64>) {

@@ -198,7 +198,7 @@ fn discovery(
     if config.ssdp.advertise {
         let ad = outpost_shared::ssdp::Advertisement {
             st: outpost_shared::ssdp::ST_CONNECTOR.into(),
-            uuid: outpost_shared::ssdp::uuid_from_bytes(id_bytes(machine_id)),
+            uuid: outpost_shared::ssdp::uuid_for_machine(machine_id),
             location,
             boot_id: outpost_shared::ssdp::next_boot_id(&dir.join("ssdp-boot-id"))?,
             config_id: 1,
@@ -230,14 +230,4 @@ fn discovery(
         }));
     }
     Ok(tasks)
-}
-
-/// The first 16 bytes of a machine id (hex), for a stable SSDP uuid.
-pub(crate) fn id_bytes(machine_id: &str) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let raw = hex::decode(machine_id).unwrap_or_else(|_| machine_id.as_bytes().to_vec());
-    for (i, x) in raw.iter().take(16).enumerate() {
-        b[i] = *x;
-    }
-    b
 }

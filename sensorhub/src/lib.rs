@@ -230,14 +230,9 @@ fn advertise(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, HubError> {
     use outpost_shared::ssdp;
-    let mut uuid = [0u8; 16];
-    let raw = hex::decode(machine_id).unwrap_or_else(|_| machine_id.as_bytes().to_vec());
-    for (i, b) in raw.iter().take(16).enumerate() {
-        uuid[i] = *b;
-    }
     let ad = ssdp::Advertisement {
         st: ssdp::ST_SENSORHUB.into(),
-        uuid: ssdp::uuid_from_bytes(uuid),
+        uuid: ssdp::uuid_for_machine(machine_id),
         location: format!("https://{}/outpost/hub/{machine_id}", ssdp::LOCATION_IP),
         boot_id: ssdp::next_boot_id(&dir.join("ssdp-boot-id")).map_err(|e| HubError::Io {
             path: dir.join("ssdp-boot-id"),

@@ -187,6 +187,16 @@ pub fn uuid_from_bytes(mut b: [u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+/// The stable SSDP uuid of a machine: its id (hex) as the uuid's 16 bytes.
+pub fn uuid_for_machine(machine_id: &str) -> String {
+    let mut b = [0u8; 16];
+    let raw = hex::decode(machine_id).unwrap_or_else(|_| machine_id.as_bytes().to_vec());
+    for (i, x) in raw.iter().take(16).enumerate() {
+        b[i] = *x;
+    }
+    uuid_from_bytes(b)
+}
+
 /// Largest `BOOTID.UPNP.ORG` UPnP allows.
 pub const BOOT_ID_MAX: u32 = (1 << 31) - 1;
 

@@ -31,7 +31,7 @@ mod search;
 mod tests;
 
 pub use advertisement::{
-    next_boot_id, server_header, uuid_from_bytes, Advertisement, BOOT_ID_MAX, LOCATION_IP,
+    next_boot_id, server_header, uuid_for_machine, uuid_from_bytes, Advertisement, BOOT_ID_MAX, LOCATION_IP,
 };
 pub use config::{is_lan_address, InterfaceSpec, Interfaces, RateLimits, ResponderConfig};
 pub use error::SsdpError;
