@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -101,6 +101,16 @@ fn relay_sim_keeps_a_stable_link_and_removes_it_when_stopped() {
     assert!(std::fs::symlink_metadata(&link).is_err(), "the link goes with the simulator");
 }
 
+/// Waits until command `id` has status `want`; returns its record.
+fn wait_command(cloud: &CloudProc, id: &str, want: &str) -> Value {
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(30), &format!("command {id} is {want}"), || {
+        last = cloud.api(&format!("/v1/commands/{id}"));
+        last["status"] == want
+    });
+    last
+}
+
 /// The latest reading of every sensor of `machine`, by sensor key.
 fn latest(cloud: &CloudProc, machine: &str) -> std::collections::BTreeMap<String, Value> {
     let list = cloud.api(&format!("/v1/machines/{machine}/sensors"));
@@ -112,7 +122,7 @@ fn relay_keys(card: u8) -> Vec<String> {
 }
 
 #[test]
-fn a_hub_uploads_relay_states_and_a_change_at_the_card_reaches_the_cloud_within_a_poll() {
+fn relay_states_and_changes_reach_the_cloud_and_remote_switching_honours_locked() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = CloudProc::start(&dir.path().join("cloud"));
     // The cards run in this process so the test can press their buttons; the hub, a separate
@@ -165,13 +175,31 @@ fn a_hub_uploads_relay_states_and_a_change_at_the_card_reaches_the_cloud_within_
         .collect();
     assert!(history.contains(&Value::from(0.0)) && history.contains(&Value::from(128.0)), "{history:?}");
 
+    // From the cloud: a relay switched by command reports the state read back from the card, and
+    // its reading is sent at once; the locked siren is refused and never touched.
+    let (status, created) = cloud.api_post(&format!("/v1/machines/{id}/relays/1/2"), json!({"on": true}));
+    assert_eq!(status, 201, "{created}");
+    let done = wait_command(&cloud, created["command_id"].as_str().unwrap(), "done");
+    assert_eq!(done["result"], json!({"card": 1, "state": 3}), "{done}");
+    assert_eq!(sim.states(1), 3);
+    wait_until(Duration::from_secs(20), "the switched relay is on in the cloud", || {
+        let l = latest(&cloud, &id);
+        l["relay.1"]["value"] == 3.0 && l["relay.1.k2"]["value"] == true
+    });
+    let (_, created) = cloud.api_post(&format!("/v1/machines/{id}/relays/2/8"), json!({"on": false}));
+    let refused = wait_command(&cloud, created["command_id"].as_str().unwrap(), "refused");
+    let why = refused["result"]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("relay K8 of card 2 is locked"), "{refused}");
+    assert_eq!(sim.states(2), 0x80, "a locked relay stays as it was");
+
     // Card 1 loses power: the hub notices at its next poll and switches the pump on again.
     sim.power_cycle(1);
     wait_until(Duration::from_secs(20), "the hub restored the pump after the power cut", || {
         sim.address(1).is_some() && sim.states(1) == 1
     });
 
-    // A clean stop closes the port, so the local tool can use it at once.
+    // A clean stop closes the port, so the local tool can use it at once: the pump is on again
+    // (K2, switched by command, went with the power), the siren as it was.
     assert!(hub.stop().success(), "the hub stops cleanly on SIGTERM");
     assert_eq!(relay(&["--port", link.to_str().unwrap(), "-stat"]), (0, "1\n".into(), String::new()));
     assert_eq!(relay(&["--port", link.to_str().unwrap(), "--card", "2", "-stat"]).1, "128\n");
@@ -215,16 +243,16 @@ fn outpost_up_runs_simulated_relay_cards_and_shows_their_readings() {
     let link = data.join("relay-sim/ttyRELAY0");
     wait_until(Duration::from_secs(30), "the cloud shows the pump on and both cards", || {
         let Some(machines) = up_api(&data, port, "/v1/machines") else { return false };
-        let Some(id) = machines.as_array().and_then(|a| a.first()).and_then(|m| m["id"].as_str()) else {
-            return false;
-        };
-        let Some(sensors) = up_api(&data, port, &format!("/v1/machines/{id}/sensors")) else {
-            return false;
-        };
-        let by = |k: &str| sensors.as_array().unwrap().iter().find(|s| s["sensor"] == k).cloned();
-        by("relay.1.k1").is_some_and(|s| s["message"] == "pump: on")
-            && by("relay.1.k2").is_some_and(|s| s["message"] == "siren: off")
-            && by("relay.2").is_some()
+        // The connector reports its own machine too; the relays are the sensorhub's.
+        machines.as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).any(|id| {
+            let Some(sensors) = up_api(&data, port, &format!("/v1/machines/{id}/sensors")) else {
+                return false;
+            };
+            let by = |k: &str| sensors.as_array().unwrap().iter().find(|s| s["sensor"] == k).cloned();
+            by("relay.1.k1").is_some_and(|s| s["message"] == "pump: on")
+                && by("relay.1.k2").is_some_and(|s| s["message"] == "siren: off")
+                && by("relay.2").is_some()
+        })
     });
     let banner = up.log_text();
     assert!(

@@ -61,8 +61,8 @@ pub struct Hub {
     pub machine_id: String,
     pub status: tokio::sync::watch::Receiver<uplink::UplinkStatus>,
     pub sensors: sensors::SensorHandle,
-    /// The relay cards, when the config has `[relay]`: remote switching goes through
-    /// [`relay::Relays::switch_remote`], which refuses `locked` relays. The driver closes the
+    /// The relay cards, when the config has `[relay]`. Remote `relay.*` commands switch through
+    /// the same driver (the command executor refuses `locked` relays); the driver closes the
     /// port when the hub stops.
     pub relays: Option<relay::Relays>,
     tasks: Vec<tokio::task::JoinHandle<()>>,

@@ -9,8 +9,7 @@
 //!   only states it read back from a card.
 //!   A port that vanishes while the driver is idle is noticed at its next exchange (the poller
 //!   makes one every poll interval); from then on it is reopened in the background.
-//! - [`Relays`]: what a hub with `[relay]` runs (driver and poller), and the door for remote
-//!   switching that honours `locked`.
+//! - [`Relays`]: what a hub with `[relay]` runs: the driver and the poller.
 //! - [`spawn_poller`]: turns states into readings (`relay.<card>`, `relay.<card>.k1`…`k8`), every
 //!   poll interval and at once after a change.
 //! - [`run_simulator`] (Unix): cascaded cards on a real pseudo-terminal, with fault injection.
