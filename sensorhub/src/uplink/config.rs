@@ -63,7 +63,7 @@ impl Default for UplinkConfig {
             enroll_token: None,
             batch_max: 5000,
             live_max: 1000,
-            linger: Duration::from_millis(100),
+            linger: Duration::from_millis(20),
             timeout: Duration::from_secs(30),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
