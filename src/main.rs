@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole system on this machine: cloud and a sensorhub of this machine.
+    /// Run the whole system on this machine: cloud, connector, a sensorhub and simulated relay cards.
     Up {
         /// Where all roles keep their data.
         #[arg(long, default_value = "outpost-data")]
@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Make or list one-time enrollment tokens through the running cloud (on the cloud's host).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Show what a stopped hub's buffer holds (it must not be running: the buffer is locked).
     Buffer {
         #[arg(long)]
@@ -90,6 +95,28 @@ enum SecretAction {
         #[arg(long)]
         public_key: Option<PathBuf>,
         value: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a new token for one machine: give it to `outpost install --enroll-token` or put it in
+    /// the machine's `enroll_token`. It works once, until it expires.
+    Create {
+        /// The cloud's config file (the same one `outpost cloud` runs with; defaults otherwise).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The network the machine joins (a connector and its hubs share one).
+        #[arg(long, default_value = "default")]
+        network: String,
+        /// How long the token stays valid, e.g. "1h", "7d".
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// List the tokens not used yet and not expired (network and expiry; the cloud keeps no secret).
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -126,8 +153,10 @@ fn default_config(role: Role) -> &'static str {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One-shot tools print their result on stdout; only problems belong on stderr.
-    let quiet =
-        matches!(cli.command, Command::Relay { .. } | Command::Config { .. } | Command::Buffer { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Relay { .. } | Command::Config { .. } | Command::Buffer { .. } | Command::Token { .. }
+    );
     let default_filter = if quiet { "warn" } else { "info,sled=warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -310,6 +339,37 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Token { action } => {
+            let (config, create) = match action {
+                TokenAction::Create { config, network, ttl } => (config, Some((network, ttl))),
+                TokenAction::List { config } => (config, None),
+            };
+            let config: outpost_cloud::CloudConfig = load(config.as_deref())?;
+            let client = outpost_cloud::admin::AdminClient::from_config(&config)?;
+            runtime()?.block_on(async {
+                match create {
+                    Some((network, ttl)) => {
+                        let t = client.new_token(&network, ttl).await?;
+                        println!("{}", t["token"].as_str().unwrap_or_default());
+                        eprintln!(
+                            "network {network}, valid until {}",
+                            t["expires_at"].as_str().unwrap_or("?")
+                        );
+                    }
+                    None => {
+                        for t in client.open_tokens().await?.as_array().into_iter().flatten() {
+                            println!(
+                                "{}\t{}",
+                                t["network"].as_str().unwrap_or_default(),
+                                t["expires_at"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Buffer { data_dir } => {
             let (buffer, _) = outpost_shared::buffer::SledBuffer::open(
                 &data_dir.join("buffer"),

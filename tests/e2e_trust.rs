@@ -282,3 +282,62 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[test]
+fn a_token_from_the_cli_enrolls_one_hub_once_and_is_listed_until_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let token = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("token")
+            .args(args)
+            .args(["--config", cloud.config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "outpost token {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before = token(&["list"]).lines().count();
+    let made = token(&["create", "--network", "plant-7", "--ttl", "10m"]).trim().to_string();
+    assert!(made.starts_with("OPT1."), "a token, alone on stdout: {made:?}");
+    let listed = token(&["list"]);
+    assert_eq!(listed.lines().count(), before + 1);
+    assert!(listed.contains("plant-7"), "the new token is listed with its network: {listed}");
+    assert!(!listed.contains(&made), "the list never shows a token's secret");
+
+    let hub_dir = dir.path().join("hub");
+    let config = hub_config(&hub_dir, &cloud, "");
+    use_token(&config, &made);
+    let hub = start_hub(&hub_dir, &config);
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "the hub enrolled with the CLI's token shows up", || {
+        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| m["id"] == id.as_str())
+    });
+    drop(hub);
+    assert!(!token(&["list"]).contains("plant-7"), "a used token is no longer open");
+
+    // A second machine with the same token gets nothing in.
+    let other = dir.path().join("other");
+    let config = hub_config(&other, &cloud, "");
+    use_token(&config, &made);
+    let hub = start_hub(&other, &config);
+    wait_until(Duration::from_secs(30), "the second hub says why it is refused", || {
+        hub.log_text().contains("already used")
+    });
+}
+
+/// Points a hub config at `token` instead of the one the harness made.
+fn use_token(config: &std::path::Path, token: &str) {
+    let text: String = std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("enroll_token") {
+                format!("enroll_token = \"{token}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(config, text).unwrap();
+}

@@ -5,6 +5,7 @@
 //! entry point for the binary.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod commands;
 pub mod config;

@@ -4,7 +4,6 @@
 
 use crate::config::CloudLink;
 use crate::{record, Shared};
-use outpost_sensorhub::uplink::describe;
 use outpost_shared::backoff::Backoff;
 use outpost_shared::model::{
     ApiError, BatchSignature, ForwardAck, ForwardEnvelope, ForwardResult, ForwardedBatch, UnattachedHub,
@@ -208,10 +207,11 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| Retry::Backoff(describe(&e)))?;
+        .map_err(|e| Retry::Backoff(outpost_shared::error_chain(&e)))?;
     let status = resp.status();
     if status.is_success() {
-        let ack: ForwardAck = resp.json().await.map_err(|e| Retry::Backoff(describe(&e)))?;
+        let ack: ForwardAck =
+            resp.json().await.map_err(|e| Retry::Backoff(outpost_shared::error_chain(&e)))?;
         if ack.results.len() != env.batches.len() {
             return Err(Retry::Backoff(format!(
                 "cloud answered {} results for {} batches",

@@ -52,7 +52,7 @@ pub fn check_cloud_reachable(
             // reqwest's own timeout covers the whole request; this one guards the runtime too.
             match tokio::time::timeout(timeout + Duration::from_secs(1), client.get(&probe).send()).await {
                 Ok(Ok(resp)) => Ok(resp.status()),
-                Ok(Err(e)) => Err(error_chain(&e)),
+                Ok(Err(e)) => Err(outpost_shared::error_chain(&e)),
                 Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
             }
         })
@@ -64,21 +64,6 @@ pub fn check_cloud_reachable(
         Ok(status) => Err(unreachable(format!("GET {url} answered {status}"))),
         Err(reason) => Err(unreachable(reason)),
     }
-}
-
-/// An error with all its causes, which for TLS failures is where the useful part is.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 #[cfg(test)]

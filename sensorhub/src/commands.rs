@@ -98,7 +98,7 @@ async fn poll(
         .timeout(Duration::from_secs(POLL_WAIT_SECS + 10))
         .send()
         .await
-        .map_err(|e| crate::uplink::describe(&e))?;
+        .map_err(|e| outpost_shared::error_chain(&e))?;
     if !resp.status().is_success() {
         return Err(format!("poll answered {}", resp.status()));
     }
@@ -118,7 +118,7 @@ async fn report(
         .body(body)
         .send()
         .await
-        .map_err(|e| crate::uplink::describe(&e))?;
+        .map_err(|e| outpost_shared::error_chain(&e))?;
     if !resp.status().is_success() {
         return Err(format!("result answered {}", resp.status()));
     }

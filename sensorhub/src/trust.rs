@@ -121,7 +121,7 @@ pub async fn enroll(
         .json(&body)
         .send()
         .await
-        .map_err(|e| TrustError::Enroll(crate::uplink::describe(&e)))?;
+        .map_err(|e| TrustError::Enroll(outpost_shared::error_chain(&e)))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let msg = resp.json::<outpost_shared::model::ApiError>().await.map(|e| e.error).unwrap_or_default();
@@ -149,7 +149,7 @@ pub async fn refresh(
     for (name, value) in sig.to_pairs() {
         req = req.header(name, value);
     }
-    let resp = req.send().await.map_err(|e| TrustError::Enroll(crate::uplink::describe(&e)))?;
+    let resp = req.send().await.map_err(|e| TrustError::Enroll(outpost_shared::error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(TrustError::Enroll(format!("receipt refresh: {}", resp.status())));
     }

@@ -22,3 +22,20 @@ pub mod wire;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// An error with all its causes. reqwest's and rustls' own messages hide whether it was DNS, a
+/// refusal or which TLS check failed; that part is in the chain. A cause already quoted by its
+/// parent is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -41,18 +41,6 @@ impl HttpTransport {
     }
 }
 
-/// The whole cause chain: reqwest's own message hides whether it was DNS, refusal or TLS.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 impl Transport for HttpTransport {
     async fn send(&self, batch: &mut Batch) -> Result<BatchAck, SendError> {
         batch.uplink = self.label.clone();
@@ -70,10 +58,17 @@ impl Transport for HttpTransport {
         for (name, value) in sig.to_pairs() {
             req = req.header(name, value);
         }
-        let resp = req.body(body).send().await.map_err(|e| SendError::Unreachable(describe(&e)))?;
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Unreachable(outpost_shared::error_chain(&e)))?;
         let status = resp.status();
         if status.is_success() {
-            return resp.json::<BatchAck>().await.map_err(|e| SendError::Unreachable(describe(&e)));
+            return resp
+                .json::<BatchAck>()
+                .await
+                .map_err(|e| SendError::Unreachable(outpost_shared::error_chain(&e)));
         }
         let retry_after = resp
             .headers()
@@ -85,7 +80,7 @@ impl Transport for HttpTransport {
             Ok(b) => serde_json::from_slice::<ApiError>(&b)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned()),
-            Err(e) => describe(&e),
+            Err(e) => outpost_shared::error_chain(&e),
         };
         Err(match status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {

@@ -14,7 +14,7 @@ mod tests;
 
 pub use config::UplinkConfig;
 pub use error::{SendError, UplinkError};
-pub use http::{describe, HttpTransport};
+pub use http::HttpTransport;
 pub use path::{PathTransport, REMEMBERED_FILE};
 
 use chrono::{DateTime, Utc};
