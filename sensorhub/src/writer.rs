@@ -1,11 +1,12 @@
 //! The writer: the one task that appends sensor samples to the durable buffer. It drains whatever
 //! the sensors produced since the last append into one group commit (one flush for many readings),
-//! then wakes the uplink.
+//! then wakes the uplink, telling it when the append carries news that should not wait.
 
 use crate::uplink::Feed;
 use outpost_shared::backoff::Backoff;
 use outpost_shared::buffer::Storage;
-use outpost_shared::model::Sample;
+use outpost_shared::model::{Sample, State, Value};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub async fn run(buffer: Arc<dyn Storage>, mut rx: mpsc::Receiver<Vec<Sample>>, 
     let mut lost = 0u64;
     let mut backoff =
         Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 0.5).expect("constant settings");
+    let mut news = News::default();
     loop {
         if held.is_empty() {
             match rx.recv().await {
@@ -42,6 +44,9 @@ pub async fn run(buffer: Arc<dyn Storage>, mut rx: mpsc::Receiver<Vec<Sample>>, 
         match tokio::task::spawn_blocking(move || b.append(&records)).await.expect("append does not panic") {
             Ok(range) => {
                 feed.newest_group.store(range.start, Ordering::Release);
+                if news.any_in(&held) {
+                    feed.urgent.store(true, Ordering::Release);
+                }
                 feed.appended.notify_one();
                 held.clear();
                 backoff.reset();
@@ -74,5 +79,51 @@ pub async fn run(buffer: Arc<dyn Storage>, mut rx: mpsc::Receiver<Vec<Sample>>, 
                 }
             }
         }
+    }
+}
+
+/// What counts as news: a sensor whose state changed (an alert or a recovery), or whose on/off
+/// value changed (a relay switched, a service went down). Changing numbers are not news; the
+/// uplink may let them gather into bigger batches.
+#[derive(Default)]
+struct News {
+    /// Per sensor: its last state, and its last value when that value is on/off.
+    last: HashMap<String, (State, Option<bool>)>,
+}
+
+impl News {
+    fn any_in(&mut self, samples: &[Sample]) -> bool {
+        let mut any = false;
+        for s in samples {
+            let now = (
+                s.state,
+                match s.value {
+                    Value::Bool(b) => Some(b),
+                    _ => None,
+                },
+            );
+            // A sensor's first reading is not a change: a starting hub has no news to rush.
+            if let Some(before) = self.last.insert(s.sensor.clone(), now) {
+                any |= before != now;
+            }
+        }
+        any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_change_or_a_switch_is_news_a_changing_number_is_not() {
+        let mut news = News::default();
+        let first = [Sample::new("cpu.total", 10.0, State::Ok), Sample::new("relay.1.k1", false, State::Ok)];
+        assert!(!news.any_in(&first), "first readings are not changes");
+        assert!(!news.any_in(&[Sample::new("cpu.total", 55.0, State::Ok)]));
+        assert!(news.any_in(&[Sample::new("cpu.total", 95.0, State::Warn)]), "ok -> warn");
+        assert!(!news.any_in(&[Sample::new("cpu.total", 96.0, State::Warn)]));
+        assert!(news.any_in(&[Sample::new("relay.1.k1", true, State::Ok)]), "relay switched on");
+        assert!(!news.any_in(&[Sample::new("relay.1.k1", true, State::Ok)]), "re-read, unchanged");
     }
 }

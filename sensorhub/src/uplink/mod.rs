@@ -23,7 +23,7 @@ use outpost_shared::buffer::Storage;
 use outpost_shared::model::{Batch, BatchAck, Reading, Role, Sample};
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -74,6 +74,9 @@ pub struct Feed {
     pub appended: Notify,
     /// First `seq` of the writer's latest append: the readings that are "live" right now.
     pub newest_group: AtomicU64,
+    /// The latest append holds news (a state change, a relay switched): send it without lingering
+    /// for company, so an alert or a switch reaches the cloud in milliseconds.
+    pub urgent: AtomicBool,
 }
 
 pub struct Uplink<T: Transport> {
@@ -130,6 +133,7 @@ impl<T: Transport> Uplink<T> {
             if shutdown.is_cancelled() {
                 return;
             }
+            let mut lingering = true;
             let delay = match self.send_one(backoff.attempts() > 0).await {
                 Ok(Sent::Nothing) => {
                     backoff.reset();
@@ -137,27 +141,51 @@ impl<T: Transport> Uplink<T> {
                         _ = shutdown.cancelled() => return,
                         _ = self.feed.appended.notified() => {}
                     }
-                    // Let a burst of readings gather into one batch.
-                    self.cfg.linger
+                    // Let a burst of readings gather into one batch, unless it carries news.
+                    self.linger()
                 }
                 Ok(Sent::Some(n)) => {
                     backoff.reset();
                     if n >= self.cap {
                         Duration::ZERO
                     } else {
-                        self.cfg.linger
+                        self.linger()
                     }
                 }
-                Err(SendError::Busy(d)) => d,
-                Err(SendError::Refused { .. }) => Duration::ZERO,
-                Err(SendError::Unreachable(_) | SendError::Unauthorised { .. }) => backoff.next_delay(),
+                Err(e) => {
+                    lingering = false;
+                    match e {
+                        SendError::Busy(d) => d,
+                        SendError::Refused { .. } => Duration::ZERO,
+                        SendError::Unreachable(_) | SendError::Unauthorised { .. } => backoff.next_delay(),
+                    }
+                }
             };
             if !delay.is_zero() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                let sleep = tokio::time::sleep(delay);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = &mut sleep => break,
+                        // News cuts a linger short; a backoff it does not (the receiver is away).
+                        _ = self.feed.appended.notified(), if lingering => {
+                            if self.feed.urgent.swap(false, Ordering::AcqRel) {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// How long to wait for more readings before the next batch: none when news is waiting.
+    fn linger(&self) -> Duration {
+        if self.feed.urgent.swap(false, Ordering::AcqRel) {
+            Duration::ZERO
+        } else {
+            self.cfg.linger
         }
     }
 

@@ -9,6 +9,8 @@ struct Fake {
     got: Arc<Mutex<Vec<Vec<u64>>>>,
     fail: Arc<Mutex<Option<SendError>>>,
     refuse_seq: Arc<Mutex<Option<u64>>>,
+    /// Woken on every batch taken.
+    took: Arc<tokio::sync::Notify>,
 }
 
 impl Transport for Fake {
@@ -26,6 +28,7 @@ impl Transport for Fake {
             }
         }
         self.got.lock().unwrap().push(batch.readings.iter().map(|r| r.seq).collect());
+        self.took.notify_one();
         Ok(BatchAck { stored: batch.readings.len() as u64, duplicates: 0 })
     }
     fn path(&self) -> String {
@@ -114,4 +117,41 @@ async fn a_reading_the_receiver_refuses_is_isolated_dropped_and_counted() {
     append(&buffer, &feed, 1);
     *fake.refuse_seq.lock().unwrap() = None;
     up.send_one(false).await.ok().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn news_leaves_at_once_while_ordinary_readings_linger_for_company() {
+    let buffer = Arc::new(MemoryBuffer::new(1 << 30, WhenFull::DropOldest));
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    up.cfg.linger = Duration::from_secs(3600);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(up.run(stop.clone()));
+    let sent = |n: usize| {
+        let (got, took) = (fake.got.clone(), fake.took.clone());
+        async move {
+            while got.lock().unwrap().len() < n {
+                took.notified().await;
+            }
+        }
+    };
+    sent(0).await;
+    tokio::time::sleep(Duration::from_millis(10)).await; // the uplink is idle, waiting for readings
+
+    append(&buffer, &feed, 3);
+    feed.appended.notify_one();
+    // Paused time jumps to the next timer: the hour of linger would pass, the minute comes first.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), sent(1)).await.is_err(),
+        "ordinary readings linger"
+    );
+    tokio::time::timeout(Duration::from_secs(3600), sent(1)).await.unwrap();
+
+    append(&buffer, &feed, 1);
+    feed.urgent.store(true, Ordering::Release);
+    feed.appended.notify_one();
+    tokio::time::timeout(Duration::from_secs(1), sent(2)).await.expect("news is sent without lingering");
+    stop.cancel();
+    running.await.unwrap();
 }
