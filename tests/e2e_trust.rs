@@ -133,25 +133,7 @@ fn a_rogue_connector_with_a_valid_certificate_but_no_authorisation_gets_no_readi
     // The rogue: a real connector with its own valid TLS certificate, never enrolled.
     let rogue_dir = dir.path().join("rogue");
     std::fs::create_dir_all(&rogue_dir).unwrap();
-    let rogue_port = free_port();
-    let rogue_cfg = rogue_dir.join("connector.toml");
-    std::fs::write(
-        &rogue_cfg,
-        format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{rogue_port}\"\nmonitor_self = false\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\n[ssdp]\nadvertise = false\nsearch_hubs = false\n",
-            rogue_dir.join("data").display(),
-            cloud.url(),
-            cloud.ca().display()
-        ),
-    )
-    .unwrap();
-    let rogue = Proc::start(
-        &["connector", "--config", rogue_cfg.to_str().unwrap()],
-        &rogue_dir.join("connector.log"),
-    );
-    wait_until(Duration::from_secs(20), "the rogue connector serves TLS", || {
-        rogue_dir.join("data/tls/ca.pem").exists()
-    });
+    let (rogue, rogue_port) = start_connector(&rogue_dir, &cloud, None);
 
     let hub_dir = dir.path().join("hub");
     let uplink = format!("connector = \"https://127.0.0.1:{rogue_port}\"\nfallback_after = \"2s\"\n");
@@ -207,12 +189,18 @@ fn a_sealed_password_reaches_the_hub_and_nobody_else_holds_it_in_the_clear() {
     const PLAIN: &str = "Pl41ntext-Passw0rd-4711";
     let dir = tempfile::tempdir().unwrap();
     let cloud = CloudProc::start(&dir.path().join("cloud"));
+    // Readings travel through a connector, whose store is searched for the password too.
+    let connector_dir = dir.path().join("connector");
+    let (connector, port) = start_connector(&connector_dir, &cloud, Some(cloud.enroll_token()));
     let hub_dir = dir.path().join("hub");
-    let config = hub_config(&hub_dir, &cloud, "");
+    let uplink = format!("connector = \"https://127.0.0.1:{port}\"\nfallback_after = \"10m\"\n");
+    let config = hub_config_with(&hub_dir, &cloud, "", &uplink);
     let hub = start_hub(&hub_dir, &config);
     let id = machine_id(&hub_dir);
-    wait_until(Duration::from_secs(30), "the hub is enrolled", || {
-        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| m["id"] == id.as_str())
+    wait_until(Duration::from_secs(30), "the hub uploads through the connector", || {
+        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| {
+            m["id"] == id.as_str() && m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:"))
+        })
     });
     assert!(hub.stop().success());
 
@@ -250,9 +238,10 @@ fn a_sealed_password_reaches_the_hub_and_nobody_else_holds_it_in_the_clear() {
     });
     assert!(!hub.log_text().contains(PLAIN), "the password never reaches a log");
     drop(hub);
+    assert!(connector.stop().success());
 
-    // Neither the cloud's files nor the hub's buffer hold it in the clear.
-    for root in [cloud.dir.clone(), hub_dir.join("data")] {
+    // Neither the cloud's files, the connector's nor the hub's buffer hold it in the clear.
+    for root in [cloud.dir.clone(), connector_dir, hub_dir.join("data")] {
         for entry in walk(&root) {
             let bytes = std::fs::read(&entry).unwrap_or_default();
             assert!(!contains(&bytes, PLAIN.as_bytes()), "plaintext found in {}", entry.display());
@@ -340,4 +329,73 @@ fn use_token(config: &std::path::Path, token: &str) {
         })
         .collect();
     std::fs::write(config, text).unwrap();
+}
+
+/// A connector on loopback with SSDP off, enrolled with `token` (never enrolled without one).
+/// Returns once it serves TLS, with its port.
+fn start_connector(dir: &std::path::Path, cloud: &CloudProc, token: Option<String>) -> (Proc, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let cfg = dir.join("connector.toml");
+    let token = token.map(|t| format!("enroll_token = \"{t}\"\n")).unwrap_or_default();
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nmonitor_self = false\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\n{token}[ssdp]\nadvertise = false\nsearch_hubs = false\n",
+            dir.join("data").display(),
+            cloud.url(),
+            cloud.ca().display()
+        ),
+    )
+    .unwrap();
+    let proc = Proc::start(&["connector", "--config", cfg.to_str().unwrap()], &dir.join("connector.log"));
+    wait_until(Duration::from_secs(20), "the connector serves TLS", || dir.join("data/tls/ca.pem").exists());
+    (proc, port)
+}
+
+#[test]
+fn a_hub_that_reaches_only_a_connector_enrolls_through_it_without_showing_it_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let (connector, port) =
+        start_connector(&dir.path().join("connector"), &cloud, Some(cloud.enroll_token()));
+    let connector_url = format!("https://127.0.0.1:{port}");
+
+    // A token in the clear is not carried across the LAN.
+    let token = cloud.enroll_token();
+    let insecure = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    let r = insecure
+        .post(format!("{connector_url}/v1/enroll"))
+        .json(&json!({"token": token, "public_key": "x", "role": "sensorhub", "hostname": "h"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("sealed"), "the refusal says how to do it right");
+
+    // The hub has no cloud URL at all: only the connector.
+    let hub_dir = dir.path().join("hub");
+    let config = hub_dir.join("sensorhub.toml");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[uplink]\nconnector = \"{connector_url}\"\nenroll_token = \"{token}\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\ndiscover = false\nadvertise = false\n",
+            hub_dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let hub = start_hub(&hub_dir, &config);
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(40), "the hub's readings arrive through the connector", || {
+        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| {
+            m["id"] == id.as_str() && m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:"))
+        })
+    });
+    drop(hub);
+    drop(connector);
+    let secret = token.split('.').nth(2).unwrap();
+    for entry in walk(&dir.path().join("connector")) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(!contains(&bytes, secret.as_bytes()), "the hub's token secret is in {}", entry.display());
+    }
 }

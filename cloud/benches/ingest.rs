@@ -26,7 +26,8 @@ async fn main() {
         let key = outpost_shared::keys::KeyPair::generate().unwrap();
         let token = cloud.trust.new_token("bench", Duration::from_secs(600), chrono::Utc::now()).unwrap();
         let req = outpost_cloud::trust::EnrollRequest {
-            token: token.encode(),
+            token: Some(token.encode()),
+            sealed_token: None,
             public_key: key.public().to_pem(),
             role: Role::Sensorhub,
             hostname: "bench".into(),

@@ -40,11 +40,15 @@ struct TokenRecord {
     used_by: Option<String>,
 }
 
-/// `POST /v1/enroll` body.
+/// `POST /v1/enroll` body: the token in the clear (straight to the cloud over verified TLS), or
+/// sealed to the cloud key and bound to `public_key` (through a connector, which must not see it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
-    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_token: Option<String>,
     /// PEM (SPKI) of the machine's public key.
     pub public_key: String,
     pub role: outpost_shared::model::Role,
@@ -121,13 +125,20 @@ impl Trust {
     /// Enrolls a machine: checks the token (known, unexpired, unused or used by this same key),
     /// records the key and answers with a receipt signed by the cloud key.
     pub fn enroll(&self, req: &EnrollRequest, now: DateTime<Utc>) -> Result<EnrollResponse, Refusal> {
-        let token =
-            EnrollmentToken::parse_at(req.token.trim(), now).map_err(|e| Refusal::Enroll(e.to_string()))?;
+        let public = PublicKey::from_pem(&req.public_key)
+            .map_err(|e| Refusal::Enroll(format!("bad public key: {e}")))?;
+        let text = match (&req.token, &req.sealed_token) {
+            (Some(t), None) => t.trim().to_string(),
+            (None, Some(sealed)) => {
+                outpost_shared::keys::unseal_token(&self.key, sealed, public.machine_id())
+                    .map_err(|e| Refusal::Enroll(e.to_string()))?
+            }
+            _ => return Err(Refusal::Enroll("give either `token` or `sealed_token`".into())),
+        };
+        let token = EnrollmentToken::parse_at(&text, now).map_err(|e| Refusal::Enroll(e.to_string()))?;
         if &token.cloud_key != self.key.machine_id() {
             return Err(Refusal::Enroll("the token was made by another cloud".into()));
         }
-        let public = PublicKey::from_pem(&req.public_key)
-            .map_err(|e| Refusal::Enroll(format!("bad public key: {e}")))?;
         let id = public.machine_id().to_string();
         let hash = token.secret_hash();
         let stored = self.tokens.get(&hash).map_err(|e| Refusal::Enroll(e.to_string()))?;

@@ -32,7 +32,8 @@ pub(crate) fn serve(
         .route("/v1/batches", post(intake))
         // Passed through to the cloud unchanged: the hub's signature and the cloud's answer
         // (itself signed) travel end to end, so the connector is only a pipe for these.
-        .route("/v1/enroll", post(proxy))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/cloud-key", get(proxy))
         .route("/v1/receipt", post(proxy))
         .route("/v1/commands/poll", get(proxy))
         .route("/v1/commands/result", post(proxy))
@@ -159,6 +160,28 @@ fn over_fair_share(sh: &Shared, machine: &str, cost: u64) -> Option<String> {
 
 /// Forwards a machine request to the cloud as it came (method, path and query, signature
 /// headers, body) and relays the answer.
+/// Enrollment of a hub that reaches the cloud only through this connector. Passed on only with
+/// the token sealed to the cloud key: a token in the clear on the LAN is refused here, so nobody
+/// learns a habit that would hand tokens to whoever answers SSDP.
+async fn enroll(
+    sh: State<Arc<Shared>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let clear = serde_json::from_slice::<serde_json::Value>(&body).map(|v| v.get("token").is_some());
+    match clear {
+        Err(e) => err(StatusCode::BAD_REQUEST, format!("enrollment request is not JSON: {e}")),
+        Ok(true) => err(
+            StatusCode::BAD_REQUEST,
+            "enrollment through a connector takes the token sealed to the cloud key (`sealed_token`), \
+             never in the clear",
+        ),
+        Ok(false) => proxy(sh, method, uri, headers, body).await,
+    }
+}
+
 async fn proxy(
     State(sh): State<Arc<Shared>>,
     method: axum::http::Method,

@@ -341,23 +341,47 @@ async fn enrolled(
             if let Some(e) = trust::load(&parts.dir, &parts.key)? {
                 return Ok(e);
             }
-            let Some(cloud) = direct else {
-                return Err(trust::TrustError::Enroll(
-                    "not enrolled, and no uplink.cloud to enroll with".into(),
-                ));
-            };
             let token = trust::token(u.enroll_token.as_deref(), &parts.dir)?;
-            trust::enroll(
-                cloud.client(),
-                cloud.base(),
-                &parts.dir,
-                &parts.key,
-                &token,
-                parts.role,
-                &parts.hostname,
-                None,
-            )
-            .await
+            let mut failed = Vec::new();
+            if let Some(cloud) = direct {
+                match trust::enroll(
+                    cloud.client(),
+                    cloud.base(),
+                    &parts.dir,
+                    &parts.key,
+                    &token,
+                    parts.role,
+                    &parts.hostname,
+                    None,
+                )
+                .await
+                {
+                    Ok(e) => return Ok(e),
+                    Err(e) => failed.push(format!("cloud: {e}")),
+                }
+            }
+            // No cloud, or not reachable from here: a connector on the LAN passes it on.
+            for url in enrollment_connectors(u).await {
+                match trust::enroll_through_connector(
+                    &url,
+                    u.timeout,
+                    &parts.dir,
+                    &parts.key,
+                    &token,
+                    parts.role,
+                    &parts.hostname,
+                )
+                .await
+                {
+                    Ok(e) => return Ok(e),
+                    Err(e) => failed.push(format!("through {url}: {e}")),
+                }
+            }
+            Err(trust::TrustError::Enroll(if failed.is_empty() {
+                "no uplink.cloud, uplink.connector or connector found by SSDP to enroll through".into()
+            } else {
+                failed.join("; ")
+            }))
         };
         match attempt.await {
             Ok(e) => return Some(e),
@@ -372,6 +396,19 @@ async fn enrolled(
             }
         }
     }
+}
+
+/// Connectors a hub not yet enrolled can try: the configured one, then those that answer SSDP.
+async fn enrollment_connectors(u: &uplink::UplinkConfig) -> Vec<String> {
+    let mut urls: Vec<String> = u.connector.iter().cloned().collect();
+    if u.discover {
+        match outpost_shared::ssdp::search(outpost_shared::ssdp::ST_CONNECTOR, u.discover_wait).await {
+            Ok(found) => urls.extend(found.into_iter().map(|f| f.location)),
+            Err(e) => tracing::warn!(error = %e, "SSDP search for a connector to enroll through failed"),
+        }
+    }
+    urls.dedup();
+    urls
 }
 
 pub fn system_hostname() -> String {

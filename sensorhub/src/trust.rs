@@ -116,6 +116,59 @@ pub async fn enroll(
         "token": token.trim(), "public_key": key.public().to_pem(), "role": role,
         "hostname": hostname, "lan_cert": lan_cert,
     });
+    send_enrollment(client, base, dir, key, &parsed, body).await
+}
+
+/// Enrolls through the connector at `base`, for a hub that reaches the cloud only through it. The
+/// connector is not known yet (no receipt, so no pin), so the token goes sealed to the cloud key
+/// the token names and bound to this machine's key; the receipt comes back signed by that cloud
+/// key. A rogue connector learns nothing it could use and cannot forge the answer.
+pub async fn enroll_through_connector(
+    base: &str,
+    timeout: std::time::Duration,
+    dir: &Path,
+    key: &KeyPair,
+    token: &str,
+    role: outpost_shared::model::Role,
+    hostname: &str,
+) -> Result<Enrollment, TrustError> {
+    let parsed = EnrollmentToken::parse(token.trim()).map_err(|e| TrustError::Token(e.to_string()))?;
+    let client = outpost_shared::keys::enrollment_https_client(timeout)
+        .map_err(|e| TrustError::Enroll(e.to_string()))?;
+    let base = base.trim_end_matches('/');
+    #[derive(serde::Deserialize)]
+    struct CloudKey {
+        public_key: String,
+    }
+    let resp =
+        client.get(format!("{base}/v1/cloud-key")).send().await.map_err(|e| {
+            TrustError::Enroll(format!("connector {base}: {}", outpost_shared::error_chain(&e)))
+        })?;
+    let cloud: CloudKey =
+        resp.json().await.map_err(|e| TrustError::Enroll(format!("connector {base}: no cloud key: {e}")))?;
+    // A connector that offers its own key instead of the cloud's gets nothing sealed to it.
+    let cloud_key = PublicKey::from_pem(&cloud.public_key)
+        .and_then(|k| k.expect_fingerprint(&parsed.cloud_key))
+        .map_err(|e| {
+            TrustError::Enroll(format!("connector {base} offers a cloud key the token does not name: {e}"))
+        })?;
+    let sealed = outpost_shared::keys::seal_token(&cloud_key, &parsed, key.machine_id())
+        .map_err(|e| TrustError::Enroll(e.to_string()))?;
+    let body = serde_json::json!({
+        "sealed_token": sealed, "public_key": key.public().to_pem(), "role": role, "hostname": hostname,
+    });
+    send_enrollment(&client, base, dir, key, &parsed, body).await
+}
+
+/// Posts an enrollment request and accepts the answer only if the cloud the token names signed it.
+async fn send_enrollment(
+    client: &reqwest::Client,
+    base: &str,
+    dir: &Path,
+    key: &KeyPair,
+    token: &EnrollmentToken,
+    body: serde_json::Value,
+) -> Result<Enrollment, TrustError> {
     let resp = client
         .post(format!("{}/v1/enroll", base.trim_end_matches('/')))
         .json(&body)
@@ -128,9 +181,9 @@ pub async fn enroll(
         return Err(TrustError::Enroll(format!("{status}: {msg}")));
     }
     let answer: Answer = resp.json().await.map_err(|e| TrustError::Enroll(e.to_string()))?;
-    let e = accept(dir, key, answer, &parsed.cloud_key)?;
+    let e = accept(dir, key, answer, &token.cloud_key)?;
     let _ = std::fs::remove_file(dir.join(TOKEN_FILE));
-    tracing::info!(machine_id = %key.machine_id(), network = %e.receipt.network_id, "enrolled");
+    tracing::info!(machine_id = %key.machine_id(), network = %e.receipt.network_id, via = %base, "enrolled");
     Ok(e)
 }
 

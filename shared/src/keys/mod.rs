@@ -36,13 +36,15 @@ pub use document::{
 };
 pub use error::{CommandRefused, DocumentError, KeyError, SealError, TokenError, VerifyError};
 pub use machine::{KeyPair, MachineId, PublicKey, KEY_BITS};
-pub use pinning::{pinned_client_config, pinned_https_client, CertFingerprint, PinnedCertVerifier};
+pub use pinning::{
+    enrollment_https_client, pinned_client_config, pinned_https_client, CertFingerprint, PinnedCertVerifier,
+};
 pub use request::{
     sign_request, verify_request, SignedHeaders, DEFAULT_MAX_SKEW, HEADER_MACHINE, HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
 };
 pub use sealed::{is_sealed, seal, unseal, Secret};
-pub use token::{hash_token_secret, token_secret_matches, EnrollmentToken};
+pub use token::{hash_token_secret, seal_token, token_secret_matches, unseal_token, EnrollmentToken};
 
 /// SHA-256 of `bytes`, as an array (the one hash every module here uses).
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {

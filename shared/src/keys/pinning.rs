@@ -70,15 +70,20 @@ impl std::str::FromStr for CertFingerprint {
     }
 }
 
-/// Accepts a server certificate if and only if its fingerprint is the pinned one.
+/// Accepts a server certificate if and only if its fingerprint is the pinned one; with no pin,
+/// any certificate (see [`enrollment_https_client`] for the one place that is right).
 #[derive(Debug)]
 pub struct PinnedCertVerifier {
-    pinned: CertFingerprint,
+    pinned: Option<CertFingerprint>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedCertVerifier {
     pub fn new(pinned: CertFingerprint) -> PinnedCertVerifier {
+        Self::with_pin(Some(pinned))
+    }
+
+    fn with_pin(pinned: Option<CertFingerprint>) -> PinnedCertVerifier {
         PinnedCertVerifier {
             pinned,
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
@@ -121,12 +126,12 @@ impl ServerCertVerifier for PinnedCertVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let presented = CertFingerprint::of_der(end_entity);
-        if presented == self.pinned {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-                PinMismatch { presented, pinned: self.pinned },
-            )))))
+        match self.pinned {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(pinned) if presented == pinned => Ok(ServerCertVerified::assertion()),
+            Some(pinned) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(PinMismatch { presented, pinned })),
+            ))),
         }
     }
 
@@ -155,12 +160,16 @@ impl ServerCertVerifier for PinnedCertVerifier {
 
 /// A TLS 1.3 client configuration that trusts exactly the pinned certificate.
 pub fn pinned_client_config(pinned: CertFingerprint) -> Arc<rustls::ClientConfig> {
+    client_config(Some(pinned))
+}
+
+fn client_config(pinned: Option<CertFingerprint>) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(pinned)))
+        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::with_pin(pinned)))
         .with_no_client_auth();
     Arc::new(cfg)
 }
@@ -170,8 +179,26 @@ pub fn pinned_https_client(
     pinned: CertFingerprint,
     timeout: std::time::Duration,
 ) -> Result<reqwest::Client, crate::tls::TlsError> {
+    https_client(Some(pinned), timeout)
+}
+
+/// An HTTPS client for enrolling through a connector, which accepts any certificate: before its
+/// receipt a hub has no pin yet. That is safe only because of what crosses it: the token is sealed
+/// to the cloud key whose fingerprint the token carries, bound to the hub's own key, and the
+/// receipt comes back signed by that cloud key. A rogue connector sees ciphertext and can neither
+/// use the token for another key nor forge the receipt. Use it for nothing else.
+pub fn enrollment_https_client(
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, crate::tls::TlsError> {
+    https_client(None, timeout)
+}
+
+fn https_client(
+    pinned: Option<CertFingerprint>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, crate::tls::TlsError> {
     reqwest::Client::builder()
-        .use_preconfigured_tls((*pinned_client_config(pinned)).clone())
+        .use_preconfigured_tls((*client_config(pinned)).clone())
         .https_only(true)
         .timeout(timeout)
         .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))

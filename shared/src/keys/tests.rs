@@ -628,3 +628,17 @@ mod tls_pinning {
         assert!(err.to_string().contains("BadSignature"), "{err}");
     }
 }
+
+#[test]
+fn a_sealed_token_opens_only_for_the_cloud_and_only_for_the_machine_that_sealed_it() {
+    let token = EnrollmentToken::generate("plant", cloud().machine_id().clone(), t0() + secs(3600)).unwrap();
+    let sealed = seal_token(cloud().public(), &token, machine_a().machine_id()).unwrap();
+    assert!(!sealed.contains(&token.encode()), "the connector on the way sees ciphertext");
+    assert_eq!(unseal_token(cloud(), &sealed, machine_a().machine_id()).unwrap(), token.encode());
+    // Copied into a request for another key: refused.
+    let e = unseal_token(cloud(), &sealed, machine_b().machine_id()).unwrap_err();
+    assert!(e.to_string().contains("another machine key"), "{e}");
+    // Sealing to a key the token does not name (a rogue connector's "cloud key") is refused.
+    assert!(seal_token(machine_b().public(), &token, machine_a().machine_id()).is_err());
+    assert!(unseal_token(machine_b(), &sealed, machine_a().machine_id()).is_err());
+}

@@ -143,3 +143,50 @@ pub fn hash_token_secret(secret: &str) -> String {
 pub fn token_secret_matches(stored_hash: &str, presented: &EnrollmentToken) -> bool {
     super::constant_time_eq(stored_hash.as_bytes(), presented.secret_hash().as_bytes())
 }
+
+/// What a machine seals to the cloud key when it enrolls through a connector: the token, bound to
+/// the key that enrolls with it. The connector carries ciphertext only; and since the machine id
+/// inside must match the public key sent alongside, a connector that copies the sealed token into
+/// a request of its own gets refused.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedEnrollment {
+    token: String,
+    machine_id: MachineId,
+}
+
+/// Seals `token` for `cloud` (the key whose fingerprint the token names), bound to `machine`.
+pub fn seal_token(
+    cloud: &super::PublicKey,
+    token: &EnrollmentToken,
+    machine: &MachineId,
+) -> Result<String, super::SealError> {
+    if cloud.machine_id() != &token.cloud_key {
+        return Err(super::SealError::Malformed(format!(
+            "key {} is not the cloud key {} the token names",
+            cloud.machine_id(),
+            token.cloud_key
+        )));
+    }
+    let plain =
+        serde_json::to_string(&SealedEnrollment { token: token.encode(), machine_id: machine.clone() })
+            .expect("serialises");
+    super::seal(cloud, &plain)
+}
+
+/// Opens a token sealed by [`seal_token`] and checks it was sealed by the machine `enrolling`.
+pub fn unseal_token(
+    cloud: &super::KeyPair,
+    sealed: &str,
+    enrolling: &MachineId,
+) -> Result<String, TokenError> {
+    let plain =
+        super::unseal(cloud, sealed).map_err(|e| TokenError::Malformed(format!("sealed token: {e}")))?;
+    let inner: SealedEnrollment = serde_json::from_str(plain.expose())
+        .map_err(|e| TokenError::Malformed(format!("sealed token: {e}")))?;
+    if &inner.machine_id != enrolling {
+        return Err(TokenError::Malformed(
+            "the sealed token was sealed for another machine key; it cannot be reused".into(),
+        ));
+    }
+    Ok(inner.token)
+}
