@@ -1,6 +1,10 @@
 //! The one `outpost` binary. Thin on purpose: parse arguments, set up logging, load config, call a
 //! library's `run`. Every role's logic lives in its crate.
 
+#![deny(unsafe_code)]
+
+mod footprint;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use outpost_shared::config::{ConfigError, EXIT_CONFIG};
@@ -200,6 +204,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// The sensorhub's runtime, sized for an agent that should go unnoticed on the machine it watches:
+/// two workers, and blocking threads (sensor reads, buffer writes) that end soon after a sampling
+/// round instead of idling with their stacks for ten seconds. The cap is generous on purpose: a
+/// sensor stuck in the kernel (a dead network mount) holds its thread, and the rest must go on.
+fn hub_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn load<T: serde::de::DeserializeOwned + outpost_shared::config::Validate + Default>(
     path: Option<&Path>,
 ) -> Result<T, ConfigError> {
@@ -257,7 +275,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sensorhub { config: path } => {
             let mut config: outpost_sensorhub::HubConfig = load(path.as_deref())?;
             config.config_path = path;
-            runtime()?.block_on(as_service(outpost_sensorhub::run(config, stop_signal())))?;
+            // By then sensors, uplink and command channel have all run once.
+            footprint::release_startup_code_after(std::time::Duration::from_secs(30));
+            hub_runtime()?.block_on(as_service(outpost_sensorhub::run(config, stop_signal())))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Connector { config } => {
