@@ -61,3 +61,17 @@ fn installed_configs_pass_config_check_for_every_role() {
         );
     }
 }
+
+#[test]
+fn a_connector_without_a_cloud_is_refused_before_anything_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["install", "--role", "connector", "--root"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cloud"), "says what is missing: {err}");
+    assert!(!root.path().join("etc/outpost/connector.toml").exists(), "nothing was written");
+}

@@ -115,6 +115,23 @@ pub(crate) struct Uplink {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// A hub can do without a cloud URL (it finds a connector); a connector has no one else to forward
+/// to and would only fill its buffer. Refused while planning, before anything is changed.
+pub(crate) fn require_cloud_for_connector(role: Role, config_text: &str) -> Result<(), InstallError> {
+    if role != Role::Connector {
+        return Ok(());
+    }
+    let table: toml::Table = toml::from_str(config_text).unwrap_or_default();
+    match config_edit::find_cloud(&table) {
+        Some(_) => Ok(()),
+        None => Err(InstallError::Usage(
+            "a connector forwards to a cloud: give --cloud URL (with --enroll TOKEN for a new connector), \
+             or set [cloud] url in the config"
+                .into(),
+        )),
+    }
+}
+
 /// The checks every platform makes before it changes anything: role and flags fit together, the
 /// token parses, the cloud URL is HTTPS and the cloud answers its health check.
 pub(crate) fn check_uplink(args: &InstallArgs, host: &mut Host<'_>) -> Result<Option<Uplink>, InstallError> {
@@ -269,6 +286,7 @@ pub fn plan_install(
             text
         }
     };
+    require_cloud_for_connector(role, &installed_config)?;
     if let Some(pem) = uplink.as_ref().and_then(|u| u.ca_pem.clone()) {
         p.write_if_changed(CLOUD_CA_FILE, pem, 0o644, Owner::Root);
     }

@@ -36,6 +36,10 @@ fn failing_keygen() -> Result<KeyPair, KeyError> {
 fn default_config(role: Role) -> Result<String, String> {
     Ok(match role {
         Role::Cloud => "# Outpost cloud\nlisten = \"0.0.0.0:443\"\ndata_dir = \"./cloud-data\"\n".to_string(),
+        Role::Connector => {
+            "# Outpost connector\ndata_dir = \"./data\"\n\n[cloud]\nurl = \"https://cloud.example\"\n"
+                .to_string()
+        }
         _ => format!(
             "# Outpost {role}\nname = \"{role}\"\n# keys and buffer\ndata_dir = \"./data\"\n\n[uplink]\n\
              # cloud = \"https://cloud.example\"\nfallback_after = \"5m\"\n"

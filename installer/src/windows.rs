@@ -8,7 +8,9 @@
 #![allow(unsafe_code)] // only inside `define_windows_service!`
 
 use crate::args::{InstallArgs, UninstallArgs};
-use crate::install::{check_uplink, fresh_config, same_contents, DefaultConfigFn, Host};
+use crate::install::{
+    check_uplink, fresh_config, require_cloud_for_connector, same_contents, DefaultConfigFn, Host,
+};
 use crate::layout::{KEY_FILE, TOKEN_FILE};
 use crate::plan::{Action, Apply, Owner, Plan, Step};
 use crate::{InstallError, Role};
@@ -142,11 +144,14 @@ pub fn install(
     ));
     let config = config_path(role);
     if config.exists() {
+        let text = std::fs::read_to_string(&config).map_err(InstallError::io(&config))?;
+        require_cloud_for_connector(role, &text)?;
         plan.push(Step::note(format!("kept existing config {}", config.display())));
     } else {
         let data = data_dir(role).display().to_string();
         let ca = base_dir().join("cloud-ca.pem").display().to_string();
         let (text, notes) = fresh_config(args, default_config, &data, uplink.as_ref(), &ca)?;
+        require_cloud_for_connector(role, &text)?;
         let mut step = Step::write_file(config.clone(), text.into_bytes(), 0o600, Owner::Service, false);
         step.done = format!("{}: {}", step.done, notes.join(", "));
         plan.push(step);
