@@ -185,7 +185,10 @@ async fn collect(
         }
         return Ok((Vec::new(), None));
     }
-    Ok((seqs, Some(ForwardEnvelope { connector: sh.machine_id.clone(), batches, unattached })))
+    Ok((
+        seqs,
+        Some(ForwardEnvelope { connector: sh.machine_id.clone(), batches, unattached, mailed: Vec::new() }),
+    ))
 }
 
 async fn send(

@@ -39,7 +39,7 @@ pub struct AppState {
     events: broadcast::Sender<LiveEvent>,
     /// State changes for the alert mailer, when mail is configured. Never waited on: ingest
     /// must not slow down because a mail server is slow.
-    alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::StateChange>>,
+    alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>>,
 }
 
 impl AppState {
@@ -54,7 +54,7 @@ impl AppState {
         AppState { store, admin_token: admin_token.into(), trust, commands, config, events, alerts: None }
     }
 
-    pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::StateChange>) -> Self {
+    pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>) -> Self {
         self.alerts = Some(tx);
         self
     }
@@ -332,7 +332,7 @@ async fn take_batch(
                 message: l.message.clone(),
                 ts: l.ts,
             };
-            if tx.try_send(change).is_err() {
+            if tx.try_send(outpost_shared::mail::AlertEvent::Change(change)).is_err() {
                 tracing::warn!(machine = %m.id, sensor = %l.sensor, "alert queue full; state change not mailed");
             }
         }

@@ -75,6 +75,16 @@ pub struct IngestOutcome {
     pub machine: Option<MachineInfo>,
 }
 
+/// One raw reading of a period, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodReading {
+    pub sensor: String,
+    pub ts: DateTime<Utc>,
+    pub value: Value,
+    pub unit: Option<String>,
+    pub state: State,
+}
+
 /// What one retention pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CompactOutcome {
@@ -262,6 +272,36 @@ impl Store {
                 value: raw.v,
                 state: raw.s,
             });
+        }
+        Ok(out)
+    }
+
+    /// Every raw reading of one machine taken in `[from, until)`, all sensors, by sensor then seq,
+    /// at most `limit` (for the periodic report's CSV). Blocking.
+    pub fn period(
+        &self,
+        machine: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PeriodReading>, CloudError> {
+        let mut prefix = machine.as_bytes().to_vec();
+        prefix.push(0);
+        let (lo, hi) = (ts_ms(from), ts_ms(until));
+        let mut out = Vec::new();
+        for item in self.raw.scan_prefix(&prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let ts = be64(&v);
+            if ts < lo || ts >= hi {
+                continue;
+            }
+            // key: machine \0 sensor \0 seq(8)
+            let sensor = String::from_utf8_lossy(&k[prefix.len()..k.len() - 9]).into_owned();
+            let raw: RawValue = serde_json::from_slice(&v[8..]).map_err(|e| corrupt("raw reading", e))?;
+            out.push(PeriodReading { sensor, ts: from_ms(ts), value: raw.v, unit: raw.u, state: raw.s });
         }
         Ok(out)
     }
