@@ -196,3 +196,82 @@ fn the_periodic_report_arrives_with_states_and_the_period_readings_as_csv() {
     assert!(report.contains("\"outpost-default-") && report.contains(".csv\""), "{report}");
     drop(hub);
 }
+
+/// Writes a connector config (loopback only, no SSDP, quick retries) plus `extra` TOML and starts
+/// it; returns the process and its LAN API port.
+fn start_connector(dir: &Path, cloud: &CloudProc, extra: &str) -> (Proc, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let config = dir.join("connector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nmonitor_self = false\n\n[cloud]\nurl = \"{}\"\n\
+             ca_file = \"{}\"\nenroll_token = \"{}\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\n\n\
+             [ssdp]\nadvertise = false\nsearch_hubs = false\n\n{extra}\n",
+            dir.join("data").display(),
+            cloud.url(),
+            cloud.ca().display(),
+            cloud.enroll_token()
+        ),
+    )
+    .unwrap();
+    let proc = Proc::start(&["connector", "--config", config.to_str().unwrap()], &dir.join("connector.log"));
+    (proc, port)
+}
+
+/// A hub sending through the connector on `port`.
+fn start_hub_behind(dir: &Path, cloud: &CloudProc, port: u16, extra: &str) -> (Proc, String) {
+    let uplink = format!("connector = \"https://127.0.0.1:{port}\"\n");
+    let hub = start_hub(dir, &hub_config_with(dir, cloud, extra, &uplink));
+    let id = machine_id(dir);
+    wait_until(Duration::from_secs(60), "the hub sends through the connector", || {
+        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| {
+            m["id"] == id.as_str() && m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:"))
+        })
+    });
+    (hub, id)
+}
+
+#[test]
+fn while_the_cloud_is_down_the_connector_mails_the_alert_and_the_cloud_does_not_repeat_it() {
+    if !aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, ca) = mail_server(dir.path());
+    let mut cloud = CloudProc::start_on(
+        &dir.path().join("cloud"),
+        free_port(),
+        &mail_toml(&smtp, &ca, "report_at = \"off\""),
+    );
+    let (connector, port) = start_connector(
+        &dir.path().join("connector"),
+        &cloud,
+        &format!("{}\n[outage_alerts]\nafter = \"2s\"\n", mail_toml(&smtp, &ca, "")),
+    );
+    let state = dir.path().join("valve-state");
+    let (hub, id) = start_hub_behind(&dir.path().join("hub"), &cloud, port, &valve_sensor(&state));
+    wait_sensor(&cloud, &id, "cmd.valve", "ok");
+
+    cloud.stop();
+    std::fs::write(&state, "2").unwrap();
+    let alert = wait_mail(&smtp, &["Subject: [Outpost connector] ERROR ", ": cmd.valve (was ok)"]);
+    assert!(alert.contains("could not reach the cloud"), "the mail says who sent it and why: {alert}");
+    assert!(connector.log_text().contains("the connector mails alerts itself"), "{}", connector.log_text());
+
+    // The cloud comes back and gets the readings the connector held: it shows the error but does
+    // not mail it again; the recovery after that is the cloud's to mail.
+    cloud.restart();
+    wait_sensor(&cloud, &id, "cmd.valve", "error");
+    wait_until(Duration::from_secs(30), "the connector hands alerts back", || {
+        connector.log_text().contains("cloud reachable again")
+    });
+    std::fs::write(&state, "0").unwrap();
+    let ok = wait_mail(&smtp, &["Subject: [Outpost] OK again ", ": cmd.valve (was error)"]);
+    assert!(!ok.contains("could not reach the cloud"), "sent by the cloud: {ok}");
+    let errors = mails_with(&smtp, &["ERROR", ": cmd.valve (was ok)"]);
+    assert_eq!(errors.len(), 1, "the error was mailed once, by the connector: {errors:#?}");
+    drop(hub);
+    drop(connector);
+}

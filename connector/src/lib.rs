@@ -9,6 +9,7 @@
 pub mod config;
 pub mod forward;
 pub mod lan;
+pub mod mail;
 mod record;
 
 pub use config::ConnectorConfig;
@@ -36,6 +37,8 @@ pub enum ConnectorError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}; is another connector running?")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("mail: {0}")]
+    Mail(String),
 }
 
 /// What the LAN side and the forwarder share.
@@ -53,6 +56,12 @@ pub(crate) struct Shared {
     pub attached: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
     pub forward_wake: tokio::sync::Notify,
     pub unattached: Mutex<Vec<outpost_shared::model::UnattachedHub>>,
+    /// The hubs' latest sensor states and the outage alerts, with `[mail]`.
+    pub watch: Option<Arc<mail::Watch>>,
+    /// Held shared by an intake from taking a batch into custody until its outage notes are
+    /// written, and exclusively by the forwarder while it picks batches and notes: a forward never
+    /// carries a batch without the notes about its changes (see [`mail::outage`]).
+    pub custody: tokio::sync::RwLock<()>,
 }
 
 /// A running connector.
@@ -116,6 +125,9 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
 
     let cloud_client =
         outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), Duration::from_secs(40))?;
+    let shutdown = CancellationToken::new();
+    let hostname = outpost_sensorhub::system_hostname();
+    let mail = mail::start(&config, &key, dir, &hostname, &shutdown)?;
     let shared = Arc::new(Shared {
         machine_id: machine_id.clone(),
         key: key.clone(),
@@ -127,8 +139,9 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         attached: Mutex::new(HashMap::new()),
         forward_wake: tokio::sync::Notify::new(),
         unattached: Mutex::new(Vec::new()),
+        watch: mail.as_ref().map(|m| m.watch.clone()),
+        custody: tokio::sync::RwLock::new(()),
     });
-    let shutdown = CancellationToken::new();
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
     listener
@@ -144,7 +157,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         shared.clone(),
         client,
         config.cloud.clone(),
-        forward::Enroll { dir: dir.clone(), lan_cert, hostname: outpost_sensorhub::system_hostname() },
+        forward::Enroll { dir: dir.clone(), lan_cert, hostname: hostname.clone() },
         shutdown.clone(),
     )));
 

@@ -393,6 +393,21 @@ async fn forward(
         Ok(e) => e,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}")),
     };
+    // Changes the connector mailed about during an outage are taken as told before its batches
+    // bring them, so they are not mailed a second time.
+    if let Some(tx) = &st.alerts {
+        for m in env.mailed {
+            match st.trust.machine_key(&m.machine_id) {
+                Ok(Some(k)) if k.network_id == connector.network_id => {
+                    if tx.try_send(outpost_shared::mail::AlertEvent::Told(m)).is_err() {
+                        tracing::warn!("alert queue full; a connector's outage note is lost");
+                    }
+                }
+                _ => tracing::warn!(connector = %connector.machine_id, machine = %m.machine_id,
+                    "outage note about a machine outside the connector's network ignored"),
+            }
+        }
+    }
     let via = format!("{peer} via connector {}", connector.machine_id);
     let mut results = Vec::with_capacity(env.batches.len());
     for fb in &env.batches {
