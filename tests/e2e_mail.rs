@@ -275,3 +275,158 @@ fn while_the_cloud_is_down_the_connector_mails_the_alert_and_the_cloud_does_not_
     drop(hub);
     drop(connector);
 }
+
+/// Runs `outpost ARGS`, returns its standard output (it must succeed).
+fn outpost(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "outpost {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Sends one mail with Python's smtplib (`tests/mail/send_command.py ARGS`); its one-line verdict.
+fn send_mail(port: u16, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mail/send_command.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "send_command.py: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The code of `secret` at `offset` seconds from now.
+fn code_in(secret: &str, offset: u64) -> String {
+    use outpost_connector::mail::gateway::totp;
+    let now = chrono::Utc::now().timestamp() as u64;
+    totp::code_at(&totp::decode_secret(secret).unwrap(), now + offset)
+}
+
+#[test]
+fn a_mail_command_switches_a_relay_only_from_the_right_sender_address_and_code() {
+    if !aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, ca) = mail_server(dir.path());
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let ops_secret = outpost(&["mail-code", "--new", "--account", "ops@example.org"], None);
+    let ops_secret = ops_secret.lines().next().unwrap().to_string();
+    let viewer_secret = outpost(&["mail-code", "--new"], None).lines().next().unwrap().to_string();
+    let gateway = free_port();
+    let connector_dir = dir.path().join("connector");
+    let (connector, port) = start_connector(
+        &connector_dir,
+        &cloud,
+        &format!(
+            "{}\n[mail_commands]\nenabled = true\nlisten = \"127.0.0.1:{gateway}\"\nallow_from = [\"127.0.0.1/32\"]\n\n\
+             [[mail_commands.sender]]\naddress = \"ops@example.org\"\nsecret = \"{ops_secret}\"\nwrite = true\n\n\
+             [[mail_commands.sender]]\naddress = \"viewer@example.org\"\nsecret = \"{viewer_secret}\"\n",
+            mail_toml(&smtp, &ca, "")
+        ),
+    );
+    // The cards run in this process; the hub opens the pseudo-terminal through the link.
+    let link = dir.path().join("ttyRELAY0");
+    let sim = outpost_sensorhub::relay::run_simulator(1, Some(link.clone())).unwrap();
+    let relay_cfg = format!(
+        "[[sensor]]\nkind = \"memory\"\ninterval = \"1h\"\n\n[relay]\nport = \"{}\"\npoll_interval = \"300ms\"\n",
+        link.display()
+    );
+    let (hub, id) = start_hub_behind(&dir.path().join("hub"), &cloud, port, &relay_cfg);
+    wait_sensor(&cloud, &id, "relay.1.k2", "ok");
+    wait_until(Duration::from_secs(30), "the mail gateway listens", || {
+        connector.log_text().contains("mail commands: listening")
+    });
+    let refused = |reason: &str| {
+        wait_until(Duration::from_secs(30), &format!("the connector logs the refusal `{reason}`"), || {
+            connector.log_text().lines().any(|l| l.contains("mail command") && l.contains(reason))
+        })
+    };
+    let connector_ca = connector_dir.join("data/tls/ca.pem");
+
+    // STATUS from a read-only sender, over STARTTLS: a status mail from what the connector holds.
+    let status = format!("STATUS {}", code_in(&viewer_secret, 0));
+    let tls_ca = connector_ca.to_str().unwrap();
+    let verdict = send_mail(
+        gateway,
+        &["--sender", "viewer@example.org", "--subject", &status, "--starttls-ca", tls_ca],
+    );
+    assert_eq!(verdict, "SENT");
+    let answer = wait_mail(&smtp, &["RCPT viewer@example.org", "Subject: [Outpost] STATUS"]);
+    assert!(answer.contains(&id) && answer.contains("relay.1.k2"), "{answer}");
+
+    // RELAY from the sender with write permission: the card switches, the answer says done, the
+    // cloud's audit trail names the sender.
+    let raw = dir.path().join("relay-on.eml");
+    let relay_on = format!("RELAY {id} 1 2 ON {}", code_in(&ops_secret, 0));
+    let verdict = send_mail(
+        gateway,
+        &["--sender", "ops@example.org", "--subject", &relay_on, "--save", raw.to_str().unwrap()],
+    );
+    assert_eq!(verdict, "SENT");
+    wait_until(Duration::from_secs(60), "the relay switched on", || sim.states(1) == 0b10);
+    wait_mail(&smtp, &["RCPT ops@example.org", &format!("Subject: [Outpost] RELAY {id} 1 2 ON: done")]);
+    let audit = cloud.api(&format!("/v1/audit?machine={id}"));
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["who"].as_str().unwrap_or("").starts_with("mail:ops@example.org via connector ")),
+        "{audit}"
+    );
+
+    // Someone switches it off at the card; then every bad mail must leave it off.
+    sim.set_states(1, 0);
+    wait_until(Duration::from_secs(30), "the cloud sees the relay off", || {
+        let s = cloud.api(&format!("/v1/machines/{id}/sensors"));
+        s.as_array().unwrap().iter().any(|s| s["sensor"] == "relay.1.k2" && s["value"] == false)
+    });
+
+    // The same mail again (replayed): refused, and its sender is told.
+    assert_eq!(send_mail(gateway, &["--sender", "ops@example.org", "--raw", raw.to_str().unwrap()]), "SENT");
+    refused("already used");
+    wait_mail(&smtp, &["RCPT ops@example.org", "Subject: [Outpost] Mail command refused", "already used"]);
+
+    // A wrong code.
+    let right: Vec<String> = [0, 30, 60, 90].iter().map(|o| code_in(&ops_secret, *o)).collect();
+    let wrong = (0..1_000_000).map(|n| format!("{n:06}")).find(|c| !right.contains(c)).unwrap();
+    let verdict = send_mail(
+        gateway,
+        &["--sender", "ops@example.org", "--subject", &format!("RELAY {id} 1 3 ON {wrong}")],
+    );
+    assert_eq!(verdict, "SENT");
+    refused("wrong code");
+
+    // A read-only sender asking to switch (with a fresh, valid code).
+    let viewer_relay = format!("RELAY {id} 1 4 ON {}", code_in(&viewer_secret, 30));
+    assert_eq!(send_mail(gateway, &["--sender", "viewer@example.org", "--subject", &viewer_relay]), "SENT");
+    refused("no write permission");
+
+    // An unknown sender is refused at MAIL FROM; a client outside allow_from at the greeting.
+    let stranger = format!("RELAY {id} 1 5 ON {}", code_in(&ops_secret, 30));
+    let verdict = send_mail(gateway, &["--sender", "stranger@example.org", "--subject", &stranger]);
+    assert!(verdict.starts_with("REFUSED 550"), "{verdict}");
+    refused("unknown sender");
+    let verdict =
+        send_mail(gateway, &["--source", "127.0.0.2", "--sender", "ops@example.org", "--subject", &stranger]);
+    assert!(verdict.starts_with("REFUSED 554"), "{verdict}");
+    refused("outside mail_commands.allow_from");
+
+    assert_eq!(sim.states(1), 0, "no refused mail moved a relay");
+    for line in connector.log_text().lines().filter(|l| l.contains("mail command")) {
+        eprintln!("{line}");
+    }
+    drop(hub);
+    drop(connector);
+}

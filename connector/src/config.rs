@@ -35,6 +35,8 @@ pub struct ConnectorConfig {
     pub mail: Option<outpost_shared::mail::MailConfig>,
     /// `[outage_alerts]`: when the connector mails alerts itself.
     pub outage_alerts: crate::mail::config::OutageAlerts,
+    /// `[mail_commands]`: commands by mail (off by default).
+    pub mail_commands: crate::mail::config::MailCommands,
 }
 
 /// `[cloud]`: where the connector forwards to, over outbound HTTPS only.
@@ -93,6 +95,7 @@ impl Default for ConnectorConfig {
             monitor_self: true,
             mail: None,
             outage_alerts: Default::default(),
+            mail_commands: Default::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ impl Validate for ConnectorConfig {
             m.check("mail", problems);
         }
         self.outage_alerts.check(problems);
+        self.mail_commands.check(self.mail.is_some(), problems);
         outpost_sensorhub::sensors::validate_sensors(&self.sensors, problems);
     }
 }

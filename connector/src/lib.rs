@@ -71,6 +71,8 @@ pub struct Connector {
     pub addr: SocketAddr,
     /// The CA hubs must trust for the LAN API.
     pub ca_file: PathBuf,
+    /// Where the mail command gateway listens, when enabled.
+    pub mail_commands: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     hub: Option<outpost_sensorhub::Hub>,
@@ -149,6 +151,10 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
     let addr =
         listener.local_addr().map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
+    let mail_commands = match &mail {
+        Some(side) => mail::start_gateway(&config, side, &key, tls.clone(), &hostname, &shutdown).await?,
+        None => None,
+    };
     let mut tasks = vec![lan::serve(listener, tls, shared.clone(), shutdown.clone())];
 
     let client = outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), config.cloud.timeout)?;
@@ -195,7 +201,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
     } else {
         None
     };
-    Ok(Connector { machine_id, addr, ca_file: certs.ca, shutdown, tasks, hub })
+    Ok(Connector { machine_id, addr, ca_file: certs.ca, mail_commands, shutdown, tasks, hub })
 }
 
 /// The SSDP side: announce this connector, and look for hubs that are not attached.

@@ -2,11 +2,15 @@
 //!
 //! - [`outage`]: the connector watches the readings it takes into custody and, while the cloud
 //!   is unreachable, mails the alerts itself ([`Watch`]), without the cloud mailing them again.
-//! - [`config`]: `[outage_alerts]`; the server and recipients are the shared `[mail]` table.
+//! - [`gateway`]: commands by mail (`[mail_commands]`): an SMTP listener on the LAN, TOTP codes,
+//!   replay memory, answers by mail; relay commands are issued by the cloud.
+//! - [`config`]: `[outage_alerts]`, `[mail_commands]`; the server and recipients are the shared
+//!   `[mail]` table.
 //!
 //! Mails go through a durable outbox in `<data_dir>/mail-outbox` and the LAN mail server.
 
 pub mod config;
+pub mod gateway;
 pub mod outage;
 
 pub use outage::Watch;
@@ -21,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// The mail side of a running connector.
 pub(crate) struct MailSide {
     pub watch: Arc<Watch>,
+    pub outbox: Outbox,
 }
 
 /// Starts the outbox sender, the alerter and the outage timer from the config; `None` when the
@@ -58,10 +63,43 @@ pub(crate) fn start(
         None
     };
     let watch = Arc::new(
-        Watch::new(config.outage_alerts.after, alerts_tx, Some(outbox)).map_err(|e| err(e.to_string()))?,
+        Watch::new(config.outage_alerts.after, alerts_tx, Some(outbox.clone()))
+            .map_err(|e| err(e.to_string()))?,
     );
     let timer = watch.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { timer.run_timer(stop).await });
-    Ok(Some(MailSide { watch }))
+    Ok(Some(MailSide { watch, outbox }))
+}
+
+/// Starts the mail command gateway when `[mail_commands]` is enabled; returns the address it
+/// listens on. `tls` is the LAN certificate's config, offered with STARTTLS.
+pub(crate) async fn start_gateway(
+    config: &ConnectorConfig,
+    side: &MailSide,
+    key: &Arc<KeyPair>,
+    tls: Arc<rustls::ServerConfig>,
+    hostname: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<std::net::SocketAddr>, ConnectorError> {
+    let cfg = &config.mail_commands;
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let err = |e: String| ConnectorError::Mail(e);
+    let cloud = match &config.cloud.url {
+        Some(url) => Some(gateway::CloudLink {
+            client: outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), config.cloud.timeout)?,
+            base: url.trim_end_matches('/').to_string(),
+            key: key.clone(),
+        }),
+        None => None,
+    };
+    let gw =
+        gateway::Gateway::new(cfg, key, side.outbox.clone(), side.watch.clone(), cloud, hostname.to_string())
+            .map_err(|e| err(e.to_string()))?;
+    let addr = gateway::start(cfg, gw, Some(tls), hostname.to_string(), shutdown.clone())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Ok(Some(addr))
 }

@@ -266,10 +266,15 @@ impl MailConfig {
 
 fn check_addresses(list: &[String], key: &str, problems: &mut Vec<Problem>) {
     for a in list {
-        if let Err(e) = a.parse::<lettre::message::Mailbox>() {
+        if let Err(e) = check_address(a) {
             problems.push(Problem::new(key, format!("`{a}` is not a mail address: {e}")));
         }
     }
+}
+
+/// Whether `a` is a mail address (`name <local@domain>` or `local@domain`); the reason if not.
+pub fn check_address(a: &str) -> Result<(), String> {
+    a.parse::<lettre::message::Mailbox>().map(|_| ()).map_err(|e| e.to_string())
 }
 
 impl Validate for MailConfig {
