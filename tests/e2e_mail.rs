@@ -131,22 +131,34 @@ fn attachments(msg: &str) -> Vec<String> {
     out
 }
 
+/// A mail server, a cloud mailing to it (`mail_extra`: more `[mail]` keys) and a hub sending to
+/// the cloud directly, with the valve sensor.
+struct Direct {
+    smtp: SmtpServer,
+    cloud: CloudProc,
+    hub: Proc,
+    id: String,
+    /// The valve's exit code file.
+    state: PathBuf,
+}
+
+fn cloud_with_valve_hub(dir: &Path, mail_extra: &str) -> Direct {
+    let (smtp, ca) = mail_server(dir);
+    let cloud = CloudProc::start_on(&dir.join("cloud"), free_port(), &mail_toml(&smtp, &ca, mail_extra));
+    let hub_dir = dir.join("hub");
+    let state = dir.join("valve-state");
+    let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &valve_sensor(&state)));
+    let id = machine_id(&hub_dir);
+    Direct { smtp, cloud, hub, id, state }
+}
+
 #[test]
 fn a_sensor_going_bad_on_a_hub_is_mailed_by_the_cloud_and_so_is_its_recovery() {
     if !aiosmtpd_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (smtp, ca) = mail_server(dir.path());
-    let cloud = CloudProc::start_on(
-        &dir.path().join("cloud"),
-        free_port(),
-        &mail_toml(&smtp, &ca, "report_at = \"off\""),
-    );
-    let hub_dir = dir.path().join("hub");
-    let state = dir.path().join("valve-state");
-    let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &valve_sensor(&state)));
-    let id = machine_id(&hub_dir);
+    let Direct { smtp, cloud, hub, id, state } = cloud_with_valve_hub(dir.path(), "report_at = \"off\"");
     wait_sensor(&cloud, &id, "cmd.valve", "ok");
 
     std::fs::write(&state, "2").unwrap();
@@ -167,16 +179,8 @@ fn the_periodic_report_arrives_with_states_and_the_period_readings_as_csv() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (smtp, ca) = mail_server(dir.path());
-    let cloud = CloudProc::start_on(
-        &dir.path().join("cloud"),
-        free_port(),
-        &mail_toml(&smtp, &ca, "report_at = \"00:00\"\nreport_every = \"4s\""),
-    );
-    let hub_dir = dir.path().join("hub");
-    let state = dir.path().join("valve-state");
-    let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &valve_sensor(&state)));
-    let id = machine_id(&hub_dir);
+    let Direct { smtp, cloud: _cloud, hub, id, .. } =
+        cloud_with_valve_hub(dir.path(), "report_at = \"00:00\"\nreport_every = \"4s\"");
 
     // The first reports may come before the hub sent anything; wait for one with its readings.
     let mut report = String::new();

@@ -12,6 +12,8 @@
 pub mod config;
 pub mod gateway;
 pub mod outage;
+#[cfg(test)]
+mod tests;
 
 pub use outage::Watch;
 
