@@ -65,6 +65,20 @@ enum Command {
         #[command(subcommand)]
         action: SecretAction,
     },
+    /// Print the current code of a mail command sender (TOTP: 6 digits, 30 s steps), to put at the
+    /// end of a command mail's subject; or make a new sender secret with `--new`.
+    MailCode {
+        /// The sender's base32 secret, as in `[[mail_commands.sender]] secret` (read from standard
+        /// input when not given, which keeps it out of the shell history).
+        #[arg(long, conflicts_with = "new")]
+        secret: Option<String>,
+        /// Print a new random secret and an otpauth:// URI for authenticator apps.
+        #[arg(long)]
+        new: bool,
+        /// The sender's address, shown as the account in the URI.
+        #[arg(long, requires = "new")]
+        account: Option<String>,
+    },
     /// Make a role a systemd (Linux) or Windows service, or upgrade it in place.
     Install(outpost_installer::InstallArgs),
     /// Stop and remove a role's service (config and data stay unless --purge).
@@ -159,7 +173,11 @@ fn main() -> ExitCode {
     // One-shot tools print their result on stdout; only problems belong on stderr.
     let quiet = matches!(
         cli.command,
-        Command::Relay { .. } | Command::Config { .. } | Command::Buffer { .. } | Command::Token { .. }
+        Command::Relay { .. }
+            | Command::Config { .. }
+            | Command::Buffer { .. }
+            | Command::Token { .. }
+            | Command::MailCode { .. }
     );
     let default_filter = if quiet { "warn" } else { "info,sled=warn" };
     tracing_subscriber::fmt()
@@ -326,6 +344,34 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             println!("{}", outpost_shared::keys::seal(&key, &value)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MailCode { secret, new, account } => {
+            use outpost_connector::mail::gateway::totp;
+            if new {
+                let secret = totp::new_secret();
+                let account = account.unwrap_or_else(|| "sender".into());
+                println!("{secret}");
+                println!("otpauth://totp/Outpost:{account}?secret={secret}&issuer=Outpost&algorithm=SHA1&digits=6&period=30");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let secret = match secret {
+                Some(s) => s,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim().to_string()
+                }
+            };
+            let bytes = match totp::decode_secret(&secret) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("outpost mail-code: the secret is {e}");
+                    return Ok(exit(EXIT_CONFIG));
+                }
+            };
+            let now = chrono::Utc::now().timestamp().max(0) as u64;
+            println!("{}", totp::code_at(&bytes, now));
             Ok(ExitCode::SUCCESS)
         }
         Command::Install(args) => {

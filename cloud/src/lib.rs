@@ -1,8 +1,8 @@
 //! The reference cloud, self-hostable: it takes batches from hubs (directly or through a
 //! connector), stores each `(machine_id, seq)` once in sled ([`store`]), serves the JSON API and
 //! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
-//! aggregates. [`start`] brings it up and returns a handle (tests use it); [`run`] is the role's
-//! entry point for the binary.
+//! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). [`start`] brings it
+//! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod mail;
 pub mod store;
 pub mod trust;
 
@@ -105,28 +106,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         Arc::new(config.clone()),
     );
     let state = match &config.mail {
-        Some(mail) => {
-            let transport = outpost_shared::mail::SmtpTransport::new(mail, Some(trust.key()))
-                .map_err(|e| CloudError::Mail(e.to_string()))?;
-            let outbox = outpost_shared::mail::Outbox::open(&dir.join("mail-outbox"))
-                .map_err(|e| CloudError::Mail(e.to_string()))?;
-            let (tx, rx) = tokio::sync::mpsc::channel(outpost_shared::mail::alerts::CHANNEL_CAPACITY);
-            // Queued durably first, sent by its own task: a mail server that is down delays
-            // alerts, it does not lose them.
-            outpost_shared::mail::spawn_sender(
-                outbox.clone(),
-                transport,
-                outpost_shared::mail::outbox::default_backoff(),
-                shutdown.clone().cancelled_owned(),
-            );
-            outpost_shared::mail::alerts::spawn_alerts(
-                outpost_shared::mail::Alerter::new(mail),
-                rx,
-                outbox,
-                shutdown.clone().cancelled_owned(),
-            );
-            state.with_alerts(tx)
-        }
+        Some(mail) => state.with_alerts(mail::start(mail, dir, &store, &trust, &shutdown)?),
         None => state,
     };
     let app = api::router(state);

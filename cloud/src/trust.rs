@@ -212,6 +212,18 @@ impl Trust {
         })
     }
 
+    /// Every enrolled machine, by network.
+    pub fn networks(&self) -> Result<std::collections::BTreeMap<String, Vec<MachineKey>>, CloudError> {
+        let mut out: std::collections::BTreeMap<String, Vec<MachineKey>> = Default::default();
+        for item in self.keys.iter() {
+            let (_, v) = item?;
+            if let Ok(k) = serde_json::from_slice::<MachineKey>(&v) {
+                out.entry(k.network_id.clone()).or_default().push(k);
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks a signed machine request; returns the enrolled signer. `max_skew` is `None` for
     /// batches a connector held for a while: their signature still proves who wrote them, and
     /// storing them twice is impossible anyway.

@@ -30,6 +30,13 @@ pub struct ConnectorConfig {
     pub sensors: Vec<SensorConfig>,
     /// Run the embedded hub that monitors this machine.
     pub monitor_self: bool,
+    /// The LAN mail server and who gets alerts (`[mail]`, as in the cloud); needed for alerts
+    /// during a cloud outage and for answers to mail commands.
+    pub mail: Option<outpost_shared::mail::MailConfig>,
+    /// `[outage_alerts]`: when the connector mails alerts itself.
+    pub outage_alerts: crate::mail::config::OutageAlerts,
+    /// `[mail_commands]`: commands by mail (off by default).
+    pub mail_commands: crate::mail::config::MailCommands,
 }
 
 /// `[cloud]`: where the connector forwards to, over outbound HTTPS only.
@@ -86,6 +93,9 @@ impl Default for ConnectorConfig {
             ssdp: SsdpConfig::default(),
             sensors: Vec::new(),
             monitor_self: true,
+            mail: None,
+            outage_alerts: Default::default(),
+            mail_commands: Default::default(),
         }
     }
 }
@@ -159,6 +169,11 @@ impl Validate for ConnectorConfig {
             }
         }
         self.ssdp.responder.check("ssdp.responder", problems);
+        if let Some(m) = &self.mail {
+            m.check("mail", problems);
+        }
+        self.outage_alerts.check(problems);
+        self.mail_commands.check(self.mail.is_some(), problems);
         outpost_sensorhub::sensors::validate_sensors(&self.sensors, problems);
     }
 }

@@ -61,6 +61,9 @@ pub(crate) async fn run(
         match attempt.await {
             Ok(()) => break,
             Err(e) => {
+                if let Some(w) = &sh.watch {
+                    w.forward_failed();
+                }
                 if backoff.attempts() == 0 {
                     tracing::error!(error = %e, "connector not enrolled yet; holding hub batches until it is");
                 }
@@ -85,11 +88,12 @@ pub(crate) async fn run(
         if shutdown.is_cancelled() {
             return;
         }
-        let (seqs, env) = match collect(&sh, cfg.max_readings).await {
+        let collected = std::time::Instant::now();
+        let (seqs, note_keys, env) = match collect(&sh, cfg.max_readings).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the connector buffer");
-                (Vec::new(), None)
+                (Vec::new(), Vec::new(), None)
             }
         };
         let Some(env) = env else {
@@ -103,6 +107,10 @@ pub(crate) async fn run(
         };
         match send(&client, &url, &sh.key, &env).await {
             Ok(ack) => {
+                if let Some(w) = &sh.watch {
+                    w.forward_ok(collected);
+                    w.notes_delivered(note_keys).await;
+                }
                 if failing {
                     tracing::info!("cloud reachable again; forwarding the backlog");
                     failing = false;
@@ -119,8 +127,16 @@ pub(crate) async fn run(
                     sh.unattached.lock().unwrap().clear();
                 }
             }
-            Err(Retry::After(d)) => sleep_or_stop(&shutdown, d).await,
+            Err(Retry::After(d)) => {
+                if let Some(w) = &sh.watch {
+                    w.forward_failed();
+                }
+                sleep_or_stop(&shutdown, d).await
+            }
             Err(Retry::Backoff(msg)) => {
+                if let Some(w) = &sh.watch {
+                    w.forward_failed();
+                }
                 if !failing {
                     tracing::warn!(error = %msg, buffered = sh.buffer.stats().len, "cannot reach the cloud; holding hub batches");
                     failing = true;
@@ -143,11 +159,16 @@ enum Retry {
     Backoff(String),
 }
 
-/// The oldest batches up to `max_readings` (at least one), and the pending unattached hubs.
-async fn collect(
-    sh: &Arc<Shared>,
-    max_readings: usize,
-) -> Result<(Vec<u64>, Option<ForwardEnvelope>), String> {
+/// What one forward request carries, besides the envelope: the buffer seqs and the outage note
+/// keys to delete once the cloud has them.
+type Collected = (Vec<u64>, Vec<sled::IVec>, Option<ForwardEnvelope>);
+
+/// The oldest batches up to `max_readings` (at least one), the pending unattached hubs, and the
+/// outage notes not yet delivered.
+async fn collect(sh: &Arc<Shared>, max_readings: usize) -> Result<Collected, String> {
+    // Batches and notes read together, with no intake half-way (see `Shared::custody`).
+    let custody = sh.custody.write().await;
+    let (note_keys, mailed) = sh.watch.as_ref().map(|w| w.pending_notes()).unwrap_or_default();
     let buffer = sh.buffer.clone();
     let oldest = tokio::task::spawn_blocking(move || buffer.oldest(MAX_BATCHES))
         .await
@@ -177,14 +198,16 @@ async fn collect(
         });
         seqs.push(seq);
     }
+    drop(custody);
     let unattached = sh.unattached.lock().unwrap().clone();
-    if batches.is_empty() && unattached.is_empty() {
+    if batches.is_empty() && unattached.is_empty() && mailed.is_empty() {
         if !seqs.is_empty() {
             remove(sh, seqs).await;
         }
-        return Ok((Vec::new(), None));
+        return Ok((Vec::new(), Vec::new(), None));
     }
-    Ok((seqs, Some(ForwardEnvelope { connector: sh.machine_id.clone(), batches, unattached })))
+    let env = ForwardEnvelope { connector: sh.machine_id.clone(), batches, unattached, mailed };
+    Ok((seqs, note_keys, Some(env)))
 }
 
 async fn send(

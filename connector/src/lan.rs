@@ -123,6 +123,7 @@ async fn intake(
         return busy(&sh, msg);
     }
     let buffer = sh.buffer.clone();
+    let custody = sh.custody.read().await;
     match tokio::task::spawn_blocking(move || buffer.append(&[rec])).await.expect("append does not panic") {
         Ok(_) => {}
         Err(BufferError::Full { bytes, quota, .. }) => {
@@ -137,6 +138,10 @@ async fn intake(
             return busy(&sh, format!("connector cannot store right now: {e}"));
         }
     }
+    if let Some(w) = &sh.watch {
+        w.took(&batch).await;
+    }
+    drop(custody);
     *sh.per_hub.lock().unwrap().entry(batch.machine_id.clone()).or_default() += cost;
     sh.attached.lock().unwrap().insert(batch.machine_id.clone(), chrono::Utc::now());
     sh.forward_wake.notify_one();

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod forward;
 pub mod lan;
+pub mod mail;
 mod record;
 
 pub use config::ConnectorConfig;
@@ -36,6 +37,8 @@ pub enum ConnectorError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}; is another connector running?")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("mail: {0}")]
+    Mail(String),
 }
 
 /// What the LAN side and the forwarder share.
@@ -53,6 +56,12 @@ pub(crate) struct Shared {
     pub attached: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
     pub forward_wake: tokio::sync::Notify,
     pub unattached: Mutex<Vec<outpost_shared::model::UnattachedHub>>,
+    /// The hubs' latest sensor states and the outage alerts, with `[mail]`.
+    pub watch: Option<Arc<mail::Watch>>,
+    /// Held shared by an intake from taking a batch into custody until its outage notes are
+    /// written, and exclusively by the forwarder while it picks batches and notes: a forward never
+    /// carries a batch without the notes about its changes (see [`mail::outage`]).
+    pub custody: tokio::sync::RwLock<()>,
 }
 
 /// A running connector.
@@ -62,6 +71,8 @@ pub struct Connector {
     pub addr: SocketAddr,
     /// The CA hubs must trust for the LAN API.
     pub ca_file: PathBuf,
+    /// Where the mail command gateway listens, when enabled.
+    pub mail_commands: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     hub: Option<outpost_sensorhub::Hub>,
@@ -116,6 +127,9 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
 
     let cloud_client =
         outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), Duration::from_secs(40))?;
+    let shutdown = CancellationToken::new();
+    let hostname = outpost_sensorhub::system_hostname();
+    let mail = mail::start(&config, &key, dir, &hostname, &shutdown)?;
     let shared = Arc::new(Shared {
         machine_id: machine_id.clone(),
         key: key.clone(),
@@ -127,8 +141,9 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         attached: Mutex::new(HashMap::new()),
         forward_wake: tokio::sync::Notify::new(),
         unattached: Mutex::new(Vec::new()),
+        watch: mail.as_ref().map(|m| m.watch.clone()),
+        custody: tokio::sync::RwLock::new(()),
     });
-    let shutdown = CancellationToken::new();
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
     listener
@@ -136,6 +151,10 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
     let addr =
         listener.local_addr().map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
+    let mail_commands = match &mail {
+        Some(side) => mail::start_gateway(&config, side, &key, tls.clone(), &hostname, &shutdown).await?,
+        None => None,
+    };
     let mut tasks = vec![lan::serve(listener, tls, shared.clone(), shutdown.clone())];
 
     let client = outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), config.cloud.timeout)?;
@@ -144,7 +163,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         shared.clone(),
         client,
         config.cloud.clone(),
-        forward::Enroll { dir: dir.clone(), lan_cert, hostname: outpost_sensorhub::system_hostname() },
+        forward::Enroll { dir: dir.clone(), lan_cert, hostname: hostname.clone() },
         shutdown.clone(),
     )));
 
@@ -182,7 +201,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
     } else {
         None
     };
-    Ok(Connector { machine_id, addr, ca_file: certs.ca, shutdown, tasks, hub })
+    Ok(Connector { machine_id, addr, ca_file: certs.ca, mail_commands, shutdown, tasks, hub })
 }
 
 /// The SSDP side: announce this connector, and look for hubs that are not attached.

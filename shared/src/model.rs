@@ -247,6 +247,21 @@ pub struct ForwardEnvelope {
     /// Hubs the connector found by SSDP that do not send through it.
     #[serde(default)]
     pub unattached: Vec<UnattachedHub>,
+    /// Sensor states the connector alerted about itself while the cloud was unreachable; the
+    /// cloud takes them as told and mails nothing for them (see `connector::mail`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mailed: Vec<MailedState>,
+}
+
+/// "The recipients were told by mail that this sensor is in `state`": a connector's note, so the
+/// cloud does not alert a second time about a change the connector mailed during an outage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailedState {
+    pub machine_id: String,
+    pub sensor: String,
+    pub state: State,
+    /// Time of the reading the state comes from.
+    pub ts: DateTime<Utc>,
 }
 
 /// One hub batch inside a forward: the JSON exactly as the hub signed it, and its signature.

@@ -4,94 +4,26 @@
 //! outbox delivering exactly once after the server comes up late.
 //!
 //! Without aiosmtpd the tests are skipped with a printed reason, except in CI (`CI` set), where
-//! they fail: install it with `pip install aiosmtpd`.
+//! they fail: install it with `pip install aiosmtpd`. The server helper is `tests/smtp/mod.rs`.
 
 use outpost_shared::keys::{seal, KeyPair};
 use outpost_shared::mail::{
     spawn_sender, Mail, MailConfig, Outbox, SendError, SmtpTransport, TlsMode, Transport,
 };
 use outpost_shared::tls::{ensure_self_signed, CertPaths};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use smtp::{aiosmtpd_available, ServerTls, SmtpServer};
+use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
+
+mod smtp;
 
 const USER: &str = "outpost";
 const PASSWORD: &str = "s3cret pass";
 
-fn aiosmtpd_available() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("python3 with aiosmtpd is required in CI: pip install aiosmtpd");
-        }
-        eprintln!("SKIPPED: python3 module aiosmtpd not found (pip install aiosmtpd)");
-    }
-    ok
-}
-
-struct Server {
-    child: tokio::process::Child,
-    port: u16,
-    out: tempfile::TempDir,
-}
-
-impl Server {
-    /// Starts the server in `mode`; `port` 0 lets it choose. Requires AUTH when `auth` is true.
-    async fn start(mode: &str, port: u16, certs: Option<&CertPaths>, auth: bool) -> Server {
-        let out = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py");
-        let mut cmd = tokio::process::Command::new("python3");
-        cmd.arg(script)
-            .args(["--mode", mode, "--port", &port.to_string()])
-            .arg("--out")
-            .arg(out.path())
-            .stdout(Stdio::piped())
-            // Its tracebacks for refused handshakes are expected; kept beside the messages.
-            .stderr(std::fs::File::create(out.path().join("server.log")).unwrap())
-            .kill_on_drop(true);
-        if let Some(c) = certs {
-            cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
-        }
-        if auth {
-            cmd.args(["--user", USER, "--password", PASSWORD]);
-        }
-        let mut child = cmd.spawn().expect("start python3");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("SMTP test server did not start in 20s")
-            .unwrap()
-            .expect("SMTP test server exited");
-        let port = line.strip_prefix("PORT ").expect("PORT line").trim().parse().unwrap();
-        Server { child, port, out }
-    }
-
-    fn messages(&self) -> Vec<String> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.out.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .collect();
-        files.sort();
-        files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
-    }
-
-    fn auth_log(&self) -> String {
-        std::fs::read_to_string(self.out.path().join("auth.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+/// Starts the test server; `auth` requires our login.
+fn server(mode: &str, port: u16, certs: Option<&CertPaths>, auth: bool) -> SmtpServer {
+    let tls = certs.map(|c| ServerTls { cert: &c.cert, key: &c.key });
+    SmtpServer::start(mode, port, tls, auth.then_some((USER, PASSWORD)))
 }
 
 fn certs(dir: &Path, names: &[&str]) -> CertPaths {
@@ -138,8 +70,8 @@ async fn alert_is_delivered_over_starttls_and_over_smtps_with_the_test_ca() {
     }
     let dir = tempfile::tempdir().unwrap();
     let c = certs(dir.path(), &["localhost", "127.0.0.1"]);
-    let starttls = Server::start("starttls", 0, Some(&c), true).await;
-    let smtps = Server::start("smtps", 0, Some(&c), true).await;
+    let starttls = server("starttls", 0, Some(&c), true);
+    let smtps = server("smtps", 0, Some(&c), true);
 
     send(&config("localhost", starttls.port, None, Some(&c.ca)), None, "via starttls").await.unwrap();
     send(&config("127.0.0.1", smtps.port, Some(TlsMode::Smtps), Some(&c.ca)), None, "via smtps")
@@ -165,7 +97,7 @@ async fn a_certificate_from_an_unknown_authority_is_refused_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let c = certs(&dir.path().join("server"), &["localhost", "127.0.0.1"]);
     let other = certs_named(&dir.path().join("other"), &["localhost"], "another authority");
-    let server = Server::start("starttls", 0, Some(&c), true).await;
+    let server = server("starttls", 0, Some(&c), true);
 
     let e = send(&config("localhost", server.port, None, Some(&other.ca)), None, "x").await.unwrap_err();
     assert!(matches!(e, SendError::UnknownCa { .. }), "{e:?}");
@@ -186,7 +118,7 @@ async fn a_certificate_for_another_host_name_is_refused_in_words() {
     }
     let dir = tempfile::tempdir().unwrap();
     let c = certs(dir.path(), &["mail.other.test"]);
-    let server = Server::start("smtps", 0, Some(&c), true).await;
+    let server = server("smtps", 0, Some(&c), true);
     let e = send(&config("localhost", server.port, Some(TlsMode::Smtps), Some(&c.ca)), None, "x")
         .await
         .unwrap_err();
@@ -201,7 +133,7 @@ async fn a_server_without_starttls_gets_no_mail_and_no_password() {
     if !aiosmtpd_available() {
         return;
     }
-    let server = Server::start("nostarttls", 0, None, true).await;
+    let server = server("nostarttls", 0, None, true);
     // TLS is never reached, but a CA file keeps the test independent of the machine's roots.
     let dir = tempfile::tempdir().unwrap();
     let c = certs(dir.path(), &["localhost"]);
@@ -217,7 +149,7 @@ async fn plain_smtp_works_only_when_configured_as_none() {
     if !aiosmtpd_available() {
         return;
     }
-    let server = Server::start("plain", 0, None, true).await;
+    let server = server("plain", 0, None, true);
     send(&config("127.0.0.1", server.port, Some(TlsMode::None), None), None, "in clear").await.unwrap();
     assert_eq!(server.messages().len(), 1);
     assert!(server.auth_log().contains(" ok"));
@@ -230,7 +162,7 @@ async fn a_sealed_password_is_opened_with_the_machine_key() {
     }
     let dir = tempfile::tempdir().unwrap();
     let c = certs(dir.path(), &["localhost"]);
-    let server = Server::start("starttls", 0, Some(&c), true).await;
+    let server = server("starttls", 0, Some(&c), true);
     let key = KeyPair::generate().unwrap();
     let mut cfg = config("localhost", server.port, None, Some(&c.ca));
     cfg.password = Some(seal(key.public(), PASSWORD).unwrap());
@@ -262,7 +194,7 @@ async fn an_alert_queued_while_the_server_is_down_arrives_once_when_it_is_back()
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(outbox.len(), 1, "kept while the server is down");
 
-    let server = Server::start("starttls", port, Some(&c), true).await;
+    let server = server("starttls", port, Some(&c), true);
     for _ in 0..300 {
         if outbox.is_empty() {
             break;

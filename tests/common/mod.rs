@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod browser;
+/// The real SMTP server of the mail tests (aiosmtpd), shared with `outpost-shared`'s tests.
+#[path = "../../shared/tests/smtp/mod.rs"]
+pub mod smtp;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

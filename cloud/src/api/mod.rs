@@ -39,7 +39,7 @@ pub struct AppState {
     events: broadcast::Sender<LiveEvent>,
     /// State changes for the alert mailer, when mail is configured. Never waited on: ingest
     /// must not slow down because a mail server is slow.
-    alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::StateChange>>,
+    alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>>,
 }
 
 impl AppState {
@@ -54,7 +54,7 @@ impl AppState {
         AppState { store, admin_token: admin_token.into(), trust, commands, config, events, alerts: None }
     }
 
-    pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::StateChange>) -> Self {
+    pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>) -> Self {
         self.alerts = Some(tx);
         self
     }
@@ -89,6 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/receipt", post(receipt))
         .route("/v1/commands/poll", get(poll_commands))
         .route("/v1/commands/result", post(command_result))
+        .route("/v1/mail-commands", post(mail_command))
+        .route("/v1/mail-commands/{id}", get(mail_command_status))
         .layer(DefaultBodyLimit::max(state.config.ingest.max_body as usize));
     Router::new()
         .route("/", get(crate::dashboard::index))
@@ -332,7 +334,7 @@ async fn take_batch(
                 message: l.message.clone(),
                 ts: l.ts,
             };
-            if tx.try_send(change).is_err() {
+            if tx.try_send(outpost_shared::mail::AlertEvent::Change(change)).is_err() {
                 tracing::warn!(machine = %m.id, sensor = %l.sensor, "alert queue full; state change not mailed");
             }
         }
@@ -393,6 +395,21 @@ async fn forward(
         Ok(e) => e,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}")),
     };
+    // Changes the connector mailed about during an outage are taken as told before its batches
+    // bring them, so they are not mailed a second time.
+    if let Some(tx) = &st.alerts {
+        for m in env.mailed {
+            match st.trust.machine_key(&m.machine_id) {
+                Ok(Some(k)) if k.network_id == connector.network_id => {
+                    if tx.try_send(outpost_shared::mail::AlertEvent::Told(m)).is_err() {
+                        tracing::warn!("alert queue full; a connector's outage note is lost");
+                    }
+                }
+                _ => tracing::warn!(connector = %connector.machine_id, machine = %m.machine_id,
+                    "outage note about a machine outside the connector's network ignored"),
+            }
+        }
+    }
     let via = format!("{peer} via connector {}", connector.machine_id);
     let mut results = Vec::with_capacity(env.batches.len());
     for fb in &env.batches {
@@ -579,6 +596,123 @@ async fn switch_relay(
     }
     let params = serde_json::json!({"card": card, "relay": relay, "on": req.on});
     create_command(&st, &id, "relay.set", params, None, "admin").await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailCommandRequest {
+    /// Machine id or host name, within the connector's network.
+    machine: String,
+    card: u8,
+    relay: u8,
+    on: bool,
+    /// The authenticated mail sender, for the audit trail.
+    sender: String,
+    #[serde(default)]
+    message_id: Option<String>,
+}
+
+#[allow(clippy::result_large_err)]
+/// The signer of a machine request, which must be an enrolled connector.
+fn connector_signed(
+    st: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<crate::trust::MachineKey, Response> {
+    match check_signed(st, headers, method, path, body, Some(crate::trust::MAX_SKEW))? {
+        m if m.role == outpost_shared::model::Role::Connector => Ok(m),
+        m => Err(err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))),
+    }
+}
+
+/// `who` of a command a connector asked for on behalf of a mail sender.
+fn mail_who(sender: &str, connector: &str) -> String {
+    format!("mail:{sender} via connector {connector}")
+}
+
+/// A connector asks, for a mail sender it authenticated, that a relay be switched. The cloud signs
+/// the command as for the dashboard; only machines of the connector's own network can be named.
+async fn mail_command(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/mail-commands", &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let req: MailCommandRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a mail command request: {e}")),
+    };
+    if req.card == 0 || !(1..=8).contains(&req.relay) {
+        return err(StatusCode::BAD_REQUEST, "cards are numbered from 1, relays 1 to 8");
+    }
+    let (store, trust, net, name) =
+        (st.store.clone(), st.trust.clone(), connector.network_id.clone(), req.machine.clone());
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, crate::CloudError> {
+        let keys = trust.networks()?.remove(&net).unwrap_or_default();
+        let mut hits = Vec::new();
+        for k in keys {
+            let hostname = store.machine(&k.machine_id)?.map(|m| m.hostname).unwrap_or(k.hostname);
+            if k.machine_id == name || hostname.eq_ignore_ascii_case(&name) {
+                hits.push((k.machine_id, hostname));
+            }
+        }
+        Ok(hits)
+    })
+    .await;
+    let (machine, hostname) = match found {
+        Ok(Ok(hits)) => match hits.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return err(
+                    StatusCode::NOT_FOUND,
+                    format!("no machine `{}` in this connector's network", req.machine),
+                )
+            }
+            _ => {
+                return err(
+                    StatusCode::CONFLICT,
+                    format!("`{}` names several machines; use the machine id", req.machine),
+                )
+            }
+        },
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let who = mail_who(&req.sender, &connector.machine_id);
+    let params = serde_json::json!({"card": req.card, "relay": req.relay, "on": req.on});
+    match st.commands.create(st.trust.key(), &machine, "relay.set", params, DEFAULT_TTL, &who).await {
+        Ok(rec) => {
+            tracing::info!(%who, %machine, command = %rec.id, message_id = ?req.message_id, "mail command issued");
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({"command_id": rec.id, "machine": machine, "hostname": hostname})),
+            )
+                .into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// The outcome of a command this connector asked for by mail.
+async fn mail_command_status(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let path = format!("/v1/mail-commands/{id}");
+    let connector = match connector_signed(&st, &headers, "GET", &path, b"") {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match st.commands.get(&id) {
+        Ok(Some(rec)) if rec.created_by.ends_with(&format!(" via connector {}", connector.machine_id)) => {
+            Json(serde_json::json!({"status": rec.effective_status(Utc::now()), "result": rec.result}))
+                .into_response()
+        }
+        Ok(_) => err(StatusCode::NOT_FOUND, "no such command of this connector"),
+        Err(e) => internal(e),
+    }
 }
 
 async fn command_status(State(st): State<AppState>, Path(id): Path<String>) -> Response {

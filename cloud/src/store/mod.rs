@@ -75,6 +75,16 @@ pub struct IngestOutcome {
     pub machine: Option<MachineInfo>,
 }
 
+/// One raw reading of a period, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodReading {
+    pub sensor: String,
+    pub ts: DateTime<Utc>,
+    pub value: Value,
+    pub unit: Option<String>,
+    pub state: State,
+}
+
 /// What one retention pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CompactOutcome {
@@ -245,25 +255,65 @@ impl Store {
         let mut prefix = key2(machine, sensor);
         prefix.push(0);
         let since_ms = since.map(ts_ms).unwrap_or(0);
+        let rows = self.raw_between(&prefix, since_ms, u64::MAX, limit)?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, ts, raw)| ReadingPoint {
+                seq: be64(&k[k.len() - 8..]),
+                ts: from_ms(ts),
+                value: raw.v,
+                state: raw.s,
+            })
+            .collect())
+    }
+
+    /// Raw rows under `prefix` with a reading time in `[lo, hi)` ms, in key order, at most `limit`.
+    fn raw_between(
+        &self,
+        prefix: &[u8],
+        lo: u64,
+        hi: u64,
+        limit: usize,
+    ) -> Result<Vec<(sled::IVec, u64, RawValue)>, CloudError> {
         let mut out = Vec::new();
-        for item in self.raw.scan_prefix(&prefix) {
+        for item in self.raw.scan_prefix(prefix) {
             if out.len() >= limit {
                 break;
             }
             let (k, v) = item?;
             let ts = be64(&v);
-            if ts < since_ms {
+            if ts < lo || ts >= hi {
                 continue;
             }
             let raw: RawValue = serde_json::from_slice(&v[8..]).map_err(|e| corrupt("raw reading", e))?;
-            out.push(ReadingPoint {
-                seq: be64(&k[k.len() - 8..]),
-                ts: from_ms(ts),
-                value: raw.v,
-                state: raw.s,
-            });
+            out.push((k, ts, raw));
         }
         Ok(out)
+    }
+
+    /// Every raw reading of one machine taken in `[from, until)`, all sensors, by sensor then seq,
+    /// at most `limit` (for the periodic report's CSV). Blocking.
+    pub fn period(
+        &self,
+        machine: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PeriodReading>, CloudError> {
+        let mut prefix = machine.as_bytes().to_vec();
+        prefix.push(0);
+        let rows = self.raw_between(&prefix, ts_ms(from), ts_ms(until), limit)?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, ts, raw)| PeriodReading {
+                // key: machine \0 sensor \0 seq(8)
+                sensor: String::from_utf8_lossy(&k[prefix.len()..k.len() - 9]).into_owned(),
+                ts: from_ms(ts),
+                value: raw.v,
+                unit: raw.u,
+                state: raw.s,
+            })
+            .collect())
     }
 
     /// Hourly aggregates of one sensor at or after `since`, oldest first.

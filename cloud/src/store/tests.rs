@@ -94,3 +94,23 @@ fn retention_folds_old_raw_readings_into_hourly_min_avg_max() {
     let out = store.compact(later, Duration::from_secs(7 * 86400), Duration::from_secs(400 * 86400)).unwrap();
     assert_eq!(out.hourly_expired, 1 + 1, "both the old hour and the folded live reading's hour expire");
 }
+
+#[test]
+fn a_period_holds_every_sensor_of_one_machine_within_its_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let ago = |m: i64| now - CDuration::minutes(m);
+    store
+        .ingest(
+            &batch("m1", vec![(1, "cpu", 1.0, ago(90)), (2, "cpu", 2.0, ago(30)), (3, "mem", 3.0, ago(10))]),
+            now,
+        )
+        .unwrap();
+    store.ingest(&batch("m10", vec![(1, "cpu", 9.0, ago(10))]), now).unwrap();
+    let p = store.period("m1", ago(60), now, 100).unwrap();
+    let got: Vec<(&str, f64)> = p.iter().map(|r| (r.sensor.as_str(), r.value.as_f64().unwrap())).collect();
+    assert_eq!(got, vec![("cpu", 2.0), ("mem", 3.0)]);
+    assert_eq!(store.period("m1", ago(60), ago(20), 100).unwrap().len(), 1, "the end is exclusive");
+    assert_eq!(store.period("m1", ago(120), now, 2).unwrap().len(), 2, "limit");
+}

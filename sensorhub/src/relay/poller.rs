@@ -81,8 +81,17 @@ async fn poll_loop(
             continue;
         }
         tokio::select! {
-            _ = &mut shutdown => break,
-            sent_ok = out.send(batch) => if sent_ok.is_err() { break },
+            biased;
+            permit = out.reserve() => match permit {
+                Ok(p) => p.send(batch),
+                Err(_) => break,
+            },
+            _ = &mut shutdown => {
+                // Readings already taken go to the writer, which drains until every sender is
+                // gone; only a full queue loses them (and then stopping cannot wait anyway).
+                let _ = out.try_send(batch);
+                break;
+            }
         }
     }
 }

@@ -18,11 +18,14 @@
 //!   current state once things settle.
 //! - **Recipients**: the `[[mail.route]]`s matching the machine (id or host name) and sensor, all
 //!   of them; `mail.to` when none matches.
+//! - **Told elsewhere**: [`Alerter::told`] takes a state someone else already mailed about (a
+//!   connector during a cloud outage) as told: nothing is mailed for it, a quiet period starts,
+//!   and later changes are compared with it.
 
 use super::config::{AlertTiming, MailConfig, Route};
 use super::outbox::Outbox;
 use super::{glob_match, html_escape, Mail};
-use crate::model::{State, Value};
+use crate::model::{MailedState, State, Value};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -40,6 +43,15 @@ pub struct StateChange {
     pub message: Option<String>,
     /// When the reading was taken (not when it arrived).
     pub ts: DateTime<Utc>,
+}
+
+/// What the alert task takes in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertEvent {
+    /// A sensor's state changed.
+    Change(StateChange),
+    /// The recipients were already told about this state by someone else; see [`Alerter::told`].
+    Told(MailedState),
 }
 
 /// What [`Alerter::observe`] did with a change.
@@ -81,6 +93,8 @@ pub struct Alerter {
     pending: Vec<Pending>,
     window_start: Option<DateTime<Utc>>,
     tracks: HashMap<(String, String), Track>,
+    /// Who sends, when it is not the cloud: `(subject tag, sentence on top of the mail)`.
+    origin: Option<(String, String)>,
 }
 
 fn alertable(from: State, to: State) -> bool {
@@ -100,7 +114,45 @@ impl Alerter {
             pending: Vec::new(),
             window_start: None,
             tracks: HashMap::new(),
+            origin: None,
         }
+    }
+
+    /// Marks every mail as sent by someone other than the cloud: `tag` goes into the subject
+    /// (`[Outpost TAG]`), `note` on top of the text and the HTML.
+    pub fn with_origin(mut self, tag: &str, note: &str) -> Alerter {
+        self.origin = Some((tag.to_string(), note.to_string()));
+        self
+    }
+
+    /// Takes `state` as already told to the recipients: a pending alert for the same state is
+    /// dropped, a quiet period starts (changes meanwhile are held and summed up after it, as after
+    /// a mail of our own), and the next change is compared with this state.
+    pub fn told(&mut self, m: &MailedState, now: DateTime<Utc>) {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.change.machine_id == m.machine_id && p.change.sensor == m.sensor)
+        {
+            if self.pending[i].change.new == m.state {
+                self.pending.remove(i);
+            } else {
+                self.pending[i].was = m.state;
+            }
+            if self.pending.is_empty() {
+                self.window_start = None;
+            }
+        }
+        let t = self.tracks.entry((m.machine_id.clone(), m.sensor.clone())).or_insert(Track {
+            told: m.state,
+            quiet_until: None,
+            held: None,
+            flips: 0,
+        });
+        t.told = m.state;
+        t.held = None;
+        t.flips = 0;
+        t.quiet_until = Some(now + dur(self.timing.quiet_period));
     }
 
     /// Takes one change in; call [`Alerter::poll`] at [`Alerter::next_deadline`] for the mails.
@@ -239,7 +291,7 @@ impl Alerter {
             }
             groups.entry(to).or_default().push(p);
         }
-        groups.into_iter().map(|(to, items)| alert_mail(to, items)).collect()
+        groups.into_iter().map(|(to, items)| alert_mail(to, items, self.origin.as_ref())).collect()
     }
 }
 
@@ -276,7 +328,7 @@ pub fn format_value(value: Option<&Value>, unit: Option<&str>) -> String {
     }
 }
 
-fn alert_mail(to: Vec<String>, mut items: Vec<Pending>) -> Mail {
+fn alert_mail(to: Vec<String>, mut items: Vec<Pending>, origin: Option<&(String, String)>) -> Mail {
     items.sort_by(|a, b| {
         (rank(a.change.new), &a.change.hostname, &a.change.sensor).cmp(&(
             rank(b.change.new),
@@ -284,8 +336,9 @@ fn alert_mail(to: Vec<String>, mut items: Vec<Pending>) -> Mail {
             &b.change.sensor,
         ))
     });
+    let tag = origin.map(|(t, _)| format!("[Outpost {t}]")).unwrap_or_else(|| "[Outpost]".into());
     let subject = if let [p] = items.as_slice() {
-        format!("[Outpost] {} {}: {} (was {})", label(p), p.change.hostname, p.change.sensor, p.was)
+        format!("{tag} {} {}: {} (was {})", label(p), p.change.hostname, p.change.sensor, p.was)
     } else {
         let mut counts: BTreeMap<u8, (usize, &str)> = BTreeMap::new();
         for p in &items {
@@ -298,9 +351,13 @@ fn alert_mail(to: Vec<String>, mut items: Vec<Pending>) -> Mail {
         if hosts.len() > 3 {
             host_list.push("...");
         }
-        format!("[Outpost] {} alerts: {} ({})", items.len(), summary.join(", "), host_list.join(", "))
+        format!("{tag} {} alerts: {} ({})", items.len(), summary.join(", "), host_list.join(", "))
     };
+    let note = origin.map(|(_, n)| n.as_str()).unwrap_or("");
     let mut text = format!("Outpost: {} sensor state change(s)\n\n", items.len());
+    if !note.is_empty() {
+        text = format!("{note}\n\n{text}");
+    }
     let mut rows = String::new();
     for p in &items {
         let c = &p.change;
@@ -338,10 +395,11 @@ fn alert_mail(to: Vec<String>, mut items: Vec<Pending>) -> Mail {
     }
     let html = format!(
         "<!DOCTYPE html><html><body style=\"font-family:sans-serif\">\
-         <p>Outpost: {} sensor state change(s)</p>\
+         {}<p>Outpost: {} sensor state change(s)</p>\
          <table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\
          <tr><th>State</th><th>Machine</th><th>Sensor</th><th>Was</th><th>Value</th><th>Message</th><th>Time</th></tr>\n\
          {rows}</table></body></html>",
+        if note.is_empty() { String::new() } else { format!("<p><b>{}</b></p>", html_escape(note)) },
         items.len()
     );
     Mail { to, subject, text, html: Some(html), attachments: Vec::new() }
@@ -355,7 +413,7 @@ pub const CHANNEL_CAPACITY: usize = 1024;
 /// Pending alerts are flushed to the outbox on shutdown, so a restart does not swallow them.
 pub fn spawn_alerts(
     mut alerter: Alerter,
-    mut rx: tokio::sync::mpsc::Receiver<StateChange>,
+    mut rx: tokio::sync::mpsc::Receiver<AlertEvent>,
     outbox: Outbox,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
@@ -366,10 +424,11 @@ pub fn spawn_alerts(
             let wait =
                 alerter.next_deadline().map(|d| (d - Utc::now()).to_std().unwrap_or_default()).unwrap_or(far);
             tokio::select! {
-                change = rx.recv() => match change {
-                    Some(c) => {
+                event = rx.recv() => match event {
+                    Some(AlertEvent::Change(c)) => {
                         alerter.observe(c, Utc::now());
                     }
+                    Some(AlertEvent::Told(m)) => alerter.told(&m, Utc::now()),
                     None => break,
                 },
                 _ = tokio::time::sleep(wait) => {}

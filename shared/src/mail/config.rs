@@ -68,9 +68,15 @@ pub struct MailConfig {
     pub route: Vec<Route>,
     #[serde(default)]
     pub alerts: AlertTiming,
-    /// Time of day (UTC, `HH:MM`) of the daily status report to `mail.to`; `"off"` for none.
+    /// Time of day (UTC, `HH:MM`) the status reports to `mail.to` are anchored at; `"off"` for
+    /// none. Only the cloud sends reports.
     #[serde(default = "default_report_at")]
     pub report_at: String,
+    /// How often the report goes out (one per network), counted from `report_at`: `1d` is daily
+    /// at that time, `1h` hourly at its minute, `7d` weekly (on Thursdays: periods are counted from
+    /// 1970-01-01, a Thursday). Each report covers the period that just ended.
+    #[serde(default = "default_report_every", with = "humantime_serde")]
+    pub report_every: Duration,
 }
 
 impl std::fmt::Debug for MailConfig {
@@ -89,6 +95,7 @@ impl std::fmt::Debug for MailConfig {
             .field("route", &self.route)
             .field("alerts", &self.alerts)
             .field("report_at", &self.report_at)
+            .field("report_every", &self.report_every)
             .finish()
     }
 }
@@ -143,6 +150,10 @@ fn default_report_at() -> String {
     "07:00".into()
 }
 
+fn default_report_every() -> Duration {
+    Duration::from_secs(86400)
+}
+
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -163,11 +174,12 @@ impl MailConfig {
             route: Vec::new(),
             alerts: AlertTiming::default(),
             report_at: default_report_at(),
+            report_every: default_report_every(),
         }
     }
 
-    /// When the daily report is due (UTC), or `None` when `report_at = "off"` (or malformed, which
-    /// validation reports).
+    /// The time of day reports are anchored at (UTC), or `None` when `report_at = "off"` (or
+    /// malformed, which validation reports).
     pub fn daily_report_at(&self) -> Option<chrono::NaiveTime> {
         chrono::NaiveTime::parse_from_str(self.report_at.trim(), "%H:%M").ok()
     }
@@ -235,8 +247,12 @@ impl MailConfig {
         if self.report_at.trim() != "off" && self.to.is_empty() && !self.route.is_empty() {
             problems.push(Problem::new(
                 key("to"),
-                "the daily report goes to mail.to: give a recipient or set report_at = \"off\"",
+                "the status report goes to mail.to: give a recipient or set report_at = \"off\"",
             ));
+        }
+        if self.report_every < Duration::from_secs(1) || self.report_every > Duration::from_secs(366 * 86400)
+        {
+            problems.push(Problem::new(key("report_every"), "must be between 1s and 366days"));
         }
         let a = &self.alerts;
         if a.group_window > Duration::from_secs(3600) {
@@ -250,10 +266,15 @@ impl MailConfig {
 
 fn check_addresses(list: &[String], key: &str, problems: &mut Vec<Problem>) {
     for a in list {
-        if let Err(e) = a.parse::<lettre::message::Mailbox>() {
+        if let Err(e) = check_address(a) {
             problems.push(Problem::new(key, format!("`{a}` is not a mail address: {e}")));
         }
     }
+}
+
+/// Whether `a` is a mail address (`name <local@domain>` or `local@domain`); the reason if not.
+pub fn check_address(a: &str) -> Result<(), String> {
+    a.parse::<lettre::message::Mailbox>().map(|_| ()).map_err(|e| e.to_string())
 }
 
 impl Validate for MailConfig {

@@ -80,6 +80,23 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Another tree in the outbox's database, for a role's small mail state that must be durable
+    /// with the mails (a connector's outage notes, the mail gateway's replay memory).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, OutboxError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// A number never handed out before by this database (keys for [`Outbox::tree`] entries).
+    pub fn next_id(&self) -> Result<u64, OutboxError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Waits until every write to the database so far is on disk.
+    pub async fn flush(&self) -> Result<(), OutboxError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     /// Mails waiting to be sent.
     pub fn len(&self) -> usize {
         self.queue.len()

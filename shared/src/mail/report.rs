@@ -61,9 +61,15 @@ pub fn build(
         .into_iter()
         .find(|s| counts[state_index(*s)] > 0)
         .unwrap_or(State::Ok);
+    // Several reports a day need the time to tell them apart.
+    let daily = until - from >= chrono::Duration::days(1);
+    let (label, file_label) = if daily {
+        (until.format("%Y-%m-%d").to_string(), until.format("%Y-%m-%d").to_string())
+    } else {
+        (until.format("%Y-%m-%d %H:%M").to_string(), until.format("%Y-%m-%dT%H%M%S").to_string())
+    };
     let subject = format!(
-        "[Outpost] {network} report {}: {} machine(s), {} error, {} warn",
-        until.format("%Y-%m-%d"),
+        "[Outpost] {network} report {label}: {} machine(s), {} error, {} warn",
         machines.len(),
         counts[state_index(State::Error)],
         counts[state_index(State::Warn)]
@@ -88,7 +94,26 @@ pub fn build(
         }
     );
 
-    let mut text = format!("{summary}\n\n");
+    let (tables_text, html) = tables(network, &summary, machines);
+    let text = format!("{summary}\n\n{tables_text}");
+    let csv = csv(&readings[..readings.len().min(MAX_CSV_ROWS)]);
+    Mail {
+        to,
+        subject,
+        text,
+        html: Some(html),
+        attachments: vec![Attachment {
+            filename: format!("outpost-{}-{file_label}.csv", file_safe(network)),
+            content_type: "text/csv; charset=utf-8".into(),
+            data: csv.into_bytes(),
+        }],
+    }
+}
+
+/// The machines and their sensors' latest states as text lines and as an HTML page.
+fn tables(title: &str, summary: &str, machines: &[MachineStatus]) -> (String, String) {
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    let mut text = String::new();
     let mut rows = String::new();
     for m in machines {
         let seen = m.last_seen.map(fmt).unwrap_or_else(|| "never".into());
@@ -119,20 +144,28 @@ pub fn build(
         "<!DOCTYPE html><html><body style=\"font-family:sans-serif\"><h2>Outpost: {}</h2><p>{}</p>\
          <table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\
          <tr><th>State</th><th>Sensor</th><th>Value</th><th>Time</th></tr>\n{rows}</table></body></html>",
-        html_escape(network),
-        html_escape(&summary)
+        html_escape(title),
+        html_escape(summary)
     );
-    let csv = csv(&readings[..readings.len().min(MAX_CSV_ROWS)]);
+    (text, html)
+}
+
+/// A status mail without attachment (the answer to a `STATUS` mail command): `summary` on top,
+/// then the machines' sensors as in the report.
+pub fn status(
+    subject: String,
+    title: &str,
+    summary: &str,
+    machines: &[MachineStatus],
+    to: Vec<String>,
+) -> Mail {
+    let (tables_text, html) = tables(title, summary, machines);
     Mail {
         to,
         subject,
-        text,
+        text: format!("{summary}\n\n{tables_text}"),
         html: Some(html),
-        attachments: vec![Attachment {
-            filename: format!("outpost-{}-{}.csv", file_safe(network), until.format("%Y-%m-%d")),
-            content_type: "text/csv; charset=utf-8".into(),
-            data: csv.into_bytes(),
-        }],
+        attachments: Vec::new(),
     }
 }
 
@@ -194,12 +227,12 @@ fn csv(readings: &[ReportReading]) -> String {
     out
 }
 
-/// The next daily run at `at` (UTC) strictly after `now`.
-pub fn next_daily_run(now: DateTime<Utc>, at: NaiveTime) -> DateTime<Utc> {
-    let today = now.date_naive().and_time(at).and_utc();
-    if today > now {
-        today
-    } else {
-        today + chrono::Duration::days(1)
-    }
+/// The next report time strictly after `now`: `at` (UTC) on 1970-01-01 plus a whole number of
+/// `every`. With `every` = 1 day that is daily at `at`; with 1 hour, hourly at `at`'s minute.
+pub fn next_run(now: DateTime<Utc>, at: NaiveTime, every: std::time::Duration) -> DateTime<Utc> {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date").and_time(at).and_utc();
+    let every_ms = (every.as_millis() as i64).max(1);
+    let since = (now - epoch).num_milliseconds();
+    let periods = since.div_euclid(every_ms) + 1;
+    epoch + chrono::Duration::milliseconds(periods * every_ms)
 }

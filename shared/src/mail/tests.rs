@@ -52,6 +52,13 @@ fn tls_mode_follows_the_port_and_none_must_be_written() {
         .unwrap_err()
         .to_string()
         .contains("mail.report_at"));
+    assert_eq!(c.report_every, Duration::from_secs(86400));
+    let c = load(&format!("{base}report_every = \"1h\"\n")).unwrap();
+    assert_eq!(c.report_every, Duration::from_secs(3600));
+    assert!(load(&format!("{base}report_every = \"0s\"\n"))
+        .unwrap_err()
+        .to_string()
+        .contains("mail.report_every"));
 }
 
 #[test]
@@ -232,6 +239,32 @@ fn recovery_is_mailed_even_across_unknown() {
     assert_eq!(a.poll(at(930))[0].subject, "[Outpost] OK again h: s (was error)");
 }
 
+#[test]
+fn a_state_told_elsewhere_is_not_mailed_again_and_later_changes_compare_with_it() {
+    let mut a = Alerter::new(&alert_config());
+    let now = t0();
+    let at = |s: i64| now + Cd::seconds(s);
+    let told =
+        |state, ts| crate::model::MailedState { machine_id: "id-h".into(), sensor: "s".into(), state, ts };
+    // Told before the change arrives (the cloud takes a forward's notes before its batches).
+    a.told(&told(State::Error, at(0)), at(1));
+    assert_eq!(a.observe(change("h", "s", State::Ok, State::Error, at(0)), at(1)), Observed::Held);
+    assert!(a.poll(at(700)).is_empty(), "nothing new once the quiet period ends");
+    // Told after the change was queued: the pending alert goes.
+    a.observe(change("h", "s2", State::Ok, State::Warn, at(800)), at(800));
+    a.told(&crate::model::MailedState { sensor: "s2".into(), ..told(State::Warn, at(800)) }, at(801));
+    assert!(a.poll(at(900)).is_empty());
+    // Recovery after the quiet period is mailed, compared with the told state.
+    a.observe(change("h", "s", State::Error, State::Ok, at(1000)), at(1000));
+    assert_eq!(a.poll(at(1030))[0].subject, "[Outpost] OK again h: s (was error)");
+
+    let mut c = Alerter::new(&alert_config()).with_origin("connector", "Sent by the connector.");
+    c.observe(change("h", "s", State::Ok, State::Error, at(0)), at(0));
+    let m = &c.poll(at(30))[0];
+    assert_eq!(m.subject, "[Outpost connector] ERROR h: s (was ok)");
+    assert!(m.text.starts_with("Sent by the connector.") && m.html.as_ref().unwrap().contains("Sent by"));
+}
+
 fn lettre_from() -> lettre::message::Mailbox {
     "Outpost <o@example.org>".parse().unwrap()
 }
@@ -378,11 +411,11 @@ async fn spawned_alerter_puts_grouped_mail_in_the_outbox() {
         let _ = stop_rx.await;
     });
     let now = Utc::now();
-    tx.send(change("a", "s1", State::Ok, State::Error, now)).await.unwrap();
-    tx.send(change("b", "s2", State::Ok, State::Warn, now)).await.unwrap();
+    tx.send(AlertEvent::Change(change("a", "s1", State::Ok, State::Error, now))).await.unwrap();
+    tx.send(AlertEvent::Change(change("b", "s2", State::Ok, State::Warn, now))).await.unwrap();
     wait_until("alert in outbox", || ob.len() == 1).await;
     // A change still inside its window at shutdown is flushed, not lost.
-    tx.send(change("c", "s3", State::Ok, State::Error, Utc::now())).await.unwrap();
+    tx.send(AlertEvent::Change(change("c", "s3", State::Ok, State::Error, Utc::now()))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
@@ -435,10 +468,15 @@ fn report_has_table_text_and_csv() {
 }
 
 #[test]
-fn next_daily_run_is_strictly_later() {
+fn next_run_is_strictly_later_and_counts_periods_from_report_at() {
     let at = chrono::NaiveTime::from_hms_opt(7, 0, 0).unwrap();
+    let day = Duration::from_secs(86400);
     let morning = Utc.with_ymd_and_hms(2025, 3, 1, 6, 59, 0).unwrap();
-    assert_eq!(report::next_daily_run(morning, at), Utc.with_ymd_and_hms(2025, 3, 1, 7, 0, 0).unwrap());
+    assert_eq!(report::next_run(morning, at, day), Utc.with_ymd_and_hms(2025, 3, 1, 7, 0, 0).unwrap());
     let exactly = Utc.with_ymd_and_hms(2025, 3, 1, 7, 0, 0).unwrap();
-    assert_eq!(report::next_daily_run(exactly, at), Utc.with_ymd_and_hms(2025, 3, 2, 7, 0, 0).unwrap());
+    assert_eq!(report::next_run(exactly, at, day), Utc.with_ymd_and_hms(2025, 3, 2, 7, 0, 0).unwrap());
+    let hourly = report::next_run(morning, chrono::NaiveTime::from_hms_opt(0, 15, 0).unwrap(), day / 24);
+    assert_eq!(hourly, Utc.with_ymd_and_hms(2025, 3, 1, 7, 15, 0).unwrap());
+    let short = report::next_run(exactly, at, Duration::from_secs(5));
+    assert_eq!(short, exactly + Cd::seconds(5));
 }

@@ -1,0 +1,156 @@
+//! The periodic status report: one mail per network every `mail.report_every`, counted from
+//! `mail.report_at`, to `mail.to`, covering the period that just ended (machines, their sensors'
+//! latest states, and the period's raw readings as CSV).
+//!
+//! Each network's last reported period end is remembered in the `report_runs` tree, written after
+//! the mail is durable in the outbox: a restart never skips a report that was due while the cloud
+//! was down (the most recent missed period is sent at start), and a crash between the two writes
+//! sends one report twice rather than none.
+
+use crate::error::CloudError;
+use crate::store::Store;
+use crate::trust::Trust;
+use chrono::{DateTime, TimeZone, Utc};
+use outpost_shared::mail::report::{self, MachineStatus, ReportReading, SensorStatus, MAX_CSV_ROWS};
+use outpost_shared::mail::{Mail, MailConfig, Outbox};
+use tokio_util::sync::CancellationToken;
+
+/// When each network's last report ended.
+#[derive(Clone)]
+pub struct ReportRuns {
+    tree: sled::Tree,
+}
+
+impl ReportRuns {
+    pub fn open(db: &sled::Db) -> Result<ReportRuns, CloudError> {
+        Ok(ReportRuns { tree: db.open_tree("report_runs")? })
+    }
+
+    pub fn last(&self, network: &str) -> Result<Option<DateTime<Utc>>, CloudError> {
+        Ok(self.tree.get(network.as_bytes())?.and_then(|v| {
+            let ms = i64::from_be_bytes(v.as_ref().try_into().ok()?);
+            Utc.timestamp_millis_opt(ms).single()
+        }))
+    }
+
+    async fn set(&self, network: &str, until: DateTime<Utc>) -> Result<(), CloudError> {
+        self.tree.insert(network.as_bytes(), &until.timestamp_millis().to_be_bytes())?;
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// The report of `network` for `[from, until)`, or `None` when no enrolled machine belongs to it.
+/// Blocking (store scans).
+pub fn report_for(
+    store: &Store,
+    trust: &Trust,
+    network: &str,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    to: Vec<String>,
+) -> Result<Option<Mail>, CloudError> {
+    let networks = trust.networks()?;
+    let Some(keys) = networks.get(network) else { return Ok(None) };
+    let mut machines = Vec::new();
+    let mut readings = Vec::new();
+    for k in keys {
+        let info = store.machine(&k.machine_id)?;
+        let hostname = info.as_ref().map(|m| m.hostname.clone()).unwrap_or_else(|| k.hostname.clone());
+        let sensors = store
+            .sensors(&k.machine_id)?
+            .into_iter()
+            .map(|l| SensorStatus {
+                sensor: l.sensor,
+                state: l.state,
+                value: Some(l.value),
+                unit: l.unit,
+                ts: l.ts,
+            })
+            .collect();
+        // One row more than fits, so the report can say it was cut.
+        let room = (MAX_CSV_ROWS + 1).saturating_sub(readings.len());
+        for r in store.period(&k.machine_id, from, until, room)? {
+            readings.push(ReportReading {
+                machine_id: k.machine_id.clone(),
+                hostname: hostname.clone(),
+                sensor: r.sensor,
+                ts: r.ts,
+                value: r.value,
+                unit: r.unit,
+                state: r.state,
+            });
+        }
+        machines.push(MachineStatus {
+            machine_id: k.machine_id.clone(),
+            hostname,
+            last_seen: info.map(|m| m.last_seen),
+            sensors,
+        });
+    }
+    machines.sort_by(|a, b| (&a.hostname, &a.machine_id).cmp(&(&b.hostname, &b.machine_id)));
+    Ok(Some(report::build(network, from, until, &machines, &readings, to)))
+}
+
+/// Runs the schedule until `shutdown`.
+pub(super) fn spawn(
+    store: Store,
+    trust: Trust,
+    mail: MailConfig,
+    outbox: Outbox,
+    runs: ReportRuns,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(at) = mail.daily_report_at() else { return };
+        let every = chrono::Duration::from_std(mail.report_every).unwrap_or(chrono::Duration::days(1));
+        // The most recent period end already passed: sent now if it was missed while down.
+        let mut due = report::next_run(Utc::now(), at, mail.report_every) - every;
+        let mut catch_up = true;
+        loop {
+            if let Err(e) = run(&store, &trust, &mail, &outbox, &runs, due, every, catch_up).await {
+                tracing::error!(error = %e, "status report failed; it is tried again at the next period");
+            }
+            catch_up = false;
+            due = report::next_run(Utc::now().max(due), at, mail.report_every);
+            let wait = (due - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    })
+}
+
+/// Queues the report for the period ending at `until` for every network that has not had it.
+/// With `catch_up`, only networks that had an earlier report get one (a new cloud, or a network
+/// enrolled since, waits for the next period rather than mailing at start).
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    store: &Store,
+    trust: &Trust,
+    mail: &MailConfig,
+    outbox: &Outbox,
+    runs: &ReportRuns,
+    until: DateTime<Utc>,
+    every: chrono::Duration,
+    catch_up: bool,
+) -> Result<(), CloudError> {
+    let networks: Vec<String> = trust.networks()?.into_keys().collect();
+    for network in networks {
+        match runs.last(&network)? {
+            Some(last) if last >= until => continue,
+            None if catch_up => continue,
+            _ => {}
+        }
+        let (s, t, n, to) = (store.clone(), trust.clone(), network.clone(), mail.to.clone());
+        let built = tokio::task::spawn_blocking(move || report_for(&s, &t, &n, until - every, until, to))
+            .await
+            .map_err(|e| CloudError::Mail(e.to_string()))??;
+        let Some(report) = built else { continue };
+        outbox.enqueue(&report).await.map_err(|e| CloudError::Mail(e.to_string()))?;
+        runs.set(&network, until).await?;
+        tracing::info!(%network, %until, subject = %report.subject, "status report queued");
+    }
+    Ok(())
+}
