@@ -1,6 +1,8 @@
-//! Store-and-forward to the cloud: many hubs' batches per request, oldest first, each exactly as
-//! its hub sent it. A batch leaves the buffer only after the cloud's answer for it: stored, or
-//! refused for good (then it is logged; resending could never help).
+//! Store-and-forward to the cloud: many hubs' batches per request, each exactly as its hub signed
+//! it. Live first, as on the hub: the newest batches that carry fresh readings go ahead, so a
+//! hub's latest readings are not stuck here behind a backlog (its own or other hubs'); the rest of
+//! each request drains the backlog oldest first. A batch leaves the buffer only after the cloud's
+//! answer for it: stored, or refused for good (then it is logged; resending could never help).
 
 use crate::config::CloudLink;
 use crate::{record, Shared};
@@ -10,12 +12,15 @@ use outpost_shared::model::{
 };
 use outpost_shared::ssdp::Found;
 use serde_json::value::RawValue;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Most hub batches one request may carry, whatever their size.
 const MAX_BATCHES: usize = 1000;
+/// Generous bytes of record per reading (typically 100-200), for sizing buffer reads.
+const BYTES_PER_READING: u64 = 256;
 /// A hub that sent through this connector within this window counts as attached.
 const ATTACHED_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
 
@@ -89,11 +94,12 @@ pub(crate) async fn run(
             return;
         }
         let collected = std::time::Instant::now();
-        let (seqs, note_keys, env) = match collect(&sh, cfg.max_readings).await {
+        let (mut taken, env) = match collect(&sh, cfg.max_readings).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the connector buffer");
-                (Vec::new(), Vec::new(), None)
+                sleep_or_stop(&shutdown, backoff.next_delay()).await;
+                continue;
             }
         };
         let Some(env) = env else {
@@ -109,7 +115,7 @@ pub(crate) async fn run(
             Ok(ack) => {
                 if let Some(w) = &sh.watch {
                     w.forward_ok(collected);
-                    w.notes_delivered(note_keys).await;
+                    w.notes_delivered(std::mem::take(&mut taken.note_keys)).await;
                 }
                 if failing {
                     tracing::info!("cloud reachable again; forwarding the backlog");
@@ -121,7 +127,7 @@ pub(crate) async fn run(
                         tracing::error!(status, %error, hub = %fb.sig.machine_id, "cloud refuses a hub batch for good; dropped");
                     }
                 }
-                remove(&sh, seqs).await;
+                remove(&sh, taken).await;
                 // The unattached list was delivered with this request.
                 if !env.unattached.is_empty() {
                     sh.unattached.lock().unwrap().clear();
@@ -159,31 +165,66 @@ enum Retry {
     Backoff(String),
 }
 
-/// What one forward request carries, besides the envelope: the buffer seqs and the outage note
-/// keys to delete once the cloud has them.
-type Collected = (Vec<u64>, Vec<sled::IVec>, Option<ForwardEnvelope>);
+/// What one forward request takes besides the envelope: the buffer seqs and the outage note keys
+/// to delete once the cloud has them, and the bytes each hub gets back in its fair share then.
+#[derive(Default)]
+pub(crate) struct Taken {
+    pub seqs: Vec<u64>,
+    pub note_keys: Vec<sled::IVec>,
+    pub freed: Vec<(String, u64)>,
+}
 
-/// The oldest batches up to `max_readings` (at least one), the pending unattached hubs, and the
-/// outage notes not yet delivered.
-async fn collect(sh: &Arc<Shared>, max_readings: usize) -> Result<Collected, String> {
+/// Up to `max_readings` (at least one batch): first the freshest batches among those that came
+/// in last (at most half the request, so the backlog keeps moving), then the oldest; the pending
+/// unattached hubs; and the outage notes not yet delivered.
+pub(crate) async fn collect(
+    sh: &Arc<Shared>,
+    max_readings: usize,
+) -> Result<(Taken, Option<ForwardEnvelope>), String> {
     // Batches and notes read together, with no intake half-way (see `Shared::custody`).
     let custody = sh.custody.write().await;
     let (note_keys, mailed) = sh.watch.as_ref().map(|w| w.pending_notes()).unwrap_or_default();
     let buffer = sh.buffer.clone();
-    let oldest = tokio::task::spawn_blocking(move || buffer.oldest(MAX_BATCHES))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let mut seqs = Vec::new();
+    let n = records_for(&buffer.stats(), max_readings);
+    let (live, oldest) = tokio::task::spawn_blocking(move || {
+        // Newest first: after an outage the latest of each hub leads, not the first to arrive.
+        let live: Vec<_> = buffer
+            .newest((2 * n).min(MAX_BATCHES))?
+            .into_iter()
+            .filter(|(_, b)| record::decode(b).is_some_and(|r| r.fresh))
+            .collect();
+        let oldest = buffer.oldest(n)?;
+        Ok::<_, outpost_shared::buffer::BufferError>((live, oldest))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+
+    let mut taken = Taken { note_keys, ..Default::default() };
     let mut batches = Vec::new();
     let mut readings = 0usize;
-    for (seq, bytes) in oldest {
+    let live_budget = (max_readings / 2).max(1);
+    let mut in_request = HashSet::new();
+    let candidates = live.into_iter().map(|r| (true, r)).chain(oldest.into_iter().map(|r| (false, r)));
+    for (is_live, (seq, bytes)) in candidates {
+        if batches.len() >= MAX_BATCHES {
+            break;
+        }
+        if !in_request.insert(seq) {
+            continue;
+        }
         let Some(r) = record::decode(&bytes) else {
             tracing::error!(seq, "unreadable record in the connector buffer; dropped");
-            seqs.push(seq);
+            taken.seqs.push(seq);
             continue;
         };
-        if !batches.is_empty() && readings + r.readings as usize > max_readings {
+        let budget = if is_live { live_budget } else { max_readings };
+        if !batches.is_empty() && readings + r.readings as usize > budget {
+            if is_live {
+                // Too big for the live share: it goes with the backlog, in order.
+                in_request.remove(&seq);
+                continue;
+            }
             break;
         }
         readings += r.readings as usize;
@@ -196,18 +237,29 @@ async fn collect(sh: &Arc<Shared>, max_readings: usize) -> Result<Collected, Str
             },
             body: RawValue::from_string(json).map_err(|e| e.to_string())?,
         });
-        seqs.push(seq);
+        taken.seqs.push(seq);
+        taken.freed.push((r.machine_id.to_string(), bytes.len() as u64));
     }
     drop(custody);
     let unattached = sh.unattached.lock().unwrap().clone();
     if batches.is_empty() && unattached.is_empty() && mailed.is_empty() {
-        if !seqs.is_empty() {
-            remove(sh, seqs).await;
+        if !taken.seqs.is_empty() {
+            remove(sh, taken).await;
         }
-        return Ok((Vec::new(), Vec::new(), None));
+        return Ok((Taken::default(), None));
     }
     let env = ForwardEnvelope { connector: sh.machine_id.clone(), batches, unattached, mailed };
-    Ok((seqs, note_keys, Some(env)))
+    Ok((taken, Some(env)))
+}
+
+/// How many records one read should take to fill a request of `max_readings`, from the
+/// buffer's average record size: records range from a few hundred bytes (a hub's live trickle)
+/// to megabytes (a hub draining its backlog), and copying a thousand of the big ones to send
+/// four would cost far more than the request itself.
+fn records_for(st: &outpost_shared::buffer::BufferStats, max_readings: usize) -> usize {
+    let avg = st.bytes.checked_div(st.len).unwrap_or(1).max(1);
+    let wanted = max_readings as u64 * BYTES_PER_READING;
+    (wanted / avg + 1).min(MAX_BATCHES as u64) as usize
 }
 
 async fn send(
@@ -256,29 +308,21 @@ async fn send(
     }
 }
 
-async fn remove(sh: &Arc<Shared>, seqs: Vec<u64>) {
+async fn remove(sh: &Arc<Shared>, taken: Taken) {
     let buffer = sh.buffer.clone();
-    let to_remove = seqs.clone();
-    // Recount fair shares for what leaves.
-    let freed: Vec<(String, u64)> = {
-        let b = sh.buffer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            for (seq, bytes) in b.oldest(MAX_BATCHES + 1).unwrap_or_default() {
-                if to_remove.binary_search(&seq).is_ok() {
-                    if let Some(r) = record::decode(&bytes) {
-                        out.push((r.machine_id.to_string(), bytes.len() as u64));
-                    }
-                }
-            }
-            out
-        })
-        .await
-        .unwrap_or_default()
-    };
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || buffer.remove(&seqs)).await {
-        tracing::error!(error = %e, "could not remove forwarded batches; the cloud will see them again and store them once");
+    let Taken { seqs, freed, .. } = taken;
+    match tokio::task::spawn_blocking(move || buffer.remove(&seqs)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not remove forwarded batches; the cloud will see them again and store them once");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not remove forwarded batches");
+            return;
+        }
     }
+    // Recount fair shares for what left.
     let mut per_hub = sh.per_hub.lock().unwrap();
     for (m, b) in freed {
         if let Some(v) = per_hub.get_mut(&m) {

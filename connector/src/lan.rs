@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use outpost_shared::buffer::BufferError;
 use outpost_shared::model::{ApiError, Batch, BatchAck, BatchProblem};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_BODY: usize = 8 << 20;
 const MAX_DECOMPRESSED: usize = 64 << 20;
 const MAX_READINGS: usize = 50_000;
+/// A batch whose newest reading was taken this recently (by the hub's clock) carries live data
+/// and is forwarded ahead of any backlog. A hub with a skewed clock loses only that priority.
+const FRESH_WITHIN: chrono::Duration = chrono::Duration::seconds(30);
 
 pub(crate) fn serve(
     listener: std::net::TcpListener,
@@ -111,25 +115,40 @@ async fn intake(
     if sig.machine_id.as_str() != batch.machine_id {
         return err(StatusCode::UNAUTHORIZED, "batch signed by another machine than its own");
     }
-    let rec = record::encode(
-        batch.readings.len() as u32,
-        &batch.machine_id,
-        sig.timestamp,
-        &sig.signature_b64,
-        &json,
-    );
+    let newest = batch.readings.iter().map(|r| r.sample.ts).max();
+    let rec = record::encode(&record::Record {
+        readings: batch.readings.len() as u32,
+        fresh: newest.is_some_and(|ts| chrono::Utc::now() - ts < FRESH_WITHIN),
+        machine_id: &batch.machine_id,
+        timestamp: sig.timestamp,
+        signature: &sig.signature_b64,
+        json: &json,
+    });
     let cost = rec.len() as u64;
+    // A batch that could never fit beside other hubs' data would be refused forever; 413 makes
+    // the hub split it (its uplink halves a refused batch) instead of retrying it unchanged.
+    if cost > sh.quota / 2 {
+        tracing::warn!(machine = %batch.machine_id, bytes = cost, quota = sh.quota,
+            "hub batch larger than half the buffer quota; hub told to send smaller batches");
+        return err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a batch of {cost} bytes is more than this connector takes at once (buffer quota {} bytes); send smaller batches",
+                sh.quota
+            ),
+        );
+    }
     if let Some(msg) = over_fair_share(&sh, &batch.machine_id, cost) {
-        return busy(&sh, msg);
+        return push_back(&sh, &batch.machine_id, msg);
     }
     let buffer = sh.buffer.clone();
     let custody = sh.custody.read().await;
     match tokio::task::spawn_blocking(move || buffer.append(&[rec])).await.expect("append does not panic") {
         Ok(_) => {}
         Err(BufferError::Full { bytes, quota, .. }) => {
-            tracing::warn!(machine = %batch.machine_id, bytes, quota, "buffer full; hub told to hold its data");
-            return busy(
+            return push_back(
                 &sh,
+                &batch.machine_id,
                 format!("connector buffer full ({bytes} of {quota} bytes); keep the data and retry later"),
             );
         }
@@ -142,22 +161,40 @@ async fn intake(
         w.took(&batch).await;
     }
     drop(custody);
+    if sh.pushing_back.swap(false, Ordering::Relaxed) {
+        tracing::info!(
+            buffered_bytes = sh.buffer.stats().bytes,
+            "connector buffer has room again; taking hub batches"
+        );
+    }
     *sh.per_hub.lock().unwrap().entry(batch.machine_id.clone()).or_default() += cost;
     sh.attached.lock().unwrap().insert(batch.machine_id.clone(), chrono::Utc::now());
     sh.forward_wake.notify_one();
     Json(BatchAck { stored: batch.readings.len() as u64, duplicates: 0 }).into_response()
 }
 
+/// 503 + Retry-After for a hub while the buffer is full (or the hub over its share). Logged once
+/// when the connector starts pushing back, not for every refused request.
+fn push_back(sh: &Shared, machine: &str, msg: String) -> Response {
+    if !sh.pushing_back.swap(true, Ordering::Relaxed) {
+        let bytes = sh.buffer.stats().bytes;
+        tracing::warn!(%machine, bytes, quota = sh.quota, reason = %msg, "connector buffer full; hubs told to hold their data");
+    }
+    busy(sh, msg)
+}
+
 /// Once the buffer is half full, a hub may hold at most an equal share of the quota: one chatty
 /// or long-cut-off hub cannot crowd out the others.
-fn over_fair_share(sh: &Shared, machine: &str, cost: u64) -> Option<String> {
+pub(crate) fn over_fair_share(sh: &Shared, machine: &str, cost: u64) -> Option<String> {
     let used = sh.buffer.stats().bytes;
     if used + cost <= sh.quota / 2 {
         return None;
     }
     let per_hub = sh.per_hub.lock().unwrap();
-    let active = per_hub.values().filter(|b| **b > 0).count() + usize::from(!per_hub.contains_key(machine));
-    let share = sh.quota / active.max(1) as u64;
+    // The hubs holding data here, and this one, which asks to. (A hub whose data has all been
+    // forwarded is no longer counted, nor is the asking one twice.)
+    let holding = per_hub.iter().filter(|(m, b)| **b > 0 && m.as_str() != machine).count() as u64;
+    let share = sh.quota / (holding + 1);
     let mine = per_hub.get(machine).copied().unwrap_or(0);
     (mine + cost > share)
         .then(|| format!("this hub holds {mine} bytes here, its fair share is {share}; retry later"))

@@ -11,6 +11,8 @@ pub mod forward;
 pub mod lan;
 pub mod mail;
 mod record;
+#[cfg(test)]
+mod tests;
 
 pub use config::ConnectorConfig;
 
@@ -19,6 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +65,8 @@ pub(crate) struct Shared {
     /// written, and exclusively by the forwarder while it picks batches and notes: a forward never
     /// carries a batch without the notes about its changes (see [`mail::outage`]).
     pub custody: tokio::sync::RwLock<()>,
+    /// Whether hubs are being told to hold their data (so the log says so once, not per request).
+    pub pushing_back: AtomicBool,
 }
 
 /// A running connector.
@@ -76,12 +81,19 @@ pub struct Connector {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     hub: Option<outpost_sensorhub::Hub>,
+    buffer: Arc<dyn Storage>,
 }
 
 impl Connector {
-    /// `https://127.0.0.1:<port>`: how processes on this machine reach the LAN API.
+    /// How processes on this machine reach the LAN API: `https://127.0.0.1:<port>` when it
+    /// listens on every address, else the address it listens on.
     pub fn loopback_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        local_url(self.addr)
+    }
+
+    /// What the connector holds for the cloud right now.
+    pub fn buffered(&self) -> outpost_shared::buffer::BufferStats {
+        self.buffer.stats()
     }
 
     pub async fn stop(self) {
@@ -120,6 +132,8 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
     let lan_ifaces = outpost_shared::ssdp::lan_interfaces(&config.ssdp.responder.interfaces);
     let mut names = config.names.clone();
     names.extend(lan_ifaces.iter().map(|i| i.addr.to_string()));
+    // The embedded hub reaches the LAN API on loopback or on the one address it listens on.
+    names.push(local_url_host(config.listen).to_string());
     names.sort();
     names.dedup();
     let certs = outpost_shared::tls::ensure_self_signed(&dir.join("tls"), &names, "outpost connector")?;
@@ -143,6 +157,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         unattached: Mutex::new(Vec::new()),
         watch: mail.as_ref().map(|m| m.watch.clone()),
         custody: tokio::sync::RwLock::new(()),
+        pushing_back: AtomicBool::new(false),
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
@@ -188,7 +203,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
             role: outpost_shared::model::Role::Connector,
             sensors: config.sensors.clone(),
             uplink: outpost_sensorhub::uplink::UplinkConfig {
-                connector: Some(format!("https://127.0.0.1:{}", addr.port())),
+                connector: Some(local_url(addr)),
                 cloud: config.cloud.url.clone(),
                 ca_file: config.cloud.ca_file.clone(),
                 discover: false,
@@ -201,7 +216,18 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
     } else {
         None
     };
-    Ok(Connector { machine_id, addr, ca_file: certs.ca, mail_commands, shutdown, tasks, hub })
+    Ok(Connector { machine_id, addr, ca_file: certs.ca, mail_commands, shutdown, tasks, hub, buffer })
+}
+
+fn local_url_host(listen: SocketAddr) -> std::net::IpAddr {
+    match listen.ip() {
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
+    }
+}
+
+fn local_url(addr: SocketAddr) -> String {
+    format!("https://{}", SocketAddr::new(local_url_host(addr), addr.port()))
 }
 
 /// The SSDP side: announce this connector, and look for hubs that are not attached.

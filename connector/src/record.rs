@@ -1,34 +1,42 @@
-//! How a hub batch sits in the connector's buffer: a small header (reading count, hub id, the
-//! hub's signature) in front of the batch JSON exactly as the hub signed it, so the forwarder can
-//! size requests and pass the signature on, and the intake can keep fair shares, without parsing
-//! JSON again.
+//! How a hub batch sits in the connector's buffer: a small header (reading count, whether it
+//! carries fresh readings, hub id, the hub's signature) in front of the batch JSON exactly as the
+//! hub signed it, so the forwarder can size requests, put live data first and pass the signature
+//! on, and the intake can keep fair shares, all without parsing JSON again.
 
 use outpost_shared::buffer::{BufferError, Storage};
 use std::collections::HashMap;
 
+/// The top bit of the count word: the batch carries readings taken moments before it arrived.
+/// (A batch holds at most 50,000 readings, far below it; records written before this flag
+/// existed read as not fresh.)
+const FRESH: u32 = 1 << 31;
+
 pub struct Record<'a> {
     pub readings: u32,
+    /// The hub's newest readings ride in this batch: forward it ahead of any backlog.
+    pub fresh: bool,
     pub machine_id: &'a str,
     pub timestamp: i64,
     pub signature: &'a str,
     pub json: &'a [u8],
 }
 
-pub fn encode(readings: u32, machine_id: &str, timestamp: i64, signature: &str, json: &[u8]) -> Vec<u8> {
-    let (id, sig) = (machine_id.as_bytes(), signature.as_bytes());
-    let mut out = Vec::with_capacity(15 + id.len() + sig.len() + json.len());
-    out.extend_from_slice(&readings.to_be_bytes());
+pub fn encode(r: &Record<'_>) -> Vec<u8> {
+    let (id, sig) = (r.machine_id.as_bytes(), r.signature.as_bytes());
+    let mut out = Vec::with_capacity(15 + id.len() + sig.len() + r.json.len());
+    let word = (r.readings & !FRESH) | if r.fresh { FRESH } else { 0 };
+    out.extend_from_slice(&word.to_be_bytes());
     out.push(id.len() as u8);
     out.extend_from_slice(id);
-    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(&r.timestamp.to_be_bytes());
     out.extend_from_slice(&(sig.len() as u16).to_be_bytes());
     out.extend_from_slice(sig);
-    out.extend_from_slice(json);
+    out.extend_from_slice(r.json);
     out
 }
 
 pub fn decode(bytes: &[u8]) -> Option<Record<'_>> {
-    let readings = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
+    let word = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
     let n = *bytes.get(4)? as usize;
     let machine_id = std::str::from_utf8(bytes.get(5..5 + n)?).ok()?;
     let mut at = 5 + n;
@@ -38,7 +46,14 @@ pub fn decode(bytes: &[u8]) -> Option<Record<'_>> {
     at += 2;
     let signature = std::str::from_utf8(bytes.get(at..at + sl)?).ok()?;
     at += sl;
-    Some(Record { readings, machine_id, timestamp, signature, json: bytes.get(at..)? })
+    Some(Record {
+        readings: word & !FRESH,
+        fresh: word & FRESH != 0,
+        machine_id,
+        timestamp,
+        signature,
+        json: bytes.get(at..)?,
+    })
 }
 
 /// Bytes per hub in the buffer, rebuilt at start.
@@ -56,10 +71,19 @@ pub fn per_hub_bytes(buffer: &dyn Storage) -> Result<HashMap<String, u64>, Buffe
 mod tests {
     #[test]
     fn round_trip() {
-        let e = super::encode(42, "abc", 1_700_000_000, "c2ln", b"{\"x\":1}");
-        let r = super::decode(&e).unwrap();
-        assert_eq!((r.readings, r.machine_id, r.json), (42, "abc", &b"{\"x\":1}"[..]));
-        assert_eq!((r.timestamp, r.signature), (1_700_000_000, "c2ln"));
-        assert!(super::decode(&e[..3]).is_none());
+        for fresh in [false, true] {
+            let e = super::encode(&super::Record {
+                readings: 42,
+                fresh,
+                machine_id: "abc",
+                timestamp: 1_700_000_000,
+                signature: "c2ln",
+                json: b"{\"x\":1}",
+            });
+            let r = super::decode(&e).unwrap();
+            assert_eq!((r.readings, r.fresh, r.machine_id, r.json), (42, fresh, "abc", &b"{\"x\":1}"[..]));
+            assert_eq!((r.timestamp, r.signature), (1_700_000_000, "c2ln"));
+            assert!(super::decode(&e[..3]).is_none());
+        }
     }
 }
