@@ -290,13 +290,27 @@ fn body_json(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>,
     )
 }
 
-/// Parses, validates, stores and flushes one hub batch. Every path into storage goes through here.
+/// Parses, validates, stores and flushes one hub batch.
 async fn take_batch(
     st: &AppState,
     json: &[u8],
     signer: &str,
     peer: &str,
 ) -> Result<BatchAck, (StatusCode, String)> {
+    let outcome = store_batch(st, json, signer, peer).await?;
+    let ack = BatchAck { stored: outcome.stored, duplicates: outcome.duplicates };
+    commit(st, vec![outcome]).await?;
+    Ok(ack)
+}
+
+/// Parses, validates and stores one hub batch, not yet durable: the caller must [`commit`] before
+/// it acknowledges. Every path into storage goes through here.
+async fn store_batch(
+    st: &AppState,
+    json: &[u8],
+    signer: &str,
+    peer: &str,
+) -> Result<crate::store::IngestOutcome, (StatusCode, String)> {
     let batch: Batch = serde_json::from_slice(json)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not a valid batch: {e}")))?;
     if batch.machine_id != signer {
@@ -314,39 +328,49 @@ async fn take_batch(
         return Err((status, p.to_string()));
     }
     let store = st.store.clone();
-    let outcome = match tokio::task::spawn_blocking(move || store.ingest(&batch, Utc::now())).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    };
+    match tokio::task::spawn_blocking(move || store.ingest(&batch, Utc::now())).await {
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// Makes everything stored so far durable (one flush for any number of batches: group commit),
+/// then raises alerts and tells live dashboards what changed.
+async fn commit(
+    st: &AppState,
+    outcomes: Vec<crate::store::IngestOutcome>,
+) -> Result<(), (StatusCode, String)> {
     // Custody: acknowledge only what is on disk.
     st.store.flush().await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
-        for (old, l) in &outcome.transitions {
-            let change = outpost_shared::mail::StateChange {
-                machine_id: m.id.clone(),
-                hostname: m.hostname.clone(),
-                sensor: l.sensor.clone(),
-                old: *old,
-                new: l.state,
-                value: Some(l.value.clone()),
-                unit: l.unit.clone(),
-                message: l.message.clone(),
-                ts: l.ts,
-            };
-            if tx.try_send(outpost_shared::mail::AlertEvent::Change(change)).is_err() {
-                tracing::warn!(machine = %m.id, sensor = %l.sensor, "alert queue full; state change not mailed");
+    for outcome in outcomes {
+        if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
+            for (old, l) in &outcome.transitions {
+                let change = outpost_shared::mail::StateChange {
+                    machine_id: m.id.clone(),
+                    hostname: m.hostname.clone(),
+                    sensor: l.sensor.clone(),
+                    old: *old,
+                    new: l.state,
+                    value: Some(l.value.clone()),
+                    unit: l.unit.clone(),
+                    message: l.message.clone(),
+                    ts: l.ts,
+                };
+                if tx.try_send(outpost_shared::mail::AlertEvent::Change(change)).is_err() {
+                    tracing::warn!(machine = %m.id, sensor = %l.sensor, "alert queue full; state change not mailed");
+                }
+            }
+        }
+        if let Some(m) = outcome.machine {
+            let id = m.id.clone();
+            let _ = st.events.send(LiveEvent::Machine(m));
+            if !outcome.changed.is_empty() {
+                let _ = st.events.send(LiveEvent::Sensors { machine: id, sensors: outcome.changed });
             }
         }
     }
-    if let Some(m) = outcome.machine {
-        let id = m.id.clone();
-        let _ = st.events.send(LiveEvent::Machine(m));
-        if !outcome.changed.is_empty() {
-            let _ = st.events.send(LiveEvent::Sensors { machine: id, sensors: outcome.changed });
-        }
-    }
-    Ok(BatchAck { stored: outcome.stored, duplicates: outcome.duplicates })
+    Ok(())
 }
 
 async fn ingest(
@@ -412,6 +436,7 @@ async fn forward(
     }
     let via = format!("{peer} via connector {}", connector.machine_id);
     let mut results = Vec::with_capacity(env.batches.len());
+    let mut outcomes = Vec::with_capacity(env.batches.len());
     for fb in &env.batches {
         let body = fb.body.get().as_bytes();
         // Each batch must carry its hub's own signature over exactly these bytes: a connector
@@ -439,13 +464,20 @@ async fn forward(
                 continue;
             }
         };
-        match take_batch(&st, body, &hub.machine_id, &via).await {
-            Ok(ack) => results.push(ForwardResult::Stored(ack)),
+        match store_batch(&st, body, &hub.machine_id, &via).await {
+            Ok(o) => {
+                results.push(ForwardResult::Stored(BatchAck { stored: o.stored, duplicates: o.duplicates }));
+                outcomes.push(o);
+            }
             Err((status, msg)) if status.is_server_error() => return internal(msg),
             Err((status, msg)) => {
                 results.push(ForwardResult::Refused { status: status.as_u16(), error: msg })
             }
         }
+    }
+    // One flush for the whole forward, before any of it is acknowledged.
+    if let Err((_, msg)) = commit(&st, outcomes).await {
+        return internal(msg);
     }
     if !env.unattached.is_empty() {
         let store = st.store.clone();

@@ -406,8 +406,9 @@ impl Store {
         Ok(())
     }
 
-    /// Hubs seen by a connector within the last day that have not sent anything since they were
-    /// seen. A hub that starts sending drops off this list by itself.
+    /// Hubs seen by a connector within the last day that do not send through a connector: silent
+    /// ones and those sending directly alike. A hub that starts sending through a connector drops
+    /// off this list by itself.
     pub fn unattached(&self, now: DateTime<Utc>) -> Result<Vec<UnattachedHub>, CloudError> {
         let mut out = Vec::new();
         for item in self.unattached.iter() {
@@ -416,10 +417,9 @@ impl Store {
             if now - h.seen_at > chrono::Duration::days(1) {
                 continue;
             }
-            if self
-                .machine(&h.machine_id)?
-                .is_some_and(|m| m.last_seen >= h.seen_at - chrono::Duration::minutes(2))
-            {
+            if self.machine(&h.machine_id)?.is_some_and(|m| {
+                m.uplink.starts_with("connector:") && m.last_seen >= h.seen_at - chrono::Duration::minutes(2)
+            }) {
                 continue;
             }
             out.push(h);

@@ -114,3 +114,25 @@ fn a_period_holds_every_sensor_of_one_machine_within_its_bounds() {
     assert_eq!(store.period("m1", ago(60), ago(20), 100).unwrap().len(), 1, "the end is exclusive");
     assert_eq!(store.period("m1", ago(120), now, 2).unwrap().len(), 2, "limit");
 }
+
+#[test]
+fn a_hub_is_unattached_until_it_sends_through_a_connector_even_if_it_sends_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let seen = |id: &str| UnattachedHub {
+        machine_id: id.into(),
+        location: format!("https://10.0.0.2:1/outpost/hub/{id}"),
+        server: "s".into(),
+        connector: "c1".into(),
+        seen_at: now,
+    };
+    store.note_unattached(&[seen("silent"), seen("direct"), seen("attached")]).unwrap();
+    store.ingest(&batch("direct", vec![(1, "cpu", 1.0, now)]), now).unwrap();
+    let mut via = batch("attached", vec![(1, "cpu", 1.0, now)]);
+    via.uplink = "connector:c1".into();
+    store.ingest(&via, now).unwrap();
+    let mut listed: Vec<String> = store.unattached(now).unwrap().into_iter().map(|h| h.machine_id).collect();
+    listed.sort();
+    assert_eq!(listed, vec!["direct", "silent"]);
+}
