@@ -19,8 +19,11 @@ use tokio::sync::Mutex;
 pub const REMEMBERED_FILE: &str = "connector.json";
 /// How long a connector candidate gets to say who it is.
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
-/// Discovery is not repeated more often than this while a connector stays unreachable.
+/// Discovery is not repeated more often than this while the connectors it found stay unreachable.
 const REDISCOVER_EVERY: Duration = Duration::from_secs(20);
+/// After a search nobody answered, the next may come this soon: an answer can be lost (or come
+/// after the search stopped listening), and a hub without a connector has nowhere else to go.
+const RESEARCH_EMPTY_AFTER: Duration = Duration::from_secs(3);
 /// The receipt (the authorised connectors) is not refreshed more often than this.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
@@ -45,7 +48,8 @@ struct State {
     mode: Mode,
     connector: Option<HttpTransport>,
     failing_since: Option<Instant>,
-    last_discovery: Option<Instant>,
+    /// No SSDP search before this (none yet: search at once).
+    next_discovery: Option<Instant>,
     next_probe: Instant,
 }
 
@@ -88,7 +92,7 @@ impl PathTransport {
                 connector: None,
                 // Without any connector known yet, the fallback clock runs from start.
                 failing_since: None,
-                last_discovery: None,
+                next_discovery: None,
                 next_probe: Instant::now() + cfg.reprobe_every,
             }),
             last_path: std::sync::Mutex::new("offline".into()),
@@ -107,22 +111,25 @@ impl PathTransport {
         {
             urls.push(r.url);
         }
-        if discover && self.cfg.discover && st.last_discovery.is_none_or(|t| t.elapsed() >= REDISCOVER_EVERY)
-        {
-            st.last_discovery = Some(Instant::now());
-            match outpost_shared::ssdp::search(outpost_shared::ssdp::ST_CONNECTOR, self.cfg.discover_wait)
-                .await
-            {
-                Ok(found) => {
-                    for f in found {
-                        tracing::info!(location = %f.location, usn = %f.usn, "connector found by SSDP");
-                        urls.push(f.location);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "SSDP search for connectors failed"),
+        if discover && self.cfg.discover && st.next_discovery.is_none_or(|t| Instant::now() >= t) {
+            let found =
+                outpost_shared::ssdp::search(outpost_shared::ssdp::ST_CONNECTOR, self.cfg.discover_wait)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "SSDP search for connectors failed");
+                        Vec::new()
+                    });
+            let pause = if found.is_empty() { RESEARCH_EMPTY_AFTER } else { REDISCOVER_EVERY };
+            st.next_discovery = Some(Instant::now() + pause);
+            for f in found {
+                tracing::info!(location = %f.location, usn = %f.usn, "connector found by SSDP");
+                urls.push(f.location);
             }
         }
-        urls.dedup();
+        // Each candidate once, best first (a configured URL may also be the remembered one, and
+        // SSDP answers repeat on every interface).
+        let mut seen = std::collections::HashSet::new();
+        urls.retain(|u| seen.insert(u.trim_end_matches('/').to_string()));
         urls
     }
 
