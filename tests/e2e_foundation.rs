@@ -12,32 +12,6 @@ use std::time::Duration;
 /// A hub sampling fast: many readings per second, so outages and crashes hit mid-stream.
 const FAST: &str = "[[sensor]]\nkind = \"cpu\"\ninterval = \"100ms\"\n\n[[sensor]]\nkind = \"memory\"\ninterval = \"100ms\"\n";
 
-/// Every seq the cloud holds for a machine, over all its sensors.
-fn all_seqs(cloud: &CloudProc, machine: &str) -> Vec<u64> {
-    let sensors = cloud.api(&format!("/v1/machines/{machine}/sensors"));
-    let mut all = Vec::new();
-    for s in sensors.as_array().unwrap() {
-        all.extend(cloud.seqs(machine, s["sensor"].as_str().unwrap()));
-    }
-    all.sort_unstable();
-    all
-}
-
-/// The cloud holds exactly seqs 1..next_seq, each once: nothing lost, nothing twice.
-fn assert_exactly_once(cloud: &CloudProc, machine: &str, next_seq: u64) {
-    let all = all_seqs(cloud, machine);
-    let unique: BTreeSet<u64> = all.iter().copied().collect();
-    assert_eq!(all.len(), unique.len(), "some reading is stored twice");
-    let expected: BTreeSet<u64> = (1..next_seq).collect();
-    let missing: Vec<_> = expected.difference(&unique).take(10).collect();
-    assert!(missing.is_empty(), "readings lost, e.g. seqs {missing:?} (of {})", next_seq - 1);
-    assert_eq!(unique, expected);
-}
-
-fn machines(cloud: &CloudProc) -> Vec<Value> {
-    cloud.api("/v1/machines").as_array().unwrap().clone()
-}
-
 #[test]
 fn outpost_up_shows_this_machine_with_cpu_memory_and_disk_within_15_seconds() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +32,7 @@ fn outpost_up_shows_this_machine_with_cpu_memory_and_disk_within_15_seconds() {
             if !ca.exists() || !token_file.exists() {
                 return false;
             }
-            let client = client_for(&ca);
+            let client = ca_client(&ca);
             let token = std::fs::read_to_string(&token_file).unwrap();
             let Ok(list) = get_json(&client, &format!("{}/v1/machines", cloud.url()), token.trim()) else {
                 return false;
@@ -83,15 +57,6 @@ fn outpost_up_shows_this_machine_with_cpu_memory_and_disk_within_15_seconds() {
     let out = up.log_text();
     assert!(out.contains(&format!("https://127.0.0.1:{port}/#token=")), "dashboard URL printed: {out}");
     assert!(up.stop().success(), "outpost up stops cleanly on SIGTERM");
-}
-
-fn client_for(ca: &std::path::Path) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
-        .tls_built_in_root_certs(false)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
 }
 
 fn get_json(client: &reqwest::blocking::Client, url: &str, token: &str) -> Result<Value, String> {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{CloudProc, BIN};
+use common::{CloudApi, CloudProc, BIN};
 use std::process::Command;
 
 #[test]

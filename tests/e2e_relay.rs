@@ -139,9 +139,7 @@ fn relay_states_and_changes_reach_the_cloud_and_remote_switching_honours_locked(
     );
     let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &relay_cfg));
     let id = machine_id(&hub_dir);
-    wait_until(Duration::from_secs(30), "the cloud knows the hub", || {
-        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| m["id"] == id.as_str())
-    });
+    wait_until(Duration::from_secs(30), "the cloud knows the hub", || machine(&cloud, &id).is_some());
 
     // The fresh cards came up without power history, so the hub restored the pump: every relay of
     // both cards is reported, named ones with their names.

@@ -26,7 +26,7 @@ fn a_valid_command_runs_once_and_an_expired_one_never_runs() {
     let hub = start_hub(&hub_dir, &config);
     let id = machine_id(&hub_dir);
     wait_until(Duration::from_secs(30), "the hub is enrolled and uploading", || {
-        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| m["id"] == id.as_str())
+        machine(&cloud, &id).is_some()
     });
 
     let (status, created) = cloud.api_post(&format!("/v1/machines/{id}/commands"), json!({"action": "ping"}));
@@ -132,27 +132,20 @@ fn a_rogue_connector_with_a_valid_certificate_but_no_authorisation_gets_no_readi
     let cloud = CloudProc::start(&dir.path().join("cloud"));
     // The rogue: a real connector with its own valid TLS certificate, never enrolled.
     let rogue_dir = dir.path().join("rogue");
-    std::fs::create_dir_all(&rogue_dir).unwrap();
-    let (rogue, rogue_port) = start_connector(&rogue_dir, &cloud, None);
+    let mut rogue = ConnectorProc::start_unenrolled(&rogue_dir, &cloud);
 
     let hub_dir = dir.path().join("hub");
-    let uplink = format!("connector = \"https://127.0.0.1:{rogue_port}\"\nfallback_after = \"2s\"\n");
+    let uplink = format!("{}fallback_after = \"2s\"\n", rogue.hub_uplink());
     let hub = start_hub(&hub_dir, &hub_config_with(&hub_dir, &cloud, "", &uplink));
     let id = machine_id(&hub_dir);
     // The hub refuses the rogue and, once the fallback time has passed, goes direct.
     wait_until(Duration::from_secs(40), "the hub's readings arrive directly", || {
-        cloud
-            .api("/v1/machines")
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == id.as_str() && m["uplink"] == "direct")
+        machine(&cloud, &id).is_some_and(|m| m["uplink"] == "direct")
     });
     assert!(hub.log_text().contains("not authorised by the cloud"), "the hub says why:\n{}", hub.log_text());
     drop(hub);
-    assert!(rogue.stop().success());
-    let out = Command::new(BIN).args(["buffer", "--data-dir"]).arg(rogue_dir.join("data")).output().unwrap();
-    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    rogue.stop();
+    let stats = buffer_stats(&rogue_dir);
     assert_eq!(stats["len"], 0, "the rogue connector holds no readings: {stats}");
     assert_eq!(stats["next_seq"], 1, "it never took any");
 }
@@ -191,16 +184,15 @@ fn a_sealed_password_reaches_the_hub_and_nobody_else_holds_it_in_the_clear() {
     let cloud = CloudProc::start(&dir.path().join("cloud"));
     // Readings travel through a connector, whose store is searched for the password too.
     let connector_dir = dir.path().join("connector");
-    let (connector, port) = start_connector(&connector_dir, &cloud, Some(cloud.enroll_token()));
+    let mut connector = ConnectorProc::start(&connector_dir, &cloud, "");
     let hub_dir = dir.path().join("hub");
-    let uplink = format!("connector = \"https://127.0.0.1:{port}\"\nfallback_after = \"10m\"\n");
+    let uplink = format!("{}fallback_after = \"10m\"\n", connector.hub_uplink());
     let config = hub_config_with(&hub_dir, &cloud, "", &uplink);
     let hub = start_hub(&hub_dir, &config);
     let id = machine_id(&hub_dir);
     wait_until(Duration::from_secs(30), "the hub uploads through the connector", || {
-        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| {
-            m["id"] == id.as_str() && m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:"))
-        })
+        machine(&cloud, &id)
+            .is_some_and(|m| m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:")))
     });
     assert!(hub.stop().success());
 
@@ -238,7 +230,7 @@ fn a_sealed_password_reaches_the_hub_and_nobody_else_holds_it_in_the_clear() {
     });
     assert!(!hub.log_text().contains(PLAIN), "the password never reaches a log");
     drop(hub);
-    assert!(connector.stop().success());
+    connector.stop();
 
     // Neither the cloud's files, the connector's nor the hub's buffer hold it in the clear.
     for root in [cloud.dir.clone(), connector_dir, hub_dir.join("data")] {
@@ -300,7 +292,7 @@ fn a_token_from_the_cli_enrolls_one_hub_once_and_is_listed_until_used() {
     let hub = start_hub(&hub_dir, &config);
     let id = machine_id(&hub_dir);
     wait_until(Duration::from_secs(30), "the hub enrolled with the CLI's token shows up", || {
-        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| m["id"] == id.as_str())
+        machine(&cloud, &id).is_some()
     });
     drop(hub);
     assert!(!token(&["list"]).contains("plant-7"), "a used token is no longer open");
@@ -331,35 +323,12 @@ fn use_token(config: &std::path::Path, token: &str) {
     std::fs::write(config, text).unwrap();
 }
 
-/// A connector on loopback with SSDP off, enrolled with `token` (never enrolled without one).
-/// Returns once it serves TLS, with its port.
-fn start_connector(dir: &std::path::Path, cloud: &CloudProc, token: Option<String>) -> (Proc, u16) {
-    std::fs::create_dir_all(dir).unwrap();
-    let port = free_port();
-    let cfg = dir.join("connector.toml");
-    let token = token.map(|t| format!("enroll_token = \"{t}\"\n")).unwrap_or_default();
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nmonitor_self = false\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\n{token}[ssdp]\nadvertise = false\nsearch_hubs = false\n",
-            dir.join("data").display(),
-            cloud.url(),
-            cloud.ca().display()
-        ),
-    )
-    .unwrap();
-    let proc = Proc::start(&["connector", "--config", cfg.to_str().unwrap()], &dir.join("connector.log"));
-    wait_until(Duration::from_secs(20), "the connector serves TLS", || dir.join("data/tls/ca.pem").exists());
-    (proc, port)
-}
-
 #[test]
 fn a_hub_that_reaches_only_a_connector_enrolls_through_it_without_showing_it_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = CloudProc::start(&dir.path().join("cloud"));
-    let (connector, port) =
-        start_connector(&dir.path().join("connector"), &cloud, Some(cloud.enroll_token()));
-    let connector_url = format!("https://127.0.0.1:{port}");
+    let connector = ConnectorProc::start(&dir.path().join("connector"), &cloud, "");
+    let connector_url = connector.url();
 
     // A token in the clear is not carried across the LAN.
     let token = cloud.enroll_token();
@@ -387,9 +356,8 @@ fn a_hub_that_reaches_only_a_connector_enrolls_through_it_without_showing_it_the
     let hub = start_hub(&hub_dir, &config);
     let id = machine_id(&hub_dir);
     wait_until(Duration::from_secs(40), "the hub's readings arrive through the connector", || {
-        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| {
-            m["id"] == id.as_str() && m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:"))
-        })
+        machine(&cloud, &id)
+            .is_some_and(|m| m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:")))
     });
     drop(hub);
     drop(connector);

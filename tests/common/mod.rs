@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod ns_cloud;
 /// The real SMTP server of the mail tests (aiosmtpd), shared with `outpost-shared`'s tests.
 #[path = "../../shared/tests/smtp/mod.rs"]
 pub mod smtp;
 
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,9 +25,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[&str], log: &Path) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Proc::start_cmd(cmd, log)
+    }
+
+    /// Runs `cmd` (e.g. `outpost` wrapped in `ip netns exec`) with its output logged like [`start`].
+    pub fn start_cmd(mut cmd: Command, log: &Path) -> Proc {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
+        let child = cmd
             .env("RUST_LOG", "info,outpost_sensorhub::uplink=debug,sled=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -124,84 +132,140 @@ impl CloudProc {
         }
     }
 
-    pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-    pub fn ca(&self) -> PathBuf {
-        self.dir.join("data/tls/ca.pem")
-    }
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("data/admin-token")).unwrap().trim().to_string()
     }
-    /// A fresh one-time enrollment token from the cloud's API.
-    pub fn enroll_token(&self) -> String {
-        let r = self
-            .client()
-            .post(format!("{}/v1/enrollment-tokens", self.url()))
-            .bearer_auth(self.admin_token())
-            .json(&serde_json::json!({"network": "default", "ttl": "1h"}))
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "token: {}", r.status());
-        let v: Value = r.json().unwrap();
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    /// POST a JSON body to an admin API path.
-    pub fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client()
-            .post(format!("{}{path}", self.url()))
-            .bearer_auth(self.admin_token())
-            .json(&body)
-            .send()
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = r.status().as_u16();
-        (status, r.json().unwrap_or(Value::Null))
-    }
 
     pub fn client(&self) -> reqwest::blocking::Client {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap();
-        reqwest::blocking::Client::builder()
-            .add_root_certificate(ca)
-            .tls_built_in_root_certs(false)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
+        ca_client(&self.ca())
     }
 
     fn get_status(&self, path: &str) -> Option<u16> {
         self.client().get(format!("{}{path}", self.url())).send().ok().map(|r| r.status().as_u16())
     }
+}
 
-    /// GET an admin API path as JSON.
-    pub fn api(&self, path: &str) -> Value {
-        let r = self
-            .client()
-            .get(format!("{}{path}", self.url()))
-            .bearer_auth(self.admin_token())
-            .send()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().unwrap()
+/// A blocking HTTPS client that trusts exactly the CA in `ca`.
+pub fn ca_client(ca: &Path) -> reqwest::blocking::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A cloud as a test sees it: where machines reach it, and its admin API. [`CloudProc`] answers
+/// over loopback; a cloud inside a network namespace through a helper process there.
+pub trait CloudApi {
+    /// The base URL machines are configured with.
+    fn url(&self) -> String;
+    /// The CA that signed the cloud's certificate.
+    fn ca(&self) -> PathBuf;
+    /// One admin API request (admin token added): the status and the JSON answer (null if none).
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value);
+
+    /// GET an admin API path as JSON; panics unless it succeeds.
+    fn api(&self, path: &str) -> Value {
+        let (status, v) = self.request("GET", path, None);
+        assert!((200..300).contains(&status), "GET {path}: {status} {v}");
+        v
+    }
+
+    /// POST a JSON body to an admin API path.
+    fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request("POST", path, Some(&body))
+    }
+
+    /// A fresh one-time enrollment token from the cloud's API.
+    fn enroll_token(&self) -> String {
+        let (status, v) =
+            self.api_post("/v1/enrollment-tokens", serde_json::json!({"network": "default", "ttl": "1h"}));
+        assert!((200..300).contains(&status), "token: {status} {v}");
+        v["token"].as_str().unwrap().to_string()
     }
 
     /// Every stored seq of one sensor of one machine.
-    pub fn seqs(&self, machine: &str, sensor: &str) -> Vec<u64> {
+    fn seqs(&self, machine: &str, sensor: &str) -> Vec<u64> {
         let v = self.api(&format!("/v1/machines/{machine}/readings?sensor={sensor}&limit=100000"));
         v.as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect()
     }
 }
 
+impl CloudApi for CloudProc {
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("data/tls/ca.pem")
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut r = self
+            .client()
+            .request(method.parse().unwrap(), format!("{}{path}", self.url()))
+            .bearer_auth(self.admin_token());
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let r = r.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+}
+
+/// `GET /v1/machines`.
+pub fn machines(cloud: &impl CloudApi) -> Vec<Value> {
+    cloud.api("/v1/machines").as_array().unwrap().clone()
+}
+
+/// The `GET /v1/machines` row of one machine, if the cloud knows it.
+pub fn machine(cloud: &impl CloudApi, id: &str) -> Option<Value> {
+    machines(cloud).into_iter().find(|m| m["id"] == id)
+}
+
+/// Every seq the cloud holds for a machine, over all its sensors, sorted.
+pub fn all_seqs(cloud: &impl CloudApi, machine: &str) -> Vec<u64> {
+    let sensors = cloud.api(&format!("/v1/machines/{machine}/sensors"));
+    let mut all = Vec::new();
+    for s in sensors.as_array().unwrap() {
+        all.extend(cloud.seqs(machine, s["sensor"].as_str().unwrap()));
+    }
+    all.sort_unstable();
+    all
+}
+
+/// The cloud holds exactly seqs 1..next_seq of `machine`, each once: nothing lost, nothing twice.
+pub fn assert_exactly_once(cloud: &impl CloudApi, machine: &str, next_seq: u64) {
+    let all = all_seqs(cloud, machine);
+    let unique: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(all.len(), unique.len(), "{machine}: some reading is stored twice");
+    let expected: BTreeSet<u64> = (1..next_seq).collect();
+    let missing: Vec<_> = expected.difference(&unique).take(10).collect();
+    assert!(missing.is_empty(), "{machine}: readings lost, e.g. seqs {missing:?} (of {})", next_seq - 1);
+    assert_eq!(unique, expected, "{machine}: the cloud holds seqs the hub never took");
+}
+
 /// Writes a hub config that enrolls with and uploads to `cloud`, plus `extra` TOML (top-level
-/// keys and tables) and `uplink` (more `[uplink]` keys), and returns its path.
-pub fn hub_config_with(dir: &Path, cloud: &CloudProc, extra: &str, uplink: &str) -> PathBuf {
+/// keys and tables) and `uplink` (more `[uplink]` keys, which replace the test defaults here:
+/// short retries, and no SSDP, since loopback tests must not multicast on this machine's real
+/// interfaces), and returns its path.
+pub fn hub_config_with(dir: &Path, cloud: &impl CloudApi, extra: &str, uplink: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("sensorhub.toml");
+    let given = |key: &str| uplink.lines().any(|l| l.split('=').next().map(str::trim) == Some(key));
+    let defaults: String =
+        [("retry_min", "\"200ms\""), ("retry_max", "\"1s\""), ("discover", "false"), ("advertise", "false")]
+            .iter()
+            .filter(|(k, _)| !given(k))
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
     std::fs::write(
         &path,
         format!(
-            "data_dir = \"{}\"\n{extra}\n[uplink]\ncloud = \"{}\"\nca_file = \"{}\"\nenroll_token = \"{}\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\n# Loopback tests: no SSDP multicast on this machine's real interfaces.\ndiscover = false\nadvertise = false\n{uplink}\n",
+            "data_dir = \"{}\"\n{extra}\n[uplink]\ncloud = \"{}\"\nca_file = \"{}\"\nenroll_token = \"{}\"\n{defaults}{uplink}\n",
             dir.join("data").display(),
             cloud.url(),
             cloud.ca().display(),
@@ -291,4 +355,127 @@ pub fn buffer_stats(hub_dir: &Path) -> Value {
     let out = Command::new(BIN).args(["buffer", "--data-dir"]).arg(hub_dir.join("data")).output().unwrap();
     assert!(out.status.success(), "outpost buffer: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A hub's `status.json` (uplink path, buffered, last error), if it has written one.
+pub fn hub_status(hub_dir: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(hub_dir.join("data/status.json")).ok()?).ok()
+}
+
+/// Writes a connector config that forwards to `cloud` and enrolls with `enroll_token`, with short
+/// retry delays, plus `extra` (more top-level keys, dotted for tables: `buffer.quota = "64KiB"`;
+/// not those set here), and returns its path.
+pub fn connector_config(
+    dir: &Path,
+    listen: &str,
+    cloud: &impl CloudApi,
+    enroll_token: Option<String>,
+    extra: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("connector.toml");
+    let token = enroll_token.map(|t| format!("cloud.enroll_token = \"{t}\"\n")).unwrap_or_default();
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"{listen}\"\ncloud.url = \"{}\"\ncloud.ca_file = \"{}\"\n{token}\
+             cloud.retry_min = \"200ms\"\ncloud.retry_max = \"1s\"\nbuffer.retry_after = \"1s\"\n{extra}\n",
+            dir.join("data").display(),
+            cloud.url(),
+            cloud.ca().display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The machine id of a connector (or any role) with its data in `dir/data`: the fingerprint of
+/// its key, once it has made one.
+pub fn key_machine_id(dir: &Path) -> String {
+    let path = dir.join("data/machine.key");
+    wait_until(Duration::from_secs(30), "the machine has made its key", || path.exists());
+    outpost_shared::keys::KeyPair::load(&path).unwrap().machine_id().to_string()
+}
+
+/// A connector process on 127.0.0.1 forwarding to a [`CloudProc`], with SSDP off (loopback tests
+/// must not multicast on this machine's interfaces), no embedded hub and short retry delays.
+pub struct ConnectorProc {
+    pub proc: Option<Proc>,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub config: PathBuf,
+}
+
+impl ConnectorProc {
+    /// Starts a connector enrolled with a fresh token, and waits until it is enrolled: hubs that
+    /// enroll after that find it authorised in their receipt. `extra` as for [`connector_config`].
+    pub fn start(dir: &Path, cloud: &CloudProc, extra: &str) -> ConnectorProc {
+        let c = Self::launch(dir, cloud, Some(cloud.enroll_token()), extra);
+        let enrolled = dir.join("data/enrollment.json");
+        wait_until(Duration::from_secs(30), "the connector is enrolled", || enrolled.exists());
+        c
+    }
+
+    /// A connector that was never enrolled: a valid certificate, but no hub may trust it.
+    pub fn start_unenrolled(dir: &Path, cloud: &CloudProc) -> ConnectorProc {
+        Self::launch(dir, cloud, None, "")
+    }
+
+    fn launch(dir: &Path, cloud: &CloudProc, token: Option<String>, extra: &str) -> ConnectorProc {
+        let port = free_port();
+        let config = connector_config(
+            dir,
+            &format!("127.0.0.1:{port}"),
+            cloud,
+            token,
+            &format!("monitor_self = false\nssdp.advertise = false\nssdp.search_hubs = false\n{extra}"),
+        );
+        let mut c = ConnectorProc { proc: None, dir: dir.to_path_buf(), port, config };
+        c.restart();
+        c
+    }
+
+    /// Starts the process (again, on the same port and data) and waits until its LAN API answers.
+    pub fn restart(&mut self) {
+        let log = self.dir.join("connector.log");
+        self.proc = Some(Proc::start(&["connector", "--config", self.config.to_str().unwrap()], &log));
+        let ca = self.dir.join("data/tls/ca.pem");
+        wait_until(Duration::from_secs(20), "the connector answers /v1/health", || {
+            ca.exists()
+                && ca_client(&ca)
+                    .get(format!("{}/v1/health", self.url()))
+                    .send()
+                    .is_ok_and(|r| r.status() == 200)
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            assert!(p.stop().success(), "connector exits cleanly on SIGTERM");
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// `connector:<id>`, the uplink a hub reports when it sends through this connector.
+    pub fn path(&self) -> String {
+        format!("connector:{}", key_machine_id(&self.dir))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("connector.log")).unwrap_or_default()
+    }
+
+    /// `[uplink]` lines that make a hub send through this connector.
+    pub fn hub_uplink(&self) -> String {
+        format!("connector = \"{}\"\n", self.url())
+    }
 }
