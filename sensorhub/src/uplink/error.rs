@@ -10,8 +10,8 @@ pub enum SendError {
     /// The receiver refuses the batch itself (400, 413): retrying it unchanged cannot help.
     #[error("batch refused ({status}): {message}")]
     Refused { status: u16, message: String },
-    /// Credentials wrong or missing: retry slowly, an operator must act.
-    #[error("not authorised ({status}): {message}; check uplink.token_file")]
+    /// Not enrolled, or refused by the receiver: retry slowly, an operator must act.
+    #[error("not authorised ({status}): {message}; is this machine enrolled with this cloud (uplink.enroll_token)?")]
     Unauthorised { status: u16, message: String },
 }
 
@@ -21,6 +21,4 @@ pub enum UplinkError {
     Buffer(#[from] outpost_shared::buffer::BufferError),
     #[error(transparent)]
     Tls(#[from] outpost_shared::tls::TlsError),
-    #[error("cannot read token file {path}: {source}")]
-    Token { path: std::path::PathBuf, source: std::io::Error },
 }
