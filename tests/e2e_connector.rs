@@ -188,11 +188,11 @@ fn ns_api_helper() {
     ns_cloud::serve_if_helper();
 }
 
-/// `outpost ROLE --config CONFIG` inside `host`'s namespace, logging to `dir/<log>`.
-fn start_in(net: &netns::TestNet, host: &str, role: &str, config: &Path, log: &Path) -> Proc {
+/// `outpost sensorhub --config CONFIG` inside `host`'s namespace, logging to `hub_dir/hub.log`.
+fn start_hub_in(net: &netns::TestNet, host: &str, hub_dir: &Path, config: &Path) -> Proc {
     let mut cmd = net.command(host, BIN);
-    cmd.args([role, "--config", config.to_str().unwrap()]);
-    Proc::start_cmd(cmd, log)
+    cmd.args(["sensorhub", "--config", config.to_str().unwrap()]);
+    Proc::start_cmd(cmd, &hub_dir.join("hub.log"))
 }
 
 #[test]
@@ -220,16 +220,8 @@ fn a_new_hub_finds_the_connector_by_ssdp_and_its_readings_reach_the_cloud_throug
 
     // The connector: SSDP on (inside the namespaces only), looking for hubs every 5 s, with its
     // embedded hub watching its own machine.
-    let conn_dir = d.join("conn");
-    let conn_cfg = connector_config(
-        &conn_dir,
-        "0.0.0.0:8444",
-        &cloud,
-        Some(cloud.enroll_token()),
-        "ssdp.search_every = \"5s\"\n",
-    );
-    let _conn = start_in(&net, "conn", "connector", &conn_cfg, &conn_dir.join("connector.log"));
-    let conn_id = key_machine_id(&conn_dir);
+    let (_conn, conn_id) =
+        cloud.start_connector(&d.join("conn"), |p| net.command("conn", p), "ssdp.search_every = \"5s\"\n");
     wait_until(Duration::from_secs(60), "the connector's own machine reports, as a connector", || {
         machine(&cloud, &conn_id).is_some_and(|m| m["role"] == "connector")
     });
@@ -237,12 +229,12 @@ fn a_new_hub_finds_the_connector_by_ssdp_and_its_readings_reach_the_cloud_throug
     // A hub that sends directly but announces itself: it is listed as unattached.
     let direct_dir = d.join("hubdirect");
     let direct_cfg = hub_config_with(&direct_dir, &cloud, FAST, "advertise = true\n");
-    let _direct = start_in(&net, "hubdirect", "sensorhub", &direct_cfg, &direct_dir.join("hub.log"));
+    let _direct = start_hub_in(&net, "hubdirect", &direct_dir, &direct_cfg);
 
     // A new hub: no connector configured or remembered; it searches.
     let new_dir = d.join("hubnew");
     let new_cfg = hub_config_with(&new_dir, &cloud, FAST, "discover = true\nadvertise = true\n");
-    let _new = start_in(&net, "hubnew", "sensorhub", &new_cfg, &new_dir.join("hub.log"));
+    let _new = start_hub_in(&net, "hubnew", &new_dir, &new_cfg);
     let new_id = machine_id(&new_dir);
     let via = format!("connector:{conn_id}");
     wait_until(Duration::from_secs(60), "the new hub's readings arrive through the connector", || {

@@ -103,16 +103,7 @@ impl CloudProc {
     }
 
     pub fn start_on(dir: &Path, port: u16, extra: &str) -> CloudProc {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("cloud.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
+        let config = cloud_config(dir, &format!("127.0.0.1:{port}"), extra);
         let mut c = CloudProc { proc: None, dir: dir.to_path_buf(), port, config };
         c.restart();
         c
@@ -143,6 +134,17 @@ impl CloudProc {
     fn get_status(&self, path: &str) -> Option<u16> {
         self.client().get(format!("{}{path}", self.url())).send().ok().map(|r| r.status().as_u16())
     }
+}
+
+/// Writes a cloud config listening on `listen` with its data in `dir/data`, plus `extra` keys, and
+/// returns its path.
+pub fn cloud_config(dir: &Path, listen: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("cloud.toml");
+    let data = dir.join("data");
+    std::fs::write(&config, format!("listen = \"{listen}\"\ndata_dir = \"{}\"\n{extra}\n", data.display()))
+        .unwrap();
+    config
 }
 
 /// A blocking HTTPS client that trusts exactly the CA in `ca`.

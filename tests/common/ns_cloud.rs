@@ -5,7 +5,7 @@
 //! line on stdout. Each executable calls [`serve_if_helper`] first thing in the entry point the
 //! helper command runs (a `#[test]` of its own, or `main`).
 
-use super::{wait_until, CloudApi, Proc, BIN};
+use super::{cloud_config, connector_config, key_machine_id, wait_until, CloudApi, Proc, BIN};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -65,16 +65,7 @@ impl NsCloud {
     /// arguments that make this executable reach [`serve_if_helper`]. Returns once the cloud
     /// answers through the helper.
     pub fn start(dir: &Path, ip: &str, in_ns: impl Fn(&Path) -> Command, helper_args: &[&str]) -> NsCloud {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("cloud.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{ip}:8443\"\ndata_dir = \"{}\"\nnames = [\"{ip}\"]\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
+        let config = cloud_config(dir, &format!("{ip}:8443"), &format!("names = [\"{ip}\"]"));
         let mut cmd = in_ns(Path::new(BIN));
         cmd.args(["cloud", "--config", config.to_str().unwrap()]);
         let proc = Proc::start_cmd(cmd, &dir.join("cloud.log"));
@@ -108,6 +99,26 @@ impl NsCloud {
             cloud.request("GET", "/v1/machines", None).0 == 200
         });
         cloud
+    }
+}
+
+impl NsCloud {
+    /// Starts a connector listening on port 8444 of every address of its namespace (`in_ns` as
+    /// for [`NsCloud::start`]), enrolled with a fresh token, with `extra` config keys (as for
+    /// [`connector_config`]); returns once it is enrolled, with its machine id.
+    pub fn start_connector(
+        &self,
+        dir: &Path,
+        in_ns: impl Fn(&Path) -> Command,
+        extra: &str,
+    ) -> (Proc, String) {
+        let config = connector_config(dir, "0.0.0.0:8444", self, Some(self.enroll_token()), extra);
+        let mut cmd = in_ns(Path::new(BIN));
+        cmd.args(["connector", "--config", config.to_str().unwrap()]);
+        let proc = Proc::start_cmd(cmd, &dir.join("connector.log"));
+        let enrolled = dir.join("data/enrollment.json");
+        wait_until(Duration::from_secs(60), "the connector is enrolled", || enrolled.exists());
+        (proc, key_machine_id(dir))
     }
 }
 
