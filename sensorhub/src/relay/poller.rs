@@ -65,9 +65,11 @@ async fn poll_loop(
     // The state last sent per card (index card - 1), to send changes only once.
     let mut sent: Vec<Option<u8>> = Vec::new();
     loop {
+        // A change the driver has already seen becomes readings even when the hub stops at that
+        // very moment (a random pick would drop it half the time); a stopping hub starts no new
+        // poll.
         let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => poll_once(&handle, &cfg, &mut sent).await,
+            biased;
             changed = watch.changed(), if watching => {
                 if changed.is_err() {
                     watching = false;
@@ -76,6 +78,8 @@ async fn poll_loop(
                 let snap = watch.borrow_and_update().clone();
                 changed_samples(&snap, &cfg, &mut sent)
             }
+            _ = &mut shutdown => break,
+            _ = tick.tick() => poll_once(&handle, &cfg, &mut sent).await,
         };
         if batch.is_empty() {
             continue;

@@ -611,6 +611,7 @@ async fn a_hub_with_a_relay_section_buffers_relay_readings_and_frees_the_port_wh
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "data_dir = {:?}\n\n[[sensor]]\nkind = \"memory\"\ninterval = \"1h\"\n\n\
+         [uplink]\ndiscover = false\nadvertise = false\n\n\
          [relay]\nport = {:?}\npoll_interval = \"200ms\"\n\n\
          [[relay.relays]]\ncard = 2\nrelay = 8\nname = \"siren\"\nlocked = true\n",
         dir.path().join("data"),
