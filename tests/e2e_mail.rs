@@ -84,13 +84,12 @@ fn mails_with(server: &SmtpServer, needles: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the cloud shows `sensor` of `machine` in `state`.
-fn wait_sensor(cloud: &CloudProc, machine: &str, sensor: &str, state: &str) {
+/// Waits until the cloud shows `sensor` of `machine_id` in `state`.
+fn wait_sensor(cloud: &CloudProc, machine_id: &str, sensor: &str, state: &str) {
     wait_until(Duration::from_secs(60), &format!("the cloud shows {sensor} {state}"), || {
-        let known = cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| m["id"] == machine);
-        known
+        machine(cloud, machine_id).is_some()
             && cloud
-                .api(&format!("/v1/machines/{machine}/sensors"))
+                .api(&format!("/v1/machines/{machine_id}/sensors"))
                 .as_array()
                 .unwrap()
                 .iter()
@@ -201,38 +200,12 @@ fn the_periodic_report_arrives_with_states_and_the_period_readings_as_csv() {
     drop(hub);
 }
 
-/// Writes a connector config (loopback only, no SSDP, quick retries) plus `extra` TOML and starts
-/// it; returns the process and its LAN API port.
-fn start_connector(dir: &Path, cloud: &CloudProc, extra: &str) -> (Proc, u16) {
-    std::fs::create_dir_all(dir).unwrap();
-    let port = free_port();
-    let config = dir.join("connector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nmonitor_self = false\n\n[cloud]\nurl = \"{}\"\n\
-             ca_file = \"{}\"\nenroll_token = \"{}\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\n\n\
-             [ssdp]\nadvertise = false\nsearch_hubs = false\n\n{extra}\n",
-            dir.join("data").display(),
-            cloud.url(),
-            cloud.ca().display(),
-            cloud.enroll_token()
-        ),
-    )
-    .unwrap();
-    let proc = Proc::start(&["connector", "--config", config.to_str().unwrap()], &dir.join("connector.log"));
-    (proc, port)
-}
-
-/// A hub sending through the connector on `port`.
-fn start_hub_behind(dir: &Path, cloud: &CloudProc, port: u16, extra: &str) -> (Proc, String) {
-    let uplink = format!("connector = \"https://127.0.0.1:{port}\"\n");
-    let hub = start_hub(dir, &hub_config_with(dir, cloud, extra, &uplink));
+/// A hub sending through `connector`.
+fn start_hub_behind(dir: &Path, cloud: &CloudProc, connector: &ConnectorProc, extra: &str) -> (Proc, String) {
+    let hub = start_hub(dir, &hub_config_with(dir, cloud, extra, &connector.hub_uplink()));
     let id = machine_id(dir);
     wait_until(Duration::from_secs(60), "the hub sends through the connector", || {
-        cloud.api("/v1/machines").as_array().unwrap().iter().any(|m| {
-            m["id"] == id.as_str() && m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:"))
-        })
+        machine(cloud, &id).is_some_and(|m| m["uplink"].as_str().is_some_and(|u| u.starts_with("connector:")))
     });
     (hub, id)
 }
@@ -249,13 +222,13 @@ fn while_the_cloud_is_down_the_connector_mails_the_alert_and_the_cloud_does_not_
         free_port(),
         &mail_toml(&smtp, &ca, "report_at = \"off\""),
     );
-    let (connector, port) = start_connector(
+    let connector = ConnectorProc::start(
         &dir.path().join("connector"),
         &cloud,
         &format!("{}\n[outage_alerts]\nafter = \"2s\"\n", mail_toml(&smtp, &ca, "")),
     );
     let state = dir.path().join("valve-state");
-    let (hub, id) = start_hub_behind(&dir.path().join("hub"), &cloud, port, &valve_sensor(&state));
+    let (hub, id) = start_hub_behind(&dir.path().join("hub"), &cloud, &connector, &valve_sensor(&state));
     wait_sensor(&cloud, &id, "cmd.valve", "ok");
 
     cloud.stop();
@@ -329,7 +302,7 @@ fn a_mail_command_switches_a_relay_only_from_the_right_sender_address_and_code()
     let viewer_secret = outpost(&["mail-code", "--new"], None).lines().next().unwrap().to_string();
     let gateway = free_port();
     let connector_dir = dir.path().join("connector");
-    let (connector, port) = start_connector(
+    let connector = ConnectorProc::start(
         &connector_dir,
         &cloud,
         &format!(
@@ -346,7 +319,7 @@ fn a_mail_command_switches_a_relay_only_from_the_right_sender_address_and_code()
         "[[sensor]]\nkind = \"memory\"\ninterval = \"1h\"\n\n[relay]\nport = \"{}\"\npoll_interval = \"300ms\"\n",
         link.display()
     );
-    let (hub, id) = start_hub_behind(&dir.path().join("hub"), &cloud, port, &relay_cfg);
+    let (hub, id) = start_hub_behind(&dir.path().join("hub"), &cloud, &connector, &relay_cfg);
     wait_sensor(&cloud, &id, "relay.1.k2", "ok");
     wait_until(Duration::from_secs(30), "the mail gateway listens", || {
         connector.log_text().contains("mail commands: listening")
