@@ -367,3 +367,49 @@ fn a_hub_that_reaches_only_a_connector_enrolls_through_it_without_showing_it_the
         assert!(!contains(&bytes, secret.as_bytes()), "the hub's token secret is in {}", entry.display());
     }
 }
+
+#[test]
+fn a_revoked_connector_is_refused_by_the_cloud_and_left_by_its_hubs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let connector = ConnectorProc::start(&dir.path().join("connector"), &cloud, "");
+    let hub_dir = dir.path().join("hub");
+    let uplink = format!(
+        "{}fallback_after = \"1s\"\nrecheck_every = \"1s\"\nreprobe_every = \"1h\"\n",
+        connector.hub_uplink()
+    );
+    let hub = start_hub(&hub_dir, &hub_config_with(&hub_dir, &cloud, "", &uplink));
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "the hub uploads through the connector", || {
+        machine(&cloud, &id).is_some_and(|m| m["uplink"] == connector.path().as_str())
+    });
+
+    let conn_id = connector.path().trim_start_matches("connector:").to_string();
+    let r = cloud
+        .client()
+        .delete(format!("{}/v1/machines/{conn_id}", cloud.url()))
+        .bearer_auth(cloud.admin_token())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    let again = cloud
+        .client()
+        .delete(format!("{}/v1/machines/{conn_id}", cloud.url()))
+        .bearer_auth(cloud.admin_token());
+    assert_eq!(again.send().unwrap().status(), 404, "revoking twice finds nothing to revoke");
+
+    // The hub hears it from the cloud, leaves the connector and, with no other, goes direct.
+    wait_until(Duration::from_secs(40), "the hub leaves the revoked connector", || {
+        machine(&cloud, &id).is_some_and(|m| m["uplink"] == "direct")
+    });
+    assert!(hub.log_text().contains("no longer authorises this connector"), "the hub says why");
+    // The connector's own signed requests are refused, saying it was revoked.
+    wait_until(Duration::from_secs(30), "the connector is told it was revoked", || {
+        connector.log_text().contains("revoked")
+    });
+    let audit = cloud.api("/v1/audit");
+    assert!(
+        audit.as_array().unwrap().iter().any(|e| e["action"] == "revoke" && e["machine"] == conn_id.as_str()),
+        "the revocation is in the audit trail: {audit}"
+    );
+}

@@ -108,7 +108,7 @@ impl Commands {
         event: &str,
         detail: serde_json::Value,
     ) -> Result<(), CloudError> {
-        let e = AuditEntry {
+        self.record(AuditEntry {
             ts: Utc::now(),
             command_id: rec.id.clone(),
             machine: rec.machine.clone(),
@@ -117,10 +117,15 @@ impl Commands {
             who: who.to_string(),
             event: event.to_string(),
             detail,
-        };
+        })
+    }
+
+    /// Adds a line to the audit trail: command events, and operator actions on machines (such as
+    /// a revocation) that are not commands.
+    pub fn record(&self, e: AuditEntry) -> Result<(), CloudError> {
         let mut key = e.ts.timestamp_nanos_opt().unwrap_or_default().to_be_bytes().to_vec();
-        key.extend_from_slice(rec.id.as_bytes());
-        key.extend_from_slice(event.as_bytes());
+        key.extend_from_slice(e.command_id.as_bytes());
+        key.extend_from_slice(e.event.as_bytes());
         self.audit.insert(key, serde_json::to_vec(&e).expect("serialises"))?;
         Ok(())
     }

@@ -40,6 +40,13 @@ struct TokenRecord {
     used_by: Option<String>,
 }
 
+/// A withdrawn enrollment, kept so refusals can say what happened and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RevokedKey {
+    key: MachineKey,
+    revoked_at: DateTime<Utc>,
+}
+
 /// `POST /v1/enroll` body: the token in the clear (straight to the cloud over verified TLS), or
 /// sealed to the cloud key and bound to `public_key` (through a connector, which must not see it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +78,8 @@ pub enum Refusal {
     Unsigned(VerifyError),
     #[error("machine {0} is not enrolled; enroll it with a token from the dashboard")]
     NotEnrolled(String),
+    #[error("machine {0} was revoked at {1}; a new token enrolls it again if that was a mistake")]
+    Revoked(String, DateTime<Utc>),
     #[error("signature check failed: {0}")]
     Bad(VerifyError),
     #[error("enrollment refused: {0}")]
@@ -82,6 +91,7 @@ pub struct Trust {
     key: Arc<KeyPair>,
     keys: sled::Tree,
     tokens: sled::Tree,
+    revoked: sled::Tree,
 }
 
 impl Trust {
@@ -95,6 +105,7 @@ impl Trust {
             key: Arc::new(key),
             keys: db.open_tree("machine_keys")?,
             tokens: db.open_tree("enrollment_tokens")?,
+            revoked: db.open_tree("revoked_keys")?,
         })
     }
 
@@ -172,6 +183,8 @@ impl Trust {
         let put = || -> Result<(), sled::Error> {
             self.tokens.insert(&hash, serde_json::to_vec(&rec).expect("serialises"))?;
             self.keys.insert(id.as_bytes(), serde_json::to_vec(&mk).expect("serialises"))?;
+            // A fresh token is the operator's decision to take a revoked machine back.
+            self.revoked.remove(id.as_bytes())?;
             self.keys.flush()?;
             Ok(())
         };
@@ -236,12 +249,38 @@ impl Trust {
         max_skew: Option<Duration>,
     ) -> Result<MachineKey, Refusal> {
         let id = headers.machine_id.to_string();
-        let mk = self.machine_key(&id).ok().flatten().ok_or_else(|| Refusal::NotEnrolled(id.clone()))?;
+        let mk = match self.machine_key(&id).ok().flatten() {
+            Some(mk) => mk,
+            None => {
+                return Err(match self.revoked_at(&id) {
+                    Some(at) => Refusal::Revoked(id, at),
+                    None => Refusal::NotEnrolled(id),
+                })
+            }
+        };
         let public =
             PublicKey::from_pem(&mk.public_key).map_err(|e| Refusal::NotEnrolled(format!("{id} ({e})")))?;
         let skew = max_skew.unwrap_or(Duration::from_secs(10 * 365 * 86400));
         verify_request(&public, headers, method, path, body, Utc::now(), skew).map_err(Refusal::Bad)?;
         Ok(mk)
+    }
+
+    /// Withdraws a machine's enrollment: from now on its signed requests are refused, and the
+    /// receipts hubs fetch no longer list it as a connector. Its stored readings stay. Returns the
+    /// key record it had, or None when it was not enrolled.
+    pub fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<Option<MachineKey>, CloudError> {
+        let Some(old) = self.keys.remove(id.as_bytes())? else { return Ok(None) };
+        let mk: MachineKey = serde_json::from_slice(&old).map_err(|e| CloudError::Corrupt(e.to_string()))?;
+        let record = RevokedKey { key: mk.clone(), revoked_at: now };
+        self.revoked.insert(id.as_bytes(), serde_json::to_vec(&record).expect("serialises"))?;
+        self.keys.flush()?;
+        tracing::warn!(machine = %id, role = %mk.role, network = %mk.network_id, "machine revoked");
+        Ok(Some(mk))
+    }
+
+    fn revoked_at(&self, id: &str) -> Option<DateTime<Utc>> {
+        let v = self.revoked.get(id.as_bytes()).ok()??;
+        serde_json::from_slice::<RevokedKey>(&v).ok().map(|r| r.revoked_at)
     }
 
     /// Tokens that are still open: for the dashboard.

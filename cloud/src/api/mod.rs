@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
@@ -71,6 +71,7 @@ pub enum LiveEvent {
 pub fn router(state: AppState) -> Router {
     let people = Router::new()
         .route("/v1/machines", get(machines))
+        .route("/v1/machines/{id}", delete(revoke_machine))
         .route("/v1/machines/{id}/sensors", get(sensors))
         .route("/v1/machines/{id}/readings", get(readings))
         .route("/v1/events", get(events))
@@ -148,6 +149,38 @@ async fn machines(State(st): State<AppState>) -> Response {
                 list.into_iter().map(|m| with_liveness(m, now, &st.config)).collect();
             Json(list).into_response()
         }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// `DELETE /v1/machines/{id}`: withdraws the machine's enrollment (a stolen or retired machine).
+/// Its signed requests are refused from now on and hubs stop trusting it as a connector; its
+/// readings stay. In the audit trail as `revoke` by `admin`.
+async fn revoke_machine(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let trust = st.trust.clone();
+    let target = id.clone();
+    match tokio::task::spawn_blocking(move || trust.revoke(&target, Utc::now())).await {
+        Ok(Ok(Some(mk))) => {
+            let detail =
+                serde_json::json!({"role": mk.role, "network": mk.network_id, "hostname": mk.hostname});
+            let entry = crate::commands::AuditEntry {
+                ts: Utc::now(),
+                command_id: String::new(),
+                machine: mk.machine_id.clone(),
+                action: "revoke".into(),
+                parameters: serde_json::Value::Null,
+                who: "admin".into(),
+                event: "done".into(),
+                detail: detail.clone(),
+            };
+            if let Err(e) = st.commands.record(entry) {
+                tracing::error!(error = %e, machine = %id, "revoked, but the audit trail could not record it");
+            }
+            Json(serde_json::json!({"revoked": mk.machine_id, "role": mk.role, "network": mk.network_id}))
+                .into_response()
+        }
+        Ok(Ok(None)) => err(StatusCode::NOT_FOUND, format!("no enrolled machine {id}")),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }

@@ -26,6 +26,10 @@ pub struct UplinkConfig {
     /// While on the direct path, look for a connector this often and switch back when one answers.
     #[serde(with = "humantime_serde")]
     pub reprobe_every: Duration,
+    /// While sending through a connector, ask the cloud this often whether it still authorises
+    /// that connector; a revoked one is left at once.
+    #[serde(with = "humantime_serde")]
+    pub recheck_every: Duration,
     /// CA certificate that signed the cloud's certificate; the system roots when absent.
     pub ca_file: Option<PathBuf>,
     /// One-time enrollment token for the first start (from the dashboard); otherwise the file
@@ -59,6 +63,7 @@ impl Default for UplinkConfig {
             allow_direct: true,
             fallback_after: Duration::from_secs(60),
             reprobe_every: Duration::from_secs(300),
+            recheck_every: Duration::from_secs(600),
             ca_file: None,
             enroll_token: None,
             batch_max: 5000,
@@ -91,6 +96,9 @@ impl UplinkConfig {
         }
         if self.reprobe_every < Duration::from_secs(1) {
             problems.push(Problem::new("uplink.reprobe_every", "must be at least 1s"));
+        }
+        if self.recheck_every < Duration::from_secs(1) {
+            problems.push(Problem::new("uplink.recheck_every", "must be at least 1s"));
         }
         if let Some(ca) = &self.ca_file {
             if !ca.exists() {

@@ -51,6 +51,8 @@ struct State {
     /// No SSDP search before this (none yet: search at once).
     next_discovery: Option<Instant>,
     next_probe: Instant,
+    /// When to ask the cloud again whether the current connector is still authorised.
+    next_recheck: Instant,
 }
 
 /// A [`Transport`] that picks the path for every batch.
@@ -94,6 +96,7 @@ impl PathTransport {
                 failing_since: None,
                 next_discovery: None,
                 next_probe: Instant::now() + cfg.reprobe_every,
+                next_recheck: Instant::now() + cfg.recheck_every,
             }),
             last_path: std::sync::Mutex::new("offline".into()),
             cfg,
@@ -152,7 +155,7 @@ impl PathTransport {
                 tracing::warn!(%url, claims = %who.machine_id, "connector presents another connector's certificate; refused");
             }
             // Perhaps the connector was enrolled after our receipt: ask the cloud once.
-            if attempt == 0 && !self.refresh_receipt().await {
+            if attempt == 0 && !self.refresh_receipt(None).await {
                 break;
             }
         }
@@ -171,9 +174,11 @@ impl PathTransport {
             .clone()
     }
 
-    /// Fetches a fresh receipt from the cloud (rate-limited); true when it was refreshed.
-    async fn refresh_receipt(&self) -> bool {
-        let Some(direct) = &self.direct else { return false };
+    /// Fetches a fresh receipt from the cloud (rate-limited); true when it was refreshed. Asked
+    /// directly when the hub may, else through `via` (the connector in use): the receipt is signed
+    /// by the cloud, so a connector on the way can withhold it but not forge it.
+    async fn refresh_receipt(&self, via: Option<&HttpTransport>) -> bool {
+        let Some(path) = self.direct.as_ref().or(via) else { return false };
         {
             let mut last = self.last_refresh.lock().unwrap();
             if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
@@ -182,8 +187,7 @@ impl PathTransport {
             *last = Some(Instant::now());
         }
         let current = self.enrollment.lock().unwrap().clone();
-        match crate::trust::refresh(direct.client(), direct.base(), &self.data_dir, &self.key, &current).await
-        {
+        match crate::trust::refresh(path.client(), path.base(), &self.data_dir, &self.key, &current).await {
             Ok(e) => {
                 *self.enrollment.lock().unwrap() = e;
                 true
@@ -193,6 +197,13 @@ impl PathTransport {
                 false
             }
         }
+    }
+
+    /// Whether the receipt still lists the connector behind `c` (its path is `connector:<id>`).
+    fn still_authorised(&self, c: &HttpTransport) -> bool {
+        let path = c.path();
+        let id = path.strip_prefix("connector:").unwrap_or_default();
+        self.enrollment.lock().unwrap().receipt.connectors.iter().any(|a| a.machine_id.as_str() == id)
     }
 
     /// Where commands are fetched from right now: the path readings take.
@@ -248,6 +259,16 @@ impl Transport for PathTransport {
                 st.connector = Some(c);
                 st.mode = Mode::Connector;
                 st.failing_since = None;
+            }
+        }
+        if st.mode == Mode::Connector && now >= st.next_recheck {
+            st.next_recheck = now + self.cfg.recheck_every;
+            if let Some(c) = st.connector.clone() {
+                if self.refresh_receipt(Some(&c)).await && !self.still_authorised(&c) {
+                    tracing::warn!(connector = %c.path(), url = %c.base(),
+                        "the cloud no longer authorises this connector (revoked); sending it nothing more");
+                    st.connector = None;
+                }
             }
         }
         if st.mode == Mode::Connector {
