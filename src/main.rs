@@ -28,6 +28,9 @@ enum Command {
         /// Port of the cloud (dashboard and API) on 127.0.0.1.
         #[arg(long, default_value_t = 8443)]
         port: u16,
+        /// Port of the connector's LAN API on 127.0.0.1 (default: the cloud's port + 1).
+        #[arg(long)]
+        connector_port: Option<u16>,
     },
     /// Run the cloud: ingest, storage, API and dashboard.
     Cloud {
@@ -456,8 +459,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up { data_dir, port } => {
-            runtime()?.block_on(up(data_dir, port))?;
+        Command::Up { data_dir, port, connector_port } => {
+            runtime()?.block_on(up(data_dir, port, connector_port.unwrap_or(port.wrapping_add(1))))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -465,7 +468,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Everything on this machine, on loopback only: nothing listens on or sends to other interfaces,
 /// and no SSDP goes out (the hub is given the connector's loopback address instead).
-async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
+async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result<()> {
     let cloud_cfg = outpost_cloud::CloudConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: data_dir.join("cloud"),
@@ -487,7 +490,7 @@ async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
     let connector_dir = data_dir.join("connector");
     let connector_cfg = outpost_connector::ConnectorConfig {
         data_dir: connector_dir.clone(),
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port.wrapping_add(1))),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], connector_port)),
         cloud: outpost_connector::config::CloudLink {
             url: Some(url.clone()),
             ca_file: Some(cloud.ca_file.clone()),
@@ -501,9 +504,9 @@ async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
-    let connector = outpost_connector::start(connector_cfg)
-        .await
-        .with_context(|| format!("cannot start the connector on 127.0.0.1:{}", port.wrapping_add(1)))?;
+    let connector = outpost_connector::start(connector_cfg).await.with_context(|| {
+        format!("cannot start the connector on 127.0.0.1:{connector_port}; try `--connector-port 9444`")
+    })?;
     let hub_dir = data_dir.join("sensorhub");
     let relays = UpRelays::start(&data_dir);
     let hub_cfg = outpost_sensorhub::HubConfig {

@@ -17,7 +17,15 @@ fn outpost_up_shows_this_machine_with_cpu_memory_and_disk_within_15_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let up = Proc::start(
-        &["up", "--data-dir", dir.path().join("d").to_str().unwrap(), "--port", &port.to_string()],
+        &[
+            "up",
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--connector-port",
+            &free_port().to_string(),
+        ],
         &dir.path().join("up.log"),
     );
     let started = std::time::Instant::now();

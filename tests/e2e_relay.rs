@@ -235,7 +235,15 @@ fn outpost_up_runs_simulated_relay_cards_and_shows_their_readings() {
     let data: PathBuf = dir.path().join("d");
     let port = free_port();
     let up = Proc::start(
-        &["up", "--data-dir", data.to_str().unwrap(), "--port", &port.to_string()],
+        &[
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--connector-port",
+            &free_port().to_string(),
+        ],
         &dir.path().join("up.log"),
     );
     let link = data.join("relay-sim/ttyRELAY0");
