@@ -259,3 +259,61 @@ fn enrollment_tokens_and_unattached_hubs_show_on_the_dashboard() {
     assert!(r.status().is_success(), "enrolling with the page's token: {}", r.status());
     browser.screenshot(&screenshot_path(dir.path(), "dashboard-enroll.png"));
 }
+
+#[test]
+fn a_machine_is_revoked_from_the_dashboard_with_two_clicks_and_refused_afterwards() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let hub = TestMachine::enroll(&cloud, "sensorhub");
+    let id = hub.id();
+    let batch = |seq: u64| {
+        serde_json::to_vec(
+            &serde_json::json!({"machine_id": id, "hostname": "stolen-hub", "uplink": "direct",
+            "buffered": 0, "readings": [{"machine_id": id, "seq": seq, "sensor": "cpu.total",
+            "ts": chrono::Utc::now(), "value": 5.0, "state": "ok"}]}),
+        )
+        .unwrap()
+    };
+    let body = batch(1);
+    let (status, answer) = hub.post(&cloud, "/v1/batches", body.clone(), &body, false);
+    assert_eq!(status, 200, "{answer}");
+
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1000);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    let row = format!("tr.machine[data-id=\"{id}\"]");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the hub is listed",
+        &format!("return !!document.querySelector('{row}')"),
+    );
+    browser.click(&row);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the revoke button shows for the selected machine",
+        "return !document.getElementById('revokerow').hidden",
+    );
+    browser.click("#revoke");
+    assert_eq!(
+        browser.eval("return document.getElementById('revoke').textContent"),
+        "Click again to revoke stolen-hub",
+        "the first click only arms it"
+    );
+    let body = batch(2);
+    assert_eq!(hub.post(&cloud, "/v1/batches", body.clone(), &body, false).0, 200, "not revoked yet");
+    browser.click("#revoke");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the page says it is revoked and the audit trail shows it",
+        "return document.getElementById('revokeout').textContent.includes('is revoked') \
+           && [...document.querySelectorAll('#audit tr.audit')].some((r) => r.textContent.includes('revoke'))",
+    );
+    let body = batch(3);
+    let (status, answer) = hub.post(&cloud, "/v1/batches", body.clone(), &body, false);
+    assert_eq!(status, 401, "a revoked machine gets nothing in: {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("revoked"), "{answer}");
+    browser.screenshot(&screenshot_path(dir.path(), "dashboard-revoke.png"));
+}
