@@ -31,7 +31,7 @@ const MAX_SENSORS: usize = 200_000;
 pub const MAX_NOTES: usize = 5_000;
 
 /// The latest reading of one sensor, as the connector last took it in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     pub state: State,
     pub value: outpost_shared::model::Value,
@@ -45,6 +45,31 @@ pub struct HubSeen {
     pub hostname: String,
     pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
     pub sensors: BTreeMap<String, Seen>,
+}
+
+/// A sensor's state as remembered on disk.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    hostname: String,
+    seen: Seen,
+}
+
+/// The states remembered before a restart, and how many sensors they are.
+fn load_states(tree: &sled::Tree) -> (HashMap<String, HubSeen>, usize) {
+    let mut hubs: HashMap<String, HubSeen> = HashMap::new();
+    let mut count = 0;
+    for item in tree.iter().flatten() {
+        let (k, v) = item;
+        let Some(split) = k.iter().position(|b| *b == 0) else { continue };
+        let (machine, sensor) =
+            (String::from_utf8_lossy(&k[..split]), String::from_utf8_lossy(&k[split + 1..]));
+        let Ok(rec) = serde_json::from_slice::<Remembered>(&v) else { continue };
+        let hub = hubs.entry(machine.into_owned()).or_default();
+        hub.hostname = rec.hostname;
+        hub.sensors.insert(sensor.into_owned(), rec.seen);
+        count += 1;
+    }
+    (hubs, count)
 }
 
 #[derive(Default)]
@@ -70,6 +95,10 @@ pub struct Watch {
     alerts: Option<tokio::sync::mpsc::Sender<AlertEvent>>,
     /// `id(be64)` → json [`MailedState`]: notes not yet delivered to the cloud.
     notes: Option<sled::Tree>,
+    /// `machine \0 sensor` → json [`Remembered`], written when a state changes: a connector
+    /// restarted during an outage compares with what it knew, instead of taking every sensor
+    /// already in error for news.
+    states: Option<sled::Tree>,
     outbox: Option<outpost_shared::mail::Outbox>,
 }
 
@@ -80,15 +109,18 @@ impl Watch {
         outbox: Option<outpost_shared::mail::Outbox>,
     ) -> Result<Watch, outpost_shared::mail::OutboxError> {
         let notes = outbox.as_ref().map(|o| o.tree("outage_notes")).transpose()?;
+        let states = outbox.as_ref().map(|o| o.tree("sensor_states")).transpose()?;
+        let (hubs, count) = states.as_ref().map(load_states).unwrap_or_default();
         Ok(Watch {
-            hubs: Mutex::default(),
-            sensors: Mutex::new(0),
+            hubs: Mutex::new(hubs),
+            sensors: Mutex::new(count),
             outage: Mutex::default(),
             failing: tokio::sync::Notify::new(),
             ended: tokio::sync::Notify::new(),
             after,
             alerts,
             notes,
+            states,
             outbox,
         })
     }
@@ -121,6 +153,27 @@ impl Watch {
     /// Updates the latest states; returns the state changes (a sensor seen for the first time
     /// changes from `unknown`, as in the cloud).
     fn track(&self, batch: &Batch) -> Vec<StateChange> {
+        let changes = self.track_in_memory(batch);
+        if let Some(tree) = &self.states {
+            for c in &changes {
+                let seen = self
+                    .hubs
+                    .lock()
+                    .unwrap()
+                    .get(&c.machine_id)
+                    .and_then(|h| h.sensors.get(&c.sensor).cloned());
+                let Some(seen) = seen else { continue };
+                let rec = Remembered { hostname: c.hostname.clone(), seen };
+                let key = [c.machine_id.as_bytes(), b"\0", c.sensor.as_bytes()].concat();
+                if let Err(e) = tree.insert(key, serde_json::to_vec(&rec).expect("serialises")) {
+                    tracing::warn!(error = %e, "cannot remember a sensor state across restarts");
+                }
+            }
+        }
+        changes
+    }
+
+    fn track_in_memory(&self, batch: &Batch) -> Vec<StateChange> {
         let mut changes = Vec::new();
         let mut hubs = self.hubs.lock().unwrap();
         let mut count = self.sensors.lock().unwrap();

@@ -69,3 +69,45 @@ async fn an_outage_starts_after_the_threshold_with_the_changes_taken_since_and_e
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), t).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_connector_restarted_during_an_outage_does_not_take_a_known_error_for_news() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let watch = Watch::new(Duration::from_secs(3600), Some(tx), Some(outbox)).unwrap();
+        watch.took(&batch(1, State::Ok)).await;
+        watch.took(&batch(2, State::Error)).await;
+    }
+    // Restarted, and the outage declared at once: the sensor still in error is not a change...
+    let outbox = Outbox::open(dir.path()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let watch = Arc::new(Watch::new(Duration::from_millis(1), Some(tx), Some(outbox)).unwrap());
+    assert_eq!(
+        watch.hubs()["hub1"].sensors["cmd.valve"].state,
+        State::Error,
+        "remembered across the restart"
+    );
+    let stop = CancellationToken::new();
+    let timer = watch.clone();
+    let t = tokio::spawn({
+        let stop = stop.clone();
+        async move { timer.run_timer(stop).await }
+    });
+    watch.forward_failed();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !watch.in_outage() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    watch.took(&batch(3, State::Error)).await;
+    assert!(rx.try_recv().is_err(), "no alert for an error that was already known");
+    // ... while its recovery is.
+    watch.took(&batch(4, State::Ok)).await;
+    assert_eq!(next_change(&mut rx).await, (State::Error, State::Ok));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), t).await.unwrap().unwrap();
+}
