@@ -1,6 +1,6 @@
 //! The periodic status report: one mail per network every `mail.report_every`, counted from
-//! `mail.report_at`, to `mail.to`, covering the period that just ended (machines, their sensors'
-//! latest states, and the period's raw readings as CSV).
+//! `mail.report_at`, to the network's `mail.report_to` (else `mail.to`), covering the period that
+//! just ended (machines, their sensors' latest states, and the period's raw readings as CSV).
 //!
 //! Each network's last reported period end is remembered in the `report_runs` tree, written after
 //! the mail is durable in the outbox: a restart never skips a report that was due while the cloud
@@ -143,7 +143,7 @@ async fn run(
             None if catch_up => continue,
             _ => {}
         }
-        let (s, t, n, to) = (store.clone(), trust.clone(), network.clone(), mail.to.clone());
+        let (s, t, n, to) = (store.clone(), trust.clone(), network.clone(), mail.report_recipients(&network));
         let built = tokio::task::spawn_blocking(move || report_for(&s, &t, &n, until - every, until, to))
             .await
             .map_err(|e| CloudError::Mail(e.to_string()))??;

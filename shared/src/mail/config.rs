@@ -77,6 +77,10 @@ pub struct MailConfig {
     /// 1970-01-01, a Thursday). Each report covers the period that just ended.
     #[serde(default = "default_report_every", with = "humantime_serde")]
     pub report_every: Duration,
+    /// Report recipients per network (`[mail.report_to]`, `plant-7 = ["ops@plant7.example"]`);
+    /// a network not named here sends its report to `mail.to`.
+    #[serde(default)]
+    pub report_to: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for MailConfig {
@@ -96,6 +100,7 @@ impl std::fmt::Debug for MailConfig {
             .field("alerts", &self.alerts)
             .field("report_at", &self.report_at)
             .field("report_every", &self.report_every)
+            .field("report_to", &self.report_to)
             .finish()
     }
 }
@@ -175,7 +180,13 @@ impl MailConfig {
             alerts: AlertTiming::default(),
             report_at: default_report_at(),
             report_every: default_report_every(),
+            report_to: Default::default(),
         }
+    }
+
+    /// Who gets the status report of `network`.
+    pub fn report_recipients(&self, network: &str) -> Vec<String> {
+        self.report_to.get(network).cloned().unwrap_or_else(|| self.to.clone())
     }
 
     /// The time of day reports are anchored at (UTC), or `None` when `report_at = "off"` (or
@@ -249,6 +260,14 @@ impl MailConfig {
                 key("to"),
                 "the status report goes to mail.to: give a recipient or set report_at = \"off\"",
             ));
+        }
+        for (network, to) in &self.report_to {
+            let rk = key(&format!("report_to.{network}"));
+            if to.is_empty() {
+                problems
+                    .push(Problem::new(rk.clone(), "give at least one recipient (or leave the network out)"));
+            }
+            check_addresses(to, &rk, problems);
         }
         if self.report_every < Duration::from_secs(1) || self.report_every > Duration::from_secs(366 * 86400)
         {

@@ -480,3 +480,16 @@ fn next_run_is_strictly_later_and_counts_periods_from_report_at() {
     let short = report::next_run(exactly, at, Duration::from_secs(5));
     assert_eq!(short, exactly + Cd::seconds(5));
 }
+
+#[test]
+fn a_network_can_have_its_own_report_recipients() {
+    let base = "[mail]\nserver = \"smtp.example.org\"\nfrom = \"Outpost <o@example.org>\"\nto = [\"ops@example.org\"]\n";
+    let c = load(&format!("{base}[mail.report_to]\nplant-7 = [\"plant7@example.org\"]\n")).unwrap();
+    assert_eq!(c.report_recipients("plant-7"), vec!["plant7@example.org".to_string()]);
+    assert_eq!(c.report_recipients("default"), vec!["ops@example.org".to_string()], "others go to `to`");
+    let e =
+        load(&format!("{base}[mail.report_to]\nplant-7 = [\"not an address\"]\n")).unwrap_err().to_string();
+    assert!(e.contains("mail.report_to.plant-7"), "{e}");
+    let e = load(&format!("{base}[mail.report_to]\nplant-7 = []\n")).unwrap_err().to_string();
+    assert!(e.contains("mail.report_to.plant-7"), "{e}");
+}
