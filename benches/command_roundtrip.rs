@@ -98,33 +98,20 @@ async fn main() {
     let mut times = Vec::new();
     for i in 0..220 {
         let t = Instant::now();
-        let r: serde_json::Value = api
-            .post(format!("{base}/v1/machines/{}/commands", hub.machine_id))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({"action": "ping"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = admin_api(
+            api.post(format!("{base}/v1/machines/{}/commands", hub.machine_id))
+                .json(&serde_json::json!({"action": "ping"})),
+            &admin,
+        )
+        .await;
         let id = r["command_id"].as_str().unwrap().to_string();
-        loop {
-            let s: serde_json::Value = api
-                .get(format!("{base}/v1/commands/{id}"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if s["status"] == "done" {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "command {id} stuck: {s}");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        poll(
+            &format!("command {id} done"),
+            t,
+            || admin_api(api.get(format!("{base}/v1/commands/{id}")), &admin),
+            |s| s["status"] == "done",
+        )
+        .await;
         if i >= 20 {
             times.push(t.elapsed());
         }
@@ -138,31 +125,19 @@ async fn main() {
     for i in 0..110 {
         let on = i % 2 == 0;
         let t = Instant::now();
-        let r = api
-            .post(format!("{base}/v1/machines/{}/relays/1/1", hub.machine_id))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({"on": on}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-        loop {
-            let s: serde_json::Value = api
-                .get(format!("{base}/v1/machines/{}/sensors", hub.machine_id))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let shown = s.as_array().unwrap().iter().any(|r| r["sensor"] == "relay.1.k1" && r["value"] == on);
-            if shown {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "relay never showed {on}");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        admin_api(
+            api.post(format!("{base}/v1/machines/{}/relays/1/1", hub.machine_id))
+                .json(&serde_json::json!({"on": on})),
+            &admin,
+        )
+        .await;
+        poll(
+            &format!("relay shown {on}"),
+            t,
+            || admin_api(api.get(format!("{base}/v1/machines/{}/sensors", hub.machine_id)), &admin),
+            |s| s.as_array().unwrap().iter().any(|r| r["sensor"] == "relay.1.k1" && r["value"] == on),
+        )
+        .await;
         if i >= 10 {
             times.push(t.elapsed());
         }
@@ -188,4 +163,27 @@ fn report(what: &str, mut times: Vec<Duration>) {
         p(0.99).as_secs_f64() * 1e3,
         times.last().unwrap().as_secs_f64() * 1e3
     );
+}
+
+/// An admin API call that must succeed; its JSON answer.
+async fn admin_api(req: reqwest::RequestBuilder, admin: &str) -> serde_json::Value {
+    let r = req.bearer_auth(admin).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Asks `get` again every millisecond until `done` holds for its answer (10 s at most from `t`).
+async fn poll<F, Fut>(what: &str, t: Instant, get: F, done: impl Fn(&serde_json::Value) -> bool)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
+    loop {
+        let s = get().await;
+        if done(&s) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{what}: stuck at {s}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
