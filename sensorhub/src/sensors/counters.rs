@@ -66,6 +66,31 @@ fn select<const N: usize>(all: &mut Vec<(String, [u64; N])>, wanted: Option<&[St
     }
 }
 
+/// This round's counters of the watched devices, with a sample for each configured one that is
+/// missing; `None` (and an `unreadable` sample) when the counters cannot be read at all.
+fn observe<const N: usize>(
+    read: std::io::Result<Vec<(String, [u64; N])>>,
+    kind: &str,
+    key: &str,
+    counters: &str,
+    wanted: Option<&[String]>,
+    out: &mut Vec<Sample>,
+) -> Option<Vec<(String, [u64; N])>> {
+    let mut now = match read {
+        Ok(n) => n,
+        Err(e) => {
+            out.push(
+                Sample::new(kind, "unreadable".to_string(), State::Unknown)
+                    .message(format!("cannot read {counters} counters: {e}")),
+            );
+            return None;
+        }
+    };
+    select(&mut now, wanted);
+    missing(kind, key, wanted, &now, out);
+    Some(now)
+}
+
 /// Reports a configured device that is not there: a disk or link that vanished is a fault.
 fn missing<const N: usize>(
     kind: &str,
@@ -163,18 +188,10 @@ impl BlockingSensor for DiskIo {
     }
 
     fn sample(&mut self, out: &mut Vec<Sample>) {
-        let mut now = match self.read() {
-            Ok(n) => n,
-            Err(e) => {
-                out.push(
-                    Sample::new("diskio", "unreadable".to_string(), State::Unknown)
-                        .message(format!("cannot read disk counters: {e}")),
-                );
-                return;
-            }
+        let read = self.read();
+        let Some(now) = observe(read, "diskio", "read_bps", "disk", self.devices.as_deref(), out) else {
+            return;
         };
-        select(&mut now, self.devices.as_deref());
-        missing("diskio", "read_bps", self.devices.as_deref(), &now, out);
         for (dev, [r, w], _) in self.rates.update(now) {
             for (what, v) in [("read", r), ("write", w)] {
                 let v = round2(v);
@@ -271,18 +288,10 @@ impl BlockingSensor for Network {
     }
 
     fn sample(&mut self, out: &mut Vec<Sample>) {
-        let mut now = match self.read() {
-            Ok(n) => n,
-            Err(e) => {
-                out.push(
-                    Sample::new("net", "unreadable".to_string(), State::Unknown)
-                        .message(format!("cannot read network counters: {e}")),
-                );
-                return;
-            }
+        let read = self.read();
+        let Some(now) = observe(read, "net", "rx_bps", "network", self.interfaces.as_deref(), out) else {
+            return;
         };
-        select(&mut now, self.interfaces.as_deref());
-        missing("net", "rx_bps", self.interfaces.as_deref(), &now, out);
         for (name, [rx, tx, _], [_, _, errors]) in self.rates.update(now) {
             for (what, v) in [("rx", rx), ("tx", tx)] {
                 let v = round2(v);
