@@ -190,34 +190,9 @@ impl CommandLine {
     }
 }
 
-/// A password from the config. Debug and Display print `***`, so it cannot end up in a log line
-/// by accident; [`Secret::expose`] is the one place that reads it. It serializes as the plain
-/// value because the config file holds it that way (until sealed secrets replace it).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// A password from the config: Debug and Display print `***`, the memory is wiped when dropped,
+/// and it is written back as the text the config holds (plain or sealed).
+pub use outpost_shared::keys::Secret;
 
 /// One `[[sensor]]` table of the hub's config. Only `kind` is always required; which other keys a
 /// kind takes is [`SensorKind::keys`], and a key of another kind is a config error.

@@ -52,6 +52,27 @@ impl fmt::Display for Secret {
     }
 }
 
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
+
+// As the plain (or sealed) text: that is how a config file holds it.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
 /// Whether `text` looks like a sealed secret (so a config value can be either sealed or plain).
 pub fn is_sealed(text: &str) -> bool {
     text.trim_start().starts_with(PREFIX)
