@@ -124,7 +124,7 @@ pub(crate) async fn run(
                 }
                 backoff.reset();
                 for (r, fb) in ack.results.iter().zip(&env.batches) {
-                    if let ForwardResult::Refused { status, error } = r {
+                    if let ForwardResult::Refused { status, error, .. } = r {
                         tracing::error!(status, %error, hub = %fb.sig.machine_id, "cloud refuses a hub batch for good; dropped");
                     }
                 }

@@ -62,7 +62,7 @@ pub(crate) fn serve(
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: msg.into() })).into_response()
+    (status, Json(ApiError::new(msg))).into_response()
 }
 
 async fn identity(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {

@@ -112,6 +112,8 @@ fn batch_json(machine: &str, n: usize, first_seq: u64) -> Vec<u8> {
         buffered: 0,
         dropped: 0,
         version: "t".into(),
+        quarantined: 0,
+        clock_problem: None,
         readings,
     };
     serde_json::to_vec(&b).unwrap()

@@ -173,6 +173,14 @@ pub struct Batch {
     /// Agent version, for the dashboard.
     #[serde(default)]
     pub version: String,
+    /// Readings the hub put aside for good since install (a hop's `Refused` verdict, records it
+    /// could not read back): kept in its quarantine, counted durably, never silent.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// Set while the hub's clock disagrees with the hops it reports to (a `Clock` verdict), in
+    /// words for the dashboard; cleared when readings are accepted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_problem: Option<String>,
     pub readings: Vec<Reading>,
 }
 
@@ -289,11 +297,18 @@ pub struct ForwardAck {
 #[serde(untagged)]
 pub enum ForwardResult {
     Stored(BatchAck),
-    /// Refused for good (the HTTP status it would have had, and why): the connector drops it and
-    /// logs it; resending cannot help.
+    /// Not stored: the HTTP status it would have had, why, and the verdict. Only
+    /// [`Verdict::Refused`] lets the batch leave the connector's custody (into its quarantine);
+    /// anything else, a missing verdict included, means the connector keeps it and retries.
     Refused {
         status: u16,
         error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verdict: Option<Verdict>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<RefusalCode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accept: Option<TimeWindow>,
     },
 }
 
@@ -320,6 +335,12 @@ pub struct MachineInfo {
     pub dropped: u64,
     #[serde(default)]
     pub version: String,
+    /// As [`Batch::quarantined`]: the latest count the machine reported.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// As [`Batch::clock_problem`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_problem: Option<String>,
 }
 
 /// `GET /v1/machines/{id}/sensors` row: the latest reading of one sensor.
@@ -355,10 +376,76 @@ pub struct HourlyPoint {
     pub count: u64,
 }
 
-/// Error body of every API error: what went wrong, in words that say what to fix.
+/// Error body of every API error: what went wrong, in words that say what to fix, and for data
+/// offered to a hop (batches, forwards) the hop's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+    /// Custody rule: only `Some(Verdict::Refused)` lets the sender put the data aside (into its
+    /// counted quarantine). No verdict (a proxy's 404, a timeout, an old peer) means retry later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<RefusalCode>,
+    /// With [`RefusalCode::Clock`]: the timestamps the hop accepts, by its clock. The sender puts
+    /// aside only the readings outside it and sends the rest again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept: Option<TimeWindow>,
+}
+
+impl ApiError {
+    /// An error with no verdict: for data, the sender keeps it and retries later.
+    pub fn new(error: impl Into<String>) -> ApiError {
+        ApiError { error: error.into(), verdict: None, code: None, accept: None }
+    }
+
+    /// A verdict on data: `Refused` (for good) or `RetryLater`, with its machine-readable reason.
+    pub fn verdict(error: impl Into<String>, verdict: Verdict, code: RefusalCode) -> ApiError {
+        ApiError { error: error.into(), verdict: Some(verdict), code: Some(code), accept: None }
+    }
+}
+
+/// A hop's decision on data it did not store. See ARCHITECTURE.md, "Verdicts, not guesses".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Keep it and send it again later (storage busy, not enrolled yet, over a limit that can change).
+    RetryLater,
+    /// Sending it again can never help (forged, malformed, timestamps outside the window): the
+    /// sender moves it to its quarantine, counts it, and reports the count.
+    Refused,
+}
+
+/// Why data was not stored, for programs (the `error` text is for people). Unknown codes from a
+/// newer peer read as [`RefusalCode::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// No valid signature by an enrolled key of the right network.
+    Forged,
+    /// Not a batch: bad JSON, invalid UTF-8, a reading that breaks the rules.
+    Malformed,
+    /// Too big for the hop: split and send again (413); never a reason to drop.
+    TooLarge,
+    /// Readings stamped outside the hop's accepted window ([`ApiError::accept`]).
+    Clock,
+    /// The machine is not enrolled (yet): retry later.
+    NotEnrolled,
+    /// The machine's enrollment was withdrawn.
+    Revoked,
+    /// The hop is busy or full: retry after `Retry-After`.
+    Busy,
+    /// The hop could not store it (disk, database): retry later.
+    Storage,
+    #[serde(other)]
+    Other,
+}
+
+/// Accepted reading timestamps, inclusive, by the answering hop's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeWindow {
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub fn signed_batch(key: &KeyPair, b: usize, uplink: &str) -> (Vec<u8>, Headers)
         buffered: 0,
         dropped: 0,
         version: "bench".into(),
+        quarantined: 0,
+        clock_problem: None,
         readings,
     };
     let json = serde_json::to_vec(&batch).unwrap();

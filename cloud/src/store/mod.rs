@@ -199,6 +199,8 @@ impl Store {
             buffered: batch.buffered,
             dropped: batch.dropped,
             version: batch.version.clone(),
+            quarantined: batch.quarantined,
+            clock_problem: batch.clock_problem.clone(),
         };
         self.machines.insert(
             batch.machine_id.as_bytes(),

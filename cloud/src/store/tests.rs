@@ -11,6 +11,8 @@ fn batch(machine: &str, readings: Vec<(u64, &str, f64, DateTime<Utc>)>) -> Batch
         buffered: 0,
         dropped: 0,
         version: "t".into(),
+        quarantined: 0,
+        clock_problem: None,
         readings: readings
             .into_iter()
             .map(|(seq, sensor, v, ts)| Reading {

@@ -14,6 +14,8 @@ fn batch(seq: u64, state: State) -> Batch {
         buffered: 0,
         dropped: 0,
         version: "t".into(),
+        quarantined: 0,
+        clock_problem: None,
         readings: vec![Reading {
             machine_id: "hub1".into(),
             seq,

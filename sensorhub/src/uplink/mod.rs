@@ -216,6 +216,8 @@ impl<T: Transport> Uplink<T> {
             buffered: stats.len.saturating_sub(n as u64),
             dropped: stats.dropped + self.rejected,
             version: self.identity.version.clone(),
+            quarantined: 0,
+            clock_problem: None,
             readings,
         };
         match self.transport.send(&mut batch).await {

@@ -1,0 +1,143 @@
+//! Commands: made by people, signed by the cloud, polled by machines, answered with signed results.
+
+use super::{err, internal, AppState};
+use super::auth::check_signed;
+use crate::commands::DEFAULT_TTL;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use outpost_shared::keys::{CommandResult, PublicKey, Signed};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    action: String,
+    #[serde(default)]
+    parameters: serde_json::Value,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<std::time::Duration>,
+}
+
+/// Actions a hub understands; anything else is refused here, before it is signed.
+const ACTIONS: &[&str] =
+    &["ping", "sample-now", "reload-config", "relay.set", "relay.toggle", "relay.set_port"];
+
+pub(super) async fn create_command(
+    st: &AppState,
+    machine: &str,
+    action: &str,
+    parameters: serde_json::Value,
+    ttl: Option<std::time::Duration>,
+    who: &str,
+) -> Response {
+    if !ACTIONS.contains(&action) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("unknown action `{action}`; known: {}", ACTIONS.join(", ")),
+        );
+    }
+    match st.trust.machine_key(machine) {
+        Ok(Some(_)) => {}
+        Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
+        Err(e) => return internal(e),
+    }
+    match st
+        .commands
+        .create(st.trust.key(), machine, action, parameters, ttl.unwrap_or(DEFAULT_TTL), who)
+        .await
+    {
+        Ok(rec) => (StatusCode::CREATED, Json(serde_json::json!({"command_id": rec.id}))).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+pub(super) async fn create(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<CommandRequest>,
+) -> Response {
+    create_command(&st, &id, &req.action, req.parameters, req.ttl, "admin").await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaySwitch {
+    on: bool,
+}
+
+pub(super) async fn switch_relay(
+    State(st): State<AppState>,
+    Path((id, card, relay)): Path<(String, u8, u8)>,
+    Json(req): Json<RelaySwitch>,
+) -> Response {
+    if card == 0 || !(1..=8).contains(&relay) {
+        return err(StatusCode::BAD_REQUEST, "cards are numbered from 1, relays 1 to 8");
+    }
+    let params = serde_json::json!({"card": card, "relay": relay, "on": req.on});
+    create_command(&st, &id, "relay.set", params, None, "admin").await
+}
+
+pub(super) async fn status(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    match st.commands.get(&id) {
+        Ok(Some(rec)) => {
+            let status = rec.effective_status(Utc::now()).to_string();
+            Json(serde_json::json!({
+                "id": rec.id, "machine": rec.machine, "action": rec.action, "parameters": rec.parameters,
+                "status": status, "result": rec.result, "created_by": rec.created_by, "created_at": rec.created_at,
+                "delivered_at": rec.delivered_at, "finished_at": rec.finished_at, "expires_at": rec.expires_at,
+            }))
+            .into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such command"),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollQuery {
+    /// Seconds to hold the request open when nothing is waiting (at most 30).
+    wait: Option<u64>,
+}
+
+pub(super) async fn poll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Query(q): Query<PollQuery>,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v1/commands/poll");
+    let mk = match check_signed(&st, &headers, "GET", path, b"", Some(crate::trust::MAX_SKEW)) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let wait = std::time::Duration::from_secs(q.wait.unwrap_or(25).min(30));
+    match st.commands.poll(&mk.machine_id, wait).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+pub(super) async fn result(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let mk =
+        match check_signed(&st, &headers, "POST", "/v1/commands/result", &body, Some(crate::trust::MAX_SKEW))
+        {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+    let signed: Signed<CommandResult> = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a signed command result: {e}")),
+    };
+    let key = match PublicKey::from_pem(&mk.public_key) {
+        Ok(k) => k,
+        Err(e) => return internal(e),
+    };
+    match st.commands.finish(&mk.machine_id, &key, &signed).await {
+        Ok(rec) => Json(serde_json::json!({"status": rec.status})).into_response(),
+        Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}

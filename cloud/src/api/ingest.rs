@@ -1,0 +1,239 @@
+//! Readings in: a hub's batch (`/v1/batches`) and a connector's forward of many hubs' batches
+//! (`/v1/forward`). Every path into storage goes through [`store_batch`] and [`commit`].
+
+use super::{err, internal, AppState};
+use super::auth::check_signed;
+use super::LiveEvent;
+use crate::trust::Refusal;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use outpost_shared::keys::SignedHeaders;
+use outpost_shared::model::{Batch, BatchAck, BatchProblem, ForwardAck, ForwardEnvelope, ForwardResult};
+use std::net::SocketAddr;
+
+#[allow(clippy::result_large_err)]
+/// The decompressed body, or the error response.
+fn body_json(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Response> {
+    let gz = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+        == Some(outpost_shared::wire::GZIP);
+    outpost_shared::wire::decompress(body, gz, st.config.ingest.max_decompressed as usize).map_err(
+        |e| match e {
+            outpost_shared::wire::WireError::TooLarge { .. } => {
+                err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            e => err(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+    )
+}
+
+/// Parses, validates, stores and flushes one hub batch.
+async fn take_batch(
+    st: &AppState,
+    json: &[u8],
+    signer: &str,
+    peer: &str,
+) -> Result<BatchAck, (StatusCode, String)> {
+    let outcome = store_batch(st, json, signer, peer).await?;
+    let ack = BatchAck { stored: outcome.stored, duplicates: outcome.duplicates };
+    commit(st, vec![outcome]).await?;
+    Ok(ack)
+}
+
+/// Parses, validates and stores one hub batch, not yet durable: the caller must [`commit`] before
+/// it acknowledges. Every path into storage goes through here.
+async fn store_batch(
+    st: &AppState,
+    json: &[u8],
+    signer: &str,
+    peer: &str,
+) -> Result<crate::store::IngestOutcome, (StatusCode, String)> {
+    let batch: Batch = serde_json::from_slice(json)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not a valid batch: {e}")))?;
+    if batch.machine_id != signer {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            format!("batch of machine {} signed by {signer}", batch.machine_id),
+        ));
+    }
+    if let Err(p) = batch.validate(st.config.ingest.max_readings) {
+        tracing::warn!(%peer, machine = %batch.machine_id, reason = %p, "batch refused");
+        let status = match p {
+            BatchProblem::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BatchProblem::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        return Err((status, p.to_string()));
+    }
+    let store = st.store.clone();
+    match tokio::task::spawn_blocking(move || store.ingest(&batch, Utc::now())).await {
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// Makes everything stored so far durable (one flush for any number of batches: group commit),
+/// then raises alerts and tells live dashboards what changed.
+async fn commit(
+    st: &AppState,
+    outcomes: Vec<crate::store::IngestOutcome>,
+) -> Result<(), (StatusCode, String)> {
+    // Custody: acknowledge only what is on disk.
+    st.store.flush().await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    for outcome in outcomes {
+        if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
+            for (old, l) in &outcome.transitions {
+                let change = outpost_shared::mail::StateChange {
+                    machine_id: m.id.clone(),
+                    hostname: m.hostname.clone(),
+                    sensor: l.sensor.clone(),
+                    old: *old,
+                    new: l.state,
+                    value: Some(l.value.clone()),
+                    unit: l.unit.clone(),
+                    message: l.message.clone(),
+                    ts: l.ts,
+                };
+                if tx.try_send(outpost_shared::mail::AlertEvent::Change(change)).is_err() {
+                    tracing::warn!(machine = %m.id, sensor = %l.sensor, "alert queue full; state change not mailed");
+                }
+            }
+        }
+        if let Some(m) = outcome.machine {
+            let id = m.id.clone();
+            let _ = st.events.send(LiveEvent::Machine(m));
+            if !outcome.changed.is_empty() {
+                let _ = st.events.send(LiveEvent::Sensors { machine: id, sensors: outcome.changed });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn batches(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json = match body_json(&st, &headers, &body) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let signer = match check_signed(&st, &headers, "POST", "/v1/batches", &json, Some(crate::trust::MAX_SKEW))
+    {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match take_batch(&st, &json, &signer.machine_id, &peer.to_string()).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err((status, msg)) if status.is_server_error() => internal(msg),
+        Err((status, msg)) => err(status, msg),
+    }
+}
+
+/// A connector's forward: many hubs' batches in one request, each taken as if the hub had sent it
+/// directly. A batch refused for good gets its own result and does not hold up the others.
+pub(super) async fn forward(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json = match body_json(&st, &headers, &body) {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let connector =
+        match check_signed(&st, &headers, "POST", "/v1/forward", &json, Some(crate::trust::MAX_SKEW)) {
+            Ok(m) if m.role == outpost_shared::model::Role::Connector => m,
+            Ok(m) => {
+                return err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))
+            }
+            Err(r) => return r,
+        };
+    let env: ForwardEnvelope = match serde_json::from_slice(&json) {
+        Ok(e) => e,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}")),
+    };
+    // Changes the connector mailed about during an outage are taken as told before its batches
+    // bring them, so they are not mailed a second time.
+    if let Some(tx) = &st.alerts {
+        for m in env.mailed {
+            match st.trust.machine_key(&m.machine_id) {
+                Ok(Some(k)) if k.network_id == connector.network_id => {
+                    if tx.try_send(outpost_shared::mail::AlertEvent::Told(m)).is_err() {
+                        tracing::warn!("alert queue full; a connector's outage note is lost");
+                    }
+                }
+                _ => tracing::warn!(connector = %connector.machine_id, machine = %m.machine_id,
+                    "outage note about a machine outside the connector's network ignored"),
+            }
+        }
+    }
+    let via = format!("{peer} via connector {}", connector.machine_id);
+    let mut results = Vec::with_capacity(env.batches.len());
+    let mut outcomes = Vec::with_capacity(env.batches.len());
+    for fb in &env.batches {
+        let body = fb.body.get().as_bytes();
+        // Each batch must carry its hub's own signature over exactly these bytes: a connector
+        // cannot alter or invent readings. Held batches are old, so no time window here.
+        let sig = SignedHeaders::from_values(
+            Some(&fb.sig.machine_id),
+            Some(&fb.sig.timestamp.to_string()),
+            Some(&fb.sig.signature),
+        );
+        let hub = match sig
+            .map_err(Refusal::Unsigned)
+            .and_then(|s| st.trust.verify(&s, "POST", "/v1/batches", body, None))
+        {
+            Ok(h) if h.network_id == connector.network_id => h,
+            Ok(h) => {
+                results.push(ForwardResult::Refused {
+                    status: 403,
+                    error: format!("hub {} is not in this connector's network", h.machine_id),
+                    verdict: None,
+                    code: None,
+                    accept: None,
+                });
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(connector = %connector.machine_id, reason = %e, "forwarded batch refused");
+                results.push(ForwardResult::Refused { status: 401, error: e.to_string(), verdict: None, code: None, accept: None });
+                continue;
+            }
+        };
+        match store_batch(&st, body, &hub.machine_id, &via).await {
+            Ok(o) => {
+                results.push(ForwardResult::Stored(BatchAck { stored: o.stored, duplicates: o.duplicates }));
+                outcomes.push(o);
+            }
+            Err((status, msg)) if status.is_server_error() => return internal(msg),
+            Err((status, msg)) => {
+                results.push(ForwardResult::Refused { status: status.as_u16(), error: msg, verdict: None, code: None, accept: None })
+            }
+        }
+    }
+    // One flush for the whole forward, before any of it is acknowledged.
+    if let Err((_, msg)) = commit(&st, outcomes).await {
+        return internal(msg);
+    }
+    if !env.unattached.is_empty() {
+        let store = st.store.clone();
+        let mut hubs = env.unattached;
+        for h in &mut hubs {
+            h.connector = connector.machine_id.clone();
+        }
+        if let Err(e) = tokio::task::spawn_blocking(move || store.note_unattached(&hubs))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            return internal(e);
+        }
+    }
+    Json(ForwardAck { results }).into_response()
+}

@@ -1,0 +1,177 @@
+//! Machines as people see them: the list, sensors, readings, revocation, unattached hubs, sealing
+//! a secret to one machine's key.
+
+use super::{err, internal, AppState};
+use crate::config::CloudConfig;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use outpost_shared::keys::PublicKey;
+use outpost_shared::model::MachineInfo;
+use serde::Deserialize;
+
+pub(super) async fn list(State(st): State<AppState>) -> Response {
+    let store = st.store.clone();
+    match tokio::task::spawn_blocking(move || store.machines()).await {
+        Ok(Ok(list)) => {
+            let now = Utc::now();
+            let list: Vec<MachineInfo> =
+                list.into_iter().map(|m| with_liveness(m, now, &st.config)).collect();
+            Json(list).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// `DELETE /v1/machines/{id}`: withdraws the machine's enrollment (a stolen or retired machine).
+/// Its signed requests are refused from now on and hubs stop trusting it as a connector; its
+/// readings stay. In the audit trail as `revoke` by `admin`.
+pub(super) async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let trust = st.trust.clone();
+    let target = id.clone();
+    match tokio::task::spawn_blocking(move || trust.revoke(&target, Utc::now())).await {
+        Ok(Ok(Some(mk))) => {
+            let detail =
+                serde_json::json!({"role": mk.role, "network": mk.network_id, "hostname": mk.hostname});
+            let entry = crate::commands::AuditEntry {
+                ts: Utc::now(),
+                command_id: String::new(),
+                machine: mk.machine_id.clone(),
+                action: "revoke".into(),
+                parameters: serde_json::Value::Null,
+                who: "admin".into(),
+                event: "done".into(),
+                detail: detail.clone(),
+            };
+            if let Err(e) = st.commands.record(entry) {
+                tracing::error!(error = %e, machine = %id, "revoked, but the audit trail could not record it");
+            }
+            Json(serde_json::json!({"revoked": mk.machine_id, "role": mk.role, "network": mk.network_id}))
+                .into_response()
+        }
+        Ok(Ok(None)) => err(StatusCode::NOT_FOUND, format!("no enrolled machine {id}")),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// A machine that has been silent longer than `offline_after` is shown `offline`, whatever path
+/// it last reported.
+fn with_liveness(mut m: MachineInfo, now: DateTime<Utc>, config: &CloudConfig) -> MachineInfo {
+    let silent = (now - m.last_seen).to_std().unwrap_or_default();
+    if silent > config.offline_after {
+        m.uplink = "offline".into();
+    }
+    m
+}
+
+pub(super) async fn sensors(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let store = st.store.clone();
+    match tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::CloudError>((store.machine(&id)?, store.sensors(&id)?))
+    })
+    .await
+    {
+        Ok(Ok((None, _))) => err(StatusCode::NOT_FOUND, "no such machine"),
+        Ok(Ok((Some(_), list))) => Json(list).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadingsQuery {
+    sensor: String,
+    since: Option<String>,
+    limit: Option<usize>,
+    /// `raw` (default) or `hourly`.
+    resolution: Option<String>,
+}
+
+/// Most rows one request may ask for.
+const MAX_LIMIT: usize = 100_000;
+
+pub(super) async fn readings(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ReadingsQuery>,
+) -> Response {
+    let since = match q.since.as_deref().map(DateTime::parse_from_rfc3339) {
+        None => None,
+        Some(Ok(t)) => Some(t.with_timezone(&Utc)),
+        Some(Err(e)) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("`since` must be RFC 3339, e.g. 2026-01-31T12:00:00Z ({e})"),
+            )
+        }
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_LIMIT {
+        return err(StatusCode::BAD_REQUEST, format!("`limit` must be between 1 and {MAX_LIMIT}"));
+    }
+    let store = st.store.clone();
+    let hourly = match q.resolution.as_deref() {
+        None | Some("raw") => false,
+        Some("hourly") => true,
+        Some(other) => {
+            return err(StatusCode::BAD_REQUEST, format!("unknown resolution `{other}`; use raw or hourly"))
+        }
+    };
+    let r = tokio::task::spawn_blocking(move || -> Result<Response, crate::CloudError> {
+        if store.machine(&id)?.is_none() {
+            return Ok(err(StatusCode::NOT_FOUND, "no such machine"));
+        }
+        Ok(if hourly {
+            Json(store.hourly(&id, &q.sensor, since, limit)?).into_response()
+        } else {
+            Json(store.readings(&id, &q.sensor, since, limit)?).into_response()
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+pub(super) async fn unattached(State(st): State<AppState>) -> Response {
+    let store = st.store.clone();
+    match tokio::task::spawn_blocking(move || store.unattached(Utc::now())).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealRequest {
+    secret: String,
+}
+
+/// Seals a secret to one machine's key and returns only the sealed form; the plaintext is
+/// never stored or logged here.
+pub(super) async fn seal_secret(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<SealRequest>,
+) -> Response {
+    let mk = match st.trust.machine_key(&id) {
+        Ok(Some(m)) => m,
+        Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
+        Err(e) => return internal(e),
+    };
+    let sealed = PublicKey::from_pem(&mk.public_key)
+        .map_err(|e| e.to_string())
+        .and_then(|k| outpost_shared::keys::seal(&k, &req.secret).map_err(|e| e.to_string()));
+    match sealed {
+        Ok(s) => Json(serde_json::json!({"sealed": s})).into_response(),
+        Err(e) => internal(e),
+    }
+}

@@ -1,0 +1,113 @@
+//! Commands by mail: a connector asks, for a sender it authenticated, that a relay be switched.
+
+use super::{err, internal, AppState};
+use super::auth::connector_signed;
+use crate::commands::DEFAULT_TTL;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailCommandRequest {
+    /// Machine id or host name, within the connector's network.
+    machine: String,
+    card: u8,
+    relay: u8,
+    on: bool,
+    /// The authenticated mail sender, for the audit trail.
+    sender: String,
+    #[serde(default)]
+    message_id: Option<String>,
+}
+
+/// `who` of a command a connector asked for on behalf of a mail sender.
+fn mail_who(sender: &str, connector: &str) -> String {
+    format!("mail:{sender} via connector {connector}")
+}
+
+/// A connector asks, for a mail sender it authenticated, that a relay be switched. The cloud signs
+/// the command as for the dashboard; only machines of the connector's own network can be named.
+pub(super) async fn create(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/mail-commands", &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let req: MailCommandRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a mail command request: {e}")),
+    };
+    if req.card == 0 || !(1..=8).contains(&req.relay) {
+        return err(StatusCode::BAD_REQUEST, "cards are numbered from 1, relays 1 to 8");
+    }
+    let (store, trust, net, name) =
+        (st.store.clone(), st.trust.clone(), connector.network_id.clone(), req.machine.clone());
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, crate::CloudError> {
+        let keys = trust.networks()?.remove(&net).unwrap_or_default();
+        let mut hits = Vec::new();
+        for k in keys {
+            let hostname = store.machine(&k.machine_id)?.map(|m| m.hostname).unwrap_or(k.hostname);
+            if k.machine_id == name || hostname.eq_ignore_ascii_case(&name) {
+                hits.push((k.machine_id, hostname));
+            }
+        }
+        Ok(hits)
+    })
+    .await;
+    let (machine, hostname) = match found {
+        Ok(Ok(hits)) => match hits.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return err(
+                    StatusCode::NOT_FOUND,
+                    format!("no machine `{}` in this connector's network", req.machine),
+                )
+            }
+            _ => {
+                return err(
+                    StatusCode::CONFLICT,
+                    format!("`{}` names several machines; use the machine id", req.machine),
+                )
+            }
+        },
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let who = mail_who(&req.sender, &connector.machine_id);
+    let params = serde_json::json!({"card": req.card, "relay": req.relay, "on": req.on});
+    match st.commands.create(st.trust.key(), &machine, "relay.set", params, DEFAULT_TTL, &who).await {
+        Ok(rec) => {
+            tracing::info!(%who, %machine, command = %rec.id, message_id = ?req.message_id, "mail command issued");
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({"command_id": rec.id, "machine": machine, "hostname": hostname})),
+            )
+                .into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// The outcome of a command this connector asked for by mail.
+pub(super) async fn status(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let path = format!("/v1/mail-commands/{id}");
+    let connector = match connector_signed(&st, &headers, "GET", &path, b"") {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match st.commands.get(&id) {
+        Ok(Some(rec)) if rec.created_by.ends_with(&format!(" via connector {}", connector.machine_id)) => {
+            Json(serde_json::json!({"status": rec.effective_status(Utc::now()), "result": rec.result}))
+                .into_response()
+        }
+        Ok(_) => err(StatusCode::NOT_FOUND, "no such command of this connector"),
+        Err(e) => internal(e),
+    }
+}
