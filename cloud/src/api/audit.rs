@@ -1,6 +1,6 @@
 //! `/v1/audit`: who did what to which machine.
 
-use super::{err, internal, AppState};
+use super::{internal, AppState};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+pub(super) struct AuditQuery {
     machine: Option<String>,
     limit: Option<usize>,
 }

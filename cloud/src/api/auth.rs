@@ -23,7 +23,11 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     cookies.split(';').find_map(|c| c.trim().strip_prefix("outpost_token=").map(str::to_string))
 }
 
-pub(super) async fn require_admin(State(st): State<AppState>, req: Request<axum::body::Body>, next: Next) -> Response {
+pub(super) async fn require_admin(
+    State(st): State<AppState>,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
     match presented_token(req.headers()) {
         Some(t) if same(&t, &st.admin_token) => next.run(req).await,
         Some(_) => err(

@@ -1,7 +1,7 @@
 //! Commands: made by people, signed by the cloud, polled by machines, answered with signed results.
 
-use super::{err, internal, AppState};
 use super::auth::check_signed;
+use super::{err, internal, AppState};
 use crate::commands::DEFAULT_TTL;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CommandRequest {
+pub(super) struct CommandRequest {
     action: String,
     #[serde(default)]
     parameters: serde_json::Value,
@@ -64,7 +64,7 @@ pub(super) async fn create(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RelaySwitch {
+pub(super) struct RelaySwitch {
     on: bool,
 }
 
@@ -98,7 +98,7 @@ pub(super) async fn status(State(st): State<AppState>, Path(id): Path<String>) -
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PollQuery {
+pub(super) struct PollQuery {
     /// Seconds to hold the request open when nothing is waiting (at most 30).
     wait: Option<u64>,
 }
@@ -121,7 +121,11 @@ pub(super) async fn poll(
     }
 }
 
-pub(super) async fn result(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(super) async fn result(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let mk =
         match check_signed(&st, &headers, "POST", "/v1/commands/result", &body, Some(crate::trust::MAX_SKEW))
         {

@@ -1,7 +1,7 @@
 //! Enrollment: the cloud's public key, one-time tokens, enrolling a machine, fresh receipts.
 
-use super::{err, internal, AppState};
 use super::auth::{check_signed, refused};
+use super::{err, internal, AppState};
 use crate::trust::EnrollRequest;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -17,7 +17,7 @@ pub(super) async fn cloud_key(State(st): State<AppState>) -> Json<serde_json::Va
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct TokenRequest {
+pub(super) struct TokenRequest {
     network: Option<String>,
     /// Validity, e.g. "1h" (default 24h).
     #[serde(default, with = "humantime_serde")]
@@ -53,7 +53,11 @@ pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollReq
     }
 }
 
-pub(super) async fn receipt(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(super) async fn receipt(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let mk = match check_signed(&st, &headers, "POST", "/v1/receipt", &body, Some(crate::trust::MAX_SKEW)) {
         Ok(m) => m,
         Err(r) => return r,

@@ -1,9 +1,9 @@
 //! Readings in: a hub's batch (`/v1/batches`) and a connector's forward of many hubs' batches
 //! (`/v1/forward`). Every path into storage goes through [`store_batch`] and [`commit`].
 
-use super::{err, internal, AppState};
 use super::auth::check_signed;
 use super::LiveEvent;
+use super::{err, internal, AppState};
 use crate::trust::Refusal;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -202,7 +202,13 @@ pub(super) async fn forward(
             }
             Err(e) => {
                 tracing::warn!(connector = %connector.machine_id, reason = %e, "forwarded batch refused");
-                results.push(ForwardResult::Refused { status: 401, error: e.to_string(), verdict: None, code: None, accept: None });
+                results.push(ForwardResult::Refused {
+                    status: 401,
+                    error: e.to_string(),
+                    verdict: None,
+                    code: None,
+                    accept: None,
+                });
                 continue;
             }
         };
@@ -212,9 +218,13 @@ pub(super) async fn forward(
                 outcomes.push(o);
             }
             Err((status, msg)) if status.is_server_error() => return internal(msg),
-            Err((status, msg)) => {
-                results.push(ForwardResult::Refused { status: status.as_u16(), error: msg, verdict: None, code: None, accept: None })
-            }
+            Err((status, msg)) => results.push(ForwardResult::Refused {
+                status: status.as_u16(),
+                error: msg,
+                verdict: None,
+                code: None,
+                accept: None,
+            }),
         }
     }
     // One flush for the whole forward, before any of it is acknowledged.

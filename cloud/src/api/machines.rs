@@ -84,7 +84,7 @@ pub(super) async fn sensors(State(st): State<AppState>, Path(id): Path<String>) 
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReadingsQuery {
+pub(super) struct ReadingsQuery {
     sensor: String,
     since: Option<String>,
     limit: Option<usize>,
@@ -151,7 +151,7 @@ pub(super) async fn unattached(State(st): State<AppState>) -> Response {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SealRequest {
+pub(super) struct SealRequest {
     secret: String,
 }
 

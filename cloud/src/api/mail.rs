@@ -1,7 +1,7 @@
 //! Commands by mail: a connector asks, for a sender it authenticated, that a relay be switched.
 
-use super::{err, internal, AppState};
 use super::auth::connector_signed;
+use super::{err, internal, AppState};
 use crate::commands::DEFAULT_TTL;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MailCommandRequest {
+pub(super) struct MailCommandRequest {
     /// Machine id or host name, within the connector's network.
     machine: String,
     card: u8,
@@ -31,7 +31,11 @@ fn mail_who(sender: &str, connector: &str) -> String {
 
 /// A connector asks, for a mail sender it authenticated, that a relay be switched. The cloud signs
 /// the command as for the dashboard; only machines of the connector's own network can be named.
-pub(super) async fn create(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(super) async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let connector = match connector_signed(&st, &headers, "POST", "/v1/mail-commands", &body) {
         Ok(m) => m,
         Err(r) => return r,
