@@ -18,8 +18,12 @@ async fn main() {
     })
     .await
     .unwrap();
-    let token = || {
-        Some(cloud.trust.new_token("bench", Duration::from_secs(600), chrono::Utc::now()).unwrap().encode())
+    let token = |role| {
+        let (t, _) = cloud
+            .trust
+            .new_token("bench", role, Duration::from_secs(600), "bench", "bench", chrono::Utc::now())
+            .unwrap();
+        Some(t.encode())
     };
     let connector = outpost_connector::start(outpost_connector::ConnectorConfig {
         data_dir: dir.path().join("connector"),
@@ -27,7 +31,7 @@ async fn main() {
         cloud: outpost_connector::config::CloudLink {
             url: Some(cloud.url()),
             ca_file: Some(cloud.ca_file.clone()),
-            enroll_token: token(),
+            enroll_token: token(outpost_shared::model::Role::Connector),
             ..Default::default()
         },
         ssdp: outpost_connector::config::SsdpConfig {
@@ -55,7 +59,7 @@ async fn main() {
                 connector: Some(connector.loopback_url()),
                 cloud: Some(cloud.url()),
                 ca_file: Some(cloud.ca_file.clone()),
-                enroll_token: token(),
+                enroll_token: token(outpost_shared::model::Role::Sensorhub),
                 discover: false,
                 advertise: false,
                 ..Default::default()

@@ -130,15 +130,45 @@ enum TokenAction {
         /// The network the machine joins (a connector and its hubs share one).
         #[arg(long, default_value = "default")]
         network: String,
-        /// How long the token stays valid, e.g. "1h", "7d".
+        /// The role the machine enrolls in: a connector token must be asked for by name, since
+        /// every hub of the network trusts a connector.
+        #[arg(long, value_enum, default_value = "sensorhub")]
+        role: MachineRole,
+        /// How long the token stays valid, e.g. "1h", "7d" (at most 30 days).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
+        /// A name to tell the token apart in `outpost token list` and on the dashboard.
+        #[arg(long, default_value = "")]
+        label: String,
     },
-    /// List the tokens not used yet and not expired (network and expiry; the cloud keeps no secret).
+    /// List the tokens not used yet and not expired (id, network, role, expiry, label; the cloud
+    /// keeps no secret).
     List {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Cancel an open token by the id `list` shows.
+    Cancel {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        id: String,
+    },
+}
+
+/// The roles a machine enrolls in.
+#[derive(Clone, Copy, ValueEnum)]
+enum MachineRole {
+    Sensorhub,
+    Connector,
+}
+
+impl From<MachineRole> for outpost_shared::model::Role {
+    fn from(r: MachineRole) -> Self {
+        match r {
+            MachineRole::Sensorhub => outpost_shared::model::Role::Sensorhub,
+            MachineRole::Connector => outpost_shared::model::Role::Connector,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -409,30 +439,40 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Token { action } => {
-            let (config, create) = match action {
-                TokenAction::Create { config, network, ttl } => (config, Some((network, ttl))),
-                TokenAction::List { config } => (config, None),
+            let config = match &action {
+                TokenAction::Create { config, .. }
+                | TokenAction::List { config }
+                | TokenAction::Cancel { config, .. } => config.clone(),
             };
             let config: outpost_cloud::CloudConfig = load(config.as_deref())?;
             let client = outpost_cloud::admin::AdminClient::from_config(&config)?;
             runtime()?.block_on(async {
-                match create {
-                    Some((network, ttl)) => {
-                        let t = client.new_token(&network, ttl).await?;
+                match action {
+                    TokenAction::Create { network, role, ttl, label, .. } => {
+                        let t = client.new_token(&network, role.into(), ttl, &label).await?;
                         println!("{}", t["token"].as_str().unwrap_or_default());
                         eprintln!(
-                            "network {network}, valid until {}",
+                            "{} token {} for network {network}, valid until {}",
+                            t["role"].as_str().unwrap_or("?"),
+                            t["id"].as_str().unwrap_or("?"),
                             t["expires_at"].as_str().unwrap_or("?")
                         );
                     }
-                    None => {
+                    TokenAction::List { .. } => {
                         for t in client.open_tokens().await?.as_array().into_iter().flatten() {
                             println!(
-                                "{}\t{}",
+                                "{}\t{}\t{}\t{}\t{}",
+                                t["id"].as_str().unwrap_or_default(),
                                 t["network"].as_str().unwrap_or_default(),
-                                t["expires_at"].as_str().unwrap_or_default()
+                                t["role"].as_str().unwrap_or_default(),
+                                t["expires_at"].as_str().unwrap_or_default(),
+                                t["label"].as_str().unwrap_or_default()
                             );
                         }
+                    }
+                    TokenAction::Cancel { id, .. } => {
+                        client.cancel_token(&id).await?;
+                        eprintln!("token {id} cancelled");
                     }
                 }
                 anyhow::Ok(())
@@ -480,11 +520,18 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
     let url = cloud.url();
     // First start: one-time tokens so connector and hub enroll themselves; later starts find
     // their enrollment on disk and need none.
-    let token_for = |dir: &Path| -> anyhow::Result<Option<String>> {
+    let token_for = |dir: &Path, role: outpost_shared::model::Role| -> anyhow::Result<Option<String>> {
         if dir.join(outpost_sensorhub::trust::ENROLLMENT_FILE).exists() {
             return Ok(None);
         }
-        let t = cloud.trust.new_token("default", std::time::Duration::from_secs(3600), chrono::Utc::now())?;
+        let (t, _) = cloud.trust.new_token(
+            "default",
+            role,
+            std::time::Duration::from_secs(3600),
+            "outpost up",
+            "outpost up",
+            chrono::Utc::now(),
+        )?;
         Ok(Some(t.encode()))
     };
     let connector_dir = data_dir.join("connector");
@@ -494,7 +541,7 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
         cloud: outpost_connector::config::CloudLink {
             url: Some(url.clone()),
             ca_file: Some(cloud.ca_file.clone()),
-            enroll_token: token_for(&connector_dir)?,
+            enroll_token: token_for(&connector_dir, outpost_shared::model::Role::Connector)?,
             ..Default::default()
         },
         ssdp: outpost_connector::config::SsdpConfig {
@@ -515,7 +562,7 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
             connector: Some(connector.loopback_url()),
             cloud: Some(url.clone()),
             ca_file: Some(cloud.ca_file.clone()),
-            enroll_token: token_for(&hub_dir)?,
+            enroll_token: token_for(&hub_dir, outpost_shared::model::Role::Sensorhub)?,
             discover: false,
             advertise: false,
             ..Default::default()

@@ -257,7 +257,33 @@ fn enrollment_tokens_and_unattached_hubs_show_on_the_dashboard() {
         "role": "sensorhub", "hostname": "new-hub", "lan_cert": serde_json::Value::Null});
     let r = cloud.client().post(format!("{}/v1/enroll", cloud.url())).json(&enroll).send().unwrap();
     assert!(r.status().is_success(), "enrolling with the page's token: {}", r.status());
+
+    // A connector token is a deliberate choice on the page, named, and can be cancelled there.
+    browser.eval(
+        "document.getElementById('tokenrole').value = 'connector';          document.getElementById('tokenlabel').value = 'spare connector'; return true",
+    );
+    browser.click("#newtoken");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "a connector token with its own install command",
+        "return document.getElementById('tokencmd').textContent.includes('--role connector --enroll OPT1.')            && document.getElementById('tokenconf').textContent.startsWith('[cloud]')            && [...document.querySelectorAll('#tokens tr.token')].some(r => r.textContent.includes('spare connector'))",
+    );
+    let connector_token =
+        browser.eval("return document.getElementById('tokenvalue').value").as_str().unwrap().to_string();
     browser.screenshot(&screenshot_path(dir.path(), "dashboard-enroll.png"));
+    browser.eval(
+        "[...document.querySelectorAll('#tokens tr.token')].find(r => r.textContent.includes('spare connector'))            .querySelector('button.cancel').click(); return true",
+    );
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the cancelled token leaves the list",
+        "return document.getElementById('tokencancelout').textContent.includes('cancelled')            && ![...document.querySelectorAll('#tokens tr.token')].some(r => r.textContent.includes('spare connector'))",
+    );
+    let key = outpost_shared::keys::KeyPair::generate().unwrap();
+    let enroll = serde_json::json!({"token": connector_token, "public_key": key.public().to_pem(),
+        "role": "connector", "hostname": "c", "lan_cert": "ab".repeat(32)});
+    let r = cloud.client().post(format!("{}/v1/enroll", cloud.url())).json(&enroll).send().unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a cancelled token enrolls nobody");
 }
 
 #[test]

@@ -330,6 +330,21 @@ fn a_mail_command_switches_a_relay_only_from_the_right_sender_address_and_code()
         })
     };
     let connector_ca = connector_dir.join("data/tls/ca.pem");
+    // The cloud decides whether this connector may act for mail senders at all, and for whom.
+    let connector_id = cloud
+        .api("/v1/audit?limit=1000")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "enroll" && e["parameters"]["role"] == "connector")
+        .map(|e| e["machine"].as_str().unwrap().to_string())
+        .expect("the connector's enrollment is in the audit trail");
+    let (status, grant) = cloud.request(
+        "PUT",
+        &format!("/v1/machines/{connector_id}/mail-commands"),
+        Some(&serde_json::json!({"senders": ["ops@example.org", "viewer@example.org"]})),
+    );
+    assert_eq!(status, 200, "{grant}");
 
     // STATUS from a read-only sender, over STARTTLS: a status mail from what the connector holds.
     let status = format!("STATUS {}", code_in(&viewer_secret, 0));
@@ -342,14 +357,21 @@ fn a_mail_command_switches_a_relay_only_from_the_right_sender_address_and_code()
     let answer = wait_mail(&smtp, &["RCPT viewer@example.org", "Subject: [Outpost] STATUS"]);
     assert!(answer.contains(&id) && answer.contains("relay.1.k2"), "{answer}");
 
+    // Every command travels over TLS (`require_tls` is on by default): in clear it is refused.
+    let send = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--starttls-ca", tls_ca]);
+        send_mail(gateway, &a)
+    };
+    let relay_on = format!("RELAY {id} 1 2 ON {}", code_in(&ops_secret, 0));
+    let verdict = send_mail(gateway, &["--sender", "ops@example.org", "--subject", &relay_on]);
+    assert!(verdict.starts_with("REFUSED 530"), "{verdict}");
+    refused("no TLS");
     // RELAY from the sender with write permission: the card switches, the answer says done, the
     // cloud's audit trail names the sender.
     let raw = dir.path().join("relay-on.eml");
-    let relay_on = format!("RELAY {id} 1 2 ON {}", code_in(&ops_secret, 0));
-    let verdict = send_mail(
-        gateway,
-        &["--sender", "ops@example.org", "--subject", &relay_on, "--save", raw.to_str().unwrap()],
-    );
+    let verdict =
+        send(&["--sender", "ops@example.org", "--subject", &relay_on, "--save", raw.to_str().unwrap()]);
     assert_eq!(verdict, "SENT");
     wait_until(Duration::from_secs(60), "the relay switched on", || sim.states(1) == 0b10);
     wait_mail(&smtp, &["RCPT ops@example.org", &format!("Subject: [Outpost] RELAY {id} 1 2 ON: done")]);
@@ -371,32 +393,28 @@ fn a_mail_command_switches_a_relay_only_from_the_right_sender_address_and_code()
     });
 
     // The same mail again (replayed): refused, and its sender is told.
-    assert_eq!(send_mail(gateway, &["--sender", "ops@example.org", "--raw", raw.to_str().unwrap()]), "SENT");
+    assert_eq!(send(&["--sender", "ops@example.org", "--raw", raw.to_str().unwrap()]), "SENT");
     refused("already used");
     wait_mail(&smtp, &["RCPT ops@example.org", "Subject: [Outpost] Mail command refused", "already used"]);
 
     // A wrong code.
     let right: Vec<String> = [0, 30, 60, 90].iter().map(|o| code_in(&ops_secret, *o)).collect();
     let wrong = (0..1_000_000).map(|n| format!("{n:06}")).find(|c| !right.contains(c)).unwrap();
-    let verdict = send_mail(
-        gateway,
-        &["--sender", "ops@example.org", "--subject", &format!("RELAY {id} 1 3 ON {wrong}")],
-    );
+    let verdict = send(&["--sender", "ops@example.org", "--subject", &format!("RELAY {id} 1 3 ON {wrong}")]);
     assert_eq!(verdict, "SENT");
     refused("wrong code");
 
     // A read-only sender asking to switch (with a fresh, valid code).
     let viewer_relay = format!("RELAY {id} 1 4 ON {}", code_in(&viewer_secret, 30));
-    assert_eq!(send_mail(gateway, &["--sender", "viewer@example.org", "--subject", &viewer_relay]), "SENT");
+    assert_eq!(send(&["--sender", "viewer@example.org", "--subject", &viewer_relay]), "SENT");
     refused("no write permission");
 
     // An unknown sender is refused at MAIL FROM; a client outside allow_from at the greeting.
     let stranger = format!("RELAY {id} 1 5 ON {}", code_in(&ops_secret, 30));
-    let verdict = send_mail(gateway, &["--sender", "stranger@example.org", "--subject", &stranger]);
+    let verdict = send(&["--sender", "stranger@example.org", "--subject", &stranger]);
     assert!(verdict.starts_with("REFUSED 550"), "{verdict}");
     refused("unknown sender");
-    let verdict =
-        send_mail(gateway, &["--source", "127.0.0.2", "--sender", "ops@example.org", "--subject", &stranger]);
+    let verdict = send(&["--source", "127.0.0.2", "--sender", "ops@example.org", "--subject", &stranger]);
     assert!(verdict.starts_with("REFUSED 554"), "{verdict}");
     refused("outside mail_commands.allow_from");
 

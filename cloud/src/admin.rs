@@ -53,12 +53,25 @@ impl AdminClient {
         Ok(AdminClient { base: format!("https://{host}:{}", config.listen.port()), token, http })
     }
 
-    /// A new one-time enrollment token for one machine of `network`, valid for `ttl`. Answers the
-    /// API's `{"token","network","expires_at"}`.
-    pub async fn new_token(&self, network: &str, ttl: Duration) -> Result<serde_json::Value, AdminError> {
-        let body =
-            serde_json::json!({"network": network, "ttl": humantime::format_duration(ttl).to_string()});
+    /// A new one-time enrollment token for one machine of `network` in `role`, valid for `ttl`.
+    /// Answers the API's `{"token","id","network","role","expires_at"}`.
+    pub async fn new_token(
+        &self,
+        network: &str,
+        role: outpost_shared::model::Role,
+        ttl: Duration,
+        label: &str,
+    ) -> Result<serde_json::Value, AdminError> {
+        let body = serde_json::json!({
+            "network": network, "role": role, "label": label,
+            "ttl": humantime::format_duration(ttl).to_string(),
+        });
         self.send(self.http.post(self.url("/v1/enrollment-tokens")).json(&body)).await
+    }
+
+    /// Cancels an open token by its id (as `open_tokens` lists it).
+    pub async fn cancel_token(&self, id: &str) -> Result<serde_json::Value, AdminError> {
+        self.send(self.http.delete(self.url(&format!("/v1/enrollment-tokens/{id}")))).await
     }
 
     /// The tokens not yet used and not expired (never their secret: the cloud keeps only a hash).

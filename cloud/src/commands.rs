@@ -14,6 +14,11 @@ use tokio::sync::Notify;
 /// How long a command may wait for its machine before it expires, unless the request says.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
+/// A command handed out but not answered is handed out again after this long: the poll answer
+/// may have been lost (a connector restarted mid-poll). The hub runs it once whatever happens
+/// (replay log, envelope digest) and answers a redelivery with its first result.
+pub const REDELIVER_AFTER: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CommandRecord {
     pub id: String,
@@ -75,6 +80,8 @@ pub enum ResultRefused {
     WrongMachine,
     #[error("result signature is invalid: {0}")]
     BadSignature(String),
+    #[error("the result answers an envelope this cloud did not issue under that id")]
+    NotIssued,
 }
 
 impl Commands {
@@ -167,7 +174,9 @@ impl Commands {
         Ok(rec)
     }
 
-    /// Hands out the commands waiting for `machine`, waiting up to `wait` for one to arrive.
+    /// Hands out the commands waiting for `machine`, waiting up to `wait` for one to arrive. A
+    /// command stays waiting until its result arrives or it expires: one handed out without an
+    /// answer is handed out again [`REDELIVER_AFTER`] later.
     pub async fn poll(
         &self,
         machine: &str,
@@ -180,37 +189,64 @@ impl Commands {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let out = self.take_pending(machine)?;
+            let (out, next_due) = self.take_due(machine, Utc::now())?;
             if !out.is_empty() {
                 self.db.flush_async().await?;
                 return Ok(out);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let until = match next_due {
+                Some(d) => deadline.min(tokio::time::Instant::now() + d),
+                None => deadline,
+            };
+            if tokio::time::timeout_at(until, notified).await.is_err() && until >= deadline {
                 return Ok(Vec::new());
             }
         }
     }
 
-    fn take_pending(&self, machine: &str) -> Result<Vec<Signed<CommandEnvelope>>, CloudError> {
-        let now = Utc::now();
+    /// The envelopes due for `machine` now (never handed out, or handed out [`REDELIVER_AFTER`]
+    /// ago without an answer), and how long until the next one falls due. Expired ones are let go.
+    fn take_due(
+        &self,
+        machine: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Signed<CommandEnvelope>>, Option<Duration>), CloudError> {
+        let redeliver = chrono::Duration::from_std(REDELIVER_AFTER).expect("small");
         let mut out = Vec::new();
+        let mut next_due: Option<Duration> = None;
         let mut prefix = machine.as_bytes().to_vec();
         prefix.push(0);
         for item in self.pending.scan_prefix(&prefix) {
             let (k, _) = item?;
-            self.pending.remove(&k)?;
             let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let Some(mut rec) = self.get(&id)? else { continue };
-            if rec.effective_status(now) == "expired" {
+            let Some(mut rec) = self.get(&id)? else {
+                self.pending.remove(&k)?;
+                continue;
+            };
+            if rec.effective_status(now) == "expired"
+                || !matches!(rec.status.as_str(), "pending" | "delivered")
+            {
+                self.pending.remove(&k)?;
                 continue;
             }
+            if let Some(at) = rec.delivered_at {
+                let due = at + redeliver;
+                if due > now {
+                    let wait = (due - now).to_std().unwrap_or_default();
+                    next_due = Some(next_due.map_or(wait, |n| n.min(wait)));
+                    continue;
+                }
+            }
+            let first = rec.delivered_at.is_none();
             rec.status = "delivered".into();
             rec.delivered_at = Some(now);
             self.put(&rec)?;
-            self.log(&rec, &rec.created_by.clone(), "delivered", serde_json::Value::Null)?;
+            if first {
+                self.log(&rec, &rec.created_by.clone(), "delivered", serde_json::Value::Null)?;
+            }
             out.push(rec.envelope.clone());
         }
-        Ok(out)
+        Ok((out, next_due))
     }
 
     /// Records a machine's signed result. A second result for a finished command is ignored.
@@ -227,6 +263,15 @@ impl Commands {
         let mut rec = self.get(&result.command_id).ok().flatten().ok_or(ResultRefused::Unknown)?;
         if rec.machine != signer {
             return Err(ResultRefused::WrongMachine);
+        }
+        // Bound to the exact envelope: a connector on the path that forged an envelope under a
+        // real command's id, and got the hub to refuse it, cannot change that command's outcome.
+        if result.envelope.as_deref() != Some(rec.envelope.digest().as_str()) {
+            let detail =
+                serde_json::json!({"error": ResultRefused::NotIssued.to_string(), "status": result.status});
+            let _ = self.log(&rec, signer, "result-ignored", detail);
+            tracing::warn!(command = %rec.id, machine = %signer, "result for an envelope the cloud did not issue; ignored");
+            return Err(ResultRefused::NotIssued);
         }
         if matches!(rec.status.as_str(), "done" | "failed" | "refused") {
             return Ok(rec);

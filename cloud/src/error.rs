@@ -14,6 +14,9 @@ pub enum CloudError {
     Mail(String),
     #[error("keys: {0}")]
     Keys(String),
+    /// A request that breaks a rule; the text says which and what to do.
+    #[error("{0}")]
+    Invalid(String),
     #[error("stored data is unreadable ({0}); restore the data directory from a backup or move it aside")]
     Corrupt(String),
 }

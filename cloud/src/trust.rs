@@ -9,6 +9,7 @@ use outpost_shared::keys::{
     verify_request, AuthorizedConnector, CertFingerprint, EnrollmentReceipt, EnrollmentToken, KeyPair,
     MachineId, PublicKey, Signed, SignedHeaders, VerifyError,
 };
+use outpost_shared::model::Role;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,13 +32,54 @@ pub struct MachineKey {
     pub lan_cert: Option<String>,
 }
 
+/// What the cloud keeps of a token: an admin's decision about one machine. Keyed by the hash of
+/// the token's secret, never the secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TokenRecord {
     network_id: String,
+    /// The role the machine enrolls in; an enrollment asking for another is refused. Records made
+    /// before roles were bound read as sensorhub tokens, the harmless choice.
+    #[serde(default)]
+    role: outpost_shared::model::Role,
     expires_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
     /// The machine that used it; a token enrolls one machine.
     used_by: Option<String>,
+    /// Who made it, for the audit trail and the dashboard.
+    #[serde(default)]
+    created_by: String,
+    /// A name to tell tokens apart ("pump station 3").
+    #[serde(default)]
+    label: String,
+}
+
+/// The cloud's permission for one connector to ask for commands by mail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MailGrant {
+    /// Lower-case mail addresses the connector may act for.
+    pub senders: Vec<String>,
+    pub granted_by: String,
+    pub granted_at: DateTime<Utc>,
+}
+
+impl MailGrant {
+    pub fn allows(&self, sender: &str) -> bool {
+        let sender = sender.trim().to_ascii_lowercase();
+        self.senders.contains(&sender)
+    }
+}
+
+/// A token as the dashboard lists it (no secret: the cloud does not have it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenInfo {
+    /// The first 16 hex digits of the secret's hash: enough to name it, useless to enroll.
+    pub id: String,
+    pub network: String,
+    pub role: outpost_shared::model::Role,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: String,
 }
 
 /// A withdrawn enrollment, kept so refusals can say what happened and when.
@@ -92,6 +134,8 @@ pub struct Trust {
     keys: sled::Tree,
     tokens: sled::Tree,
     revoked: sled::Tree,
+    /// Connector id -> [`MailGrant`]: which connectors may ask for commands by mail, for whom.
+    mail_grants: sled::Tree,
 }
 
 impl Trust {
@@ -106,6 +150,7 @@ impl Trust {
             keys: db.open_tree("machine_keys")?,
             tokens: db.open_tree("enrollment_tokens")?,
             revoked: db.open_tree("revoked_keys")?,
+            mail_grants: db.open_tree("mail_grants")?,
         })
     }
 
@@ -113,83 +158,181 @@ impl Trust {
         &self.key
     }
 
-    /// A one-time token for one machine of `network`, valid for `ttl`.
+    /// A one-time token for one machine of `network` in `role`, valid for `ttl`. Made only by an
+    /// admin: a connector token is a deliberate act, since connectors are trusted by every hub of
+    /// their network.
     pub fn new_token(
         &self,
         network: &str,
+        role: outpost_shared::model::Role,
         ttl: Duration,
+        label: &str,
+        who: &str,
         now: DateTime<Utc>,
-    ) -> Result<EnrollmentToken, CloudError> {
+    ) -> Result<(EnrollmentToken, TokenInfo), CloudError> {
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(CloudError::Invalid(format!(
+                "a token's lifetime must be between 1 s and {} days",
+                MAX_TOKEN_TTL.as_secs() / 86400
+            )));
+        }
+        if label.len() > 100 || label.chars().any(char::is_control) {
+            return Err(CloudError::Invalid("a token's label is at most 100 printable characters".into()));
+        }
         let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
         let token = EnrollmentToken::generate(network, self.key.machine_id().clone(), expires)
-            .map_err(|e| CloudError::Keys(e.to_string()))?;
+            .map_err(|e| CloudError::Invalid(e.to_string()))?;
         let rec = TokenRecord {
             network_id: network.into(),
+            role,
             expires_at: token.expires_at,
             created_at: now,
             used_by: None,
+            created_by: who.into(),
+            label: label.into(),
         };
-        self.tokens.insert(token.secret_hash(), serde_json::to_vec(&rec).expect("serialises"))?;
-        Ok(token)
+        let hash = token.secret_hash();
+        self.tokens.insert(hash.as_bytes(), serde_json::to_vec(&rec).expect("serialises"))?;
+        self.tokens.flush()?;
+        Ok((token, token_info(&hash, &rec)))
     }
 
-    /// Enrolls a machine: checks the token (known, unexpired, unused or used by this same key),
-    /// records the key and answers with a receipt signed by the cloud key.
+    /// Cancels an open token by the id the dashboard shows. Returns what it was, or None when no
+    /// open token has that id.
+    pub fn cancel_token(&self, id: &str) -> Result<Option<TokenInfo>, CloudError> {
+        if id.len() != TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        for item in self.tokens.scan_prefix(id.as_bytes()) {
+            let (k, v) = item?;
+            let Ok(rec) = serde_json::from_slice::<TokenRecord>(&v) else { continue };
+            if rec.used_by.is_none() {
+                self.tokens.remove(&k)?;
+                self.tokens.flush()?;
+                return Ok(Some(token_info(&String::from_utf8_lossy(&k), &rec)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Enrolls a machine: checks the token (known, unexpired, made for this role, unused), records
+    /// the key and answers with a receipt signed by the cloud key. Through a connector, role, host
+    /// name and LAN certificate come from inside the seal only.
+    ///
+    /// The token is consumed atomically with recording the key (one sled transaction over tokens,
+    /// keys and revocations), so of any number of racing enrollments with one token exactly one
+    /// wins. Enrolling an already enrolled key again with the token it used answers with its
+    /// receipt and changes nothing (a hub whose first answer was lost). A revoked machine comes
+    /// back only with a token made after its revocation.
     pub fn enroll(&self, req: &EnrollRequest, now: DateTime<Utc>) -> Result<EnrollResponse, Refusal> {
+        let refuse = |m: &str| Refusal::Enroll(m.to_string());
         let public = PublicKey::from_pem(&req.public_key)
             .map_err(|e| Refusal::Enroll(format!("bad public key: {e}")))?;
-        let text = match (&req.token, &req.sealed_token) {
-            (Some(t), None) => t.trim().to_string(),
+        let (text, role, hostname, lan_cert) = match (&req.token, &req.sealed_token) {
+            (Some(t), None) => (t.trim().to_string(), req.role, req.hostname.clone(), req.lan_cert.clone()),
             (None, Some(sealed)) => {
-                outpost_shared::keys::unseal_token(&self.key, sealed, public.machine_id())
-                    .map_err(|e| Refusal::Enroll(e.to_string()))?
+                let inner = outpost_shared::keys::unseal_token(&self.key, sealed, public.machine_id())
+                    .map_err(|e| Refusal::Enroll(e.to_string()))?;
+                // What travelled in the clear beside the seal must say the same: a relay that
+                // rewrote it is caught here rather than silently overruled.
+                if (inner.role, &inner.hostname, &inner.lan_cert) != (req.role, &req.hostname, &req.lan_cert)
+                {
+                    return Err(refuse(
+                        "the enrollment was altered on the way: role, host name or LAN certificate differ from what the machine sealed",
+                    ));
+                }
+                if inner.role == Role::Connector {
+                    return Err(refuse(
+                        "connectors enroll directly with the cloud, never through another connector",
+                    ));
+                }
+                (inner.token, inner.role, inner.hostname, inner.lan_cert)
             }
-            _ => return Err(Refusal::Enroll("give either `token` or `sealed_token`".into())),
+            _ => return Err(refuse("give either `token` or `sealed_token`")),
         };
-        let token = EnrollmentToken::parse_at(&text, now).map_err(|e| Refusal::Enroll(e.to_string()))?;
-        if &token.cloud_key != self.key.machine_id() {
-            return Err(Refusal::Enroll("the token was made by another cloud".into()));
-        }
-        let id = public.machine_id().to_string();
-        let hash = token.secret_hash();
-        let stored = self.tokens.get(&hash).map_err(|e| Refusal::Enroll(e.to_string()))?;
-        let mut rec: TokenRecord = match stored.and_then(|v| serde_json::from_slice(&v).ok()) {
-            Some(r) => r,
-            None => return Err(Refusal::Enroll("unknown token; make a new one on the dashboard".into())),
-        };
-        // Looked up by the hash of its secret: the cloud never stores a token in the clear.
-        match &rec.used_by {
-            Some(other) if other != &id => {
-                return Err(Refusal::Enroll(
-                    "this token was already used by another machine; tokens are one-time".into(),
-                ))
+        check_hostname(&hostname).map_err(Refusal::Enroll)?;
+        match (role, &lan_cert) {
+            (Role::Connector, None) => {
+                return Err(refuse("a connector enrolls with the fingerprint of its LAN certificate"))
+            }
+            (Role::Sensorhub, Some(_)) => return Err(refuse("a sensorhub has no LAN certificate")),
+            (_, Some(lan)) => {
+                CertFingerprint::parse(lan)
+                    .map_err(|e| Refusal::Enroll(format!("bad LAN certificate fingerprint: {e}")))?;
             }
             _ => {}
         }
-        if let Some(lan) = &req.lan_cert {
-            CertFingerprint::parse(lan)
-                .map_err(|e| Refusal::Enroll(format!("bad LAN certificate fingerprint: {e}")))?;
+        let token = EnrollmentToken::parse_at(&text, now).map_err(|e| Refusal::Enroll(e.to_string()))?;
+        if &token.cloud_key != self.key.machine_id() {
+            return Err(refuse("the token was made by another cloud"));
         }
-        rec.used_by = Some(id.clone());
-        let mk = MachineKey {
+        let id = public.machine_id().to_string();
+        let hash = token.secret_hash();
+        let candidate = MachineKey {
             machine_id: id.clone(),
             public_key: public.to_pem(),
-            network_id: rec.network_id.clone(),
-            role: req.role,
-            hostname: req.hostname.clone(),
+            network_id: token.network_id.clone(),
+            role,
+            hostname,
             enrolled_at: now,
-            lan_cert: req.lan_cert.clone(),
+            lan_cert,
         };
-        let put = || -> Result<(), sled::Error> {
-            self.tokens.insert(&hash, serde_json::to_vec(&rec).expect("serialises"))?;
-            self.keys.insert(id.as_bytes(), serde_json::to_vec(&mk).expect("serialises"))?;
-            // A fresh token is the operator's decision to take a revoked machine back.
-            self.revoked.remove(id.as_bytes())?;
-            self.keys.flush()?;
-            Ok(())
+        use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
+        use sled::Transactional;
+        let outcome = (&self.tokens, &self.keys, &self.revoked).transaction(|(tokens, keys, revoked)| {
+            let abort = |m: String| Abort::Abort(Refusal::Enroll(m));
+            let Some(raw) = tokens.get(hash.as_bytes())? else {
+                return Err(abort("unknown or cancelled token; make a new one on the dashboard".into()));
+            };
+            let mut rec: TokenRecord =
+                serde_json::from_slice(&raw).map_err(|e| abort(format!("token record unreadable: {e}")))?;
+            if rec.role != role {
+                return Err(abort(format!(
+                    "this token enrolls a {}, not a {role}; ask an admin for a {role} token",
+                    rec.role
+                )));
+            }
+            if let Some(stored) = keys.get(id.as_bytes())? {
+                let stored: MachineKey = serde_json::from_slice(&stored)
+                    .map_err(|e| abort(format!("key record unreadable: {e}")))?;
+                if rec.used_by.as_deref() == Some(id.as_str()) {
+                    // The same machine asking again: its enrollment stands exactly as it was.
+                    return Ok(stored);
+                }
+                return Err(abort(format!(
+                    "this machine is already enrolled (network {}, {}); revoke it first to enroll it anew",
+                    stored.network_id, stored.role
+                )));
+            }
+            if let Some(r) = revoked.get(id.as_bytes())? {
+                let r: RevokedKey = serde_json::from_slice(&r)
+                    .map_err(|e| abort(format!("revocation record unreadable: {e}")))?;
+                if rec.created_at <= r.revoked_at {
+                    return Err(abort(format!(
+                        "this machine was revoked at {}; only a token made after that takes it back",
+                        r.revoked_at
+                    )));
+                }
+                // A token made after the revocation is the operator's decision to take it back.
+                revoked.remove(id.as_bytes())?;
+            }
+            if rec.used_by.is_some() {
+                return Err(abort("this token was already used; tokens are one-time".into()));
+            }
+            rec.used_by = Some(id.clone());
+            tokens.insert(hash.as_bytes(), serde_json::to_vec(&rec).expect("serialises"))?;
+            keys.insert(id.as_bytes(), serde_json::to_vec(&candidate).expect("serialises"))?;
+            Ok(candidate.clone())
+        });
+        let mk = match outcome {
+            Ok(mk) => mk,
+            Err(TransactionError::Abort(r)) => return Err(r),
+            Err(TransactionError::Storage(e)) => return Err(Refusal::Enroll(format!("storage: {e}"))),
         };
-        put().map_err(|e| Refusal::Enroll(e.to_string()))?;
-        tracing::info!(machine = %id, network = %mk.network_id, role = %mk.role, "machine enrolled");
+        self.keys.flush().map_err(|e| Refusal::Enroll(format!("storage: {e}")))?;
+        if mk.enrolled_at == now {
+            tracing::info!(machine = %id, network = %mk.network_id, role = %mk.role, "machine enrolled");
+        }
         self.receipt(&mk, now).map_err(|e| Refusal::Enroll(e.to_string()))
     }
 
@@ -213,6 +356,7 @@ impl Trust {
             connectors,
             cloud_key: self.key.machine_id().clone(),
             issued_at: now,
+            role: Some(mk.role),
         };
         let signed = Signed::sign(&self.key, &receipt).map_err(|e| CloudError::Keys(e.to_string()))?;
         Ok(EnrollResponse { receipt: signed, cloud_key: self.key.public().to_pem() })
@@ -278,22 +422,95 @@ impl Trust {
         Ok(Some(mk))
     }
 
+    /// Lets the connector `id` ask for relay commands by mail on behalf of `senders` (mail
+    /// addresses, compared without case). The connector's own configuration authenticates the
+    /// senders; this is the cloud's decision that it may act for them at all.
+    pub fn grant_mail_commands(
+        &self,
+        id: &str,
+        senders: &[String],
+        who: &str,
+        now: DateTime<Utc>,
+    ) -> Result<MailGrant, CloudError> {
+        match self.machine_key(id)? {
+            Some(k) if k.role == Role::Connector => {}
+            Some(_) => return Err(CloudError::Invalid(format!("{id} is not a connector"))),
+            None => return Err(CloudError::Invalid(format!("no enrolled connector {id}"))),
+        }
+        if senders.is_empty() || senders.len() > 100 {
+            return Err(CloudError::Invalid("list 1 to 100 sender addresses".into()));
+        }
+        let mut list = Vec::with_capacity(senders.len());
+        for a in senders {
+            let a = a.trim().to_ascii_lowercase();
+            let plausible = a.len() <= 254
+                && a.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+                && !a.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+            if !plausible {
+                return Err(CloudError::Invalid(format!("`{a}` is not a mail address")));
+            }
+            list.push(a);
+        }
+        list.sort();
+        list.dedup();
+        let grant = MailGrant { senders: list, granted_by: who.into(), granted_at: now };
+        self.mail_grants.insert(id.as_bytes(), serde_json::to_vec(&grant).expect("serialises"))?;
+        self.mail_grants.flush()?;
+        Ok(grant)
+    }
+
+    /// Withdraws a connector's mail-command grant. Returns whether it had one.
+    pub fn withdraw_mail_commands(&self, id: &str) -> Result<bool, CloudError> {
+        let had = self.mail_grants.remove(id.as_bytes())?.is_some();
+        self.mail_grants.flush()?;
+        Ok(had)
+    }
+
+    pub fn mail_grant(&self, id: &str) -> Result<Option<MailGrant>, CloudError> {
+        Ok(self.mail_grants.get(id.as_bytes())?.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
     fn revoked_at(&self, id: &str) -> Option<DateTime<Utc>> {
         let v = self.revoked.get(id.as_bytes()).ok()??;
         serde_json::from_slice::<RevokedKey>(&v).ok().map(|r| r.revoked_at)
     }
 
     /// Tokens that are still open: for the dashboard.
-    pub fn open_tokens(&self, now: DateTime<Utc>) -> Result<Vec<serde_json::Value>, CloudError> {
+    pub fn open_tokens(&self, now: DateTime<Utc>) -> Result<Vec<TokenInfo>, CloudError> {
         let mut out = Vec::new();
         for item in self.tokens.iter() {
-            let (_, v) = item?;
+            let (k, v) = item?;
             if let Ok(r) = serde_json::from_slice::<TokenRecord>(&v) {
                 if r.used_by.is_none() && r.expires_at > now {
-                    out.push(serde_json::json!({"network": r.network_id, "expires_at": r.expires_at, "created_at": r.created_at}));
+                    out.push(token_info(&String::from_utf8_lossy(&k), &r));
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// Longest lifetime of an enrollment token: a token is for installing a machine now, not a
+/// standing credential.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
+const TOKEN_ID_LEN: usize = 16;
+
+fn token_info(hash: &str, r: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: hash.chars().take(TOKEN_ID_LEN).collect(),
+        network: r.network_id.clone(),
+        role: r.role,
+        label: r.label.clone(),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        created_by: r.created_by.clone(),
+    }
+}
+
+/// A host name is shown on the dashboard and in mail: printable, short.
+fn check_hostname(h: &str) -> Result<(), String> {
+    if h.is_empty() || h.len() > 253 || h.chars().any(char::is_control) {
+        return Err("host name must be 1 to 253 printable characters".into());
+    }
+    Ok(())
 }

@@ -25,6 +25,32 @@ pub struct Executor {
     pub relays: Option<(crate::relay::RelayHandle, crate::relay::RelayConfig)>,
     /// The config file to re-read on `reload-config`, when the hub was started from one.
     pub config_path: Option<std::path::PathBuf>,
+    /// Results of commands run on this start, by envelope digest: the cloud hands a command out
+    /// again until its result arrives, and a redelivery is answered with the first result
+    /// instead of running twice or being reported as a replay.
+    pub answered: Answered,
+}
+
+/// The last [`ANSWERED`] results, oldest dropped first (a redelivery comes within a minute; the
+/// bound keeps a flood of commands from growing memory).
+#[derive(Default)]
+pub struct Answered(std::sync::Mutex<std::collections::VecDeque<(String, CommandResult)>>);
+
+const ANSWERED: usize = 256;
+
+impl Answered {
+    fn get(&self, digest: &str) -> Option<CommandResult> {
+        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter().find(|(d, _)| d == digest).map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, digest: String, result: &CommandResult) {
+        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() >= ANSWERED {
+            list.pop_front();
+        }
+        list.push_back((digest, result.clone()));
+    }
 }
 
 pub async fn run(transport: Arc<PathTransport>, exec: Executor, shutdown: CancellationToken) {
@@ -51,7 +77,7 @@ pub async fn run(transport: Arc<PathTransport>, exec: Executor, shutdown: Cancel
             Ok(list) => {
                 backoff.reset();
                 for signed in list {
-                    let result = exec.handle(&signed).await;
+                    let Some(result) = exec.handle(&signed).await else { continue };
                     if let Err(e) = report(&client, &base, &exec.key, &result).await {
                         tracing::warn!(command = %result.command_id, error = %e, "cannot report a command result");
                     }
@@ -126,17 +152,30 @@ async fn report(
 }
 
 impl Executor {
-    /// Verifies and runs one command; always returns a result to report.
-    pub async fn handle(&self, signed: &Signed<CommandEnvelope>) -> CommandResult {
+    /// Verifies and runs one command and returns the result to report. A redelivery of an
+    /// envelope already answered on this start gets its first result again and runs nothing. A
+    /// replay of one accepted before a restart runs nothing and is not answered: its first result
+    /// may have been lost, and "refused" would misreport a command that ran.
+    pub async fn handle(&self, signed: &Signed<CommandEnvelope>) -> Option<CommandResult> {
+        let digest = signed.digest();
+        if let Some(first) = self.answered.get(&digest) {
+            tracing::debug!(command = %first.command_id, "command delivered again; first result reported again");
+            return Some(first);
+        }
         let now = Utc::now();
         let me = self.key.machine_id().clone();
         let command = match self.verifier.verify(signed, now) {
             Ok(c) => c,
+            Err(refusal @ outpost_shared::keys::CommandRefused::Replayed { .. }) => {
+                tracing::warn!(reason = %refusal, "command seen before; nothing was done, nothing reported");
+                return None;
+            }
             Err(refusal) => {
-                // Report under the id it claims, if it can be read at all, so the audit shows it.
+                // Reported under the id it claims and bound to the exact envelope received, so
+                // the cloud records it only against an envelope it really issued.
                 let id = signed.peek_unverified().map(|c| c.id).unwrap_or_else(|_| "unreadable".into());
                 tracing::warn!(command = %id, reason = %refusal, "command refused; nothing was done");
-                return CommandResult::refused(id, me, &refusal, now);
+                return Some(CommandResult::refused(id, me, &refusal, now, digest));
             }
         };
         tracing::info!(command = %command.id, action = %command.action, "running command");
@@ -151,7 +190,16 @@ impl Executor {
                 (CommandStatus::Failed, json!({"error": why}))
             }
         };
-        CommandResult { command_id: command.id, machine_id: me, status, output, finished_at: Utc::now() }
+        let result = CommandResult {
+            command_id: command.id,
+            machine_id: me,
+            status,
+            output,
+            finished_at: Utc::now(),
+            envelope: Some(digest.clone()),
+        };
+        self.answered.put(digest, &result);
+        Some(result)
     }
 
     async fn run(&self, c: &CommandEnvelope) -> Result<Value, Outcome> {
@@ -285,7 +333,15 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
-        (Executor { key: hub.clone(), verifier, sensors, relays: None, config_path: None }, rx)
+        let exec = Executor {
+            key: hub.clone(),
+            verifier,
+            sensors,
+            relays: None,
+            config_path: None,
+            answered: Answered::default(),
+        };
+        (exec, rx)
     }
 
     fn command(signer: &KeyPair, target: &MachineId, ttl: Duration) -> Signed<CommandEnvelope> {
@@ -307,12 +363,13 @@ mod tests {
         let me = hub.machine_id().clone();
 
         let forged = command(impostor, &me, Duration::from_secs(60));
-        let r = exec.handle(&forged).await;
+        let r = exec.handle(&forged).await.unwrap();
         assert_eq!(r.status, CommandStatus::Refused, "{r:?}");
+        assert_eq!(r.envelope, Some(forged.digest()), "the refusal names the envelope it refuses");
         assert!(!sampled(&mut rx).await, "a forged command ran");
 
         let elsewhere = command(cloud, impostor.machine_id(), Duration::from_secs(60));
-        assert_eq!(exec.handle(&elsewhere).await.status, CommandStatus::Refused);
+        assert_eq!(exec.handle(&elsewhere).await.unwrap().status, CommandStatus::Refused);
         assert!(!sampled(&mut rx).await, "a command for another machine ran");
 
         let mut env = CommandEnvelope::new(
@@ -327,22 +384,28 @@ mod tests {
         env.issued_at -= chrono::Duration::minutes(20);
         env.expires_at = Utc::now() - chrono::Duration::minutes(10);
         let expired = Signed::sign(cloud, &env).unwrap();
-        assert_eq!(exec.handle(&expired).await.status, CommandStatus::Refused);
+        assert_eq!(exec.handle(&expired).await.unwrap().status, CommandStatus::Refused);
         assert!(!sampled(&mut rx).await, "an expired command ran");
 
         let valid = command(cloud, &me, Duration::from_secs(60));
-        let r = exec.handle(&valid).await;
+        let r = exec.handle(&valid).await.unwrap();
         assert_eq!(r.status, CommandStatus::Done, "{r:?}");
+        assert_eq!(r.envelope, Some(valid.digest()));
         assert!(sampled(&mut rx).await, "the valid command ran");
-        let again = exec.handle(&valid).await;
-        assert_eq!(again.status, CommandStatus::Refused, "a replay is refused");
-        assert!(again.output["error"].as_str().unwrap().to_lowercase().contains("replay"), "{again:?}");
-        assert!(!sampled(&mut rx).await, "the replay ran");
+        // Delivered again (its first answer was lost): the same result, and it does not run again.
+        let again = exec.handle(&valid).await.unwrap();
+        assert_eq!(again, r, "a redelivery is answered with the first result");
+        assert!(!sampled(&mut rx).await, "the redelivered command ran twice");
+        // The same id under another signature (a forged copy of a real command) is no redelivery.
+        let mut copy = valid.clone();
+        copy.signature = forged.signature.clone();
+        assert_eq!(exec.handle(&copy).await.unwrap().status, CommandStatus::Refused);
+        assert!(!sampled(&mut rx).await, "the forged copy ran");
 
-        // Even after a restart: the ids are remembered on disk.
+        // After a restart the replay log still knows the id: nothing runs, nothing is reported.
         drop(exec);
         let (exec, mut rx) = executor(dir.path()).await;
-        assert_eq!(exec.handle(&valid).await.status, CommandStatus::Refused);
+        assert!(exec.handle(&valid).await.is_none());
         assert!(!sampled(&mut rx).await, "the replay after restart ran");
     }
 }

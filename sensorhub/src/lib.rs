@@ -170,6 +170,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 sensors: parts.sensors.clone(),
                 relays: parts.relays.as_ref().map(|r| (r.handle.clone(), (*r.config).clone())),
                 config_path: parts.config_path.clone(),
+                answered: commands::Answered::default(),
             };
             let poller = tokio::spawn(commands::run(transport.clone(), exec, stop.clone()));
             run_uplink(buffer, transport, u, identity, feed, status_tx, stop).await;

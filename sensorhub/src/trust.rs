@@ -74,12 +74,15 @@ pub fn load(dir: &Path, key: &KeyPair) -> Result<Option<Enrollment>, TrustError>
     Ok(Some(Enrollment { receipt, cloud_key }))
 }
 
-/// Checks an answer from the cloud against the cloud key we expect, stores it, returns it.
+/// Checks an answer from the cloud against the cloud key we expect, stores it, returns it. The
+/// receipt must name this machine in `role`, and must not be older than the one already held: a
+/// relay replaying an old receipt cannot bring back a connector the cloud has since revoked.
 fn accept(
     dir: &Path,
     key: &KeyPair,
     answer: Answer,
     expected_cloud: &outpost_shared::keys::MachineId,
+    role: outpost_shared::model::Role,
 ) -> Result<Enrollment, TrustError> {
     let cloud_key = PublicKey::from_pem(&answer.cloud_key)
         .and_then(|k| k.expect_fingerprint(expected_cloud))
@@ -88,6 +91,21 @@ fn accept(
         answer.receipt.verify(&cloud_key).map_err(|e| TrustError::Enroll(format!("receipt: {e}")))?;
     if &receipt.machine_id != key.machine_id() {
         return Err(TrustError::Enroll("the receipt names another machine".into()));
+    }
+    if receipt.role != Some(role) {
+        return Err(TrustError::Enroll(format!(
+            "the receipt enrolls this machine as {}, not as the {role} it is; ask the cloud's admin",
+            receipt.role.map(|r| r.to_string()).unwrap_or_else(|| "no role".into())
+        )));
+    }
+    if let Ok(Some(held)) = load(dir, key) {
+        if held.cloud_key.machine_id() == cloud_key.machine_id() && receipt.issued_at < held.receipt.issued_at
+        {
+            return Err(TrustError::Enroll(format!(
+                "the receipt was issued at {}, before the one held ({}): an old answer replayed; kept the newer one",
+                receipt.issued_at, held.receipt.issued_at
+            )));
+        }
     }
     let stored = Stored { receipt: answer.receipt, cloud_key: answer.cloud_key };
     let path = dir.join(ENROLLMENT_FILE);
@@ -116,7 +134,7 @@ pub async fn enroll(
         "token": token.trim(), "public_key": key.public().to_pem(), "role": role,
         "hostname": hostname, "lan_cert": lan_cert,
     });
-    send_enrollment(client, base, dir, key, &parsed, body).await
+    send_enrollment(client, base, dir, key, &parsed, role, body).await
 }
 
 /// Enrolls through the connector at `base`, for a hub that reaches the cloud only through it. The
@@ -152,12 +170,21 @@ pub async fn enroll_through_connector(
         .map_err(|e| {
             TrustError::Enroll(format!("connector {base} offers a cloud key the token does not name: {e}"))
         })?;
-    let sealed = outpost_shared::keys::seal_token(&cloud_key, &parsed, key.machine_id())
+    // Everything the cloud will record about this machine goes inside the seal, where the
+    // connector on the way can neither read nor change it.
+    let inner = outpost_shared::keys::SealedEnrollment {
+        token: String::new(),
+        machine_id: key.machine_id().clone(),
+        role,
+        hostname: hostname.to_string(),
+        lan_cert: None,
+    };
+    let sealed = outpost_shared::keys::seal_token(&cloud_key, &parsed, &inner)
         .map_err(|e| TrustError::Enroll(e.to_string()))?;
     let body = serde_json::json!({
         "sealed_token": sealed, "public_key": key.public().to_pem(), "role": role, "hostname": hostname,
     });
-    send_enrollment(&client, base, dir, key, &parsed, body).await
+    send_enrollment(&client, base, dir, key, &parsed, role, body).await
 }
 
 /// Posts an enrollment request and accepts the answer only if the cloud the token names signed it.
@@ -167,6 +194,7 @@ async fn send_enrollment(
     dir: &Path,
     key: &KeyPair,
     token: &EnrollmentToken,
+    role: outpost_shared::model::Role,
     body: serde_json::Value,
 ) -> Result<Enrollment, TrustError> {
     let resp = client
@@ -181,7 +209,7 @@ async fn send_enrollment(
         return Err(TrustError::Enroll(format!("{status}: {msg}")));
     }
     let answer: Answer = resp.json().await.map_err(|e| TrustError::Enroll(e.to_string()))?;
-    let e = accept(dir, key, answer, &token.cloud_key)?;
+    let e = accept(dir, key, answer, &token.cloud_key, role)?;
     let _ = std::fs::remove_file(dir.join(TOKEN_FILE));
     tracing::info!(machine_id = %key.machine_id(), network = %e.receipt.network_id, via = %base, "enrolled");
     Ok(e)
@@ -207,7 +235,10 @@ pub async fn refresh(
         return Err(TrustError::Enroll(format!("receipt refresh: {}", resp.status())));
     }
     let answer: Answer = resp.json().await.map_err(|e| TrustError::Enroll(e.to_string()))?;
-    accept(dir, key, answer, current.cloud_key.machine_id())
+    // Receipts from before roles were bound name none; such a machine enrolled as a sensorhub
+    // or a connector, and the cloud now answers with the role it recorded.
+    let role = current.receipt.role.unwrap_or(outpost_shared::model::Role::Sensorhub);
+    accept(dir, key, answer, current.cloud_key.machine_id(), role)
 }
 
 /// The token for a first enrollment: from config, or the file an installer left.

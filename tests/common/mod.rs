@@ -180,10 +180,22 @@ pub trait CloudApi {
         self.request("POST", path, Some(&body))
     }
 
-    /// A fresh one-time enrollment token from the cloud's API.
+    /// A fresh one-time enrollment token for a sensorhub from the cloud's API.
     fn enroll_token(&self) -> String {
-        let (status, v) =
-            self.api_post("/v1/enrollment-tokens", serde_json::json!({"network": "default", "ttl": "1h"}));
+        self.role_token("sensorhub")
+    }
+
+    /// A fresh one-time enrollment token for a connector: asked for by name, as an admin would.
+    fn connector_token(&self) -> String {
+        self.role_token("connector")
+    }
+
+    /// A fresh one-time enrollment token for `role` (`sensorhub` or `connector`).
+    fn role_token(&self, role: &str) -> String {
+        let (status, v) = self.api_post(
+            "/v1/enrollment-tokens",
+            serde_json::json!({"network": "default", "role": role, "ttl": "1h"}),
+        );
         assert!((200..300).contains(&status), "token: {status} {v}");
         v["token"].as_str().unwrap().to_string()
     }
@@ -303,8 +315,11 @@ pub struct TestMachine {
 impl TestMachine {
     pub fn enroll(cloud: &CloudProc, role: &str) -> TestMachine {
         let key = outpost_shared::keys::KeyPair::generate().unwrap();
-        let body = serde_json::json!({"token": cloud.enroll_token(), "public_key": key.public().to_pem(),
-            "role": role, "hostname": "test", "lan_cert": Value::Null});
+        // A connector enrolls with the fingerprint of its LAN certificate; this one has none to
+        // serve, so any well-formed fingerprint does.
+        let lan_cert = (role == "connector").then(|| "0".repeat(64));
+        let body = serde_json::json!({"token": cloud.role_token(role), "public_key": key.public().to_pem(),
+            "role": role, "hostname": "test", "lan_cert": lan_cert});
         let r = cloud.client().post(format!("{}/v1/enroll", cloud.url())).json(&body).send().unwrap();
         assert!(r.status().is_success(), "enroll: {}", r.status());
         TestMachine { key }
@@ -412,7 +427,7 @@ impl ConnectorProc {
     /// Starts a connector enrolled with a fresh token, and waits until it is enrolled: hubs that
     /// enroll after that find it authorised in their receipt. `extra` as for [`connector_config`].
     pub fn start(dir: &Path, cloud: &CloudProc, extra: &str) -> ConnectorProc {
-        let c = Self::launch(dir, cloud, Some(cloud.enroll_token()), extra);
+        let c = Self::launch(dir, cloud, Some(cloud.connector_token()), extra);
         let enrolled = dir.join("data/enrollment.json");
         wait_until(Duration::from_secs(30), "the connector is enrolled", || enrolled.exists());
         c

@@ -112,7 +112,7 @@ impl NsCloud {
         in_ns: impl Fn(&Path) -> Command,
         extra: &str,
     ) -> (Proc, String) {
-        let config = connector_config(dir, "0.0.0.0:8444", self, Some(self.enroll_token()), extra);
+        let config = connector_config(dir, "0.0.0.0:8444", self, Some(self.connector_token()), extra);
         let mut cmd = in_ns(Path::new(BIN));
         cmd.args(["connector", "--config", config.to_str().unwrap()]);
         let proc = Proc::start_cmd(cmd, &dir.join("connector.log"));

@@ -41,9 +41,18 @@ pub fn signed_batch(key: &KeyPair, b: usize, uplink: &str) -> (Vec<u8>, Headers)
     (outpost_shared::wire::gzip(&json), sig.to_pairs())
 }
 
-/// A one-time enrollment token, all in one network.
+/// A one-time enrollment token for a hub, all in one network.
 pub fn token(cloud: &outpost_cloud::Cloud) -> String {
-    cloud.trust.new_token("bench", Duration::from_secs(3600), chrono::Utc::now()).unwrap().encode()
+    role_token(cloud, Role::Sensorhub)
+}
+
+/// A one-time enrollment token for `role`, all in one network.
+pub fn role_token(cloud: &outpost_cloud::Cloud, role: Role) -> String {
+    let (t, _) = cloud
+        .trust
+        .new_token("bench", role, Duration::from_secs(3600), "bench", "bench", chrono::Utc::now())
+        .unwrap();
+    t.encode()
 }
 
 /// A machine key enrolled with the cloud as a hub, as `outpost install` would leave it.

@@ -3,11 +3,12 @@
 use super::auth::{check_signed, refused};
 use super::{err, internal, AppState};
 use crate::trust::EnrollRequest;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
+use outpost_shared::model::Role;
 use serde::Deserialize;
 
 pub(super) async fn cloud_key(State(st): State<AppState>) -> Json<serde_json::Value> {
@@ -19,21 +20,65 @@ pub(super) async fn cloud_key(State(st): State<AppState>) -> Json<serde_json::Va
 #[serde(deny_unknown_fields)]
 pub(super) struct TokenRequest {
     network: Option<String>,
-    /// Validity, e.g. "1h" (default 24h).
+    /// `sensorhub` (default) or `connector`: a connector token must be asked for by name.
+    #[serde(default)]
+    role: Option<Role>,
+    /// Validity, e.g. "1h" (default 24h, at most 30 days).
     #[serde(default, with = "humantime_serde")]
     ttl: Option<std::time::Duration>,
+    /// A name to tell it apart on the dashboard.
+    #[serde(default)]
+    label: Option<String>,
 }
 
+/// `POST /v1/enrollment-tokens`: an admin's decision to let one machine of a network join in a role.
 pub(super) async fn new_token(State(st): State<AppState>, body: Option<Json<TokenRequest>>) -> Response {
     let req = body.map(|b| b.0).unwrap_or_default();
     let network = req.network.unwrap_or_else(|| "default".into());
+    let role = req.role.unwrap_or_default();
     let ttl = req.ttl.unwrap_or(std::time::Duration::from_secs(86400));
-    match st.trust.new_token(&network, ttl, Utc::now()) {
-        Ok(t) => {
-            Json(serde_json::json!({"token": t.encode(), "network": network, "expires_at": t.expires_at}))
-                .into_response()
+    let label = req.label.unwrap_or_default();
+    match st.trust.new_token(&network, role, ttl, &label, ADMIN, Utc::now()) {
+        Ok((t, info)) => {
+            audit_token(&st, "token-created", &info);
+            Json(serde_json::json!({
+                "token": t.encode(), "id": info.id, "network": network, "role": role,
+                "label": info.label, "expires_at": t.expires_at,
+            }))
+            .into_response()
         }
         Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// `DELETE /v1/enrollment-tokens/{id}`: cancels an open token (id as the list shows it).
+pub(super) async fn cancel_token(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    match st.trust.cancel_token(&id) {
+        Ok(Some(info)) => {
+            audit_token(&st, "token-cancelled", &info);
+            Json(serde_json::json!({"cancelled": info.id})).into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, format!("no open token {id}")),
+        Err(e) => internal(e),
+    }
+}
+
+/// Who an admin-token request is, for the audit trail, until people have accounts.
+const ADMIN: &str = "admin";
+
+fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo) {
+    let entry = crate::commands::AuditEntry {
+        ts: Utc::now(),
+        command_id: info.id.clone(),
+        machine: String::new(),
+        action: event.into(),
+        parameters: serde_json::json!({"network": info.network, "role": info.role, "label": info.label, "expires_at": info.expires_at}),
+        who: ADMIN.into(),
+        event: "done".into(),
+        detail: serde_json::Value::Null,
+    };
+    if let Err(e) = st.commands.record(entry) {
+        tracing::error!(error = %e, "audit trail could not record a token change");
     }
 }
 
@@ -46,8 +91,31 @@ pub(super) async fn list_tokens(State(st): State<AppState>) -> Response {
 
 pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollRequest>) -> Response {
     let trust = st.trust.clone();
-    match tokio::task::spawn_blocking(move || trust.enroll(&req, Utc::now())).await {
-        Ok(Ok(r)) => Json(r).into_response(),
+    let now = Utc::now();
+    match tokio::task::spawn_blocking(move || trust.enroll(&req, now)).await {
+        Ok(Ok(r)) => {
+            if let Ok(receipt) = r.receipt.peek_unverified() {
+                // Recorded once, when the enrollment is new (a repeat answers the same receipt).
+                if let Ok(Some(mk)) = st.trust.machine_key(receipt.machine_id.as_str()) {
+                    if mk.enrolled_at == now {
+                        let entry = crate::commands::AuditEntry {
+                            ts: now,
+                            command_id: String::new(),
+                            machine: mk.machine_id.clone(),
+                            action: "enroll".into(),
+                            parameters: serde_json::json!({"network": mk.network_id, "role": mk.role, "hostname": mk.hostname}),
+                            who: format!("machine {}", mk.machine_id),
+                            event: "done".into(),
+                            detail: serde_json::Value::Null,
+                        };
+                        if let Err(e) = st.commands.record(entry) {
+                            tracing::error!(error = %e, "audit trail could not record an enrollment");
+                        }
+                    }
+                }
+            }
+            Json(r).into_response()
+        }
         Ok(Err(e)) => refused(e),
         Err(e) => internal(e),
     }

@@ -44,6 +44,37 @@ pub(super) async fn create(
         Ok(r) => r,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a mail command request: {e}")),
     };
+    // Mail commands are the cloud's decision, not the connector's: an admin grants them per
+    // connector and names the senders it may act for.
+    let refusal = match st.trust.mail_grant(&connector.machine_id) {
+        Ok(Some(g)) if g.allows(&req.sender) => None,
+        Ok(Some(_)) => Some(format!(
+            "sender {} is not among those this connector may act for; an admin adds them with PUT /v1/machines/{}/mail-commands",
+            req.sender, connector.machine_id
+        )),
+        Ok(None) => Some(format!(
+            "mail commands are not enabled for connector {}; an admin enables them with PUT /v1/machines/{}/mail-commands",
+            connector.machine_id, connector.machine_id
+        )),
+        Err(e) => return internal(e),
+    };
+    if let Some(why) = refusal {
+        tracing::warn!(connector = %connector.machine_id, sender = %req.sender, reason = %why, "mail command refused");
+        let entry = crate::commands::AuditEntry {
+            ts: Utc::now(),
+            command_id: String::new(),
+            machine: req.machine.chars().take(64).collect(),
+            action: "relay.set".into(),
+            parameters: serde_json::json!({"card": req.card, "relay": req.relay, "on": req.on}),
+            who: mail_who(&req.sender, &connector.machine_id),
+            event: "refused".into(),
+            detail: serde_json::json!({"error": why}),
+        };
+        if let Err(e) = st.commands.record(entry) {
+            tracing::error!(error = %e, "audit trail could not record a refused mail command");
+        }
+        return err(StatusCode::FORBIDDEN, why);
+    }
     if req.card == 0 || !(1..=8).contains(&req.relay) {
         return err(StatusCode::BAD_REQUEST, "cards are numbered from 1, relays 1 to 8");
     }
@@ -113,5 +144,66 @@ pub(super) async fn status(
         }
         Ok(_) => err(StatusCode::NOT_FOUND, "no such command of this connector"),
         Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GrantRequest {
+    /// The mail addresses the connector may ask for commands for.
+    senders: Vec<String>,
+}
+
+/// `PUT /v1/machines/{id}/mail-commands`: lets a connector ask for relay commands by mail on
+/// behalf of the listed senders.
+pub(super) async fn grant(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<GrantRequest>,
+) -> Response {
+    match st.trust.grant_mail_commands(&id, &req.senders, "admin", Utc::now()) {
+        Ok(g) => {
+            audit_grant(&st, &id, "mail-commands-granted", serde_json::json!({"senders": g.senders}));
+            Json(g).into_response()
+        }
+        Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
+        Err(e) => internal(e),
+    }
+}
+
+/// `DELETE /v1/machines/{id}/mail-commands`: withdraws the grant.
+pub(super) async fn withdraw(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    match st.trust.withdraw_mail_commands(&id) {
+        Ok(true) => {
+            audit_grant(&st, &id, "mail-commands-withdrawn", serde_json::Value::Null);
+            Json(serde_json::json!({"withdrawn": id})).into_response()
+        }
+        Ok(false) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /v1/machines/{id}/mail-commands`: the grant, if any.
+pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    match st.trust.mail_grant(&id) {
+        Ok(Some(g)) => Json(g).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
+        Err(e) => internal(e),
+    }
+}
+
+fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_json::Value) {
+    let entry = crate::commands::AuditEntry {
+        ts: Utc::now(),
+        command_id: String::new(),
+        machine: connector.into(),
+        action: action.into(),
+        parameters,
+        who: "admin".into(),
+        event: "done".into(),
+        detail: serde_json::Value::Null,
+    };
+    if let Err(e) = st.commands.record(entry) {
+        tracing::error!(error = %e, "audit trail could not record a mail-command grant");
     }
 }

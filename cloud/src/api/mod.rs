@@ -79,9 +79,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::stream))
         .route("/v1/hubs/unattached", get(machines::unattached))
         .route("/v1/enrollment-tokens", post(enrollment::new_token).get(enrollment::list_tokens))
+        .route("/v1/enrollment-tokens/{id}", delete(enrollment::cancel_token))
         .route("/v1/machines/{id}/commands", post(commands::create))
         .route("/v1/machines/{id}/relays/{card}/{relay}", post(commands::switch_relay))
         .route("/v1/machines/{id}/seal", post(machines::seal_secret))
+        .route("/v1/machines/{id}/mail-commands", get(mail::show).put(mail::grant).delete(mail::withdraw))
         .route("/v1/commands/{id}", get(commands::status))
         .route("/v1/audit", get(audit::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));

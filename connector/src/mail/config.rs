@@ -55,6 +55,9 @@ pub struct MailCommands {
     pub session_timeout: Duration,
     /// Offer STARTTLS with the connector's LAN certificate.
     pub starttls: bool,
+    /// Take commands only over TLS (after STARTTLS): a code read off the LAN in clear is of no use
+    /// after its step, but the mail also names machines and relays. On by default.
+    pub require_tls: bool,
     /// Who may send commands.
     #[serde(rename = "sender")]
     pub senders: Vec<MailSender>,
@@ -92,6 +95,7 @@ impl Default for MailCommands {
             idle_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(120),
             starttls: true,
+            require_tls: true,
             senders: Vec::new(),
         }
     }
@@ -106,6 +110,12 @@ impl MailCommands {
             problems.push(Problem::new(
                 "mail_commands.enabled",
                 "needs a [mail] table: answers and refusals are sent through it",
+            ));
+        }
+        if self.require_tls && !self.starttls {
+            problems.push(Problem::new(
+                "mail_commands.require_tls",
+                "needs starttls = true (or set require_tls = false to take commands in clear on a trusted LAN)",
             ));
         }
         if self.allow_from.is_empty() {

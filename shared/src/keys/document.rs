@@ -50,6 +50,19 @@ fn signed_message(kind: &str, payload: &[u8]) -> Vec<u8> {
     message
 }
 
+impl<T> Signed<T> {
+    /// Hex SHA-256 of exactly this signed document (kind, signer, payload and signature). A
+    /// command result names the digest of the envelope it answers, so a result can never be
+    /// credited to an envelope the cloud did not issue, even one carrying a real command's id.
+    pub fn digest(&self) -> String {
+        let text = format!(
+            "outpost-digest-v1\n{}\n{}\n{}\n{}",
+            self.kind, self.signer, self.payload, self.signature
+        );
+        hex::encode(super::sha256(text.as_bytes()))
+    }
+}
+
 impl<T: SignedKind> Signed<T> {
     /// Serializes `document` and signs the bytes.
     pub fn sign(key: &KeyPair, document: &T) -> Result<Signed<T>, KeyError> {
@@ -221,6 +234,10 @@ pub struct CommandResult {
     #[serde(default)]
     pub output: serde_json::Value,
     pub finished_at: DateTime<Utc>,
+    /// [`Signed::digest`] of the envelope this answers, exactly as the hub received it. The cloud
+    /// records a result only when this is the envelope it issued under that id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<String>,
 }
 
 impl SignedKind for CommandResult {
@@ -228,12 +245,14 @@ impl SignedKind for CommandResult {
 }
 
 impl CommandResult {
-    /// The result for a refused command, with the reason as `output.error`.
+    /// The result for a refused command, with the reason as `output.error`; `envelope` is the
+    /// digest of what was received.
     pub fn refused(
         command_id: impl Into<String>,
         machine_id: MachineId,
         reason: &dyn std::fmt::Display,
         now: DateTime<Utc>,
+        envelope: String,
     ) -> CommandResult {
         CommandResult {
             command_id: command_id.into(),
@@ -241,6 +260,7 @@ impl CommandResult {
             status: CommandStatus::Refused,
             output: serde_json::json!({ "error": reason.to_string() }),
             finished_at: now,
+            envelope: Some(envelope),
         }
     }
 }
@@ -265,6 +285,10 @@ pub struct EnrollmentReceipt {
     /// Fingerprint of the cloud signing key (the same one the enrollment token carried).
     pub cloud_key: MachineId,
     pub issued_at: DateTime<Utc>,
+    /// The role the cloud enrolled the machine in. A hub accepts only a receipt that names it a
+    /// sensorhub; `None` only in receipts from before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::model::Role>,
 }
 
 impl SignedKind for EnrollmentReceipt {

@@ -44,7 +44,9 @@ pub use request::{
     HEADER_TIMESTAMP,
 };
 pub use sealed::{is_sealed, seal, unseal, Secret};
-pub use token::{hash_token_secret, seal_token, token_secret_matches, unseal_token, EnrollmentToken};
+pub use token::{
+    hash_token_secret, seal_token, token_secret_matches, unseal_token, EnrollmentToken, SealedEnrollment,
+};
 
 /// SHA-256 of `bytes`, as an array (the one hash every module here uses).
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -261,6 +261,7 @@ fn tampered_or_misattributed_documents_are_refused() {
         status: CommandStatus::Done,
         output: serde_json::json!({"state": "on"}),
         finished_at: t0(),
+        envelope: Some("ab".repeat(32)),
     };
     let signed = Signed::sign(machine_a(), &result).unwrap();
     assert_eq!(signed.verify(machine_a().public()).unwrap(), result);
@@ -293,6 +294,7 @@ fn a_document_signed_as_one_kind_never_verifies_as_another() {
         }],
         cloud_key: cloud().machine_id().clone(),
         issued_at: t0(),
+        role: Some(crate::model::Role::Sensorhub),
     };
     let signed = Signed::sign(cloud(), &receipt).unwrap();
     let back = signed.verify(cloud().public()).unwrap();
@@ -419,7 +421,8 @@ fn a_torn_last_line_in_the_replay_log_is_ignored() {
 #[test]
 fn a_refused_result_carries_the_reason() {
     let reason = CommandRefused::Replayed { id: "c9".into() };
-    let result = CommandResult::refused("c9", machine_a().machine_id().clone(), &reason, t0());
+    let result =
+        CommandResult::refused("c9", machine_a().machine_id().clone(), &reason, t0(), "cd".repeat(32));
     assert_eq!(result.status, CommandStatus::Refused);
     let json = serde_json::to_value(&result).unwrap();
     assert_eq!(json["status"], "refused");
@@ -629,16 +632,33 @@ mod tls_pinning {
     }
 }
 
+fn sealed_for(machine: &KeyPair, role: crate::model::Role, lan_cert: Option<&str>) -> SealedEnrollment {
+    SealedEnrollment {
+        token: String::new(),
+        machine_id: machine.machine_id().clone(),
+        role,
+        hostname: "pump-3".into(),
+        lan_cert: lan_cert.map(str::to_string),
+    }
+}
+
 #[test]
 fn a_sealed_token_opens_only_for_the_cloud_and_only_for_the_machine_that_sealed_it() {
     let token = EnrollmentToken::generate("plant", cloud().machine_id().clone(), t0() + secs(3600)).unwrap();
-    let sealed = seal_token(cloud().public(), &token, machine_a().machine_id()).unwrap();
+    let inner = sealed_for(machine_a(), crate::model::Role::Sensorhub, None);
+    let sealed = seal_token(cloud().public(), &token, &inner).unwrap();
     assert!(!sealed.contains(&token.encode()), "the connector on the way sees ciphertext");
-    assert_eq!(unseal_token(cloud(), &sealed, machine_a().machine_id()).unwrap(), token.encode());
+    let opened = unseal_token(cloud(), &sealed, machine_a().machine_id()).unwrap();
+    assert_eq!(opened.token, token.encode());
+    // Everything the cloud records travels inside the seal, out of a relay's reach.
+    assert_eq!(
+        (opened.role, opened.hostname.as_str(), opened.lan_cert),
+        (crate::model::Role::Sensorhub, "pump-3", None)
+    );
     // Copied into a request for another key: refused.
     let e = unseal_token(cloud(), &sealed, machine_b().machine_id()).unwrap_err();
     assert!(e.to_string().contains("another machine key"), "{e}");
     // Sealing to a key the token does not name (a rogue connector's "cloud key") is refused.
-    assert!(seal_token(machine_b().public(), &token, machine_a().machine_id()).is_err());
+    assert!(seal_token(machine_b().public(), &token, &inner).is_err());
     assert!(unseal_token(machine_b(), &sealed, machine_a().machine_id()).is_err());
 }

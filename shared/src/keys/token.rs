@@ -144,21 +144,26 @@ pub fn token_secret_matches(stored_hash: &str, presented: &EnrollmentToken) -> b
     super::constant_time_eq(stored_hash.as_bytes(), presented.secret_hash().as_bytes())
 }
 
-/// What a machine seals to the cloud key when it enrolls through a connector: the token, bound to
-/// the key that enrolls with it. The connector carries ciphertext only; and since the machine id
-/// inside must match the public key sent alongside, a connector that copies the sealed token into
-/// a request of its own gets refused.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SealedEnrollment {
-    token: String,
-    machine_id: MachineId,
+/// What a machine seals to the cloud key when it enrolls through a connector: the token and every
+/// fact the cloud will record about the machine. The connector carries ciphertext only, so it can
+/// neither read the token nor rewrite the role, host name or LAN certificate on the way; and since
+/// the machine id inside must match the public key sent alongside, a connector that copies the
+/// sealed token into a request of its own gets refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedEnrollment {
+    pub token: String,
+    pub machine_id: MachineId,
+    pub role: crate::model::Role,
+    pub hostname: String,
+    #[serde(default)]
+    pub lan_cert: Option<String>,
 }
 
-/// Seals `token` for `cloud` (the key whose fingerprint the token names), bound to `machine`.
+/// Seals `enrollment` for `cloud`, which must be the key whose fingerprint the token names.
 pub fn seal_token(
     cloud: &super::PublicKey,
     token: &EnrollmentToken,
-    machine: &MachineId,
+    enrollment: &SealedEnrollment,
 ) -> Result<String, super::SealError> {
     if cloud.machine_id() != &token.cloud_key {
         return Err(super::SealError::Malformed(format!(
@@ -167,18 +172,19 @@ pub fn seal_token(
             token.cloud_key
         )));
     }
-    let plain =
-        serde_json::to_string(&SealedEnrollment { token: token.encode(), machine_id: machine.clone() })
-            .expect("serialises");
-    super::seal(cloud, &plain)
+    let mut inner = enrollment.clone();
+    inner.token = token.encode();
+    super::seal(cloud, &serde_json::to_string(&inner).expect("serialises"))
 }
 
-/// Opens a token sealed by [`seal_token`] and checks it was sealed by the machine `enrolling`.
+/// Opens an enrollment sealed by [`seal_token`] and checks it was sealed by the machine
+/// `enrolling`. The caller must take role, host name and LAN certificate from the answer, never
+/// from fields a relay could have rewritten.
 pub fn unseal_token(
     cloud: &super::KeyPair,
     sealed: &str,
     enrolling: &MachineId,
-) -> Result<String, TokenError> {
+) -> Result<SealedEnrollment, TokenError> {
     let plain =
         super::unseal(cloud, sealed).map_err(|e| TokenError::Malformed(format!("sealed token: {e}")))?;
     let inner: SealedEnrollment = serde_json::from_str(plain.expose())
@@ -188,5 +194,5 @@ pub fn unseal_token(
             "the sealed token was sealed for another machine key; it cannot be reused".into(),
         ));
     }
-    Ok(inner.token)
+    Ok(inner)
 }

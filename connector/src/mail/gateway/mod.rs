@@ -531,6 +531,7 @@ pub(crate) async fn start(
         idle_timeout: cfg.idle_timeout,
         session_timeout: cfg.session_timeout,
         allow_from: cfg.allow_from.iter().filter_map(|a| a.parse().ok()).collect(),
+        require_tls: cfg.require_tls,
     };
     let gateway = Arc::new(gateway);
     let (tx, mut rx) = tokio::sync::mpsc::channel(QUEUE);

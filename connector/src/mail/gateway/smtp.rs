@@ -34,6 +34,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub session_timeout: Duration,
     pub allow_from: Vec<Cidr>,
+    /// Refuse MAIL FROM until STARTTLS has been done.
+    pub require_tls: bool,
 }
 
 /// One accepted message.
@@ -291,6 +293,11 @@ impl Session<'_> {
                     }
                     if from.is_some() {
                         reply(&mut r, "503 5.5.1 Sender already given").await?;
+                        continue;
+                    }
+                    if s.require_tls && !tls {
+                        tracing::warn!(peer = %self.peer, reason = "no TLS", "mail command refused");
+                        reply(&mut r, "530 5.7.0 Must issue a STARTTLS command first").await?;
                         continue;
                     }
                     let Some((path, params)) = path_and_params(arg, "FROM:") else {

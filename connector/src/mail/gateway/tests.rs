@@ -237,6 +237,15 @@ async fn server(
     max_connections: usize,
     idle: Duration,
 ) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<smtp::Envelope>, CancellationToken) {
+    server_with(allow, max_connections, idle, false).await
+}
+
+async fn server_with(
+    allow: &str,
+    max_connections: usize,
+    idle: Duration,
+    require_tls: bool,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<smtp::Envelope>, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let settings = smtp::Settings {
@@ -246,6 +255,7 @@ async fn server(
         idle_timeout: idle,
         session_timeout: Duration::from_secs(60),
         allow_from: vec![allow.parse().unwrap()],
+        require_tls,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let stop = CancellationToken::new();
@@ -287,6 +297,20 @@ async fn the_smtp_server_takes_a_message_with_dot_unstuffing_and_enforces_its_li
     assert!(c.send("RSET\r\n").await.starts_with("250"));
     assert!(c.send("QUIT\r\n").await.starts_with("221"));
     assert!(rx.try_recv().is_err(), "nothing refused reached the gateway");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn with_require_tls_no_command_is_taken_in_clear() {
+    let (addr, mut rx, stop) = server_with("127.0.0.1/32", 8, Duration::from_secs(20), true).await;
+    let mut c = Client::connect(addr).await;
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.send("EHLO client\r\n").await.starts_with("250"));
+    let refused = c.send("MAIL FROM:<ops@example.org>\r\n").await;
+    assert!(refused.starts_with("530 5.7.0"), "{refused}");
+    assert!(c.send("RCPT TO:<outpost@conn>\r\n").await.starts_with("503"), "no sender was taken");
+    assert!(c.send("DATA\r\n").await.starts_with("503"));
+    assert!(rx.try_recv().is_err(), "nothing reached the gateway");
     stop.cancel();
 }
 
