@@ -136,7 +136,16 @@ pub struct Trust {
     revoked: sled::Tree,
     /// Connector id -> [`MailGrant`]: which connectors may ask for commands by mail, for whom.
     mail_grants: sled::Tree,
+    /// `network \0 connector id`: the enrolled connectors of each network, so a receipt is built
+    /// from its network's entries instead of a scan of every machine.
+    connectors: sled::Tree,
+    /// Parsed public keys by machine id. A machine id is the fingerprint of its key, so an entry
+    /// can never be wrong for its id; whether the machine is still enrolled is read each time.
+    parsed: Arc<std::sync::Mutex<std::collections::HashMap<String, PublicKey>>>,
 }
+
+/// Parsed keys kept at most; past it the cache starts over (parsing is the cost, not a miss).
+const PARSED_KEYS: usize = 50_000;
 
 impl Trust {
     pub fn open(dir: &Path, db: &sled::Db) -> Result<Trust, CloudError> {
@@ -145,13 +154,31 @@ impl Trust {
         if created {
             tracing::info!(fingerprint = %key.machine_id(), "cloud signing key made");
         }
-        Ok(Trust {
+        Trust {
             key: Arc::new(key),
             keys: db.open_tree("machine_keys")?,
             tokens: db.open_tree("enrollment_tokens")?,
             revoked: db.open_tree("revoked_keys")?,
             mail_grants: db.open_tree("mail_grants")?,
-        })
+            connectors: db.open_tree("network_connectors")?,
+            parsed: Arc::default(),
+        }
+        .with_connector_index()
+    }
+
+    /// Builds the connector index from the keys when it is missing (a database from before it).
+    fn with_connector_index(self) -> Result<Trust, CloudError> {
+        if self.connectors.is_empty() {
+            for item in self.keys.iter() {
+                let (_, v) = item?;
+                if let Ok(k) = serde_json::from_slice::<MachineKey>(&v) {
+                    if k.role == Role::Connector {
+                        self.connectors.insert(connector_key(&k.network_id, &k.machine_id), &[])?;
+                    }
+                }
+            }
+        }
+        Ok(self)
     }
 
     pub fn key(&self) -> &KeyPair {
@@ -279,51 +306,56 @@ impl Trust {
         };
         use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
         use sled::Transactional;
-        let outcome = (&self.tokens, &self.keys, &self.revoked).transaction(|(tokens, keys, revoked)| {
-            let abort = |m: String| Abort::Abort(Refusal::Enroll(m));
-            let Some(raw) = tokens.get(hash.as_bytes())? else {
-                return Err(abort("unknown or cancelled token; make a new one on the dashboard".into()));
-            };
-            let mut rec: TokenRecord =
-                serde_json::from_slice(&raw).map_err(|e| abort(format!("token record unreadable: {e}")))?;
-            if rec.role != role {
-                return Err(abort(format!(
-                    "this token enrolls a {}, not a {role}; ask an admin for a {role} token",
-                    rec.role
-                )));
-            }
-            if let Some(stored) = keys.get(id.as_bytes())? {
-                let stored: MachineKey = serde_json::from_slice(&stored)
-                    .map_err(|e| abort(format!("key record unreadable: {e}")))?;
-                if rec.used_by.as_deref() == Some(id.as_str()) {
-                    // The same machine asking again: its enrollment stands exactly as it was.
-                    return Ok(stored);
+        let outcome = (&self.tokens, &self.keys, &self.revoked, &self.connectors).transaction(
+            |(tokens, keys, revoked, connectors)| {
+                let abort = |m: String| Abort::Abort(Refusal::Enroll(m));
+                let Some(raw) = tokens.get(hash.as_bytes())? else {
+                    return Err(abort("unknown or cancelled token; make a new one on the dashboard".into()));
+                };
+                let mut rec: TokenRecord = serde_json::from_slice(&raw)
+                    .map_err(|e| abort(format!("token record unreadable: {e}")))?;
+                if rec.role != role {
+                    return Err(abort(format!(
+                        "this token enrolls a {}, not a {role}; ask an admin for a {role} token",
+                        rec.role
+                    )));
                 }
-                return Err(abort(format!(
+                if let Some(stored) = keys.get(id.as_bytes())? {
+                    let stored: MachineKey = serde_json::from_slice(&stored)
+                        .map_err(|e| abort(format!("key record unreadable: {e}")))?;
+                    if rec.used_by.as_deref() == Some(id.as_str()) {
+                        // The same machine asking again: its enrollment stands exactly as it was.
+                        return Ok(stored);
+                    }
+                    return Err(abort(format!(
                     "this machine is already enrolled (network {}, {}); revoke it first to enroll it anew",
                     stored.network_id, stored.role
                 )));
-            }
-            if let Some(r) = revoked.get(id.as_bytes())? {
-                let r: RevokedKey = serde_json::from_slice(&r)
-                    .map_err(|e| abort(format!("revocation record unreadable: {e}")))?;
-                if rec.created_at <= r.revoked_at {
-                    return Err(abort(format!(
-                        "this machine was revoked at {}; only a token made after that takes it back",
-                        r.revoked_at
-                    )));
                 }
-                // A token made after the revocation is the operator's decision to take it back.
-                revoked.remove(id.as_bytes())?;
-            }
-            if rec.used_by.is_some() {
-                return Err(abort("this token was already used; tokens are one-time".into()));
-            }
-            rec.used_by = Some(id.clone());
-            tokens.insert(hash.as_bytes(), serde_json::to_vec(&rec).expect("serialises"))?;
-            keys.insert(id.as_bytes(), serde_json::to_vec(&candidate).expect("serialises"))?;
-            Ok(candidate.clone())
-        });
+                if let Some(r) = revoked.get(id.as_bytes())? {
+                    let r: RevokedKey = serde_json::from_slice(&r)
+                        .map_err(|e| abort(format!("revocation record unreadable: {e}")))?;
+                    if rec.created_at <= r.revoked_at {
+                        return Err(abort(format!(
+                            "this machine was revoked at {}; only a token made after that takes it back",
+                            r.revoked_at
+                        )));
+                    }
+                    // A token made after the revocation is the operator's decision to take it back.
+                    revoked.remove(id.as_bytes())?;
+                }
+                if rec.used_by.is_some() {
+                    return Err(abort("this token was already used; tokens are one-time".into()));
+                }
+                rec.used_by = Some(id.clone());
+                tokens.insert(hash.as_bytes(), serde_json::to_vec(&rec).expect("serialises"))?;
+                keys.insert(id.as_bytes(), serde_json::to_vec(&candidate).expect("serialises"))?;
+                if candidate.role == Role::Connector {
+                    connectors.insert(connector_key(&candidate.network_id, &id), &[])?;
+                }
+                Ok(candidate.clone())
+            },
+        );
         let mk = match outcome {
             Ok(mk) => mk,
             Err(TransactionError::Abort(r)) => return Err(r),
@@ -339,10 +371,14 @@ impl Trust {
     /// A fresh receipt for an enrolled machine: the connectors now authorised in its network.
     pub fn receipt(&self, mk: &MachineKey, now: DateTime<Utc>) -> Result<EnrollResponse, CloudError> {
         let mut connectors = Vec::new();
-        for item in self.keys.iter() {
-            let (_, v) = item?;
-            let Ok(k) = serde_json::from_slice::<MachineKey>(&v) else { continue };
-            if k.network_id == mk.network_id && k.role == outpost_shared::model::Role::Connector {
+        let prefix = connector_key(&mk.network_id, "");
+        for item in self.connectors.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            // Revocation removes the key record; the index entry goes with it, and a stale one is
+            // skipped here.
+            let Some(k) = self.machine_key(&id)? else { continue };
+            if k.network_id == mk.network_id && k.role == Role::Connector {
                 if let (Ok(id), Some(Ok(fp))) =
                     (MachineId::parse(&k.machine_id), k.lan_cert.as_deref().map(CertFingerprint::parse))
                 {
@@ -402,11 +438,31 @@ impl Trust {
                 })
             }
         };
-        let public =
-            PublicKey::from_pem(&mk.public_key).map_err(|e| Refusal::NotEnrolled(format!("{id} ({e})")))?;
+        let public = self.parsed_key(&mk).map_err(|e| Refusal::NotEnrolled(format!("{id} ({e})")))?;
         let skew = max_skew.unwrap_or(Duration::from_secs(10 * 365 * 86400));
         verify_request(&public, headers, method, path, body, Utc::now(), skew).map_err(Refusal::Bad)?;
         Ok(mk)
+    }
+
+    /// The machine's public key, parsed once.
+    pub fn parsed_key(&self, mk: &MachineKey) -> Result<PublicKey, outpost_shared::keys::KeyError> {
+        let mut cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.get(&mk.machine_id) {
+            return Ok(k.clone());
+        }
+        let k = PublicKey::from_pem(&mk.public_key)?;
+        if k.machine_id().as_str() != mk.machine_id {
+            return Err(outpost_shared::keys::KeyError::Serialize(format!(
+                "stored key of {} has fingerprint {}",
+                mk.machine_id,
+                k.machine_id()
+            )));
+        }
+        if cache.len() >= PARSED_KEYS {
+            cache.clear();
+        }
+        cache.insert(mk.machine_id.clone(), k.clone());
+        Ok(k)
     }
 
     /// Withdraws a machine's enrollment: from now on its signed requests are refused, and the
@@ -415,6 +471,7 @@ impl Trust {
     pub fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<Option<MachineKey>, CloudError> {
         let Some(old) = self.keys.remove(id.as_bytes())? else { return Ok(None) };
         let mk: MachineKey = serde_json::from_slice(&old).map_err(|e| CloudError::Corrupt(e.to_string()))?;
+        self.connectors.remove(connector_key(&mk.network_id, &mk.machine_id))?;
         let record = RevokedKey { key: mk.clone(), revoked_at: now };
         self.revoked.insert(id.as_bytes(), serde_json::to_vec(&record).expect("serialises"))?;
         self.keys.flush()?;
@@ -505,6 +562,13 @@ fn token_info(hash: &str, r: &TokenRecord) -> TokenInfo {
         expires_at: r.expires_at,
         created_by: r.created_by.clone(),
     }
+}
+
+fn connector_key(network: &str, id: &str) -> Vec<u8> {
+    let mut k = network.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
 }
 
 /// A host name is shown on the dashboard and in mail: printable, short.

@@ -70,6 +70,11 @@ pub fn render(p: &UnitParams) -> String {
         let _ = writeln!(u, "SupplementaryGroups={SERIAL_GROUP}");
     }
     u.push_str("UMask=0027\n");
+    if role != Role::Sensorhub {
+        // Connectors and clouds hold one or two connections per hub: the default of 1,024
+        // descriptors filled up at a few hundred hubs.
+        u.push_str("LimitNOFILE=65536\n");
+    }
 
     u.push_str("\n# Hardening: the service writes only to its data directory and holds no privilege.\n");
     u.push_str("NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\n");

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use outpost_shared::keys::{CommandResult, PublicKey, Signed};
+use outpost_shared::keys::{CommandResult, Signed};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -136,7 +136,7 @@ pub(super) async fn result(
         Ok(s) => s,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a signed command result: {e}")),
     };
-    let key = match PublicKey::from_pem(&mk.public_key) {
+    let key = match st.trust.parsed_key(&mk) {
         Ok(k) => k,
         Err(e) => return internal(e),
     };
