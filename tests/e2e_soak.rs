@@ -60,7 +60,8 @@ impl FaultProxy {
         let (tls_dir, upstream, ca) = (cloud.dir.join("data/tls"), cloud.url(), cloud.ca());
         let f = fault.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(serve_proxy(port, &tls_dir, upstream, &ca, f));
         });
         wait_until(Duration::from_secs(10), "the fault proxy listens", || {
@@ -75,7 +76,8 @@ impl FaultProxy {
 }
 
 async fn serve_proxy(port: u16, tls_dir: &Path, upstream: String, ca: &Path, fault: Arc<AtomicU16>) {
-    let tls = outpost_shared::tls::server_config(&tls_dir.join("cert.pem"), &tls_dir.join("key.pem")).unwrap();
+    let tls =
+        outpost_shared::tls::server_config(&tls_dir.join("cert.pem"), &tls_dir.join("key.pem")).unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
         .tls_built_in_root_certs(false)
@@ -320,7 +322,9 @@ fn nothing_a_hub_accepted_is_lost_or_stored_twice_whatever_fails() {
             hub_status(&h.dir).is_some_and(|s| {
                 s["last_error"].is_null()
                     && s["buffered"].as_u64().is_some_and(|b| b < 100)
-                    && s["last_upload"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    && s["last_upload"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                         .is_some_and(|t| t > calm)
             })
         })

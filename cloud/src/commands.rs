@@ -296,6 +296,44 @@ impl Commands {
         Ok(rec)
     }
 
+    /// Deletes commands that ended (or expired) more than `commands` ago and audit entries older
+    /// than `audit`. Returns (commands, audit entries) removed.
+    pub fn prune(
+        &self,
+        now: DateTime<Utc>,
+        commands: Duration,
+        audit: Duration,
+    ) -> Result<(u64, u64), CloudError> {
+        let keep = chrono::Duration::from_std(commands).unwrap_or(chrono::Duration::MAX);
+        let mut gone = 0;
+        for item in self.commands.iter() {
+            let (k, v) = item?;
+            let Ok(rec) = serde_json::from_slice::<CommandRecord>(&v) else { continue };
+            let ended = match rec.effective_status(now) {
+                "pending" | "delivered" => continue,
+                "expired" => rec.expires_at,
+                _ => rec.finished_at.unwrap_or(rec.expires_at),
+            };
+            if now - ended > keep {
+                self.commands.remove(&k)?;
+                self.pending.remove(pending_key(&rec.machine, &rec.id))?;
+                gone += 1;
+            }
+        }
+        // Audit keys start with the entry's time: everything before the cut is one range.
+        let cut = (now - chrono::Duration::from_std(audit).unwrap_or(chrono::Duration::MAX))
+            .timestamp_nanos_opt()
+            .unwrap_or(i64::MIN)
+            .to_be_bytes();
+        let mut old = 0;
+        for item in self.audit.range(..cut.to_vec()) {
+            let (k, _) = item?;
+            self.audit.remove(k)?;
+            old += 1;
+        }
+        Ok((gone, old))
+    }
+
     /// The audit trail, newest first, optionally for one machine.
     pub fn audit(&self, machine: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, CloudError> {
         let mut out = Vec::new();
@@ -319,4 +357,41 @@ fn pending_key(machine: &str, id: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn old_commands_and_audit_entries_are_pruned_and_waiting_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let cmds = Commands::open(&db).unwrap();
+        let cloud = KeyPair::generate().unwrap();
+        let target = KeyPair::generate().unwrap();
+        let machine = target.machine_id().to_string();
+        let short = cmds
+            .create(&cloud, &machine, "ping", serde_json::Value::Null, Duration::from_secs(60), "t")
+            .await
+            .unwrap();
+        let long = cmds
+            .create(&cloud, &machine, "ping", serde_json::Value::Null, Duration::from_secs(86400), "t")
+            .await
+            .unwrap();
+        let now = Utc::now();
+        // Nothing is old yet.
+        assert_eq!(cmds.prune(now, Duration::from_secs(3600), Duration::from_secs(3600)).unwrap(), (0, 0));
+        // Two hours on: the short one expired over an hour ago and goes; the long one still waits
+        // for its machine; the audit entries of both are past an hour's retention.
+        let later = now + chrono::Duration::hours(2);
+        let (gone, audit) = cmds.prune(later, Duration::from_secs(3600), Duration::from_secs(3600)).unwrap();
+        assert_eq!((gone, audit), (1, 2));
+        assert!(cmds.get(&short.id).unwrap().is_none());
+        assert!(cmds.get(&long.id).unwrap().is_some());
+        assert!(cmds.audit(None, 100).unwrap().is_empty());
+        // The pruned command is no longer handed out; the waiting one is.
+        let out = cmds.poll(&machine, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(out.iter().map(|s| s.peek_unverified().unwrap().id).collect::<Vec<_>>(), vec![long.id]);
+    }
 }

@@ -49,6 +49,12 @@ pub struct Retention {
     /// How often the fold runs.
     #[serde(with = "humantime_serde")]
     pub compact_every: Duration,
+    /// Finished and expired commands are kept this long, then deleted.
+    #[serde(with = "humantime_serde")]
+    pub commands: Duration,
+    /// The audit trail is kept this long.
+    #[serde(with = "humantime_serde")]
+    pub audit: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +91,8 @@ impl Default for Retention {
             raw: Duration::from_secs(7 * 86400),
             hourly: Duration::from_secs(400 * 86400),
             compact_every: Duration::from_secs(3600),
+            commands: Duration::from_secs(90 * 86400),
+            audit: Duration::from_secs(400 * 86400),
         }
     }
 }

@@ -102,7 +102,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         store.clone(),
         admin_token.clone(),
         trust.clone(),
-        commands,
+        commands.clone(),
         Arc::new(config.clone()),
     );
     let state = match &config.mail {
@@ -116,7 +116,8 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
             .handle(handle.clone())
             .serve(app.into_make_service_with_connect_info::<SocketAddr>());
 
-    let compactor = spawn_compactor(store.clone(), config.clone(), shutdown.clone());
+    let compactor =
+        spawn_compactor(store.clone(), trust.clone(), commands.clone(), config.clone(), shutdown.clone());
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let h = handle.clone();
@@ -133,8 +134,12 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     Ok(Cloud { addr, admin_token, trust, ca_file, shutdown, task })
 }
 
+/// The retention pass, every `compact_every`: readings folded and expired, and the cloud's other
+/// records (commands, audit, tokens) aged out, so nothing it keeps grows without bound.
 fn spawn_compactor(
     store: store::Store,
+    trust: trust::Trust,
+    commands: commands::Commands,
     config: CloudConfig,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -145,13 +150,30 @@ fn spawn_compactor(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let s = store.clone();
+            let (s, t, c) = (store.clone(), trust.clone(), commands.clone());
             let r = config.retention.clone();
-            match tokio::task::spawn_blocking(move || s.compact(chrono::Utc::now(), r.raw, r.hourly)).await {
-                Ok(Ok(out)) if out.folded > 0 || out.hourly_expired > 0 => {
-                    tracing::info!(folded = out.folded, expired = out.hourly_expired, "retention pass")
+            let pass = tokio::task::spawn_blocking(move || {
+                let now = chrono::Utc::now();
+                let readings = s.compact(now, r.raw, r.hourly)?;
+                let tokens = t.prune_tokens(now)?;
+                let (cmds, audit) = c.prune(now, r.commands, r.audit)?;
+                Ok::<_, CloudError>((readings, tokens, cmds, audit))
+            });
+            match pass.await {
+                Ok(Ok((out, tokens, cmds, audit))) => {
+                    if out != store::CompactOutcome::default() || tokens + cmds + audit > 0 {
+                        tracing::info!(
+                            folded = out.folded,
+                            expired = out.hourly_expired,
+                            latest_expired = out.latest_expired,
+                            unattached_expired = out.unattached_expired,
+                            tokens,
+                            commands = cmds,
+                            audit,
+                            "retention pass"
+                        )
+                    }
                 }
-                Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
                 Err(e) => tracing::error!(error = %e, "retention pass panicked"),
             }

@@ -532,6 +532,27 @@ impl Trust {
         serde_json::from_slice::<RevokedKey>(&v).ok().map(|r| r.revoked_at)
     }
 
+    /// Forgets tokens that can enroll nobody any more: open ones once expired, used ones
+    /// [`USED_TOKEN_KEPT`] after their expiry (until then the machine that used one may ask again
+    /// for its receipt with it). Returns how many went.
+    pub fn prune_tokens(&self, now: DateTime<Utc>) -> Result<u64, CloudError> {
+        let kept = chrono::Duration::from_std(USED_TOKEN_KEPT).expect("small");
+        let mut gone = 0;
+        for item in self.tokens.iter() {
+            let (k, v) = item?;
+            let Ok(r) = serde_json::from_slice::<TokenRecord>(&v) else { continue };
+            let dead = match r.used_by {
+                None => r.expires_at <= now,
+                Some(_) => r.expires_at + kept <= now,
+            };
+            if dead {
+                self.tokens.remove(k)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     /// Tokens that are still open: for the dashboard.
     pub fn open_tokens(&self, now: DateTime<Utc>) -> Result<Vec<TokenInfo>, CloudError> {
         let mut out = Vec::new();
@@ -551,6 +572,8 @@ impl Trust {
 /// standing credential.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
 const TOKEN_ID_LEN: usize = 16;
+/// How long a used token's record outlives its expiry.
+pub const USED_TOKEN_KEPT: Duration = Duration::from_secs(30 * 86400);
 
 fn token_info(hash: &str, r: &TokenRecord) -> TokenInfo {
     TokenInfo {
@@ -577,4 +600,39 @@ fn check_hostname(h: &str) -> Result<(), String> {
         return Err("host name must be 1 to 253 printable characters".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_open_tokens_go_and_used_ones_are_kept_for_a_while_after_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let trust = Trust::open(dir.path(), &db).unwrap();
+        let now = Utc::now();
+        let hour = Duration::from_secs(3600);
+        let (open, _) = trust.new_token("n", Role::Sensorhub, hour, "", "t", now).unwrap();
+        let (used, _) = trust.new_token("n", Role::Sensorhub, hour, "", "t", now).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let req = EnrollRequest {
+            token: Some(used.encode()),
+            sealed_token: None,
+            public_key: key.public().to_pem(),
+            role: Role::Sensorhub,
+            hostname: "h".into(),
+            lan_cert: None,
+        };
+        trust.enroll(&req, now).unwrap();
+        assert_eq!(trust.prune_tokens(now).unwrap(), 0);
+        // Past their expiry: the open one can enroll nobody and goes; the used one stays, so its
+        // machine can still ask for its receipt with it.
+        assert_eq!(trust.prune_tokens(now + chrono::Duration::hours(2)).unwrap(), 1);
+        assert!(trust.open_tokens(now).unwrap().is_empty());
+        assert!(trust.enroll(&req, now + chrono::Duration::minutes(30)).is_ok());
+        let long_after = now + chrono::Duration::days(31) + chrono::Duration::hours(2);
+        assert_eq!(trust.prune_tokens(long_after).unwrap(), 1);
+        drop(open);
+    }
 }

@@ -90,6 +90,34 @@ pub struct PeriodReading {
 pub struct CompactOutcome {
     pub folded: u64,
     pub hourly_expired: u64,
+    /// Latest values of sensors silent longer than raw retention.
+    pub latest_expired: u64,
+    pub unattached_expired: u64,
+}
+
+/// Rows one compaction step reads at most.
+pub const COMPACT_STEP: usize = 50_000;
+
+/// Removes the entries of `tree` for which `dead(key, value)` holds, in steps of at most
+/// [`COMPACT_STEP`]; returns how many.
+fn remove_where(tree: &sled::Tree, dead: impl Fn(&[u8], &[u8]) -> bool) -> Result<u64, CloudError> {
+    let mut removed = 0;
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        if dead(&k, &v) {
+            batch.remove(k);
+            removed += 1;
+            pending += 1;
+            if pending == COMPACT_STEP {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+    }
+    tree.apply_batch(batch)?;
+    Ok(removed)
 }
 
 fn key2(a: &str, b: &str) -> Vec<u8> {
@@ -349,7 +377,13 @@ impl Store {
     }
 
     /// Folds raw readings older than `raw` into hourly aggregates and drops hourly aggregates
-    /// older than `hourly`. Text values have nothing to average and are simply dropped.
+    /// older than `hourly`. Text values have nothing to average and are simply dropped. Latest
+    /// values older than `raw` expire (a sensor that went away, such as a container's virtual
+    /// interface, leaves the dashboard), and so do unattached hubs not seen for a day.
+    ///
+    /// Works in steps of at most [`COMPACT_STEP`] rows, each folded and written on its own, so
+    /// memory stays bounded whatever the database holds and ingest is never held up for a whole
+    /// pass.
     pub fn compact(
         &self,
         now: DateTime<Utc>,
@@ -358,43 +392,58 @@ impl Store {
     ) -> Result<CompactOutcome, CloudError> {
         let raw_cut = ts_ms(now).saturating_sub(raw.as_millis() as u64);
         let hourly_cut = ts_ms(now).saturating_sub(hourly.as_millis() as u64);
-        let mut aggs: HashMap<Vec<u8>, HourlyAgg> = HashMap::new();
         let mut out = CompactOutcome::default();
-        let mut batch = sled::Batch::default();
-        for item in self.raw.iter() {
-            let (k, v) = item?;
-            let ts = be64(&v);
-            if ts >= raw_cut {
-                continue;
-            }
-            batch.remove(k.clone());
-            out.folded += 1;
-            let Ok(rv) = serde_json::from_slice::<RawValue>(&v[8..]) else { continue };
-            let Some(x) = rv.v.as_f64() else { continue };
-            let hour = ts - ts % 3_600_000;
-            let mut hk = k[..k.len() - 8].to_vec();
-            hk.extend_from_slice(&hour.to_be_bytes());
-            let a = HourlyAgg { min: x, max: x, sum: x, count: 1 };
-            aggs.entry(hk).and_modify(|e| e.merge(a)).or_insert(a);
-        }
-        for (hk, mut a) in aggs {
-            if let Some(old) = self.hourly.get(&hk)? {
-                if let Ok(o) = serde_json::from_slice::<HourlyAgg>(&old) {
-                    a.merge(o);
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut aggs: HashMap<Vec<u8>, HourlyAgg> = HashMap::new();
+            let mut batch = sled::Batch::default();
+            let mut seen = 0;
+            let mut last = None;
+            for item in self.raw.range(from.clone()..) {
+                let (k, v) = item?;
+                seen += 1;
+                last = Some(k.clone());
+                if seen >= COMPACT_STEP {
+                    break;
                 }
+                let ts = be64(&v);
+                if ts >= raw_cut {
+                    continue;
+                }
+                batch.remove(k.clone());
+                out.folded += 1;
+                let Ok(rv) = serde_json::from_slice::<RawValue>(&v[8..]) else { continue };
+                let Some(x) = rv.v.as_f64() else { continue };
+                let hour = ts - ts % 3_600_000;
+                let mut hk = k[..k.len() - 8].to_vec();
+                hk.extend_from_slice(&hour.to_be_bytes());
+                let a = HourlyAgg { min: x, max: x, sum: x, count: 1 };
+                aggs.entry(hk).and_modify(|e| e.merge(a)).or_insert(a);
             }
-            self.hourly.insert(hk, serde_json::to_vec(&a).map_err(|e| corrupt("encode", e))?)?;
-        }
-        self.raw.apply_batch(batch)?;
-        let mut expired = sled::Batch::default();
-        for item in self.hourly.iter() {
-            let (k, _) = item?;
-            if be64(&k[k.len() - 8..]) < hourly_cut {
-                expired.remove(k);
-                out.hourly_expired += 1;
+            for (hk, mut a) in aggs {
+                if let Some(old) = self.hourly.get(&hk)? {
+                    if let Ok(o) = serde_json::from_slice::<HourlyAgg>(&old) {
+                        a.merge(o);
+                    }
+                }
+                self.hourly.insert(hk, serde_json::to_vec(&a).map_err(|e| corrupt("encode", e))?)?;
+            }
+            self.raw.apply_batch(batch)?;
+            match last {
+                // The step stopped at `k` without folding it: the next one starts there.
+                Some(k) if seen >= COMPACT_STEP => from = k.to_vec(),
+                _ => break,
             }
         }
-        self.hourly.apply_batch(expired)?;
+        out.hourly_expired = remove_where(&self.hourly, |k, _| be64(&k[k.len() - 8..]) < hourly_cut)?;
+        let stale = chrono::Duration::from_std(raw).unwrap_or(chrono::Duration::MAX);
+        out.latest_expired = remove_where(&self.latest, |_, v| {
+            serde_json::from_slice::<SensorLatest>(v).is_ok_and(|l| now - l.ts > stale)
+        })?;
+        out.unattached_expired = remove_where(&self.unattached, |_, v| {
+            serde_json::from_slice::<UnattachedHub>(v)
+                .is_ok_and(|h| now - h.seen_at > chrono::Duration::days(1))
+        })?;
         self.db.flush()?;
         Ok(out)
     }

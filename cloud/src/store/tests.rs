@@ -98,6 +98,43 @@ fn retention_folds_old_raw_readings_into_hourly_min_avg_max() {
 }
 
 #[test]
+fn retention_works_in_bounded_steps_and_forgets_silent_sensors_and_old_sightings() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let old = now - CDuration::days(8);
+    // More rows than one step reads, over two sensors: every old one is folded, none twice.
+    let n = super::COMPACT_STEP as u64 + 1234;
+    for chunk in (1..=n).collect::<Vec<_>>().chunks(10_000) {
+        let readings = chunk
+            .iter()
+            .map(|&seq| (seq, if seq % 2 == 0 { "cpu" } else { "veth1a2b.rx" }, 1.0, old))
+            .collect();
+        store.ingest(&batch("m1", readings), now).unwrap();
+    }
+    store.ingest(&batch("m1", vec![(n + 1, "cpu", 2.0, now)]), now).unwrap();
+    store
+        .note_unattached(&[outpost_shared::model::UnattachedHub {
+            machine_id: "gone".into(),
+            location: "http://10.0.0.9:1900/".into(),
+            server: String::new(),
+            connector: "c".into(),
+            seen_at: now - CDuration::days(2),
+        }])
+        .unwrap();
+    let out = store.compact(now, Duration::from_secs(7 * 86400), Duration::from_secs(400 * 86400)).unwrap();
+    assert_eq!(out.folded, n, "every old reading folded across the steps");
+    assert_eq!(store.raw_count(), 1, "the live reading stays");
+    let h = store.hourly("m1", "cpu", None, 100).unwrap();
+    assert_eq!(h.iter().map(|p| p.count).sum::<u64>(), n / 2, "each reading folded exactly once");
+    // The interface that went away leaves the latest values; the live sensor stays.
+    assert_eq!(out.latest_expired, 1);
+    let latest: Vec<String> = store.sensors("m1").unwrap().into_iter().map(|l| l.sensor).collect();
+    assert_eq!(latest, vec!["cpu".to_string()]);
+    assert_eq!(out.unattached_expired, 1);
+}
+
+#[test]
 fn a_period_holds_every_sensor_of_one_machine_within_its_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
