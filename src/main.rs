@@ -102,6 +102,14 @@ enum Command {
     Buffer {
         #[arg(long)]
         data_dir: PathBuf,
+        /// List the quarantined readings (refused for good by the next hop, or unreadable), one
+        /// JSON object a line: seq, reason, and the reading.
+        #[arg(long)]
+        quarantine: bool,
+        /// Put every quarantined reading back into the send queue, under its own seq (after the
+        /// cause was fixed, e.g. the clock). The quarantined count stays: it records a loss.
+        #[arg(long, conflicts_with = "quarantine")]
+        requeue: bool,
     },
 }
 
@@ -479,7 +487,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Buffer { data_dir } => {
+        Command::Buffer { data_dir, quarantine, requeue } => {
             let (buffer, _) = outpost_shared::buffer::SledBuffer::open(
                 &data_dir.join("buffer"),
                 u64::MAX,
@@ -489,13 +497,28 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 format!("cannot open the buffer in {} (is the hub still running?)", data_dir.display())
             })?;
             use outpost_shared::buffer::Storage;
+            if quarantine {
+                for q in buffer.quarantined(usize::MAX)? {
+                    // A reading shows as itself; an unreadable record as the text it holds.
+                    let record = serde_json::from_slice::<serde_json::Value>(&q.record)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&q.record).into_owned().into());
+                    println!("{}", serde_json::json!({"seq": q.seq, "reason": q.reason, "record": record}));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if requeue {
+                let n = buffer.requeue()?;
+                println!("{}", serde_json::json!({"requeued": n}));
+                return Ok(ExitCode::SUCCESS);
+            }
             let st = buffer.stats();
             let first = buffer.oldest(1)?.first().map(|(s, _)| *s);
             let last = buffer.newest(1)?.first().map(|(s, _)| *s);
             println!(
                 "{}",
                 serde_json::json!({"len": st.len, "bytes": st.bytes, "dropped": st.dropped,
-                    "next_seq": st.next_seq, "oldest_seq": first, "newest_seq": last})
+                    "next_seq": st.next_seq, "oldest_seq": first, "newest_seq": last,
+                    "quarantined": st.quarantined, "quarantine_len": st.quarantine_len})
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -38,8 +38,7 @@ pub async fn run(buffer: Arc<dyn Storage>, mut rx: mpsc::Receiver<Vec<Sample>>, 
                 Err(_) => break,
             }
         }
-        let records: Vec<Vec<u8>> =
-            held.iter().map(|s| serde_json::to_vec(s).expect("a sample always serialises")).collect();
+        let records: Vec<Vec<u8>> = held.iter().map(encode).collect();
         let b = buffer.clone();
         match tokio::task::spawn_blocking(move || b.append(&records)).await.expect("append does not panic") {
             Ok(range) => {
@@ -82,6 +81,22 @@ pub async fn run(buffer: Arc<dyn Storage>, mut rx: mpsc::Receiver<Vec<Sample>>, 
     }
 }
 
+/// A sample as the buffer stores it. JSON has no infinity or NaN (serde_json writes `null`, which
+/// no longer reads back as a value): such a number is kept as its text, with a message, so the
+/// reading still arrives instead of becoming an unreadable record.
+fn encode(s: &Sample) -> Vec<u8> {
+    match s.value {
+        Value::Number(n) if !n.is_finite() => {
+            let mut s = s.clone();
+            s.value = Value::Text(n.to_string());
+            s.message.get_or_insert_with(|| "value is not a finite number".to_string());
+            serde_json::to_vec(&s)
+        }
+        _ => serde_json::to_vec(s),
+    }
+    .expect("a sample always serialises")
+}
+
 /// What counts as news: a sensor whose state changed (an alert or a recovery), or whose on/off
 /// value changed (a relay switched, a service went down). Changing numbers are not news; the
 /// uplink may let them gather into bigger batches.
@@ -114,6 +129,19 @@ impl News {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_that_is_not_a_finite_number_is_stored_readably() {
+        for n in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let s = Sample::new("perf.load", n, State::Warn);
+            let back: Sample = serde_json::from_slice(&encode(&s)).expect("reads back");
+            assert_eq!(back.value, Value::Text(n.to_string()));
+            assert_eq!(back.state, State::Warn);
+            assert!(back.message.is_some());
+        }
+        let fine = Sample::new("cpu.total", 12.5, State::Ok);
+        assert_eq!(serde_json::from_slice::<Sample>(&encode(&fine)).unwrap(), fine);
+    }
 
     #[test]
     fn a_state_change_or_a_switch_is_news_a_changing_number_is_not() {

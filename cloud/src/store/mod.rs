@@ -181,9 +181,20 @@ impl Store {
                 &RawValue { v: s.value.clone(), s: s.state, u: s.unit.clone(), m: s.message.clone() },
             )
             .map_err(|e| corrupt("encode", e))?;
-            match self.raw.insert(key3(&batch.machine_id, &s.sensor, r.seq), val.as_slice())? {
-                Some(_) => out.duplicates += 1,
-                None => {
+            // Insert only if absent: what is stored is history and never replaced, so a resend
+            // (or a hub that reused a seq) cannot rewrite it.
+            let key = key3(&batch.machine_id, &s.sensor, r.seq);
+            match self.raw.compare_and_swap(key, None as Option<&[u8]>, Some(val.as_slice()))? {
+                Err(held) => {
+                    out.duplicates += 1;
+                    if held.current.as_deref() != Some(val.as_slice()) {
+                        // A true resend is byte-identical; different content under a stored
+                        // `(machine, sensor, seq)` means a sender reused a seq. The first stays.
+                        tracing::warn!(machine = %batch.machine_id, sensor = %s.sensor, seq = r.seq,
+                            "duplicate reading with different content; kept the stored one");
+                    }
+                }
+                Ok(()) => {
                     out.stored += 1;
                     let e = newest.entry(&s.sensor).or_insert(i);
                     if batch.readings[*e].sample.ts <= s.ts {

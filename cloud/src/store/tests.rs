@@ -39,6 +39,22 @@ fn a_resent_reading_is_stored_once() {
 }
 
 #[test]
+fn a_duplicate_never_replaces_stored_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    store.ingest(&batch("m1", vec![(1, "cpu", 1.0, now)]), now).unwrap();
+    // The same (machine, sensor, seq) with other content: counted as a duplicate, not stored.
+    let later = now + CDuration::seconds(5);
+    let again = store.ingest(&batch("m1", vec![(1, "cpu", 99.0, later)]), later).unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, 1));
+    let held = store.readings("m1", "cpu", None, 100).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].value, Value::Number(1.0), "the first stored value stays");
+    assert_eq!(held[0].ts.timestamp_millis(), now.timestamp_millis());
+}
+
+#[test]
 fn latest_is_the_newest_by_time_not_by_arrival() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

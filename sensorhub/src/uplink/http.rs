@@ -1,6 +1,6 @@
 use super::{SendError, Transport};
 use outpost_shared::keys::KeyPair;
-use outpost_shared::model::{ApiError, Batch, BatchAck};
+use outpost_shared::model::{ApiError, Batch, BatchAck, RefusalCode, Verdict};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ impl Transport for HttpTransport {
     async fn send(&self, batch: &mut Batch) -> Result<BatchAck, SendError> {
         batch.uplink = self.label.clone();
         let json = serde_json::to_vec(batch)
-            .map_err(|e| SendError::Refused { status: 0, message: format!("cannot encode batch: {e}") })?;
+            .map_err(|e| SendError::Unreachable(format!("cannot encode batch: {e}")))?;
         let sig =
             outpost_shared::keys::sign_request(&self.key, "POST", "/v1/batches", &json, chrono::Utc::now())
                 .map_err(|e| SendError::Unreachable(format!("cannot sign: {e}")))?;
@@ -76,25 +76,52 @@ impl Transport for HttpTransport {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let message = match resp.bytes().await {
-            Ok(b) => serde_json::from_slice::<ApiError>(&b)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned()),
-            Err(e) => outpost_shared::error_chain(&e),
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Err(SendError::Unreachable(outpost_shared::error_chain(&e))),
         };
-        Err(match status {
+        Err(classify(status, retry_after, &body))
+    }
+
+    fn path(&self) -> String {
+        self.label.clone()
+    }
+}
+
+/// What a failed answer means for the readings in it (the custody rule). Only an explicit
+/// verdict in the API's error body counts: a proxy, a load balancer or an old peer can answer any
+/// status, and none of that is a decision about the data.
+pub(super) fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> SendError {
+    // Invalid UTF-8 inside a string serde skips is accepted by `from_slice`; check it first.
+    let api = std::str::from_utf8(body).ok().and_then(|t| serde_json::from_str::<ApiError>(t).ok());
+    let message = match &api {
+        Some(e) => e.error.clone(),
+        None => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    };
+    let (verdict, code, accept) = match &api {
+        Some(e) => (e.verdict, e.code, e.accept),
+        None => (None, None, None),
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE || code == Some(RefusalCode::TooLarge) {
+        return SendError::TooLarge(format!("{status}: {message}"));
+    }
+    match verdict {
+        Some(Verdict::Refused) => SendError::Refused { status: status.as_u16(), message, code, accept },
+        Some(Verdict::RetryLater)
+            if code == Some(RefusalCode::Busy)
+                || matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) =>
+        {
+            SendError::Busy(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+        }
+        Some(Verdict::RetryLater) => SendError::Unreachable(format!("{status}, retry later: {message}")),
+        None => match status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 SendError::Busy(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 SendError::Unauthorised { status: status.as_u16(), message }
             }
-            s if s.is_client_error() => SendError::Refused { status: s.as_u16(), message },
-            s => SendError::Unreachable(format!("{s}: {message}")),
-        })
-    }
-
-    fn path(&self) -> String {
-        self.label.clone()
+            s => SendError::Unreachable(format!("{s} without a verdict (kept, retrying later): {message}")),
+        },
     }
 }

@@ -20,7 +20,7 @@ pub use path::{PathTransport, REMEMBERED_FILE};
 use chrono::{DateTime, Utc};
 use outpost_shared::backoff::Backoff;
 use outpost_shared::buffer::Storage;
-use outpost_shared::model::{Batch, BatchAck, Reading, Role, Sample};
+use outpost_shared::model::{Batch, BatchAck, Reading, RefusalCode, Role, Sample, TimeWindow};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,8 +63,11 @@ pub struct UplinkStatus {
     pub buffered: u64,
     pub last_upload: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
-    /// Uploads refused by the receiver for good (a reading it will never take); counted as loss.
-    pub rejected: u64,
+    /// Readings put into the buffer's quarantine since install (refused for good by the receiver,
+    /// or unreadable): kept, listable with `outpost buffer --quarantine`, counted as loss.
+    pub quarantined: u64,
+    /// Set while the receiver refuses readings for their timestamps (see [`Batch::clock_problem`]).
+    pub clock_problem: Option<String>,
 }
 
 /// Signals between the writer (which fills the buffer) and the uplink (which empties it).
@@ -88,9 +91,21 @@ pub struct Uplink<T: Transport> {
     status: watch::Sender<UplinkStatus>,
     /// Readings at or above this `seq` go first; below it is backlog, drained oldest first.
     live_mark: u64,
-    /// Current batch size; shrinks to isolate a reading the receiver refuses, grows back after.
+    /// Current batch size; shrinks to isolate a reading the receiver refuses or to fit a receiver
+    /// that finds the batch too large, grows back after.
     cap: usize,
-    rejected: u64,
+    /// Words for the dashboard while the receiver refuses our timestamps, and the first `seq`
+    /// taken after that verdict: once a batch holding a reading at or above it is stored, the
+    /// clock is fine again.
+    clock_problem: Option<(String, u64)>,
+}
+
+/// One batch taken from the buffer: the seqs of its readings, the readings, and the records that
+/// cannot be read back, each with why.
+struct Collected {
+    seqs: Vec<u64>,
+    readings: Vec<Reading>,
+    unreadable: Vec<(u64, String)>,
 }
 
 /// What one send attempt did.
@@ -123,7 +138,7 @@ impl<T: Transport> Uplink<T> {
         // Whatever is in the buffer at start is backlog; what the sensors take from now on is live.
         let live_mark = buffer.stats().next_seq;
         let cap = cfg.batch_max;
-        Uplink { buffer, transport, cfg, identity, feed, status, live_mark, cap, rejected: 0 }
+        Uplink { buffer, transport, cfg, identity, feed, status, live_mark, cap, clock_problem: None }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -156,7 +171,9 @@ impl<T: Transport> Uplink<T> {
                     lingering = false;
                     match e {
                         SendError::Busy(d) => d,
-                        SendError::Refused { .. } => Duration::ZERO,
+                        // The verdict was obeyed (readings quarantined, or the batch halved):
+                        // what is left goes at once.
+                        SendError::Refused { .. } | SendError::TooLarge(_) => Duration::ZERO,
                         SendError::Unreachable(_) | SendError::Unauthorised { .. } => backoff.next_delay(),
                     }
                 }
@@ -189,22 +206,30 @@ impl<T: Transport> Uplink<T> {
         }
     }
 
-    /// Builds and sends one batch. `recovering`: the last attempt failed, so the newest readings
-    /// are re-marked live and ride at the front of this one.
+    /// Builds and sends one batch and obeys the answer. `recovering`: the last attempt failed, so
+    /// the newest readings are re-marked live and ride at the front of this one.
     async fn send_one(&mut self, recovering: bool) -> Result<Sent, SendError> {
         if recovering {
             self.live_mark = self.feed.newest_group.load(Ordering::Acquire).max(1);
         }
-        let (seqs, readings) = match self.collect().await {
+        let Collected { seqs, readings, unreadable } = match self.collect().await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the buffer");
                 return Err(SendError::Unreachable(e.to_string()));
             }
         };
+        if !unreadable.is_empty() {
+            // Sending them is impossible and keeping them in the queue blocks it: put aside,
+            // counted, listable.
+            self.quarantine(unreadable).await;
+        }
         let stats = self.buffer.stats();
         if readings.is_empty() {
-            self.publish(|s| s.buffered = stats.len);
+            self.publish(|s| {
+                s.buffered = stats.len;
+                s.quarantined = stats.quarantined;
+            });
             return Ok(Sent::Nothing);
         }
         let n = readings.len();
@@ -214,16 +239,22 @@ impl<T: Transport> Uplink<T> {
             role: self.identity.role,
             uplink: String::new(),
             buffered: stats.len.saturating_sub(n as u64),
-            dropped: stats.dropped + self.rejected,
+            dropped: stats.dropped,
             version: self.identity.version.clone(),
-            quarantined: 0,
-            clock_problem: None,
+            quarantined: stats.quarantined,
+            clock_problem: self.clock_problem.as_ref().map(|(words, _)| words.clone()),
             readings,
         };
         match self.transport.send(&mut batch).await {
             Ok(ack) => {
                 self.remove(seqs).await;
                 self.cap = (self.cap * 2).min(self.cfg.batch_max);
+                if let Some((_, mark)) = &self.clock_problem {
+                    if batch.readings.iter().any(|r| r.seq >= *mark) {
+                        tracing::info!("readings taken after the clock verdict are accepted again");
+                        self.clock_problem = None;
+                    }
+                }
                 let path = self.transport.path();
                 let buffered = self.buffer.stats().len;
                 tracing::debug!(
@@ -233,6 +264,7 @@ impl<T: Transport> Uplink<T> {
                     buffered,
                     "batch acknowledged"
                 );
+                let clock = self.clock_problem.as_ref().map(|(w, _)| w.clone());
                 self.publish(|s| {
                     if s.path != path {
                         tracing::info!(from = %s.path, to = %path, "uplink path changed");
@@ -241,22 +273,26 @@ impl<T: Transport> Uplink<T> {
                     s.buffered = buffered;
                     s.last_upload = Some(Utc::now());
                     s.last_error = None;
+                    s.quarantined = stats.quarantined;
+                    s.clock_problem = clock;
                 });
                 Ok(Sent::Some(n))
             }
-            Err(SendError::Refused { status, message }) => {
+            Err(SendError::TooLarge(message)) => {
                 if n > 1 {
                     self.cap = (n / 2).max(1);
-                    tracing::warn!(status, %message, next_batch = self.cap, "batch refused; retrying in smaller parts to isolate the cause");
-                } else {
-                    // One reading the receiver will never take: keeping it would block everything
-                    // behind it. Drop it, count it (the count is uploaded) and say why.
-                    tracing::error!(status, %message, seq = seqs[0], "receiver refuses this reading for good; dropped and counted");
-                    self.rejected += 1;
-                    self.remove(seqs).await;
-                    self.publish(|s| s.rejected += 1);
+                    tracing::warn!(%message, next_batch = self.cap, "batch too large for the receiver; sending smaller ones");
+                    return Err(SendError::TooLarge(message));
                 }
-                Err(SendError::Refused { status, message })
+                // Never dropped: it waits, and is offered again with backoff.
+                tracing::error!(%message, seq = seqs[0], "a single reading is too large for the receiver; keeping it and retrying later");
+                Err(SendError::Unreachable(format!(
+                    "a single reading is too large for the receiver: {message}"
+                )))
+            }
+            Err(SendError::Refused { status, message, code, accept }) => {
+                self.obey_refusal(&batch.readings, status, &message, code, accept).await;
+                Err(SendError::Refused { status, message, code, accept })
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -276,8 +312,68 @@ impl<T: Transport> Uplink<T> {
         }
     }
 
-    /// Live readings (newest first, then put in order) and the oldest backlog behind them.
-    async fn collect(&self) -> Result<(Vec<u64>, Vec<Reading>), outpost_shared::buffer::BufferError> {
+    /// A `Refused` verdict on `readings`. With a `Clock` code and the receiver's window, exactly
+    /// the readings outside the window go to the quarantine and the rest are sent again. A
+    /// refusal of a whole batch for what is in it (malformed, or a code this hub does not know)
+    /// is narrowed down by halving the batch until the one reading at fault is alone, so one bad
+    /// reading does not take thousands with it. A refusal of the sender (forged, revoked) puts the
+    /// whole batch aside.
+    async fn obey_refusal(
+        &mut self,
+        readings: &[Reading],
+        status: u16,
+        message: &str,
+        code: Option<RefusalCode>,
+        accept: Option<TimeWindow>,
+    ) {
+        let n = readings.len();
+        if let (Some(RefusalCode::Clock), Some(window)) = (code, accept) {
+            let outside: Vec<&Reading> =
+                readings.iter().filter(|r| r.sample.ts < window.from || r.sample.ts > window.until).collect();
+            if !outside.is_empty() {
+                let words = clock_words(&outside, &window);
+                tracing::error!(status, %message, quarantined = outside.len(), kept = n - outside.len(),
+                    problem = %words, "receiver refuses readings stamped outside its window; those are quarantined");
+                let reason = format!("refused ({status}, clock): {message}");
+                let items = outside.iter().map(|r| (r.seq, reason.clone())).collect();
+                self.quarantine(items).await;
+                let mark = self.buffer.stats().next_seq;
+                self.clock_problem = Some((words.clone(), mark));
+                self.publish(|s| s.clock_problem = Some(words));
+                return;
+            }
+            // The window holds every reading: the refusal does not fit the batch. Narrow it down.
+        }
+        let about_content = matches!(
+            code,
+            None | Some(RefusalCode::Malformed) | Some(RefusalCode::Clock) | Some(RefusalCode::Other)
+        );
+        if about_content && n > 1 {
+            self.cap = (n / 2).max(1);
+            tracing::warn!(status, %message, next_batch = self.cap, "batch refused; retrying in smaller parts to isolate the cause");
+            return;
+        }
+        tracing::error!(status, %message, ?code, readings = n,
+            "receiver refuses these readings for good; moved to the quarantine (see `outpost buffer --quarantine`)");
+        let reason = format!("refused ({status}, {code:?}): {message}");
+        self.quarantine(readings.iter().map(|r| (r.seq, reason.clone())).collect()).await;
+    }
+
+    async fn quarantine(&self, items: Vec<(u64, String)>) {
+        let buffer = self.buffer.clone();
+        match tokio::task::spawn_blocking(move || buffer.quarantine(&items)).await {
+            Ok(Ok(_)) => {}
+            // They stay in the queue and are offered again: kept, not lost.
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot move readings to the quarantine"),
+            Err(e) => tracing::error!(error = %e, "quarantine task failed"),
+        }
+        let quarantined = self.buffer.stats().quarantined;
+        self.publish(|s| s.quarantined = quarantined);
+    }
+
+    /// Live readings (newest first, then put in order) and the oldest backlog behind them, their
+    /// seqs, and the records that cannot be read back (with why).
+    async fn collect(&self) -> Result<Collected, outpost_shared::buffer::BufferError> {
         let buffer = self.buffer.clone();
         let (cap, live_max, mark) = (self.cap, self.cfg.live_max.min(self.cap), self.live_mark);
         let (live, old) =
@@ -293,22 +389,23 @@ impl<T: Transport> Uplink<T> {
         let mut seen = HashSet::with_capacity(cap);
         let mut seqs = Vec::with_capacity(cap);
         let mut readings = Vec::with_capacity(cap);
+        let mut unreadable = Vec::new();
         for (seq, bytes) in live.into_iter().chain(old) {
             if readings.len() >= cap || !seen.insert(seq) {
                 continue;
             }
-            seqs.push(seq);
             match serde_json::from_slice::<Sample>(&bytes) {
                 Ok(sample) => {
+                    seqs.push(seq);
                     readings.push(Reading { machine_id: self.identity.machine_id.clone(), seq, sample })
                 }
-                // Unreadable record: sending it is impossible and keeping it blocks the queue.
                 Err(e) => {
-                    tracing::error!(seq, error = %e, "unreadable record in buffer; skipped and removed")
+                    tracing::error!(seq, error = %e, "unreadable record in buffer; moved to the quarantine");
+                    unreadable.push((seq, format!("unreadable: {e}")));
                 }
             }
         }
-        Ok((seqs, readings))
+        Ok(Collected { seqs, readings, unreadable })
     }
 
     async fn remove(&self, seqs: Vec<u64>) {
@@ -322,5 +419,28 @@ impl<T: Transport> Uplink<T> {
 
     fn publish(&self, f: impl FnOnce(&mut UplinkStatus)) {
         self.status.send_modify(f);
+    }
+}
+
+/// The dashboard's words for a clock verdict: which way the clock is off, and by at least how much
+/// (the distance of the farthest reading from the window's edge).
+fn clock_words(outside: &[&Reading], window: &TimeWindow) -> String {
+    let ahead =
+        outside.iter().filter(|r| r.sample.ts > window.until).map(|r| r.sample.ts - window.until).max();
+    let behind =
+        outside.iter().filter(|r| r.sample.ts < window.from).map(|r| window.from - r.sample.ts).max();
+    let words = |d: chrono::TimeDelta| {
+        // Whole minutes (seconds for less): the dashboard wants the size, not the precision.
+        let secs = d.num_seconds().max(1) as u64;
+        let rounded = if secs >= 60 { secs / 60 * 60 } else { secs };
+        humantime::format_duration(Duration::from_secs(rounded)).to_string()
+    };
+    match (ahead, behind) {
+        (Some(a), None) => format!("clock at least {} ahead of the cloud", words(a)),
+        (None, Some(b)) => format!("clock at least {} behind the cloud", words(b)),
+        (Some(a), Some(b)) => {
+            format!("clock unsteady: readings up to {} ahead of and {} behind the cloud", words(a), words(b))
+        }
+        (None, None) => "readings stamped outside the time window the cloud accepts".to_string(),
     }
 }

@@ -286,7 +286,10 @@ impl Transport for PathTransport {
                     }
                     // Alive but full or refusing: the data waits here; no fallback.
                     Err(
-                        e @ (SendError::Busy(_) | SendError::Refused { .. } | SendError::Unauthorised { .. }),
+                        e @ (SendError::Busy(_)
+                        | SendError::Refused { .. }
+                        | SendError::TooLarge(_)
+                        | SendError::Unauthorised { .. }),
                     ) => return Err(e),
                     Err(SendError::Unreachable(e)) => {
                         last_err = e;

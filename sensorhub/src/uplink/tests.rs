@@ -1,33 +1,53 @@
 use super::*;
-use outpost_shared::buffer::{MemoryBuffer, WhenFull};
+use outpost_shared::buffer::{MemoryBuffer, SledBuffer, WhenFull};
 use outpost_shared::model::State;
 use std::sync::Mutex;
 
-/// A receiver that records what it got and can be told to fail.
-#[derive(Clone, Default)]
+/// What the fake receiver answers for one batch: `None` takes it.
+type Policy = Box<dyn Fn(&Batch) -> Option<SendError> + Send + Sync>;
+
+/// One batch as offered: its seqs, its quarantined count and its clock problem.
+type Offered = (Vec<u64>, u64, Option<String>);
+
+/// A receiver that records what it got and answers as its policy says.
+#[derive(Clone)]
 struct Fake {
     got: Arc<Mutex<Vec<Vec<u64>>>>,
-    fail: Arc<Mutex<Option<SendError>>>,
-    refuse_seq: Arc<Mutex<Option<u64>>>,
+    /// Every batch offered, taken or not: `(seqs, quarantined, clock_problem)`.
+    offered: Arc<Mutex<Vec<Offered>>>,
+    policy: Arc<Mutex<Policy>>,
     /// Woken on every batch taken.
     took: Arc<tokio::sync::Notify>,
 }
 
+impl Default for Fake {
+    fn default() -> Self {
+        Fake {
+            got: Default::default(),
+            offered: Default::default(),
+            policy: Arc::new(Mutex::new(Box::new(|_| None))),
+            took: Default::default(),
+        }
+    }
+}
+
+impl Fake {
+    fn answer(&self, p: impl Fn(&Batch) -> Option<SendError> + Send + Sync + 'static) {
+        *self.policy.lock().unwrap() = Box::new(p);
+    }
+    fn delivered(&self) -> Vec<u64> {
+        self.got.lock().unwrap().iter().flatten().copied().collect()
+    }
+}
+
 impl Transport for Fake {
     async fn send(&self, batch: &mut Batch) -> Result<BatchAck, SendError> {
-        if let Some(e) = self.fail.lock().unwrap().as_ref() {
-            return Err(match e {
-                SendError::Unreachable(m) => SendError::Unreachable(m.clone()),
-                SendError::Busy(d) => SendError::Busy(*d),
-                _ => SendError::Unreachable("x".into()),
-            });
+        let seqs: Vec<u64> = batch.readings.iter().map(|r| r.seq).collect();
+        self.offered.lock().unwrap().push((seqs.clone(), batch.quarantined, batch.clock_problem.clone()));
+        if let Some(e) = (self.policy.lock().unwrap())(batch) {
+            return Err(e);
         }
-        if let Some(bad) = *self.refuse_seq.lock().unwrap() {
-            if batch.readings.iter().any(|r| r.seq == bad) {
-                return Err(SendError::Refused { status: 400, message: "bad reading".into() });
-            }
-        }
-        self.got.lock().unwrap().push(batch.readings.iter().map(|r| r.seq).collect());
+        self.got.lock().unwrap().push(seqs);
         self.took.notify_one();
         Ok(BatchAck { stored: batch.readings.len() as u64, duplicates: 0 })
     }
@@ -36,57 +56,83 @@ impl Transport for Fake {
     }
 }
 
-fn append(buffer: &MemoryBuffer, feed: &Feed, n: usize) -> std::ops::Range<u64> {
-    let recs: Vec<Vec<u8>> = (0..n)
-        .map(|i| serde_json::to_vec(&Sample::new(format!("s{i}"), i as f64, State::Ok)).unwrap())
-        .collect();
-    let r = buffer.append(&recs).unwrap();
+fn refused(code: RefusalCode) -> SendError {
+    SendError::Refused { status: 400, message: "no".into(), code: Some(code), accept: None }
+}
+
+fn samples(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| serde_json::to_vec(&Sample::new(format!("s{i}"), i as f64, State::Ok)).unwrap()).collect()
+}
+
+fn append(buffer: &dyn Storage, feed: &Feed, n: usize) -> std::ops::Range<u64> {
+    append_records(buffer, feed, &samples(n))
+}
+
+fn append_records(buffer: &dyn Storage, feed: &Feed, recs: &[Vec<u8>]) -> std::ops::Range<u64> {
+    let r = buffer.append(recs).unwrap();
     feed.newest_group.store(r.start, Ordering::Release);
     r
 }
 
-fn uplink(buffer: Arc<MemoryBuffer>, fake: Fake, batch_max: usize, feed: Arc<Feed>) -> Uplink<Fake> {
+fn uplink<T: Transport>(buffer: Arc<dyn Storage>, t: T, batch_max: usize, feed: Arc<Feed>) -> Uplink<T> {
     let cfg = UplinkConfig { batch_max, live_max: batch_max.min(10), ..Default::default() };
     let id =
         Identity { machine_id: "m".into(), hostname: "h".into(), role: Role::Sensorhub, version: "t".into() };
-    Uplink::new(buffer, fake, cfg, id, feed).0
+    Uplink::new(buffer, t, cfg, id, feed).0
+}
+
+fn memory() -> Arc<MemoryBuffer> {
+    Arc::new(MemoryBuffer::new(1 << 30, WhenFull::DropOldest))
+}
+
+/// Sends until the buffer is empty (or `tries` run out), ignoring the errors the policy makes.
+async fn drain<T: Transport>(up: &mut Uplink<T>, tries: usize) {
+    for _ in 0..tries {
+        if up.buffer.stats().len == 0 {
+            return;
+        }
+        let _ = up.send_one(false).await;
+    }
+    panic!("buffer not drained after {tries} tries: {:?}", up.buffer.stats());
+}
+
+fn exactly_once(delivered: &[u64], expected: impl IntoIterator<Item = u64>) {
+    let mut sorted = delivered.to_vec();
+    sorted.sort_unstable();
+    let expected: Vec<u64> = expected.into_iter().collect();
+    assert_eq!(sorted, expected, "every seq exactly once");
 }
 
 #[tokio::test]
 async fn after_an_outage_the_newest_readings_go_first_and_the_backlog_drains_oldest_first() {
-    let buffer = Arc::new(MemoryBuffer::new(1 << 30, WhenFull::DropOldest));
+    let buffer = memory();
     let feed = Arc::new(Feed::default());
     let fake = Fake::default();
     let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
-    *fake.fail.lock().unwrap() = Some(SendError::Unreachable("down".into()));
+    fake.answer(|_| Some(SendError::Unreachable("down".into())));
     for _ in 0..30 {
-        append(&buffer, &feed, 10); // 300 readings taken during the outage
+        append(&*buffer, &feed, 10); // 300 readings taken during the outage
     }
     assert!(up.send_one(false).await.is_err());
-    *fake.fail.lock().unwrap() = None;
-    let live = append(&buffer, &feed, 5); // the newest sampling round
+    fake.answer(|_| None);
+    let live = append(&*buffer, &feed, 5); // the newest sampling round
     up.send_one(true).await.ok().unwrap();
     let first = fake.got.lock().unwrap()[0].clone();
     assert_eq!(&first[..5], &live.clone().collect::<Vec<_>>()[..], "live readings lead the first batch");
     assert_eq!(first[5], 1, "backlog follows, oldest first");
     assert_eq!(first.len(), 100);
-    while buffer.stats().len > 0 {
-        up.send_one(false).await.ok().unwrap();
-    }
-    let all: Vec<u64> = fake.got.lock().unwrap().iter().flatten().copied().collect();
-    let unique: HashSet<u64> = all.iter().copied().collect();
-    assert_eq!(all.len(), 305, "nothing sent twice");
-    assert_eq!(unique.len(), 305, "nothing lost");
+    drain(&mut up, 10).await;
+    exactly_once(&fake.delivered(), 1..=305);
 }
 
 #[tokio::test]
 async fn nothing_is_deleted_while_the_receiver_is_down() {
-    let buffer = Arc::new(MemoryBuffer::new(1 << 30, WhenFull::DropOldest));
+    let buffer = memory();
     let feed = Arc::new(Feed::default());
     let fake = Fake::default();
-    *fake.fail.lock().unwrap() = Some(SendError::Unreachable("down".into()));
+    fake.answer(|_| Some(SendError::Unreachable("down".into())));
     let mut up = uplink(buffer.clone(), fake.clone(), 50, feed.clone());
-    append(&buffer, &feed, 20);
+    append(&*buffer, &feed, 20);
     for _ in 0..3 {
         assert!(up.send_one(true).await.is_err());
     }
@@ -95,33 +141,238 @@ async fn nothing_is_deleted_while_the_receiver_is_down() {
 }
 
 #[tokio::test]
-async fn a_reading_the_receiver_refuses_is_isolated_dropped_and_counted() {
-    let buffer = Arc::new(MemoryBuffer::new(1 << 30, WhenFull::DropOldest));
+async fn a_malformed_reading_is_isolated_quarantined_counted_and_the_count_travels() {
+    let buffer = memory();
     let feed = Arc::new(Feed::default());
     let fake = Fake::default();
-    *fake.refuse_seq.lock().unwrap() = Some(7);
+    fake.answer(|b| b.readings.iter().any(|r| r.seq == 7).then(|| refused(RefusalCode::Malformed)));
     let mut up = uplink(buffer.clone(), fake.clone(), 16, feed.clone());
-    append(&buffer, &feed, 16);
-    for _ in 0..20 {
-        if buffer.stats().len == 0 {
-            break;
+    append(&*buffer, &feed, 16);
+    drain(&mut up, 20).await;
+    let delivered = fake.delivered();
+    exactly_once(&delivered, (1..=16).filter(|s| *s != 7));
+    let st = buffer.stats();
+    assert_eq!((st.quarantined, st.quarantine_len), (1, 1), "the refused reading is kept aside, not dropped");
+    assert_eq!(buffer.quarantined(10).unwrap()[0].seq, 7);
+    assert_eq!(up.status.borrow().quarantined, 1);
+    // The loss is reported upstream with the next batch.
+    append(&*buffer, &feed, 1);
+    up.send_one(false).await.ok().unwrap();
+    assert_eq!(fake.offered.lock().unwrap().last().unwrap().1, 1);
+}
+
+#[tokio::test]
+async fn a_refused_sender_puts_the_whole_batch_aside_at_once_without_halving() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    fake.answer(|_| Some(refused(RefusalCode::Revoked)));
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    append(&*buffer, &feed, 40);
+    assert!(matches!(up.send_one(false).await, Err(SendError::Refused { .. })));
+    assert_eq!(fake.offered.lock().unwrap().len(), 1);
+    let st = buffer.stats();
+    assert_eq!((st.len, st.quarantined, st.quarantine_len), (0, 40, 40));
+}
+
+#[tokio::test]
+async fn any_error_without_a_verdict_keeps_every_reading() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let mut up = uplink(buffer.clone(), fake.clone(), 8, feed.clone());
+    append(&*buffer, &feed, 20);
+    for e in [
+        SendError::Unreachable("404 without a verdict".into()),
+        SendError::Unauthorised { status: 403, message: "proxy".into() },
+        SendError::Busy(Duration::from_secs(1)),
+    ] {
+        let msg = e.to_string();
+        fake.answer(move |_| Some(SendError::Unreachable(msg.clone())));
+        for _ in 0..5 {
+            assert!(up.send_one(true).await.is_err());
         }
+        assert_eq!(buffer.stats().len, 20, "{e}");
+        assert_eq!(up.cap, 8, "{e}: no halving without a verdict");
+    }
+    assert_eq!(buffer.stats().quarantined, 0);
+}
+
+#[tokio::test]
+async fn too_large_splits_and_resends_never_drops() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    fake.answer(|b| (b.readings.len() > 10).then(|| SendError::TooLarge("413".into())));
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    append(&*buffer, &feed, 95);
+    drain(&mut up, 40).await;
+    exactly_once(&fake.delivered(), 1..=95);
+    assert_eq!(buffer.stats().quarantined, 0);
+    // Even a single reading that is too large stays: it waits and is offered again.
+    fake.answer(|_| Some(SendError::TooLarge("413".into())));
+    append(&*buffer, &feed, 1);
+    for _ in 0..8 {
         let _ = up.send_one(false).await;
     }
-    assert_eq!(buffer.stats().len, 0);
-    let delivered: HashSet<u64> = fake.got.lock().unwrap().iter().flatten().copied().collect();
-    assert_eq!(delivered.len(), 15, "everything but the refused reading arrived");
-    assert!(!delivered.contains(&7));
-    assert_eq!(up.rejected, 1);
-    // The loss is reported upstream with the next batch.
-    append(&buffer, &feed, 1);
-    *fake.refuse_seq.lock().unwrap() = None;
+    assert_eq!(buffer.stats().len, 1);
+    assert_eq!(buffer.stats().quarantined, 0);
+}
+
+#[tokio::test]
+async fn a_clock_verdict_quarantines_exactly_the_readings_outside_the_window() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let now = Utc::now();
+    let window =
+        TimeWindow { from: now - chrono::TimeDelta::days(7), until: now + chrono::TimeDelta::minutes(5) };
+    fake.answer(move |b| {
+        b.readings.iter().any(|r| r.sample.ts < window.from || r.sample.ts > window.until).then(|| {
+            SendError::Refused {
+                status: 422,
+                message: "timestamps outside the accepted window".into(),
+                code: Some(RefusalCode::Clock),
+                accept: Some(window),
+            }
+        })
+    });
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    // A clock two hours fast for a while, then 8 days slow, between good readings.
+    let recs: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            let ts = match i {
+                5..=9 => now + chrono::TimeDelta::hours(2),
+                20 | 21 => now - chrono::TimeDelta::days(8),
+                _ => now,
+            };
+            serde_json::to_vec(&Sample::new(format!("s{i}"), 1.0, State::Ok).at(ts)).unwrap()
+        })
+        .collect();
+    append_records(&*buffer, &feed, &recs);
+    drain(&mut up, 5).await;
+    let outside: Vec<u64> = [6, 7, 8, 9, 10, 21, 22].into();
+    exactly_once(&fake.delivered(), (1..=30).filter(|s| !outside.contains(s)));
+    let q: Vec<u64> = buffer.quarantined(100).unwrap().iter().map(|q| q.seq).collect();
+    assert_eq!(q, outside, "exactly the readings outside the window");
+    // The dashboard hears of it with the batch that carries the rest.
+    let words = fake.got.lock().unwrap().len();
+    assert_eq!(words, 1);
+    let (_, quarantined, problem) = fake.offered.lock().unwrap().last().unwrap().clone();
+    assert_eq!(quarantined, 7);
+    let problem = problem.expect("clock problem reported");
+    assert!(problem.contains("ahead") || problem.contains("behind"), "{problem}");
+    // Readings taken after the verdict are accepted again: the problem clears.
+    append(&*buffer, &feed, 2);
     up.send_one(false).await.ok().unwrap();
+    assert!(up.clock_problem.is_none());
+    append(&*buffer, &feed, 1);
+    up.send_one(false).await.ok().unwrap();
+    assert_eq!(fake.offered.lock().unwrap().last().unwrap().2, None);
+}
+
+#[test]
+fn clock_words_say_which_way_and_how_far() {
+    let now = Utc::now();
+    let window = TimeWindow { from: now - chrono::TimeDelta::days(7), until: now };
+    let r = |ts| Reading { machine_id: "m".into(), seq: 1, sample: Sample::new("s", 1.0, State::Ok).at(ts) };
+    let ahead = r(now + chrono::TimeDelta::minutes(125));
+    assert_eq!(clock_words(&[&ahead], &window), "clock at least 2h 5m ahead of the cloud");
+    let behind = r(now - chrono::TimeDelta::days(8));
+    assert_eq!(clock_words(&[&behind], &window), "clock at least 1day behind the cloud");
+}
+
+#[tokio::test]
+async fn refused_readings_stay_quarantined_across_a_restart_and_can_be_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer");
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    {
+        let (b, _) = SledBuffer::open(&path, 1 << 24, WhenFull::DropOldest).unwrap();
+        let buffer: Arc<dyn Storage> = Arc::new(b);
+        fake.answer(|_| Some(refused(RefusalCode::Forged)));
+        let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+        append(&*buffer, &feed, 12);
+        let _ = up.send_one(false).await;
+        assert_eq!(buffer.stats().quarantine_len, 12);
+    }
+    let (b, _) = SledBuffer::open(&path, 1 << 24, WhenFull::DropOldest).unwrap();
+    let buffer: Arc<dyn Storage> = Arc::new(b);
+    let st = buffer.stats();
+    assert_eq!((st.len, st.quarantined, st.quarantine_len), (0, 12, 12));
+    assert!(buffer.quarantined(1).unwrap()[0].reason.contains("Forged"));
+    // The operator fixed the cause and requeues: the readings go out under their own seqs.
+    fake.answer(|_| None);
+    assert_eq!(buffer.requeue().unwrap(), 12);
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    drain(&mut up, 3).await;
+    exactly_once(&fake.delivered(), 1..=12);
+    assert_eq!(buffer.stats().quarantined, 12, "the count of what was refused stays");
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_quarantined_and_counted_not_silently_removed() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    let mut recs = samples(3);
+    // What serde_json makes of a sample whose value was infinite: `null`, which reads back as nothing.
+    recs[1] = br#"{"sensor":"perf.x","ts":"2026-01-01T00:00:00Z","value":null,"state":"ok"}"#.to_vec();
+    append_records(&*buffer, &feed, &recs);
+    drain(&mut up, 3).await;
+    exactly_once(&fake.delivered(), [1, 3]);
+    let q = buffer.quarantined(10).unwrap();
+    assert_eq!((q.len(), q[0].seq), (1, 2));
+    assert!(q[0].reason.starts_with("unreadable"), "{}", q[0].reason);
+    assert_eq!(fake.offered.lock().unwrap().last().unwrap().1, 1, "counted in the batch");
+}
+
+/// Ten minutes of a reverse proxy answering 404 (virtual time): the uplink backs off instead of
+/// hammering, keeps every reading, and delivers each exactly once when the receiver is back.
+#[tokio::test(start_paused = true)]
+async fn ten_minutes_of_errors_without_a_verdict_cost_nothing_and_are_backed_off() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    fake.answer(|_| Some(SendError::Unreachable("404 Not Found without a verdict".into())));
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    up.cfg.linger = Duration::from_millis(20);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(up.run(stop.clone()));
+    let mut appended = 0u64;
+    let t0 = tokio::time::Instant::now();
+    // Sensors keep sampling every 10 s through the outage.
+    while t0.elapsed() < Duration::from_secs(600) {
+        append(&*buffer, &feed, 3);
+        appended += 3;
+        feed.appended.notify_one();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let tries = fake.offered.lock().unwrap().len();
+    // Backoff from 1 s doubling to 60 s: about 15 tries in ten minutes, where one per linger
+    // would be 30,000 and the old halving-and-deleting would have emptied the buffer at once.
+    assert!((5..=25).contains(&tries), "{tries} tries in ten minutes");
+    eprintln!("{tries} tries in ten minutes of errors without a verdict");
+    assert_eq!(buffer.stats().len, appended, "nothing deleted");
+    fake.answer(|_| None);
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while buffer.stats().len > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("delivered once the receiver is back");
+    stop.cancel();
+    running.await.unwrap();
+    exactly_once(&fake.delivered(), 1..=appended);
+    assert_eq!(buffer.stats().quarantined, 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn news_leaves_at_once_while_ordinary_readings_linger_for_company() {
-    let buffer = Arc::new(MemoryBuffer::new(1 << 30, WhenFull::DropOldest));
+    let buffer = memory();
     let feed = Arc::new(Feed::default());
     let fake = Fake::default();
     let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
@@ -139,7 +390,7 @@ async fn news_leaves_at_once_while_ordinary_readings_linger_for_company() {
     sent(0).await;
     tokio::time::sleep(Duration::from_millis(10)).await; // the uplink is idle, waiting for readings
 
-    append(&buffer, &feed, 3);
+    append(&*buffer, &feed, 3);
     feed.appended.notify_one();
     // Paused time jumps to the next timer: the hour of linger would pass, the minute comes first.
     assert!(
@@ -148,10 +399,213 @@ async fn news_leaves_at_once_while_ordinary_readings_linger_for_company() {
     );
     tokio::time::timeout(Duration::from_secs(3600), sent(1)).await.unwrap();
 
-    append(&buffer, &feed, 1);
+    append(&*buffer, &feed, 1);
     feed.urgent.store(true, Ordering::Release);
     feed.appended.notify_one();
     tokio::time::timeout(Duration::from_secs(1), sent(2)).await.expect("news is sent without lingering");
     stop.cancel();
     running.await.unwrap();
+}
+
+// ---- Against a real HTTP receiver on 127.0.0.1: the answers of proxies and clouds, as sent. ----
+
+/// What the receiver answers for one batch: `None` stores it, else `(status, body)`.
+type Answer = Box<dyn Fn(&Batch) -> Option<(u16, String)> + Send + Sync>;
+
+struct Receiver {
+    answer: Mutex<Answer>,
+    requests: std::sync::atomic::AtomicUsize,
+    stored: Mutex<Vec<u64>>,
+}
+
+impl Receiver {
+    fn set(&self, a: impl Fn(&Batch) -> Option<(u16, String)> + Send + Sync + 'static) {
+        *self.answer.lock().unwrap() = Box::new(a);
+    }
+}
+
+async fn receiver() -> (HttpTransport, Arc<Receiver>) {
+    use axum::body::Bytes;
+    use axum::extract::State as Shared;
+    use axum::http::StatusCode;
+    let rx = Arc::new(Receiver {
+        answer: Mutex::new(Box::new(|_| None)),
+        requests: Default::default(),
+        stored: Default::default(),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/v1/batches",
+            axum::routing::post(|Shared(rx): Shared<Arc<Receiver>>, body: Bytes| async move {
+                rx.requests.fetch_add(1, Ordering::SeqCst);
+                let json = outpost_shared::wire::decompress(&body, true, 64 << 20).unwrap();
+                let batch: Batch = serde_json::from_slice(&json).unwrap();
+                if let Some((status, body)) = (rx.answer.lock().unwrap())(&batch) {
+                    return (StatusCode::from_u16(status).unwrap(), body);
+                }
+                rx.stored.lock().unwrap().extend(batch.readings.iter().map(|r| r.seq));
+                let ack = BatchAck { stored: batch.readings.len() as u64, duplicates: 0 };
+                (StatusCode::OK, serde_json::to_string(&ack).unwrap())
+            }),
+        )
+        .with_state(rx.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let t = HttpTransport::new(client, &format!("http://{addr}"), test_key(), "direct".into());
+    (t, rx)
+}
+
+fn test_key() -> Arc<outpost_shared::keys::KeyPair> {
+    static KEY: std::sync::OnceLock<Arc<outpost_shared::keys::KeyPair>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Arc::new(outpost_shared::keys::KeyPair::generate().unwrap())).clone()
+}
+
+fn verdict_body(v: outpost_shared::model::Verdict, code: RefusalCode, accept: Option<TimeWindow>) -> String {
+    let mut e = outpost_shared::model::ApiError::verdict("refused by the test receiver", v, code);
+    e.accept = accept;
+    serde_json::to_string(&e).unwrap()
+}
+
+#[tokio::test]
+async fn http_answers_without_a_verdict_mean_retry_later_and_only_verdicts_decide() {
+    use outpost_shared::model::Verdict;
+    let (t, rx) = receiver().await;
+    let mut batch = Batch {
+        machine_id: "m".into(),
+        hostname: "h".into(),
+        role: Role::Sensorhub,
+        uplink: String::new(),
+        buffered: 0,
+        dropped: 0,
+        version: "t".into(),
+        quarantined: 0,
+        clock_problem: None,
+        readings: vec![Reading { machine_id: "m".into(), seq: 1, sample: Sample::new("s", 1.0, State::Ok) }],
+    };
+    let proxy_page = "<html><body><h1>404 Not Found</h1>nginx</body></html>".to_string();
+    for status in [400, 404, 405, 408, 409, 410, 422, 500, 502, 504] {
+        let page = proxy_page.clone();
+        rx.set(move |_| Some((status, page.clone())));
+        let e = t.send(&mut batch).await.unwrap_err();
+        assert!(matches!(e, SendError::Unreachable(_)), "{status}: {e:?}");
+        // An API error body without a verdict (an older peer) is no verdict either.
+        rx.set(move |_| Some((status, r#"{"error":"old peer"}"#.into())));
+        let e = t.send(&mut batch).await.unwrap_err();
+        assert!(matches!(e, SendError::Unreachable(_)), "{status} with a plain error body: {e:?}");
+    }
+    rx.set(|_| Some((413, "too big".into())));
+    assert!(matches!(t.send(&mut batch).await, Err(SendError::TooLarge(_))));
+    rx.set(|_| Some((400, verdict_body(Verdict::Refused, RefusalCode::TooLarge, None))));
+    assert!(matches!(t.send(&mut batch).await, Err(SendError::TooLarge(_))), "TooLarge is never a refusal");
+    rx.set(|_| Some((503, verdict_body(Verdict::RetryLater, RefusalCode::Storage, None))));
+    assert!(matches!(t.send(&mut batch).await, Err(SendError::Busy(_))));
+    rx.set(|_| Some((400, verdict_body(Verdict::RetryLater, RefusalCode::NotEnrolled, None))));
+    assert!(matches!(t.send(&mut batch).await, Err(SendError::Unreachable(_))));
+    rx.set(|_| Some((403, verdict_body(Verdict::Refused, RefusalCode::Forged, None))));
+    let e = t.send(&mut batch).await.unwrap_err();
+    assert!(
+        matches!(e, SendError::Refused { status: 403, code: Some(RefusalCode::Forged), accept: None, .. }),
+        "{e:?}"
+    );
+    let now = Utc::now();
+    let w = TimeWindow { from: now, until: now };
+    rx.set(move |_| Some((422, verdict_body(Verdict::Refused, RefusalCode::Clock, Some(w)))));
+    let e = t.send(&mut batch).await.unwrap_err();
+    assert!(
+        matches!(e, SendError::Refused { code: Some(RefusalCode::Clock), accept: Some(a), .. } if a == w)
+    );
+    // Not JSON at all, but a success status: not an acknowledgement.
+    rx.set(|_| None);
+    assert!(t.send(&mut batch).await.is_ok());
+}
+
+/// A reverse proxy answers 404, 405, 408 and 500 for a stretch (real time, short), then the
+/// receiver is back: every seq arrives exactly once, nothing is quarantined, and the uplink
+/// backed off instead of trying once per linger.
+#[tokio::test]
+async fn a_reverse_proxy_in_maintenance_costs_a_hub_no_reading() {
+    let (t, rx) = receiver().await;
+    let statuses = [404u16, 405, 408, 500];
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let k = n.clone();
+    rx.set(move |_| {
+        Some((statuses[k.fetch_add(1, Ordering::SeqCst) % 4], "<html>maintenance</html>".into()))
+    });
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let mut up = uplink(buffer.clone(), t, 50, feed.clone());
+    up.cfg.linger = Duration::from_millis(10);
+    up.cfg.retry_min = Duration::from_millis(20);
+    up.cfg.retry_max = Duration::from_millis(400);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(up.run(stop.clone()));
+    let mut appended = 0u64;
+    let stretch = Duration::from_millis(2500);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < stretch {
+        append(&*buffer, &feed, 7);
+        appended += 7;
+        feed.appended.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = rx.requests.load(Ordering::SeqCst);
+    assert_eq!(buffer.stats().len, appended, "nothing deleted during the outage");
+    let lingers = (stretch.as_millis() / 10) as usize;
+    assert!(during >= 3 && during * 10 < lingers, "{during} requests in {stretch:?} ({lingers} lingers)");
+    rx.set(|_| None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while buffer.stats().len > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("delivered once the proxy lets requests through");
+    stop.cancel();
+    running.await.unwrap();
+    exactly_once(&rx.stored.lock().unwrap(), 1..=appended);
+    assert_eq!(buffer.stats().quarantined, 0);
+    eprintln!("{during} requests during a {stretch:?} outage, {appended} readings, all delivered once");
+}
+
+#[tokio::test]
+async fn verdicts_from_a_real_http_receiver_are_obeyed() {
+    use outpost_shared::model::Verdict;
+    let (t, rx) = receiver().await;
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let mut up = uplink(buffer.clone(), t, 100, feed.clone());
+    // 413 for anything over 16 readings: split down, all delivered.
+    rx.set(|b| (b.readings.len() > 16).then(|| (413, "payload too large".to_string())));
+    append(&*buffer, &feed, 60);
+    drain(&mut up, 30).await;
+    exactly_once(&rx.stored.lock().unwrap(), 1..=60);
+    // A forged verdict: the batch goes to the quarantine, counted, and the count travels.
+    rx.set(|_| Some((403, verdict_body(Verdict::Refused, RefusalCode::Forged, None))));
+    append(&*buffer, &feed, 5);
+    let _ = up.send_one(false).await;
+    assert_eq!((buffer.stats().len, buffer.stats().quarantine_len), (0, 5));
+    // A clock verdict: exactly the readings outside the window go aside.
+    let now = Utc::now();
+    let w = TimeWindow { from: now - chrono::TimeDelta::hours(1), until: now + chrono::TimeDelta::hours(1) };
+    rx.set(move |b| {
+        b.readings
+            .iter()
+            .any(|r| r.sample.ts > w.until)
+            .then(|| (422, verdict_body(Verdict::Refused, RefusalCode::Clock, Some(w))))
+    });
+    let recs: Vec<Vec<u8>> = (0..6)
+        .map(|i| {
+            let ts = if i % 3 == 0 { now + chrono::TimeDelta::hours(3) } else { now };
+            serde_json::to_vec(&Sample::new("s", 1.0, State::Ok).at(ts)).unwrap()
+        })
+        .collect();
+    let r = append_records(&*buffer, &feed, &recs);
+    drain(&mut up, 3).await;
+    let q: Vec<u64> = buffer.quarantined(100).unwrap().iter().map(|q| q.seq).collect();
+    assert_eq!(&q[5..], &[r.start, r.start + 3]);
+    let stored = rx.stored.lock().unwrap().clone();
+    assert_eq!(&stored[60..], &[r.start + 1, r.start + 2, r.start + 4, r.start + 5]);
+    assert_eq!(buffer.stats().quarantined, 7);
 }

@@ -1,4 +1,4 @@
-use super::{record_cost, BufferError, BufferStats, Storage, WhenFull};
+use super::{record_cost, BufferError, BufferStats, Quarantined, Storage, WhenFull, QUARANTINE_SHARE};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -16,12 +16,23 @@ struct Inner {
     bytes: u64,
     dropped: u64,
     next_seq: u64,
+    quarantine: BTreeMap<u64, (String, Vec<u8>)>,
+    quarantine_bytes: u64,
+    quarantined: u64,
 }
 
 impl MemoryBuffer {
     pub fn new(quota: u64, when_full: WhenFull) -> Self {
         MemoryBuffer {
-            inner: Mutex::new(Inner { records: BTreeMap::new(), bytes: 0, dropped: 0, next_seq: 1 }),
+            inner: Mutex::new(Inner {
+                records: BTreeMap::new(),
+                bytes: 0,
+                dropped: 0,
+                next_seq: 1,
+                quarantine: BTreeMap::new(),
+                quarantine_bytes: 0,
+                quarantined: 0,
+            }),
             quota,
             when_full,
         }
@@ -100,6 +111,56 @@ impl Storage for MemoryBuffer {
             quota: self.quota,
             dropped: inner.dropped,
             next_seq: inner.next_seq,
+            quarantined: inner.quarantined,
+            quarantine_len: inner.quarantine.len() as u64,
+            quarantine_bytes: inner.quarantine_bytes,
         }
+    }
+
+    fn quarantine(&self, items: &[(u64, String)]) -> Result<u64, BufferError> {
+        let mut inner = self.inner.lock().unwrap();
+        let mut moved = 0;
+        for (seq, reason) in items {
+            let Some(v) = inner.records.remove(seq) else { continue };
+            inner.bytes -= record_cost(&v);
+            inner.quarantine_bytes += record_cost(&v);
+            if let Some((_, old)) = inner.quarantine.insert(*seq, (reason.clone(), v)) {
+                inner.quarantine_bytes -= record_cost(&old);
+            }
+            moved += 1;
+        }
+        inner.quarantined += moved;
+        while inner.quarantine_bytes > self.quota / QUARANTINE_SHARE {
+            let Some((_, (_, v))) = inner.quarantine.pop_first() else { break };
+            inner.quarantine_bytes -= record_cost(&v);
+            inner.dropped += 1;
+        }
+        Ok(moved)
+    }
+
+    fn quarantined(&self, n: usize) -> Result<Vec<Quarantined>, BufferError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .quarantine
+            .iter()
+            .take(n)
+            .map(|(seq, (reason, record))| Quarantined {
+                seq: *seq,
+                reason: reason.clone(),
+                record: record.clone(),
+            })
+            .collect())
+    }
+
+    fn requeue(&self) -> Result<u64, BufferError> {
+        let mut inner = self.inner.lock().unwrap();
+        let all = std::mem::take(&mut inner.quarantine);
+        inner.quarantine_bytes = 0;
+        let n = all.len() as u64;
+        for (seq, (_, v)) in all {
+            inner.bytes += record_cost(&v);
+            inner.records.insert(seq, v);
+        }
+        Ok(n)
     }
 }

@@ -4,6 +4,11 @@
 //! whole hub batches); the buffer gives each one the next `seq`, which rises strictly and survives
 //! restarts. [`SledBuffer`] is the real one, [`MemoryBuffer`] its in-memory twin for unit tests.
 //! Both are bounded by a byte quota with an explicit [`WhenFull`] policy.
+//!
+//! Beside the records each buffer keeps a *quarantine*: records the next hop refused for good
+//! (an explicit `Refused` verdict) or that cannot be read back. They leave the send queue but are
+//! kept, counted durably ([`BufferStats::quarantined`]), listable and can be put back
+//! ([`Storage::requeue`]). The quarantine is bounded too, by [`QUARANTINE_SHARE`] of the quota.
 
 mod error;
 mod memory;
@@ -28,6 +33,21 @@ pub enum WhenFull {
     Reject,
 }
 
+/// The quarantine holds at most `quota / QUARANTINE_SHARE` bytes. When it is full the oldest
+/// quarantined records are dropped and counted in [`BufferStats::dropped`] (policy
+/// [`WhenFull::DropOldest`]): refused data must not crowd out the data that can still be delivered.
+pub const QUARANTINE_SHARE: u64 = 4;
+
+/// A record put aside for good, with the reason the next hop gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The `seq` it had (and gets back on [`Storage::requeue`]).
+    pub seq: u64,
+    /// Why it was put aside, in words (the hop's error text, or why it could not be read).
+    pub reason: String,
+    pub record: Vec<u8>,
+}
+
 /// Where a buffer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BufferStats {
@@ -37,8 +57,16 @@ pub struct BufferStats {
     pub bytes: u64,
     /// The quota.
     pub quota: u64,
-    /// Records dropped by [`WhenFull::DropOldest`] since the buffer was created.
+    /// Records dropped by [`WhenFull::DropOldest`] since the buffer was created (the quarantine's
+    /// overflow included). Durable: it survives restarts and even a corrupt buffer moved aside.
     pub dropped: u64,
+    /// Records put into the quarantine since the buffer was created. Durable like `dropped`; it does
+    /// not go down when records are requeued, so a loss once reported is never unreported.
+    pub quarantined: u64,
+    /// Records in the quarantine now.
+    pub quarantine_len: u64,
+    /// Bytes in the quarantine now, as counted against its share of the quota.
+    pub quarantine_bytes: u64,
     /// The `seq` the next appended record gets.
     pub next_seq: u64,
 }
@@ -66,6 +94,14 @@ pub trait Storage: Send + Sync {
     fn delete_through(&self, through: u64) -> Result<u64, BufferError>;
     /// Counters; cheap (kept in memory).
     fn stats(&self) -> BufferStats;
+    /// Moves these records, each with its reason, from the send queue into the quarantine and
+    /// counts them; returns how many moved (unknown `seq`s are ignored). Durable on return.
+    fn quarantine(&self, items: &[(u64, String)]) -> Result<u64, BufferError>;
+    /// Up to `n` quarantined records, lowest `seq` first.
+    fn quarantined(&self, n: usize) -> Result<Vec<Quarantined>, BufferError>;
+    /// Puts every quarantined record back into the send queue under its own `seq` (it was never
+    /// stored by the next hop, so it keeps its identity); returns how many. Durable on return.
+    fn requeue(&self) -> Result<u64, BufferError>;
 }
 
 /// Bytes a record counts against the quota: its 8-byte key and its value.

@@ -1,4 +1,5 @@
-use super::{record_cost, BufferError, BufferStats, Storage, WhenFull};
+use super::{record_cost, BufferError, BufferStats, Quarantined, Storage, WhenFull, QUARANTINE_SHARE};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,6 +7,7 @@ use std::sync::Mutex;
 
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 const META_DROPPED: &[u8] = b"dropped";
+const META_QUARANTINED: &[u8] = b"quarantined";
 
 /// sled's page cache defaults to 1 GiB and RAM use grows toward the database size; an agent that
 /// promises a small footprint keeps it to a few MiB. Reads are mostly sequential anyway.
@@ -62,11 +64,15 @@ pub enum OpenOutcome {
 /// The durable buffer on sled. Records are stored in chunks: one sled value holds up to
 /// [`CHUNK_ITEMS`] records of one append, keyed by the big-endian `seq` of its first record, so key
 /// order is `seq` order. One sled operation per chunk instead of per record is what makes a
-/// group commit of thousands of readings cheap. Counters live in tree `meta`.
+/// group commit of thousands of readings cheap. Counters live in tree `meta`, and the loss
+/// counters also in a small file beside the database (see [`LossCounters`]). Quarantined records
+/// live in tree `quarantine`, one per key (big-endian `seq`), value `(reason len u16 BE, reason,
+/// record)`.
 pub struct SledBuffer {
     db: sled::Db,
     records: sled::Tree,
     meta: sled::Tree,
+    quarantine_tree: sled::Tree,
     quota: u64,
     when_full: WhenFull,
     state: Mutex<Counters>,
@@ -76,6 +82,10 @@ pub struct SledBuffer {
     /// has been handed out.
     floor_file: PathBuf,
     reserved: AtomicU64,
+    /// The file mirroring the loss counters, so they outlive a database moved aside as corrupt.
+    counters_file: PathBuf,
+    #[cfg(test)]
+    pub(super) fail_flushes: std::sync::atomic::AtomicBool,
 }
 
 struct Counters {
@@ -83,6 +93,20 @@ struct Counters {
     bytes: u64,
     dropped: u64,
     next_seq: u64,
+    quarantined: u64,
+    quarantine_len: u64,
+    quarantine_bytes: u64,
+}
+
+/// The loss counters as mirrored beside the database (`<name>.counters`, JSON). Both only grow, so
+/// on open the larger of the file's and the database's value is right. `held` is the number of
+/// records at the last write: if the database must be moved aside as corrupt, that many (about)
+/// were lost with it, and the loss is counted instead of forgotten.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct LossCounters {
+    dropped: u64,
+    quarantined: u64,
+    held: u64,
 }
 
 impl SledBuffer {
@@ -103,6 +127,20 @@ impl SledBuffer {
                 tracing::error!(path = %path.display(), moved_to = %moved_to.display(), error = %e,
                     "buffer unreadable; moved aside, starting a fresh one");
                 let buffer = Self::open_existing(path, quota, when_full)?;
+                // The records of the old database are lost to the send queue: count them as
+                // dropped (the last count written beside it; the exact number died with it).
+                let lost = read_counters(&buffer.counters_file).held;
+                {
+                    let mut c = buffer.state.lock().unwrap();
+                    c.dropped += lost;
+                    buffer.meta.insert(META_DROPPED, &c.dropped.to_be_bytes())?;
+                    buffer.save_counters(&c)?;
+                }
+                buffer.flush()?;
+                tracing::error!(
+                    lost_about = lost,
+                    "readings lost with the unreadable buffer counted as dropped"
+                );
                 Ok((buffer, OpenOutcome::Recovered { moved_to, reason: e.to_string() }))
             }
             Err(e) => Err(e),
@@ -114,6 +152,7 @@ impl SledBuffer {
             sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open()?;
         let records = db.open_tree("records")?;
         let meta = db.open_tree("meta")?;
+        let quarantine_tree = db.open_tree("quarantine")?;
         let mut len = 0u64;
         let mut bytes = 0u64;
         let mut last = 0u64;
@@ -127,32 +166,71 @@ impl SledBuffer {
                 last = seq;
             }
         }
+        let (mut quarantine_len, mut quarantine_bytes) = (0u64, 0u64);
+        for item in quarantine_tree.iter() {
+            let (_, v) = item?;
+            let (_, rec) = decode_quarantined(&v)?;
+            quarantine_len += 1;
+            quarantine_bytes += record_cost(rec);
+        }
         let floor_file = seq_floor_path(path);
         let reserved = read_floor(&floor_file);
-        let next_seq = match meta.get(META_NEXT_SEQ)? {
-            Some(v) => decode_seq(&v).max(last + 1).max(1),
-            // The database lost its own counter (fresh start after corruption, or sled dropped
-            // more than an unflushed tail): continue above everything ever handed out.
-            None => {
-                if reserved > 1 {
-                    tracing::warn!(path = %path.display(), floor = reserved,
-                        "buffer lost its sequence counter; continuing above the reserved floor");
-                }
-                reserved.max(last + 1).max(1)
-            }
-        };
-        let dropped = meta.get(META_DROPPED)?.map(|v| decode_seq(&v)).unwrap_or(0);
+        let counter = meta.get(META_NEXT_SEQ)?.map(|v| decode_seq(&v));
+        // sled's own counter can be behind what was handed out (it lost an unflushed tail, or the
+        // database was replaced): the floor file is the promise that no seq at or above it was
+        // used, so the next seq is above all three.
+        let next_seq = counter.unwrap_or(1).max(last + 1).max(reserved).max(1);
+        if counter.is_none_or(|c| c < reserved) && reserved > 1 {
+            tracing::warn!(path = %path.display(), counter = ?counter, floor = reserved,
+                "buffer sequence counter is behind the reserved floor; continuing above the floor");
+        }
+        let counters_file = counters_path(path);
+        let side = read_counters(&counters_file);
+        let dropped = meta.get(META_DROPPED)?.map(|v| decode_seq(&v)).unwrap_or(0).max(side.dropped);
+        let quarantined =
+            meta.get(META_QUARANTINED)?.map(|v| decode_seq(&v)).unwrap_or(0).max(side.quarantined);
         Ok(SledBuffer {
             db,
             records,
             meta,
+            quarantine_tree,
             quota,
             when_full,
-            state: Mutex::new(Counters { len, bytes, dropped, next_seq }),
+            state: Mutex::new(Counters {
+                len,
+                bytes,
+                dropped,
+                next_seq,
+                quarantined,
+                quarantine_len,
+                quarantine_bytes,
+            }),
             durable_next: AtomicU64::new(next_seq),
             floor_file,
             reserved: AtomicU64::new(reserved),
+            counters_file,
+            #[cfg(test)]
+            fail_flushes: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Makes every write so far durable. The one place the buffer waits for the disk, so that a
+    /// group-commit flusher can take its place.
+    fn flush(&self) -> Result<(), BufferError> {
+        #[cfg(test)]
+        if self.fail_flushes.load(Ordering::Acquire) {
+            return Err(BufferError::Storage(sled::Error::Io(std::io::Error::other(
+                "injected flush failure",
+            ))));
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Mirrors the loss counters beside the database (write, fsync, rename).
+    fn save_counters(&self, c: &Counters) -> Result<(), BufferError> {
+        let side = LossCounters { dropped: c.dropped, quarantined: c.quarantined, held: c.len };
+        write_atomically(&self.counters_file, &serde_json::to_vec(&side).expect("counters serialise"))
     }
 
     fn visible(&self, seq: u64) -> bool {
@@ -212,66 +290,84 @@ impl SledBuffer {
 }
 
 impl Storage for SledBuffer {
+    /// Atomic: the floor file first (so no seq handed out is ever below it), then every chunk and
+    /// the counter in one sled transaction, then the flush. `next_seq` moves only when all of it
+    /// worked; a failed append is rolled back and leaves no record and no seq behind, so the
+    /// caller's retry gets the same seqs and nothing is stored twice.
     fn append(&self, records: &[Vec<u8>]) -> Result<Range<u64>, BufferError> {
-        let range = {
-            let mut c = self.state.lock().unwrap();
-            let needed: u64 = records.iter().map(|r| record_cost(r)).sum();
-            if c.bytes + needed > self.quota {
-                match self.when_full {
-                    WhenFull::Reject => {
-                        return Err(BufferError::Full { bytes: c.bytes, quota: self.quota, needed });
-                    }
-                    WhenFull::DropOldest => {
-                        let (count, freed) = self.drop_oldest(c.bytes + needed - self.quota)?;
-                        c.bytes -= freed;
-                        c.len -= count;
+        let mut c = self.state.lock().unwrap();
+        let needed: u64 = records.iter().map(|r| record_cost(r)).sum();
+        if c.bytes + needed > self.quota {
+            match self.when_full {
+                WhenFull::Reject => {
+                    return Err(BufferError::Full { bytes: c.bytes, quota: self.quota, needed });
+                }
+                WhenFull::DropOldest => {
+                    let (count, freed) = self.drop_oldest(c.bytes + needed - self.quota)?;
+                    c.bytes -= freed;
+                    c.len -= count;
+                    if count > 0 {
                         c.dropped += count;
-                        if count > 0 {
-                            tracing::warn!(
-                                dropped = count,
-                                total_dropped = c.dropped,
-                                "buffer quota full: dropped oldest readings"
-                            );
-                        }
+                        self.meta.insert(META_DROPPED, &c.dropped.to_be_bytes())?;
+                        self.save_counters(&c)?;
+                        tracing::warn!(
+                            dropped = count,
+                            total_dropped = c.dropped,
+                            "buffer quota full: dropped oldest readings"
+                        );
                     }
                 }
             }
-            let start = c.next_seq;
-            // A single append larger than the whole quota keeps only its newest records.
-            let mut skip = 0usize;
-            if self.when_full == WhenFull::DropOldest && c.bytes + needed > self.quota {
-                let mut excess = c.bytes + needed - self.quota;
-                while skip < records.len() && excess > 0 {
-                    excess = excess.saturating_sub(record_cost(&records[skip]));
-                    skip += 1;
+        }
+        let start = c.next_seq;
+        let end = start + records.len() as u64;
+        // A single append larger than the whole quota keeps only its newest records.
+        let mut skip = 0usize;
+        if self.when_full == WhenFull::DropOldest && c.bytes + needed > self.quota {
+            let mut excess = c.bytes + needed - self.quota;
+            while skip < records.len() && excess > 0 {
+                excess = excess.saturating_sub(record_cost(&records[skip]));
+                skip += 1;
+            }
+        }
+        let kept: Vec<(u64, &[u8])> =
+            records.iter().enumerate().skip(skip).map(|(i, r)| (start + i as u64, r.as_slice())).collect();
+        if end > self.reserved.load(Ordering::Acquire) {
+            let reserve = end + SEQ_BLOCK;
+            write_floor(&self.floor_file, reserve)?;
+            self.reserved.store(reserve, Ordering::Release);
+        }
+        let dropped = c.dropped + skip as u64;
+        let chunks: Vec<([u8; 8], Vec<u8>)> = kept
+            .chunks(CHUNK_ITEMS)
+            .map(|part| (part[0].0.to_be_bytes(), encode_chunk(part.iter().copied())))
+            .collect();
+        (&self.records, &self.meta)
+            .transaction(|(r, m)| {
+                for (k, v) in &chunks {
+                    r.insert(k, v.as_slice())?;
                 }
-                c.dropped += skip as u64;
-            }
-            let kept: Vec<(u64, &[u8])> = records
-                .iter()
-                .enumerate()
-                .skip(skip)
-                .map(|(i, r)| (start + i as u64, r.as_slice()))
-                .collect();
-            for part in kept.chunks(CHUNK_ITEMS) {
-                self.records.insert(part[0].0.to_be_bytes(), encode_chunk(part.iter().copied()))?;
-                c.len += part.len() as u64;
-                c.bytes += part.iter().map(|(_, r)| record_cost(r)).sum::<u64>();
-            }
-            c.next_seq = start + records.len() as u64;
-            if c.next_seq > self.reserved.load(Ordering::Acquire) {
-                let reserve = c.next_seq + SEQ_BLOCK;
-                write_floor(&self.floor_file, reserve)?;
-                self.reserved.store(reserve, Ordering::Release);
-            }
-            self.meta.insert(META_NEXT_SEQ, &c.next_seq.to_be_bytes())?;
-            self.meta.insert(META_DROPPED, &c.dropped.to_be_bytes())?;
-            start..c.next_seq
-        };
+                m.insert(META_NEXT_SEQ, &end.to_be_bytes())?;
+                m.insert(META_DROPPED, &dropped.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
+        let added_bytes: u64 = kept.iter().map(|(_, r)| record_cost(r)).sum();
+        c.len += kept.len() as u64;
+        c.bytes += added_bytes;
+        c.next_seq = end;
+        if skip > 0 {
+            c.dropped = dropped;
+            self.save_counters(&c)?;
+        }
+        drop(c);
         // Flush outside the lock: appends that arrive meanwhile ride along with the next flush.
-        self.db.flush()?;
-        self.durable_next.fetch_max(range.end, Ordering::AcqRel);
-        Ok(range)
+        if let Err(e) = self.flush() {
+            self.undo_append(start, end, &chunks, kept.len() as u64, added_bytes);
+            return Err(e);
+        }
+        self.durable_next.fetch_max(end, Ordering::AcqRel);
+        Ok(start..end)
     }
 
     fn oldest(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
@@ -334,11 +430,140 @@ impl Storage for SledBuffer {
             quota: self.quota,
             dropped: c.dropped,
             next_seq: c.next_seq,
+            quarantined: c.quarantined,
+            quarantine_len: c.quarantine_len,
+            quarantine_bytes: c.quarantine_bytes,
         }
+    }
+
+    fn quarantine(&self, items: &[(u64, String)]) -> Result<u64, BufferError> {
+        let mut c = self.state.lock().unwrap();
+        let mut moved = 0u64;
+        for (seq, reason) in items {
+            let Some(item) = self.records.range(..=seq.to_be_bytes()).next_back() else { continue };
+            let (k, v) = item?;
+            let Some(rec) = decode_chunk(&v)?.into_iter().find(|(s, _)| s == seq).map(|(_, r)| r.to_vec())
+            else {
+                continue;
+            };
+            // The quarantined copy goes in before the send-queue copy goes out: a crash between
+            // the two leaves the record twice (resent, stored once), never nowhere.
+            if let Some(old) =
+                self.quarantine_tree.insert(seq.to_be_bytes(), encode_quarantined(reason, &rec))?
+            {
+                let (_, old_rec) = decode_quarantined(&old)?;
+                c.quarantine_bytes -= record_cost(old_rec);
+                c.quarantine_len -= 1;
+            }
+            let (count, freed) = self.prune_chunk(&k, &v, |s| s == *seq)?;
+            c.len -= count;
+            c.bytes -= freed;
+            c.quarantine_len += 1;
+            c.quarantine_bytes += record_cost(&rec);
+            moved += 1;
+        }
+        c.quarantined += moved;
+        // Bounded: the oldest quarantined records give way, counted as dropped.
+        let cap = self.quota / QUARANTINE_SHARE;
+        let mut overflow = 0u64;
+        while c.quarantine_bytes > cap {
+            let Some(item) = self.quarantine_tree.iter().next() else { break };
+            let (k, v) = item?;
+            let (_, rec) = decode_quarantined(&v)?;
+            c.quarantine_bytes -= record_cost(rec);
+            c.quarantine_len -= 1;
+            self.quarantine_tree.remove(k)?;
+            overflow += 1;
+        }
+        if overflow > 0 {
+            c.dropped += overflow;
+            tracing::warn!(dropped = overflow, "quarantine full: dropped its oldest records");
+        }
+        self.meta.insert(META_QUARANTINED, &c.quarantined.to_be_bytes())?;
+        self.meta.insert(META_DROPPED, &c.dropped.to_be_bytes())?;
+        self.save_counters(&c)?;
+        self.flush()?;
+        Ok(moved)
+    }
+
+    fn quarantined(&self, n: usize) -> Result<Vec<Quarantined>, BufferError> {
+        let mut out = Vec::new();
+        for item in self.quarantine_tree.iter().take(n) {
+            let (k, v) = item?;
+            let (reason, rec) = decode_quarantined(&v)?;
+            out.push(Quarantined { seq: decode_seq(&k), reason: reason.to_string(), record: rec.to_vec() });
+        }
+        Ok(out)
+    }
+
+    fn requeue(&self) -> Result<u64, BufferError> {
+        let mut c = self.state.lock().unwrap();
+        let mut n = 0u64;
+        for item in self.quarantine_tree.iter() {
+            let (k, v) = item?;
+            let seq = decode_seq(&k);
+            let (_, rec) = decode_quarantined(&v)?;
+            // Chunks cover disjoint seq ranges, each from its key to the next key: the record
+            // joins the chunk whose range holds its seq, or starts one before the first.
+            let (key, mut items): (Vec<u8>, Vec<(u64, Vec<u8>)>) =
+                match self.records.range(..=seq.to_be_bytes()).next_back() {
+                    Some(chunk) => {
+                        let (ck, cv) = chunk?;
+                        let items = decode_chunk(&cv)?.into_iter().map(|(s, r)| (s, r.to_vec())).collect();
+                        (ck.to_vec(), items)
+                    }
+                    None => (seq.to_be_bytes().to_vec(), Vec::new()),
+                };
+            if items.iter().any(|(s, _)| *s == seq) {
+                // Already back in the queue (a crash after a requeue): keep one copy.
+                self.quarantine_tree.remove(&k)?;
+            } else {
+                items.push((seq, rec.to_vec()));
+                items.sort_by_key(|(s, _)| *s);
+                self.records.insert(key, encode_chunk(items.iter().map(|(s, r)| (*s, r.as_slice()))))?;
+                self.quarantine_tree.remove(&k)?;
+                c.len += 1;
+                c.bytes += record_cost(rec);
+            }
+            c.quarantine_len -= 1;
+            c.quarantine_bytes -= record_cost(rec);
+            n += 1;
+        }
+        self.flush()?;
+        Ok(n)
     }
 }
 
 impl SledBuffer {
+    /// Takes back an append whose flush failed: its chunks go, and its seqs are given back when no
+    /// append came behind it (else they stay a gap: a seq is never handed out twice).
+    fn undo_append(&self, start: u64, end: u64, chunks: &[([u8; 8], Vec<u8>)], count: u64, bytes: u64) {
+        let mut c = self.state.lock().unwrap();
+        let give_back = c.next_seq == end;
+        let undo = (&self.records, &self.meta).transaction(|(r, m)| {
+            for (k, _) in chunks {
+                r.remove(k)?;
+            }
+            if give_back {
+                m.insert(META_NEXT_SEQ, &start.to_be_bytes())?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        match undo {
+            Ok(()) => {
+                c.len -= count;
+                c.bytes -= bytes;
+                if give_back {
+                    c.next_seq = start;
+                }
+            }
+            // The records stay in the tree but invisible (at or above `durable_next` until a later
+            // append's flush covers them); their seqs are not handed out again, so the caller's
+            // retry cannot double them in the queue.
+            Err(e) => tracing::error!(error = %tx_error(e), "cannot undo a failed append"),
+        }
+    }
+
     /// Drops the oldest records until at least `need` bytes are free; whole chunks where possible.
     fn drop_oldest(&self, need: u64) -> Result<(u64, u64), BufferError> {
         let (mut count, mut freed) = (0u64, 0u64);
@@ -369,6 +594,8 @@ impl Drop for SledBuffer {
     fn drop(&mut self) {
         // Make removals durable on a clean stop so a restart does not resend acknowledged records.
         let _ = self.db.flush();
+        let c = self.state.lock().unwrap();
+        let _ = self.save_counters(&c);
     }
 }
 
@@ -382,16 +609,63 @@ fn read_floor(path: &Path) -> u64 {
     std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1)
 }
 
-/// Write, fsync, rename: the floor is either the old or the new value, never a torn one.
 fn write_floor(path: &Path, value: u64) -> Result<(), BufferError> {
+    write_atomically(path, value.to_string().as_bytes())
+}
+
+fn counters_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".counters");
+    db.with_file_name(name)
+}
+
+fn read_counters(path: &Path) -> LossCounters {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Write, fsync, rename: the file holds either the old or the new value, never a torn one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BufferError> {
     use std::io::Write;
     let io = |source| BufferError::Io { path: path.to_path_buf(), source };
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(value.to_string().as_bytes()).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(())
+}
+
+fn encode_quarantined(reason: &str, record: &[u8]) -> Vec<u8> {
+    // Reasons are short words; a longer one is cut at a character boundary, not refused.
+    let mut cut = reason.len().min(u16::MAX as usize);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = Vec::with_capacity(2 + cut + record.len());
+    out.extend_from_slice(&(cut as u16).to_be_bytes());
+    out.extend_from_slice(&reason.as_bytes()[..cut]);
+    out.extend_from_slice(record);
+    out
+}
+
+fn decode_quarantined(v: &[u8]) -> Result<(&str, &[u8]), BufferError> {
+    let bad = || BufferError::Malformed("truncated quarantined record".into());
+    if v.len() < 2 {
+        return Err(bad());
+    }
+    let n = u16::from_be_bytes([v[0], v[1]]) as usize;
+    if v.len() < 2 + n {
+        return Err(bad());
+    }
+    let reason = std::str::from_utf8(&v[2..2 + n]).map_err(|_| bad())?;
+    Ok((reason, &v[2 + n..]))
+}
+
+fn tx_error(e: TransactionError<()>) -> BufferError {
+    match e {
+        TransactionError::Storage(e) => BufferError::Storage(e),
+        TransactionError::Abort(()) => BufferError::Malformed("buffer transaction aborted".into()),
+    }
 }
 
 fn decode_seq(bytes: &[u8]) -> u64 {
