@@ -137,6 +137,11 @@ impl Quarantine {
     }
 }
 
+/// Whether `data_dir` is a connector's (it has a quarantine).
+pub fn exists(data_dir: &Path) -> bool {
+    data_dir.join(DIR).is_dir()
+}
+
 /// `outpost buffer` on a stopped connector: what its quarantine holds.
 pub fn report(data_dir: &Path) -> Result<serde_json::Value, QuarantineError> {
     let (buffer, _) = SledBuffer::open(&data_dir.join(DIR), u64::MAX, WhenFull::Reject)?;
