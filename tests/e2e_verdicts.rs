@@ -214,3 +214,45 @@ fn readings_from_2100_or_2000_are_refused_by_the_cloud_and_the_latest_value_keep
         "{v}"
     );
 }
+
+#[test]
+fn the_cloud_answers_each_forwarded_batch_with_a_verdict_and_counts_what_connectors_put_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let hub = TestMachine::enroll(&cloud, "sensorhub");
+    let conn = TestMachine::enroll(&cloud, "connector");
+    let stranger = outpost_shared::keys::KeyPair::generate().unwrap();
+    let forwarded = |key: &outpost_shared::keys::KeyPair, body: &[u8]| {
+        let sig =
+            outpost_shared::keys::sign_request(key, "POST", "/v1/batches", body, chrono::Utc::now()).unwrap();
+        json!({"sig": {"machine_id": sig.machine_id.to_string(), "timestamp": sig.timestamp,
+            "signature": sig.signature_b64}, "body": serde_json::from_slice::<Value>(body).unwrap()})
+    };
+    let good = batch(&hub.id(), "cpu", 1, &[chrono::Utc::now()]);
+    let future = batch(&hub.id(), "cpu", 2, &[year(2100)]);
+    let unknown = batch(&stranger.machine_id().to_string(), "cpu", 1, &[chrono::Utc::now()]);
+    let mut altered = forwarded(&hub.key, &good);
+    altered["body"]["readings"][0]["value"] = json!(1e9);
+    let env = serde_json::to_vec(&json!({"connector": conn.id(), "batches": [
+        forwarded(&hub.key, &good), forwarded(&hub.key, &future), forwarded(&stranger, &unknown), altered],
+        "quarantined": {hub.id(): 7, stranger.machine_id().to_string(): 100}}))
+    .unwrap();
+    let (status, ack) = conn.post(&cloud, "/v1/forward", env.clone(), &env, false);
+    assert_eq!(status, 200, "{ack}");
+    let r = &ack["results"];
+    assert_eq!(r[0], json!({"stored": 1, "duplicates": 0}), "{ack}");
+    assert_eq!((r[1]["verdict"].as_str(), r[1]["code"].as_str()), (Some("refused"), Some("clock")), "{ack}");
+    assert!(r[1]["accept"]["until"].is_string(), "{ack}");
+    // Not enrolled (yet): the connector keeps it and retries.
+    assert_eq!(
+        (r[2]["verdict"].as_str(), r[2]["code"].as_str()),
+        (Some("retry_later"), Some("not_enrolled")),
+        "{ack}"
+    );
+    assert_eq!((r[3]["verdict"].as_str(), r[3]["code"].as_str()), (Some("refused"), Some("forged")), "{ack}");
+    // The connector's count for its hub is shown with the hub; one for a machine outside its
+    // network is not taken.
+    let m = machine(&cloud, &hub.id()).unwrap();
+    assert_eq!(m["quarantined"], 7, "{m}");
+    assert!(machine(&cloud, &stranger.machine_id().to_string()).is_none());
+}
