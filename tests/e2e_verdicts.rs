@@ -256,3 +256,65 @@ fn the_cloud_answers_each_forwarded_batch_with_a_verdict_and_counts_what_connect
     assert_eq!(m["quarantined"], 7, "{m}");
     assert!(machine(&cloud, &stranger.machine_id().to_string()).is_none());
 }
+
+/// The seqs the cloud holds of one sensor; none while it does not know the machine.
+fn seqs(cloud: &CloudProc, machine: &str, sensor: &str) -> Vec<u64> {
+    let (status, v) = cloud.request("GET", &format!("/v1/machines/{machine}/readings?sensor={sensor}"), None);
+    if status != 200 {
+        return Vec::new();
+    }
+    v.as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect()
+}
+
+/// The one place this file makes enrollment tokens (besides the common helpers it calls).
+fn enrollment_token(cloud: &CloudProc) -> String {
+    cloud.enroll_token()
+}
+
+#[test]
+fn a_connector_keeps_what_it_took_from_a_hub_revoked_by_mistake_and_delivers_it_once_enrolled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let conn = ConnectorProc::start(&dir.path().join("conn"), &cloud, "cloud.keys_refresh_min = \"1s\"\n");
+    let own = TestMachine::enroll(&cloud, "sensorhub");
+    let id = own.id();
+    let to_conn = ca_client(&conn.dir.join("data/tls/ca.pem"));
+    let mut answer = (0, Value::Null);
+    wait_until(Duration::from_secs(30), "the connector takes the new machine's batch", || {
+        answer = post_batch(
+            &to_conn,
+            &conn.url(),
+            Some(&own.key),
+            batch(&id, "cpu", 1, &[chrono::Utc::now()]),
+            None,
+        );
+        answer.0 != 401
+    });
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    wait_until(Duration::from_secs(30), "the first batch reaches the cloud", || {
+        seqs(&cloud, &id, "cpu") == vec![1]
+    });
+
+    // Revoked by mistake; the connector's key list (refreshed every minute) still names it, so it
+    // takes the next batch into custody, and the cloud answers "revoked: retry later".
+    let (status, v) = cloud.request("DELETE", &format!("/v1/machines/{id}"), None);
+    assert_eq!(status, 200, "{v}");
+    let (status, v) =
+        post_batch(&to_conn, &conn.url(), Some(&own.key), batch(&id, "cpu", 2, &[chrono::Utc::now()]), None);
+    assert_eq!(status, 200, "{v}");
+    wait_until(Duration::from_secs(30), "the connector hears the cloud's verdict", || {
+        conn.log_text().contains("did not take a hub batch now")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(seqs(&cloud, &id, "cpu"), vec![1], "not stored while revoked");
+    assert!(!conn.log_text().contains("quarantine"), "kept, not put aside");
+
+    // The operator takes it back with a new token for the same key: the held batch arrives.
+    let body = json!({"token": enrollment_token(&cloud), "public_key": own.key.public().to_pem(),
+        "role": "sensorhub", "hostname": "test", "lan_cert": Value::Null});
+    let r = cloud.client().post(format!("{}/v1/enroll", cloud.url())).json(&body).send().unwrap();
+    assert!(r.status().is_success(), "enroll again: {}", r.status());
+    wait_until(Duration::from_secs(30), "the held batch reaches the cloud", || {
+        seqs(&cloud, &id, "cpu") == vec![1, 2]
+    });
+}
