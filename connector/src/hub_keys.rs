@@ -9,7 +9,7 @@
 use outpost_shared::keys::{DocumentError, IngestLimits, KeyPair, MachineId, NetworkKeys, PublicKey, Signed};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Where the last accepted list is kept, as the cloud signed it.
@@ -54,8 +54,9 @@ pub struct HubKeys {
     refresh_min: Duration,
     cloud_key: RwLock<Option<PublicKey>>,
     known: RwLock<Option<Arc<Known>>>,
-    /// When a fetch for an unknown signer last started: the rate limit.
-    last_demand: Mutex<Option<Instant>>,
+    /// When a fetch for an unknown signer last started: the rate limit. Held while such a
+    /// fetch runs, so a burst of batches from new machines waits for one fetch, not many.
+    last_demand: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl HubKeys {
@@ -66,7 +67,7 @@ impl HubKeys {
             refresh_min,
             cloud_key: RwLock::new(None),
             known: RwLock::new(None),
-            last_demand: Mutex::new(None),
+            last_demand: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -180,26 +181,32 @@ impl HubKeys {
         self.accept(&signed)
     }
 
-    /// For a batch signed by a machine not on the list: fetch the list again, unless a fetch for
-    /// this reason started less than `refresh_min` ago. Returns whether it fetched.
-    pub async fn refresh_for_unknown(&self, client: &reqwest::Client, base: &str, key: &KeyPair) -> bool {
-        {
-            let mut last = self.last_demand.lock().unwrap();
-            if last.is_some_and(|t| t.elapsed() < self.refresh_min) {
-                return false;
-            }
-            *last = Some(Instant::now());
+    /// For a batch signed by a machine not on the list: fetch the list again and look again,
+    /// unless a fetch for this reason started less than `refresh_min` ago (then the list as it
+    /// is answers). A fetch that started after this batch came answers for it too.
+    pub async fn refresh_for_unknown(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        key: &KeyPair,
+        id: &MachineId,
+    ) -> Lookup {
+        let asked = Instant::now();
+        let Ok(mut last) = tokio::time::timeout(FETCH_TIMEOUT, self.last_demand.lock()).await else {
+            return self.lookup(id);
+        };
+        if last.is_some_and(|t| t >= asked || t.elapsed() < self.refresh_min) {
+            return self.lookup(id);
         }
-        match tokio::time::timeout(Duration::from_secs(10), self.fetch(client, base, key)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "network keys not refreshed");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("network keys not refreshed: the cloud took more than 10s");
-                false
-            }
+        *last = Some(Instant::now());
+        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch(client, base, key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "network keys not refreshed"),
+            Err(_) => tracing::warn!("network keys not refreshed: the cloud took too long"),
         }
+        self.lookup(id)
     }
 }
+
+/// Longest a batch from an unknown machine waits for the list to be fetched again.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);

@@ -137,12 +137,14 @@ async fn intake(
             )
         }
         Lookup::Unknown => {
-            // Enrolled since the last list? Ask once (rate-limited), then look again.
-            let refreshed = match &sh.cloud {
-                Some((client, base)) => sh.hub_keys.refresh_for_unknown(client, base, &sh.key).await,
-                None => false,
+            // Enrolled since the last list? Ask (rate-limited), then look again.
+            let again = match &sh.cloud {
+                Some((client, base)) => {
+                    Some(sh.hub_keys.refresh_for_unknown(client, base, &sh.key, &sig.machine_id).await)
+                }
+                None => None,
             };
-            match refreshed.then(|| sh.hub_keys.lookup(&sig.machine_id)) {
+            match again {
                 Some(Lookup::Known(k)) => k,
                 _ => {
                     tracing::warn!(%peer, machine = %sig.machine_id, "hub batch refused: signer not enrolled in this network");

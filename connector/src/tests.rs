@@ -504,3 +504,104 @@ async fn a_record_that_cannot_be_forwarded_is_put_aside_and_the_rest_goes_on() {
         [("a".to_string(), 5), (quarantine::UNKNOWN_HUB.to_string(), 0)].into()
     );
 }
+
+/// A cloud on 127.0.0.1 (plain HTTP) answering `/v1/network-keys` with whatever document it is
+/// given, counting the requests.
+async fn fake_key_cloud(
+    doc: Arc<Mutex<serde_json::Value>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/network-keys",
+        axum::routing::post(move || {
+            let (doc, hits) = (doc.clone(), hits.clone());
+            async move {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Slow enough that a burst of unknown signers finds the fetch in flight.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                axum::Json(doc.lock().unwrap().clone())
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+fn key_list(
+    connector: &outpost_shared::keys::MachineId,
+    listed: &[&KeyPair],
+    issued_at: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    use outpost_shared::keys::{IngestLimits, NetworkKeys, NetworkMachine, Signed};
+    let doc = NetworkKeys {
+        connector: connector.clone(),
+        network_id: "n".into(),
+        issued_at,
+        machines: listed
+            .iter()
+            .map(|k| NetworkMachine { machine_id: k.machine_id().clone(), public_key: k.public().to_pem() })
+            .collect(),
+        limits: IngestLimits { max_body: 1 << 20, max_decompressed: 8 << 20, max_readings: 1000 },
+    };
+    serde_json::to_value(Signed::sign(&cloud_key(), &doc).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_key_list_is_fetched_once_for_a_burst_of_unknown_signers_checked_and_kept_on_disk() {
+    use hub_keys::{HubKeys, Lookup};
+    let dir = tempfile::tempdir().unwrap();
+    // The connector's own id: any id but the listed hub's.
+    let me = cloud_key().machine_id().clone();
+    let hub = hub_key();
+    let now = chrono::Utc::now();
+    let doc = Arc::new(Mutex::new(key_list(&me, &[&hub], now)));
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let base = fake_key_cloud(doc.clone(), hits.clone()).await;
+    let keys = Arc::new(HubKeys::new(dir.path(), me.clone(), Duration::from_secs(3600)));
+    keys.set_cloud_key(cloud_key().public().clone());
+    let client = reqwest::Client::new();
+    let signer = cloud_key();
+    // Twenty batches from machines nobody listed, at once: one fetch, not twenty.
+    let stranger = outpost_shared::keys::MachineId::parse("0123456789abcdef0123456789abcdef").unwrap();
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let (keys, client, base, signer, id) =
+                (keys.clone(), client.clone(), base.clone(), signer.clone(), stranger.clone());
+            tokio::spawn(async move { keys.refresh_for_unknown(&client, &base, &signer, &id).await })
+        })
+        .collect();
+    for b in burst {
+        assert!(matches!(b.await.unwrap(), Lookup::Unknown));
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "one fetch for the burst");
+    assert!(matches!(keys.lookup(hub.machine_id()), Lookup::Known(_)));
+    assert_eq!(keys.limits().unwrap().max_readings, 1000, "the cloud's limits come with the list");
+    // Within refresh_min, more unknown signers fetch nothing.
+    keys.refresh_for_unknown(&client, &base, &signer, &stranger).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A list made for another connector, or older than the one held, is not taken.
+    *doc.lock().unwrap() = key_list(hub.machine_id(), &[], now + chrono::Duration::seconds(5));
+    assert!(matches!(keys.fetch(&client, &base, &signer).await, Err(hub_keys::KeysError::OtherConnector(_))));
+    *doc.lock().unwrap() = key_list(&me, &[], now - chrono::Duration::seconds(5));
+    assert!(matches!(keys.fetch(&client, &base, &signer).await, Err(hub_keys::KeysError::Older { .. })));
+    // One not signed by the pinned cloud key neither.
+    let mut forged = key_list(&me, &[], now + chrono::Duration::seconds(5));
+    forged["signature"] =
+        serde_json::json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 384]));
+    *doc.lock().unwrap() = forged;
+    assert!(keys.fetch(&client, &base, &signer).await.is_err());
+    assert!(matches!(keys.lookup(hub.machine_id()), Lookup::Known(_)), "the held list stays");
+
+    // A restart during an outage: the list on disk is checked and used.
+    let again = HubKeys::new(dir.path(), me.clone(), Duration::from_secs(3600));
+    assert!(matches!(again.lookup(hub.machine_id()), Lookup::NoList));
+    again.set_cloud_key(cloud_key().public().clone());
+    assert!(matches!(again.lookup(hub.machine_id()), Lookup::Known(_)));
+    // A newer list without the hub (revoked) replaces it.
+    *doc.lock().unwrap() = key_list(&me, &[], now + chrono::Duration::seconds(10));
+    again.fetch(&client, &base, &signer).await.unwrap();
+    assert!(matches!(again.lookup(hub.machine_id()), Lookup::Unknown));
+}
