@@ -98,7 +98,8 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-    /// Show what a stopped hub's buffer holds (it must not be running: the buffer is locked).
+    /// Show what a stopped hub's or connector's buffer holds (it must not be running: the buffer
+    /// is locked); for a connector also its quarantine (batches the cloud refused for good).
     Buffer {
         #[arg(long)]
         data_dir: PathBuf,
@@ -110,6 +111,10 @@ enum Command {
         /// cause was fixed, e.g. the clock). The quarantined count stays: it records a loss.
         #[arg(long, conflicts_with = "quarantine")]
         requeue: bool,
+        /// Connector only: move every quarantined batch back into the buffer, to be forwarded
+        /// again at the next start (once the cause is fixed).
+        #[arg(long)]
+        resend_quarantine: bool,
     },
 }
 
@@ -487,7 +492,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Buffer { data_dir, quarantine, requeue } => {
+        Command::Buffer { data_dir, quarantine, requeue, resend_quarantine } => {
+            let connector = outpost_connector::quarantine::exists(&data_dir);
+            if resend_quarantine {
+                anyhow::ensure!(connector, "{} holds no connector quarantine", data_dir.display());
+                let moved = outpost_connector::quarantine::resend(&data_dir).with_context(|| {
+                    format!(
+                        "cannot move the quarantine in {} (is the connector still running?)",
+                        data_dir.display()
+                    )
+                })?;
+                eprintln!("{moved} batches moved back into the buffer; they are forwarded at the next start");
+            }
             let (buffer, _) = outpost_shared::buffer::SledBuffer::open(
                 &data_dir.join("buffer"),
                 u64::MAX,
@@ -514,12 +530,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let st = buffer.stats();
             let first = buffer.oldest(1)?.first().map(|(s, _)| *s);
             let last = buffer.newest(1)?.first().map(|(s, _)| *s);
-            println!(
-                "{}",
-                serde_json::json!({"len": st.len, "bytes": st.bytes, "dropped": st.dropped,
-                    "next_seq": st.next_seq, "oldest_seq": first, "newest_seq": last,
-                    "quarantined": st.quarantined, "quarantine_len": st.quarantine_len})
-            );
+            let mut out = serde_json::json!({"len": st.len, "bytes": st.bytes, "dropped": st.dropped,
+                "next_seq": st.next_seq, "oldest_seq": first, "newest_seq": last,
+                "quarantined": st.quarantined, "quarantine_len": st.quarantine_len});
+            if connector {
+                drop(buffer);
+                out["quarantine"] = outpost_connector::quarantine::report(&data_dir)?;
+            }
+            println!("{out}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Up { data_dir, port, connector_port } => {

@@ -166,7 +166,9 @@ fn oversized_or_malformed_ingest_is_refused_and_nothing_is_stored() {
         let signed = if gzip { Vec::new() } else { body.clone() };
         m.post(&cloud, "/v1/batches", body, &signed, gzip)
     };
-    let reading = |machine: &str, seq: u64| serde_json::json!({"machine_id": machine, "seq": seq, "sensor": "cpu.total", "ts": "2026-01-01T00:00:00Z", "value": 1.0, "state": "ok"});
+    // Stamped now: readings older than the cloud's raw retention are refused for their clock.
+    let now = chrono::Utc::now();
+    let reading = |machine: &str, seq: u64| serde_json::json!({"machine_id": machine, "seq": seq, "sensor": "cpu.total", "ts": now, "value": 1.0, "state": "ok"});
     let batch = |readings: Vec<Value>| {
         serde_json::to_vec(&serde_json::json!({"machine_id": id, "hostname": "h", "uplink": "direct", "buffered": 0, "readings": readings})).unwrap()
     };

@@ -76,9 +76,13 @@ fn a_batch_signed_by_another_machine_or_altered_on_the_way_is_rejected() {
     let cloud = CloudProc::start(&dir.path().join("cloud"));
     let a = TestMachine::enroll(&cloud, "sensorhub");
     let b = TestMachine::enroll(&cloud, "sensorhub");
+    // Stamped now: readings older than the cloud's raw retention are refused for their clock.
+    let now = chrono::Utc::now();
     let batch = |m: &str, v: f64| {
-        serde_json::to_vec(&json!({"machine_id": m, "hostname": "h", "uplink": "direct", "buffered": 0, "readings": [
-            {"machine_id": m, "seq": 1, "sensor": "cpu.total", "ts": "2026-01-01T00:00:00Z", "value": v, "state": "ok"}]}))
+        serde_json::to_vec(
+            &json!({"machine_id": m, "hostname": "h", "uplink": "direct", "buffered": 0, "readings": [
+            {"machine_id": m, "seq": 1, "sensor": "cpu.total", "ts": now, "value": v, "state": "ok"}]}),
+        )
         .unwrap()
     };
     // B signs a batch that claims to be A's.

@@ -68,6 +68,11 @@ pub struct IngestLimits {
     pub max_decompressed: u64,
     /// Most readings in one batch.
     pub max_readings: usize,
+    /// How far ahead of the cloud's clock a reading may be stamped. Later ones (a hub clock set
+    /// to 2100) are refused with verdict `Clock`, as are readings older than `retention.raw`:
+    /// stored, either would pin or skip a sensor's latest value and its alerts.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
 }
 
 impl Default for CloudConfig {
@@ -99,7 +104,12 @@ impl Default for Retention {
 
 impl Default for IngestLimits {
     fn default() -> Self {
-        IngestLimits { max_body: 8 << 20, max_decompressed: 64 << 20, max_readings: 50_000 }
+        IngestLimits {
+            max_body: 8 << 20,
+            max_decompressed: 64 << 20,
+            max_readings: 50_000,
+            max_future: Duration::from_secs(300),
+        }
     }
 }
 
@@ -122,6 +132,12 @@ impl Validate for CloudConfig {
         }
         if self.ingest.max_decompressed < self.ingest.max_body {
             problems.push(Problem::new("ingest.max_decompressed", "must not be below ingest.max_body"));
+        }
+        if self.ingest.max_future < Duration::from_secs(1) {
+            problems.push(Problem::new(
+                "ingest.max_future",
+                "must be at least 1s: clocks are never exactly equal",
+            ));
         }
         if self.ingest.max_readings == 0 {
             problems.push(Problem::new("ingest.max_readings", "must be above 0"));

@@ -88,7 +88,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
-    let store = store::Store::open(&dir.join("db"))?;
+    let store = store::Store::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
     let trust = trust::Trust::open(dir, store.db())?;
     let commands = commands::Commands::open(store.db())?;
 

@@ -417,6 +417,21 @@ impl Trust {
         Ok(out)
     }
 
+    /// The enrolled machines of one network (hubs and connectors), for the key list its
+    /// connectors check hub batches against. Revoked machines are not in it.
+    pub fn network_keys(&self, network: &str) -> Result<Vec<MachineKey>, CloudError> {
+        let mut out = Vec::new();
+        for item in self.keys.iter() {
+            let (_, v) = item?;
+            if let Ok(k) = serde_json::from_slice::<MachineKey>(&v) {
+                if k.network_id == network {
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks a signed machine request; returns the enrolled signer. `max_skew` is `None` for
     /// batches a connector held for a while: their signature still proves who wrote them, and
     /// storing them twice is impossible anyway.

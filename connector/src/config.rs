@@ -24,6 +24,8 @@ pub struct ConnectorConfig {
     pub names: Vec<String>,
     pub cloud: CloudLink,
     pub buffer: BufferConfig,
+    /// `[ingest]`: which hub batches the connector takes.
+    pub ingest: IngestConfig,
     pub ssdp: SsdpConfig,
     /// Sensors of the connector's own machine (its embedded hub); the defaults when empty.
     #[serde(rename = "sensor")]
@@ -56,6 +58,28 @@ pub struct CloudLink {
     pub retry_min: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// How often the list of this network's machine keys is fetched again (hubs enrolled or
+    /// revoked since).
+    #[serde(with = "humantime_serde")]
+    pub keys_every: Duration,
+    /// A batch from a machine not on the list fetches it at once, but at most once per this
+    /// long: a flood of unknown ids cannot make the connector hammer the cloud.
+    #[serde(with = "humantime_serde")]
+    pub keys_refresh_min: Duration,
+}
+
+/// `[ingest]`: the timestamps the connector takes, as the cloud's `[ingest]` and `[retention]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Readings stamped further ahead of this machine's clock are refused (HTTP 422, code
+    /// `clock`, with the accepted window), so the hub puts them aside instead of sending them on.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Readings older than this are refused the same way: the cloud's raw retention (same
+    /// default), past which it would refuse them too.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +91,10 @@ pub struct BufferConfig {
     /// What a refused hub is told to wait before trying again.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Bytes kept of batches put aside for good (the cloud refused them, or they cannot be
+    /// framed). When full, the oldest are dropped; the per-hub counts stay (they are reported).
+    #[serde(with = "outpost_shared::config::size")]
+    pub quarantine_quota: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +118,7 @@ impl Default for ConnectorConfig {
             names: vec!["localhost".into(), "127.0.0.1".into()],
             cloud: CloudLink::default(),
             buffer: BufferConfig::default(),
+            ingest: IngestConfig::default(),
             ssdp: SsdpConfig::default(),
             sensors: Vec::new(),
             monitor_self: true,
@@ -110,13 +139,21 @@ impl Default for CloudLink {
             timeout: Duration::from_secs(30),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            keys_every: Duration::from_secs(60),
+            keys_refresh_min: Duration::from_secs(5),
         }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_future: Duration::from_secs(300), max_age: Duration::from_secs(7 * 86400) }
     }
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        BufferConfig { quota: 1 << 30, retry_after: Duration::from_secs(10) }
+        BufferConfig { quota: 1 << 30, retry_after: Duration::from_secs(10), quarantine_quota: 256 << 20 }
     }
 }
 
@@ -156,6 +193,24 @@ impl Validate for ConnectorConfig {
                 "cloud.retry_max",
                 "retry_min must be above 0 and retry_max not below it",
             ));
+        }
+        if self.cloud.keys_every < Duration::from_secs(1) {
+            problems.push(Problem::new("cloud.keys_every", "must be at least 1s"));
+        }
+        if self.cloud.keys_refresh_min < Duration::from_millis(100) {
+            problems.push(Problem::new("cloud.keys_refresh_min", "must be at least 100ms"));
+        }
+        if self.ingest.max_future < Duration::from_secs(1) {
+            problems.push(Problem::new(
+                "ingest.max_future",
+                "must be at least 1s: clocks are never exactly equal",
+            ));
+        }
+        if self.ingest.max_age < Duration::from_secs(3600) {
+            problems.push(Problem::new("ingest.max_age", "must be at least 1h"));
+        }
+        if self.buffer.quarantine_quota < 64 << 10 {
+            problems.push(Problem::new("buffer.quarantine_quota", "must be at least 64KiB"));
         }
         if self.buffer.quota < 64 << 10 {
             problems.push(Problem::new("buffer.quota", "must be at least 64KiB"));

@@ -1,14 +1,23 @@
 //! Store-and-forward to the cloud: many hubs' batches per request, each exactly as its hub signed
 //! it. Live first, as on the hub: the newest batches that carry fresh readings go ahead, so a
 //! hub's latest readings are not stuck here behind a backlog (its own or other hubs'); the rest of
-//! each request drains the backlog oldest first. A batch leaves the buffer only after the cloud's
-//! answer for it: stored, or refused for good (then it is logged; resending could never help).
+//! each request drains the backlog oldest first.
+//!
+//! Custody: a batch leaves the buffer only on the cloud's verdict for it: stored (or a
+//! duplicate), or refused for good (`Verdict::Refused`), and then into the counted
+//! [`crate::quarantine`]. Any other answer (retry later, no verdict, an old cloud) keeps it: it is
+//! appended again behind the other batches, so one hub's refused data never blocks the others,
+//! and a round in which nothing left the buffer backs off. Requests are bounded by bytes below
+//! the cloud's `max_body` (learned with the network keys); a 413 halves the request, and a single
+//! batch the cloud will not take at any size, or a record that cannot be framed, is put aside.
 
 use crate::config::CloudLink;
+use crate::quarantine::Entry;
 use crate::{record, Shared};
 use outpost_shared::backoff::Backoff;
 use outpost_shared::model::{
     ApiError, BatchSignature, ForwardAck, ForwardEnvelope, ForwardResult, ForwardedBatch, UnattachedHub,
+    Verdict,
 };
 use outpost_shared::ssdp::Found;
 use serde_json::value::RawValue;
@@ -43,11 +52,11 @@ pub(crate) async fn run(
     let url = format!("{base}/v1/forward");
     let mut backoff = Backoff::new(cfg.retry_min, cfg.retry_max, 0.5).expect("validated with the config");
     // Enrolled first: the cloud takes nothing from a connector it does not know. Hub batches
-    // are taken into custody meanwhile.
-    loop {
+    // are refused meanwhile unless a key list from an earlier run is on disk.
+    let enrollment = loop {
         let attempt = async {
-            if outpost_sensorhub::trust::load(&enroll.dir, &sh.key)?.is_some() {
-                return Ok(());
+            if let Some(e) = outpost_sensorhub::trust::load(&enroll.dir, &sh.key)? {
+                return Ok(e);
             }
             let token = outpost_sensorhub::trust::token(cfg.enroll_token.as_deref(), &enroll.dir)?;
             outpost_sensorhub::trust::enroll(
@@ -61,10 +70,9 @@ pub(crate) async fn run(
                 Some(enroll.lan_cert.clone()),
             )
             .await
-            .map(|_| ())
         };
         match attempt.await {
-            Ok(()) => break,
+            Ok(e) => break e,
             Err(e) => {
                 if let Some(w) = &sh.watch {
                     w.forward_failed();
@@ -78,8 +86,9 @@ pub(crate) async fn run(
                 }
             }
         }
-    }
+    };
     backoff.reset();
+    sh.hub_keys.set_cloud_key(enrollment.cloud_key);
     // The embedded hub shares this machine's key, and so its enrollment.
     let hub_dir = enroll.dir.join("hub");
     if std::fs::create_dir_all(&hub_dir).is_ok() {
@@ -88,62 +97,41 @@ pub(crate) async fn run(
             hub_dir.join(outpost_sensorhub::trust::ENROLLMENT_FILE),
         );
     }
+    let mut keys_at: Option<std::time::Instant> = None;
+    let mut cap = MAX_BATCHES;
     let mut failing = false;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        let collected = std::time::Instant::now();
-        let (mut taken, env) = match collect(&sh, cfg.max_readings).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the connector buffer");
-                sleep_or_stop(&shutdown, backoff.next_delay()).await;
-                continue;
+        // The key list rides with the forwarder: fetched again every `keys_every`.
+        if keys_at.is_none_or(|t| t.elapsed() >= cfg.keys_every) {
+            if let Err(e) = sh.hub_keys.fetch(&client, &base, &sh.key).await {
+                tracing::warn!(error = %e, "network keys not refreshed; using the list held");
             }
-        };
-        let Some(env) = env else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = sh.forward_wake.notified() => {}
-            }
-            // Forward at once: what arrives while this request is on its way gathers for the
-            // next one, so batches grow with load without making a lone reading (a relay that
-            // switched, an alert) wait for company.
-            continue;
-        };
-        match send(&client, &url, &sh.key, &env).await {
-            Ok(ack) => {
-                if let Some(w) = &sh.watch {
-                    w.forward_ok(collected);
-                    w.notes_delivered(std::mem::take(&mut taken.note_keys)).await;
+            keys_at = Some(std::time::Instant::now());
+        }
+        match round(&sh, &client, &url, cfg.max_readings, &mut cap).await {
+            Round::Idle => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = sh.forward_wake.notified() => {}
+                    _ = tokio::time::sleep(cfg.keys_every) => {}
                 }
+                // Forward at once: what arrives while this request is on its way gathers for the
+                // next one, so batches grow with load without making a lone reading (a relay that
+                // switched, an alert) wait for company.
+            }
+            Round::Progress => {
                 if failing {
                     tracing::info!("cloud reachable again; forwarding the backlog");
                     failing = false;
                 }
                 backoff.reset();
-                for (r, fb) in ack.results.iter().zip(&env.batches) {
-                    if let ForwardResult::Refused { status, error, .. } = r {
-                        tracing::error!(status, %error, hub = %fb.sig.machine_id, "cloud refuses a hub batch for good; dropped");
-                    }
-                }
-                remove(&sh, taken).await;
-                // The unattached list was delivered with this request.
-                if !env.unattached.is_empty() {
-                    sh.unattached.lock().unwrap().clear();
-                }
             }
-            Err(Retry::After(d)) => {
-                if let Some(w) = &sh.watch {
-                    w.forward_failed();
-                }
-                sleep_or_stop(&shutdown, d).await
-            }
-            Err(Retry::Backoff(msg)) => {
-                if let Some(w) = &sh.watch {
-                    w.forward_failed();
-                }
+            Round::Held => sleep_or_stop(&shutdown, backoff.next_delay()).await,
+            Round::Failed(Retry::After(d)) => sleep_or_stop(&shutdown, d).await,
+            Round::Failed(Retry::TooLarge(msg) | Retry::Backoff(msg)) => {
                 if !failing {
                     tracing::warn!(error = %msg, buffered = sh.buffer.stats().len, "cannot reach the cloud; holding hub batches");
                     failing = true;
@@ -154,6 +142,171 @@ pub(crate) async fn run(
     }
 }
 
+/// How one forward round went.
+pub(crate) enum Round {
+    /// Nothing to send.
+    Idle,
+    /// Something left the buffer (or the request was made smaller): go on at once.
+    Progress,
+    /// The cloud answered, but kept nothing of it: every batch is to be sent again later.
+    Held,
+    /// No answer that settles anything.
+    Failed(Retry),
+}
+
+/// One request: collect, send, settle each batch by its verdict.
+pub(crate) async fn round(
+    sh: &Arc<Shared>,
+    client: &reqwest::Client,
+    url: &str,
+    max_readings: usize,
+    cap: &mut usize,
+) -> Round {
+    let collected = std::time::Instant::now();
+    let limits = sh.hub_keys.limits();
+    let (mut taken, env) = match collect(sh, max_readings, max_record_bytes(limits), *cap).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the connector buffer");
+            return Round::Failed(Retry::Backoff(e));
+        }
+    };
+    let Some(mut env) = env else { return Round::Idle };
+    let report = sh.quarantine.to_report();
+    if let Some((_, counts)) = &report {
+        env.quarantined = counts.clone();
+    }
+    let max_body = limits.map_or(DEFAULT_MAX_BODY, |l| l.max_body);
+    match send(client, url, &sh.key, &env, max_body).await {
+        Ok(ack) => {
+            if let Some(w) = &sh.watch {
+                w.forward_ok(collected);
+                w.notes_delivered(std::mem::take(&mut taken.note_keys)).await;
+            }
+            if let Some((generation, _)) = report {
+                sh.quarantine.reported(generation);
+            }
+            // The unattached list was delivered with this request.
+            if !env.unattached.is_empty() {
+                sh.unattached.lock().unwrap().clear();
+            }
+            *cap = (*cap * 2).min(MAX_BATCHES);
+            let moved = settle(sh, taken, &ack.results).await;
+            if moved || env.batches.is_empty() {
+                Round::Progress
+            } else {
+                Round::Held
+            }
+        }
+        Err(Retry::TooLarge(msg)) if env.batches.len() > 1 => {
+            *cap = env.batches.len() / 2;
+            tracing::info!(batches = *cap, reason = %msg, "forward too large for the cloud; sending fewer batches at once");
+            Round::Progress
+        }
+        Err(Retry::TooLarge(msg)) if env.batches.len() == 1 => {
+            // One hub batch, signed as it is: it cannot be split here, and will never fit.
+            let entry = (
+                taken.seqs[0],
+                taken.records.swap_remove(0),
+                format!("the cloud takes no request this large: {msg}"),
+            );
+            put_aside(sh, vec![entry]).await;
+            Round::Progress
+        }
+        Err(e) => {
+            if let Some(w) = &sh.watch {
+                w.forward_failed();
+            }
+            Round::Failed(e)
+        }
+    }
+}
+
+/// Applies the cloud's verdicts: stored leaves the buffer, refused for good goes to the
+/// quarantine, anything else is appended again behind the other batches. Returns whether any
+/// batch left the buffer.
+async fn settle(sh: &Arc<Shared>, taken: Taken, results: &[ForwardResult]) -> bool {
+    let mut stored = Vec::new();
+    let mut aside = Vec::new();
+    let mut again = Vec::new();
+    for ((seq, record), r) in taken.seqs.into_iter().zip(taken.records).zip(results) {
+        match r {
+            ForwardResult::Stored(_) => stored.push((seq, record)),
+            ForwardResult::Refused { verdict: Some(Verdict::Refused), status, error, code, .. } => {
+                let code = code.map(|c| format!("{c:?}")).unwrap_or_default();
+                aside.push((
+                    seq,
+                    record,
+                    format!("the cloud refused it for good ({status} {code}): {error}"),
+                ));
+            }
+            ForwardResult::Refused { status, error, code, .. } => {
+                tracing::warn!(status, ?code, %error, "the cloud did not take a hub batch now; kept to send again");
+                again.push((seq, record));
+            }
+        }
+    }
+    let moved = !stored.is_empty() || !aside.is_empty();
+    remove(sh, stored).await;
+    put_aside(sh, aside).await;
+    send_again_later(sh, again).await;
+    moved
+}
+
+/// Moves records from the buffer into the quarantine, counted; on a quarantine error they stay
+/// in the buffer (never dropped uncounted).
+pub(crate) async fn put_aside(sh: &Arc<Shared>, items: Vec<(u64, Vec<u8>, String)>) {
+    if items.is_empty() {
+        return;
+    }
+    let kept: Vec<(u64, Vec<u8>)> = items.iter().map(|(s, r, _)| (*s, r.clone())).collect();
+    let entries: Vec<Entry> = items
+        .into_iter()
+        .map(|(_, record, reason)| {
+            let (hub, readings) = record::decode(&record)
+                .map(|r| (r.machine_id.to_string(), u64::from(r.readings)))
+                .unwrap_or_else(|| (crate::quarantine::UNKNOWN_HUB.to_string(), 0));
+            Entry { record, hub, readings, reason }
+        })
+        .collect();
+    let shared = sh.clone();
+    match tokio::task::spawn_blocking(move || shared.quarantine.put(&entries)).await {
+        Ok(Ok(())) => remove(sh, kept).await,
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot put batches aside; they stay in the buffer"),
+        Err(e) => tracing::error!(error = %e, "cannot put batches aside; they stay in the buffer"),
+    }
+}
+
+/// Appends records again (no longer fresh) and removes their old place, so they go behind what
+/// waits now. A full buffer leaves them where they are.
+async fn send_again_later(sh: &Arc<Shared>, items: Vec<(u64, Vec<u8>)>) {
+    if items.is_empty() {
+        return;
+    }
+    let buffer = sh.buffer.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let (old, records): (Vec<u64>, Vec<Vec<u8>>) = items
+            .into_iter()
+            .map(|(seq, bytes)| {
+                let again = record::decode(&bytes)
+                    .and_then(|r| record::encode(&record::Record { fresh: false, ..r }).ok())
+                    .unwrap_or(bytes);
+                (seq, again)
+            })
+            .unzip();
+        // In first, then out: a crash in between sends a batch twice, which the cloud stores once.
+        buffer.append(&records)?;
+        buffer.remove(&old)
+    })
+    .await;
+    let failed = match done {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(error = %failed, "could not move held batches behind the others; they are sent again in place");
+}
+
 async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -161,32 +314,53 @@ async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
     }
 }
 
-enum Retry {
+pub(crate) enum Retry {
     After(Duration),
+    /// 413: the request was too large for the cloud (or would be, by its `max_body`).
+    TooLarge(String),
     Backoff(String),
 }
 
-/// What one forward request takes besides the envelope: the buffer seqs and the outage note keys
-/// to delete once the cloud has them, and the bytes each hub gets back in its fair share then.
+/// What one forward request takes besides the envelope: the buffer seqs and records of its
+/// batches (in the envelope's order), the outage note keys to delete once the cloud has them.
 #[derive(Default)]
 pub(crate) struct Taken {
     pub seqs: Vec<u64>,
+    pub records: Vec<Vec<u8>>,
     pub note_keys: Vec<sled::IVec>,
+    /// Hub of each batch, and its bytes (for the fair share once it leaves).
     pub freed: Vec<(String, u64)>,
 }
 
-/// Up to `max_readings` (at least one batch): first the freshest batches among those that came
-/// in last (at most half the request, so the backlog keeps moving), then the oldest; the pending
-/// unattached hubs; and the outage notes not yet delivered.
+/// The cloud's `max_body` until it has told its own.
+const DEFAULT_MAX_BODY: u64 = 8 << 20;
+/// Envelope bytes per batch besides the record's JSON (signature, field names).
+const PER_BATCH_OVERHEAD: u64 = 1024;
+
+/// The most JSON one forward carries, and so the largest hub batch this connector takes: below
+/// the cloud's `max_body` even before compression (gzip never grows JSON by more than a few
+/// bytes per 32 KiB), with room for the envelope around it.
+pub(crate) fn max_record_bytes(limits: Option<outpost_shared::keys::IngestLimits>) -> u64 {
+    let max_body = limits.map_or(DEFAULT_MAX_BODY, |l| l.max_body);
+    (max_body / 16 * 15).saturating_sub(4096)
+}
+
+/// Up to `max_readings` and `max_bytes` (at least one batch), at most `max_batches`: first the
+/// freshest batches among those that came in last (at most half the request, so the backlog
+/// keeps moving), then the oldest; the pending unattached hubs; and the outage notes not yet
+/// delivered. A record that cannot be read or framed is put aside on the way.
 pub(crate) async fn collect(
     sh: &Arc<Shared>,
     max_readings: usize,
+    max_bytes: u64,
+    max_batches: usize,
 ) -> Result<(Taken, Option<ForwardEnvelope>), String> {
+    let max_batches = max_batches.clamp(1, MAX_BATCHES);
     // Batches and notes read together, with no intake half-way (see `Shared::custody`).
     let custody = sh.custody.write().await;
     let (note_keys, mailed) = sh.watch.as_ref().map(|w| w.pending_notes()).unwrap_or_default();
     let buffer = sh.buffer.clone();
-    let n = records_for(&buffer.stats(), max_readings);
+    let n = records_for(&buffer.stats(), max_readings).min(max_batches);
     let (live, oldest) = tokio::task::spawn_blocking(move || {
         // Newest first: after an outage the latest of each hub leads, not the first to arrive.
         let live: Vec<_> = buffer
@@ -202,25 +376,36 @@ pub(crate) async fn collect(
     .map_err(|e| e.to_string())?;
 
     let mut taken = Taken { note_keys, ..Default::default() };
+    let mut unframeable = Vec::new();
     let mut batches = Vec::new();
     let mut readings = 0usize;
+    let mut bytes = 0u64;
     let live_budget = (max_readings / 2).max(1);
     let mut in_request = HashSet::new();
     let candidates = live.into_iter().map(|r| (true, r)).chain(oldest.into_iter().map(|r| (false, r)));
-    for (is_live, (seq, bytes)) in candidates {
-        if batches.len() >= MAX_BATCHES {
+    for (is_live, (seq, rec)) in candidates {
+        if batches.len() >= max_batches {
             break;
         }
         if !in_request.insert(seq) {
             continue;
         }
-        let Some(r) = record::decode(&bytes) else {
-            tracing::error!(seq, "unreadable record in the connector buffer; dropped");
-            taken.seqs.push(seq);
-            continue;
+        let framed = record::decode(&rec).ok_or_else(|| "unreadable record".to_string()).and_then(|r| {
+            let json = std::str::from_utf8(r.json).map_err(|e| format!("batch is not UTF-8: {e}"))?;
+            let body =
+                RawValue::from_string(json.to_string()).map_err(|e| format!("batch is not JSON: {e}"))?;
+            Ok((r, body))
+        });
+        let (r, body) = match framed {
+            Ok(x) => x,
+            Err(reason) => {
+                unframeable.push((seq, rec, format!("cannot be forwarded: {reason}")));
+                continue;
+            }
         };
+        let cost = r.json.len() as u64 + PER_BATCH_OVERHEAD;
         let budget = if is_live { live_budget } else { max_readings };
-        if !batches.is_empty() && readings + r.readings as usize > budget {
+        if !batches.is_empty() && (readings + r.readings as usize > budget || bytes + cost > max_bytes) {
             if is_live {
                 // Too big for the live share: it goes with the backlog, in order.
                 in_request.remove(&seq);
@@ -229,27 +414,32 @@ pub(crate) async fn collect(
             break;
         }
         readings += r.readings as usize;
-        let json = String::from_utf8(r.json.to_vec()).map_err(|e| e.to_string())?;
+        bytes += cost;
         batches.push(ForwardedBatch {
             sig: BatchSignature {
                 machine_id: r.machine_id.to_string(),
                 timestamp: r.timestamp,
                 signature: r.signature.to_string(),
             },
-            body: RawValue::from_string(json).map_err(|e| e.to_string())?,
+            body,
         });
+        taken.freed.push((r.machine_id.to_string(), rec.len() as u64));
         taken.seqs.push(seq);
-        taken.freed.push((r.machine_id.to_string(), bytes.len() as u64));
+        taken.records.push(rec);
     }
     drop(custody);
+    put_aside(sh, unframeable).await;
     let unattached = sh.unattached.lock().unwrap().clone();
     if batches.is_empty() && unattached.is_empty() && mailed.is_empty() {
-        if !taken.seqs.is_empty() {
-            remove(sh, taken).await;
-        }
         return Ok((Taken::default(), None));
     }
-    let env = ForwardEnvelope { connector: sh.machine_id.clone(), batches, unattached, mailed };
+    let env = ForwardEnvelope {
+        connector: sh.machine_id.clone(),
+        batches,
+        unattached,
+        mailed,
+        quarantined: Default::default(),
+    };
     Ok((taken, Some(env)))
 }
 
@@ -263,16 +453,20 @@ fn records_for(st: &outpost_shared::buffer::BufferStats, max_readings: usize) ->
     (wanted / avg + 1).min(MAX_BATCHES as u64) as usize
 }
 
-async fn send(
+pub(crate) async fn send(
     client: &reqwest::Client,
     url: &str,
     key: &outpost_shared::keys::KeyPair,
     env: &ForwardEnvelope,
+    max_body: u64,
 ) -> Result<ForwardAck, Retry> {
     let json = serde_json::to_vec(env).map_err(|e| Retry::Backoff(e.to_string()))?;
+    let body = outpost_shared::wire::gzip(&json);
+    if body.len() as u64 > max_body {
+        return Err(Retry::TooLarge(format!("{} bytes, the cloud takes {max_body}", body.len())));
+    }
     let sig = outpost_shared::keys::sign_request(key, "POST", "/v1/forward", &json, chrono::Utc::now())
         .map_err(|e| Retry::Backoff(e.to_string()))?;
-    let body = outpost_shared::wire::gzip(&json);
     let mut req = client.post(url);
     for (name, value) in sig.to_pairs() {
         req = req.header(name, value);
@@ -304,14 +498,24 @@ async fn send(
         .and_then(|v| v.parse::<u64>().ok());
     let msg = resp.json::<ApiError>().await.map(|e| e.error).unwrap_or_default();
     match (status.as_u16(), retry_after) {
+        (413, _) => Err(Retry::TooLarge(format!("cloud answered 413: {msg}"))),
         (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),
         (code, _) => Err(Retry::Backoff(format!("cloud answered {code}: {msg}"))),
     }
 }
 
-async fn remove(sh: &Arc<Shared>, taken: Taken) {
+/// Removes batches that left custody (stored, or put aside) and gives their bytes back to their
+/// hubs' fair shares.
+async fn remove(sh: &Arc<Shared>, records: Vec<(u64, Vec<u8>)>) {
+    if records.is_empty() {
+        return;
+    }
+    let freed: Vec<(String, u64)> = records
+        .iter()
+        .filter_map(|(_, r)| record::decode(r).map(|d| (d.machine_id.to_string(), r.len() as u64)))
+        .collect();
+    let seqs: Vec<u64> = records.into_iter().map(|(s, _)| s).collect();
     let buffer = sh.buffer.clone();
-    let Taken { seqs, freed, .. } = taken;
     match tokio::task::spawn_blocking(move || buffer.remove(&seqs)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

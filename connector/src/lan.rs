@@ -1,7 +1,10 @@
 //! The LAN side: the machine-facing part of the one API (`POST /v1/batches`), served over TLS to
-//! the hubs of this network. A batch is acknowledged only once it is durable in the connector's
-//! buffer; a full buffer, or a hub over its fair share of a filling one, gets 503 + Retry-After.
+//! the hubs of this network. A batch is checked (signature by a listed key, form, timestamps)
+//! before anything else happens to it, and acknowledged only once it is durable in the
+//! connector's buffer; a full buffer, or a hub over its fair share of a filling one, gets
+//! 503 + Retry-After. Every refusal carries a verdict (see `ApiError`).
 
+use crate::hub_keys::Lookup;
 use crate::{record, Shared};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -9,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_shared::buffer::BufferError;
-use outpost_shared::model::{ApiError, Batch, BatchAck, BatchProblem};
+use outpost_shared::keys::{SignedHeaders, VerifyError, HEADER_MACHINE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use outpost_shared::model::{ApiError, Batch, BatchAck, BatchProblem, RefusalCode, TimeWindow, Verdict};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -70,70 +74,218 @@ async fn identity(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
 }
 
 fn busy(sh: &Shared, msg: String) -> Response {
-    let mut r = err(StatusCode::SERVICE_UNAVAILABLE, msg);
+    let mut r = verdict(StatusCode::SERVICE_UNAVAILABLE, Verdict::RetryLater, RefusalCode::Busy, msg);
     let secs = sh.retry_after.as_secs().max(1).to_string();
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).expect("digits"));
     r
 }
 
+/// Longest value taken for each signature header. A 4096-bit RSA signature is 684 base64
+/// characters; anything longer is not a signature, and a record keeps its length in 16 bits.
+const MAX_SIG_HEADER: usize = 4096;
+
+/// An answer on a hub batch with the connector's verdict (custody rule: only `Refused` lets the
+/// hub put the data aside; `RetryLater` and no verdict mean it keeps it and sends it again).
+fn verdict(status: StatusCode, v: Verdict, code: RefusalCode, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError::verdict(msg, v, code))).into_response()
+}
+
+fn malformed(status: StatusCode, msg: impl Into<String>) -> Response {
+    verdict(status, Verdict::Refused, RefusalCode::Malformed, msg)
+}
+
+/// Takes a hub batch into custody, but only one this connector has checked itself: signed by a
+/// machine the cloud lists for this network, over exactly these bytes, well-formed, with readings
+/// stamped inside the accepted window. Cheap checks come first (header sizes, a known signer),
+/// the body is read and inflated only after them, and nothing refused touches the buffer, the
+/// fair shares, the per-hub maps or the outage alerts.
 async fn intake(
     State(sh): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    // The connector cannot check a hub's signature (it holds no hub keys): the cloud does. It
-    // insists on one being there, and on the signer being the batch's machine, and keeps it.
-    let sig = match outpost_shared::keys::SignedHeaders::from_header_map(&headers) {
+    for name in [HEADER_MACHINE, HEADER_TIMESTAMP, HEADER_SIGNATURE] {
+        let len: usize = headers.get_all(name).iter().map(|v| v.len()).sum();
+        if len > MAX_SIG_HEADER {
+            tracing::warn!(%peer, header = name, bytes = len, "hub batch refused: oversized signature header");
+            return malformed(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("{name} of {len} bytes; at most {MAX_SIG_HEADER}"),
+            );
+        }
+    }
+    let sig = match SignedHeaders::from_header_map(&headers) {
         Ok(s) => s,
         Err(e) => {
-            return err(StatusCode::UNAUTHORIZED, format!("unsigned batch ({e}); hubs sign every batch"))
+            return verdict(
+                StatusCode::UNAUTHORIZED,
+                Verdict::Refused,
+                RefusalCode::Forged,
+                format!("unsigned batch ({e}); hubs sign every batch"),
+            )
+        }
+    };
+    let key = match sh.hub_keys.lookup(&sig.machine_id) {
+        Lookup::Known(k) => k,
+        Lookup::NoList => {
+            return verdict(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Verdict::RetryLater,
+                RefusalCode::Busy,
+                "this connector has no list of the network's machine keys yet (not enrolled, or the cloud not reached); keep the data and retry later",
+            )
+        }
+        Lookup::Unknown => {
+            // Enrolled since the last list? Ask (rate-limited), then look again.
+            let again = match &sh.cloud {
+                Some((client, base)) => {
+                    Some(sh.hub_keys.refresh_for_unknown(client, base, &sh.key, &sig.machine_id).await)
+                }
+                None => None,
+            };
+            match again {
+                Some(Lookup::Known(k)) => k,
+                _ => {
+                    tracing::warn!(%peer, machine = %sig.machine_id, "hub batch refused: signer not enrolled in this network");
+                    return verdict(
+                        StatusCode::UNAUTHORIZED,
+                        Verdict::RetryLater,
+                        RefusalCode::NotEnrolled,
+                        format!("machine {} is not enrolled in this connector's network", sig.machine_id),
+                    );
+                }
+            }
+        }
+    };
+    let limits = sh.hub_keys.limits();
+    let max_decompressed =
+        limits.map_or(MAX_DECOMPRESSED, |l| (l.max_decompressed as usize).min(MAX_DECOMPRESSED));
+    let max_readings = limits.map_or(MAX_READINGS, |l| (l.max_readings as usize).min(MAX_READINGS));
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return verdict(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Verdict::RetryLater,
+                RefusalCode::TooLarge,
+                format!("body unreadable or over {MAX_BODY} bytes ({e}); send smaller batches"),
+            )
         }
     };
     let gz = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
         == Some(outpost_shared::wire::GZIP);
-    let json = match outpost_shared::wire::decompress(&body, gz, MAX_DECOMPRESSED) {
-        Ok(j) => j,
-        Err(e @ outpost_shared::wire::WireError::TooLarge { .. }) => {
-            return err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+    // Inflating and the RSA check are CPU work: off the async workers.
+    let sig_check = sig.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let json = outpost_shared::wire::decompress(&body, gz, max_decompressed)?;
+        let verified = outpost_shared::keys::verify_request(
+            &key,
+            &sig_check,
+            "POST",
+            "/v1/batches",
+            &json,
+            chrono::Utc::now(),
+            outpost_shared::keys::DEFAULT_MAX_SKEW,
+        );
+        Ok::<_, outpost_shared::wire::WireError>((json, verified))
+    })
+    .await
+    .expect("inflating and verifying do not panic");
+    let json = match checked {
+        Ok((json, Ok(()))) => json,
+        Ok((_, Err(e @ VerifyError::Stale { .. }))) => {
+            return verdict(StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::Other, e.to_string())
         }
-        Err(e) => return err(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok((_, Err(e))) => {
+            tracing::warn!(%peer, machine = %sig.machine_id, reason = %e, "hub batch refused: signature does not check");
+            return verdict(StatusCode::UNAUTHORIZED, Verdict::Refused, RefusalCode::Forged, e.to_string());
+        }
+        Err(e @ outpost_shared::wire::WireError::TooLarge { .. }) => {
+            return verdict(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Verdict::RetryLater,
+                RefusalCode::TooLarge,
+                e.to_string(),
+            )
+        }
+        Err(e) => return malformed(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // serde_json does not check UTF-8 inside strings it skips; the cloud's parser (and the
+    // forward envelope) would refuse such bytes later, for good, after this acknowledged them.
+    if let Err(e) = std::str::from_utf8(&json) {
+        return malformed(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}"));
+    }
     let batch: Batch = match serde_json::from_slice(&json) {
         Ok(b) => b,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid batch: {e}")),
+        Err(e) => return malformed(StatusCode::BAD_REQUEST, format!("body is not a valid batch: {e}")),
     };
-    // Refuse here what the cloud would refuse, so it never occupies the buffer.
-    if let Err(p) = batch.validate(MAX_READINGS) {
-        let status = match p {
-            BatchProblem::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BatchProblem::Invalid(_) => StatusCode::BAD_REQUEST,
-        };
-        tracing::warn!(%peer, machine = %batch.machine_id, reason = %p, "hub batch refused");
-        return err(status, p.to_string());
-    }
     if sig.machine_id.as_str() != batch.machine_id {
-        return err(StatusCode::UNAUTHORIZED, "batch signed by another machine than its own");
+        return verdict(
+            StatusCode::UNAUTHORIZED,
+            Verdict::Refused,
+            RefusalCode::Forged,
+            "batch signed by another machine than its own",
+        );
+    }
+    // Refuse here what the cloud would refuse, so it never occupies the buffer.
+    if let Err(p) = batch.validate(max_readings) {
+        tracing::warn!(%peer, machine = %batch.machine_id, reason = %p, "hub batch refused");
+        return match p {
+            BatchProblem::TooMany { .. } => verdict(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Verdict::RetryLater,
+                RefusalCode::TooLarge,
+                p.to_string(),
+            ),
+            BatchProblem::Invalid(_) => malformed(StatusCode::BAD_REQUEST, p.to_string()),
+        };
+    }
+    let window = TimeWindow::around(chrono::Utc::now(), sh.ingest.max_future, sh.ingest.max_age);
+    let outside = batch.outside(&window);
+    if let Some(&first) = outside.first() {
+        let ts = batch.readings[first].sample.ts;
+        tracing::warn!(%peer, machine = %batch.machine_id, readings = outside.len(), example = %ts,
+            "hub batch refused: readings stamped outside the accepted window (hub clock wrong?)");
+        let mut body = ApiError::verdict(
+            format!(
+                "{} readings stamped outside {} .. {} (e.g. {ts}); is the machine's clock right?",
+                outside.len(),
+                window.from,
+                window.until
+            ),
+            Verdict::Refused,
+            RefusalCode::Clock,
+        );
+        body.accept = Some(window);
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
     }
     let newest = batch.readings.iter().map(|r| r.sample.ts).max();
-    let rec = record::encode(&record::Record {
+    let rec = match record::encode(&record::Record {
         readings: batch.readings.len() as u32,
         fresh: newest.is_some_and(|ts| chrono::Utc::now() - ts < FRESH_WITHIN),
         machine_id: &batch.machine_id,
         timestamp: sig.timestamp,
         signature: &sig.signature_b64,
         json: &json,
-    });
+    }) {
+        Ok(r) => r,
+        Err(e) => return malformed(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let cost = rec.len() as u64;
-    // A batch that could never fit beside other hubs' data would be refused forever; 413 makes
-    // the hub split it (its uplink halves a refused batch) instead of retrying it unchanged.
-    if cost > sh.quota / 2 {
-        tracing::warn!(machine = %batch.machine_id, bytes = cost, quota = sh.quota,
-            "hub batch larger than half the buffer quota; hub told to send smaller batches");
-        return err(
+    // A batch that could never fit beside other hubs' data (or into one forward) would be
+    // refused forever; 413 makes the hub split it (its uplink halves a refused batch) instead of
+    // retrying it unchanged.
+    let forwardable = crate::forward::max_record_bytes(limits);
+    if cost > sh.quota / 2 || cost > forwardable {
+        tracing::warn!(machine = %batch.machine_id, bytes = cost, quota = sh.quota, forwardable,
+            "hub batch larger than this connector takes at once; hub told to send smaller batches");
+        return verdict(
             StatusCode::PAYLOAD_TOO_LARGE,
+            Verdict::RetryLater,
+            RefusalCode::TooLarge,
             format!(
-                "a batch of {cost} bytes is more than this connector takes at once (buffer quota {} bytes); send smaller batches",
+                "a batch of {cost} bytes is more than this connector takes at once (buffer quota {} bytes, {forwardable} bytes per forward); send smaller batches",
                 sh.quota
             ),
         );

@@ -4,12 +4,20 @@
 //! 503 + Retry-After when full, so data waits on the hubs. The [`forward`] task carries many hubs'
 //! batches per request to the cloud over outbound HTTPS, byte for byte as the hubs sent them. An
 //! embedded hub monitors the connector's own machine through the same LAN API.
+//!
+//! Nothing unverified is taken: the intake checks each batch's signature against the keys the
+//! cloud lists for this network ([`hub_keys`]) and its timestamps against the accepted window
+//! before it counts, stores or forwards it. A batch leaves the buffer only on the cloud's verdict:
+//! stored, or refused for good, and then into the counted [`quarantine`]; on any other answer it
+//! stays and is sent again, behind the other hubs' batches.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod forward;
+pub mod hub_keys;
 pub mod lan;
 pub mod mail;
+pub mod quarantine;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -42,6 +50,8 @@ pub enum ConnectorError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("mail: {0}")]
     Mail(String),
+    #[error("quarantine: {0}")]
+    Quarantine(#[from] quarantine::QuarantineError),
 }
 
 /// What the LAN side and the forwarder share.
@@ -67,6 +77,12 @@ pub(crate) struct Shared {
     pub custody: tokio::sync::RwLock<()>,
     /// Whether hubs are being told to hold their data (so the log says so once, not per request).
     pub pushing_back: AtomicBool,
+    /// The keys hub batches are checked against, and the cloud's limits.
+    pub hub_keys: hub_keys::HubKeys,
+    /// Batches put aside for good, counted.
+    pub quarantine: quarantine::Quarantine,
+    /// The reading timestamps taken (`[ingest]`).
+    pub ingest: config::IngestConfig,
 }
 
 /// A running connector.
@@ -158,6 +174,9 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         watch: mail.as_ref().map(|m| m.watch.clone()),
         custody: tokio::sync::RwLock::new(()),
         pushing_back: AtomicBool::new(false),
+        hub_keys: hub_keys::HubKeys::new(dir, key.machine_id().clone(), config.cloud.keys_refresh_min),
+        quarantine: quarantine::Quarantine::open(dir, config.buffer.quarantine_quota)?,
+        ingest: config.ingest.clone(),
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;

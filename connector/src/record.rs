@@ -21,18 +21,31 @@ pub struct Record<'a> {
     pub json: &'a [u8],
 }
 
-pub fn encode(r: &Record<'_>) -> Vec<u8> {
+/// Why a batch cannot be framed as a record: a length that does not fit its field. Checked before
+/// the cast, never truncated by it (a truncated length would misframe the record and every read
+/// of it after).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("machine id of {0} bytes; a record holds at most 255")]
+    MachineId(usize),
+    #[error("signature of {0} bytes; a record holds at most 65535")]
+    Signature(usize),
+}
+
+pub fn encode(r: &Record<'_>) -> Result<Vec<u8>, FrameError> {
     let (id, sig) = (r.machine_id.as_bytes(), r.signature.as_bytes());
+    let id_len = u8::try_from(id.len()).map_err(|_| FrameError::MachineId(id.len()))?;
+    let sig_len = u16::try_from(sig.len()).map_err(|_| FrameError::Signature(sig.len()))?;
     let mut out = Vec::with_capacity(15 + id.len() + sig.len() + r.json.len());
     let word = (r.readings & !FRESH) | if r.fresh { FRESH } else { 0 };
     out.extend_from_slice(&word.to_be_bytes());
-    out.push(id.len() as u8);
+    out.push(id_len);
     out.extend_from_slice(id);
     out.extend_from_slice(&r.timestamp.to_be_bytes());
-    out.extend_from_slice(&(sig.len() as u16).to_be_bytes());
+    out.extend_from_slice(&sig_len.to_be_bytes());
     out.extend_from_slice(sig);
     out.extend_from_slice(r.json);
-    out
+    Ok(out)
 }
 
 pub fn decode(bytes: &[u8]) -> Option<Record<'_>> {
@@ -79,11 +92,29 @@ mod tests {
                 timestamp: 1_700_000_000,
                 signature: "c2ln",
                 json: b"{\"x\":1}",
-            });
+            })
+            .unwrap();
             let r = super::decode(&e).unwrap();
             assert_eq!((r.readings, r.fresh, r.machine_id, r.json), (42, fresh, "abc", &b"{\"x\":1}"[..]));
             assert_eq!((r.timestamp, r.signature), (1_700_000_000, "c2ln"));
             assert!(super::decode(&e[..3]).is_none());
         }
+    }
+
+    #[test]
+    fn lengths_that_do_not_fit_are_refused_not_truncated() {
+        let long_sig = "A".repeat(70_000);
+        let r = super::Record {
+            readings: 1,
+            fresh: false,
+            machine_id: "abc",
+            timestamp: 0,
+            signature: &long_sig,
+            json: b"{}",
+        };
+        assert_eq!(super::encode(&r), Err(super::FrameError::Signature(70_000)));
+        let long_id = "m".repeat(256);
+        let r = super::Record { machine_id: &long_id, signature: "c2ln", ..r };
+        assert_eq!(super::encode(&r), Err(super::FrameError::MachineId(256)));
     }
 }

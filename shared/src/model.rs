@@ -228,6 +228,39 @@ impl Batch {
         }
         Ok(())
     }
+
+    /// The indexes of the readings stamped outside `window`: the one clock check every hop
+    /// (connector intake, cloud ingest) makes, so they can never disagree on what "too far in the
+    /// future" or "too old" means.
+    pub fn outside(&self, window: &TimeWindow) -> Vec<usize> {
+        self.readings
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !window.contains(r.sample.ts))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+impl TimeWindow {
+    /// What a hop accepts at `now`: up to `max_future` ahead of its clock (clocks differ a
+    /// little) and back to `max_age` (its raw retention: older readings would be folded away at
+    /// once, and a reading from 2000 is a clock that was never set).
+    pub fn around(
+        now: DateTime<Utc>,
+        max_future: std::time::Duration,
+        max_age: std::time::Duration,
+    ) -> TimeWindow {
+        let d = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        TimeWindow {
+            from: now.checked_sub_signed(d(max_age)).unwrap_or(DateTime::<Utc>::MIN_UTC),
+            until: now.checked_add_signed(d(max_future)).unwrap_or(DateTime::<Utc>::MAX_UTC),
+        }
+    }
+
+    pub fn contains(&self, ts: DateTime<Utc>) -> bool {
+        self.from <= ts && ts <= self.until
+    }
 }
 
 /// A hub that answered a connector's SSDP search but sends its readings elsewhere (or nowhere):
@@ -259,6 +292,12 @@ pub struct ForwardEnvelope {
     /// cloud takes them as told and mails nothing for them (see `connector::mail`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mailed: Vec<MailedState>,
+    /// Readings this connector put aside for good per hub since install (the cloud refused them
+    /// with [`Verdict::Refused`], or their record could not be framed), by hub machine id. Totals,
+    /// not increments, so a lost or repeated forward cannot skew them; the cloud adds them to
+    /// each hub's [`MachineInfo::quarantined`]. Sent when they changed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub quarantined: std::collections::BTreeMap<String, u64>,
 }
 
 /// "The recipients were told by mail that this sensor is in `state`": a connector's note, so the
@@ -335,7 +374,8 @@ pub struct MachineInfo {
     pub dropped: u64,
     #[serde(default)]
     pub version: String,
-    /// As [`Batch::quarantined`]: the latest count the machine reported.
+    /// As [`Batch::quarantined`]: the latest count the machine reported, plus what connectors
+    /// put aside of its data ([`ForwardEnvelope::quarantined`]).
     #[serde(default)]
     pub quarantined: u64,
     /// As [`Batch::clock_problem`].
@@ -467,6 +507,45 @@ mod tests {
         assert_eq!(json["state"], "ok");
         let back: Reading = serde_json::from_value(json).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn readings_outside_the_window_are_named_by_index() {
+        let now = Utc::now();
+        let window = TimeWindow::around(
+            now,
+            std::time::Duration::from_secs(300),
+            std::time::Duration::from_secs(7 * 86400),
+        );
+        let at = |ts: DateTime<Utc>, seq| Reading {
+            machine_id: "m".into(),
+            seq,
+            sample: Sample::new("cpu", 1.0, State::Ok).at(ts),
+        };
+        let year = |y| DateTime::parse_from_rfc3339(&format!("{y}-01-01T00:00:00Z")).unwrap().to_utc();
+        let batch = Batch {
+            machine_id: "m".into(),
+            hostname: "h".into(),
+            role: Role::Sensorhub,
+            uplink: "direct".into(),
+            buffered: 0,
+            dropped: 0,
+            version: String::new(),
+            quarantined: 0,
+            clock_problem: None,
+            readings: vec![
+                at(now, 1),
+                at(year(2100), 2),
+                at(now + chrono::Duration::seconds(299), 3),
+                at(year(2000), 4),
+                at(now + chrono::Duration::seconds(301), 5),
+                at(now - chrono::Duration::days(6), 6),
+            ],
+        };
+        assert_eq!(batch.outside(&window), vec![1, 3, 4]);
+        // Huge settings saturate instead of overflowing.
+        let all = TimeWindow::around(now, std::time::Duration::MAX, std::time::Duration::MAX);
+        assert!(batch.outside(&all).is_empty());
     }
 
     #[test]

@@ -5,8 +5,9 @@ use crate::trust::Refusal;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
-use outpost_shared::keys::SignedHeaders;
+use axum::response::{IntoResponse, Response};
+use outpost_shared::keys::{SignedHeaders, VerifyError};
+use outpost_shared::model::{ApiError, RefusalCode, Verdict};
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
 fn same(a: &str, b: &str) -> bool {
@@ -56,11 +57,26 @@ pub(super) fn check_signed(
 
 pub(super) fn refused(r: Refusal) -> Response {
     tracing::warn!(reason = %r, "machine request refused");
-    let status = match r {
-        Refusal::Enroll(_) => StatusCode::FORBIDDEN,
-        _ => StatusCode::UNAUTHORIZED,
-    };
-    err(status, r.to_string())
+    let (status, verdict, code) = verdict_of(&r);
+    (status, axum::Json(ApiError::verdict(r.to_string(), verdict, code))).into_response()
+}
+
+/// What a failed signature check means for data the request carried (custody rule): a signature
+/// that does not check is forged for good, but a signer the cloud does not know (yet, or any more:
+/// enrolled after a restore, revoked by mistake) or a signing time off the cloud's clock can
+/// change, so the sender keeps its data and retries.
+pub(super) fn verdict_of(r: &Refusal) -> (StatusCode, Verdict, RefusalCode) {
+    match r {
+        Refusal::Enroll(_) => (StatusCode::FORBIDDEN, Verdict::Refused, RefusalCode::Other),
+        Refusal::NotEnrolled(_) => (StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::NotEnrolled),
+        Refusal::Revoked(..) => (StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::Revoked),
+        Refusal::Bad(VerifyError::Stale { .. }) => {
+            (StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::Other)
+        }
+        Refusal::Unsigned(_) | Refusal::Bad(_) => {
+            (StatusCode::UNAUTHORIZED, Verdict::Refused, RefusalCode::Forged)
+        }
+    }
 }
 
 #[allow(clippy::result_large_err)]

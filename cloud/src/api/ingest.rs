@@ -11,8 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use outpost_shared::keys::SignedHeaders;
-use outpost_shared::model::{Batch, BatchAck, BatchProblem, ForwardAck, ForwardEnvelope, ForwardResult};
+use outpost_shared::model::{
+    ApiError, Batch, BatchAck, BatchProblem, ForwardAck, ForwardEnvelope, ForwardResult, RefusalCode,
+    TimeWindow, Verdict,
+};
 use std::net::SocketAddr;
+
+/// Most per-hub quarantine counts taken from one forward (a connector reports the hubs it has
+/// put data aside for; more than this is not a real network).
+const MAX_QUARANTINE_COUNTS: usize = 10_000;
 
 #[allow(clippy::result_large_err)]
 /// The decompressed body, or the error response.
@@ -29,17 +36,64 @@ fn body_json(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>,
     )
 }
 
+/// A batch the cloud did not store: the status it answers with and the verdict body
+/// (custody rule: only [`Verdict::Refused`] lets the sender put the data aside).
+#[derive(Debug)]
+pub(super) struct NotStored {
+    status: StatusCode,
+    body: ApiError,
+}
+
+impl NotStored {
+    fn new(status: StatusCode, verdict: Verdict, code: RefusalCode, msg: impl Into<String>) -> NotStored {
+        NotStored { status, body: ApiError::verdict(msg, verdict, code) }
+    }
+
+    fn refused(status: StatusCode, code: RefusalCode, msg: impl Into<String>) -> NotStored {
+        Self::new(status, Verdict::Refused, code, msg)
+    }
+
+    /// The storage could not take it: keep it and send it again.
+    fn storage(e: impl std::fmt::Display) -> NotStored {
+        tracing::error!(error = %e, "cannot store a batch; the sender keeps it and retries");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, Verdict::RetryLater, RefusalCode::Storage, e.to_string())
+    }
+
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(STORAGE_RETRY_AFTER));
+        }
+        r
+    }
+
+    fn into_result(self) -> ForwardResult {
+        ForwardResult::Refused {
+            status: self.status.as_u16(),
+            error: self.body.error,
+            verdict: self.body.verdict,
+            code: self.body.code,
+            accept: self.body.accept,
+        }
+    }
+}
+
+/// Seconds a sender is told to wait after a storage error.
+const STORAGE_RETRY_AFTER: &str = "5";
+
 /// Parses, validates, stores and flushes one hub batch.
-async fn take_batch(
-    st: &AppState,
-    json: &[u8],
-    signer: &str,
-    peer: &str,
-) -> Result<BatchAck, (StatusCode, String)> {
+async fn take_batch(st: &AppState, json: &[u8], signer: &str, peer: &str) -> Result<BatchAck, NotStored> {
     let outcome = store_batch(st, json, signer, peer).await?;
     let ack = BatchAck { stored: outcome.stored, duplicates: outcome.duplicates };
-    commit(st, vec![outcome]).await?;
+    commit(st, vec![outcome]).await.map_err(NotStored::storage)?;
     Ok(ack)
+}
+
+/// The reading timestamps the cloud takes now: up to `ingest.max_future` ahead of its clock,
+/// back to `retention.raw` (older ones would be folded away at once).
+fn accepted_window(st: &AppState) -> TimeWindow {
+    TimeWindow::around(Utc::now(), st.config.ingest.max_future, st.config.retention.raw)
 }
 
 /// Parses, validates and stores one hub batch, not yet durable: the caller must [`commit`] before
@@ -49,28 +103,69 @@ async fn store_batch(
     json: &[u8],
     signer: &str,
     peer: &str,
-) -> Result<crate::store::IngestOutcome, (StatusCode, String)> {
-    let batch: Batch = serde_json::from_slice(json)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not a valid batch: {e}")))?;
+) -> Result<crate::store::IngestOutcome, NotStored> {
+    // serde_json does not check UTF-8 inside the strings it skips (unknown fields): a batch that
+    // parses can still hold bytes no later reader takes.
+    if let Err(e) = std::str::from_utf8(json) {
+        return Err(NotStored::refused(
+            StatusCode::BAD_REQUEST,
+            RefusalCode::Malformed,
+            format!("body is not UTF-8: {e}"),
+        ));
+    }
+    let batch: Batch = serde_json::from_slice(json).map_err(|e| {
+        NotStored::refused(
+            StatusCode::BAD_REQUEST,
+            RefusalCode::Malformed,
+            format!("body is not a valid batch: {e}"),
+        )
+    })?;
     if batch.machine_id != signer {
-        return Err((
+        return Err(NotStored::refused(
             StatusCode::UNAUTHORIZED,
+            RefusalCode::Forged,
             format!("batch of machine {} signed by {signer}", batch.machine_id),
         ));
     }
     if let Err(p) = batch.validate(st.config.ingest.max_readings) {
         tracing::warn!(%peer, machine = %batch.machine_id, reason = %p, "batch refused");
-        let status = match p {
-            BatchProblem::TooMany { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BatchProblem::Invalid(_) => StatusCode::BAD_REQUEST,
-        };
-        return Err((status, p.to_string()));
+        return Err(match p {
+            // A limit, not a fault: split and send again.
+            BatchProblem::TooMany { .. } => NotStored::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Verdict::RetryLater,
+                RefusalCode::TooLarge,
+                p.to_string(),
+            ),
+            BatchProblem::Invalid(_) => {
+                NotStored::refused(StatusCode::BAD_REQUEST, RefusalCode::Malformed, p.to_string())
+            }
+        });
+    }
+    let window = accepted_window(st);
+    let outside = batch.outside(&window);
+    if let Some(&first) = outside.first() {
+        let ts = batch.readings[first].sample.ts;
+        tracing::warn!(%peer, machine = %batch.machine_id, readings = outside.len(), example = %ts,
+            "batch refused: readings stamped outside the accepted window (hub clock wrong?)");
+        let mut ns = NotStored::refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            RefusalCode::Clock,
+            format!(
+                "{} readings stamped outside {} .. {} (e.g. {ts}); is the machine's clock right?",
+                outside.len(),
+                window.from,
+                window.until
+            ),
+        );
+        ns.body.accept = Some(window);
+        return Err(ns);
     }
     let store = st.store.clone();
     match tokio::task::spawn_blocking(move || store.ingest(&batch, Utc::now())).await {
         Ok(Ok(o)) => Ok(o),
-        Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Err(e)) => Err(NotStored::storage(e)),
+        Err(e) => Err(NotStored::storage(e)),
     }
 }
 
@@ -79,9 +174,9 @@ async fn store_batch(
 async fn commit(
     st: &AppState,
     outcomes: Vec<crate::store::IngestOutcome>,
-) -> Result<(), (StatusCode, String)> {
+) -> Result<(), crate::error::CloudError> {
     // Custody: acknowledge only what is on disk.
-    st.store.flush().await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    st.store.flush().await?;
     for outcome in outcomes {
         if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
             for (old, l) in &outcome.transitions {
@@ -129,8 +224,7 @@ pub(super) async fn batches(
     };
     match take_batch(&st, &json, &signer.machine_id, &peer.to_string()).await {
         Ok(ack) => Json(ack).into_response(),
-        Err((status, msg)) if status.is_server_error() => internal(msg),
-        Err((status, msg)) => err(status, msg),
+        Err(ns) => ns.into_response(),
     }
 }
 
@@ -191,24 +285,20 @@ pub(super) async fn forward(
         {
             Ok(h) if h.network_id == connector.network_id => h,
             Ok(h) => {
-                results.push(ForwardResult::Refused {
-                    status: 403,
-                    error: format!("hub {} is not in this connector's network", h.machine_id),
-                    verdict: None,
-                    code: None,
-                    accept: None,
-                });
+                results.push(
+                    NotStored::refused(
+                        StatusCode::FORBIDDEN,
+                        RefusalCode::Forged,
+                        format!("hub {} is not in this connector's network", h.machine_id),
+                    )
+                    .into_result(),
+                );
                 continue;
             }
             Err(e) => {
                 tracing::warn!(connector = %connector.machine_id, reason = %e, "forwarded batch refused");
-                results.push(ForwardResult::Refused {
-                    status: 401,
-                    error: e.to_string(),
-                    verdict: None,
-                    code: None,
-                    accept: None,
-                });
+                let (status, verdict, code) = super::auth::verdict_of(&e);
+                results.push(NotStored::new(status, verdict, code, e.to_string()).into_result());
                 continue;
             }
         };
@@ -217,19 +307,34 @@ pub(super) async fn forward(
                 results.push(ForwardResult::Stored(BatchAck { stored: o.stored, duplicates: o.duplicates }));
                 outcomes.push(o);
             }
-            Err((status, msg)) if status.is_server_error() => return internal(msg),
-            Err((status, msg)) => results.push(ForwardResult::Refused {
-                status: status.as_u16(),
-                error: msg,
-                verdict: None,
-                code: None,
-                accept: None,
-            }),
+            // Each batch has its own verdict: a storage error on one is "retry later" for it alone.
+            Err(ns) => results.push(ns.into_result()),
         }
     }
     // One flush for the whole forward, before any of it is acknowledged.
-    if let Err((_, msg)) = commit(&st, outcomes).await {
-        return internal(msg);
+    if let Err(e) = commit(&st, outcomes).await {
+        return NotStored::storage(e).into_response();
+    }
+    if !env.quarantined.is_empty() {
+        // Only counts about this connector's own network, and a bounded number of them.
+        let counts: Vec<(String, u64)> = env
+            .quarantined
+            .iter()
+            .take(MAX_QUARANTINE_COUNTS)
+            .filter(|(hub, _)| {
+                st.trust.machine_key(hub).ok().flatten().is_some_and(|k| k.network_id == connector.network_id)
+            })
+            .map(|(h, n)| (h.clone(), *n))
+            .collect();
+        let store = st.store.clone();
+        let id = connector.machine_id.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || store.note_relay_quarantine(&id, &counts))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            return internal(e);
+        }
     }
     if !env.unattached.is_empty() {
         let store = st.store.clone();

@@ -12,6 +12,7 @@ mod events;
 mod ingest;
 mod machines;
 mod mail;
+mod network;
 
 use crate::commands::Commands;
 use crate::config::CloudConfig;
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
     let machines = Router::new()
         .route("/v1/batches", post(ingest::batches))
         .route("/v1/forward", post(ingest::forward))
+        .route("/v1/network-keys", post(network::keys))
         .route("/v1/enroll", post(enrollment::enroll))
         .route("/v1/receipt", post(enrollment::receipt))
         .route("/v1/commands/poll", get(commands::poll))

@@ -33,7 +33,16 @@ pub struct Store {
     machines: sled::Tree,
     hourly: sled::Tree,
     unattached: sled::Tree,
+    /// `hub \0 connector` → be64 readings that connector put aside of that hub's data (its
+    /// latest total): added to the hub's own count in [`MachineInfo::quarantined`].
+    relay_quarantine: sled::Tree,
+    /// A latest value stamped further than this ahead of the ingest clock cannot be right: any
+    /// reading may replace it, so one bad clock cannot freeze a sensor's latest value.
+    latest_ahead: chrono::Duration,
 }
+
+/// Default of [`Store::with_latest_ahead`]: the cloud's default `ingest.max_future`.
+const LATEST_AHEAD: chrono::Duration = chrono::Duration::minutes(5);
 
 #[derive(Serialize, Deserialize)]
 struct RawValue {
@@ -163,8 +172,47 @@ impl Store {
             machines: db.open_tree("machines")?,
             hourly: db.open_tree("hourly")?,
             unattached: db.open_tree("unattached")?,
+            relay_quarantine: db.open_tree("relay_quarantine")?,
+            latest_ahead: LATEST_AHEAD,
             db,
         })
+    }
+
+    /// How far ahead of the ingest clock a stored latest value is still believed (the cloud's
+    /// `ingest.max_future`): beyond it, it came from a wrong clock and is replaced.
+    pub fn with_latest_ahead(mut self, ahead: Duration) -> Store {
+        self.latest_ahead = chrono::Duration::from_std(ahead).unwrap_or(LATEST_AHEAD);
+        self
+    }
+
+    /// Records the totals of readings `connector` put aside per hub (each replaces that
+    /// connector's previous total for the hub). Durable with the next flush.
+    pub fn note_relay_quarantine(&self, connector: &str, counts: &[(String, u64)]) -> Result<(), CloudError> {
+        for (hub, n) in counts {
+            self.relay_quarantine.insert(key2(hub, connector), &n.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// What connectors put aside of `machine`'s data, over all of them.
+    fn relay_quarantined(&self, machine: &str) -> Result<u64, CloudError> {
+        let mut prefix = machine.as_bytes().to_vec();
+        prefix.push(0);
+        let mut total = 0u64;
+        for item in self.relay_quarantine.scan_prefix(prefix) {
+            let (_, v) = item?;
+            if v.len() == 8 {
+                total = total.saturating_add(be64(&v));
+            }
+        }
+        Ok(total)
+    }
+
+    /// A stored machine row, with what connectors put aside of its data added.
+    fn machine_row(&self, v: &[u8]) -> Result<MachineInfo, CloudError> {
+        let mut m: MachineInfo = serde_json::from_slice(v).map_err(|e| corrupt("machine record", e))?;
+        m.quarantined = m.quarantined.saturating_add(self.relay_quarantined(&m.id)?);
+        Ok(m)
     }
 
     /// Stores a validated batch and makes it durable. Blocking: call from a blocking thread.
@@ -210,8 +258,11 @@ impl Store {
                 Some(v) => serde_json::from_slice(&v).ok(),
                 None => None,
             };
-            // A replayed backlog reading must not hide a newer live one.
-            if current.as_ref().is_some_and(|c| c.ts > s.ts) {
+            // A replayed backlog reading must not hide a newer live one; but a latest value from
+            // a clock far ahead (stored before the window check, or with a wider window then)
+            // must not freeze the sensor until that time comes.
+            let believable = |c: &SensorLatest| c.ts <= now + self.latest_ahead;
+            if current.as_ref().is_some_and(|c| c.ts > s.ts && believable(c)) {
                 continue;
             }
             let l = SensorLatest {
@@ -245,6 +296,8 @@ impl Store {
             batch.machine_id.as_bytes(),
             serde_json::to_vec(&info).map_err(|e| corrupt("encode", e))?,
         )?;
+        let mut info = info;
+        info.quarantined = info.quarantined.saturating_add(self.relay_quarantined(&info.id)?);
         out.machine = Some(info);
         Ok(out)
     }
@@ -261,14 +314,14 @@ impl Store {
             .iter()
             .map(|item| {
                 let (_, v) = item?;
-                serde_json::from_slice(&v).map_err(|e| corrupt("machine record", e))
+                self.machine_row(&v)
             })
             .collect()
     }
 
     pub fn machine(&self, id: &str) -> Result<Option<MachineInfo>, CloudError> {
         match self.machines.get(id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| corrupt("machine record", e))?)),
+            Some(v) => Ok(Some(self.machine_row(&v)?)),
             None => Ok(None),
         }
     }

@@ -191,3 +191,43 @@ fn a_hub_is_unattached_until_it_sends_through_a_connector_even_if_it_sends_direc
     listed.sort();
     assert_eq!(listed, vec!["direct", "silent"]);
 }
+
+#[test]
+fn a_latest_value_from_a_clock_far_ahead_does_not_freeze_the_sensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let y2100 = DateTime::parse_from_rfc3339("2100-01-01T00:00:00Z").unwrap().to_utc();
+    // Stored before any window check existed (or through a wider one).
+    store.ingest(&batch("m1", vec![(1, "cpu", 99.0, y2100)]), now).unwrap();
+    store.ingest(&batch("m1", vec![(2, "cpu", 5.0, now)]), now).unwrap();
+    assert_eq!(
+        store.sensors("m1").unwrap()[0].value,
+        Value::Number(5.0),
+        "the live value replaces the 2100 one"
+    );
+    // Within the allowed skew, a newer-stamped value still wins over a replayed older one.
+    let ahead = now + CDuration::minutes(2);
+    store.ingest(&batch("m1", vec![(3, "cpu", 6.0, ahead)]), now).unwrap();
+    store.ingest(&batch("m1", vec![(4, "cpu", 7.0, now - CDuration::minutes(1))]), now).unwrap();
+    assert_eq!(store.sensors("m1").unwrap()[0].value, Value::Number(6.0));
+}
+
+#[test]
+fn what_connectors_put_aside_is_added_to_the_hubs_own_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let mut b = batch("hub", vec![(1, "cpu", 1.0, now)]);
+    b.quarantined = 3;
+    store.ingest(&b, now).unwrap();
+    store.note_relay_quarantine("conn-a", &[("hub".into(), 10)]).unwrap();
+    store.note_relay_quarantine("conn-b", &[("hub".into(), 5)]).unwrap();
+    // A total replaces that connector's previous total: resent reports do not add up.
+    store.note_relay_quarantine("conn-a", &[("hub".into(), 12)]).unwrap();
+    assert_eq!(store.machine("hub").unwrap().unwrap().quarantined, 3 + 12 + 5);
+    assert_eq!(store.machines().unwrap()[0].quarantined, 20);
+    // Another hub whose id starts the same is not counted in.
+    store.note_relay_quarantine("conn-a", &[("hu".into(), 100)]).unwrap();
+    assert_eq!(store.machine("hub").unwrap().unwrap().quarantined, 20);
+}

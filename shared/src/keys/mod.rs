@@ -8,6 +8,8 @@
 //! - [`document`]: [`Signed<T>`], an envelope whose exact payload bytes travel unchanged through a
 //!   connector, and the three documents signed that way: [`CommandEnvelope`] (cloud),
 //!   [`CommandResult`] (hub) and [`EnrollmentReceipt`] (cloud).
+//! - [`network`]: [`NetworkKeys`], the cloud-signed list of a network's machine keys that a
+//!   connector checks hub batches against.
 //! - [`command`]: the hub's [`CommandVerifier`]: pinned cloud key, target, expiry, and a replay
 //!   log on disk so a command runs at most once, even across restarts.
 //! - [`sealed`]: secrets sealed to one machine's public key (RSA-OAEP + AES-256-GCM), and
@@ -22,6 +24,7 @@ pub mod command;
 pub mod document;
 mod error;
 pub mod machine;
+pub mod network;
 pub mod pinning;
 pub mod request;
 pub mod sealed;
@@ -36,6 +39,7 @@ pub use document::{
 };
 pub use error::{CommandRefused, DocumentError, KeyError, SealError, TokenError, VerifyError};
 pub use machine::{KeyPair, MachineId, PublicKey, KEY_BITS};
+pub use network::{IngestLimits, NetworkKeys, NetworkMachine};
 pub use pinning::{
     enrollment_https_client, pinned_client_config, pinned_https_client, CertFingerprint, PinnedCertVerifier,
 };
