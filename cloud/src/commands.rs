@@ -59,7 +59,8 @@ pub struct AuditEntry {
 
 #[derive(Clone)]
 pub struct Commands {
-    db: sled::Db,
+    /// The store's flusher (same database): never a flush of its own beside it.
+    flusher: outpost_shared::group_flush::GroupFlush,
     commands: sled::Tree,
     /// `machine \0 command id` of commands not yet delivered.
     pending: sled::Tree,
@@ -78,9 +79,12 @@ pub enum ResultRefused {
 }
 
 impl Commands {
-    pub fn open(db: &sled::Db) -> Result<Commands, CloudError> {
+    pub fn open(
+        db: &sled::Db,
+        flusher: outpost_shared::group_flush::GroupFlush,
+    ) -> Result<Commands, CloudError> {
         Ok(Commands {
-            db: db.clone(),
+            flusher,
             commands: db.open_tree("commands")?,
             pending: db.open_tree("commands_pending")?,
             audit: db.open_tree("audit")?,
@@ -162,7 +166,7 @@ impl Commands {
         self.put(&rec)?;
         self.pending.insert(pending_key(machine, &rec.id), &[])?;
         self.log(&rec, who, "created", serde_json::Value::Null)?;
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         self.waiter(machine).notify_waiters();
         Ok(rec)
     }
@@ -182,7 +186,7 @@ impl Commands {
             notified.as_mut().enable();
             let out = self.take_pending(machine)?;
             if !out.is_empty() {
-                self.db.flush_async().await?;
+                self.flusher.flush().await?;
                 return Ok(out);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -247,7 +251,7 @@ impl Commands {
             Ok(())
         };
         store().map_err(|e| ResultRefused::BadSignature(e.to_string()))?;
-        let _ = self.db.flush_async().await;
+        let _ = self.flusher.flush().await;
         Ok(rec)
     }
 

@@ -90,7 +90,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let admin_token = ensure_token(&dir.join("admin-token"))?;
     let store = store::Store::open(&dir.join("db"))?;
     let trust = trust::Trust::open(dir, store.db())?;
-    let commands = commands::Commands::open(store.db())?;
+    let commands = commands::Commands::open(store.db(), store.flusher())?;
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| CloudError::Listen { addr: config.listen, source })?;

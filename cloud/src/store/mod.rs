@@ -28,6 +28,8 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The database's one flusher: acknowledgements and commands share its flushes.
+    flusher: outpost_shared::group_flush::GroupFlush,
     raw: sled::Tree,
     latest: sled::Tree,
     machines: sled::Tree,
@@ -135,6 +137,7 @@ impl Store {
             machines: db.open_tree("machines")?,
             hourly: db.open_tree("hourly")?,
             unattached: db.open_tree("unattached")?,
+            flusher: outpost_shared::group_flush::GroupFlush::new(db.clone()),
             db,
         })
     }
@@ -212,8 +215,15 @@ impl Store {
 
     /// Waits until everything written so far is on disk. Only after this may a batch be
     /// acknowledged.
+    /// Concurrent acknowledgements share one flush (group commit); never more than one runs,
+    /// which is what keeps sled's flush from deadlocking under load.
+    /// The database's flusher, for the other services that write to the same database.
+    pub fn flusher(&self) -> outpost_shared::group_flush::GroupFlush {
+        self.flusher.clone()
+    }
+
     pub async fn flush(&self) -> Result<(), CloudError> {
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 
@@ -395,7 +405,7 @@ impl Store {
             }
         }
         self.hourly.apply_batch(expired)?;
-        self.db.flush()?;
+        self.flusher.flush_blocking()?;
         Ok(out)
     }
 

@@ -76,6 +76,8 @@ pub struct SledBuffer {
     /// has been handed out.
     floor_file: PathBuf,
     reserved: AtomicU64,
+    /// Appends from many hubs at once share flushes, one at a time (see `group_flush`).
+    flusher: crate::group_flush::GroupFlush,
 }
 
 struct Counters {
@@ -143,7 +145,6 @@ impl SledBuffer {
         };
         let dropped = meta.get(META_DROPPED)?.map(|v| decode_seq(&v)).unwrap_or(0);
         Ok(SledBuffer {
-            db,
             records,
             meta,
             quota,
@@ -152,6 +153,8 @@ impl SledBuffer {
             durable_next: AtomicU64::new(next_seq),
             floor_file,
             reserved: AtomicU64::new(reserved),
+            flusher: crate::group_flush::GroupFlush::new(db.clone()),
+            db,
         })
     }
 
@@ -269,7 +272,7 @@ impl Storage for SledBuffer {
             start..c.next_seq
         };
         // Flush outside the lock: appends that arrive meanwhile ride along with the next flush.
-        self.db.flush()?;
+        self.flusher.flush_blocking()?;
         self.durable_next.fetch_max(range.end, Ordering::AcqRel);
         Ok(range)
     }
