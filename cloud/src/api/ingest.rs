@@ -1,33 +1,19 @@
 //! Readings in: a hub's batch (`/v1/batches`) and a connector's forward of many hubs' batches
 //! (`/v1/forward`). Every path into storage goes through [`store_batch`] and [`commit`].
 
-use super::auth::check_signed;
+use super::admission::read_signed;
+use super::auth::{check_signed, connector_signed};
 use super::LiveEvent;
 use super::{err, internal, AppState};
 use crate::trust::Refusal;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use outpost_shared::keys::SignedHeaders;
 use outpost_shared::model::{Batch, BatchAck, BatchProblem, ForwardAck, ForwardEnvelope, ForwardResult};
 use std::net::SocketAddr;
-
-#[allow(clippy::result_large_err)]
-/// The decompressed body, or the error response.
-fn body_json(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Response> {
-    let gz = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
-        == Some(outpost_shared::wire::GZIP);
-    outpost_shared::wire::decompress(body, gz, st.config.ingest.max_decompressed as usize).map_err(
-        |e| match e {
-            outpost_shared::wire::WireError::TooLarge { .. } => {
-                err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
-            e => err(StatusCode::BAD_REQUEST, e.to_string()),
-        },
-    )
-}
 
 /// Parses, validates, stores and flushes one hub batch.
 async fn take_batch(
@@ -116,18 +102,20 @@ pub(super) async fn batches(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let json = match body_json(&st, &headers, &body) {
-        Ok(j) => j,
+    // Sender known and admitted before the body is read; the slot is held until the answer.
+    let intake = match read_signed(&st, &headers, body, "/v1/batches", false).await {
+        Ok(i) => i,
         Err(r) => return r,
     };
-    let signer = match check_signed(&st, &headers, "POST", "/v1/batches", &json, Some(crate::trust::MAX_SKEW))
+    let json = &intake.json;
+    let signer = match check_signed(&st, &headers, "POST", "/v1/batches", json, Some(crate::trust::MAX_SKEW))
     {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match take_batch(&st, &json, &signer.machine_id, &peer.to_string()).await {
+    match take_batch(&st, json, &signer.machine_id, &peer.to_string()).await {
         Ok(ack) => Json(ack).into_response(),
         Err((status, msg)) if status.is_server_error() => internal(msg),
         Err((status, msg)) => err(status, msg),
@@ -140,24 +128,26 @@ pub(super) async fn forward(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let json = match body_json(&st, &headers, &body) {
-        Ok(j) => j,
+    let intake = match read_signed(&st, &headers, body, "/v1/forward", true).await {
+        Ok(i) => i,
         Err(r) => return r,
     };
-    let connector =
-        match check_signed(&st, &headers, "POST", "/v1/forward", &json, Some(crate::trust::MAX_SKEW)) {
-            Ok(m) if m.role == outpost_shared::model::Role::Connector => m,
-            Ok(m) => {
-                return err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))
-            }
-            Err(r) => return r,
-        };
-    let env: ForwardEnvelope = match serde_json::from_slice(&json) {
-        Ok(e) => e,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}")),
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/forward", &intake.json) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
+    // Parsing up to `max_decompressed` bytes of JSON is CPU work: off the async workers.
+    let json = intake.json;
+    let env =
+        match tokio::task::spawn_blocking(move || serde_json::from_slice::<ForwardEnvelope>(&json)).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}"))
+            }
+            Err(e) => return internal(e),
+        };
     // Changes the connector mailed about during an outage are taken as told before its batches
     // bring them, so they are not mailed a second time.
     if let Some(tx) = &st.alerts {
