@@ -258,3 +258,40 @@ async fn slowloris_and_gzip_bombs_do_not_stop_health_or_the_admin_api() {
     let log = cloud.proc.as_ref().unwrap().log_text();
     assert!(!log.contains("panicked"), "cloud panicked:\n{log}");
 }
+
+/// A connector's LAN API stands behind the same setup: an unsigned gzip bomb is refused on its
+/// headers at once, and a client that never even starts TLS is disconnected.
+#[test]
+fn the_connector_lan_api_refuses_unsigned_bombs_at_once_and_drops_silent_clients() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let conn = ConnectorProc::start(&dir.path().join("connector"), &cloud, "");
+    let lan = reqwest::blocking::Client::builder()
+        // The LAN certificate is pinned by hubs; this test only needs the TLS channel.
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let gz = bomb();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = lan
+            .post(format!("{}/v1/batches", conn.url()))
+            .header("content-encoding", "gzip")
+            .body(gz.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert!(t.elapsed() < Duration::from_secs(2), "unsigned bomb took {:?}", t.elapsed());
+    }
+    let t = Instant::now();
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", conn.port)).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the connector sent something to a client that never spoke");
+    let took = t.elapsed();
+    println!("silent LAN client disconnected after {took:?}");
+    assert!(took < Duration::from_secs(15), "silent LAN client held for {took:?}");
+}

@@ -59,7 +59,9 @@ pub(crate) fn serve(
     let app = Router::new()
         .merge(public)
         .merge(enrollment)
-        .route("/v1/batches", post(intake))
+        // Unsigned batches are turned away on their headers alone, before a byte of the body is
+        // read or inflated.
+        .route("/v1/batches", post(intake).route_layer(middleware::from_fn(signature_headers_first)))
         .route("/v1/receipt", post(proxy))
         .route("/v1/commands/poll", get(proxy))
         .route("/v1/commands/result", post(proxy))
@@ -79,6 +81,14 @@ pub(crate) fn serve(
         }
         watcher.abort();
     })
+}
+
+/// 401 for a request without parseable signature headers, before its body is read.
+async fn signature_headers_first(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Err(e) = outpost_shared::keys::SignedHeaders::from_header_map(req.headers()) {
+        return err(StatusCode::UNAUTHORIZED, format!("unsigned batch ({e}); hubs sign every batch"));
+    }
+    next.run(req).await
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
