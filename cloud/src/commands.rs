@@ -64,7 +64,8 @@ pub struct AuditEntry {
 
 #[derive(Clone)]
 pub struct Commands {
-    db: sled::Db,
+    /// The store's flusher (same database): never a flush of its own beside it.
+    flusher: outpost_shared::group_flush::GroupFlush,
     commands: sled::Tree,
     /// `machine \0 command id` of commands not yet delivered.
     pending: sled::Tree,
@@ -85,9 +86,12 @@ pub enum ResultRefused {
 }
 
 impl Commands {
-    pub fn open(db: &sled::Db) -> Result<Commands, CloudError> {
+    pub fn open(
+        db: &sled::Db,
+        flusher: outpost_shared::group_flush::GroupFlush,
+    ) -> Result<Commands, CloudError> {
         Ok(Commands {
-            db: db.clone(),
+            flusher,
             commands: db.open_tree("commands")?,
             pending: db.open_tree("commands_pending")?,
             audit: db.open_tree("audit")?,
@@ -169,7 +173,7 @@ impl Commands {
         self.put(&rec)?;
         self.pending.insert(pending_key(machine, &rec.id), &[])?;
         self.log(&rec, who, "created", serde_json::Value::Null)?;
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         self.waiter(machine).notify_waiters();
         Ok(rec)
     }
@@ -191,7 +195,7 @@ impl Commands {
             notified.as_mut().enable();
             let (out, next_due) = self.take_due(machine, Utc::now())?;
             if !out.is_empty() {
-                self.db.flush_async().await?;
+                self.flusher.flush().await?;
                 return Ok(out);
             }
             let until = match next_due {
@@ -292,7 +296,7 @@ impl Commands {
             Ok(())
         };
         store().map_err(|e| ResultRefused::BadSignature(e.to_string()))?;
-        let _ = self.db.flush_async().await;
+        let _ = self.flusher.flush().await;
         Ok(rec)
     }
 
@@ -367,7 +371,7 @@ mod tests {
     async fn old_commands_and_audit_entries_are_pruned_and_waiting_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let cmds = Commands::open(&db).unwrap();
+        let cmds = Commands::open(&db, outpost_shared::group_flush::GroupFlush::new(db.clone())).unwrap();
         let cloud = KeyPair::generate().unwrap();
         let target = KeyPair::generate().unwrap();
         let machine = target.machine_id().to_string();

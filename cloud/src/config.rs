@@ -22,6 +22,8 @@ pub struct CloudConfig {
     pub tls: Option<TlsFiles>,
     pub retention: Retention,
     pub ingest: IngestLimits,
+    /// Timeouts, connection and request caps, per-source rate limits of the HTTPS listener.
+    pub server: outpost_shared::http_server::ServerLimits,
     /// A machine silent for this long is shown with uplink `offline`.
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
@@ -73,6 +75,12 @@ pub struct IngestLimits {
     /// stored, either would pin or skip a sensor's latest value and its alerts.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// Batches and forwards being taken at once; more get 503 + Retry-After (retry later). Worst
+    /// case memory is about `max_in_flight × max_body` read plus `max_inflating ×
+    /// max_decompressed` being inflated.
+    pub max_in_flight: usize,
+    /// Bodies being decompressed at once (CPU work, on blocking threads); more wait their turn.
+    pub max_inflating: usize,
 }
 
 impl Default for CloudConfig {
@@ -84,6 +92,7 @@ impl Default for CloudConfig {
             tls: None,
             retention: Retention::default(),
             ingest: IngestLimits::default(),
+            server: Default::default(),
             offline_after: Duration::from_secs(120),
             mail: None,
         }
@@ -109,6 +118,8 @@ impl Default for IngestLimits {
             max_decompressed: 64 << 20,
             max_readings: 50_000,
             max_future: Duration::from_secs(300),
+            max_in_flight: 64,
+            max_inflating: 2,
         }
     }
 }
@@ -142,6 +153,19 @@ impl Validate for CloudConfig {
         if self.ingest.max_readings == 0 {
             problems.push(Problem::new("ingest.max_readings", "must be above 0"));
         }
+        if self.ingest.max_in_flight == 0 || self.ingest.max_in_flight > self.server.max_requests {
+            problems.push(Problem::new(
+                "ingest.max_in_flight",
+                "must be above 0 and at most server.max_requests",
+            ));
+        }
+        if self.ingest.max_inflating == 0 || self.ingest.max_inflating > self.ingest.max_in_flight {
+            problems.push(Problem::new(
+                "ingest.max_inflating",
+                "must be above 0 and at most ingest.max_in_flight",
+            ));
+        }
+        self.server.check("server", problems);
         if self.tls.is_none() && self.names.is_empty() {
             problems.push(Problem::new(
                 "names",

@@ -89,8 +89,8 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
     let store = store::Store::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
-    let trust = trust::Trust::open(dir, store.db())?;
-    let commands = commands::Commands::open(store.db())?;
+    let trust = trust::Trust::open(dir, store.db(), store.flusher())?;
+    let commands = commands::Commands::open(store.db(), store.flusher())?;
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| CloudError::Listen { addr: config.listen, source })?;
@@ -111,10 +111,10 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let app = api::router(state);
     let handle = axum_server::Handle::new();
-    let server =
-        axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
-            .handle(handle.clone())
-            .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+    // Timeouts, connection cap and load shedding: the same setup as a connector's LAN API.
+    let limits = config.server.clone();
+    let h = handle.clone();
+    let server = async move { outpost_shared::http_server::serve_tls(listener, tls, app, &limits, h).await };
 
     let compactor =
         spawn_compactor(store.clone(), trust.clone(), commands.clone(), config.clone(), shutdown.clone());

@@ -142,13 +142,21 @@ pub struct Trust {
     /// Parsed public keys by machine id. A machine id is the fingerprint of its key, so an entry
     /// can never be wrong for its id; whether the machine is still enrolled is read each time.
     parsed: Arc<std::sync::Mutex<std::collections::HashMap<String, PublicKey>>>,
+    /// Never a second flush at once (sled #1308): all of them through the database's flusher.
+    flusher: outpost_shared::group_flush::GroupFlush,
 }
 
 /// Parsed keys kept at most; past it the cache starts over (parsing is the cost, not a miss).
 const PARSED_KEYS: usize = 50_000;
 
 impl Trust {
-    pub fn open(dir: &Path, db: &sled::Db) -> Result<Trust, CloudError> {
+    /// `flusher` is the database's one group-commit flusher (see `outpost_shared::group_flush`):
+    /// every write here that must be durable before it is answered waits on it.
+    pub fn open(
+        dir: &Path,
+        db: &sled::Db,
+        flusher: outpost_shared::group_flush::GroupFlush,
+    ) -> Result<Trust, CloudError> {
         let path = dir.join("cloud.key");
         let (key, created) = KeyPair::load_or_create(&path).map_err(|e| CloudError::Keys(e.to_string()))?;
         if created {
@@ -162,6 +170,7 @@ impl Trust {
             mail_grants: db.open_tree("mail_grants")?,
             connectors: db.open_tree("network_connectors")?,
             parsed: Arc::default(),
+            flusher,
         }
         .with_connector_index()
     }
@@ -220,7 +229,7 @@ impl Trust {
         };
         let hash = token.secret_hash();
         self.tokens.insert(hash.as_bytes(), serde_json::to_vec(&rec).expect("serialises"))?;
-        self.tokens.flush()?;
+        self.flusher.flush_blocking()?;
         Ok((token, token_info(&hash, &rec)))
     }
 
@@ -235,7 +244,7 @@ impl Trust {
             let Ok(rec) = serde_json::from_slice::<TokenRecord>(&v) else { continue };
             if rec.used_by.is_none() {
                 self.tokens.remove(&k)?;
-                self.tokens.flush()?;
+                self.flusher.flush_blocking()?;
                 return Ok(Some(token_info(&String::from_utf8_lossy(&k), &rec)));
             }
         }
@@ -361,7 +370,7 @@ impl Trust {
             Err(TransactionError::Abort(r)) => return Err(r),
             Err(TransactionError::Storage(e)) => return Err(Refusal::Enroll(format!("storage: {e}"))),
         };
-        self.keys.flush().map_err(|e| Refusal::Enroll(format!("storage: {e}")))?;
+        self.flusher.flush_blocking().map_err(|e| Refusal::Enroll(format!("storage: {e}")))?;
         if mk.enrolled_at == now {
             tracing::info!(machine = %id, network = %mk.network_id, role = %mk.role, "machine enrolled");
         }
@@ -489,7 +498,7 @@ impl Trust {
         self.connectors.remove(connector_key(&mk.network_id, &mk.machine_id))?;
         let record = RevokedKey { key: mk.clone(), revoked_at: now };
         self.revoked.insert(id.as_bytes(), serde_json::to_vec(&record).expect("serialises"))?;
-        self.keys.flush()?;
+        self.flusher.flush_blocking()?;
         tracing::warn!(machine = %id, role = %mk.role, network = %mk.network_id, "machine revoked");
         Ok(Some(mk))
     }
@@ -527,14 +536,14 @@ impl Trust {
         list.dedup();
         let grant = MailGrant { senders: list, granted_by: who.into(), granted_at: now };
         self.mail_grants.insert(id.as_bytes(), serde_json::to_vec(&grant).expect("serialises"))?;
-        self.mail_grants.flush()?;
+        self.flusher.flush_blocking()?;
         Ok(grant)
     }
 
     /// Withdraws a connector's mail-command grant. Returns whether it had one.
     pub fn withdraw_mail_commands(&self, id: &str) -> Result<bool, CloudError> {
         let had = self.mail_grants.remove(id.as_bytes())?.is_some();
-        self.mail_grants.flush()?;
+        self.flusher.flush_blocking()?;
         Ok(had)
     }
 
@@ -625,7 +634,8 @@ mod tests {
     fn expired_open_tokens_go_and_used_ones_are_kept_for_a_while_after_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
-        let trust = Trust::open(dir.path(), &db).unwrap();
+        let trust =
+            Trust::open(dir.path(), &db, outpost_shared::group_flush::GroupFlush::new(db.clone())).unwrap();
         let now = Utc::now();
         let hour = Duration::from_secs(3600);
         let (open, _) = trust.new_token("n", Role::Sensorhub, hour, "", "t", now).unwrap();

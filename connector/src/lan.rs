@@ -8,10 +8,12 @@ use crate::hub_keys::Lookup;
 use crate::{record, Shared};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_shared::buffer::BufferError;
+use outpost_shared::http_server::{rate, PerSource, ServerLimits};
 use outpost_shared::keys::{SignedHeaders, VerifyError, HEADER_MACHINE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use outpost_shared::model::{ApiError, Batch, BatchAck, BatchProblem, RefusalCode, TimeWindow, Verdict};
 use std::net::SocketAddr;
@@ -34,24 +36,44 @@ pub(crate) fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let app = Router::new()
+    // The same server setup as the cloud's (timeouts, connection cap, load shedding), with the
+    // defaults: hubs on a LAN are few and known. What needs no credentials is limited per source;
+    // an enrollment passed on costs the cloud an RSA private-key operation.
+    let limits = ServerLimits::default();
+    let enroll_limit = PerSource::new(
+        "LAN enrollments per source",
+        f64::from(limits.enroll_per_minute) / 60.0,
+        limits.enroll_burst,
+    );
+    let public_limit = PerSource::new(
+        "LAN unauthenticated requests per source",
+        f64::from(limits.per_source_per_second),
+        limits.per_source_burst,
+    );
+    let public = Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/v1/connector", get(identity))
-        .route("/v1/batches", post(intake))
-        // Passed through to the cloud unchanged: the hub's signature and the cloud's answer
-        // (itself signed) travel end to end, so the connector is only a pipe for these.
-        .route("/v1/enroll", post(enroll))
         .route("/v1/cloud-key", get(proxy))
+        .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));
+    // Passed through to the cloud unchanged: the hub's signature and the cloud's answer (itself
+    // signed) travel end to end, so the connector is only a pipe for these.
+    let enrollment = Router::new()
+        .route("/v1/enroll", post(enroll))
+        .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit));
+    let app = Router::new()
+        .merge(public)
+        .merge(enrollment)
+        // Unsigned batches are turned away on their headers alone, before a byte of the body is
+        // read or inflated.
+        .route("/v1/batches", post(intake).route_layer(middleware::from_fn(signature_headers_first)))
         .route("/v1/receipt", post(proxy))
         .route("/v1/commands/poll", get(proxy))
         .route("/v1/commands/result", post(proxy))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
     let handle = axum_server::Handle::new();
-    let server =
-        axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
-            .handle(handle.clone())
-            .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+    let h = handle.clone();
+    let server = async move { outpost_shared::http_server::serve_tls(listener, tls, app, &limits, h).await };
     tokio::spawn(async move {
         let h = handle.clone();
         let watcher = tokio::spawn(async move {
@@ -63,6 +85,14 @@ pub(crate) fn serve(
         }
         watcher.abort();
     })
+}
+
+/// 401 for a request without parseable signature headers, before its body is read.
+async fn signature_headers_first(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Err(e) = outpost_shared::keys::SignedHeaders::from_header_map(req.headers()) {
+        return err(StatusCode::UNAUTHORIZED, format!("unsigned batch ({e}); hubs sign every batch"));
+    }
+    next.run(req).await
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {

@@ -161,6 +161,7 @@ fn seed_enrolled(dir: &Path, listed: &[&KeyPair]) {
         connectors: vec![],
         cloud_key: cloud.machine_id().clone(),
         issued_at: now,
+        role: Some(outpost_shared::model::Role::Connector),
     };
     let stored = serde_json::json!({"receipt": Signed::sign(&cloud, &receipt).unwrap(),
         "cloud_key": cloud.public().to_pem()});

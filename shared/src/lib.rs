@@ -4,12 +4,16 @@
 //! into an error naming file, line and key; [`backoff`] is the single retry policy; [`wire`] packs
 //! request bodies (gzip, with a hard size cap on the way in); [`tls`] builds the rustls client and
 //! server configurations, including the self-signed authority a fresh cloud makes for itself;
-//! [`mail`] sends alerts and reports over SMTPS/STARTTLS through a durable outbox.
+//! [`mail`] sends alerts and reports over SMTPS/STARTTLS through a durable outbox;
+//! [`group_flush`] makes sled writes durable with one flush at a time for many writers;
+//! [`http_server`] is the server setup (timeouts, connection cap, limits) of every listener.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod buffer;
 pub mod config;
+pub mod group_flush;
+pub mod http_server;
 pub mod keys;
 pub mod mail;
 pub mod model;

@@ -1,12 +1,13 @@
 //! Readings in: a hub's batch (`/v1/batches`) and a connector's forward of many hubs' batches
 //! (`/v1/forward`). Every path into storage goes through [`store_batch`] and [`commit`].
 
-use super::auth::check_signed;
+use super::admission::read_signed;
+use super::auth::{check_signed, connector_signed};
 use super::LiveEvent;
 use super::{err, internal, AppState};
 use crate::trust::Refusal;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
@@ -20,21 +21,6 @@ use std::net::SocketAddr;
 /// Most per-hub quarantine counts taken from one forward (a connector reports the hubs it has
 /// put data aside for; more than this is not a real network).
 const MAX_QUARANTINE_COUNTS: usize = 10_000;
-
-#[allow(clippy::result_large_err)]
-/// The decompressed body, or the error response.
-fn body_json(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Response> {
-    let gz = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
-        == Some(outpost_shared::wire::GZIP);
-    outpost_shared::wire::decompress(body, gz, st.config.ingest.max_decompressed as usize).map_err(
-        |e| match e {
-            outpost_shared::wire::WireError::TooLarge { .. } => {
-                err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
-            e => err(StatusCode::BAD_REQUEST, e.to_string()),
-        },
-    )
-}
 
 /// A batch the cloud did not store: the status it answers with and the verdict body
 /// (custody rule: only [`Verdict::Refused`] lets the sender put the data aside).
@@ -62,8 +48,10 @@ impl NotStored {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(self.body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(STORAGE_RETRY_AFTER));
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(STORAGE_RETRY_AFTER),
+            );
         }
         r
     }
@@ -211,18 +199,20 @@ pub(super) async fn batches(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let json = match body_json(&st, &headers, &body) {
-        Ok(j) => j,
+    // Sender known and admitted before the body is read; the slot is held until the answer.
+    let intake = match read_signed(&st, &headers, body, "/v1/batches", false).await {
+        Ok(i) => i,
         Err(r) => return r,
     };
-    let signer = match check_signed(&st, &headers, "POST", "/v1/batches", &json, Some(crate::trust::MAX_SKEW))
+    let json = &intake.json;
+    let signer = match check_signed(&st, &headers, "POST", "/v1/batches", json, Some(crate::trust::MAX_SKEW))
     {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match take_batch(&st, &json, &signer.machine_id, &peer.to_string()).await {
+    match take_batch(&st, json, &signer.machine_id, &peer.to_string()).await {
         Ok(ack) => Json(ack).into_response(),
         Err(ns) => ns.into_response(),
     }
@@ -234,24 +224,26 @@ pub(super) async fn forward(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let json = match body_json(&st, &headers, &body) {
-        Ok(j) => j,
+    let intake = match read_signed(&st, &headers, body, "/v1/forward", true).await {
+        Ok(i) => i,
         Err(r) => return r,
     };
-    let connector =
-        match check_signed(&st, &headers, "POST", "/v1/forward", &json, Some(crate::trust::MAX_SKEW)) {
-            Ok(m) if m.role == outpost_shared::model::Role::Connector => m,
-            Ok(m) => {
-                return err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))
-            }
-            Err(r) => return r,
-        };
-    let env: ForwardEnvelope = match serde_json::from_slice(&json) {
-        Ok(e) => e,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}")),
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/forward", &intake.json) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
+    // Parsing up to `max_decompressed` bytes of JSON is CPU work: off the async workers.
+    let json = intake.json;
+    let env =
+        match tokio::task::spawn_blocking(move || serde_json::from_slice::<ForwardEnvelope>(&json)).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                return err(StatusCode::BAD_REQUEST, format!("body is not a valid forward envelope: {e}"))
+            }
+            Err(e) => return internal(e),
+        };
     // Changes the connector mailed about during an outage are taken as told before its batches
     // bring them, so they are not mailed a second time.
     if let Some(tx) = &st.alerts {

@@ -4,6 +4,7 @@
 //! One file per resource; this one holds the shared state, builds the router and the error helpers.
 //! `auth` checks who is asking (admin token, machine signatures) for all of them.
 
+mod admission;
 mod audit;
 mod auth;
 mod commands;
@@ -13,6 +14,8 @@ mod ingest;
 mod machines;
 mod mail;
 mod network;
+#[cfg(test)]
+mod tests;
 
 use crate::commands::Commands;
 use crate::config::CloudConfig;
@@ -24,6 +27,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use outpost_shared::http_server::{rate, PerSource};
 use outpost_shared::model::{ApiError, MachineInfo, SensorLatest};
 use serde::Serialize;
 use std::sync::Arc;
@@ -40,6 +44,8 @@ pub struct AppState {
     commands: Commands,
     config: Arc<CloudConfig>,
     events: broadcast::Sender<LiveEvent>,
+    /// The gates of ingest: admission slots and the inflation limit.
+    admission: Arc<admission::Admission>,
     /// State changes for the alert mailer, when mail is configured. Never waited on: ingest
     /// must not slow down because a mail server is slow.
     alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>>,
@@ -54,7 +60,17 @@ impl AppState {
         config: Arc<CloudConfig>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        AppState { store, admin_token: admin_token.into(), trust, commands, config, events, alerts: None }
+        let admission = Arc::new(admission::Admission::new(&config.ingest));
+        AppState {
+            store,
+            admin_token: admin_token.into(),
+            trust,
+            commands,
+            config,
+            events,
+            admission,
+            alerts: None,
+        }
     }
 
     pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>) -> Self {
@@ -71,7 +87,31 @@ pub enum LiveEvent {
     Sensors { machine: String, sensors: Vec<SensorLatest> },
 }
 
+/// The routes and the limits in front of them that only the cloud has (per-source limits on what
+/// needs no credentials, the ingest gates in [`admission`]). The limits every listener has are
+/// added where it is served ([`outpost_shared::http_server::serve_tls`]).
 pub fn router(state: AppState) -> Router {
+    let limits = &state.config.server;
+    // Each enrollment costs an RSA private-key operation (sealed tokens) and a database write.
+    let enroll_limit = PerSource::new(
+        "enrollments per source",
+        f64::from(limits.enroll_per_minute) / 60.0,
+        limits.enroll_burst,
+    );
+    let public_limit = PerSource::new(
+        "unauthenticated requests per source",
+        f64::from(limits.per_source_per_second),
+        limits.per_source_burst,
+    );
+    let public = Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route("/v1/cloud-key", get(enrollment::cloud_key))
+        .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));
+    let enroll = Router::new()
+        .route("/v1/enroll", post(enrollment::enroll))
+        .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit))
+        .layer(DefaultBodyLimit::max(state.config.ingest.max_body as usize));
     let people = Router::new()
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", delete(machines::revoke))
@@ -92,7 +132,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/batches", post(ingest::batches))
         .route("/v1/forward", post(ingest::forward))
         .route("/v1/network-keys", post(network::keys))
-        .route("/v1/enroll", post(enrollment::enroll))
         .route("/v1/receipt", post(enrollment::receipt))
         .route("/v1/commands/poll", get(commands::poll))
         .route("/v1/commands/result", post(commands::result))
@@ -100,9 +139,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/mail-commands/{id}", get(mail::status))
         .layer(DefaultBodyLimit::max(state.config.ingest.max_body as usize));
     Router::new()
-        .route("/", get(crate::dashboard::index))
-        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
-        .route("/v1/cloud-key", get(enrollment::cloud_key))
+        .merge(public)
+        .merge(enroll)
         .merge(people)
         .merge(machines)
         .fallback(|| async {

@@ -28,6 +28,8 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The database's one flusher: acknowledgements and commands share its flushes.
+    flusher: outpost_shared::group_flush::GroupFlush,
     raw: sled::Tree,
     latest: sled::Tree,
     machines: sled::Tree,
@@ -174,6 +176,7 @@ impl Store {
             unattached: db.open_tree("unattached")?,
             relay_quarantine: db.open_tree("relay_quarantine")?,
             latest_ahead: LATEST_AHEAD,
+            flusher: outpost_shared::group_flush::GroupFlush::new(db.clone()),
             db,
         })
     }
@@ -304,8 +307,15 @@ impl Store {
 
     /// Waits until everything written so far is on disk. Only after this may a batch be
     /// acknowledged.
+    /// Concurrent acknowledgements share one flush (group commit); never more than one runs,
+    /// which is what keeps sled's flush from deadlocking under load.
+    /// The database's flusher, for the other services that write to the same database.
+    pub fn flusher(&self) -> outpost_shared::group_flush::GroupFlush {
+        self.flusher.clone()
+    }
+
     pub async fn flush(&self) -> Result<(), CloudError> {
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 
@@ -508,7 +518,7 @@ impl Store {
             serde_json::from_slice::<UnattachedHub>(v)
                 .is_ok_and(|h| now - h.seen_at > chrono::Duration::days(1))
         })?;
-        self.db.flush()?;
+        self.flusher.flush_blocking()?;
         Ok(out)
     }
 

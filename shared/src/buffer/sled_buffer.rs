@@ -69,7 +69,6 @@ pub enum OpenOutcome {
 /// live in tree `quarantine`, one per key (big-endian `seq`), value `(reason len u16 BE, reason,
 /// record)`.
 pub struct SledBuffer {
-    db: sled::Db,
     records: sled::Tree,
     meta: sled::Tree,
     quarantine_tree: sled::Tree,
@@ -86,6 +85,8 @@ pub struct SledBuffer {
     counters_file: PathBuf,
     #[cfg(test)]
     pub(super) fail_flushes: std::sync::atomic::AtomicBool,
+    /// Appends from many hubs at once share flushes, one at a time (see `group_flush`).
+    flusher: crate::group_flush::GroupFlush,
 }
 
 struct Counters {
@@ -190,7 +191,6 @@ impl SledBuffer {
         let quarantined =
             meta.get(META_QUARANTINED)?.map(|v| decode_seq(&v)).unwrap_or(0).max(side.quarantined);
         Ok(SledBuffer {
-            db,
             records,
             meta,
             quarantine_tree,
@@ -211,6 +211,7 @@ impl SledBuffer {
             counters_file,
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
+            flusher: crate::group_flush::GroupFlush::new(db),
         })
     }
 
@@ -223,7 +224,7 @@ impl SledBuffer {
                 "injected flush failure",
             ))));
         }
-        self.db.flush()?;
+        self.flusher.flush_blocking()?;
         Ok(())
     }
 
@@ -593,7 +594,7 @@ impl SledBuffer {
 impl Drop for SledBuffer {
     fn drop(&mut self) {
         // Make removals durable on a clean stop so a restart does not resend acknowledged records.
-        let _ = self.db.flush();
+        let _ = self.flusher.flush_blocking();
         let c = self.state.lock().unwrap();
         let _ = self.save_counters(&c);
     }

@@ -35,6 +35,8 @@ struct Entry {
 #[derive(Clone)]
 pub struct Outbox {
     db: sled::Db,
+    /// Enqueues, deletions and the roles' state trees share flushes, one at a time.
+    flusher: crate::group_flush::GroupFlush,
     queue: sled::Tree,
     dead: sled::Tree,
     wake: Arc<Notify>,
@@ -57,7 +59,8 @@ impl Outbox {
             .map_err(|source| OutboxError::Open { path: path.display().to_string(), source })?;
         let queue = db.open_tree("queue")?;
         let dead = db.open_tree("dead")?;
-        Ok(Outbox { db, queue, dead, wake: Arc::new(Notify::new()) })
+        let flusher = crate::group_flush::GroupFlush::new(db.clone());
+        Ok(Outbox { db, flusher, queue, dead, wake: Arc::new(Notify::new()) })
     }
 
     /// Adds a mail; it is on disk when this returns. Returns its queue id.
@@ -75,7 +78,7 @@ impl Outbox {
                 self.dead.insert(k, v)?;
             }
         }
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         self.wake.notify_one();
         Ok(id)
     }
@@ -93,7 +96,7 @@ impl Outbox {
 
     /// Waits until every write to the database so far is on disk.
     pub async fn flush(&self) -> Result<(), OutboxError> {
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 
@@ -128,7 +131,7 @@ impl Outbox {
 
     async fn remove(&self, id: u64) -> Result<(), OutboxError> {
         self.queue.remove(id.to_be_bytes())?;
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 
@@ -136,7 +139,7 @@ impl Outbox {
         if let Some(v) = self.queue.remove(id.to_be_bytes())? {
             self.dead.insert(id.to_be_bytes(), v)?;
         }
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 }

@@ -1,0 +1,176 @@
+//! The ingest gates, in process: what an unauthenticated or oversized request may cost.
+
+use super::*;
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{header, Request};
+use outpost_shared::model::{RefusalCode, Verdict};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Setup {
+    app: Router,
+    state: AppState,
+    /// An enrolled hub's key.
+    hub: outpost_shared::keys::KeyPair,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(ingest: crate::config::IngestLimits) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let trust = Trust::open(dir.path(), store.db(), store.flusher()).unwrap();
+    let commands = Commands::open(store.db(), store.flusher()).unwrap();
+    let config = CloudConfig { ingest, ..Default::default() };
+    let hub = outpost_shared::keys::KeyPair::generate().unwrap();
+    let now = chrono::Utc::now();
+    let (token, _) = trust
+        .new_token("net", outpost_shared::model::Role::Sensorhub, Duration::from_secs(60), "", "test", now)
+        .unwrap();
+    let req = crate::trust::EnrollRequest {
+        token: Some(token.encode()),
+        sealed_token: None,
+        public_key: hub.public().to_pem(),
+        role: outpost_shared::model::Role::Sensorhub,
+        hostname: "h".into(),
+        lan_cert: None,
+    };
+    trust.enroll(&req, now).unwrap();
+    let state = AppState::new(store, "admin".into(), trust, commands, Arc::new(config));
+    Setup { app: router(state.clone()), state, hub, _dir: dir }
+}
+
+/// 64 KiB of gzip that inflates to 64 MiB of zeros.
+fn bomb() -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+/// A body that records whether anyone read it.
+fn watched(bytes: Vec<u8>) -> (Body, Arc<AtomicBool>) {
+    let read = Arc::new(AtomicBool::new(false));
+    let flag = read.clone();
+    let mut once = Some(Bytes::from(bytes));
+    let stream = futures_util::stream::poll_fn(move |_| {
+        flag.store(true, Ordering::SeqCst);
+        std::task::Poll::Ready(once.take().map(Ok::<_, std::io::Error>))
+    });
+    (Body::from_stream(stream), read)
+}
+
+fn post(path: &str, body: Body, headers: &[(&str, String)]) -> Request<Body> {
+    let mut r = Request::post(path).header(header::CONTENT_ENCODING, "gzip");
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    let mut r = r.body(body).unwrap();
+    r.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
+    r
+}
+
+fn signed(key: &outpost_shared::keys::KeyPair, path: &str) -> Vec<(&'static str, String)> {
+    let sig = outpost_shared::keys::sign_request(key, "POST", path, b"{}", chrono::Utc::now()).unwrap();
+    sig.to_pairs().to_vec()
+}
+
+async fn answer(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, ApiError) {
+    let r = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req)).await.unwrap().unwrap();
+    let (parts, body) = r.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError::new("")))
+}
+
+#[tokio::test]
+async fn unsigned_and_unknown_senders_get_401_without_their_body_being_read_or_inflated() {
+    let s = setup(Default::default());
+    for path in ["/v1/batches", "/v1/forward"] {
+        let (body, read) = watched(bomb());
+        let (status, _, _) = answer(&s.app, post(path, body, &[])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} unsigned");
+        assert!(!read.load(Ordering::SeqCst), "{path}: unsigned body was read");
+
+        let stranger = outpost_shared::keys::KeyPair::generate().unwrap();
+        let (body, read) = watched(bomb());
+        let (status, _, e) = answer(&s.app, post(path, body, &signed(&stranger, path))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} unknown signer: {}", e.error);
+        assert!(e.error.contains("not enrolled"), "{}", e.error);
+        assert!(!read.load(Ordering::SeqCst), "{path}: an unknown signer's body was read");
+    }
+    // A hub may not use the connectors' route, and is told so before its body is read.
+    let (body, read) = watched(bomb());
+    let (status, _, _) = answer(&s.app, post("/v1/forward", body, &signed(&s.hub, "/v1/forward"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!read.load(Ordering::SeqCst));
+    assert_eq!(s.state.admission.inflated.load(Ordering::SeqCst), 0, "something was inflated");
+}
+
+#[tokio::test]
+async fn a_stale_timestamp_is_refused_before_the_body() {
+    let s = setup(Default::default());
+    let old = chrono::Utc::now() - chrono::Duration::hours(1);
+    let sig = outpost_shared::keys::sign_request(&s.hub, "POST", "/v1/batches", b"{}", old).unwrap();
+    let (body, read) = watched(bomb());
+    let (status, _, e) = answer(&s.app, post("/v1/batches", body, &sig.to_pairs())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(e.error.contains("clock"), "{}", e.error);
+    assert!(!read.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let limits =
+        crate::config::IngestLimits { max_body: 128 << 10, max_decompressed: 1 << 20, ..Default::default() };
+    let s = setup(limits);
+    let sig = signed(&s.hub, "/v1/batches");
+
+    // Declared too large: refused before reading.
+    let (body, read) = watched(vec![0; 100]);
+    let mut h = sig.clone();
+    h.push(("content-length", (1u64 << 30).to_string()));
+    let (status, _, _) = answer(&s.app, post("/v1/batches", body, &h)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!read.load(Ordering::SeqCst));
+
+    // Streamed without a length, past the cap.
+    let (body, _) = watched(vec![0; 200 << 10]);
+    let (status, _, e) = answer(&s.app, post("/v1/batches", body, &sig)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.error);
+
+    // Small on the wire, too large inflated: the bomb stops at the cap.
+    let (body, _) = watched(bomb());
+    let (status, _, e) = answer(&s.app, post("/v1/batches", body, &sig)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", e.error);
+    assert!(e.error.contains("decompressed"), "{}", e.error);
+    assert_eq!(s.state.admission.inflated.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn ingest_beyond_its_slots_gets_503_retry_later_busy() {
+    let limits = crate::config::IngestLimits { max_in_flight: 1, max_inflating: 1, ..Default::default() };
+    let s = setup(limits);
+    // The first request holds the only slot with a body that never ends.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let first =
+        tokio::spawn(s.app.clone().oneshot(post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"))));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (body, _) = watched(b"{}".to_vec());
+    let (status, headers, e) =
+        answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+    assert_eq!((e.verdict, e.code), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)));
+    drop(tx);
+    let _ = first.await;
+    // The slot is free again: the next request gets past admission (and fails later, as `{}`
+    // is no gzip).
+    let (body, _) = watched(b"{}".to_vec());
+    let (status, _, _) = answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
