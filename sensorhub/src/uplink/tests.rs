@@ -271,6 +271,37 @@ async fn a_clock_verdict_quarantines_exactly_the_readings_outside_the_window() {
     assert_eq!(fake.offered.lock().unwrap().last().unwrap().2, None);
 }
 
+#[tokio::test]
+async fn a_clock_problem_reaches_the_dashboard_even_when_every_reading_is_refused() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let now = Utc::now();
+    let window = TimeWindow { from: now - chrono::TimeDelta::days(1), until: now };
+    fake.answer(move |b| {
+        (!b.readings.is_empty()).then(|| SendError::Refused {
+            status: 422,
+            message: "clock".into(),
+            code: Some(RefusalCode::Clock),
+            accept: Some(window),
+        })
+    });
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    let ahead = now + chrono::TimeDelta::hours(3);
+    let recs: Vec<Vec<u8>> =
+        (0..4).map(|_| serde_json::to_vec(&Sample::new("s", 1.0, State::Ok).at(ahead)).unwrap()).collect();
+    append_records(&*buffer, &feed, &recs);
+    assert!(up.send_one(false).await.is_err());
+    assert_eq!(buffer.stats().quarantine_len, 4);
+    // Nothing left to carry the news: a batch without readings carries it, once.
+    assert!(matches!(up.send_one(false).await, Ok(Sent::Some(0))));
+    let (seqs, quarantined, problem) = fake.offered.lock().unwrap().last().unwrap().clone();
+    assert!(seqs.is_empty());
+    assert_eq!(quarantined, 4);
+    assert!(problem.unwrap().contains("ahead"));
+    assert!(matches!(up.send_one(false).await, Ok(Sent::Nothing)));
+}
+
 #[test]
 fn clock_words_say_which_way_and_how_far() {
     let now = Utc::now();
