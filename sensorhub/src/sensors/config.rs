@@ -230,7 +230,8 @@ pub struct SensorConfig {
     /// diskio: devices as named in /proc/diskstats (`sda`, `nvme0n1`). Default: every whole disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<String>>,
-    /// network: interfaces to watch. Default: every interface but loopback that has seen traffic.
+    /// network: interfaces to watch. Default: every interface that has seen traffic, but loopback
+    /// and virtual ones (veth*, docker*, br-*, virbr*); name those here to watch them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,
 

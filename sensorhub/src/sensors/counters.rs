@@ -227,15 +227,15 @@ impl Network {
         }
     }
 
-    /// `(interface, [bytes received, bytes sent, errors both ways])`, loopback left out unless
-    /// asked for by name.
+    /// `(interface, [bytes received, bytes sent, errors both ways])`, loopback and virtual
+    /// interfaces left out unless asked for by name.
     #[cfg(target_os = "linux")]
     fn read(&mut self) -> std::io::Result<Vec<(String, [u64; 3])>> {
         use std::io::Read;
         self.buf.clear();
         std::fs::File::open("/proc/net/dev")?.read_to_string(&mut self.buf)?;
         let explicit = self.interfaces.is_some();
-        Ok(parse_net_dev(&self.buf, |name| explicit || name != "lo"))
+        Ok(parse_net_dev(&self.buf, |name| explicit || !is_virtual(name)))
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -257,6 +257,13 @@ impl Network {
             .collect();
         Ok(all)
     }
+}
+
+/// Interfaces that carry no traffic of the machine's own beyond what a physical one already counts:
+/// loopback, container and VM plumbing (a veth pair per container, docker and libvirt bridges).
+/// On a container host there can be hundreds, each a sensor that comes and goes with a container.
+pub(crate) fn is_virtual(name: &str) -> bool {
+    name == "lo" || ["veth", "docker", "br-", "virbr"].iter().any(|prefix| name.starts_with(prefix))
 }
 
 /// Parses `/proc/net/dev`: two header lines, then `name: rx_bytes rx_packets rx_errs ... tx_bytes
@@ -330,6 +337,21 @@ mod tests {
         let text = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs\n    lo:    3193      29    0    0    0     0          0         0     3193      29    0    0    0     0       0          0\n  eth0: 72397091    3976    2    0    0     0          0         0   369744    2850    1    0    0     0       0          0\n";
         let all = parse_net_dev(text, |n| n != "lo");
         assert_eq!(all, vec![("eth0".to_string(), [72397091, 369744, 3])]);
+    }
+
+    #[test]
+    fn virtual_interfaces_are_left_out_by_default() {
+        for v in ["lo", "veth1a2b3c", "docker0", "br-5f1c2d3e4a5b", "virbr0", "virbr0-nic"] {
+            assert!(is_virtual(v), "{v}");
+        }
+        for real in ["eth0", "enp3s0", "wlan0", "wlp2s0", "bond0", "eno1", "ens18", "lower0"] {
+            assert!(!is_virtual(real), "{real}");
+        }
+        let line = |n: &str| format!("  {n}: 100 1 0 0 0 0 0 0 200 2 0 0 0 0 0 0\n");
+        let text = format!("h1\nh2\n{}{}{}{}", line("eth0"), line("veth9"), line("docker0"), line("br-1"));
+        let names: Vec<String> =
+            parse_net_dev(&text, |n| !is_virtual(n)).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["eth0"]);
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct Uplink<T: Transport> {
     /// taken after that verdict: once a batch holding a reading at or above it is stored, the
     /// clock is fine again.
     clock_problem: Option<(String, u64)>,
+    /// A clock verdict put every reading of its batch aside, so no batch carries the news: the
+    /// next round sends one without readings (once) to tell the dashboard.
+    clock_unreported: bool,
 }
 
 /// One batch taken from the buffer: the seqs of its readings, the readings, and the records that
@@ -138,7 +141,18 @@ impl<T: Transport> Uplink<T> {
         // Whatever is in the buffer at start is backlog; what the sensors take from now on is live.
         let live_mark = buffer.stats().next_seq;
         let cap = cfg.batch_max;
-        Uplink { buffer, transport, cfg, identity, feed, status, live_mark, cap, clock_problem: None }
+        Uplink {
+            buffer,
+            transport,
+            cfg,
+            identity,
+            feed,
+            status,
+            live_mark,
+            cap,
+            clock_problem: None,
+            clock_unreported: false,
+        }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -225,7 +239,9 @@ impl<T: Transport> Uplink<T> {
             self.quarantine(unreadable).await;
         }
         let stats = self.buffer.stats();
-        if readings.is_empty() {
+        // One try only: a receiver that refuses an empty batch must not make this a busy loop.
+        let report_clock = std::mem::take(&mut self.clock_unreported);
+        if readings.is_empty() && !report_clock {
             self.publish(|s| {
                 s.buffered = stats.len;
                 s.quarantined = stats.quarantined;
@@ -332,6 +348,7 @@ impl<T: Transport> Uplink<T> {
                 readings.iter().filter(|r| r.sample.ts < window.from || r.sample.ts > window.until).collect();
             if !outside.is_empty() {
                 let words = clock_words(&outside, &window);
+                self.clock_unreported = outside.len() == n;
                 tracing::error!(status, %message, quarantined = outside.len(), kept = n - outside.len(),
                     problem = %words, "receiver refuses readings stamped outside its window; those are quarantined");
                 let reason = format!("refused ({status}, clock): {message}");

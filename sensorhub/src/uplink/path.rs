@@ -4,10 +4,16 @@
 //! `reprobe_every` and switches back as soon as one answers.
 //!
 //! All paths speak the same API, so a switch is a change of base URL, not of code path.
+//!
+//! The path state sits behind one lock that command polls also take ([`PathTransport::current`]),
+//! so it is never held across network I/O (an SSDP search, a probe, an upload): a flood of fake
+//! SSDP answers or a candidate that never answers must not stall uploads or commands. Discovered
+//! connectors are checked against the receipt before any probe is spent on them, and at most
+//! [`MAX_PROBES_PER_SEARCH`] are probed after one search.
 
 use super::{HttpTransport, SendError, Transport, UplinkConfig};
 use crate::trust::Enrollment;
-use outpost_shared::keys::{pinned_https_client, CertFingerprint, KeyPair};
+use outpost_shared::keys::{pinned_https_client, AuthorizedConnector, CertFingerprint, KeyPair};
 use outpost_shared::model::{Batch, BatchAck};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +32,49 @@ const REDISCOVER_EVERY: Duration = Duration::from_secs(20);
 const RESEARCH_EMPTY_AFTER: Duration = Duration::from_secs(3);
 /// The receipt (the authorised connectors) is not refreshed more often than this.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Most discovered connectors probed after one search: each probe may take [`IDENTIFY_TIMEOUT`].
+pub(super) const MAX_PROBES_PER_SEARCH: usize = 4;
+
+/// A connector URL to try, and the authorised connector its SSDP answer claims to be (then only
+/// that connector's certificate is tried).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Candidate {
+    pub(super) url: String,
+    pub(super) claims: Option<AuthorizedConnector>,
+}
+
+/// The authorised connectors by the SSDP uuid each advertises.
+pub(super) fn by_uuid(authorised: &[AuthorizedConnector]) -> HashMap<String, AuthorizedConnector> {
+    authorised
+        .iter()
+        .map(|c| (outpost_shared::ssdp::uuid_for_machine(c.machine_id.as_str()), c.clone()))
+        .collect()
+}
+
+/// Whether an SSDP answer may take a place in the search: one that names an id must name an
+/// authorised connector; one without an id is left to the probe (and the caps).
+pub(super) fn wanted(
+    f: &outpost_shared::ssdp::Found,
+    by_uuid: &HashMap<String, AuthorizedConnector>,
+) -> bool {
+    f.uuid.as_ref().is_none_or(|u| by_uuid.contains_key(u))
+}
+
+/// The discovered candidates worth a probe, best first, at most [`MAX_PROBES_PER_SEARCH`].
+pub(super) fn to_probe(
+    found: Vec<outpost_shared::ssdp::Found>,
+    by_uuid: &HashMap<String, AuthorizedConnector>,
+) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = found
+        .into_iter()
+        .filter(|f| wanted(f, by_uuid))
+        .map(|f| Candidate { claims: f.uuid.as_ref().and_then(|u| by_uuid.get(u).cloned()), url: f.location })
+        .collect();
+    // Answers that name an authorised connector before those that name none.
+    out.sort_by_key(|c| c.claims.is_none());
+    out.truncate(MAX_PROBES_PER_SEARCH);
+    out
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -103,46 +152,79 @@ impl PathTransport {
         }
     }
 
-    /// Connector URLs to try, best first: configured, remembered, then discovered by SSDP.
-    async fn candidates(&self, st: &mut State, discover: bool) -> Vec<String> {
+    /// Connector URLs to try, best first: configured, remembered, then discovered by SSDP. The
+    /// search runs without the path lock; its rate limit is taken and set under it.
+    async fn candidates(&self, discover: bool) -> Vec<Candidate> {
         let mut urls = Vec::new();
         if let Some(u) = &self.cfg.connector {
-            urls.push(u.clone());
+            urls.push(Candidate { url: u.clone(), claims: None });
         }
         if let Some(r) =
             std::fs::read(&self.remember).ok().and_then(|b| serde_json::from_slice::<Remembered>(&b).ok())
         {
-            urls.push(r.url);
+            urls.push(Candidate { url: r.url, claims: None });
         }
-        if discover && self.cfg.discover && st.next_discovery.is_none_or(|t| Instant::now() >= t) {
-            let found =
-                outpost_shared::ssdp::search(outpost_shared::ssdp::ST_CONNECTOR, self.cfg.discover_wait)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "SSDP search for connectors failed");
-                        Vec::new()
-                    });
+        if discover && self.cfg.discover && self.discovery_due().await {
+            let authorised = by_uuid(&self.enrollment.lock().unwrap().receipt.connectors);
+            let unwanted = std::sync::atomic::AtomicUsize::new(0);
+            let found = outpost_shared::ssdp::search_where(
+                outpost_shared::ssdp::ST_CONNECTOR,
+                self.cfg.discover_wait,
+                |f| {
+                    let ok = wanted(f, &authorised);
+                    if !ok {
+                        unwanted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    ok
+                },
+            )
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "SSDP search for connectors failed");
+                Vec::new()
+            });
             let pause = if found.is_empty() { RESEARCH_EMPTY_AFTER } else { REDISCOVER_EVERY };
-            st.next_discovery = Some(Instant::now() + pause);
-            for f in found {
-                tracing::info!(location = %f.location, usn = %f.usn, "connector found by SSDP");
-                urls.push(f.location);
+            self.state.lock().await.next_discovery = Some(Instant::now() + pause);
+            let unwanted = unwanted.into_inner();
+            if found.is_empty() && unwanted > 0 {
+                // Perhaps a connector enrolled after our receipt: ask the cloud (rate-limited),
+                // so the next search can take it.
+                tracing::info!(unwanted, "only connectors this hub's receipt does not list answered");
+                self.refresh_receipt(None).await;
+            }
+            for c in to_probe(found, &authorised) {
+                tracing::info!(location = %c.url, connector = ?c.claims.as_ref().map(|a| a.machine_id.to_string()), "connector found by SSDP");
+                urls.push(c);
             }
         }
         // Each candidate once, best first (a configured URL may also be the remembered one, and
         // SSDP answers repeat on every interface).
         let mut seen = std::collections::HashSet::new();
-        urls.retain(|u| seen.insert(u.trim_end_matches('/').to_string()));
+        urls.retain(|c| seen.insert(c.url.trim_end_matches('/').to_string()));
         urls
+    }
+
+    /// Whether a search may run now; if so, no other may start before it has finished.
+    async fn discovery_due(&self) -> bool {
+        let mut st = self.state.lock().await;
+        let now = Instant::now();
+        if st.next_discovery.is_some_and(|t| now < t) {
+            return false;
+        }
+        st.next_discovery = Some(now + REDISCOVER_EVERY);
+        true
     }
 
     /// Asks a candidate who it is, trusting only the certificates of connectors the cloud
     /// authorised; a transport labelled `connector:<id>` if it is one of them. A connector that is
     /// not authorised (a rogue SSDP answer, or one enrolled elsewhere) gets nothing.
-    async fn identify(&self, url: &str) -> Option<HttpTransport> {
+    async fn identify(&self, url: &str, claims: Option<&AuthorizedConnector>) -> Option<HttpTransport> {
         let base = url.trim_end_matches('/');
         for attempt in 0..2 {
-            let authorised = self.enrollment.lock().unwrap().receipt.connectors.clone();
+            let authorised = match claims {
+                Some(c) => vec![c.clone()],
+                None => self.enrollment.lock().unwrap().receipt.connectors.clone(),
+            };
             for c in &authorised {
                 let client = self.pinned_client(c.lan_cert);
                 let resp = client.get(format!("{base}/v1/connector")).timeout(IDENTIFY_TIMEOUT).send().await;
@@ -155,7 +237,7 @@ impl PathTransport {
                 tracing::warn!(%url, claims = %who.machine_id, "connector presents another connector's certificate; refused");
             }
             // Perhaps the connector was enrolled after our receipt: ask the cloud once.
-            if attempt == 0 && !self.refresh_receipt(None).await {
+            if claims.is_some() || (attempt == 0 && !self.refresh_receipt(None).await) {
                 break;
             }
         }
@@ -218,9 +300,9 @@ impl PathTransport {
         }
     }
 
-    async fn find_connector(&self, st: &mut State, discover: bool) -> Option<HttpTransport> {
-        for url in self.candidates(st, discover).await {
-            if let Some(t) = self.identify(&url).await {
+    async fn find_connector(&self, discover: bool) -> Option<HttpTransport> {
+        for c in self.candidates(discover).await {
+            if let Some(t) = self.identify(&c.url, c.claims.as_ref()).await {
                 return Some(t);
             }
         }
@@ -247,39 +329,62 @@ impl PathTransport {
 
 impl Transport for PathTransport {
     async fn send(&self, batch: &mut Batch) -> Result<BatchAck, SendError> {
-        let mut st = self.state.lock().await;
         let now = Instant::now();
-        if st.mode == Mode::Direct
-            && now >= st.next_probe
-            && (self.cfg.connector.is_some() || self.cfg.discover)
-        {
-            st.next_probe = now + self.cfg.reprobe_every;
-            if let Some(c) = self.find_connector(&mut st, true).await {
+        // Decide under the lock, then let go of it for every search, probe and upload.
+        let (probe_due, recheck) = {
+            let mut st = self.state.lock().await;
+            let probe_due = st.mode == Mode::Direct
+                && now >= st.next_probe
+                && (self.cfg.connector.is_some() || self.cfg.discover);
+            if probe_due {
+                st.next_probe = now + self.cfg.reprobe_every;
+            }
+            let mut recheck = None;
+            if st.mode == Mode::Connector && now >= st.next_recheck {
+                st.next_recheck = now + self.cfg.recheck_every;
+                recheck = st.connector.clone();
+            }
+            (probe_due, recheck)
+        };
+        if probe_due {
+            if let Some(c) = self.find_connector(true).await {
                 tracing::info!(to = %c.path(), "a connector answers again; leaving the direct path");
+                let mut st = self.state.lock().await;
                 st.connector = Some(c);
                 st.mode = Mode::Connector;
                 st.failing_since = None;
             }
         }
-        if st.mode == Mode::Connector && now >= st.next_recheck {
-            st.next_recheck = now + self.cfg.recheck_every;
-            if let Some(c) = st.connector.clone() {
-                if self.refresh_receipt(Some(&c)).await && !self.still_authorised(&c) {
-                    tracing::warn!(connector = %c.path(), url = %c.base(),
-                        "the cloud no longer authorises this connector (revoked); sending it nothing more");
+        if let Some(c) = recheck {
+            if self.refresh_receipt(Some(&c)).await && !self.still_authorised(&c) {
+                tracing::warn!(connector = %c.path(), url = %c.base(),
+                    "the cloud no longer authorises this connector (revoked); sending it nothing more");
+                let mut st = self.state.lock().await;
+                if st.connector.as_ref().is_some_and(|x| x.base() == c.base()) {
                     st.connector = None;
                 }
             }
         }
-        if st.mode == Mode::Connector {
-            if st.connector.is_none() {
-                st.connector = self.find_connector(&mut st, true).await;
-            }
+        let (mode, connector) = {
+            let st = self.state.lock().await;
+            (st.mode, st.connector.clone())
+        };
+        if mode == Mode::Connector {
+            let connector = match connector {
+                Some(c) => Some(c),
+                None => {
+                    let found = self.find_connector(true).await;
+                    if let Some(c) = &found {
+                        self.state.lock().await.connector = Some(c.clone());
+                    }
+                    found
+                }
+            };
             let mut last_err = String::from("no connector found");
-            if let Some(c) = st.connector.clone() {
+            if let Some(c) = connector {
                 match c.send(batch).await {
                     Ok(ack) => {
-                        st.failing_since = None;
+                        self.state.lock().await.failing_since = None;
                         self.remember(c.base());
                         self.set_path(c.path());
                         return Ok(ack);
@@ -294,15 +399,16 @@ impl Transport for PathTransport {
                     Err(SendError::Unreachable(e)) => {
                         last_err = e;
                         // Another connector may have taken over: look again (rate-limited).
-                        if let Some(other) = self.find_connector(&mut st, true).await {
+                        if let Some(other) = self.find_connector(true).await {
                             if other.base() != c.base() {
                                 tracing::info!(from = %c.base(), to = %other.base(), "switching connector");
-                                st.connector = Some(other);
+                                self.state.lock().await.connector = Some(other);
                             }
                         }
                     }
                 }
             }
+            let mut st = self.state.lock().await;
             let since = *st.failing_since.get_or_insert(now);
             if self.direct.is_none()
                 || !self.cfg.allow_direct

@@ -271,6 +271,37 @@ async fn a_clock_verdict_quarantines_exactly_the_readings_outside_the_window() {
     assert_eq!(fake.offered.lock().unwrap().last().unwrap().2, None);
 }
 
+#[tokio::test]
+async fn a_clock_problem_reaches_the_dashboard_even_when_every_reading_is_refused() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let now = Utc::now();
+    let window = TimeWindow { from: now - chrono::TimeDelta::days(1), until: now };
+    fake.answer(move |b| {
+        (!b.readings.is_empty()).then(|| SendError::Refused {
+            status: 422,
+            message: "clock".into(),
+            code: Some(RefusalCode::Clock),
+            accept: Some(window),
+        })
+    });
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    let ahead = now + chrono::TimeDelta::hours(3);
+    let recs: Vec<Vec<u8>> =
+        (0..4).map(|_| serde_json::to_vec(&Sample::new("s", 1.0, State::Ok).at(ahead)).unwrap()).collect();
+    append_records(&*buffer, &feed, &recs);
+    assert!(up.send_one(false).await.is_err());
+    assert_eq!(buffer.stats().quarantine_len, 4);
+    // Nothing left to carry the news: a batch without readings carries it, once.
+    assert!(matches!(up.send_one(false).await, Ok(Sent::Some(0))));
+    let (seqs, quarantined, problem) = fake.offered.lock().unwrap().last().unwrap().clone();
+    assert!(seqs.is_empty());
+    assert_eq!(quarantined, 4);
+    assert!(problem.unwrap().contains("ahead"));
+    assert!(matches!(up.send_one(false).await, Ok(Sent::Nothing)));
+}
+
 #[test]
 fn clock_words_say_which_way_and_how_far() {
     let now = Utc::now();
@@ -608,4 +639,115 @@ async fn verdicts_from_a_real_http_receiver_are_obeyed() {
     let stored = rx.stored.lock().unwrap().clone();
     assert_eq!(&stored[60..], &[r.start + 1, r.start + 2, r.start + 4, r.start + 5]);
     assert_eq!(buffer.stats().quarantined, 7);
+}
+
+// ---- The path: which connectors are probed, and that command polls never wait behind a probe. ----
+
+fn authorised(name: &str) -> outpost_shared::keys::AuthorizedConnector {
+    outpost_shared::keys::AuthorizedConnector {
+        machine_id: outpost_shared::keys::MachineId::of_spki_der(name.as_bytes()),
+        lan_cert: outpost_shared::keys::CertFingerprint::of_der(name.as_bytes()),
+    }
+}
+
+fn found(uuid: Option<String>, location: &str) -> outpost_shared::ssdp::Found {
+    outpost_shared::ssdp::Found {
+        location: location.into(),
+        usn: format!("uuid:{}", uuid.clone().unwrap_or_default()),
+        server: String::new(),
+        st: outpost_shared::ssdp::ST_CONNECTOR.into(),
+        uuid,
+        source: None,
+    }
+}
+
+#[test]
+fn only_connectors_the_receipt_authorises_are_probed_and_few_per_search() {
+    let ours = [authorised("a"), authorised("b")];
+    let map = path::by_uuid(&ours);
+    let uuid = |c: &outpost_shared::keys::AuthorizedConnector| {
+        outpost_shared::ssdp::uuid_for_machine(c.machine_id.as_str())
+    };
+    let mut answers: Vec<_> = (0..1000)
+        .map(|i| found(Some(format!("rogue-{i}")), &format!("https://10.0.0.{}/", i % 250)))
+        .collect();
+    answers.insert(500, found(None, "https://10.0.1.1/"));
+    answers.push(found(Some(uuid(&ours[1])), "https://10.0.2.2:8444/"));
+    assert!(!path::wanted(&answers[0], &map), "an id the receipt does not list takes no place");
+    let probe = path::to_probe(answers, &map);
+    assert_eq!(probe.len(), 2, "{probe:?}");
+    assert_eq!(probe[0].url, "https://10.0.2.2:8444/");
+    assert_eq!(probe[0].claims.as_ref(), Some(&ours[1]), "probed with that connector's certificate only");
+    assert_eq!(probe[1].claims, None);
+    let many: Vec<_> = (0..50).map(|i| found(None, &format!("https://10.0.3.{i}/"))).collect();
+    assert_eq!(path::to_probe(many, &map).len(), path::MAX_PROBES_PER_SEARCH);
+}
+
+#[tokio::test]
+async fn command_polls_do_not_wait_while_a_connector_candidate_is_probed() {
+    // A candidate that accepts connections and never answers: each probe waits for its timeout.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cfg = UplinkConfig {
+        connector: Some(format!("https://{hang_addr}")),
+        discover: false,
+        ..Default::default()
+    };
+    let key = test_key();
+    let enrollment = crate::trust::Enrollment {
+        receipt: outpost_shared::keys::EnrollmentReceipt {
+            machine_id: key.machine_id().clone(),
+            network_id: "n".into(),
+            connectors: vec![authorised("c")],
+            cloud_key: key.machine_id().clone(),
+            issued_at: Utc::now(),
+        },
+        cloud_key: key.public().clone(),
+    };
+    let direct =
+        HttpTransport::new(reqwest::Client::new(), &format!("http://{closed}"), key.clone(), "direct".into());
+    let dir = tempfile::tempdir().unwrap();
+    let path = Arc::new(PathTransport::new(cfg, key, enrollment, Some(direct), dir.path().to_path_buf()));
+    let sender = path.clone();
+    let sending = tokio::spawn(async move {
+        let mut b = Batch {
+            machine_id: "m".into(),
+            hostname: "h".into(),
+            role: Role::Sensorhub,
+            uplink: String::new(),
+            buffered: 0,
+            dropped: 0,
+            version: "t".into(),
+            quarantined: 0,
+            clock_problem: None,
+            readings: Vec::new(),
+        };
+        sender.send(&mut b).await
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while accepted.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the probe reached the candidate");
+    assert!(!sending.is_finished(), "the probe is still waiting");
+    let t0 = std::time::Instant::now();
+    let cur = tokio::time::timeout(Duration::from_millis(200), path.current())
+        .await
+        .expect("a command poll gets the path while the probe runs");
+    assert!(cur.is_some());
+    assert!(t0.elapsed() < Duration::from_millis(200));
+    let r = tokio::time::timeout(Duration::from_secs(15), sending).await.unwrap().unwrap();
+    assert!(matches!(r, Err(SendError::Unreachable(_))), "{r:?}");
 }

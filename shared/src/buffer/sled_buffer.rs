@@ -46,10 +46,12 @@ fn decode_chunk(v: &[u8]) -> Result<Vec<(u64, &[u8])>, BufferError> {
     Ok(items)
 }
 
-/// Seqs are reserved in blocks in a small file beside the database, so that even a buffer that sled
-/// had to truncate, or that was moved aside as corrupt, never hands out a `seq` again: a reused
-/// `seq` would be taken for a duplicate by the cloud and silently discarded.
-const SEQ_BLOCK: u64 = 1 << 16;
+// The seq floor: a small file beside the database holds the seq after the last one made visible,
+// so that even a buffer that sled had to truncate, or that was moved aside as corrupt, never hands
+// out a seq again: a reused seq would be taken for a duplicate by the cloud and discarded. It is
+// exact, not a reservation of blocks, so seqs stay gap-free across restarts (a gap is how loss
+// shows); it is written after the flush and before the records become visible, so no seq can be
+// sent onward unless the floor already covers it.
 
 /// How [`SledBuffer::open`] found the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +79,10 @@ pub struct SledBuffer {
     state: Mutex<Counters>,
     /// Records with `seq` below this have been flushed; readers see only those.
     durable_next: AtomicU64,
-    /// The file holding the seq reservation, and the reservation itself: no `seq` at or above it
-    /// has been handed out.
+    /// The file holding the seq floor, and the floor itself: no `seq` at or above it has been
+    /// made visible. A mutex, so that two appends finishing together never write it backwards.
     floor_file: PathBuf,
-    reserved: AtomicU64,
+    reserved: Mutex<u64>,
     /// The file mirroring the loss counters, so they outlive a database moved aside as corrupt.
     counters_file: PathBuf,
     #[cfg(test)]
@@ -207,7 +209,7 @@ impl SledBuffer {
             }),
             durable_next: AtomicU64::new(next_seq),
             floor_file,
-            reserved: AtomicU64::new(reserved),
+            reserved: Mutex::new(reserved),
             counters_file,
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
@@ -225,6 +227,16 @@ impl SledBuffer {
             ))));
         }
         self.flusher.flush_blocking()?;
+        Ok(())
+    }
+
+    /// Raises the seq floor to `end` before records below it become visible.
+    fn raise_floor(&self, end: u64) -> Result<(), BufferError> {
+        let mut floor = self.reserved.lock().unwrap();
+        if end > *floor {
+            write_floor(&self.floor_file, end)?;
+            *floor = end;
+        }
         Ok(())
     }
 
@@ -333,11 +345,6 @@ impl Storage for SledBuffer {
         }
         let kept: Vec<(u64, &[u8])> =
             records.iter().enumerate().skip(skip).map(|(i, r)| (start + i as u64, r.as_slice())).collect();
-        if end > self.reserved.load(Ordering::Acquire) {
-            let reserve = end + SEQ_BLOCK;
-            write_floor(&self.floor_file, reserve)?;
-            self.reserved.store(reserve, Ordering::Release);
-        }
         let dropped = c.dropped + skip as u64;
         let chunks: Vec<([u8; 8], Vec<u8>)> = kept
             .chunks(CHUNK_ITEMS)
@@ -363,7 +370,7 @@ impl Storage for SledBuffer {
         }
         drop(c);
         // Flush outside the lock: appends that arrive meanwhile ride along with the next flush.
-        if let Err(e) = self.flush() {
+        if let Err(e) = self.flush().and_then(|()| self.raise_floor(end)) {
             self.undo_append(start, end, &chunks, kept.len() as u64, added_bytes);
             return Err(e);
         }

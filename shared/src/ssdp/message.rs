@@ -340,8 +340,7 @@ fn parse_number(v: &str) -> Option<u32> {
     Some(v.parse::<u64>().ok()?.min(u64::from(u32::MAX)) as u32)
 }
 
-/// The `M-SEARCH` a searcher multicasts (used by tests and the probe; real searches go through
-/// ssdp-client).
+/// The `M-SEARCH` a searcher multicasts ([`super::search`], tests and the probe).
 pub fn search_request(st: &str, mx: u32, host: &str) -> String {
     let mx = mx.to_string();
     let headers = [("HOST", host), ("MAN", "\"ssdp:discover\""), ("MX", mx.as_str()), ("ST", st)];

@@ -5,7 +5,8 @@
 //!   `ssdp:byebye` (on shutdown). It serves only private and link-local interfaces, answers only
 //!   sources on their subnets, rate-limits its replies ([`RateLimits`]) and drops oversized and
 //!   malformed datagrams, counting everything in [`ResponderStats`].
-//! - [`search`]: one multicast search through `ssdp-client`, with a total deadline.
+//! - [`search`] / [`search_where`]: one multicast search with a total deadline, its answers capped
+//!   per search and per source address.
 //! - [`message`]: the strict datagram parser and writer both sides rely on.
 //!
 //! Search targets: [`ST_CONNECTOR`] and [`ST_SENSORHUB`]. A responder answers a search for its own
@@ -37,7 +38,7 @@ pub use config::{is_lan_address, InterfaceSpec, Interfaces, RateLimits, Responde
 pub use error::SsdpError;
 pub use iface::{lan_interfaces, LanInterface};
 pub use responder::{run_responder, Responder, ResponderStats, StatsHandle, SSDP_GROUP, SSDP_PORT};
-pub use search::{search, Found};
+pub use search::{search, search_where, Found, MAX_ANSWERS, MAX_PER_SOURCE, MAX_SOURCES};
 
 /// Search target of a connector.
 pub const ST_CONNECTOR: &str = "urn:outpost-dev:service:connector:1";
