@@ -224,8 +224,13 @@ impl SledBuffer {
                 "injected flush failure",
             ))));
         }
-        self.flusher.flush_blocking()?;
-        Ok(())
+        self.flusher.flush_blocking().map_err(|e| {
+            if self.flusher.stalled() {
+                BufferError::Stalled(e.to_string())
+            } else {
+                BufferError::Storage(e)
+            }
+        })
     }
 
     /// Mirrors the loss counters beside the database (write, fsync, rename).
