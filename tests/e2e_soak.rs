@@ -201,6 +201,17 @@ impl Hub {
     fn restart(&mut self) {
         self.proc = Some(start_hub(&self.dir, &self.config));
     }
+
+    /// Restarts the hub if it stopped by itself (a stalled disk makes it exit with an error), as
+    /// its service manager would. Returns whether it did.
+    fn revive(&mut self) -> bool {
+        let exited = self.proc.as_mut().is_some_and(|p| p.child.try_wait().ok().flatten().is_some());
+        if exited {
+            eprintln!("soak: hub {} had stopped by itself; restarted", self.dir.display());
+            self.restart();
+        }
+        exited
+    }
 }
 
 #[test]
@@ -311,13 +322,21 @@ fn nothing_a_hub_accepted_is_lost_or_stored_twice_whatever_fails() {
             },
         };
         *counts.entry(fault).or_default() += 1;
+        for h in &mut hubs {
+            if h.revive() {
+                *counts.entry("hub restarted after stopping by itself").or_default() += 1;
+            }
+        }
     }
     eprintln!("soak: faults injected: {counts:?}");
 
     // Everything up and healthy again: every hub catches up (its backlog drains behind the live
     // readings, which keep coming) and then hands over what it holds as it stops.
     let calm = chrono::Utc::now();
-    wait_until(Duration::from_secs(180), "every hub uploads again with its backlog drained", || {
+    wait_until(Duration::from_secs(240), "every hub uploads again with its backlog drained", || {
+        for h in hubs.iter_mut() {
+            h.revive();
+        }
         hubs.iter().all(|h| {
             hub_status(&h.dir).is_some_and(|s| {
                 s["last_error"].is_null()

@@ -43,6 +43,9 @@ pub enum HubError {
     Trust(#[from] trust::TrustError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The hub stopped by itself because it cannot go on (its buffer's disk stalled).
+    #[error("the hub stopped: {0}")]
+    Failed(String),
 }
 
 /// Runs the hub until `shutdown` completes; then stops the sensors, writes what they produced and
@@ -50,10 +53,18 @@ pub enum HubError {
 pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
     let token = CancellationToken::new();
     let hub = start(config, token.clone()).await?;
-    shutdown.await;
+    // The hub may also stop by itself, when it cannot go on (see `writer`).
+    tokio::select! {
+        _ = shutdown => {}
+        _ = token.cancelled() => {}
+    }
     token.cancel();
+    let failed = hub.failed.clone();
     hub.join().await;
-    Ok(())
+    match failed.get() {
+        Some(why) => Err(HubError::Failed(why.clone())),
+        None => Ok(()),
+    }
 }
 
 /// A started hub.
@@ -65,6 +76,8 @@ pub struct Hub {
     /// the same driver (the command executor refuses `locked` relays); the driver closes the
     /// port when the hub stops.
     pub relays: Option<relay::Relays>,
+    /// Why the hub stopped by itself, if it did (it then cancelled its own token).
+    pub failed: Arc<std::sync::OnceLock<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -111,7 +124,9 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     };
     let relay_driver = relays.as_ref().map(|r| r.handle.clone());
     let sensor_handle = sensor_set.spawn(tx, sensor_stop.clone());
-    let writer = tokio::spawn(writer::run(buffer.clone(), rx, feed.clone()));
+    let failed = Arc::new(std::sync::OnceLock::new());
+    let writer =
+        tokio::spawn(writer::run(buffer.clone(), rx, feed.clone(), shutdown.clone(), failed.clone()));
 
     let identity = uplink::Identity {
         machine_id: machine_id.clone(),
@@ -219,7 +234,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         drop(buffer);
     });
     tasks.extend([supervisor, reporter]);
-    Ok(Hub { machine_id, status, sensors: sensor_handle, relays, tasks })
+    Ok(Hub { machine_id, status, sensors: sensor_handle, relays, failed, tasks })
 }
 
 /// Answers connectors' SSDP searches for hubs. The hub serves nothing at LOCATION; its path names

@@ -4,7 +4,7 @@
 
 use crate::uplink::Feed;
 use outpost_shared::backoff::Backoff;
-use outpost_shared::buffer::Storage;
+use outpost_shared::buffer::{BufferError, Storage};
 use outpost_shared::model::{Sample, State, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -19,7 +19,18 @@ const GROUP_MAX: usize = 10_000;
 const HOLD_MAX: usize = 100_000;
 
 /// Runs until every sender of `rx` is gone (the sensors stopped), then appends what is left.
-pub async fn run(buffer: Arc<dyn Storage>, mut rx: mpsc::Receiver<Vec<Sample>>, feed: Arc<Feed>) {
+///
+/// A stalled disk ([`BufferError::Stalled`]: sled cannot write again in this process) is fatal:
+/// the writer records why in `failed`, cancels `fatal` so the whole hub stops, and returns; the
+/// hub exits with an error and its service manager restarts it, which reopens the buffer. The
+/// samples held then were never durable and are lost with the process, and logged as such.
+pub async fn run(
+    buffer: Arc<dyn Storage>,
+    mut rx: mpsc::Receiver<Vec<Sample>>,
+    feed: Arc<Feed>,
+    fatal: tokio_util::sync::CancellationToken,
+    failed: Arc<std::sync::OnceLock<String>>,
+) {
     let mut held: Vec<Sample> = Vec::new();
     let mut lost = 0u64;
     let mut backoff =
@@ -49,6 +60,12 @@ pub async fn run(buffer: Arc<dyn Storage>, mut rx: mpsc::Receiver<Vec<Sample>>, 
                 feed.appended.notify_one();
                 held.clear();
                 backoff.reset();
+            }
+            Err(e @ BufferError::Stalled(_)) => {
+                tracing::error!(error = %e, not_written = held.len(), "the buffer's disk stalled; stopping the hub so that it is restarted");
+                let _ = failed.set(e.to_string());
+                fatal.cancel();
+                return;
             }
             Err(e) => {
                 if held.len() > HOLD_MAX {

@@ -226,8 +226,13 @@ impl SledBuffer {
                 "injected flush failure",
             ))));
         }
-        self.flusher.flush_blocking()?;
-        Ok(())
+        self.flusher.flush_blocking().map_err(|e| {
+            if self.flusher.stalled() {
+                BufferError::Stalled(e.to_string())
+            } else {
+                BufferError::Storage(e)
+            }
+        })
     }
 
     /// Raises the seq floor to `end` before records below it become visible.

@@ -88,3 +88,33 @@ async fn a_later_write_waits_for_a_later_flush() {
     flusher.flush().await.unwrap();
     assert!(flusher.flushes() > first, "second write acknowledged without a flush after it");
 }
+
+/// sled's flush never returns once a write failed for lack of space. Waiters are told within the
+/// stall deadline, later ones at once, and dropping the flusher does not hang on its thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_never_returns_is_reported_as_a_stall_not_waited_on_forever() {
+    let (hold, stuck) = std::sync::mpsc::channel::<()>();
+    let stuck = std::sync::Mutex::new(stuck);
+    let flusher = GroupFlush::with(
+        move || {
+            // Blocks until the test ends (the sender is dropped then).
+            let _ = stuck.lock().unwrap().recv();
+            Ok(())
+        },
+        Duration::from_millis(300),
+    );
+    let started = std::time::Instant::now();
+    let async_waiter = tokio::time::timeout(Duration::from_secs(10), flusher.flush()).await;
+    let err = async_waiter.expect("the waiter is answered, not left hanging").unwrap_err();
+    assert!(err.to_string().contains("has not completed a flush"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "told within the deadline and one check");
+    assert!(flusher.stalled());
+    let f = flusher.clone();
+    let blocking = tokio::task::spawn_blocking(move || f.flush_blocking());
+    let again = tokio::time::timeout(Duration::from_secs(2), blocking).await.unwrap().unwrap();
+    assert!(again.is_err(), "later writers are told at once");
+    // The last handle goes while the flush is still stuck: no hang.
+    let dropped = tokio::task::spawn_blocking(move || drop(flusher));
+    tokio::time::timeout(Duration::from_secs(2), dropped).await.expect("dropping does not hang").unwrap();
+    drop(hold);
+}
