@@ -711,6 +711,7 @@ async fn command_polls_do_not_wait_while_a_connector_candidate_is_probed() {
             connectors: vec![authorised("c")],
             cloud_key: key.machine_id().clone(),
             issued_at: Utc::now(),
+            role: Some(outpost_shared::model::Role::Sensorhub),
         },
         cloud_key: key.public().clone(),
     };
