@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use outpost_shared::http_server::episode::Episode;
 use outpost_shared::keys::{SignedHeaders, VerifyError};
 use outpost_shared::model::{ApiError, RefusalCode, Verdict};
 
@@ -55,8 +56,14 @@ pub(super) fn check_signed(
     st.trust.verify(&sig, method, path, body, skew).map_err(refused)
 }
 
+/// Refused machine requests are logged once per episode: anyone can send unsigned requests, or
+/// claim a known machine's id, as fast as they like, and must not flood the log with them.
+static REFUSED: Episode = Episode::new("refused machine requests");
+
 pub(super) fn refused(r: Refusal) -> Response {
-    tracing::warn!(reason = %r, "machine request refused");
+    if REFUSED.hit() {
+        tracing::warn!(reason = %r, "machine request refused; more are counted until 10 s pass without one");
+    }
     let (status, verdict, code) = verdict_of(&r);
     (status, axum::Json(ApiError::verdict(r.to_string(), verdict, code))).into_response()
 }

@@ -34,13 +34,21 @@ impl Episode {
         }
     }
 
-    /// Something was turned away; logs if this starts an episode.
-    pub fn hit(&self) {
+    /// Something was turned away; logs if this starts an episode. Returns whether it did, so a
+    /// caller can log the first reason too.
+    pub fn hit(&self) -> bool {
+        let now = now_ms();
+        let last = self.last_hit_ms.swap(now, Ordering::Relaxed);
+        // A long quiet spell ends an episode even if nothing went through meanwhile.
+        if self.active.load(Ordering::Relaxed) && now.saturating_sub(last) >= QUIET.as_millis() as u64 {
+            self.end();
+        }
         self.refused.fetch_add(1, Ordering::Relaxed);
-        self.last_hit_ms.store(now_ms(), Ordering::Relaxed);
-        if !self.active.swap(true, Ordering::AcqRel) {
+        let started = !self.active.swap(true, Ordering::AcqRel);
+        if started {
             tracing::warn!(limit = self.what, "limit reached; turning requests away until it clears");
         }
+        started
     }
 
     /// Something went through; logs the end of the episode if one ran and has been quiet.
@@ -49,7 +57,13 @@ impl Episode {
             return;
         }
         let quiet_for = now_ms().saturating_sub(self.last_hit_ms.load(Ordering::Relaxed));
-        if quiet_for >= QUIET.as_millis() as u64 && self.active.swap(false, Ordering::AcqRel) {
+        if quiet_for >= QUIET.as_millis() as u64 {
+            self.end();
+        }
+    }
+
+    fn end(&self) {
+        if self.active.swap(false, Ordering::AcqRel) {
             let refused = self.refused.swap(0, Ordering::Relaxed);
             tracing::info!(limit = self.what, refused, "limit cleared");
         }

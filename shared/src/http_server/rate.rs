@@ -103,7 +103,9 @@ impl PerSource {
         };
         match outcome {
             Ok(()) => inner.episode.clear(),
-            Err(_) => inner.episode.hit(),
+            Err(_) => {
+                inner.episode.hit();
+            }
         }
         outcome
     }
