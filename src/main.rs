@@ -54,7 +54,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Simulate N cascaded relay cards on a pseudo-terminal and print its device path.
+    /// Simulate N cascaded relay cards on a pseudo-terminal and print its device path (Linux and
+    /// other Unix systems only: Windows has no pseudo-terminals).
     RelaySim {
         #[arg(long, default_value_t = 1)]
         cards: u8,
@@ -116,6 +117,11 @@ enum Command {
         #[arg(long)]
         resend_quarantine: bool,
     },
+    /// Run a role as a Windows service; only the Service Control Manager starts this (the
+    /// service `outpost install` registers runs `outpost service --role R --config FILE`).
+    #[cfg(windows)]
+    #[command(hide = true)]
+    Service(outpost_installer::args::ServiceArgs),
 }
 
 #[derive(Subcommand)]
@@ -282,6 +288,84 @@ fn hub_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// A role's config, loaded and validated: what is left to do cannot fail for a bad file.
+/// Boxed: the configs are large and differ in size, and one is moved into a service closure.
+enum RoleConfig {
+    Cloud(Box<outpost_cloud::CloudConfig>),
+    Sensorhub(Box<outpost_sensorhub::HubConfig>),
+    Connector(Box<outpost_connector::ConnectorConfig>),
+}
+
+fn load_role(role: Role, path: Option<PathBuf>) -> Result<RoleConfig, ConfigError> {
+    Ok(match role {
+        Role::Cloud => RoleConfig::Cloud(Box::new(load(path.as_deref())?)),
+        Role::Sensorhub => {
+            let mut config: outpost_sensorhub::HubConfig = load(path.as_deref())?;
+            config.config_path = path;
+            RoleConfig::Sensorhub(Box::new(config))
+        }
+        Role::Connector => RoleConfig::Connector(Box::new(load(path.as_deref())?)),
+    })
+}
+
+/// Runs a role until `shutdown` completes, on the command line and under a service manager alike.
+fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<ExitCode> {
+    match config {
+        RoleConfig::Cloud(config) => {
+            runtime()?.block_on(as_service(outpost_cloud::run(*config, shutdown)))?;
+        }
+        RoleConfig::Sensorhub(config) => {
+            // By then sensors, uplink and command channel have all run once.
+            footprint::release_startup_code_after(std::time::Duration::from_secs(30));
+            hub_runtime()?.block_on(as_service(outpost_sensorhub::run(*config, shutdown)))?;
+        }
+        RoleConfig::Connector(config) => {
+            runtime()?.block_on(as_service(outpost_connector::run(*config, shutdown)))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `outpost service`: the config is checked first, so a bad file fails here, by hand, with exit
+/// 64; the role then runs until the Service Control Manager asks it to stop.
+#[cfg(windows)]
+fn windows_service(args: outpost_installer::args::ServiceArgs) -> anyhow::Result<ExitCode> {
+    let role = match args.role {
+        outpost_installer::Role::Sensorhub => Role::Sensorhub,
+        outpost_installer::Role::Connector => Role::Connector,
+        outpost_installer::Role::Cloud => Role::Cloud,
+    };
+    let config = load_role(role, Some(args.config))?;
+    outpost_installer::windows::run_service(
+        args.role,
+        Box::new(move |stop| {
+            run_role(config, stop.cancelled_owned()).map(drop).map_err(|e| format!("{e:#}"))
+        }),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+fn relay_sim(cards: u8, link: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let sim = outpost_sensorhub::relay::run_simulator(cards, link)?;
+        println!("{}", sim.path().display());
+        stop_signal().await;
+        drop(sim);
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(unix))]
+fn relay_sim(_cards: u8, _link: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "outpost relay-sim: not available on Windows: the simulated cards need a pseudo-terminal. \
+         Run `outpost relay-sim` on a Linux machine, or use a real card on a COM port"
+    );
+    Ok(exit(EXIT_CONFIG))
+}
+
 fn load<T: serde::de::DeserializeOwned + outpost_shared::config::Validate + Default>(
     path: Option<&Path>,
 ) -> Result<T, ConfigError> {
@@ -331,35 +415,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cloud { config } => {
-            let config: outpost_cloud::CloudConfig = load(config.as_deref())?;
-            runtime()?.block_on(as_service(outpost_cloud::run(config, stop_signal())))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Sensorhub { config: path } => {
-            let mut config: outpost_sensorhub::HubConfig = load(path.as_deref())?;
-            config.config_path = path;
-            // By then sensors, uplink and command channel have all run once.
-            footprint::release_startup_code_after(std::time::Duration::from_secs(30));
-            hub_runtime()?.block_on(as_service(outpost_sensorhub::run(config, stop_signal())))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Connector { config } => {
-            let config: outpost_connector::ConnectorConfig = load(config.as_deref())?;
-            runtime()?.block_on(as_service(outpost_connector::run(config, stop_signal())))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Cloud { config } => run_role(load_role(Role::Cloud, config)?, stop_signal()),
+        Command::Sensorhub { config } => run_role(load_role(Role::Sensorhub, config)?, stop_signal()),
+        Command::Connector { config } => run_role(load_role(Role::Connector, config)?, stop_signal()),
+        #[cfg(windows)]
+        Command::Service(args) => windows_service(args),
         Command::Relay { args } => Ok(exit(outpost_sensorhub::relay::relay_cli(&args))),
-        Command::RelaySim { cards, link } => {
-            runtime()?.block_on(async {
-                let sim = outpost_sensorhub::relay::run_simulator(cards, link)?;
-                println!("{}", sim.path().display());
-                stop_signal().await;
-                drop(sim);
-                anyhow::Ok(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::RelaySim { cards, link } => relay_sim(cards, link),
         Command::Secret { action: SecretAction::Seal { data_dir, public_key, value } } => {
             let key = match (data_dir, public_key) {
                 (Some(dir), None) => {
@@ -629,7 +691,7 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
     // The hub closes the serial port before the simulator behind it goes away.
     hub.join().await;
     connector.stop().await;
-    drop(relays);
+    relays.stop();
     cloud.stop().await?;
     Ok(())
 }
@@ -642,6 +704,7 @@ struct UpRelays {
 }
 
 impl UpRelays {
+    #[cfg(unix)]
     const CARDS: u8 = 2;
 
     #[cfg(unix)]
@@ -663,6 +726,7 @@ impl UpRelays {
 
     #[cfg(not(unix))]
     fn start(_data_dir: &Path) -> UpRelays {
+        tracing::info!("no simulated relay cards: they need a pseudo-terminal, which Windows lacks");
         UpRelays {}
     }
 
@@ -693,6 +757,9 @@ impl UpRelays {
         #[cfg(not(unix))]
         None
     }
+
+    /// Stops the simulator (dropping its handle closes the pseudo-terminal and removes the link).
+    fn stop(self) {}
 
     fn banner(&self) {
         #[cfg(unix)]

@@ -14,7 +14,9 @@
 //! - [`config_edit`]: edits of the role's TOML config that keep the operator's comments.
 //! - [`enroll`]: token and cloud checks done before anything is changed.
 //! - [`plan`]: steps, dry-run printing, applying and rollback.
-//! - [`install`], [`uninstall`], [`status`]: the three commands.
+//! - [`install`], [`uninstall`], [`status`]: the three commands, shared by both systems.
+//! - `systemd` (Linux) and `windows` (Windows only): what each system's service manager needs;
+//!   the commands call whichever is built.
 //! - [`sdnotify`]: `READY=1`, `STOPPING=1` and the watchdog ping for `Type=notify` units.
 //! - `windows` (Windows only): the same commands against the Service Control Manager, and the
 //!   service dispatcher the binary calls when Windows starts it as a service.
@@ -34,10 +36,18 @@ mod role;
 pub mod sdnotify;
 pub mod status;
 pub mod system;
+#[cfg(not(windows))]
+pub mod systemd;
 pub mod uninstall;
 pub mod unit;
 #[cfg(windows)]
 pub mod windows;
+
+/// The one place that picks the service manager: systemd, or Windows' Service Control Manager.
+#[cfg(not(windows))]
+use systemd as service_manager;
+#[cfg(windows)]
+use windows as service_manager;
 
 #[cfg(all(test, unix))]
 mod tests;

@@ -1,5 +1,6 @@
-//! Service sensor: the state of a systemd unit (Linux) or a Windows service, asked of the
-//! system's own tool (`systemctl show`, `sc query`) so no D-Bus or Win32 binding is needed.
+//! Service sensor: the state of a systemd unit (Linux), asked of `systemctl show` so no D-Bus
+//! binding is needed, or of a Windows service, asked of the Service Control Manager itself
+//! (state and start type; `sc query` output is localised and has no start type).
 
 use super::config::SensorConfig;
 use outpost_shared::model::{Sample, State};
@@ -100,42 +101,85 @@ pub(crate) fn parse_systemctl_show(unit: &str, text: &str) -> UnitState {
 
 #[cfg(windows)]
 async fn query(unit: &str) -> UnitState {
-    let out = tokio::process::Command::new("sc")
-        .args(["query", unit])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    match out {
-        Err(e) => unknown(unit, format!("cannot run sc: {e}")),
-        // 1060: ERROR_SERVICE_DOES_NOT_EXIST.
-        Ok(o) if o.status.code() == Some(1060) => UnitState {
-            value: "not-found".into(),
-            state: State::Error,
-            message: format!("{unit}: no such service"),
-        },
-        Ok(o) => parse_sc_query(unit, &String::from_utf8_lossy(&o.stdout)),
+    let name = unit.to_string();
+    // The SCM calls block (a hung service manager must not hold a runtime worker).
+    match tokio::task::spawn_blocking(move || scm::query(&name)).await {
+        Ok(s) => s,
+        Err(e) => unknown(unit, format!("the query failed: {e}")),
     }
 }
 
-/// Reads `sc query NAME` output, by the numeric state code (the words around it are localised).
+#[cfg(windows)]
+mod scm {
+    use super::{judge_windows, unknown, UnitState};
+    use outpost_shared::model::State;
+    use windows_service::service::ServiceAccess;
+    use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
+
+    const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
+
+    pub(super) fn query(unit: &str) -> UnitState {
+        let m = match ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT) {
+            Ok(m) => m,
+            Err(e) => return unknown(unit, format!("cannot reach the service control manager: {e}")),
+        };
+        let service = match m.open_service(unit, ServiceAccess::QUERY_STATUS | ServiceAccess::QUERY_CONFIG) {
+            Ok(s) => s,
+            Err(windows_service::Error::Winapi(e))
+                if e.raw_os_error() == Some(ERROR_SERVICE_DOES_NOT_EXIST) =>
+            {
+                return UnitState {
+                    value: "not-found".into(),
+                    state: State::Error,
+                    message: format!("{unit}: no such service"),
+                }
+            }
+            Err(e) => return unknown(unit, format!("cannot open the service: {e}")),
+        };
+        let state = match service.query_status() {
+            Ok(s) => s.current_state as u32,
+            Err(e) => return unknown(unit, format!("cannot query its state: {e}")),
+        };
+        // Without the start type the state alone still answers the question.
+        let start = service.query_config().ok().map(|c| c.start_type as u32);
+        judge_windows(unit, state, start)
+    }
+}
+
+/// Judges a Windows service by the SCM's numeric codes (`SERVICE_RUNNING` = 4, …; start types
+/// `SERVICE_AUTO_START` = 2, …), which are the same on every Windows and every language.
+/// A disabled service that runs now is a warning: it will not come back after a reboot.
 #[cfg_attr(not(windows), allow(dead_code))]
-pub(crate) fn parse_sc_query(unit: &str, text: &str) -> UnitState {
-    let code = text.lines().find(|l| l.trim_start().starts_with("STATE")).and_then(|l| {
-        let (_, rest) = l.split_once(':')?;
-        rest.split_whitespace().next()?.parse::<u32>().ok()
-    });
-    let (value, state) = match code {
-        Some(4) => ("running", State::Ok),
-        Some(2) => ("start_pending", State::Warn),
-        Some(3) => ("stop_pending", State::Warn),
-        Some(5) => ("continue_pending", State::Warn),
-        Some(6) => ("pause_pending", State::Warn),
-        Some(7) => ("paused", State::Error),
-        Some(1) => ("stopped", State::Error),
-        _ => return unknown(unit, "sc query gave no state".into()),
+pub(crate) fn judge_windows(unit: &str, state: u32, start_type: Option<u32>) -> UnitState {
+    let (value, mut verdict) = match state {
+        4 => ("running", State::Ok),
+        2 => ("start_pending", State::Warn),
+        3 => ("stop_pending", State::Warn),
+        5 => ("continue_pending", State::Warn),
+        6 => ("pause_pending", State::Warn),
+        7 => ("paused", State::Error),
+        1 => ("stopped", State::Error),
+        other => return unknown(unit, format!("unknown service state {other}")),
     };
-    UnitState { value: value.into(), state, message: format!("{unit}: {value}") }
+    let start = start_type.map(|t| match t {
+        0 => "boot",
+        1 => "system",
+        2 => "automatic",
+        3 => "manual",
+        4 => "disabled",
+        _ => "unknown",
+    });
+    if start == Some("disabled") && verdict == State::Ok {
+        verdict = State::Warn;
+    }
+    let message = match start {
+        Some("disabled") if value == "running" => {
+            format!("{unit}: running, but disabled: it will not start again after a reboot")
+        }
+        Some(start) => format!("{unit}: {value} (start: {start})"),
+        None => format!("{unit}: {value}"),
+    };
+    UnitState { value: value.into(), state: verdict, message }
 }
 
 #[cfg(test)]
@@ -161,13 +205,18 @@ mod tests {
     }
 
     #[test]
-    fn sc_query_states_map() {
-        let text = "\nSERVICE_NAME: Spooler\n        TYPE               : 110  WIN32_OWN_PROCESS\n        STATE              : 4  RUNNING\n                                (STOPPABLE, NOT_PAUSABLE)\n        WIN32_EXIT_CODE    : 0  (0x0)\n";
-        let s = parse_sc_query("Spooler", text);
+    fn windows_states_map() {
+        let s = judge_windows("Spooler", 4, Some(2));
         assert_eq!((s.state, s.value.as_str()), (State::Ok, "running"));
-        let s = parse_sc_query("Spooler", &text.replace("4  RUNNING", "1  STOPPED"));
-        assert_eq!(s.state, State::Error);
-        assert_eq!(parse_sc_query("x", "garbage").state, State::Unknown);
+        assert_eq!(s.message, "Spooler: running (start: automatic)");
+        let s = judge_windows("Spooler", 1, Some(3));
+        assert_eq!((s.state, s.value.as_str()), (State::Error, "stopped"));
+        assert_eq!(s.message, "Spooler: stopped (start: manual)");
+        let s = judge_windows("Spooler", 4, Some(4));
+        assert_eq!(s.state, State::Warn);
+        assert!(s.message.contains("disabled"), "{}", s.message);
+        assert_eq!(judge_windows("x", 2, None).state, State::Warn);
+        assert_eq!(judge_windows("x", 99, None).state, State::Unknown);
     }
 
     #[cfg(target_os = "linux")]

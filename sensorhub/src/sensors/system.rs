@@ -173,6 +173,23 @@ fn is_pseudo(fs: &str) -> bool {
     PSEUDO_FS.contains(&fs) || fs.starts_with("fuse.") || fs == "fuse"
 }
 
+/// (mount, device) of a disk: how readings name it, and what tells two mounts of one filesystem
+/// apart from two filesystems.
+#[cfg(not(windows))]
+fn disk_names(d: &sysinfo::Disk) -> (String, String) {
+    (d.mount_point().to_string_lossy().into_owned(), d.name().to_string_lossy().into_owned())
+}
+
+/// Windows: readings are named by drive letter (`disk.C:.used_pct`), as admins name drives. The
+/// name sysinfo gives there is the volume label, which many volumes share (or leave empty), so it
+/// cannot tell volumes apart: the drive itself does.
+#[cfg(windows)]
+fn disk_names(d: &sysinfo::Disk) -> (String, String) {
+    let mount = d.mount_point().to_string_lossy();
+    let drive = mount.trim_end_matches('\\').to_string();
+    (drive.clone(), drive)
+}
+
 /// Compares mount points the way people write them: `/data/` is `/data`, `C:` is `C:\`.
 fn same_mount(a: &str, b: &str) -> bool {
     let t = |s: &str| {
@@ -223,11 +240,9 @@ impl Disk {
             .list()
             .iter()
             .filter(|d| self.mounts.is_some() || !is_pseudo(&d.file_system().to_string_lossy()))
-            .map(|d| Space {
-                mount: d.mount_point().to_string_lossy().into_owned(),
-                device: d.name().to_string_lossy().into_owned(),
-                total: d.total_space(),
-                available: d.available_space(),
+            .map(|d| {
+                let (mount, device) = disk_names(d);
+                Space { mount, device, total: d.total_space(), available: d.available_space() }
             })
             .collect();
         drop(p);
