@@ -1,0 +1,220 @@
+//! The sensorhub beside its peer, in one run on one machine: `outpost sensorhub` with its default
+//! sensors, enrolled with and uploading to a local `outpost cloud` (the release binary, on
+//! loopback), and Debian's `zabbix_agent2` with its packaged configuration (passive checks from
+//! and active checks to 127.0.0.1), started together. After a warm-up minute both are measured for
+//! two minutes: CPU time (utime + stime) as a share of one core, and memory as RSS, PSS and
+//! anonymous (private) from `/proc/PID/smaps_rollup`; then the ratios.
+//!
+//! Needs the `zabbix-agent2` package (`apt-get install zabbix-agent2`); without it the bench fails
+//! and says so, rather than print a figure with nothing beside it. Linux only.
+//! Run: `cargo bench --bench beside_zabbix` (`OUTPOST_BENCH_SECS` changes the two minutes).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ZABBIX: &str = "/usr/sbin/zabbix_agent2";
+
+/// CPU seconds used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // USER_HZ is 100 on every Linux this runs on.
+    ticks / 100.0
+}
+
+/// (RSS, PSS, anonymous) in kB.
+fn memory(pid: u32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kb = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (kb("Rss:"), kb("Pss:"), kb("Anonymous:"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn outpost(args: &[&str], log: &Path) -> Killed {
+    let out = std::fs::File::create(log).unwrap();
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn main() {
+    assert!(
+        Path::new(ZABBIX).exists(),
+        "{ZABBIX} is missing: install Debian's zabbix-agent2 (`apt-get install zabbix-agent2`); \
+         this bench measures the hub beside it and has no figure without it"
+    );
+    let secs: u64 = std::env::var("OUTPOST_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // The cloud, and a token for the hub.
+    let port = free_port();
+    let cloud_cfg = d.join("cloud.toml");
+    std::fs::write(
+        &cloud_cfg,
+        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n", d.join("cloud").display()),
+    )
+    .unwrap();
+    let _cloud = outpost(&["cloud", "--config", cloud_cfg.to_str().unwrap()], &d.join("cloud.log"));
+    let ca = d.join("cloud/tls/ca.pem");
+    let url = format!("https://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(30), "the cloud answers", || {
+        ca.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    let admin = std::fs::read_to_string(d.join("cloud/admin-token")).unwrap();
+    let token: serde_json::Value = client
+        .post(format!("{url}/v1/enrollment-tokens"))
+        .bearer_auth(admin.trim())
+        .json(&serde_json::json!({"network": "bench", "ttl": "1h"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+
+    // The hub: default sensors, uploading directly.
+    let hub_cfg = d.join("hub.toml");
+    std::fs::write(
+        &hub_cfg,
+        format!(
+            "data_dir = \"{}\"\n[uplink]\ncloud = \"{url}\"\nca_file = \"{}\"\nenroll_token = \"{}\"\ndiscover = false\nadvertise = false\n",
+            d.join("hub").display(),
+            ca.display(),
+            token["token"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let hub = outpost(&["sensorhub", "--config", hub_cfg.to_str().unwrap()], &d.join("hub.log"));
+
+    // The peer: the packaged configuration, with its files in the bench's directory and a free
+    // passive port (the packaged agent may be running as a service on 10050).
+    let zcfg = d.join("zabbix_agent2.conf");
+    std::fs::write(
+        &zcfg,
+        format!(
+            "LogFile={}\nLogFileSize=0\nPidFile={}\nServer=127.0.0.1\nServerActive=127.0.0.1\nHostname=Zabbix server\n\
+             ListenPort={}\nControlSocket={}\nInclude=/etc/zabbix/zabbix_agent2.d/plugins.d/*.conf\n",
+            d.join("zabbix.log").display(),
+            d.join("zabbix.pid").display(),
+            free_port(),
+            d.join("agent.sock").display()
+        ),
+    )
+    .unwrap();
+    let zout = std::fs::File::create(d.join("zabbix.out")).unwrap();
+    let zabbix = Killed(
+        Command::new(ZABBIX)
+            .args(["-c", zcfg.to_str().unwrap(), "-f"])
+            .stdin(Stdio::null())
+            .stdout(zout.try_clone().unwrap())
+            .stderr(zout)
+            .spawn()
+            .unwrap(),
+    );
+
+    wait_until(Duration::from_secs(60), "the hub's readings reach the cloud", || {
+        client
+            .get(format!("{url}/v1/machines"))
+            .bearer_auth(admin.trim())
+            .send()
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    });
+    eprintln!("warming up for a minute, then measuring for {secs} s …");
+    std::thread::sleep(Duration::from_secs(60));
+    let (mut hub, mut zabbix) = (hub, zabbix);
+    let alive = |name: &str, c: &mut Killed, log: &Path| {
+        if let Ok(Some(st)) = c.0.try_wait() {
+            panic!(
+                "{name} exited ({st}) before the measurement:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    };
+    alive("the hub", &mut hub, &d.join("hub.log"));
+    alive("zabbix_agent2", &mut zabbix, &d.join("zabbix.out"));
+    let (hub_pid, zbx_pid) = (hub.0.id(), zabbix.0.id());
+    let (h0, z0, t0) = (cpu_seconds(hub_pid), cpu_seconds(zbx_pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let wall = t0.elapsed().as_secs_f64();
+    alive("the hub", &mut hub, &d.join("hub.log"));
+    alive("zabbix_agent2", &mut zabbix, &d.join("zabbix.out"));
+    let hub_cpu = (cpu_seconds(hub_pid) - h0) / wall * 100.0;
+    let zbx_cpu = (cpu_seconds(zbx_pid) - z0) / wall * 100.0;
+    let (hr, hp, ha) = memory(hub_pid);
+    let (zr, zp, za) = memory(zbx_pid);
+
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    println!(
+        "measured over {wall:.0} s after a 60 s warm-up, on {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{:<24} {:>10} {:>10} {:>10} {:>10}", "", "CPU %core", "RSS MB", "PSS MB", "anon MB");
+    println!(
+        "{:<24} {:>10.3} {:>10.1} {:>10.1} {:>10.1}",
+        "outpost sensorhub",
+        hub_cpu,
+        mb(hr),
+        mb(hp),
+        mb(ha)
+    );
+    println!(
+        "{:<24} {:>10.3} {:>10.1} {:>10.1} {:>10.1}",
+        "zabbix_agent2 6.0",
+        zbx_cpu,
+        mb(zr),
+        mb(zp),
+        mb(za)
+    );
+    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "n/a".into() };
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10}",
+        "ratio outpost/zabbix",
+        ratio(hub_cpu, zbx_cpu),
+        ratio(hr as f64, zr as f64),
+        ratio(hp as f64, zp as f64),
+        ratio(ha as f64, za as f64)
+    );
+}
