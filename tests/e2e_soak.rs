@@ -333,21 +333,36 @@ fn nothing_a_hub_accepted_is_lost_or_stored_twice_whatever_fails() {
     // Everything up and healthy again: every hub catches up (its backlog drains behind the live
     // readings, which keep coming) and then hands over what it holds as it stops.
     let calm = chrono::Utc::now();
-    wait_until(Duration::from_secs(240), "every hub uploads again with its backlog drained", || {
-        for h in hubs.iter_mut() {
-            h.revive();
-        }
-        hubs.iter().all(|h| {
-            hub_status(&h.dir).is_some_and(|s| {
-                s["last_error"].is_null()
-                    && s["buffered"].as_u64().is_some_and(|b| b < 100)
-                    && s["last_upload"]
-                        .as_str()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                        .is_some_and(|t| t > calm)
+    let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(Duration::from_secs(240), "every hub uploads again with its backlog drained", || {
+            for h in hubs.iter_mut() {
+                h.revive();
+            }
+            hubs.iter().all(|h| {
+                hub_status(&h.dir).is_some_and(|s| {
+                    s["last_error"].is_null()
+                        && s["buffered"].as_u64().is_some_and(|b| b < 100)
+                        && s["last_upload"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .is_some_and(|t| t > calm)
+                })
             })
         })
-    });
+    }));
+    if let Err(e) = drained {
+        for h in &hubs {
+            eprintln!("soak: {} status: {:?}", h.dir.display(), hub_status(&h.dir));
+            let log = std::fs::read_to_string(h.dir.join("hub.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!(
+                "soak: {} log tail:\n{}",
+                h.dir.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::panic::resume_unwind(e);
+    }
     let mut total = Totals::default();
     for h in &mut hubs {
         let stopped = h.proc.take().unwrap().stop();

@@ -90,7 +90,13 @@ pub(crate) fn serve(
 /// 401 for a request without parseable signature headers, before its body is read.
 async fn signature_headers_first(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if let Err(e) = outpost_shared::keys::SignedHeaders::from_header_map(req.headers()) {
-        return err(StatusCode::UNAUTHORIZED, format!("unsigned batch ({e}); hubs sign every batch"));
+        // Unsigned data can never become valid by waiting: refused for good, like the intake would.
+        return verdict(
+            StatusCode::UNAUTHORIZED,
+            Verdict::Refused,
+            RefusalCode::Forged,
+            format!("unsigned batch ({e}); hubs sign every batch"),
+        );
     }
     next.run(req).await
 }

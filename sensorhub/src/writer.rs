@@ -14,13 +14,17 @@ use tokio::sync::mpsc;
 
 /// Most samples in one group commit.
 const GROUP_MAX: usize = 10_000;
+/// How long the buffer may refuse every write before the hub stops to be restarted.
+const FAILING_FATAL: Duration = Duration::from_secs(60);
 /// Samples held in memory while the disk refuses writes (full disk, I/O error). Past this the
 /// oldest held samples are dropped and counted: memory must stay bounded too.
 const HOLD_MAX: usize = 100_000;
 
 /// Runs until every sender of `rx` is gone (the sensors stopped), then appends what is left.
 ///
-/// A stalled disk ([`BufferError::Stalled`]: sled cannot write again in this process) is fatal:
+/// A stalled disk ([`BufferError::Stalled`]: sled cannot write again in this process), or a
+/// buffer that has refused every write for [`FAILING_FATAL`] (sled keeps returning an I/O error
+/// once it had one, even after space was freed), is fatal:
 /// the writer records why in `failed`, cancels `fatal` so the whole hub stops, and returns; the
 /// hub exits with an error and its service manager restarts it, which reopens the buffer. The
 /// samples held then were never durable and are lost with the process, and logged as such.
@@ -36,6 +40,7 @@ pub async fn run(
     let mut backoff =
         Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 0.5).expect("constant settings");
     let mut news = News::default();
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
         if held.is_empty() {
             match rx.recv().await {
@@ -60,14 +65,19 @@ pub async fn run(
                 feed.appended.notify_one();
                 held.clear();
                 backoff.reset();
+                failing_since = None;
             }
-            Err(e @ BufferError::Stalled(_)) => {
+            Err(e)
+                if matches!(e, BufferError::Stalled(_))
+                    || failing_since.is_some_and(|t| t.elapsed() >= FAILING_FATAL) =>
+            {
                 tracing::error!(error = %e, not_written = held.len(), "the buffer's disk stalled; stopping the hub so that it is restarted");
                 let _ = failed.set(e.to_string());
                 fatal.cancel();
                 return;
             }
             Err(e) => {
+                failing_since.get_or_insert_with(std::time::Instant::now);
                 if held.len() > HOLD_MAX {
                     let excess = held.len() - HOLD_MAX;
                     held.drain(..excess);

@@ -188,7 +188,12 @@ fn used_codes_are_remembered_across_a_restart() {
         let gw = Gateway::new(&cfg, &test_key(), outbox.clone(), watch, None, "c".into()).unwrap();
         let d = gw.decide(&envelope(ops, ops, &subject, &format!("<r{round}@x>")), t);
         assert_eq!(matches!(d, Decision::Run { .. }), want_run, "{d:?}");
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(outbox.flush()).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(outbox.flush())
+            .unwrap();
     }
 }
 
