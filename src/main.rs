@@ -317,7 +317,13 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
         RoleConfig::Sensorhub(config) => {
             // By then sensors, uplink and command channel have all run once.
             footprint::release_startup_code_after(std::time::Duration::from_secs(30));
-            hub_runtime()?.block_on(as_service(outpost_sensorhub::run(*config, shutdown)))?;
+            let rt = hub_runtime()?;
+            if let Err(e) = rt.block_on(as_service(outpost_sensorhub::run(*config, shutdown))) {
+                // Not through the runtime's drop: it would wait for blocking threads that a stalled
+                // disk holds forever. The service manager restarts the hub.
+                eprintln!("outpost sensorhub: {e}");
+                std::process::exit(1);
+            }
         }
         RoleConfig::Connector(config) => {
             runtime()?.block_on(as_service(outpost_connector::run(*config, shutdown)))?;

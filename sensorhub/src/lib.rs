@@ -60,10 +60,16 @@ pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> Resul
     }
     token.cancel();
     let failed = hub.failed.clone();
-    hub.join().await;
     match failed.get() {
-        Some(why) => Err(HubError::Failed(why.clone())),
-        None => Ok(()),
+        Some(why) => {
+            // Tasks may be stuck on the stalled disk for good: give them a moment, not forever.
+            let _ = tokio::time::timeout(STOP_GRACE * 3, hub.join()).await;
+            Err(HubError::Failed(why.clone()))
+        }
+        None => {
+            hub.join().await;
+            Ok(())
+        }
     }
 }
 

@@ -56,7 +56,19 @@ pub async fn run(
         }
         let records: Vec<Vec<u8>> = held.iter().map(encode).collect();
         let b = buffer.clone();
-        match tokio::task::spawn_blocking(move || b.append(&records)).await.expect("append does not panic") {
+        // sled can also block inside the write itself on a full disk, before any flush: the whole
+        // append is bounded, and one that never returns counts as a stalled disk.
+        let appended =
+            tokio::time::timeout(FAILING_FATAL, tokio::task::spawn_blocking(move || b.append(&records)))
+                .await
+                .map(|j| j.expect("append does not panic"))
+                .unwrap_or_else(|_| {
+                    Err(BufferError::Stalled(format!(
+                        "an append did not return in {} s",
+                        FAILING_FATAL.as_secs()
+                    )))
+                });
+        match appended {
             Ok(range) => {
                 feed.newest_group.store(range.start, Ordering::Release);
                 if news.any_in(&held) {

@@ -262,6 +262,8 @@ impl Network {
 /// Interfaces that carry no traffic of the machine's own beyond what a physical one already counts:
 /// loopback, container and VM plumbing (a veth pair per container, docker and libvirt bridges).
 /// On a container host there can be hundreds, each a sensor that comes and goes with a container.
+/// (Linux names; elsewhere the interface list comes from sysinfo as it is.)
+#[cfg(any(target_os = "linux", test))]
 pub(crate) fn is_virtual(name: &str) -> bool {
     name == "lo" || ["veth", "docker", "br-", "virbr"].iter().any(|prefix| name.starts_with(prefix))
 }

@@ -35,6 +35,7 @@ use tower::ServiceBuilder;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 /// Descriptors kept free beside the connection cap (database files, logs, outgoing connections).
+#[cfg(unix)]
 const SPARE_FDS: u64 = 256;
 
 /// "Not now": `status` (503, 429) with Retry-After and a [`Verdict::RetryLater`] body, so a
@@ -114,8 +115,16 @@ pub async fn serve_tls(
     server.serve(protect(app, limits).into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
+/// Windows has no descriptor limit of this kind (a process may hold as many sockets as memory
+/// allows): the configured cap stands.
+#[cfg(not(unix))]
+fn connection_cap(wanted: usize) -> usize {
+    wanted
+}
+
 /// Raises the process' descriptor limit so `wanted` connections fit (plus spares), as far as the
 /// hard limit allows; returns the connection cap that does fit.
+#[cfg(unix)]
 fn connection_cap(wanted: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let need = wanted as u64 + SPARE_FDS;
