@@ -37,6 +37,11 @@ fn memory(pid: u32) -> (u64, u64, u64) {
     (kb("Rss:"), kb("Pss:"), kb("Anonymous:"))
 }
 
+/// A free port zabbix_agent2 accepts (its ListenPort must be 1024–32767, below the ephemeral range).
+fn free_agent_port() -> u16 {
+    (20_000..32_000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -137,7 +142,7 @@ fn main() {
              ListenPort={}\nControlSocket={}\nInclude=/etc/zabbix/zabbix_agent2.d/plugins.d/*.conf\n",
             d.join("zabbix.log").display(),
             d.join("zabbix.pid").display(),
-            free_port(),
+            free_agent_port(),
             d.join("agent.sock").display()
         ),
     )
