@@ -496,9 +496,15 @@ pub(crate) async fn send(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let msg = resp.json::<ApiError>().await.map(|e| e.error).unwrap_or_default();
+    let answer = resp.json::<ApiError>().await.ok();
+    let said_too_large =
+        answer.as_ref().is_some_and(|e| e.code == Some(outpost_shared::model::RefusalCode::TooLarge));
+    let msg = answer.map(|e| e.error).unwrap_or_default();
     match (status.as_u16(), retry_after) {
-        (413, _) => Err(Retry::TooLarge(format!("cloud answered 413: {msg}"))),
+        // Only the cloud's own verdict says a request is too large; a 413 without one (a proxy in
+        // front of it, in maintenance) is no reason to split, let alone to put a batch aside.
+        (413, _) if said_too_large => Err(Retry::TooLarge(format!("cloud answered 413: {msg}"))),
+        (413, _) => Err(Retry::Backoff(format!("413 without the cloud's verdict (a proxy?): {msg}"))),
         (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),
         (code, _) => Err(Retry::Backoff(format!("cloud answered {code}: {msg}"))),
     }

@@ -299,6 +299,8 @@ enum Answer {
     Refuse(RefusalCode),
     /// The whole request, with no verdict (a proxy's error page, an old cloud).
     Status(u16),
+    /// The whole request: 413 with the cloud's own `too_large` verdict.
+    TooLarge,
 }
 
 type Script = Box<dyn Fn(&str, usize) -> Answer + Send + Sync>;
@@ -344,6 +346,15 @@ impl FakeCloud {
                             Answer::Status(s) => {
                                 let status = axum::http::StatusCode::from_u16(s).unwrap();
                                 return (status, axum::Json(ApiError::new("scripted"))).into_response();
+                            }
+                            Answer::TooLarge => {
+                                let body = ApiError::verdict(
+                                    "too large",
+                                    Verdict::RetryLater,
+                                    RefusalCode::TooLarge,
+                                );
+                                return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body))
+                                    .into_response();
                             }
                         });
                     }
@@ -456,8 +467,7 @@ async fn refused_for_good_goes_to_the_counted_quarantine_and_the_count_to_the_cl
 #[tokio::test]
 async fn a_413_halves_the_request_and_a_batch_too_large_alone_is_put_aside() {
     let (sh, _dir) = mem_shared(1 << 30);
-    let fake =
-        FakeCloud::start(Box::new(|_, n| if n > 1 { Answer::Status(413) } else { Answer::Store })).await;
+    let fake = FakeCloud::start(Box::new(|_, n| if n > 1 { Answer::TooLarge } else { Answer::Store })).await;
     for _ in 0..4 {
         put(&sh, "a", 10, false, 10);
     }
@@ -468,11 +478,19 @@ async fn a_413_halves_the_request_and_a_batch_too_large_alone_is_put_aside() {
     assert_eq!(sh.buffer.stats().len, 0, "all delivered, one at a time");
     assert_eq!(fake.stored_hubs().len(), 4);
     assert!(sh.quarantine.counts().is_empty());
-    // The cloud takes no request at all now: the lone batch cannot be split (its hub signed it
-    // whole), so it is put aside, counted, instead of wedging the queue.
+    // A proxy in front of the cloud answers 413 without the cloud's verdict: nothing is split
+    // or put aside, everything is kept for later.
     fake.answer(Box::new(|_, _| Answer::Status(413)));
     put(&sh, "a", 7, false, 10);
     put(&sh, "b", 3, false, 10);
+    for _ in 0..5 {
+        round(&sh, &fake, &mut cap).await;
+    }
+    assert_eq!(sh.buffer.stats().len, 2, "a verdict-less 413 keeps the batches");
+    assert!(sh.quarantine.counts().is_empty());
+    // The cloud itself takes no request at all now: the lone batch cannot be split (its hub
+    // signed it whole), so it is put aside, counted, instead of wedging the queue.
+    fake.answer(Box::new(|_, _| Answer::TooLarge));
     for _ in 0..10 {
         round(&sh, &fake, &mut cap).await;
     }
