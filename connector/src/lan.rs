@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_shared::buffer::BufferError;
-use outpost_shared::http_server::{rate, PerSource, ServerLimits};
+use outpost_shared::http_server::{rate, ServerLimits};
 use outpost_shared::keys::{SignedHeaders, VerifyError, HEADER_MACHINE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use outpost_shared::model::{ApiError, Batch, BatchAck, BatchProblem, RefusalCode, TimeWindow, Verdict};
 use std::net::SocketAddr;
@@ -40,16 +40,8 @@ pub(crate) fn serve(
     // defaults: hubs on a LAN are few and known. What needs no credentials is limited per source;
     // an enrollment passed on costs the cloud an RSA private-key operation.
     let limits = ServerLimits::default();
-    let enroll_limit = PerSource::new(
-        "LAN enrollments per source",
-        f64::from(limits.enroll_per_minute) / 60.0,
-        limits.enroll_burst,
-    );
-    let public_limit = PerSource::new(
-        "LAN unauthenticated requests per source",
-        f64::from(limits.per_source_per_second),
-        limits.per_source_burst,
-    );
+    let (enroll_limit, public_limit) =
+        limits.source_limits("LAN enrollments per source", "LAN unauthenticated requests per source");
     let public = Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/v1/connector", get(identity))

@@ -27,7 +27,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use outpost_shared::http_server::{rate, PerSource};
+use outpost_shared::http_server::rate;
 use outpost_shared::model::{ApiError, MachineInfo, SensorLatest};
 use serde::Serialize;
 use std::sync::Arc;
@@ -92,17 +92,8 @@ pub enum LiveEvent {
 /// added where it is served ([`outpost_shared::http_server::serve_tls`]).
 pub fn router(state: AppState) -> Router {
     let limits = &state.config.server;
-    // Each enrollment costs an RSA private-key operation (sealed tokens) and a database write.
-    let enroll_limit = PerSource::new(
-        "enrollments per source",
-        f64::from(limits.enroll_per_minute) / 60.0,
-        limits.enroll_burst,
-    );
-    let public_limit = PerSource::new(
-        "unauthenticated requests per source",
-        f64::from(limits.per_source_per_second),
-        limits.per_source_burst,
-    );
+    let (enroll_limit, public_limit) =
+        limits.source_limits("enrollments per source", "unauthenticated requests per source");
     let public = Router::new()
         .route("/", get(crate::dashboard::index))
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))

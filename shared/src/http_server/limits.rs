@@ -60,6 +60,20 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
+    /// The per-source limiters every listener puts in front of enrollment (each costs the cloud an
+    /// RSA private-key operation and a database write) and of the routes that need no credentials,
+    /// named `enroll` and `public` in the log.
+    pub fn source_limits(
+        &self,
+        enroll: &'static str,
+        public: &'static str,
+    ) -> (super::PerSource, super::PerSource) {
+        (
+            super::PerSource::new(enroll, f64::from(self.enroll_per_minute) / 60.0, self.enroll_burst),
+            super::PerSource::new(public, f64::from(self.per_source_per_second), self.per_source_burst),
+        )
+    }
+
     /// Collects what is wrong, with keys prefixed by `section` (e.g. `server`).
     pub fn check(&self, section: &str, problems: &mut Vec<Problem>) {
         let key = |k: &str| format!("{section}.{k}");
