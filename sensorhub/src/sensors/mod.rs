@@ -38,6 +38,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -208,13 +209,20 @@ impl SensorSet {
     /// goes to `out`. A full `out` means the writer is behind: the sensor waits (back-pressure)
     /// and skips the ticks it missed, it never drops a batch it has taken. All tasks end when
     /// `shutdown` is cancelled or `out` is closed; [`SensorHandle::stopped`] waits for that.
+    ///
+    /// After the first sample, every sensor ticks on one grid that starts when this is called:
+    /// a sensor with interval `i` samples at `start + k·i`. Sensors whose intervals divide each
+    /// other fall due together, so the uplink sends their readings in one upload (one signature,
+    /// one request) instead of one upload per sensor at scattered phases. The grid starts at the
+    /// hub's own start, not at a round wall-clock time, so a fleet does not upload in lockstep.
     pub fn spawn(self, out: mpsc::Sender<Vec<Sample>>, shutdown: CancellationToken) -> SensorHandle {
         let tracker = TaskTracker::new();
         let mut triggers = Vec::with_capacity(self.sensors.len());
+        let grid = Instant::now();
         for sensor in self.sensors {
             let trigger = Arc::new(Notify::new());
             triggers.push((sensor.id.clone(), trigger.clone()));
-            tracker.spawn(run(sensor, trigger, out.clone(), shutdown.clone()));
+            tracker.spawn(run(sensor, grid, trigger, out.clone(), shutdown.clone()));
         }
         tracker.close();
         SensorHandle { inner: Arc::new(HandleInner { triggers, tracker }) }
@@ -223,6 +231,7 @@ impl SensorSet {
 
 async fn run(
     mut sensor: Sensor,
+    grid: Instant,
     trigger: Arc<Notify>,
     out: mpsc::Sender<Vec<Sample>>,
     shutdown: CancellationToken,
@@ -239,16 +248,21 @@ async fn run(
             }
         }
     }
-    let mut ticker = tokio::time::interval(sensor.interval);
-    // After a slow check or a stalled writer, carry on from now instead of catching up with a
-    // burst of back-to-back samples.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first sample at once (after priming), then on the shared grid.
+    let mut ticker =
+        tokio::time::interval_at(next_on_grid(grid, sensor.interval, Instant::now()), sensor.interval);
+    // After a slow check or a stalled writer, skip to the next grid point instead of catching up
+    // with a burst of back-to-back samples (and instead of leaving the grid, as `Delay` would).
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut first = true;
     loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-            _ = trigger.notified() => {}
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+                _ = trigger.notified() => {}
+            }
         }
         let samples = tokio::select! {
             biased;
@@ -269,6 +283,14 @@ async fn run(
             }
         }
     }
+}
+
+/// The first point of the grid `start + k·every` that lies after `now`.
+fn next_on_grid(start: Instant, every: Duration, now: Instant) -> Instant {
+    let every_ns = every.as_nanos().max(1);
+    let done = now.saturating_duration_since(start).as_nanos() / every_ns + 1;
+    // Intervals are at least 100 ms and hubs do not run for centuries: the product fits.
+    start + Duration::from_nanos(u64::try_from(done * every_ns).unwrap_or(u64::MAX))
 }
 
 /// Controls running sensors: sample one now, list them, wait for them to stop.

@@ -68,7 +68,7 @@ impl Default for UplinkConfig {
             enroll_token: None,
             batch_max: 5000,
             live_max: 1000,
-            linger: Duration::from_millis(20),
+            linger: Duration::from_millis(250),
             timeout: Duration::from_secs(30),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
