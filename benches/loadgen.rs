@@ -318,35 +318,6 @@ fn memory_mb(pid: u32) -> (f64, f64) {
     (kb("VmHWM:") / 1024.0, kb("VmRSS:") / 1024.0)
 }
 
-/// Established TCP connections of process `pid` to port `remote_port` on loopback: its socket
-/// inodes matched against the kernel's connection table.
-fn connections_to(pid: u32, remote_port: u16) -> usize {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut n = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "01" {
-                continue;
-            }
-            let port = f[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            if port == Some(remote_port) && inodes.contains(f[9]) {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

@@ -208,6 +208,49 @@ impl Commands {
         }
     }
 
+    /// [`Commands::poll`] for many machines at once: what a connector asks for all the hubs that
+    /// are long-polling it, in one request instead of one per hub. Returns as soon as any of them
+    /// has a command due (everything due for all of them then), or empty after `wait`.
+    pub async fn poll_many(
+        &self,
+        machines: &[String],
+        wait: Duration,
+    ) -> Result<std::collections::BTreeMap<String, Vec<Signed<CommandEnvelope>>>, CloudError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notifies: Vec<Arc<Notify>> = machines.iter().map(|m| self.waiter(m)).collect();
+            // Register before looking, so a command created in between still wakes us.
+            let mut notified: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            for n in &mut notified {
+                n.as_mut().enable();
+            }
+            let now = Utc::now();
+            let mut out = std::collections::BTreeMap::new();
+            let mut next_due: Option<Duration> = None;
+            for machine in machines {
+                let (due, next) = self.take_due(machine, now)?;
+                if !due.is_empty() {
+                    out.insert(machine.clone(), due);
+                }
+                if let Some(n) = next {
+                    next_due = Some(next_due.map_or(n, |d| d.min(n)));
+                }
+            }
+            if !out.is_empty() {
+                self.flusher.flush().await?;
+                return Ok(out);
+            }
+            let until = match next_due {
+                Some(d) => deadline.min(tokio::time::Instant::now() + d),
+                None => deadline,
+            };
+            let any = futures_util::future::select_all(notified);
+            if tokio::time::timeout_at(until, any).await.is_err() && until >= deadline {
+                return Ok(std::collections::BTreeMap::new());
+            }
+        }
+    }
+
     /// The envelopes due for `machine` now (never handed out, or handed out [`REDELIVER_AFTER`]
     /// ago without an answer), and how long until the next one falls due. Expired ones are let go.
     fn take_due(
@@ -397,5 +440,43 @@ mod tests {
         // The pruned command is no longer handed out; the waiting one is.
         let out = cmds.poll(&machine, Duration::from_millis(10)).await.unwrap();
         assert_eq!(out.iter().map(|s| s.peek_unverified().unwrap().id).collect::<Vec<_>>(), vec![long.id]);
+    }
+
+    #[tokio::test]
+    async fn one_poll_for_many_machines_wakes_for_any_and_hands_out_only_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let cmds = Commands::open(&db, outpost_shared::group_flush::GroupFlush::new(db.clone())).unwrap();
+        let cloud = KeyPair::generate().unwrap();
+        let machines: Vec<String> = (0..50).map(|i| format!("{i:032x}")).collect();
+        let outsider = "f".repeat(32);
+        cmds.create(&cloud, &outsider, "ping", serde_json::Value::Null, Duration::from_secs(60), "t")
+            .await
+            .unwrap();
+
+        // Nothing due for the fifty: the poll waits, and a command for the 37th wakes it at once.
+        let poller = {
+            let (cmds, machines) = (cmds.clone(), machines.clone());
+            tokio::spawn(async move { cmds.poll_many(&machines, Duration::from_secs(20)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!poller.is_finished(), "nothing is due yet");
+        let started = std::time::Instant::now();
+        let cmd = cmds
+            .create(&cloud, &machines[37], "ping", serde_json::Value::Null, Duration::from_secs(60), "t")
+            .await
+            .unwrap();
+        let got =
+            tokio::time::timeout(Duration::from_secs(5), poller).await.expect("woken").unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            vec![&machines[37]],
+            "the outsider's command is not handed out"
+        );
+        assert_eq!(got[&machines[37]][0].peek_unverified().unwrap().id, cmd.id);
+        // Handed out and unanswered: not again at once, but again after REDELIVER_AFTER.
+        let again = cmds.poll_many(&machines, Duration::from_millis(100)).await.unwrap();
+        assert!(again.is_empty(), "not handed out twice at once");
     }
 }

@@ -14,7 +14,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_shared::buffer::BufferError;
 use outpost_shared::http_server::{rate, ServerLimits};
-use outpost_shared::keys::{SignedHeaders, VerifyError, HEADER_MACHINE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use outpost_shared::keys::{
+    PublicKey, SignedHeaders, VerifyError, HEADER_MACHINE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+};
 use outpost_shared::model::{ApiError, Batch, BatchAck, BatchProblem, RefusalCode, TimeWindow, Verdict};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -59,7 +61,7 @@ pub(crate) fn serve(
         // read or inflated.
         .route("/v1/batches", post(intake).route_layer(middleware::from_fn(signature_headers_first)))
         .route("/v1/receipt", post(proxy))
-        .route("/v1/commands/poll", get(proxy))
+        .route("/v1/commands/poll", get(hub_poll))
         .route("/v1/commands/result", post(proxy))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
@@ -122,6 +124,45 @@ fn malformed(status: StatusCode, msg: impl Into<String>) -> Response {
     verdict(status, Verdict::Refused, RefusalCode::Malformed, msg)
 }
 
+/// The key of the hub that signed a request: listed for this network by the cloud (the list is
+/// fetched again, rate-limited, for a signer it does not name yet).
+// The error side is the finished HTTP response; it lives for one request.
+#[allow(clippy::result_large_err)]
+async fn signer_key(sh: &Shared, sig: &SignedHeaders, peer: SocketAddr) -> Result<PublicKey, Response> {
+    Ok(match sh.hub_keys.lookup(&sig.machine_id) {
+        Lookup::Known(k) => k,
+        Lookup::NoList => {
+            return Err(verdict(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Verdict::RetryLater,
+                RefusalCode::Busy,
+                "this connector has no list of the network's machine keys yet (not enrolled, or the cloud not reached); keep the data and retry later",
+            ))
+        }
+        Lookup::Unknown => {
+            // Enrolled since the last list? Ask (rate-limited), then look again.
+            let again = match &sh.cloud {
+                Some((client, base)) => {
+                    Some(sh.hub_keys.refresh_for_unknown(client, base, &sh.key, &sig.machine_id).await)
+                }
+                None => None,
+            };
+            match again {
+                Some(Lookup::Known(k)) => k,
+                _ => {
+                    tracing::warn!(%peer, machine = %sig.machine_id, "hub request refused: signer not enrolled in this network");
+                    return Err(verdict(
+                        StatusCode::UNAUTHORIZED,
+                        Verdict::RetryLater,
+                        RefusalCode::NotEnrolled,
+                        format!("machine {} is not enrolled in this connector's network", sig.machine_id),
+                    ));
+                }
+            }
+        }
+    })
+}
+
 /// Takes a hub batch into custody, but only one this connector has checked itself: signed by a
 /// machine the cloud lists for this network, over exactly these bytes, well-formed, with readings
 /// stamped inside the accepted window. Cheap checks come first (header sizes, a known signer),
@@ -154,37 +195,9 @@ async fn intake(
             )
         }
     };
-    let key = match sh.hub_keys.lookup(&sig.machine_id) {
-        Lookup::Known(k) => k,
-        Lookup::NoList => {
-            return verdict(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Verdict::RetryLater,
-                RefusalCode::Busy,
-                "this connector has no list of the network's machine keys yet (not enrolled, or the cloud not reached); keep the data and retry later",
-            )
-        }
-        Lookup::Unknown => {
-            // Enrolled since the last list? Ask (rate-limited), then look again.
-            let again = match &sh.cloud {
-                Some((client, base)) => {
-                    Some(sh.hub_keys.refresh_for_unknown(client, base, &sh.key, &sig.machine_id).await)
-                }
-                None => None,
-            };
-            match again {
-                Some(Lookup::Known(k)) => k,
-                _ => {
-                    tracing::warn!(%peer, machine = %sig.machine_id, "hub batch refused: signer not enrolled in this network");
-                    return verdict(
-                        StatusCode::UNAUTHORIZED,
-                        Verdict::RetryLater,
-                        RefusalCode::NotEnrolled,
-                        format!("machine {} is not enrolled in this connector's network", sig.machine_id),
-                    );
-                }
-            }
-        }
+    let key = match signer_key(&sh, &sig, peer).await {
+        Ok(k) => k,
+        Err(r) => return r,
     };
     let limits = sh.hub_keys.limits();
     let max_decompressed =
@@ -433,5 +446,63 @@ async fn proxy(
             (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
         }
         Err(e) => err(StatusCode::BAD_GATEWAY, format!("cloud unreachable from the connector: {e}")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PollQuery {
+    /// Seconds to hold the poll open when nothing is waiting (at most 30), as on the cloud.
+    wait: Option<u64>,
+}
+
+/// A hub's command long-poll: checked here (signed by a hub this network lists, over this exact
+/// request, recently), then answered from the connector's one upstream poll for all its hubs
+/// (see [`crate::polls`]). The answer is what the cloud would give: its signed envelopes.
+async fn hub_poll(
+    State(sh): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): axum::extract::Query<PollQuery>,
+) -> Response {
+    if sh.cloud.is_none() {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "this connector has no cloud configured");
+    }
+    let sig = match SignedHeaders::from_header_map(&headers) {
+        Ok(s) => s,
+        Err(e) => {
+            return err(
+                StatusCode::UNAUTHORIZED,
+                format!("unsigned command poll ({e}); hubs sign every request"),
+            )
+        }
+    };
+    let key = match signer_key(&sh, &sig, peer).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v1/commands/poll");
+    if let Err(e) = outpost_shared::keys::verify_request(
+        &key,
+        &sig,
+        "GET",
+        path,
+        b"",
+        chrono::Utc::now(),
+        outpost_shared::keys::DEFAULT_MAX_SKEW,
+    ) {
+        tracing::warn!(%peer, machine = %sig.machine_id, reason = %e, "command poll refused: signature does not check");
+        return err(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let wait = Duration::from_secs(q.wait.unwrap_or(25).min(30));
+    let rx = sh.polls.wait(sig.machine_id.as_str());
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(crate::polls::Delivery::Commands(list))) => Json(list).into_response(),
+        Ok(Ok(crate::polls::Delivery::Refused)) => err(
+            StatusCode::FORBIDDEN,
+            format!("the cloud does not serve machine {} through this connector", sig.machine_id),
+        ),
+        // Timed out (or the connector is stopping): nothing for this hub now.
+        _ => Json(Vec::<serde_json::Value>::new()).into_response(),
     }
 }

@@ -9,7 +9,8 @@
 //! cloud lists for this network ([`hub_keys`]) and its timestamps against the accepted window
 //! before it counts, stores or forwards it. A batch leaves the buffer only on the cloud's verdict:
 //! stored, or refused for good, and then into the counted [`quarantine`]; on any other answer it
-//! stays and is sent again, behind the other hubs' batches.
+//! stays and is sent again, behind the other hubs' batches. The hubs' command long-polls reach
+//! the cloud together, in one upstream request for all of them ([`polls`]).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod forward;
 pub mod hub_keys;
 pub mod lan;
 pub mod mail;
+mod polls;
 pub mod quarantine;
 mod record;
 #[cfg(test)]
@@ -83,6 +85,8 @@ pub(crate) struct Shared {
     pub quarantine: quarantine::Quarantine,
     /// The reading timestamps taken (`[ingest]`).
     pub ingest: config::IngestConfig,
+    /// The hubs' command long-polls, carried upstream together.
+    pub polls: polls::Polls,
 }
 
 /// A running connector.
@@ -177,6 +181,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         hub_keys: hub_keys::HubKeys::new(dir, key.machine_id().clone(), config.cloud.keys_refresh_min),
         quarantine: quarantine::Quarantine::open(dir, config.buffer.quarantine_quota)?,
         ingest: config.ingest.clone(),
+        polls: polls::Polls::default(),
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;
@@ -189,7 +194,10 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         Some(side) => mail::start_gateway(&config, side, &key, tls.clone(), &hostname, &shutdown).await?,
         None => None,
     };
-    let mut tasks = vec![lan::serve(listener, tls, shared.clone(), shutdown.clone())];
+    let mut tasks = vec![
+        lan::serve(listener, tls, shared.clone(), shutdown.clone()),
+        tokio::spawn(polls::run(shared.clone(), shutdown.clone())),
+    ];
 
     let client = outpost_shared::tls::https_client(config.cloud.ca_file.as_deref(), config.cloud.timeout)?;
     let lan_cert = outpost_shared::keys::CertFingerprint::of_pem_file(&certs.cert)?.to_string();

@@ -32,6 +32,7 @@ fn shared(buffer: Arc<dyn Storage>, quota: u64, dir: &Path) -> Arc<Shared> {
         hub_keys: hub_keys::HubKeys::new(dir, hub_key().machine_id().clone(), Duration::from_secs(10)),
         quarantine: quarantine::Quarantine::open(dir, 1 << 20).unwrap(),
         ingest: config::IngestConfig::default(),
+        polls: crate::polls::Polls::default(),
     })
 }
 

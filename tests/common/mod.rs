@@ -9,7 +9,7 @@ pub mod ns_cloud;
 pub mod smtp;
 
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -495,4 +495,33 @@ impl ConnectorProc {
     pub fn hub_uplink(&self) -> String {
         format!("connector = \"{}\"\n", self.url())
     }
+}
+
+/// Established TCP connections of process `pid` to port `remote_port` on loopback: its socket
+/// inodes matched against the kernel's connection table.
+pub fn connections_to(pid: u32, remote_port: u16) -> usize {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" {
+                continue;
+            }
+            let port = f[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if port == Some(remote_port) && inodes.contains(f[9]) {
+                n += 1;
+            }
+        }
+    }
+    n
 }

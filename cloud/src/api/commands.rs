@@ -1,6 +1,6 @@
 //! Commands: made by people, signed by the cloud, polled by machines, answered with signed results.
 
-use super::auth::check_signed;
+use super::auth::{check_signed, connector_signed};
 use super::{err, internal, AppState};
 use crate::commands::DEFAULT_TTL;
 use axum::extract::{Path, Query, State};
@@ -8,7 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use outpost_shared::keys::{CommandResult, Signed};
+use outpost_shared::keys::{CommandResult, PollManyAnswer, Signed};
+use outpost_shared::model::Role;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +120,85 @@ pub(super) async fn poll(
         Ok(list) => Json(list).into_response(),
         Err(e) => internal(e),
     }
+}
+
+/// Most machines one connector poll may name: a connector serves about a thousand hubs.
+const MAX_POLLED: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PollManyRequest {
+    /// The hubs long-polling the connector right now.
+    machines: Vec<String>,
+    /// Seconds to hold the request open when nothing is waiting (at most 30).
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+/// `POST /v1/commands/poll-many`: a connector's one long-poll for all the hubs that long-poll it,
+/// instead of one upstream request per hub. Only hubs enrolled in the connector's own network are
+/// served; the others come back in `refused`, so the connector can tell those hubs. The envelopes
+/// are the cloud's signed ones, which the connector can neither forge nor alter.
+pub(super) async fn poll_many(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/commands/poll-many", &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let req: PollManyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a poll request: {e}")),
+    };
+    if req.machines.len() > MAX_POLLED {
+        return err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} machines in one poll; at most {MAX_POLLED}", req.machines.len()),
+        );
+    }
+    let trust = st.trust.clone();
+    let network = connector.network_id.clone();
+    let connector_id = connector.machine_id.clone();
+    let sorted = tokio::task::spawn_blocking(move || {
+        let mut allowed = Vec::new();
+        let mut refused = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for id in req.machines {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            match trust.machine_key(&id) {
+                // Its hubs, and the connector's own embedded hub (same key, connector role).
+                Ok(Some(mk))
+                    if mk.network_id == network
+                        && (mk.role == Role::Sensorhub || mk.machine_id == connector_id) =>
+                {
+                    allowed.push(id)
+                }
+                Ok(_) => refused.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((allowed, refused))
+    })
+    .await;
+    let (allowed, refused) = match sorted {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let wait = std::time::Duration::from_secs(req.wait.unwrap_or(25).min(30));
+    let commands = if allowed.is_empty() {
+        Default::default()
+    } else {
+        match st.commands.poll_many(&allowed, wait).await {
+            Ok(c) => c,
+            Err(e) => return internal(e),
+        }
+    };
+    Json(PollManyAnswer { commands, refused }).into_response()
 }
 
 pub(super) async fn result(

@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/network-keys", post(network::keys))
         .route("/v1/receipt", post(enrollment::receipt))
         .route("/v1/commands/poll", get(commands::poll))
+        .route("/v1/commands/poll-many", post(commands::poll_many))
         .route("/v1/commands/result", post(commands::result))
         .route("/v1/mail-commands", post(mail::create))
         .route("/v1/mail-commands/{id}", get(mail::status))

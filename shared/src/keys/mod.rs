@@ -39,7 +39,7 @@ pub use document::{
 };
 pub use error::{CommandRefused, DocumentError, KeyError, SealError, TokenError, VerifyError};
 pub use machine::{KeyPair, MachineId, PublicKey, KEY_BITS};
-pub use network::{IngestLimits, NetworkKeys, NetworkMachine};
+pub use network::{IngestLimits, NetworkKeys, NetworkMachine, PollManyAnswer};
 pub use pinning::{
     enrollment_https_client, pinned_client_config, pinned_https_client, CertFingerprint, PinnedCertVerifier,
 };

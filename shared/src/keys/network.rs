@@ -1,5 +1,6 @@
 //! [`NetworkKeys`]: the cloud's signed list of the machines of one network and their public keys,
-//! which a connector checks every hub batch against before it takes custody of it.
+//! which a connector checks every hub batch against before it takes custody of it; and
+//! [`PollManyAnswer`], the commands due for the hubs a connector long-polls for.
 
 use super::document::SignedKind;
 use super::machine::MachineId;
@@ -43,4 +44,15 @@ pub struct IngestLimits {
 
 impl SignedKind for NetworkKeys {
     const KIND: &'static str = "network-keys";
+}
+
+/// The cloud's answer to a connector's `POST /v1/commands/poll-many`: the signed envelopes due for
+/// each hub it asked for (only hubs with something due appear), and the hubs it may not poll for
+/// (not enrolled, revoked, or in another network).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PollManyAnswer {
+    #[serde(default)]
+    pub commands: std::collections::BTreeMap<String, Vec<super::Signed<super::CommandEnvelope>>>,
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
