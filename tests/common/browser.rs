@@ -86,6 +86,12 @@ impl Browser {
         self.call("POST", "/execute/sync", json!({"script": script, "args": []}))
     }
 
+    /// Runs `script` (a function body) that calls its last argument with the result, e.g.
+    /// `const done = arguments[arguments.length - 1]; later.then(done)`.
+    pub fn eval_async(&self, script: &str) -> Value {
+        self.call("POST", "/execute/async", json!({"script": script, "args": []}))
+    }
+
     /// Waits until `script` returns true in the page.
     pub fn wait_for(&self, limit: Duration, what: &str, script: &str) {
         let deadline = Instant::now() + limit;
@@ -99,9 +105,18 @@ impl Browser {
         panic!("timed out after {limit:?} waiting until {what}; page:\n{html}");
     }
 
-    pub fn click(&self, css: &str) {
+    /// The WebDriver reference of the first element matching `css`.
+    pub fn find(&self, css: &str) -> String {
         let el = self.call("POST", "/element", json!({"using": "css selector", "value": css}));
-        let id = el.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap().to_string();
+        el.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap().to_string()
+    }
+
+    pub fn click(&self, css: &str) {
+        self.click_element(&self.find(css));
+    }
+
+    /// Clicks an element found before; fails if the page has replaced it since (stale element).
+    pub fn click_element(&self, id: &str) {
         self.call("POST", &format!("/element/{id}/click"), json!({}));
     }
 
