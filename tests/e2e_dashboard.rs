@@ -537,3 +537,57 @@ fn the_console_shows_problems_first_and_keeps_still_under_live_updates() {
     );
     browser.screenshot(&shots.join("console-unreachable.png"));
 }
+
+/// Old data must not look current: when a machine falls silent, the page lists it as offline
+/// with since when, greys it and its sensors, and shows absolute times with their date.
+#[test]
+fn a_silent_machine_is_shown_offline_with_since_when_and_its_sensors_greyed() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start_on(&dir.path().join("cloud"), common::free_port(), "offline_after = \"5s\"");
+    let hub_dir = dir.path().join("hub");
+    let hub = start_hub(
+        &hub_dir,
+        &hub_config(&hub_dir, &cloud, "[[sensor]]\nkind = \"memory\"\ninterval = \"500ms\"\n"),
+    );
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "memory readings reach the cloud", || {
+        latest(&cloud, &id, "mem.used_pct").is_some()
+    });
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1000);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    let row = format!("document.querySelector('tr.machine[data-id=\"{id}\"]')");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the machine is listed as reporting",
+        &format!(
+            "const r = {row}; return !!r && r.dataset.state !== 'offline' && r.textContent.includes('heard')"
+        ),
+    );
+    hub.kill9();
+    let year = chrono::Utc::now().format("%Y").to_string();
+    browser.wait_for(
+        Duration::from_secs(40),
+        "the silent machine is listed as a problem, offline since a dated time, and greyed",
+        &format!(
+            "const p = document.querySelector('#problist tr.problem[data-kind=\"offline\"][data-machine=\"{id}\"]'); \
+             const r = {row}; \
+             return !!p && /offline for \\d/.test(p.textContent) && p.textContent.includes('since ') \
+               && p.textContent.includes('{year}') && r.dataset.state === 'offline' && r.classList.contains('offline') \
+               && r.textContent.includes('offline since')"
+        ),
+    );
+    browser.click(&format!("tr.machine[data-id=\"{id}\"]"));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "its sensors are greyed and say the machine is offline, with dated times",
+        &format!(
+            "const s = document.querySelector('tr.sensor[data-sensor=\"mem.used_pct\"]'); \
+             return !!s && s.classList.contains('offline') && s.textContent.includes('machine offline since') \
+               && s.querySelector('time').title.includes('{year}')"
+        ),
+    );
+}
