@@ -524,6 +524,7 @@ fn the_console_shows_problems_first_and_keeps_still_under_live_updates() {
         "the home view fits 390 px",
         &format!("if (document.getElementById('problems').hidden) return false; {overflow} <= 0"),
     );
+    browser.eval("window.scrollTo(0, 0); return true");
     browser.screenshot(&shots.join("console-phone.png"));
 
     // The cloud goes away: the page says so plainly.

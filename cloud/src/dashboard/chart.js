@@ -75,7 +75,8 @@ export class History {
         notes.push(`hourly averages until ${when(rawSince)}, every reading after`);
       }
     }
-    const limit = range > RAW_ONLY ? 20000 : MAX_LIMIT;
+    // As many as one answer holds: a 10 s sensor fills 7 days of raw retention with 60,480.
+    const limit = MAX_LIMIT;
     let raw = await this.api(`${base}&since=${iso(rawSince)}&limit=${limit}`);
     if (raw.length >= limit) {
       // The API answers oldest first: when a fast sensor has more readings than one answer holds,
