@@ -510,7 +510,25 @@ fn the_console_shows_problems_first_and_keeps_still_under_live_updates() {
         "return !!document.querySelector('#chart canvas') && Number(document.getElementById('chart').dataset.points) > 0",
     );
     browser.eval("document.getElementById('ctitle').scrollIntoView(); return true");
+    // Dragging across the chart zooms in; a button (for the keyboard too) zooms out again.
+    assert_eq!(
+        browser.eval("return !!document.querySelector('#chart .u-over')"),
+        true,
+        "the chart takes the mouse"
+    );
+    browser.drag("#chart .u-over", -200, 100);
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the zoom can be undone",
+        "return !document.querySelector('.resetzoom').hidden",
+    );
     browser.screenshot(&shots.join("console-chart.png"));
+    browser.click(".resetzoom");
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the whole range is shown again",
+        "return document.querySelector('.resetzoom').hidden",
+    );
 
     // Phone width: nothing scrolls sideways, on the home view nor on a machine's page.
     browser.set_window_size(390, 844);

@@ -120,6 +120,19 @@ impl Browser {
         self.call("POST", &format!("/element/{id}/click"), json!({}));
     }
 
+    /// Presses the mouse at `from` pixels right of the element's centre and releases it at `to`,
+    /// moving slowly, as a person drags across a chart.
+    pub fn drag(&self, css: &str, from: i64, to: i64) {
+        let el = self.call("POST", "/element", json!({"using": "css selector", "value": css}));
+        let actions = json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "origin": el, "x": from, "y": 0},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerMove", "origin": el, "x": to, "y": 0, "duration": 300},
+                {"type": "pointerUp", "button": 0}]}]});
+        self.call("POST", "/actions", actions);
+    }
+
     /// Resizes the browser window (CSS pixels), e.g. to see a desktop layout in a screenshot.
     pub fn set_window_size(&self, width: u32, height: u32) {
         self.call("POST", "/window/rect", json!({"width": width, "height": height}));

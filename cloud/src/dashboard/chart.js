@@ -32,6 +32,9 @@ export class History {
     this.plot = null; this.points = []; this.kind = "number"; this.labels = [];
     this.range = 3600; this.notes = []; this.zoomed = false; this.seq = 0;
     this.tip = h("div", { class: "charttip", role: "status", "aria-live": "off", hidden: true });
+    // Zooming is by mouse; going back to the whole range also by keyboard.
+    this.reset = h("button", { type: "button", class: "resetzoom", hidden: true, onclick: () => this.unzoom() }, "Show the whole range");
+    caption.after(this.reset);
     new ResizeObserver(() => this.fit()).observe(box);
   }
 
@@ -132,6 +135,7 @@ export class History {
 
   draw() {
     if (this.plot) { this.plot.destroy(); this.plot = null; }
+    this.reset.hidden = true;
     this.trim();
     if (this.points.length === 0) {
       this.box.replaceChildren(h("p", { class: "empty" }, "no readings in this range"));
@@ -166,13 +170,13 @@ export class History {
       hooks: {
         draw: [(u) => this.band(u)],
         setCursor: [(u) => this.tooltip(u)],
-        setSelect: [() => { this.zoomed = true; }],
+        setSelect: [() => { this.zoomed = true; this.reset.hidden = false; }],
       },
     };
     this.box.replaceChildren();
     this.plot = new uPlot(opts, this.data(), this.box);
     this.plot.over.append(this.tip);
-    this.plot.over.addEventListener("dblclick", () => { this.zoomed = false; });
+    this.plot.over.addEventListener("dblclick", () => { this.zoomed = false; this.reset.hidden = true; });
     this.plot.over.addEventListener("mouseleave", () => { this.tip.hidden = true; });
     this.describe();
   }
@@ -223,6 +227,11 @@ export class History {
       ? `${num(pts.length)} points, ${dateTime(first.t * 1000)} – ${dateTime(last.t * 1000)}. Drag across the chart to zoom, double-click to see the whole range.`
       : "";
     setText(this.caption, [text, ...this.notes].filter(Boolean).join(" "));
+  }
+
+  unzoom() {
+    this.zoomed = false; this.reset.hidden = true;
+    if (this.plot) this.plot.setData(this.data(), true);
   }
 
   fit() {
