@@ -367,6 +367,18 @@ fn a_machine_is_revoked_from_the_dashboard_with_two_clicks_and_refused_afterward
     let body = batch(3);
     let (status, answer) = hub.post(&cloud, "/v1/batches", body.clone(), &body, false);
     assert_eq!(status, 401, "a revoked machine gets nothing in: {answer}");
+    // Marked as revoked in the machine list, also after a fresh load from the API.
+    browser.open(&format!("{}/", cloud.url()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the machine is listed as revoked, apart from the networks",
+        &format!(
+            "const r = document.querySelector('{row}'); \
+             return !!r && r.dataset.state === 'revoked' && r.textContent.includes('Revoked') \
+               && r.textContent.includes('enrollment withdrawn') \
+               && !!document.querySelector('tr.group[data-network=\"(revoked)\"]')"
+        ),
+    );
     assert!(answer["error"].as_str().unwrap().contains("revoked"), "{answer}");
     browser.screenshot(&screenshot_path(dir.path(), "dashboard-revoke.png"));
 }
