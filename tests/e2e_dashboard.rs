@@ -27,7 +27,7 @@ fn the_dashboard_renders_this_machines_sensors_with_state_colours() {
     });
     let browser = Browser::start();
 
-    // Without the token the page asks for it instead of showing data.
+    // Without the token the page asks for it instead of showing data, and blames nobody yet.
     browser.open(&cloud.url());
     browser.wait_for(
         Duration::from_secs(15),
@@ -35,18 +35,41 @@ fn the_dashboard_renders_this_machines_sensors_with_state_colours() {
         "return !document.getElementById('login').hidden",
     );
     assert_eq!(browser.eval("return document.querySelectorAll('tr.sensor').length"), 0);
+    assert_eq!(
+        browser.eval("return document.getElementById('loginerr').textContent"),
+        "",
+        "no error before anything was typed"
+    );
+    browser.eval("document.getElementById('token').value = 'not-the-token'; return true");
+    browser.click("#loginform button");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "a wrong token is said to be wrong",
+        "return document.getElementById('loginerr').textContent.includes('not accepted')",
+    );
 
     browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
     browser.wait_for(
         Duration::from_secs(15),
-        "the cpu.total row shows with a state colour",
-        "const r = document.querySelector('tr.sensor[data-sensor=\"cpu.total\"] .dot'); \
-         return !!r && /state-(ok|warn|error)/.test(r.className)",
+        "the machine is listed with its state",
+        "const r = document.querySelector('tr.machine'); \
+         return !!r && /state-(ok|warn|error|unknown)/.test(r.querySelector('.shape').className)",
     );
+    browser.click("tr.machine");
     browser.wait_for(
         Duration::from_secs(15),
-        "the history chart is drawn",
-        "return !!document.querySelector('#chart path')",
+        "the cpu.total row shows with a state shape and word",
+        "const r = document.querySelector('tr.sensor[data-sensor=\"cpu.total\"] .st'); \
+         return !!r && /state-(ok|warn|error)/.test(r.querySelector('.shape').className) \
+           && /OK|Warning|Error/.test(r.textContent)",
+    );
+    // The page opens a machine on its worst sensor; the CPU is the one that surely reports often.
+    browser.click("tr.sensor[data-sensor=\"cpu.total\"]");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the history chart of cpu.total is drawn",
+        "return document.getElementById('ctitle').textContent.includes('(cpu.total)') \
+           && !!document.querySelector('#chart canvas') && Number(document.getElementById('chart').dataset.points) > 0",
     );
     assert!(browser
         .eval("return document.getElementById('mtitle').textContent")
@@ -54,14 +77,12 @@ fn the_dashboard_renders_this_machines_sensors_with_state_colours() {
         .unwrap()
         .starts_with("Sensors of "));
     // Live: the chart grows as readings arrive, without a reload.
-    let before = browser
-        .eval("return document.querySelector('#chart path').getAttribute('d').length")
-        .as_u64()
-        .unwrap();
+    let before =
+        browser.eval("return Number(document.getElementById('chart').dataset.points)").as_u64().unwrap();
     browser.wait_for(
         Duration::from_secs(30),
         "live readings extend the chart",
-        &format!("return document.querySelector('#chart path').getAttribute('d').length > {before}"),
+        &format!("return Number(document.getElementById('chart').dataset.points) > {before}"),
     );
     browser.wait_for(
         Duration::from_secs(5),
@@ -181,6 +202,12 @@ fn relays_switch_from_the_dashboard_as_read_back_and_locked_ones_are_refused() {
          return t.startsWith('refused') && t.includes('siren') && t.includes('locked')",
     );
     assert_eq!(browser.eval(&format!("return {siren}.getAttribute('aria-checked')")), "false");
+    // From then on the page knows the siren is locked: shown so, and not clickable.
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the siren is shown locked and cannot be clicked",
+        &format!("const s = {siren}; return s.disabled && s.classList.contains('locked') && s.textContent.includes('locked')"),
+    );
     assert_eq!(latest(&cloud, &id, "relay.1.k2").unwrap()["value"], false, "the locked relay stays off");
     let audit = cloud.api(&format!("/v1/audit?machine={id}&limit=50"));
     assert!(
@@ -340,6 +367,259 @@ fn a_machine_is_revoked_from_the_dashboard_with_two_clicks_and_refused_afterward
     let body = batch(3);
     let (status, answer) = hub.post(&cloud, "/v1/batches", body.clone(), &body, false);
     assert_eq!(status, 401, "a revoked machine gets nothing in: {answer}");
+    // Marked as revoked in the machine list, also after a fresh load from the API.
+    browser.open(&format!("{}/", cloud.url()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the machine is listed as revoked, apart from the networks",
+        &format!(
+            "const r = document.querySelector('{row}'); \
+             return !!r && r.dataset.state === 'revoked' && r.textContent.includes('Revoked') \
+               && r.textContent.includes('enrollment withdrawn') \
+               && !!document.querySelector('tr.group[data-network=\"(revoked)\"]')"
+        ),
+    );
     assert!(answer["error"].as_str().unwrap().contains("revoked"), "{answer}");
     browser.screenshot(&screenshot_path(dir.path(), "dashboard-revoke.png"));
+}
+
+/// Where the console test keeps its screenshots, to be looked at by a person: `target/screenshots/`
+/// of the workspace.
+fn screenshots_dir() -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// axe-core, vendored under the test tree (never served by the product), injected into the page;
+/// returns the violations of WCAG 2 A and AA rules, contrast among them, as `rule: targets` lines.
+fn accessibility_violations(browser: &Browser) -> Vec<String> {
+    let axe = include_str!("vendor/axe-core/axe.min.js");
+    assert_eq!(browser.eval(&format!("{axe}\n;return typeof window.axe")), "object", "axe-core loads");
+    let r = browser.eval_async(
+        "const done = arguments[arguments.length - 1]; \
+         axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa']}}) \
+           .then((r) => done(r.violations.map((v) => v.id + ': ' + v.nodes.map((n) => n.target.join(' ') + ' (' + (n.failureSummary || '') + ')').join('; ')))) \
+           .catch((e) => done(['axe failed: ' + e]));",
+    );
+    r.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+/// The operator's console as a person uses it: sensors forced into error are listed first with
+/// how long they have been so; a fast sensor's live updates do not take a click or the keyboard
+/// focus away; the phone layout does not scroll sideways; contrast passes an automated check; an
+/// unreachable cloud is said so in a banner.
+#[test]
+fn the_console_shows_problems_first_and_keeps_still_under_live_updates() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let hub_dir = dir.path().join("hub");
+    // Nothing listens on `closed`: the tcp check fails; the plugin exits 2 (critical). Load and
+    // memory cannot leave OK whatever this machine does, so exactly two sensors are in error.
+    let closed = common::free_port();
+    let sensors = format!(
+        "[[sensor]]\nkind = \"load\"\ninterval = \"1s\"\nwarn = 1000.0\nerror = 2000.0\n\n\
+         [[sensor]]\nkind = \"memory\"\ninterval = \"100ms\"\nwarn = 100.0\nerror = 100.0\n\n\
+         [[sensor]]\nkind = \"tcp\"\nname = \"database\"\nhost = \"127.0.0.1\"\nport = {closed}\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n\
+         [[sensor]]\nkind = \"command\"\nname = \"backup\"\ninterval = \"1s\"\ncommand = \"echo 'CRITICAL: last backup failed'; exit 2\"\n"
+    );
+    let _hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &sensors));
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "both broken sensors report error", || {
+        ["tcp.database", "cmd.backup"]
+            .iter()
+            .all(|s| latest(&cloud, &id, s).is_some_and(|l| l["state"] == "error"))
+    });
+    // When each went into error: its first reading (they were never anything else).
+    let first_error = |sensor: &str| -> i64 {
+        let r = cloud.api(&format!("/v1/machines/{id}/readings?sensor={sensor}&limit=1"));
+        let ts = r[0]["ts"].as_str().unwrap();
+        chrono::DateTime::parse_from_rfc3339(ts).unwrap().timestamp_millis()
+    };
+    // Let the errors last a while, so a wrong "since" would show.
+    std::thread::sleep(Duration::from_secs(8));
+
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1000);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    let problem = |s: &str| format!("document.querySelector('#problist tr.problem[data-sensor=\"{s}\"]')");
+    // Within 5 s of opening the page, as a person glancing at it would expect.
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the home view lists both errors first, with their durations",
+        &format!(
+            "const rows = [...document.querySelectorAll('#problist tr.problem')]; \
+             const first = rows.slice(0, 2).map((r) => r.dataset.sensor).sort().join(','); \
+             const a = {}, b = {}; \
+             return first === 'cmd.backup,tcp.database' && !!a && !!b && !!a.dataset.since && !!b.dataset.since \
+               && /error for \\d/.test(a.textContent) && /error for \\d/.test(b.textContent) \
+               && a.dataset.state === 'error'",
+            problem("tcp.database"),
+            problem("cmd.backup")
+        ),
+    );
+    for sensor in ["tcp.database", "cmd.backup"] {
+        let shown =
+            browser.eval(&format!("return Number({}.dataset.since)", problem(sensor))).as_i64().unwrap();
+        let truth = first_error(sensor);
+        assert!(
+            (shown - truth).abs() <= 5000,
+            "{sensor}: the page says in error since {shown} ms, it was since {truth} ms"
+        );
+    }
+    let text = browser.eval(&format!("return {}.textContent", problem("cmd.backup")));
+    assert!(text.as_str().unwrap().contains("last backup failed"), "the plugin's message is shown: {text}");
+    // Counts in the header, the page title and the favicon.
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the header and the title count the errors",
+        "return document.getElementById('summary').textContent.includes('2 errors') \
+           && document.title.startsWith('2 errors') \
+           && document.getElementById('favicon').dataset.state === 'error'",
+    );
+    // The machine row shows its worst state and counts.
+    let mrow = browser.eval(&format!(
+        "const r = document.querySelector('tr.machine[data-id=\"{id}\"]'); return r.dataset.state + '|' + r.textContent"
+    ));
+    let mrow = mrow.as_str().unwrap();
+    assert!(mrow.starts_with("error|") && mrow.contains("2 errors"), "machine row: {mrow}");
+
+    let violations = accessibility_violations(&browser);
+    assert!(violations.is_empty(), "accessibility check of the home view:\n{}", violations.join("\n"));
+    let shots = screenshots_dir();
+    browser.screenshot(&shots.join("console-home.png"));
+
+    // The machine's page: a fast sensor updates live, and ten clicks at human speed each select
+    // what was clicked and leave the keyboard focus there. The same element is clicked every time:
+    // had a live update replaced the row, WebDriver would refuse a stale element.
+    browser.click(&format!("tr.machine[data-id=\"{id}\"]"));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the sensors of the machine show",
+        "return !!document.querySelector('tr.sensor[data-sensor=\"mem.used_pct\"]') \
+           && !!document.querySelector('tr.sensor[data-sensor=\"load.1\"]')",
+    );
+    let value_of_mem = "return document.querySelector('tr.sensor[data-sensor=\"mem.used_pct\"] time').getAttribute('datetime')";
+    let mem = browser.find("tr.sensor[data-sensor=\"mem.used_pct\"]");
+    let load = browser.find("tr.sensor[data-sensor=\"load.1\"]");
+    let seen_before = browser.eval(value_of_mem);
+    for i in 0..10 {
+        let (el, sensor) = if i % 2 == 0 { (&mem, "mem.used_pct") } else { (&load, "load.1") };
+        browser.click_element(el);
+        let state = browser.eval(
+            "const s = document.querySelectorAll('tr.sensor.sel'); \
+             return [...s].map((r) => r.dataset.sensor).join(',') + '|' + (document.activeElement.dataset.sensor || document.activeElement.tagName)",
+        );
+        assert_eq!(state, format!("{sensor}|{sensor}"), "click {i}: selection and focus");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_ne!(browser.eval(value_of_mem), seen_before, "the 100 ms sensor updated during the clicks");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the chart of the selected sensor is drawn",
+        "return !!document.querySelector('#chart canvas') && Number(document.getElementById('chart').dataset.points) > 0",
+    );
+    browser.eval("document.getElementById('ctitle').scrollIntoView(); return true");
+    // Dragging across the chart zooms in; a button (for the keyboard too) zooms out again.
+    assert_eq!(
+        browser.eval("return !!document.querySelector('#chart .u-over')"),
+        true,
+        "the chart takes the mouse"
+    );
+    browser.drag("#chart .u-over", -200, 100);
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the zoom can be undone",
+        "return !document.querySelector('.resetzoom').hidden",
+    );
+    browser.screenshot(&shots.join("console-chart.png"));
+    browser.click(".resetzoom");
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the whole range is shown again",
+        "return document.querySelector('.resetzoom').hidden",
+    );
+
+    // Phone width: nothing scrolls sideways, on the home view nor on a machine's page.
+    browser.set_window_size(390, 844);
+    let width = browser.eval("return window.innerWidth").as_u64().unwrap();
+    assert!(width <= 400, "the window is phone-sized: {width}");
+    let overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth";
+    browser.wait_for(Duration::from_secs(5), "the machine page fits 390 px", &format!("{overflow} <= 0"));
+    browser.click("#back");
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the home view fits 390 px",
+        &format!("if (document.getElementById('problems').hidden) return false; {overflow} <= 0"),
+    );
+    browser.eval("window.scrollTo(0, 0); return true");
+    browser.screenshot(&shots.join("console-phone.png"));
+
+    // The cloud goes away: the page says so plainly.
+    browser.set_window_size(1400, 1000);
+    let mut cloud = cloud;
+    cloud.proc.take().unwrap().kill9();
+    browser.wait_for(
+        Duration::from_secs(20),
+        "a banner says the cloud cannot be reached",
+        "const b = document.getElementById('banner'); return !b.hidden && b.textContent.includes('cannot be reached')",
+    );
+    browser.screenshot(&shots.join("console-unreachable.png"));
+}
+
+/// Old data must not look current: when a machine falls silent, the page lists it as offline
+/// with since when, greys it and its sensors, and shows absolute times with their date.
+#[test]
+fn a_silent_machine_is_shown_offline_with_since_when_and_its_sensors_greyed() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start_on(&dir.path().join("cloud"), common::free_port(), "offline_after = \"5s\"");
+    let hub_dir = dir.path().join("hub");
+    let hub = start_hub(
+        &hub_dir,
+        &hub_config(&hub_dir, &cloud, "[[sensor]]\nkind = \"memory\"\ninterval = \"500ms\"\n"),
+    );
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "memory readings reach the cloud", || {
+        latest(&cloud, &id, "mem.used_pct").is_some()
+    });
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1000);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    let row = format!("document.querySelector('tr.machine[data-id=\"{id}\"]')");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the machine is listed as reporting",
+        &format!(
+            "const r = {row}; return !!r && r.dataset.state !== 'offline' && r.textContent.includes('heard')"
+        ),
+    );
+    hub.kill9();
+    let year = chrono::Utc::now().format("%Y").to_string();
+    browser.wait_for(
+        Duration::from_secs(40),
+        "the silent machine is listed as a problem, offline since a dated time, and greyed",
+        &format!(
+            "const p = document.querySelector('#problist tr.problem[data-kind=\"offline\"][data-machine=\"{id}\"]'); \
+             const r = {row}; \
+             return !!p && /offline for \\d/.test(p.textContent) && p.textContent.includes('since ') \
+               && p.textContent.includes('{year}') && r.dataset.state === 'offline' && r.classList.contains('offline') \
+               && r.textContent.includes('offline since')"
+        ),
+    );
+    browser.click(&format!("tr.machine[data-id=\"{id}\"]"));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "its sensors are greyed and say the machine is offline, with dated times",
+        &format!(
+            "const s = document.querySelector('tr.sensor[data-sensor=\"mem.used_pct\"]'); \
+             return !!s && s.classList.contains('offline') && s.textContent.includes('machine offline since') \
+               && s.querySelector('time').title.includes('{year}')"
+        ),
+    );
 }

@@ -86,6 +86,12 @@ impl Browser {
         self.call("POST", "/execute/sync", json!({"script": script, "args": []}))
     }
 
+    /// Runs `script` (a function body) that calls its last argument with the result, e.g.
+    /// `const done = arguments[arguments.length - 1]; later.then(done)`.
+    pub fn eval_async(&self, script: &str) -> Value {
+        self.call("POST", "/execute/async", json!({"script": script, "args": []}))
+    }
+
     /// Waits until `script` returns true in the page.
     pub fn wait_for(&self, limit: Duration, what: &str, script: &str) {
         let deadline = Instant::now() + limit;
@@ -99,10 +105,32 @@ impl Browser {
         panic!("timed out after {limit:?} waiting until {what}; page:\n{html}");
     }
 
-    pub fn click(&self, css: &str) {
+    /// The WebDriver reference of the first element matching `css`.
+    pub fn find(&self, css: &str) -> String {
         let el = self.call("POST", "/element", json!({"using": "css selector", "value": css}));
-        let id = el.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap().to_string();
+        el.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap().to_string()
+    }
+
+    pub fn click(&self, css: &str) {
+        self.click_element(&self.find(css));
+    }
+
+    /// Clicks an element found before; fails if the page has replaced it since (stale element).
+    pub fn click_element(&self, id: &str) {
         self.call("POST", &format!("/element/{id}/click"), json!({}));
+    }
+
+    /// Presses the mouse at `from` pixels right of the element's centre and releases it at `to`,
+    /// moving slowly, as a person drags across a chart.
+    pub fn drag(&self, css: &str, from: i64, to: i64) {
+        let el = self.call("POST", "/element", json!({"using": "css selector", "value": css}));
+        let actions = json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "origin": el, "x": from, "y": 0},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerMove", "origin": el, "x": to, "y": 0, "duration": 300},
+                {"type": "pointerUp", "button": 0}]}]});
+        self.call("POST", "/actions", actions);
     }
 
     /// Resizes the browser window (CSS pixels), e.g. to see a desktop layout in a screenshot.

@@ -10,16 +10,59 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use outpost_shared::keys::PublicKey;
 use outpost_shared::model::MachineInfo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A row of `GET /v1/machines`: what the store knows of a machine, plus what the dashboard needs
+/// from enrollment to group and name it.
+#[derive(Debug, Serialize)]
+pub(super) struct MachineRow {
+    #[serde(flatten)]
+    info: MachineInfo,
+    /// The network (customer) the machine is enrolled in; None once revoked.
+    network: Option<String>,
+    /// Its enrollment was withdrawn. A machine reaches the store only through a signed batch, so
+    /// it was enrolled then; the only way its key leaves the enrolled list is revocation.
+    revoked: bool,
+    /// The host name of the connector named in `uplink` (`connector:<id>`), when that connector
+    /// is enrolled: people know machines by name, not by a 32-hex fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uplink_name: Option<String>,
+}
 
 pub(super) async fn list(State(st): State<AppState>) -> Response {
     let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.machines()).await {
-        Ok(Ok(list)) => {
+    let trust = st.trust.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::CloudError>((store.machines()?, trust.networks()?))
+    })
+    .await;
+    match r {
+        Ok(Ok((list, networks))) => {
             let now = Utc::now();
-            let list: Vec<MachineInfo> =
-                list.into_iter().map(|m| with_liveness(m, now, &st.config)).collect();
-            Json(list).into_response()
+            let enrolled: HashMap<&str, &crate::trust::MachineKey> =
+                networks.values().flatten().map(|k| (k.machine_id.as_str(), k)).collect();
+            let rows: Vec<MachineRow> = list
+                .into_iter()
+                .map(|m| {
+                    // Named before liveness may replace the path with `offline`: the page then says
+                    // which connector the machine was last heard through.
+                    let uplink_name = m
+                        .uplink
+                        .strip_prefix("connector:")
+                        .and_then(|c| enrolled.get(c))
+                        .map(|c| c.hostname.clone());
+                    let m = with_liveness(m, now, &st.config);
+                    let key = enrolled.get(m.id.as_str());
+                    MachineRow {
+                        network: key.map(|k| k.network_id.clone()),
+                        revoked: key.is_none(),
+                        uplink_name,
+                        info: m,
+                    }
+                })
+                .collect();
+            Json(rows).into_response()
         }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),

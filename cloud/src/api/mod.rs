@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         limits.source_limits("enrollments per source", "unauthenticated requests per source");
     let public = Router::new()
         .route("/", get(crate::dashboard::index))
+        .route("/ui/{file}", get(crate::dashboard::asset))
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/v1/cloud-key", get(enrollment::cloud_key))
         .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));

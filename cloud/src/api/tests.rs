@@ -174,3 +174,65 @@ async fn ingest_beyond_its_slots_gets_503_retry_later_busy() {
     let (status, _, _) = answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// `GET /v1/machines` names the network a machine is enrolled in and the connector it reports
+/// through, and marks a revoked machine, so the dashboard can group, name and flag them.
+#[tokio::test]
+async fn the_machine_list_says_network_connector_name_and_revocation() {
+    let s = setup(Default::default());
+    let now = chrono::Utc::now();
+    // A connector of the same network, enrolled by name.
+    let connector = outpost_shared::keys::KeyPair::generate().unwrap();
+    let (token, _) = s
+        .state
+        .trust
+        .new_token("net", outpost_shared::model::Role::Connector, Duration::from_secs(60), "", "test", now)
+        .unwrap();
+    let req = crate::trust::EnrollRequest {
+        token: Some(token.encode()),
+        sealed_token: None,
+        public_key: connector.public().to_pem(),
+        role: outpost_shared::model::Role::Connector,
+        hostname: "gateway-7".into(),
+        lan_cert: Some("0".repeat(64)),
+    };
+    s.state.trust.enroll(&req, now).unwrap();
+    let hub = s.hub.machine_id().to_string();
+    let batch = outpost_shared::model::Batch {
+        machine_id: hub.clone(),
+        hostname: "h".into(),
+        role: Default::default(),
+        uplink: format!("connector:{}", connector.machine_id()),
+        buffered: 0,
+        dropped: 0,
+        version: String::new(),
+        quarantined: 0,
+        clock_problem: None,
+        readings: vec![],
+    };
+    s.state.store.ingest(&batch, now).unwrap();
+
+    let row = machine_row(&s.app, &hub).await;
+    assert_eq!(row["network"], "net");
+    assert_eq!(row["revoked"], false);
+    assert_eq!(row["uplink_name"], "gateway-7");
+    assert_eq!(row["hostname"], "h", "the stored fields are still there");
+
+    s.state.trust.revoke(&hub, now).unwrap();
+    let row = machine_row(&s.app, &hub).await;
+    assert_eq!(row["revoked"], true);
+    assert!(row["network"].is_null());
+}
+
+/// The row of machine `id` in `GET /v1/machines`, as the admin sees it.
+async fn machine_row(app: &Router, id: &str) -> serde_json::Value {
+    let req = Request::get("/v1/machines")
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .body(Body::empty())
+        .unwrap();
+    let r = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v.as_array().unwrap().iter().find(|m| m["id"] == id).cloned().unwrap()
+}
