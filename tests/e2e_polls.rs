@@ -1,6 +1,7 @@
-//! The hubs' command long-polls through a connector: carried to the cloud together, in a bounded
+//! Connections that scale. The hubs' command long-polls through a connector: carried to the cloud together, in a bounded
 //! number of upstream requests and connections, not one per hub; commands still reach exactly
-//! their hub at once, and a poll the connector cannot check goes nowhere.
+//! their hub at once, and a poll the connector cannot check goes nowhere. And a hub's uploads and
+//! its long-poll share one HTTP/2 connection.
 
 mod common;
 
@@ -107,4 +108,27 @@ fn sixteen_hubs_polling_through_a_connector_share_its_few_upstream_requests_and_
     for t in threads {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn a_hub_uploads_and_long_polls_over_one_connection() {
+    // HTTP/2: the uploads and the held command long-poll share one connection to the cloud,
+    // instead of one connection each (HTTP/1.1 allows one request in flight per connection).
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let hub_dir = dir.path().join("hub");
+    let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, ""));
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "the hub's readings arrive", || {
+        machine(&cloud, &id).is_some_and(|m| m["uplink"] == "direct")
+    });
+    // Let a few uploads happen while the long-poll is held.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, created) = cloud.api_post(&format!("/v1/machines/{id}/commands"), json!({"action": "ping"}));
+    assert_eq!(status, 201, "{created}");
+    let cmd = created["command_id"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(20), "the ping is answered", || {
+        cloud.api(&format!("/v1/commands/{cmd}"))["status"] == "done"
+    });
+    assert_eq!(connections_to(hub.child.id(), cloud.port), 1, "one connection carries uploads and polls");
 }

@@ -149,14 +149,23 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsEr
     Ok(roots)
 }
 
+/// Offers HTTP/2 first in the TLS handshake (our servers speak it), so a hub's uploads and its
+/// command long-poll share one connection, as do a connector's forwards and polls. A client
+/// given a preconfigured TLS setup gets no ALPN from reqwest, and would stay on HTTP/1.1 with a
+/// connection per request in flight.
+pub(crate) fn offer_http2(cfg: &mut rustls::ClientConfig) {
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+}
+
 /// An HTTPS client that trusts `ca_file` (or the system roots) and nothing else: no plain HTTP.
 pub fn https_client(
     ca_file: Option<&Path>,
     timeout: std::time::Duration,
 ) -> Result<reqwest::Client, TlsError> {
     crate::install_crypto_provider();
-    let cfg =
+    let mut cfg =
         rustls::ClientConfig::builder().with_root_certificates(root_store(ca_file)?).with_no_client_auth();
+    offer_http2(&mut cfg);
     reqwest::Client::builder()
         .use_preconfigured_tls(cfg)
         .https_only(true)

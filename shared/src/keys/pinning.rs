@@ -171,6 +171,8 @@ fn client_config(pinned: Option<CertFingerprint>) -> Arc<rustls::ClientConfig> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::with_pin(pinned)))
         .with_no_client_auth();
+    let mut cfg = cfg;
+    crate::tls::offer_http2(&mut cfg);
     Arc::new(cfg)
 }
 
