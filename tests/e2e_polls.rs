@@ -1,7 +1,7 @@
-//! Connections that scale. The hubs' command long-polls through a connector: carried to the cloud together, in a bounded
-//! number of upstream requests and connections, not one per hub; commands still reach exactly
-//! their hub at once, and a poll the connector cannot check goes nowhere. And a hub's uploads and
-//! its long-poll share one HTTP/2 connection.
+//! Connections that scale. The hubs' command long-polls through a connector are carried to the
+//! cloud together, in a bounded number of upstream requests and connections, not one per hub;
+//! commands still reach exactly their hub at once, and a poll the connector cannot check goes
+//! nowhere. A hub's uploads and its long-poll share one HTTP/2 connection.
 
 mod common;
 
