@@ -13,15 +13,13 @@ use outpost_shared::model::MachineInfo;
 use serde::Deserialize;
 
 pub(super) async fn list(State(st): State<AppState>) -> Response {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.machines()).await {
-        Ok(Ok(list)) => {
+    match st.store.machines().await {
+        Ok(list) => {
             let now = Utc::now();
             let list: Vec<MachineInfo> =
                 list.into_iter().map(|m| with_liveness(m, now, &st.config)).collect();
             Json(list).into_response()
         }
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
@@ -69,15 +67,11 @@ fn with_liveness(mut m: MachineInfo, now: DateTime<Utc>, config: &CloudConfig) -
 }
 
 pub(super) async fn sensors(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::CloudError>((store.machine(&id)?, store.sensors(&id)?))
-    })
-    .await
-    {
-        Ok(Ok((None, _))) => err(StatusCode::NOT_FOUND, "no such machine"),
-        Ok(Ok((Some(_), list))) => Json(list).into_response(),
-        Ok(Err(e)) => internal(e),
+    let found =
+        async { Ok::<_, crate::CloudError>((st.store.machine(&id).await?, st.store.sensors(&id).await?)) };
+    match found.await {
+        Ok((None, _)) => err(StatusCode::NOT_FOUND, "no such machine"),
+        Ok((Some(_), list)) => Json(list).into_response(),
         Err(e) => internal(e),
     }
 }
@@ -122,29 +116,25 @@ pub(super) async fn readings(
             return err(StatusCode::BAD_REQUEST, format!("unknown resolution `{other}`; use raw or hourly"))
         }
     };
-    let r = tokio::task::spawn_blocking(move || -> Result<Response, crate::CloudError> {
-        if store.machine(&id)?.is_none() {
-            return Ok(err(StatusCode::NOT_FOUND, "no such machine"));
+    let r = async move {
+        if store.machine(&id).await?.is_none() {
+            return Ok::<_, crate::CloudError>(err(StatusCode::NOT_FOUND, "no such machine"));
         }
         Ok(if hourly {
-            Json(store.hourly(&id, &q.sensor, since, limit)?).into_response()
+            Json(store.hourly(&id, &q.sensor, since, limit).await?).into_response()
         } else {
-            Json(store.readings(&id, &q.sensor, since, limit)?).into_response()
+            Json(store.readings(&id, &q.sensor, since, limit).await?).into_response()
         })
-    })
-    .await;
-    match r {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => internal(e),
+    };
+    match r.await {
+        Ok(resp) => resp,
         Err(e) => internal(e),
     }
 }
 
 pub(super) async fn unattached(State(st): State<AppState>) -> Response {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.unattached(Utc::now())).await {
-        Ok(Ok(list)) => Json(list).into_response(),
-        Ok(Err(e)) => internal(e),
+    match st.store.unattached(Utc::now()).await {
+        Ok(list) => Json(list).into_response(),
         Err(e) => internal(e),
     }
 }
