@@ -1,5 +1,6 @@
 //! The reference cloud, self-hostable: it takes batches from hubs (directly or through a
-//! connector), stores each `(machine_id, seq)` once in sled ([`store`]), serves the JSON API and
+//! connector), stores each `(machine_id, seq)` once ([`store`]: one trait, a sled engine that is
+//! the default and a PostgreSQL engine not yet used by [`start`]), serves the JSON API and
 //! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
 //! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). [`start`] brings it
 //! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
