@@ -158,6 +158,43 @@ fn bad_config_exits_64_naming_file_line_and_key() {
 }
 
 #[test]
+fn a_cloud_configured_for_postgres_says_what_is_not_there_yet_and_never_shows_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cloud.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n[storage]\npostgres = \"postgresql://outpost:s3cret@127.0.0.1:1/outpost\"\n",
+            data
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["config", "check", "--role", "cloud"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a valid URL passes the check: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN).args(["cloud", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not yet") && err.contains("[storage]"), "{err}");
+    assert!(!err.contains("s3cret"), "the password leaked: {err}");
+    assert!(!data.exists(), "refused before anything was created");
+    // A URL that is no URL is a config error (64), named by key, password not echoed.
+    std::fs::write(&path, "[storage]\npostgres = \"postgresql://outpost:s3cret@db/x?nonsense=1\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["config", "check", "--role", "cloud"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.postgres") && !err.contains("s3cret"), "{err}");
+}
+
+#[test]
 fn oversized_or_malformed_ingest_is_refused_and_nothing_is_stored() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();

@@ -29,6 +29,66 @@ pub struct CloudConfig {
     pub offline_after: Duration,
     /// Alert mails on sensor state changes (`[mail]`); none when absent.
     pub mail: Option<outpost_shared::mail::MailConfig>,
+    /// Where readings are kept: the embedded database in `data_dir` unless `postgres` is set.
+    pub storage: Storage,
+}
+
+/// `[storage]`: the engine behind the cloud's readings (see `store`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// A PostgreSQL connection URL; absent: the embedded sled database in `data_dir`.
+    pub postgres: Option<crate::store::postgres::PostgresUrl>,
+    /// Most connections to PostgreSQL at once.
+    pub pool_size: usize,
+    /// Longest wait for a PostgreSQL connection before a request is answered "retry later".
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The authority of the database server's certificate (with `sslmode=require`); the
+    /// system's trust store when absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        let d = crate::store::postgres::PostgresOptions::default();
+        Storage { postgres: None, pool_size: d.pool_size, timeout: d.timeout, ca_file: d.ca_file }
+    }
+}
+
+impl Storage {
+    pub fn postgres_options(&self) -> crate::store::postgres::PostgresOptions {
+        crate::store::postgres::PostgresOptions {
+            pool_size: self.pool_size,
+            timeout: self.timeout,
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
+    fn check(&self, problems: &mut Vec<Problem>) {
+        if let Some(url) = &self.postgres {
+            if let Err(e) = url.parse() {
+                problems.push(Problem::new(
+                    "storage.postgres",
+                    format!(
+                        "{e}; e.g. postgresql://outpost:PASSWORD@db.example:5432/outpost?sslmode=require"
+                    ),
+                ));
+            }
+        }
+        if self.pool_size == 0 || self.pool_size > 1000 {
+            problems.push(Problem::new("storage.pool_size", "must be between 1 and 1000"));
+        }
+        if self.timeout < Duration::from_millis(100) {
+            problems.push(Problem::new("storage.timeout", "must be at least 100ms"));
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.exists() {
+                problems
+                    .push(Problem::new("storage.ca_file", format!("file {} does not exist", ca.display())));
+            }
+        }
+    }
 }
 
 /// A certificate from config, e.g. one bought or issued by the company CA.
@@ -95,6 +155,7 @@ impl Default for CloudConfig {
             server: Default::default(),
             offline_after: Duration::from_secs(120),
             mail: None,
+            storage: Storage::default(),
         }
     }
 }
@@ -182,6 +243,7 @@ impl Validate for CloudConfig {
         if let Some(m) = &self.mail {
             m.check("mail", problems);
         }
+        self.storage.check(problems);
         if self.offline_after < Duration::from_secs(5) {
             problems.push(Problem::new("offline_after", "must be at least 5s"));
         }
@@ -197,5 +259,19 @@ mod tests {
         let parsed: CloudConfig =
             outpost_shared::config::parse(DEFAULT_CONFIG, std::path::Path::new("default.toml")).unwrap();
         assert_eq!(parsed, CloudConfig::default());
+    }
+
+    #[test]
+    fn a_bad_postgres_url_is_named_without_its_password() {
+        let mut c = CloudConfig::default();
+        c.storage.postgres =
+            Some(crate::store::postgres::PostgresUrl::new("postgresql://u:s3cret@db/x?nonsense=1"));
+        c.storage.pool_size = 0;
+        let mut problems = Vec::new();
+        c.validate(&mut problems);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(text.iter().any(|p| p.contains("storage.postgres")), "{text:?}");
+        assert!(text.iter().any(|p| p.contains("storage.pool_size")), "{text:?}");
+        assert!(!text.iter().any(|p| p.contains("s3cret")), "{text:?}");
     }
 }

@@ -4,6 +4,16 @@ use std::path::PathBuf;
 pub enum CloudError {
     #[error("storage failed: {0}; check disk space and permissions of the data directory")]
     Storage(#[from] sled::Error),
+    /// The storage engine cannot be reached now (a database restarting, connections lost): the
+    /// request is answered "retry later" and nothing of it was kept.
+    #[error("storage unavailable: {0}; retry later")]
+    Unavailable(String),
+    /// The database refused a statement for another reason than being unreachable.
+    #[error("database: {0}")]
+    Database(String),
+    /// A `[storage]` choice this cloud cannot serve; the text says what to change.
+    #[error("{0}")]
+    Config(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]

@@ -1,5 +1,6 @@
 //! The reference cloud, self-hostable: it takes batches from hubs (directly or through a
-//! connector), stores each `(machine_id, seq)` once in sled ([`store`]), serves the JSON API and
+//! connector), stores each `(machine_id, seq)` once ([`store`]: one trait, a sled engine that is
+//! the default and a PostgreSQL engine not yet used by [`start`]), serves the JSON API and
 //! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
 //! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). [`start`] brings it
 //! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
@@ -76,6 +77,17 @@ pub async fn run(config: CloudConfig, shutdown: impl Future<Output = ()>) -> Res
 
 /// Opens storage, makes certificate and tokens on first start, binds and serves.
 pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
+    if let Some(url) = &config.storage.postgres {
+        // Keys, tokens, commands, audit and mail are not on PostgreSQL yet: running on it now
+        // would keep them in the local sled database, out of sight of the database's backups and
+        // replicas. Refused before anything is created or opened.
+        return Err(CloudError::Config(format!(
+            "[storage] postgres = {url}: the PostgreSQL engine holds readings, latest values, \
+             roll-ups and machines, but not yet enrollment keys, tokens, commands, the audit trail \
+             or mail, so this cloud cannot run on it yet; remove `postgres` from [storage] to run \
+             on the embedded database (see docs/postgres.md)"
+        )));
+    }
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| CloudError::Io { path: dir.clone(), source })?;
     let (cert, key, ca_file) = match &config.tls {
@@ -88,9 +100,10 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
-    let store = store::Store::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
-    let trust = trust::Trust::open(dir, store.db(), store.flusher())?;
-    let commands = commands::Commands::open(store.db(), store.flusher())?;
+    let sled = store::sled::SledStore::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
+    let trust = trust::Trust::open(dir, sled.db(), sled.flusher())?;
+    let commands = commands::Commands::open(sled.db(), sled.flusher())?;
+    let store: store::Store = std::sync::Arc::new(sled.clone());
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| CloudError::Listen { addr: config.listen, source })?;
@@ -106,7 +119,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         Arc::new(config.clone()),
     );
     let state = match &config.mail {
-        Some(mail) => state.with_alerts(mail::start(mail, dir, &store, &trust, &shutdown)?),
+        Some(mail) => state.with_alerts(mail::start(mail, dir, &store, &sled, &trust, &shutdown)?),
         None => state,
     };
     let app = api::router(state);
@@ -128,7 +141,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         let served = server.await;
         watcher.abort();
         let _ = compactor.await;
-        store.flush().await?;
+        store.commit().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });
     Ok(Cloud { addr, admin_token, trust, ca_file, shutdown, task })
@@ -152,15 +165,20 @@ fn spawn_compactor(
             }
             let (s, t, c) = (store.clone(), trust.clone(), commands.clone());
             let r = config.retention.clone();
-            let pass = tokio::task::spawn_blocking(move || {
+            let pass = async move {
                 let now = chrono::Utc::now();
-                let readings = s.compact(now, r.raw, r.hourly)?;
-                let tokens = t.prune_tokens(now)?;
-                let (cmds, audit) = c.prune(now, r.commands, r.audit)?;
+                let readings = s.compact(now, r.raw, r.hourly).await?;
+                let (tokens, cmds, audit) = tokio::task::spawn_blocking(move || {
+                    let tokens = t.prune_tokens(now)?;
+                    let (cmds, audit) = c.prune(now, r.commands, r.audit)?;
+                    Ok::<_, CloudError>((tokens, cmds, audit))
+                })
+                .await
+                .map_err(|e| CloudError::Unavailable(format!("retention task failed: {e}")))??;
                 Ok::<_, CloudError>((readings, tokens, cmds, audit))
-            });
+            };
             match pass.await {
-                Ok(Ok((out, tokens, cmds, audit))) => {
+                Ok((out, tokens, cmds, audit)) => {
                     if out != store::CompactOutcome::default() || tokens + cmds + audit > 0 {
                         tracing::info!(
                             folded = out.folded,
@@ -174,8 +192,7 @@ fn spawn_compactor(
                         )
                     }
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
-                Err(e) => tracing::error!(error = %e, "retention pass panicked"),
+                Err(e) => tracing::error!(error = %e, "retention pass failed"),
             }
         }
     })

@@ -149,12 +149,7 @@ async fn store_batch(
         ns.body.accept = Some(window);
         return Err(ns);
     }
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.ingest(&batch, Utc::now())).await {
-        Ok(Ok(o)) => Ok(o),
-        Ok(Err(e)) => Err(NotStored::storage(e)),
-        Err(e) => Err(NotStored::storage(e)),
-    }
+    st.store.ingest(batch, Utc::now()).await.map_err(NotStored::storage)
 }
 
 /// Makes everything stored so far durable (one flush for any number of batches: group commit),
@@ -164,7 +159,7 @@ async fn commit(
     outcomes: Vec<crate::store::IngestOutcome>,
 ) -> Result<(), crate::error::CloudError> {
     // Custody: acknowledge only what is on disk.
-    st.store.flush().await?;
+    st.store.commit().await?;
     for outcome in outcomes {
         if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
             for (old, l) in &outcome.transitions {
@@ -318,27 +313,16 @@ pub(super) async fn forward(
             })
             .map(|(h, n)| (h.clone(), *n))
             .collect();
-        let store = st.store.clone();
-        let id = connector.machine_id.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || store.note_relay_quarantine(&id, &counts))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+        if let Err(e) = st.store.note_relay_quarantine(&connector.machine_id, &counts).await {
             return internal(e);
         }
     }
     if !env.unattached.is_empty() {
-        let store = st.store.clone();
         let mut hubs = env.unattached;
         for h in &mut hubs {
             h.connector = connector.machine_id.clone();
         }
-        if let Err(e) = tokio::task::spawn_blocking(move || store.note_unattached(&hubs))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+        if let Err(e) = st.store.note_unattached(&hubs).await {
             return internal(e);
         }
     }

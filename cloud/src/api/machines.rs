@@ -31,14 +31,14 @@ pub(super) struct MachineRow {
 }
 
 pub(super) async fn list(State(st): State<AppState>) -> Response {
-    let store = st.store.clone();
+    let machines = match st.store.machines().await {
+        Ok(list) => list,
+        Err(e) => return internal(e),
+    };
     let trust = st.trust.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::CloudError>((store.machines()?, trust.networks()?))
-    })
-    .await;
-    match r {
-        Ok(Ok((list, networks))) => {
+    match tokio::task::spawn_blocking(move || trust.networks()).await {
+        Ok(Ok(networks)) => {
+            let list = machines;
             let now = Utc::now();
             let enrolled: HashMap<&str, &crate::trust::MachineKey> =
                 networks.values().flatten().map(|k| (k.machine_id.as_str(), k)).collect();
@@ -112,15 +112,11 @@ fn with_liveness(mut m: MachineInfo, now: DateTime<Utc>, config: &CloudConfig) -
 }
 
 pub(super) async fn sensors(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::CloudError>((store.machine(&id)?, store.sensors(&id)?))
-    })
-    .await
-    {
-        Ok(Ok((None, _))) => err(StatusCode::NOT_FOUND, "no such machine"),
-        Ok(Ok((Some(_), list))) => Json(list).into_response(),
-        Ok(Err(e)) => internal(e),
+    let found =
+        async { Ok::<_, crate::CloudError>((st.store.machine(&id).await?, st.store.sensors(&id).await?)) };
+    match found.await {
+        Ok((None, _)) => err(StatusCode::NOT_FOUND, "no such machine"),
+        Ok((Some(_), list)) => Json(list).into_response(),
         Err(e) => internal(e),
     }
 }
@@ -165,29 +161,25 @@ pub(super) async fn readings(
             return err(StatusCode::BAD_REQUEST, format!("unknown resolution `{other}`; use raw or hourly"))
         }
     };
-    let r = tokio::task::spawn_blocking(move || -> Result<Response, crate::CloudError> {
-        if store.machine(&id)?.is_none() {
-            return Ok(err(StatusCode::NOT_FOUND, "no such machine"));
+    let r = async move {
+        if store.machine(&id).await?.is_none() {
+            return Ok::<_, crate::CloudError>(err(StatusCode::NOT_FOUND, "no such machine"));
         }
         Ok(if hourly {
-            Json(store.hourly(&id, &q.sensor, since, limit)?).into_response()
+            Json(store.hourly(&id, &q.sensor, since, limit).await?).into_response()
         } else {
-            Json(store.readings(&id, &q.sensor, since, limit)?).into_response()
+            Json(store.readings(&id, &q.sensor, since, limit).await?).into_response()
         })
-    })
-    .await;
-    match r {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => internal(e),
+    };
+    match r.await {
+        Ok(resp) => resp,
         Err(e) => internal(e),
     }
 }
 
 pub(super) async fn unattached(State(st): State<AppState>) -> Response {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.unattached(Utc::now())).await {
-        Ok(Ok(list)) => Json(list).into_response(),
-        Ok(Err(e)) => internal(e),
+    match st.store.unattached(Utc::now()).await {
+        Ok(list) => Json(list).into_response(),
         Err(e) => internal(e),
     }
 }

@@ -80,20 +80,24 @@ pub(super) async fn create(
     }
     let (store, trust, net, name) =
         (st.store.clone(), st.trust.clone(), connector.network_id.clone(), req.machine.clone());
-    let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, crate::CloudError> {
-        let keys = trust.networks()?.remove(&net).unwrap_or_default();
+    let found = async move {
+        let keys = tokio::task::spawn_blocking(move || trust.networks())
+            .await
+            .map_err(|e| crate::CloudError::Unavailable(format!("trust task failed: {e}")))??
+            .remove(&net)
+            .unwrap_or_default();
         let mut hits = Vec::new();
         for k in keys {
-            let hostname = store.machine(&k.machine_id)?.map(|m| m.hostname).unwrap_or(k.hostname);
+            let hostname = store.machine(&k.machine_id).await?.map(|m| m.hostname).unwrap_or(k.hostname);
             if k.machine_id == name || hostname.eq_ignore_ascii_case(&name) {
                 hits.push((k.machine_id, hostname));
             }
         }
-        Ok(hits)
-    })
+        Ok::<_, crate::CloudError>(hits)
+    }
     .await;
     let (machine, hostname) = match found {
-        Ok(Ok(hits)) => match hits.as_slice() {
+        Ok(hits) => match hits.as_slice() {
             [one] => one.clone(),
             [] => {
                 return err(
@@ -108,7 +112,6 @@ pub(super) async fn create(
                 )
             }
         },
-        Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
     };
     let who = mail_who(&req.sender, &connector.machine_id);

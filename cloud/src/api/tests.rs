@@ -18,10 +18,16 @@ struct Setup {
 }
 
 fn setup(ingest: crate::config::IngestLimits) -> Setup {
+    setup_on(ingest, None)
+}
+
+/// With `readings`, readings go to that engine (keys and commands stay in the temp dir's sled).
+fn setup_on(ingest: crate::config::IngestLimits, readings: Option<Store>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db")).unwrap();
-    let trust = Trust::open(dir.path(), store.db(), store.flusher()).unwrap();
-    let commands = Commands::open(store.db(), store.flusher()).unwrap();
+    let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
+    let trust = Trust::open(dir.path(), sled.db(), sled.flusher()).unwrap();
+    let commands = Commands::open(sled.db(), sled.flusher()).unwrap();
+    let store: Store = readings.unwrap_or_else(|| Arc::new(sled.clone()));
     let config = CloudConfig { ingest, ..Default::default() };
     let hub = outpost_shared::keys::KeyPair::generate().unwrap();
     let now = chrono::Utc::now();
@@ -210,7 +216,7 @@ async fn the_machine_list_says_network_connector_name_and_revocation() {
         clock_problem: None,
         readings: vec![],
     };
-    s.state.store.ingest(&batch, now).unwrap();
+    s.state.store.ingest(batch, now).await.unwrap();
 
     let row = machine_row(&s.app, &hub).await;
     assert_eq!(row["network"], "net");
@@ -235,4 +241,112 @@ async fn machine_row(app: &Router, id: &str) -> serde_json::Value {
     let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v.as_array().unwrap().iter().find(|m| m["id"] == id).cloned().unwrap()
+}
+
+/// A gzip batch of `n` readings from `hub`, signed, for `/v1/batches`.
+fn batch_request(hub: &outpost_shared::keys::KeyPair, n: u64) -> Request<Body> {
+    use std::io::Write;
+    let now = chrono::Utc::now();
+    let id = hub.machine_id().to_string();
+    let batch = outpost_shared::model::Batch {
+        machine_id: id.clone(),
+        hostname: "h".into(),
+        role: outpost_shared::model::Role::Sensorhub,
+        uplink: "direct".into(),
+        buffered: 0,
+        dropped: 0,
+        version: "t".into(),
+        quarantined: 0,
+        clock_problem: None,
+        readings: (1..=n)
+            .map(|seq| outpost_shared::model::Reading {
+                machine_id: id.clone(),
+                seq,
+                sample: outpost_shared::model::Sample::new(
+                    "cpu",
+                    seq as f64,
+                    outpost_shared::model::State::Ok,
+                )
+                .at(now),
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec(&batch).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&json).unwrap();
+    let gz = enc.finish().unwrap();
+    // The signature covers what the batch says, not its encoding on the wire.
+    let sig = outpost_shared::keys::sign_request(hub, "POST", "/v1/batches", &json, now).unwrap();
+    post("/v1/batches", Body::from(gz), &sig.to_pairs())
+}
+
+async fn ack(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let r = tokio::time::timeout(Duration::from_secs(30), app.clone().oneshot(req)).await.unwrap().unwrap();
+    let (parts, body) = r.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// Stored, then a duplicate on resend, then readable: the same answers from every engine.
+async fn a_batch_is_acknowledged_once_and_then_as_duplicates(s: Setup) {
+    let (status, _, body) = ack(&s.app, batch_request(&s.hub, 50)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["stored"].as_u64(), body["duplicates"].as_u64()), (Some(50), Some(0)), "{body}");
+    let (status, _, body) = ack(&s.app, batch_request(&s.hub, 60)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["stored"].as_u64(), body["duplicates"].as_u64()), (Some(10), Some(50)), "{body}");
+    let id = s.hub.machine_id().to_string();
+    let r = Request::get(format!("/v1/machines/{id}/readings?sensor=cpu&limit=1000"))
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = ack(&s.app, r).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().map(|a| a.len()), Some(60), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sled_a_batch_is_acknowledged_once_and_then_as_duplicates() {
+    a_batch_is_acknowledged_once_and_then_as_duplicates(setup(Default::default())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_batch_is_acknowledged_once_and_then_as_duplicates() {
+    let url = crate::store::tests::fresh_database().await;
+    let pg = crate::store::postgres::PgStore::open(&url, &Default::default()).await.unwrap();
+    a_batch_is_acknowledged_once_and_then_as_duplicates(setup_on(Default::default(), Some(Arc::new(pg))))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledged() {
+    use crate::store::postgres::{throwaway, PgStore, PostgresOptions, PostgresUrl};
+    let mut server =
+        tokio::task::spawn_blocking(|| throwaway::Throwaway::start().unwrap_or_else(|e| panic!("{e}")))
+            .await
+            .unwrap();
+    let url = PostgresUrl::new(throwaway::create_database(&server, "down").await.unwrap());
+    let options = PostgresOptions { timeout: Duration::from_secs(1), ..Default::default() };
+    let pg = PgStore::open(&url, &options).await.unwrap();
+    let s = setup_on(Default::default(), Some(Arc::new(pg)));
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    let (status, headers, body) = ack(&s.app, batch_request(&s.hub, 5)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+    assert_eq!(body["verdict"], "retry_later", "{body}");
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.resume().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    let (status, _, body) = ack(&s.app, batch_request(&s.hub, 5)).await;
+    assert_eq!(status, StatusCode::OK, "back up, the same batch is taken: {body}");
+    assert_eq!(body["stored"].as_u64(), Some(5), "nothing of it was kept while down: {body}");
+    tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
 }

@@ -19,6 +19,7 @@ pub fn start(
     mail: &MailConfig,
     dir: &Path,
     store: &Store,
+    sled: &crate::store::sled::SledStore,
     trust: &Trust,
     shutdown: &CancellationToken,
 ) -> Result<tokio::sync::mpsc::Sender<AlertEvent>, CloudError> {
@@ -36,7 +37,7 @@ pub fn start(
     );
     alerts::spawn_alerts(Alerter::new(mail), rx, outbox.clone(), shutdown.clone().cancelled_owned());
     if mail.daily_report_at().is_some() {
-        let runs = ReportRuns::open(store.db())?;
+        let runs = ReportRuns::open(sled.db(), sled.flusher())?;
         reports::spawn(store.clone(), trust.clone(), mail.clone(), outbox, runs, shutdown.clone());
     }
     Ok(tx)

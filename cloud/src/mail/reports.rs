@@ -19,11 +19,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct ReportRuns {
     tree: sled::Tree,
+    /// The database's one flusher: a flush of its own here would break the one-flush-in-flight
+    /// rule that keeps sled from deadlocking.
+    flusher: outpost_shared::group_flush::GroupFlush,
 }
 
 impl ReportRuns {
-    pub fn open(db: &sled::Db) -> Result<ReportRuns, CloudError> {
-        Ok(ReportRuns { tree: db.open_tree("report_runs")? })
+    pub fn open(
+        db: &sled::Db,
+        flusher: outpost_shared::group_flush::GroupFlush,
+    ) -> Result<ReportRuns, CloudError> {
+        Ok(ReportRuns { tree: db.open_tree("report_runs")?, flusher })
     }
 
     pub fn last(&self, network: &str) -> Result<Option<DateTime<Utc>>, CloudError> {
@@ -35,14 +41,13 @@ impl ReportRuns {
 
     async fn set(&self, network: &str, until: DateTime<Utc>) -> Result<(), CloudError> {
         self.tree.insert(network.as_bytes(), &until.timestamp_millis().to_be_bytes())?;
-        self.tree.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 }
 
 /// The report of `network` for `[from, until)`, or `None` when no enrolled machine belongs to it.
-/// Blocking (store scans).
-pub fn report_for(
+pub async fn report_for(
     store: &Store,
     trust: &Trust,
     network: &str,
@@ -50,15 +55,19 @@ pub fn report_for(
     until: DateTime<Utc>,
     to: Vec<String>,
 ) -> Result<Option<Mail>, CloudError> {
-    let networks = trust.networks()?;
+    let t = trust.clone();
+    let networks = tokio::task::spawn_blocking(move || t.networks())
+        .await
+        .map_err(|e| CloudError::Unavailable(format!("trust task failed: {e}")))??;
     let Some(keys) = networks.get(network) else { return Ok(None) };
     let mut machines = Vec::new();
     let mut readings = Vec::new();
     for k in keys {
-        let info = store.machine(&k.machine_id)?;
+        let info = store.machine(&k.machine_id).await?;
         let hostname = info.as_ref().map(|m| m.hostname.clone()).unwrap_or_else(|| k.hostname.clone());
         let sensors = store
-            .sensors(&k.machine_id)?
+            .sensors(&k.machine_id)
+            .await?
             .into_iter()
             .map(|l| SensorStatus {
                 sensor: l.sensor,
@@ -70,7 +79,7 @@ pub fn report_for(
             .collect();
         // One row more than fits, so the report can say it was cut.
         let room = (MAX_CSV_ROWS + 1).saturating_sub(readings.len());
-        for r in store.period(&k.machine_id, from, until, room)? {
+        for r in store.period(&k.machine_id, from, until, room).await? {
             readings.push(ReportReading {
                 machine_id: k.machine_id.clone(),
                 hostname: hostname.clone(),
@@ -143,11 +152,10 @@ async fn run(
             None if catch_up => continue,
             _ => {}
         }
-        let (s, t, n, to) = (store.clone(), trust.clone(), network.clone(), mail.report_recipients(&network));
-        let built = tokio::task::spawn_blocking(move || report_for(&s, &t, &n, until - every, until, to))
-            .await
-            .map_err(|e| CloudError::Mail(e.to_string()))??;
-        let Some(report) = built else { continue };
+        let to = mail.report_recipients(&network);
+        let Some(report) = report_for(store, trust, &network, until - every, until, to).await? else {
+            continue;
+        };
         outbox.enqueue(&report).await.map_err(|e| CloudError::Mail(e.to_string()))?;
         runs.set(&network, until).await?;
         tracing::info!(%network, %until, subject = %report.subject, "status report queued");
