@@ -166,13 +166,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         let buffer = buffer.clone();
         Some(tokio::spawn(async move {
             let Some(enrollment) = enrolled(&u, direct.as_ref(), &parts, &stop).await else { return };
-            let transport = Arc::new(uplink::PathTransport::new(
+            let transport = uplink::PathTransport::new(
                 u.clone(),
                 parts.key.clone(),
                 enrollment.clone(),
                 direct,
                 parts.dir.clone(),
-            ));
+            );
             let verifier = match outpost_shared::keys::CommandVerifier::open(
                 enrollment.cloud_key.clone(),
                 parts.key.machine_id().clone(),
