@@ -1,5 +1,6 @@
 //! The last line of defence against a hub that hangs instead of stopping: an OS thread, outside
-//! the async runtime, that watches a heartbeat the runtime ticks every second. When every runtime
+//! the async runtime, that watches a heartbeat the runtime ticks (every tenth of the limit, at
+//! most every 10 s: an idle hub should hardly wake up for it). When every runtime
 //! worker is stuck in a call that waits for a stalled disk (or a device), no deadline inside the
 //! runtime can fire any more: timers need a free worker. The watchdog then says so and calls
 //! `on_stall`, which in the binary exits, so that the service manager restarts the hub.
@@ -8,16 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often the runtime ticks.
-const BEAT: Duration = Duration::from_secs(1);
-
 /// Starts the heartbeat on `runtime` and the thread that watches it; `on_stall` runs (once, on
 /// that thread) after the heartbeat has not moved for `limit`.
 pub fn spawn(runtime: &tokio::runtime::Handle, limit: Duration, on_stall: impl FnOnce() + Send + 'static) {
+    let beat = (limit / 10).clamp(Duration::from_millis(10), Duration::from_secs(10));
     let beats = Arc::new(AtomicU64::new(0));
     let ticker = beats.clone();
     runtime.spawn(async move {
-        let mut every = tokio::time::interval(BEAT);
+        let mut every = tokio::time::interval(beat);
         loop {
             every.tick().await;
             ticker.fetch_add(1, Ordering::Relaxed);
@@ -28,7 +27,7 @@ pub fn spawn(runtime: &tokio::runtime::Handle, limit: Duration, on_stall: impl F
         .spawn(move || {
             let (mut last, mut since) = (beats.load(Ordering::Relaxed), Instant::now());
             loop {
-                std::thread::sleep(BEAT.min(limit / 4).max(Duration::from_millis(10)));
+                std::thread::sleep(beat);
                 let now = beats.load(Ordering::Relaxed);
                 if now != last {
                     (last, since) = (now, Instant::now());
