@@ -274,6 +274,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// How long the hub's runtime may make no progress at all before the process exits: longer than
+/// any deadline inside it (a stalled flush or append is noticed after 60 s), so it only fires when
+/// those cannot.
+const HUB_STALL_EXIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The sensorhub's runtime, sized for an agent that should go unnoticed on the machine it watches:
 /// two workers, and blocking threads (sensor reads, buffer writes) that end soon after a sampling
 /// round instead of idling with their stacks for ten seconds. The cap is generous on purpose: a
@@ -318,6 +323,14 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             // By then sensors, uplink and command channel have all run once.
             footprint::release_startup_code_after(std::time::Duration::from_secs(30));
             let rt = hub_runtime()?;
+            // A hub stuck for good (every worker waiting on a stalled disk) exits to be restarted.
+            outpost_sensorhub::watchdog::spawn(rt.handle(), HUB_STALL_EXIT, || {
+                eprintln!(
+                    "outpost sensorhub: the runtime made no progress for {} s; exiting",
+                    HUB_STALL_EXIT.as_secs()
+                );
+                std::process::exit(1);
+            });
             if let Err(e) = rt.block_on(as_service(outpost_sensorhub::run(*config, shutdown))) {
                 // Not through the runtime's drop: it would wait for blocking threads that a stalled
                 // disk holds forever. The service manager restarts the hub.

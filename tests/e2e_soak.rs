@@ -7,11 +7,13 @@
 //! nothing is lost without a count, nothing is stored twice and every hub's seqs are unique.
 //!
 //! The seed of the fault schedule is printed; `OUTPOST_SOAK_SEED=N` replays it, and
-//! `OUTPOST_SOAK_SECS` sets how long faults are injected (default 60). The full-disk fault runs
-//! only with `OUTPOST_SOAK_DISK_FULL=1` (as root): see the known hang in BENCHMARKS.md.
+//! `OUTPOST_SOAK_SECS` sets how long faults are injected (default 60). The full-disk fault needs
+//! root (to mount the tmpfs); where mounting is impossible it is left out and the test says so,
+//! unless `OUTPOST_NETNS_REQUIRED=1` (set where CI runs as root) makes that a failure.
 
 mod common;
 
+use common::small_disk::SmallDisk;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -156,41 +158,6 @@ impl CloudApi for ViaProxy<'_> {
     }
 }
 
-/// A small tmpfs for one hub's data, so its disk can be filled; None where mounting is not
-/// possible (not root), and then that hub runs on the ordinary disk.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(dir.to_path_buf()))
-    }
-
-    /// Fills the disk to the last byte.
-    fn fill(&self) {
-        let _ = std::process::Command::new("dd")
-            .args(["if=/dev/zero", "bs=64k"])
-            .arg(format!("of={}", self.0.join("filler").display()))
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-
-    fn free(&self) {
-        let _ = std::fs::remove_file(self.0.join("filler"));
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 struct Hub {
     dir: PathBuf,
     config: PathBuf,
@@ -234,13 +201,17 @@ fn nothing_a_hub_accepted_is_lost_or_stored_twice_whatever_fails() {
     std::fs::write(&conn.config, conn_cfg).unwrap();
     conn.restart();
 
-    // A full disk is opt-in (`OUTPOST_SOAK_DISK_FULL=1`): the hub stops and is restarted when its
-    // buffer stalls, but a hub restarted onto a disk that fills again can still hang where no
-    // deadline reaches yet (see BENCHMARKS.md).
-    let small = if std::env::var_os("OUTPOST_SOAK_DISK_FULL").is_some() {
-        SmallDisk::mount(&dir.path().join("hub4"))
-    } else {
-        None
+    // Hub 4's data lives on a small disk that the faults fill (its log and config stay outside,
+    // so the log says what happened).
+    let small = match SmallDisk::mount(&dir.path().join(format!("hub{}/data", HUBS - 1)), "24m") {
+        Ok(disk) => Some(disk),
+        Err(why) => {
+            if std::env::var("OUTPOST_NETNS_REQUIRED").as_deref() == Ok("1") {
+                panic!("OUTPOST_NETNS_REQUIRED=1 but {why}");
+            }
+            eprintln!("soak: no full-disk faults: {why}");
+            None
+        }
     };
     let via = ViaProxy { cloud: &cloud, url: proxy.url() };
     let mut hubs: Vec<Hub> = (0..HUBS)

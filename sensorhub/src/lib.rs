@@ -15,6 +15,7 @@ pub mod relay;
 pub mod sensors;
 pub mod trust;
 pub mod uplink;
+pub mod watchdog;
 pub mod writer;
 
 pub use config::HubConfig;
@@ -103,7 +104,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let key = trust::machine_key(&config.key_file.clone().unwrap_or_else(|| dir.join(trust::KEY_FILE)))?;
     let machine_id = key.machine_id().to_string();
     let hostname = config.hostname.clone().unwrap_or_else(system_hostname);
-    let (buffer, outcome) = SledBuffer::open(&dir.join("buffer"), config.buffer.quota, WhenFull::DropOldest)?;
+    let (buffer, outcome) = open_buffer(&dir.join("buffer"), config.buffer.quota).await?;
     if let OpenOutcome::Recovered { moved_to, reason } = outcome {
         tracing::error!(moved_to = %moved_to.display(), %reason,
             "the buffer was unreadable; its readings are lost unless recovered by hand from the moved directory");
@@ -166,13 +167,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         let buffer = buffer.clone();
         Some(tokio::spawn(async move {
             let Some(enrollment) = enrolled(&u, direct.as_ref(), &parts, &stop).await else { return };
-            let transport = Arc::new(uplink::PathTransport::new(
+            let transport = uplink::PathTransport::new(
                 u.clone(),
                 parts.key.clone(),
                 enrollment.clone(),
                 direct,
                 parts.dir.clone(),
-            ));
+            );
             let verifier = match outpost_shared::keys::CommandVerifier::open(
                 enrollment.cloud_key.clone(),
                 parts.key.machine_id().clone(),
@@ -241,6 +242,30 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     });
     tasks.extend([supervisor, reporter]);
     Ok(Hub { machine_id, status, sensors: sensor_handle, relays, failed, tasks })
+}
+
+/// How long opening the buffer may take (it reads every record once) before the disk counts as
+/// stalled and the hub stops, to be restarted, instead of waiting for good.
+const OPEN_DEADLINE: Duration = Duration::from_secs(2 * outpost_shared::group_flush::STALL_AFTER.as_secs());
+
+/// Opens the buffer off the runtime's workers and within [`OPEN_DEADLINE`]: on a full or failing
+/// disk sled can block in its recovery, and a hub that hangs there neither samples nor exits.
+async fn open_buffer(path: &Path, quota: u64) -> Result<(SledBuffer, OpenOutcome), HubError> {
+    let p = path.to_path_buf();
+    match tokio::time::timeout(
+        OPEN_DEADLINE,
+        tokio::task::spawn_blocking(move || SledBuffer::open(&p, quota, WhenFull::DropOldest)),
+    )
+    .await
+    {
+        Ok(opened) => Ok(opened.expect("opening the buffer does not panic")?),
+        Err(_) => Err(HubError::Failed(format!(
+            "opening the buffer at {} did not finish in {} s: its disk is full or failing; free space \
+             or fix the disk, then the hub starts again",
+            path.display(),
+            OPEN_DEADLINE.as_secs()
+        ))),
+    }
 }
 
 /// Answers connectors' SSDP searches for hubs. The hub serves nothing at LOCATION; its path names

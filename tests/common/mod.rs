@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod ns_cloud;
+pub mod small_disk;
 /// The real SMTP server of the mail tests (aiosmtpd), shared with `outpost-shared`'s tests.
 #[path = "../../shared/tests/smtp/mod.rs"]
 pub mod smtp;
@@ -455,6 +456,8 @@ impl ConnectorProc {
     /// Starts the process (again, on the same port and data) and waits until its LAN API answers.
     pub fn restart(&mut self) {
         let log = self.dir.join("connector.log");
+        // A running one ends first: two processes cannot hold the same buffer.
+        drop(self.proc.take());
         self.proc = Some(Proc::start(&["connector", "--config", self.config.to_str().unwrap()], &log));
         let ca = self.dir.join("data/tls/ca.pem");
         wait_until(Duration::from_secs(20), "the connector answers /v1/health", || {

@@ -7,9 +7,11 @@
 //!
 //! The path state sits behind one lock that command polls also take ([`PathTransport::current`]),
 //! so it is never held across network I/O (an SSDP search, a probe, an upload): a flood of fake
-//! SSDP answers or a candidate that never answers must not stall uploads or commands. Discovered
-//! connectors are checked against the receipt before any probe is spent on them, and at most
-//! [`MAX_PROBES_PER_SEARCH`] are probed after one search.
+//! SSDP answers or a candidate that never answers must not stall uploads or commands. For the
+//! same reason the re-probe of the direct path runs as a task of its own, one at a time, while
+//! readings keep going to the cloud: a search into a flood, then probes of candidates that never
+//! answer, take seconds. Discovered connectors are checked against the receipt before any probe
+//! is spent on them, and at most [`MAX_PROBES_PER_SEARCH`] are probed after one search.
 
 use super::{HttpTransport, SendError, Transport, UplinkConfig};
 use crate::trust::Enrollment;
@@ -17,7 +19,8 @@ use outpost_shared::keys::{pinned_https_client, AuthorizedConnector, CertFingerp
 use outpost_shared::model::{Batch, BatchAck};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -118,6 +121,10 @@ pub struct PathTransport {
     remember: PathBuf,
     state: Mutex<State>,
     last_path: std::sync::Mutex<String>,
+    /// This transport, for the re-probe task it starts from [`Transport::send`].
+    me: Weak<PathTransport>,
+    /// A re-probe task is running: never more than one.
+    probing: AtomicBool,
 }
 
 impl PathTransport {
@@ -127,10 +134,10 @@ impl PathTransport {
         enrollment: Enrollment,
         direct: Option<HttpTransport>,
         data_dir: PathBuf,
-    ) -> Self {
+    ) -> Arc<Self> {
         let wants_connector = cfg.connector.is_some() || cfg.discover;
         let mode = if wants_connector || direct.is_none() { Mode::Connector } else { Mode::Direct };
-        PathTransport {
+        Arc::new_cyclic(|me| PathTransport {
             key,
             enrollment: std::sync::Mutex::new(enrollment),
             last_refresh: std::sync::Mutex::new(None),
@@ -149,7 +156,28 @@ impl PathTransport {
             }),
             last_path: std::sync::Mutex::new("offline".into()),
             cfg,
+            me: me.clone(),
+            probing: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts looking for a connector in the background, unless a look is already under way; the
+    /// path switches back to the connector as soon as one answers.
+    fn start_reprobe(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
         }
+        tokio::spawn(async move {
+            if let Some(c) = me.find_connector(true).await {
+                tracing::info!(to = %c.path(), "a connector answers again; leaving the direct path");
+                let mut st = me.state.lock().await;
+                st.connector = Some(c);
+                st.mode = Mode::Connector;
+                st.failing_since = None;
+            }
+            me.probing.store(false, Ordering::Release);
+        });
     }
 
     /// Connector URLs to try, best first: configured, remembered, then discovered by SSDP. The
@@ -347,13 +375,8 @@ impl Transport for PathTransport {
             (probe_due, recheck)
         };
         if probe_due {
-            if let Some(c) = self.find_connector(true).await {
-                tracing::info!(to = %c.path(), "a connector answers again; leaving the direct path");
-                let mut st = self.state.lock().await;
-                st.connector = Some(c);
-                st.mode = Mode::Connector;
-                st.failing_since = None;
-            }
+            // This batch goes directly meanwhile; a later one takes the connector once found.
+            self.start_reprobe();
         }
         if let Some(c) = recheck {
             if self.refresh_receipt(Some(&c)).await && !self.still_authorised(&c) {

@@ -718,7 +718,7 @@ async fn command_polls_do_not_wait_while_a_connector_candidate_is_probed() {
     let direct =
         HttpTransport::new(reqwest::Client::new(), &format!("http://{closed}"), key.clone(), "direct".into());
     let dir = tempfile::tempdir().unwrap();
-    let path = Arc::new(PathTransport::new(cfg, key, enrollment, Some(direct), dir.path().to_path_buf()));
+    let path = PathTransport::new(cfg, key, enrollment, Some(direct), dir.path().to_path_buf());
     let sender = path.clone();
     let sending = tokio::spawn(async move {
         let mut b = Batch {
@@ -751,4 +751,85 @@ async fn command_polls_do_not_wait_while_a_connector_candidate_is_probed() {
     assert!(t0.elapsed() < Duration::from_millis(200));
     let r = tokio::time::timeout(Duration::from_secs(15), sending).await.unwrap().unwrap();
     assert!(matches!(r, Err(SendError::Unreachable(_))), "{r:?}");
+}
+
+/// A listener that accepts connections and never answers; counts them.
+async fn tarpit() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hang.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, accepted)
+}
+
+fn empty_batch() -> Batch {
+    Batch {
+        machine_id: "m".into(),
+        hostname: "h".into(),
+        role: Role::Sensorhub,
+        uplink: String::new(),
+        buffered: 0,
+        dropped: 0,
+        version: "t".into(),
+        quarantined: 0,
+        clock_problem: None,
+        readings: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn on_the_direct_path_uploads_do_not_wait_for_a_reprobe_that_hangs() {
+    let (hang_addr, accepted) = tarpit().await;
+    let (direct, rx) = receiver().await;
+    // Left for the cloud at once, and looking for the connector again at every send.
+    let cfg = UplinkConfig {
+        connector: Some(format!("https://{hang_addr}")),
+        discover: false,
+        fallback_after: Duration::ZERO,
+        reprobe_every: Duration::ZERO,
+        ..Default::default()
+    };
+    let key = test_key();
+    let enrollment = crate::trust::Enrollment {
+        receipt: outpost_shared::keys::EnrollmentReceipt {
+            machine_id: key.machine_id().clone(),
+            network_id: "n".into(),
+            connectors: vec![authorised("c")],
+            cloud_key: key.machine_id().clone(),
+            issued_at: Utc::now(),
+            role: Some(outpost_shared::model::Role::Sensorhub),
+        },
+        cloud_key: key.public().clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = PathTransport::new(cfg, key, enrollment, Some(direct), dir.path().to_path_buf());
+    // The first send waits for the connector (there is nowhere else before the fallback).
+    let first = tokio::time::timeout(Duration::from_secs(15), path.send(&mut empty_batch())).await.unwrap();
+    assert!(first.is_ok(), "{first:?}");
+    assert_eq!(path.path(), "direct");
+    let probes_before = accepted.load(Ordering::SeqCst);
+    // Each later send starts a re-probe, which hangs on the candidate; the uploads do not wait.
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(2), path.send(&mut empty_batch()))
+            .await
+            .expect("an upload on the direct path does not wait behind a re-probe");
+        assert!(r.is_ok(), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while accepted.load(Ordering::SeqCst) == probes_before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the re-probe reached the candidate");
+    assert_eq!(rx.requests.load(Ordering::SeqCst), 6);
 }

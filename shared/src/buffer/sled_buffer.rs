@@ -76,7 +76,15 @@ pub struct SledBuffer {
     quarantine_tree: sled::Tree,
     quota: u64,
     when_full: WhenFull,
+    /// Held while the counters and the trees change together, which may be across disk I/O (a
+    /// full disk can hold a write for a minute, or for good). Taken only through
+    /// [`SledBuffer::counters`].
     state: Mutex<Counters>,
+    /// A copy of the counters as of the last change, for [`Storage::stats`]: callers on async
+    /// workers must never wait behind a write that waits for the disk (a hub whose runtime workers
+    /// all wait there can no longer even notice that its disk stalled, and hangs instead of
+    /// exiting).
+    published: Mutex<BufferStats>,
     /// Records with `seq` below this have been flushed; readers see only those.
     durable_next: AtomicU64,
     /// The file holding the seq floor, and the floor itself: no `seq` at or above it has been
@@ -91,7 +99,43 @@ pub struct SledBuffer {
     flusher: crate::group_flush::GroupFlush,
 }
 
-struct Counters {
+/// [`SledBuffer::counters`]: publishes the counters for [`Storage::stats`] when dropped.
+pub(super) struct CountersGuard<'a> {
+    c: std::sync::MutexGuard<'a, Counters>,
+    buffer: &'a SledBuffer,
+}
+
+impl std::ops::Deref for CountersGuard<'_> {
+    type Target = Counters;
+    fn deref(&self) -> &Counters {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for CountersGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Counters {
+        &mut self.c
+    }
+}
+
+impl Drop for CountersGuard<'_> {
+    fn drop(&mut self) {
+        let c = &self.c;
+        let stats = BufferStats {
+            len: c.len,
+            bytes: c.bytes,
+            quota: self.buffer.quota,
+            dropped: c.dropped,
+            next_seq: c.next_seq,
+            quarantined: c.quarantined,
+            quarantine_len: c.quarantine_len,
+            quarantine_bytes: c.quarantine_bytes,
+        };
+        *self.buffer.published.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+}
+
+pub(super) struct Counters {
     len: u64,
     bytes: u64,
     dropped: u64,
@@ -134,7 +178,7 @@ impl SledBuffer {
                 // dropped (the last count written beside it; the exact number died with it).
                 let lost = read_counters(&buffer.counters_file).held;
                 {
-                    let mut c = buffer.state.lock().unwrap();
+                    let mut c = buffer.counters();
                     c.dropped += lost;
                     buffer.meta.insert(META_DROPPED, &c.dropped.to_be_bytes())?;
                     buffer.save_counters(&c)?;
@@ -198,6 +242,16 @@ impl SledBuffer {
             quarantine_tree,
             quota,
             when_full,
+            published: Mutex::new(BufferStats {
+                len,
+                bytes,
+                quota,
+                dropped,
+                next_seq,
+                quarantined,
+                quarantine_len,
+                quarantine_bytes,
+            }),
             state: Mutex::new(Counters {
                 len,
                 bytes,
@@ -215,6 +269,12 @@ impl SledBuffer {
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
             flusher: crate::group_flush::GroupFlush::new(db),
         })
+    }
+
+    /// The counters, locked for a change; the copy [`Storage::stats`] reads is refreshed when the
+    /// guard goes.
+    pub(super) fn counters(&self) -> CountersGuard<'_> {
+        CountersGuard { c: self.state.lock().unwrap_or_else(|p| p.into_inner()), buffer: self }
     }
 
     /// Makes every write so far durable. The one place the buffer waits for the disk, so that a
@@ -313,7 +373,7 @@ impl Storage for SledBuffer {
     /// worked; a failed append is rolled back and leaves no record and no seq behind, so the
     /// caller's retry gets the same seqs and nothing is stored twice.
     fn append(&self, records: &[Vec<u8>]) -> Result<Range<u64>, BufferError> {
-        let mut c = self.state.lock().unwrap();
+        let mut c = self.counters();
         let needed: u64 = records.iter().map(|r| record_cost(r)).sum();
         if c.bytes + needed > self.quota {
             match self.when_full {
@@ -398,7 +458,7 @@ impl Storage for SledBuffer {
         let mut sorted = seqs.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        let mut c = self.state.lock().unwrap();
+        let mut c = self.counters();
         let mut i = 0;
         while i < sorted.len() {
             let Some(item) = self.records.range(..=sorted[i].to_be_bytes()).next_back() else {
@@ -423,7 +483,7 @@ impl Storage for SledBuffer {
     }
 
     fn delete_through(&self, through: u64) -> Result<u64, BufferError> {
-        let mut c = self.state.lock().unwrap();
+        let mut c = self.counters();
         let mut total = 0;
         for item in self.records.range(..=through.to_be_bytes()) {
             let (k, v) = item?;
@@ -435,22 +495,13 @@ impl Storage for SledBuffer {
         Ok(total)
     }
 
+    /// The copy published when the counters last changed: never waits for the disk.
     fn stats(&self) -> BufferStats {
-        let c = self.state.lock().unwrap();
-        BufferStats {
-            len: c.len,
-            bytes: c.bytes,
-            quota: self.quota,
-            dropped: c.dropped,
-            next_seq: c.next_seq,
-            quarantined: c.quarantined,
-            quarantine_len: c.quarantine_len,
-            quarantine_bytes: c.quarantine_bytes,
-        }
+        *self.published.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn quarantine(&self, items: &[(u64, String)]) -> Result<u64, BufferError> {
-        let mut c = self.state.lock().unwrap();
+        let mut c = self.counters();
         let mut moved = 0u64;
         for (seq, reason) in items {
             let Some(item) = self.records.range(..=seq.to_be_bytes()).next_back() else { continue };
@@ -510,7 +561,7 @@ impl Storage for SledBuffer {
     }
 
     fn requeue(&self) -> Result<u64, BufferError> {
-        let mut c = self.state.lock().unwrap();
+        let mut c = self.counters();
         let mut n = 0u64;
         for item in self.quarantine_tree.iter() {
             let (k, v) = item?;
@@ -551,7 +602,7 @@ impl SledBuffer {
     /// Takes back an append whose flush failed: its chunks go, and its seqs are given back when no
     /// append came behind it (else they stay a gap: a seq is never handed out twice).
     fn undo_append(&self, start: u64, end: u64, chunks: &[([u8; 8], Vec<u8>)], count: u64, bytes: u64) {
-        let mut c = self.state.lock().unwrap();
+        let mut c = self.counters();
         let give_back = c.next_seq == end;
         let undo = (&self.records, &self.meta).transaction(|(r, m)| {
             for (k, _) in chunks {
@@ -607,7 +658,7 @@ impl Drop for SledBuffer {
     fn drop(&mut self) {
         // Make removals durable on a clean stop so a restart does not resend acknowledged records.
         let _ = self.flusher.flush_blocking();
-        let c = self.state.lock().unwrap();
+        let c = self.counters();
         let _ = self.save_counters(&c);
     }
 }

@@ -304,3 +304,28 @@ fn loss_counters_and_the_quarantine_survive_reopening_and_a_corrupt_buffer() {
         assert!(st.dropped >= 5, "{st:?}");
     }
 }
+
+/// A write that waits for the disk holds the counters' lock (a full disk can hold it for good);
+/// `stats`, which async code calls on the runtime's workers, must still answer at once.
+#[test]
+fn stats_never_wait_behind_a_write_that_waits_for_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _) = SledBuffer::open(&dir.path().join("buf"), 1 << 20, WhenFull::DropOldest).unwrap();
+    b.append(&[rec(1), rec(2)]).unwrap();
+    let b = std::sync::Arc::new(b);
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            let _stuck = b.counters();
+            held_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        })
+    };
+    held_rx.recv().unwrap();
+    let t0 = std::time::Instant::now();
+    let stats = b.stats();
+    assert!(t0.elapsed() < std::time::Duration::from_millis(500), "stats waited {:?}", t0.elapsed());
+    assert_eq!((stats.len, stats.next_seq), (2, 3), "the counters as of the last change");
+    writer.join().unwrap();
+}

@@ -28,6 +28,10 @@ pub const MAX_PER_SOURCE: usize = 4;
 /// Most distinct source addresses one search listens to.
 pub const MAX_SOURCES: usize = 256;
 
+/// Ignored answers in one search from which it is reported as a flood: duplicates over a few
+/// interfaces and other services' answers stay far below.
+const FLOOD_SIGN: u64 = 256;
+
 /// Multicast TTL of the search: the LAN and one router hop, as the responder uses.
 const TTL: u32 = 2;
 
@@ -95,7 +99,14 @@ pub(crate) async fn collect<F: Fn(&Found) -> bool>(
             Ok(Err(e)) => tracing::debug!(error = %e, "SSDP: receive error during a search"),
         }
     }
-    if c.ignored > 0 {
+    if c.is_full() || c.ignored >= FLOOD_SIGN {
+        // Worth an operator's attention: someone on the LAN answers far more than a LAN has.
+        tracing::warn!(
+            kept = c.found.len(),
+            ignored = c.ignored,
+            "SSDP search drew more answers than it keeps (a flood, or a very crowded LAN)"
+        );
+    } else if c.ignored > 0 {
         tracing::debug!(kept = c.found.len(), ignored = c.ignored, "SSDP search: answers ignored");
     }
     c.found
