@@ -154,15 +154,16 @@ mod pdh {
             if status != 0 {
                 return Err(status);
             }
-            let q = Query { query, counter: std::ptr::null_mut() };
+            // From here on the query is closed on every way out (Drop).
+            let mut q = Query { query, counter: std::ptr::null_mut() };
             let wide: Vec<u16> = path.encode_utf16().chain([0]).collect();
-            let mut counter: PDH_HCOUNTER = std::ptr::null_mut();
-            // SAFETY: `wide` is NUL-terminated and outlives the call; `q.query` is open.
-            let status = unsafe { PdhAddEnglishCounterW(q.query, wide.as_ptr(), 0, &mut counter) };
+            // SAFETY: `wide` is NUL-terminated and outlives the call; `q.query` is open and
+            // `q.counter` a valid out-pointer.
+            let status = unsafe { PdhAddEnglishCounterW(q.query, wide.as_ptr(), 0, &mut q.counter) };
             if status != 0 {
                 return Err(status);
             }
-            Ok(Query { counter, ..q })
+            Ok(q)
         }
 
         pub(super) fn collect(&self) -> Result<(), u32> {
