@@ -121,8 +121,6 @@ mod pdh {
         PDH_FMT_COUNTERVALUE, PDH_FMT_DOUBLE, PDH_HCOUNTER, PDH_HQUERY,
     };
 
-    /// `PDH_FMT_NOCAP100`: percentages of several cores may exceed 100 and should be shown so.
-    const PDH_FMT_NOCAP100: u32 = 0x8000;
     const PDH_CSTATUS_VALID_DATA: u32 = 0;
     const PDH_CSTATUS_NEW_DATA: u32 = 1;
 
@@ -177,15 +175,12 @@ mod pdh {
         pub(super) fn value(&self) -> Result<f64, u32> {
             // SAFETY: an all-zero PDH_FMT_COUNTERVALUE is a valid value of this plain C struct.
             let mut v: PDH_FMT_COUNTERVALUE = unsafe { std::mem::zeroed() };
+            // Plain PDH_FMT_DOUBLE: percentages are capped at 100 as PDH does by default (adding
+            // PDH_FMT_NOCAP100 made Wine's PDH hand back an integer in the double).
             // SAFETY: `self.counter` belongs to the open query; `v` is a valid out-pointer and a
             // null type pointer is allowed.
             let status = unsafe {
-                PdhGetFormattedCounterValue(
-                    self.counter,
-                    PDH_FMT_DOUBLE | PDH_FMT_NOCAP100,
-                    std::ptr::null_mut(),
-                    &mut v,
-                )
+                PdhGetFormattedCounterValue(self.counter, PDH_FMT_DOUBLE, std::ptr::null_mut(), &mut v)
             };
             if status != 0 {
                 return Err(status);
