@@ -175,8 +175,8 @@ mod pdh {
         pub(super) fn value(&self) -> Result<f64, u32> {
             // SAFETY: an all-zero PDH_FMT_COUNTERVALUE is a valid value of this plain C struct.
             let mut v: PDH_FMT_COUNTERVALUE = unsafe { std::mem::zeroed() };
-            // Plain PDH_FMT_DOUBLE: percentages are capped at 100 as PDH does by default (adding
-            // PDH_FMT_NOCAP100 made Wine's PDH hand back an integer in the double).
+            // Plain PDH_FMT_DOUBLE: percentages are capped at 100, as PDH does by default. (Wine's
+            // PDH writes an integer into the double with or without PDH_FMT_NOCAP100.)
             // SAFETY: `self.counter` belongs to the open query; `v` is a valid out-pointer and a
             // null type pointer is allowed.
             let status = unsafe {
