@@ -482,7 +482,14 @@ impl Plan {
             .map_err(InstallError::io(&tmp))
             .and_then(|()| self.finish_file(&tmp, mode, owner))
             .and_then(|()| {
-                std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(InstallError::io(&tmp))
+                // Windows flushes only a handle opened for writing (FlushFileBuffers on a read-only
+                // one is "Access denied"); Unix syncs any descriptor, and a 0400 file opens read-only.
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(cfg!(windows))
+                    .open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(InstallError::io(&tmp))
             });
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);

@@ -198,8 +198,11 @@ pub fn install(
         }
         return Err(e);
     }
-    register(role, &bin, &config).map_err(scm_error)?;
+    let warnings = register(role, &bin, &config).map_err(scm_error)?;
     let _ = writeln!(host.out, "registered service {service} (automatic start, restart on failure)");
+    for w in warnings {
+        let _ = writeln!(host.out, "warning: {w}");
+    }
     for r in was_running.into_iter().filter(|r| *r != role) {
         start(r, host.out)?;
     }
@@ -207,8 +210,15 @@ pub fn install(
     Ok(())
 }
 
-/// Creates the service or updates its configuration, then sets its recovery actions.
-fn register(role: Role, bin: &std::path::Path, config: &std::path::Path) -> windows_service::Result<()> {
+/// Creates the service or updates its configuration, then sets its recovery actions. Returns what
+/// could not be set but leaves a working service: every Windows since Vista takes the delayed
+/// start and the restart on an error exit, but Wine's service manager refuses both, and a service
+/// without them still runs, starts at boot and is restarted when it crashes.
+fn register(
+    role: Role,
+    bin: &std::path::Path,
+    config: &std::path::Path,
+) -> windows_service::Result<Vec<String>> {
     let m = ServiceManager::local_computer(
         None::<&str>,
         ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE,
@@ -240,8 +250,13 @@ fn register(role: Role, bin: &std::path::Path, config: &std::path::Path) -> wind
         Err(_) => m.create_service(&info, access)?,
     };
     service.set_description(role.description())?;
+    let mut warnings = Vec::new();
     // Starting a little after boot lets the network come up first.
-    service.set_delayed_auto_start(true)?;
+    if let Err(e) = service.set_delayed_auto_start(true) {
+        warnings.push(format!(
+            "the service manager refused the delayed start ({e}): it starts as soon as Windows does"
+        ));
+    }
     let restart =
         |secs| ServiceAction { action_type: ServiceActionType::Restart, delay: Duration::from_secs(secs) };
     service.update_failure_actions(ServiceFailureActions {
@@ -251,8 +266,12 @@ fn register(role: Role, bin: &std::path::Path, config: &std::path::Path) -> wind
         actions: Some(vec![restart(5), restart(5), restart(30)]),
     })?;
     // Also restart when the service stops with an error code, not only when it crashes.
-    service.set_failure_actions_on_non_crash_failures(true)?;
-    Ok(())
+    if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
+        warnings.push(format!(
+            "the service manager refused restarts after an error exit ({e}): only a crash restarts it"
+        ));
+    }
+    Ok(warnings)
 }
 
 pub fn uninstall(args: &UninstallArgs, host: &mut Host<'_>) -> Result<(), InstallError> {

@@ -314,7 +314,7 @@ mod tests {
     /// An executor whose only sensor samples solely when triggered, and the channel that shows it.
     async fn executor(
         dir: &std::path::Path,
-    ) -> (Executor, tokio::sync::mpsc::Receiver<Vec<outpost_shared::model::Sample>>) {
+    ) -> (Executor, tokio::sync::mpsc::Receiver<crate::writer::Batch>) {
         let (cloud, _, hub) = keys();
         let file = dir.join("watched");
         std::fs::write(&file, b"x").unwrap();
@@ -351,7 +351,7 @@ mod tests {
         Signed::sign(signer, &env).unwrap()
     }
 
-    async fn sampled(rx: &mut tokio::sync::mpsc::Receiver<Vec<outpost_shared::model::Sample>>) -> bool {
+    async fn sampled(rx: &mut tokio::sync::mpsc::Receiver<crate::writer::Batch>) -> bool {
         tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await.is_ok()
     }
 

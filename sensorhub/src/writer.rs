@@ -12,6 +12,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Samples on their way from a producer (a sensor, the relay poller) to the buffer.
+#[derive(Debug)]
+pub struct Batch {
+    pub samples: Vec<Sample>,
+    /// Told `()` once the samples are durable in the buffer; dropped unsent when they never will
+    /// be (dropped under a full disk, or the hub failed first). A producer that keeps its own
+    /// position on disk (the event log sensor's bookmark) moves it only after this.
+    pub durable: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl From<Vec<Sample>> for Batch {
+    fn from(samples: Vec<Sample>) -> Self {
+        Batch { samples, durable: None }
+    }
+}
+
 /// Most samples in one group commit.
 const GROUP_MAX: usize = 10_000;
 /// How long the buffer may refuse every write before the hub stops to be restarted.
@@ -30,12 +46,14 @@ const HOLD_MAX: usize = 100_000;
 /// samples held then were never durable and are lost with the process, and logged as such.
 pub async fn run(
     buffer: Arc<dyn Storage>,
-    mut rx: mpsc::Receiver<Vec<Sample>>,
+    mut rx: mpsc::Receiver<Batch>,
     feed: Arc<Feed>,
     fatal: tokio_util::sync::CancellationToken,
     failed: Arc<std::sync::OnceLock<String>>,
 ) {
     let mut held: Vec<Sample> = Vec::new();
+    // Whom to tell once `held` is durable.
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
     let mut lost = 0u64;
     let mut backoff =
         Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 0.5).expect("constant settings");
@@ -44,13 +62,13 @@ pub async fn run(
     loop {
         if held.is_empty() {
             match rx.recv().await {
-                Some(s) => held = s,
+                Some(b) => take(b, &mut held, &mut waiting),
                 None => return,
             }
         }
         while held.len() < GROUP_MAX {
             match rx.try_recv() {
-                Ok(more) => held.extend(more),
+                Ok(more) => take(more, &mut held, &mut waiting),
                 Err(_) => break,
             }
         }
@@ -76,6 +94,9 @@ pub async fn run(
                 }
                 feed.appended.notify_one();
                 held.clear();
+                for w in waiting.drain(..) {
+                    let _ = w.send(());
+                }
                 backoff.reset();
                 failing_since = None;
             }
@@ -94,6 +115,9 @@ pub async fn run(
                     let excess = held.len() - HOLD_MAX;
                     held.drain(..excess);
                     lost += excess as u64;
+                    // Which batches lost samples is not tracked: none of the waiting producers
+                    // hears "durable", so none moves a position past what may be lost.
+                    waiting.clear();
                 }
                 tracing::error!(error = %e, held = held.len(), lost, "cannot write readings to the buffer; holding them in memory and retrying");
                 let delay = backoff.next_delay();
@@ -105,7 +129,7 @@ pub async fn run(
                     tokio::select! {
                         _ = &mut sleep => break,
                         more = rx.recv() => match more {
-                            Some(m) => held.extend(m),
+                            Some(m) => take(m, &mut held, &mut waiting),
                             None => closed = true,
                         },
                     }
@@ -118,6 +142,11 @@ pub async fn run(
             }
         }
     }
+}
+
+fn take(batch: Batch, held: &mut Vec<Sample>, waiting: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
+    held.extend(batch.samples);
+    waiting.extend(batch.durable);
 }
 
 /// A sample as the buffer stores it. JSON has no infinity or NaN (serde_json writes `null`, which

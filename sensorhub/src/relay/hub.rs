@@ -3,7 +3,6 @@
 use super::config::RelayConfig;
 use super::handle::RelayHandle;
 use super::poller::spawn_poller;
-use outpost_shared::model::Sample;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -26,7 +25,7 @@ impl Relays {
     /// when the poller has stopped; the driver stays open until [`RelayHandle::shutdown`].
     pub fn start(
         config: RelayConfig,
-        out: mpsc::Sender<Vec<Sample>>,
+        out: mpsc::Sender<crate::writer::Batch>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> (Relays, JoinHandle<()>) {
         let handle = RelayHandle::spawn(config.driver_settings());

@@ -43,7 +43,7 @@ pub fn error_sample(card: u8, error: &RelayError) -> Sample {
 pub fn spawn_poller(
     handle: RelayHandle,
     cfg: RelayConfig,
-    out: mpsc::Sender<Vec<Sample>>,
+    out: mpsc::Sender<crate::writer::Batch>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(poll_loop(handle, cfg, out, shutdown))
@@ -52,7 +52,7 @@ pub fn spawn_poller(
 async fn poll_loop(
     handle: RelayHandle,
     cfg: RelayConfig,
-    out: mpsc::Sender<Vec<Sample>>,
+    out: mpsc::Sender<crate::writer::Batch>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -87,13 +87,13 @@ async fn poll_loop(
         tokio::select! {
             biased;
             permit = out.reserve() => match permit {
-                Ok(p) => p.send(batch),
+                Ok(p) => p.send(batch.into()),
                 Err(_) => break,
             },
             _ = &mut shutdown => {
                 // Readings already taken go to the writer, which drains until every sender is
                 // gone; only a full queue loses them (and then stopping cannot wait anyway).
-                let _ = out.try_send(batch);
+                let _ = out.try_send(batch.into());
                 break;
             }
         }

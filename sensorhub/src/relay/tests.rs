@@ -387,14 +387,14 @@ async fn the_poller_sends_all_states_then_each_change_at_once() {
         let _ = stopped.await;
     });
 
-    let first = within(rx.recv()).await.unwrap();
+    let first = within(rx.recv()).await.unwrap().samples;
     assert_eq!(first.len(), 18);
     assert_eq!(find(&first, "relay.1").value, Value::Number(0.0));
     assert_eq!(find(&first, "relay.1.k3").message.as_deref(), Some("pump: off"));
 
     // Well before the next poll, a switch is reported at once, for the card that changed.
     assert_eq!(within(h.switch(1, 3, true)).await.unwrap(), 4);
-    let change = within(rx.recv()).await.unwrap();
+    let change = within(rx.recv()).await.unwrap().samples;
     assert_eq!(change.len(), 9);
     assert_eq!(find(&change, "relay.1").value, Value::Number(4.0));
     assert_eq!(find(&change, "relay.1.k3").value, Value::Bool(true));
@@ -421,7 +421,7 @@ async fn the_poller_reports_a_lost_port_as_errors_and_recovers() {
     sim.unplug();
     within(async {
         loop {
-            let batch = rx.recv().await.unwrap();
+            let batch = rx.recv().await.unwrap().samples;
             let card = find(&batch, "relay.1");
             if card.state == State::Error {
                 assert_eq!(card.value, Value::Text("unavailable".into()));
@@ -435,7 +435,7 @@ async fn the_poller_reports_a_lost_port_as_errors_and_recovers() {
     sim.replug().unwrap();
     within(async {
         loop {
-            let batch = rx.recv().await.unwrap();
+            let batch = rx.recv().await.unwrap().samples;
             let card = find(&batch, "relay.1");
             if card.state == State::Ok {
                 assert_eq!(card.value, Value::Number(9.0));

@@ -26,10 +26,14 @@ pub enum SensorKind {
     Http,
     Command,
     File,
+    /// Windows event log: new errors and warnings since the last read.
+    Eventlog,
+    /// A Windows performance counter by path, through PDH.
+    Perfcounter,
 }
 
 impl SensorKind {
-    pub const ALL: [SensorKind; 12] = [
+    pub const ALL: [SensorKind; 14] = [
         SensorKind::Cpu,
         SensorKind::Memory,
         SensorKind::Disk,
@@ -42,6 +46,8 @@ impl SensorKind {
         SensorKind::Http,
         SensorKind::Command,
         SensorKind::File,
+        SensorKind::Eventlog,
+        SensorKind::Perfcounter,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +64,8 @@ impl SensorKind {
             SensorKind::Http => "http",
             SensorKind::Command => "command",
             SensorKind::File => "file",
+            SensorKind::Eventlog => "eventlog",
+            SensorKind::Perfcounter => "perfcounter",
         }
     }
 
@@ -68,6 +76,8 @@ impl SensorKind {
             SensorKind::Cpu | SensorKind::Memory | SensorKind::Diskio => 10,
             SensorKind::Network | SensorKind::Load => 10,
             SensorKind::Process | SensorKind::Service | SensorKind::Tcp => 30,
+            SensorKind::Eventlog => 60,
+            SensorKind::Perfcounter => 10,
             SensorKind::Disk | SensorKind::Http | SensorKind::Command | SensorKind::File => 60,
         })
     }
@@ -78,13 +88,21 @@ impl SensorKind {
             SensorKind::Memory => "mem",
             SensorKind::Process => "proc",
             SensorKind::Command => "cmd",
+            SensorKind::Perfcounter => "perf",
             other => other.as_str(),
         }
     }
 
     /// Kinds whose readings are named after the sensor (`tcp.<name>`), so `name` is required.
     fn needs_name(self) -> bool {
-        matches!(self, SensorKind::Tcp | SensorKind::Http | SensorKind::Command | SensorKind::File)
+        matches!(
+            self,
+            SensorKind::Tcp
+                | SensorKind::Http
+                | SensorKind::Command
+                | SensorKind::File
+                | SensorKind::Perfcounter
+        )
     }
 
     /// Keys besides the common ones (`kind`, `name`, `interval`) a table of this kind may set.
@@ -116,6 +134,8 @@ impl SensorKind {
             ],
             SensorKind::Command => &["command", "timeout"],
             SensorKind::File => &["warn", "error", "below", "metric", "path"],
+            SensorKind::Eventlog => &["logs", "sources", "levels", "max_messages"],
+            SensorKind::Perfcounter => &["warn", "error", "below", "counter"],
         }
     }
 
@@ -171,6 +191,36 @@ impl Metric {
         }
     }
 }
+
+/// Event types of the Windows event log an `eventlog` sensor can report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventLevel {
+    Error,
+    Warning,
+    Information,
+    AuditFailure,
+    AuditSuccess,
+}
+
+impl EventLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventLevel::Error => "error",
+            EventLevel::Warning => "warning",
+            EventLevel::Information => "information",
+            EventLevel::AuditFailure => "audit_failure",
+            EventLevel::AuditSuccess => "audit_success",
+        }
+    }
+}
+
+/// Event logs an `eventlog` sensor reads when `logs` is not set.
+pub const DEFAULT_EVENT_LOGS: [&str; 2] = ["System", "Application"];
+/// Newest event texts an `eventlog` reading carries when `max_messages` is not set, and the most
+/// it may ask for (the message of a reading stays small).
+pub const DEFAULT_MAX_MESSAGES: u32 = 3;
+pub const MAX_MAX_MESSAGES: u32 = 10;
 
 /// The command of a `command` sensor: a string runs through the system shell (`sh -c`,
 /// `cmd /C`), a list runs the program directly with those arguments, no shell involved.
@@ -288,6 +338,23 @@ pub struct SensorConfig {
     /// file: the file whose age and size to watch; absolute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+
+    /// eventlog: the classic event logs to read (`System`, `Application`, …). Default both of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Vec<String>>,
+    /// eventlog: only events of these sources (as Event Viewer's "Source" column names them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+    /// eventlog: the event types to report. Default `["error", "warning"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<Vec<EventLevel>>,
+    /// eventlog: how many of the newest event texts a reading carries. Default 3, at most 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<u32>,
+
+    /// perfcounter: the counter path, e.g. `\Processor(_Total)\% Processor Time` (English names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<String>,
 }
 
 /// Default timeout of checks that wait on something outside this process.
@@ -326,6 +393,11 @@ impl SensorConfig {
             cert_error_days: None,
             command: None,
             path: None,
+            logs: None,
+            sources: None,
+            levels: None,
+            max_messages: None,
+            counter: None,
         }
     }
 
@@ -427,6 +499,11 @@ impl SensorConfig {
         add(self.cert_error_days.is_some(), "cert_error_days");
         add(self.command.is_some(), "command");
         add(self.path.is_some(), "path");
+        add(self.logs.is_some(), "logs");
+        add(self.sources.is_some(), "sources");
+        add(self.levels.is_some(), "levels");
+        add(self.max_messages.is_some(), "max_messages");
+        add(self.counter.is_some(), "counter");
         keys
     }
 }
@@ -544,6 +621,11 @@ pub fn validate_sensors(sensors: &[SensorConfig], problems: &mut Vec<Problem>) {
             SensorKind::Http => require(s.url.is_some(), "url", "the URL to check"),
             SensorKind::Command => require(s.command.is_some(), "command", "the plugin command line"),
             SensorKind::File => require(s.path.is_some(), "path", "the file to watch"),
+            SensorKind::Perfcounter => require(
+                s.counter.is_some(),
+                "counter",
+                r"the counter path, e.g. \Processor(_Total)\% Processor Time",
+            ),
             _ => {}
         }
         let mut problem = |key: &str, message: String| problems.push(Problem::new(at(key), message));
@@ -625,6 +707,13 @@ pub fn validate_sensors(sensors: &[SensorConfig], problems: &mut Vec<Problem>) {
             }
         }
 
+        validate_eventlog(s, &mut problem);
+        if let Some(counter) = &s.counter {
+            if let Err(why) = check_counter_path(counter) {
+                problem("counter", why);
+            }
+        }
+
         let id = s.id();
         if let Some(first) = seen.get(&id) {
             problem(
@@ -635,6 +724,89 @@ pub fn validate_sensors(sensors: &[SensorConfig], problems: &mut Vec<Problem>) {
             seen.insert(id, i);
         }
     }
+}
+
+/// The `eventlog` keys: log and source names end up in Win32 calls and reading keys.
+fn validate_eventlog(s: &SensorConfig, problem: &mut impl FnMut(&str, String)) {
+    if let Some(logs) = &s.logs {
+        if logs.is_empty() {
+            problem(
+                "logs",
+                "must list at least one log, e.g. [\"System\"] (leave it out for System and Application)"
+                    .into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for log in logs {
+            // A log name becomes part of a reading key (dots separate its parts) and is looked up
+            // in the registry (backslashes separate keys there).
+            if log.trim().is_empty()
+                || log.trim() != log
+                || log.len() > 256
+                || log.chars().any(|c| c.is_control() || matches!(c, '\\' | '/' | '.'))
+            {
+                problem(
+                    "logs",
+                    format!("`{log}` is not a classic event log name (such as System, Application, Security): no dots, slashes or surrounding spaces"),
+                );
+            } else if !seen.insert(log.to_ascii_lowercase()) {
+                problem("logs", format!("`{log}` is listed twice"));
+            }
+        }
+    }
+    if let Some(sources) = &s.sources {
+        if sources.is_empty() || sources.iter().any(|x| x.trim().is_empty() || x.len() > 256) {
+            problem(
+                "sources",
+                "list event source names (at most 256 characters each), or leave it out to take every source"
+                    .into(),
+            );
+        }
+    }
+    if let Some(levels) = &s.levels {
+        if levels.is_empty() {
+            problem(
+                "levels",
+                "must list at least one of: error, warning, information, audit_failure, audit_success".into(),
+            );
+        }
+    }
+    if let Some(m) = s.max_messages {
+        if !(1..=MAX_MAX_MESSAGES).contains(&m) {
+            problem("max_messages", format!("{m} is out of range; use 1 to {MAX_MAX_MESSAGES}"));
+        }
+    }
+}
+
+/// A PDH counter path as `PdhAddEnglishCounterW` takes it: `\Object\Counter` or
+/// `\Object(Instance)\Counter`, one counter (no wildcard: a sensor reports one value).
+pub fn check_counter_path(path: &str) -> Result<(), String> {
+    let example = r"e.g. \Processor(_Total)\% Processor Time";
+    if path.len() > 1024 || path.chars().any(char::is_control) {
+        return Err("is not a counter path: too long or has control characters".into());
+    }
+    let Some(rest) = path.strip_prefix('\\') else {
+        return Err(format!("`{path}` is not a counter path: it starts with a backslash, {example}"));
+    };
+    if rest.starts_with('\\') {
+        return Err(format!(
+            "`{path}`: counters of other machines (\\\\host\\…) are not read; give the local path, {example}"
+        ));
+    }
+    match rest.rsplit_once('\\') {
+        Some((object, counter)) if !object.trim().is_empty() && !counter.trim().is_empty() => {}
+        _ => {
+            return Err(format!(
+                "`{path}` is not a counter path: it needs an object and a counter, {example}"
+            ))
+        }
+    }
+    if path.contains('*') || path.contains('?') {
+        return Err(format!(
+            "`{path}` has a wildcard; a sensor reads one counter: name the instance, {example}"
+        ));
+    }
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {

@@ -5,15 +5,18 @@
 //! and sends every batch of [`Sample`]s to the writer's channel. Machine-wide sensors (cpu,
 //! memory, disk, load, process) share one sysinfo handle and refresh only what they read; rate
 //! sensors (diskio, network) read `/proc` directly on Linux; checks of things elsewhere (tcp,
-//! http, command, service) are async with a timeout. Sampling never fails: a sensor that cannot
-//! read its value reports `unknown` or `error` with a message saying why.
+//! http, command, service) are async with a timeout; the Windows event log and performance
+//! counters are read through Win32 calls on the blocking pool. Sampling never fails: a sensor that
+//! cannot read its value reports `unknown` or `error` with a message saying why.
 
 mod command;
 mod config;
 mod counters;
 mod error;
+mod eventlog;
 mod file;
 mod http;
+mod perfcounter;
 pub mod perfdata;
 mod probe;
 mod process;
@@ -26,15 +29,17 @@ mod threshold;
 mod tests;
 
 pub use config::{
-    default_sensors, validate_sensors, CommandLine, Metric, Secret, SensorConfig, SensorKind, DEFAULT_TIMEOUT,
+    check_counter_path, default_sensors, validate_sensors, CommandLine, EventLevel, Metric, Secret,
+    SensorConfig, SensorKind, DEFAULT_TIMEOUT,
 };
 pub use error::SensorError;
 pub use threshold::{Thresholds, Unit};
 
+use crate::writer::Batch;
 use outpost_shared::model::Sample;
 use probe::{Probe, SharedProbe};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -52,6 +57,16 @@ pub(crate) trait BlockingSensor: Send + 'static {
     }
 
     fn sample(&mut self, out: &mut Vec<Sample>);
+
+    /// True for a sensor that must hear whether the samples of its last `sample` reached the
+    /// buffer (see [`BlockingSensor::durable`]).
+    fn wants_durable(&self) -> bool {
+        false
+    }
+
+    /// The samples of the last `sample` are durable in the buffer (`true`), or will never be
+    /// (`false`: dropped, or the hub failed). Called before the next `sample`.
+    fn durable(&mut self, _stored: bool) {}
 }
 
 enum Work {
@@ -80,6 +95,24 @@ impl Sensor {
                     .flatten()
             }
             _ => None,
+        }
+    }
+
+    fn wants_durable(&self) -> bool {
+        match &self.work {
+            Work::Blocking(b) => b.lock().unwrap_or_else(PoisonError::into_inner).wants_durable(),
+            _ => false,
+        }
+    }
+
+    async fn durable(&mut self, stored: bool) {
+        if let Work::Blocking(b) = &self.work {
+            let b = b.clone();
+            // It may write a file: the blocking pool, not a runtime worker.
+            let _ = tokio::task::spawn_blocking(move || {
+                b.lock().unwrap_or_else(PoisonError::into_inner).durable(stored)
+            })
+            .await;
         }
     }
 
@@ -119,6 +152,12 @@ impl SensorSet {
     /// Validates `configs` and builds every sensor: HTTP clients and their trust roots are made
     /// here, once, so a bad CA file stops the hub at start instead of failing every check.
     pub fn build(configs: &[SensorConfig]) -> Result<SensorSet, SensorError> {
+        SensorSet::build_in(configs, None)
+    }
+
+    /// As [`SensorSet::build`], with `state_dir` (the hub's data directory) for what sensors keep
+    /// across restarts: the event log sensor's bookmark. Without it that stays in memory.
+    pub fn build_in(configs: &[SensorConfig], state_dir: Option<&Path>) -> Result<SensorSet, SensorError> {
         let mut problems = Vec::new();
         validate_sensors(configs, &mut problems);
         if !problems.is_empty() {
@@ -147,6 +186,10 @@ impl SensorSet {
                     blocking(Arc::new(Mutex::new(process::Process::new(cfg, probe.clone()))))
                 }
                 SensorKind::File => blocking(Arc::new(Mutex::new(file::File::new(cfg)))),
+                SensorKind::Eventlog => {
+                    blocking(Arc::new(Mutex::new(eventlog::EventLog::new(cfg, state_dir))))
+                }
+                SensorKind::Perfcounter => blocking(Arc::new(Mutex::new(perfcounter::PerfCounter::new(cfg)))),
                 SensorKind::Service => Work::Service(service::Service::new(cfg)),
                 SensorKind::Tcp => Work::Tcp(tcp::Tcp::new(cfg)),
                 SensorKind::Command => Work::Command(command::Command::new(cfg)),
@@ -215,7 +258,7 @@ impl SensorSet {
     /// other fall due together, so the uplink sends their readings in one upload (one signature,
     /// one request) instead of one upload per sensor at scattered phases. The grid starts at the
     /// hub's own start, not at a round wall-clock time, so a fleet does not upload in lockstep.
-    pub fn spawn(self, out: mpsc::Sender<Vec<Sample>>, shutdown: CancellationToken) -> SensorHandle {
+    pub fn spawn(self, out: mpsc::Sender<Batch>, shutdown: CancellationToken) -> SensorHandle {
         let tracker = TaskTracker::new();
         let mut triggers = Vec::with_capacity(self.sensors.len());
         let grid = Instant::now();
@@ -233,7 +276,7 @@ async fn run(
     mut sensor: Sensor,
     grid: Instant,
     trigger: Arc<Notify>,
-    out: mpsc::Sender<Vec<Sample>>,
+    out: mpsc::Sender<Batch>,
     shutdown: CancellationToken,
 ) {
     tokio::select! {
@@ -272,15 +315,29 @@ async fn run(
         if samples.is_empty() {
             continue;
         }
+        let (durable, stored) = if sensor.wants_durable() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         tokio::select! {
             biased;
+            // Not sent: the sensor hears nothing, so whatever position it keeps stays where the
+            // buffer has it.
             _ = shutdown.cancelled() => return,
-            sent = out.send(samples) => {
+            sent = out.send(Batch { samples, durable }) => {
                 if sent.is_err() {
                     tracing::debug!(sensor = %sensor.id, "sample channel closed; sensor stops");
                     return;
                 }
             }
+        }
+        if let Some(stored) = stored {
+            // Sent: wait for the writer's word even while stopping (it appends everything queued
+            // before it ends), so a clean stop leaves the sensor's position where the buffer is.
+            let stored = stored.await.is_ok();
+            sensor.durable(stored).await;
         }
     }
 }

@@ -649,15 +649,15 @@ async fn spawned_sensors_sample_at_once_on_trigger_and_stop() {
     assert_eq!(handle.names(), ["file.f"]);
     assert!(!handle.trigger("nosuch"));
 
-    let first = within(rx.recv()).await.expect("first batch at once");
+    let first = within(rx.recv()).await.expect("first batch at once").samples;
     assert_eq!(first[0].sensor, "file.f.age");
     assert!(handle.trigger("file.f"));
     // Let the triggered batch fill the channel, so the next one has to wait.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(handle.trigger("file.f"));
-    let second = within(rx.recv()).await.expect("triggered batch");
+    let second = within(rx.recv()).await.expect("triggered batch").samples;
     assert_eq!(second.len(), 2);
-    let third = within(rx.recv()).await.expect("a trigger while waiting is kept, not dropped");
+    let third = within(rx.recv()).await.expect("a trigger while waiting is kept, not dropped").samples;
     assert_eq!(third.len(), 2);
 
     shutdown.cancel();
@@ -695,7 +695,7 @@ async fn sensors_fall_due_together_on_one_grid() {
     let mut firsts = std::collections::HashSet::new();
     let mut on_grid = 0;
     while start.elapsed() < Duration::from_secs(95) {
-        let batch = within(rx.recv()).await.expect("sensors keep sampling");
+        let batch = within(rx.recv()).await.expect("sensors keep sampling").samples;
         let sensor = batch[0].sensor.split('.').take(2).collect::<Vec<_>>().join(".");
         let at = start.elapsed();
         if firsts.insert(sensor.clone()) {
@@ -719,4 +719,119 @@ fn the_next_grid_point_lies_after_now() {
     assert_eq!(next_on_grid(start, ten, start + Duration::from_millis(1300)), start + ten);
     assert_eq!(next_on_grid(start, ten, start + ten), start + 2 * ten);
     assert_eq!(next_on_grid(start, ten, start + Duration::from_secs(95)), start + 10 * ten);
+}
+
+// ---------------------------------------------------------------- Windows kinds
+
+#[test]
+fn eventlog_and_perfcounter_configs_parse_and_bad_keys_are_named() {
+    let text = r#"
+[[sensor]]
+kind = "eventlog"
+logs = ["System", "Application"]
+sources = ["Service Control Manager"]
+levels = ["error", "warning", "audit_failure"]
+max_messages = 5
+
+[[sensor]]
+kind = "perfcounter"
+name = "cpu"
+counter = '\Processor(_Total)\% Processor Time'
+warn = 90
+"#;
+    let hub = parse(text).expect("valid");
+    assert_eq!(hub.sensor[0].id(), "eventlog");
+    assert_eq!(hub.sensor[1].id(), "perf.cpu");
+    assert_eq!(hub.sensor[1].counter.as_deref(), Some(r"\Processor(_Total)\% Processor Time"));
+
+    let bad = r#"
+[[sensor]]
+kind = "eventlog"
+logs = ["Sys.tem", "System", "system"]
+sources = []
+levels = []
+max_messages = 0
+
+[[sensor]]
+kind = "perfcounter"
+name = "a"
+counter = 'Processor\% Processor Time'
+
+[[sensor]]
+kind = "perfcounter"
+name = "b"
+counter = '\Processor(*)\% Processor Time'
+
+[[sensor]]
+kind = "perfcounter"
+name = "c"
+counter = '\\otherhost\Processor(_Total)\% Processor Time'
+
+[[sensor]]
+kind = "perfcounter"
+name = "d"
+
+[[sensor]]
+kind = "cpu"
+logs = ["System"]
+"#;
+    let msg = parse(bad).unwrap_err().to_string();
+    for want in [
+        "sensor[0].logs`: `Sys.tem` is not a classic event log name",
+        "`system` is listed twice",
+        "sensor[0].sources",
+        "sensor[0].levels",
+        "sensor[0].max_messages`: 0 is out of range; use 1 to 10",
+        "sensor[1].counter`: `Processor\\% Processor Time` is not a counter path: it starts with a backslash",
+        "sensor[2].counter`: `\\Processor(*)\\% Processor Time` has a wildcard",
+        "sensor[3].counter`: `\\\\otherhost",
+        "sensor[4].counter`: a `perfcounter` sensor needs `counter`",
+        "sensor[5].logs`: `logs` does not apply to kind `cpu`; it is a key of: eventlog",
+    ] {
+        assert!(msg.contains(want), "missing {want:?} in:\n{msg}");
+    }
+    let levels = parse("[[sensor]]\nkind = \"eventlog\"\nlevels = [\"critical\"]\n").unwrap_err().to_string();
+    assert!(levels.contains("unknown variant `critical`") && levels.contains("audit_failure"), "{levels}");
+}
+
+#[cfg(not(windows))]
+#[tokio::test]
+async fn windows_sensors_elsewhere_read_unknown_and_say_why() {
+    let eventlog =
+        SensorConfig { logs: Some(vec!["System".into()]), ..SensorConfig::new(SensorKind::Eventlog) };
+    let perf = SensorConfig {
+        counter: Some(r"\Memory\Available Bytes".into()),
+        ..cfg(SensorKind::Perfcounter, "mem")
+    };
+    let s = sample(&[eventlog, perf]).await;
+    let e = find(&s, "eventlog.System");
+    assert_eq!(e.state, State::Unknown);
+    assert!(e.message.as_deref().unwrap().contains("Windows only"), "{e:?}");
+    let p = find(&s, "perf.mem");
+    assert_eq!(p.state, State::Unknown);
+    assert!(p.message.as_deref().unwrap().contains("Windows only"), "{p:?}");
+}
+
+/// The event log sensor moves its bookmark only when the writer says the readings are durable:
+/// the channel, the real writer and a buffer.
+#[tokio::test]
+async fn the_writer_tells_a_sensor_when_its_samples_are_durable() {
+    use outpost_shared::buffer::{MemoryBuffer, Storage, WhenFull};
+    let buffer: Arc<dyn Storage> = Arc::new(MemoryBuffer::new(1 << 20, WhenFull::DropOldest));
+    let (tx, rx) = mpsc::channel(4);
+    let feed = Arc::new(crate::uplink::Feed::default());
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(crate::writer::run(
+        buffer.clone(),
+        rx,
+        feed,
+        stop.clone(),
+        Arc::new(std::sync::OnceLock::new()),
+    ));
+    let (durable, stored) = tokio::sync::oneshot::channel();
+    tx.send(Batch { samples: vec![Sample::new("x", 1.0, State::Ok)], durable: Some(durable) }).await.unwrap();
+    within(stored).await.expect("told once stored");
+    assert_eq!(buffer.stats().len, 1, "told only after the append");
+    drop(tx);
+    within(writer).await.unwrap();
 }
