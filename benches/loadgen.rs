@@ -142,10 +142,18 @@ fn enroll_all(cloud: &CloudProc, keys: &[Arc<KeyPair>]) {
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
-                let client = cloud.client();
+                let ca = reqwest::Certificate::from_pem(&std::fs::read(cloud.ca()).unwrap()).unwrap();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(key) = keys.get(i) else { return };
+                    // From the hub's own address: enrollments are limited per source.
+                    let client = reqwest::blocking::Client::builder()
+                        .add_root_certificate(ca.clone())
+                        .tls_built_in_root_certs(false)
+                        .local_address(source_of(i))
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
                     let body = serde_json::json!({"token": cloud.enroll_token(), "public_key": key.public().to_pem(),
                         "role": "sensorhub", "hostname": format!("sim-{i}")});
                     let r = client.post(format!("{}/v1/enroll", cloud.url())).json(&body).send().unwrap();
@@ -269,6 +277,10 @@ impl Hub {
     /// The hub's command long-poll, held open until `stop`.
     async fn poll(&self, stats: &Stats, stop: &AtomicBool) {
         let path = "/v1/commands/poll?wait=25";
+        // Hubs start at different times: the fleet's first polls spread over one poll period,
+        // rather than all signed in the same instant.
+        tokio::time::sleep(Duration::from_secs(25).mul_f64((self.index as f64 * 0.381_966_011_3).fract()))
+            .await;
         while !stop.load(Ordering::Relaxed) {
             let sig = sign_request(&self.key, "GET", path, b"", chrono::Utc::now()).unwrap();
             let mut req = self.client.get(format!("{}{path}", self.base));
@@ -372,10 +384,11 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Room for the whole fleet on the listener: two connections a hub, several hubs per source
-    // are not the case here (one source each).
+    // Room for the whole fleet on the listener: each hub holds a long-poll open and sends its
+    // uploads, so connections and requests in flight grow with the fleet.
+    let room = (args.hubs * 3).max(16_384);
     let cloud_extra =
-        format!("[server]\nmax_connections = {}\n{}", (args.hubs * 3).max(8192), args.cloud_config);
+        format!("[server]\nmax_connections = {room}\nmax_requests = {room}\n{}", args.cloud_config);
     let cloud = CloudProc::start_on(&dir.path().join("cloud"), free_port(), &cloud_extra);
     let connector = args.via_connector.then(|| ConnectorProc::start(&dir.path().join("conn"), &cloud, ""));
     enroll_all(&cloud, &keys);
