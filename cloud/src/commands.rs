@@ -186,26 +186,8 @@ impl Commands {
         machine: &str,
         wait: Duration,
     ) -> Result<Vec<Signed<CommandEnvelope>>, CloudError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notify = self.waiter(machine);
-            // Register before looking, so a command created in between still wakes us.
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (out, next_due) = self.take_due(machine, Utc::now())?;
-            if !out.is_empty() {
-                self.flusher.flush().await?;
-                return Ok(out);
-            }
-            let until = match next_due {
-                Some(d) => deadline.min(tokio::time::Instant::now() + d),
-                None => deadline,
-            };
-            if tokio::time::timeout_at(until, notified).await.is_err() && until >= deadline {
-                return Ok(Vec::new());
-            }
-        }
+        let mut due = self.poll_many(std::slice::from_ref(&machine.to_string()), wait).await?;
+        Ok(due.remove(machine).unwrap_or_default())
     }
 
     /// [`Commands::poll`] for many machines at once: what a connector asks for all the hubs that
