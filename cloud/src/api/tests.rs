@@ -188,21 +188,7 @@ async fn the_machine_list_says_network_connector_name_and_revocation() {
     let s = setup(Default::default());
     let now = chrono::Utc::now();
     // A connector of the same network, enrolled by name.
-    let connector = outpost_shared::keys::KeyPair::generate().unwrap();
-    let (token, _) = s
-        .state
-        .trust
-        .new_token("net", outpost_shared::model::Role::Connector, Duration::from_secs(60), "", "test", now)
-        .unwrap();
-    let req = crate::trust::EnrollRequest {
-        token: Some(token.encode()),
-        sealed_token: None,
-        public_key: connector.public().to_pem(),
-        role: outpost_shared::model::Role::Connector,
-        hostname: "gateway-7".into(),
-        lan_cert: Some("0".repeat(64)),
-    };
-    s.state.trust.enroll(&req, now).unwrap();
+    let connector = enroll_in(&s, "net", outpost_shared::model::Role::Connector, "gateway-7");
     let hub = s.hub.machine_id().to_string();
     let batch = outpost_shared::model::Batch {
         machine_id: hub.clone(),
@@ -349,4 +335,90 @@ async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledg
     assert_eq!(status, StatusCode::OK, "back up, the same batch is taken: {body}");
     assert_eq!(body["stored"].as_u64(), Some(5), "nothing of it was kept while down: {body}");
     tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+}
+
+/// Enrolls a new machine of `role` in `network` and returns its key.
+fn enroll_in(
+    s: &Setup,
+    network: &str,
+    role: outpost_shared::model::Role,
+    hostname: &str,
+) -> outpost_shared::keys::KeyPair {
+    let key = outpost_shared::keys::KeyPair::generate().unwrap();
+    let now = chrono::Utc::now();
+    let (token, _) =
+        s.state.trust.new_token(network, role, Duration::from_secs(60), "", "test", now).unwrap();
+    let lan_cert = (role == outpost_shared::model::Role::Connector).then(|| "0".repeat(64));
+    let req = crate::trust::EnrollRequest {
+        token: Some(token.encode()),
+        sealed_token: None,
+        public_key: key.public().to_pem(),
+        role,
+        hostname: hostname.into(),
+        lan_cert,
+    };
+    s.state.trust.enroll(&req, now).unwrap();
+    key
+}
+
+/// `POST /v1/commands/poll-many`, signed by `signer`, over `machines`.
+async fn poll_many(
+    s: &Setup,
+    signer: &outpost_shared::keys::KeyPair,
+    machines: &[String],
+) -> (StatusCode, serde_json::Value) {
+    let body = serde_json::to_vec(&serde_json::json!({"machines": machines, "wait": 0})).unwrap();
+    let sig = outpost_shared::keys::sign_request(
+        signer,
+        "POST",
+        "/v1/commands/poll-many",
+        &body,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let mut r = Request::post("/v1/commands/poll-many").header(header::CONTENT_TYPE, "application/json");
+    for (k, v) in sig.to_pairs() {
+        r = r.header(k, v);
+    }
+    let mut r = r.body(Body::from(body)).unwrap();
+    r.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
+    let (status, _, v) = ack(&s.app, r).await;
+    (status, v)
+}
+
+/// A connector polls only for hubs of its own network; a hub cannot poll for others; a list
+/// beyond the cap is refused before anything waits.
+#[tokio::test]
+async fn poll_many_serves_a_connector_only_its_own_networks_hubs() {
+    use outpost_shared::model::Role;
+    let s = setup(Default::default());
+    let connector = enroll_in(&s, "net", Role::Connector, "gw");
+    let foreign = enroll_in(&s, "other", Role::Sensorhub, "far");
+    let ours = s.hub.machine_id().to_string();
+    let theirs = foreign.machine_id().to_string();
+    for id in [&ours, &theirs] {
+        s.state
+            .commands
+            .create(s.state.trust.key(), id, "ping", serde_json::Value::Null, Duration::from_secs(60), "t")
+            .await
+            .unwrap();
+    }
+    let (status, v) = poll_many(&s, &connector, &[ours.clone(), theirs.clone(), "0".repeat(32)]).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["commands"].as_object().unwrap().keys().collect::<Vec<_>>(), vec![&ours], "{v}");
+    let mut refused: Vec<&str> =
+        v["refused"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    refused.sort();
+    let mut want = vec![theirs.as_str(), "00000000000000000000000000000000"];
+    want.sort();
+    assert_eq!(refused, want, "another network's hub and an unknown id are refused");
+
+    // A hub is no connector: it may not poll for anybody.
+    let (status, _) = poll_many(&s, &s.hub, std::slice::from_ref(&ours)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Nor may a key the cloud does not know, or an oversized list.
+    let stranger = outpost_shared::keys::KeyPair::generate().unwrap();
+    assert_eq!(poll_many(&s, &stranger, std::slice::from_ref(&ours)).await.0, StatusCode::UNAUTHORIZED);
+    let many: Vec<String> = (0..10_001).map(|i| format!("{i:032x}")).collect();
+    assert_eq!(poll_many(&s, &connector, &many).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 }
