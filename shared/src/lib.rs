@@ -6,7 +6,9 @@
 //! server configurations, including the self-signed authority a fresh cloud makes for itself;
 //! [`mail`] sends alerts and reports over SMTPS/STARTTLS through a durable outbox;
 //! [`group_flush`] makes sled writes durable with one flush at a time for many writers;
-//! [`http_server`] is the server setup (timeouts, connection cap, limits) of every listener.
+//! [`http_server`] is the server setup (timeouts, connection cap, limits) of every listener;
+//! [`sensor_config`] is what a `[[sensor]]` table may say, validated by the same rules on the hub
+//! and on the cloud that manages it ([`managed`] is the signed document that carries it).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -16,7 +18,9 @@ pub mod group_flush;
 pub mod http_server;
 pub mod keys;
 pub mod mail;
+pub mod managed;
 pub mod model;
+pub mod sensor_config;
 pub mod ssdp;
 pub mod tls;
 pub mod wire;
