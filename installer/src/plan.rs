@@ -106,7 +106,7 @@ impl Step {
     }
 
     pub fn create_dir(path: PathBuf, mode: u32, owner: Owner) -> Step {
-        let what = format!("directory {} ({mode:04o} {})", path.display(), owner.label());
+        let what = format!("directory {}{}", path.display(), access(mode, owner));
         Step {
             todo: format!("create {what}"),
             done: format!("created {what}"),
@@ -125,7 +125,7 @@ impl Step {
 
     /// `verb` is the present tense ("write", "replace"); the past tense adds "d"/"ed".
     pub fn write_file(path: PathBuf, contents: Vec<u8>, mode: u32, owner: Owner, replacing: bool) -> Step {
-        let what = format!("{} ({mode:04o} {})", path.display(), owner.label());
+        let what = format!("{}{}", path.display(), access(mode, owner));
         let (todo, done) = if replacing { ("replace", "replaced") } else { ("write", "wrote") };
         Step {
             todo: format!("{todo} {what}"),
@@ -135,7 +135,7 @@ impl Step {
     }
 
     pub fn copy_file(from: PathBuf, to: PathBuf, mode: u32, owner: Owner, replacing: bool) -> Step {
-        let what = format!("{} to {} ({mode:04o} {})", from.display(), to.display(), owner.label());
+        let what = format!("{} to {}{}", from.display(), to.display(), access(mode, owner));
         let (todo, done) =
             if replacing { ("copy (upgrade)", "copied (upgrade)") } else { ("copy", "copied") };
         Step {
@@ -203,6 +203,16 @@ pub struct Apply<'a> {
     pub out: &'a mut dyn Write,
     pub runner: &'a dyn Runner,
     pub keygen: &'a KeyGen,
+}
+
+/// How a step shows who may use what it makes: mode and owner on Unix; nothing on Windows, where
+/// mode bits mean nothing and the data directory's ACL (a step of its own) decides who may read.
+fn access(mode: u32, owner: Owner) -> String {
+    if cfg!(windows) {
+        String::new()
+    } else {
+        format!(" ({mode:04o} {})", owner.label())
+    }
 }
 
 /// An ordered list of steps and how to set ownership while applying them.
