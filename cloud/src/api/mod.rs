@@ -14,6 +14,8 @@ mod ingest;
 mod machines;
 mod mail;
 mod managed;
+#[cfg(test)]
+mod managed_tests;
 mod network;
 #[cfg(test)]
 mod tests;

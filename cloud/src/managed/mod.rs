@@ -202,7 +202,7 @@ impl ManagedSensors {
         pending: Pending,
         who: &str,
         change: &str,
-    ) -> Result<Vec<u64>, ManagedError> {
+    ) -> Result<Vec<(String, u64)>, ManagedError> {
         let mut versions = Vec::with_capacity(machines.len());
         let mut problems = Vec::new();
         for machine in machines {
@@ -224,7 +224,7 @@ impl ManagedSensors {
         if !problems.is_empty() {
             return Err(ManagedError::Invalid(problems));
         }
-        let numbers = versions.iter().map(|v| v.version).collect();
+        let numbers = versions.iter().map(|v| (v.machine.clone(), v.version)).collect();
         let save = ManagedChange {
             machine_sensors: pending.own.into_iter().collect(),
             assignments: pending.assigned.into_iter().collect(),
@@ -352,7 +352,7 @@ impl ManagedSensors {
             }
         };
         let pending = Pending { own: HashMap::from([(machine.to_string(), own)]), ..Default::default() };
-        Ok(self.commit(&[machine.to_string()], pending, who, &change).await?[0])
+        Ok(self.commit(&[machine.to_string()], pending, who, &change).await?[0].1)
     }
 
     pub async fn remove_sensor(&self, machine: &str, id: &str, who: &str) -> Result<u64, ManagedError> {
@@ -365,7 +365,7 @@ impl ManagedSensors {
             return Err(ManagedError::NotFound(format!("{machine} has no sensor `{id}` of its own")));
         }
         let pending = Pending { own: HashMap::from([(machine.to_string(), own)]), ..Default::default() };
-        Ok(self.commit(&[machine.to_string()], pending, who, &format!("removed {id}")).await?[0])
+        Ok(self.commit(&[machine.to_string()], pending, who, &format!("removed {id}")).await?[0].1)
     }
 
     /// Sets the templates applied to a machine, in order.
@@ -391,7 +391,7 @@ impl ManagedSensors {
             format!("templates: {}", if names.is_empty() { "none".into() } else { names.join(", ") });
         let pending =
             Pending { assigned: HashMap::from([(machine.to_string(), names)]), ..Default::default() };
-        Ok(self.commit(&[machine.to_string()], pending, who, &change).await?[0])
+        Ok(self.commit(&[machine.to_string()], pending, who, &change).await?[0].1)
     }
 
     pub async fn history(&self, machine: &str, limit: usize) -> Result<Vec<HistoryEntry>, ManagedError> {
@@ -425,7 +425,8 @@ impl ManagedSensors {
         // version N's sensors plus whatever a template added since.
         let pending =
             Pending { own: HashMap::from([(machine.to_string(), doc.sensors)]), ..Default::default() };
-        Ok(self.commit(&[machine.to_string()], pending, who, &format!("rolled back to v{version}")).await?[0])
+        Ok(self.commit(&[machine.to_string()], pending, who, &format!("rolled back to v{version}")).await?[0]
+            .1)
     }
 
     /// `sample-now` of one sensor on the machine; the command's result carries the readings.
@@ -474,7 +475,7 @@ impl ManagedSensors {
         sensors: Vec<serde_json::Value>,
         create: bool,
         who: &str,
-    ) -> Result<Vec<u64>, ManagedError> {
+    ) -> Result<std::collections::BTreeMap<String, u64>, ManagedError> {
         check_template_name(name)?;
         let mut inputs = Vec::with_capacity(sensors.len());
         let mut problems = Vec::new();
@@ -526,11 +527,11 @@ impl ManagedSensors {
         if machines.is_empty() {
             self.store.save(ManagedChange { template: pending.template, ..Default::default() }).await?;
             self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": change}));
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
         let versions = self.commit(&machines, pending, who, &change).await?;
         self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": change}));
-        Ok(versions)
+        Ok(versions.into_iter().collect())
     }
 
     /// Deletes a template no machine uses.
