@@ -436,6 +436,11 @@ mod tests {
         assert_eq!(r.status, CommandStatus::Done, "{r:?}");
         assert_eq!(r.envelope, Some(valid.digest()));
         assert!(sampled(&mut rx).await, "the valid command ran");
+        // The answer carries the readings of that sample, for the dashboard's "test now".
+        assert_eq!(r.output["sampled"], "file.f");
+        let keys: Vec<&str> =
+            r.output["readings"].as_array().unwrap().iter().filter_map(|x| x["key"].as_str()).collect();
+        assert_eq!(keys, ["file.f.age", "file.f.size"], "{}", r.output);
         // Delivered again (its first answer was lost): the same result, and it does not run again.
         let again = exec.handle(&valid).await.unwrap();
         assert_eq!(again, r, "a redelivery is answered with the first result");

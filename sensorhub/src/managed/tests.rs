@@ -457,3 +457,74 @@ fn built_in_defaults_yield_to_a_managed_sensor_of_the_same_id_explicit_local_one
     let refused = check(&doc, k.cloud.public(), &k.hub, &explicit, none).err().unwrap();
     assert!(refused.problems[0].contains("also the hub's local sensor[0]"), "{refused:?}");
 }
+
+#[test]
+fn the_managed_section_is_checked_with_errors_naming_the_key() {
+    let parse = |text: &str| {
+        outpost_shared::config::parse::<crate::HubConfig>(text, std::path::Path::new("hub.toml"))
+    };
+    let default = parse(crate::config::DEFAULT_CONFIG).expect("the default config is valid");
+    assert_eq!(default.managed, ManagedConfig::default());
+    assert!(default.managed.enabled && !default.managed.allow_commands);
+
+    let ok = parse("[managed]\nenabled = false\nprotected = [\"cpu\", \"tcp.db\"]\nallow_commands = true\n")
+        .unwrap();
+    assert!(!ok.managed.enabled && ok.managed.allow_commands && ok.managed.is_protected("tcp.db"));
+
+    let bad =
+        parse("[managed]\nprotected = [\"tcp.db\", \"has space\", \"tcp.db\"]\n").unwrap_err().to_string();
+    assert!(bad.contains("managed.protected[1]") && bad.contains("`has space` is not a sensor id"), "{bad}");
+    assert!(bad.contains("managed.protected[2]") && bad.contains("listed twice"), "{bad}");
+    let unknown = parse("[managed]\nallow_command = true\n").unwrap_err().to_string();
+    assert!(unknown.contains("allow_command"), "{unknown}");
+}
+
+/// The whole hub, started from its config with no uplink at all: it runs the stored document
+/// (checked against the enrollment's cloud key on disk) beside its local sensor, and says so in
+/// `status.json`.
+#[tokio::test]
+async fn a_hub_starts_with_its_stored_document_and_no_cloud() {
+    use outpost_shared::keys::EnrollmentReceipt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = keys();
+    let key = crate::trust::machine_key(&d.join(crate::trust::KEY_FILE)).unwrap();
+    let receipt = EnrollmentReceipt {
+        machine_id: key.machine_id().clone(),
+        network_id: "net".into(),
+        connectors: vec![],
+        cloud_key: k.cloud.machine_id().clone(),
+        issued_at: Utc::now(),
+        role: Some(outpost_shared::model::Role::Sensorhub),
+    };
+    let enrollment = json!({
+        "receipt": Signed::sign(&k.cloud, &receipt).unwrap(),
+        "cloud_key": k.cloud.public().to_pem(),
+    });
+    std::fs::write(d.join(crate::trust::ENROLLMENT_FILE), enrollment.to_string()).unwrap();
+    let doc = Signed::sign(&k.cloud, &document(&key, 4, vec![file(d, "b")])).unwrap();
+    store::write(d, &doc).unwrap();
+
+    let mut config =
+        crate::HubConfig { data_dir: d.to_path_buf(), sensors: vec![file(d, "local")], ..Default::default() };
+    config.uplink.discover = false;
+    config.uplink.advertise = false;
+    let stop = CancellationToken::new();
+    let hub = crate::start(config, stop.clone()).await.unwrap();
+    assert_eq!(hub.sensors.names(), ["file.local", "file.b"]);
+    assert_eq!(hub.managed.status().borrow().version, Some(4));
+    let status = within(async {
+        loop {
+            if let Ok(b) = std::fs::read(d.join(crate::STATUS_FILE)) {
+                if let Ok(s) = serde_json::from_slice::<crate::StatusFile>(&b) {
+                    return s;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(status.managed_version, Some(4));
+    stop.cancel();
+    within(hub.join()).await;
+}
