@@ -241,6 +241,29 @@ fn build_problems(e: SensorError, doc: &[SensorConfig], local: &Local) -> Vec<St
     }
 }
 
+/// Most problems one report lists: a document of 500 broken sensors must not make a result the
+/// cloud refuses for its size.
+const MAX_PROBLEMS: usize = 50;
+/// Most characters of one problem (a parser's message can quote a long value).
+const MAX_PROBLEM_LEN: usize = 500;
+
+fn bounded(mut problems: Vec<String>) -> Vec<String> {
+    let more = problems.len().saturating_sub(MAX_PROBLEMS);
+    problems.truncate(MAX_PROBLEMS);
+    let mut problems: Vec<String> = problems.iter().map(|p| clip(p)).collect();
+    if more > 0 {
+        problems.push(format!("… and {more} more problems"));
+    }
+    problems
+}
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_PROBLEM_LEN) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// What the hub reports about its managed sensors (`status.json`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ManagedStatus {
@@ -361,9 +384,9 @@ impl Managed {
         let mut state = self.state.lock().await;
         let running_version = state.running.as_ref().map(|a| a.version);
         let refuse = |state: &State, r: Refused| {
-            let mut problems = r.problems;
+            let mut problems = bounded(r.problems);
             if let Some(p) = &state.start_problem {
-                problems.push(format!("on start: {p}"));
+                problems.push(format!("on start: {}", clip(p)));
             }
             tracing::warn!(version = r.delivered, problems = %problems.join("; "), "managed sensor document refused; the sensors running stay as they are");
             self.status.send_modify(|s| s.problem = Some(problems.join("; ")));

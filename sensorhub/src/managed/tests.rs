@@ -290,6 +290,12 @@ async fn every_refused_document_changes_nothing_running_or_stored() {
         assert_eq!(status, CommandStatus::Refused, "{what}");
         assert!(report.problems[0].starts_with("document:"), "{what}: {report:?}");
     }
+    // A document of many broken sensors gets a bounded answer.
+    let broken = (0..200).map(|i| SensorConfig { warn: Some(-1.0), ..file(d, &format!("s{i}")) }).collect();
+    let (status, report) = within(hub.apply(&signed(9, broken))).await;
+    assert_eq!(status, CommandStatus::Refused);
+    assert_eq!(report.problems.len(), 51, "{:?}", report.problems.last());
+    assert!(report.problems[50].contains("150 more"), "{:?}", report.problems[50]);
     assert!(hub.samples("file.a").await, "the last good document stopped running");
     assert_eq!(hub.managed.status().borrow().version, Some(5));
 

@@ -23,9 +23,10 @@ use tokio_util::task::TaskTracker;
 #[cfg(test)]
 mod tests;
 
-/// How long a replacement waits for a stopped sensor's task to end before starting its successor
-/// anyway. A task ends at its next await; only a check stuck in a blocking call takes longer, and
-/// that one's late result is dropped with it.
+/// How long a replacement waits for the stopped sensors' tasks to end before starting their
+/// successors anyway. A task ends at its next await, except one that already sent a batch and
+/// waits for the writer to confirm it (a sensor that keeps its position on disk): only a stalled
+/// disk makes that slow.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Controls running sensors: sample one now, list them, replace them, wait for them to stop.
@@ -279,8 +280,10 @@ impl Replacement {
                 })
                 .collect()
         };
+        // One deadline for all of them: each stops at its next await, so they end together.
+        let deadline = Instant::now() + STOP_WAIT;
         for task in stopping {
-            if tokio::time::timeout(STOP_WAIT, task).await.is_err() {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
                 tracing::warn!(
                     "a stopped sensor did not end in {} s; its successor starts anyway",
                     STOP_WAIT.as_secs()

@@ -244,3 +244,43 @@ async fn sample_now_answers_with_the_readings_of_that_sample() {
     shutdown.cancel();
     within(handle.stopped()).await;
 }
+
+/// Through the real writer into a buffer: seqs are given at append, so sensors coming and going
+/// leave them without a gap or a repeat, and every sensor's readings are there.
+#[tokio::test]
+async fn seqs_continue_without_gap_or_repeat_across_replacements() {
+    use outpost_shared::buffer::{MemoryBuffer, Storage, WhenFull};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"x").unwrap();
+    let fast =
+        |name: &str| SensorConfig { interval: Some(Duration::from_millis(100)), ..file(&path, name, 1) };
+    let buffer: Arc<dyn Storage> = Arc::new(MemoryBuffer::new(16 << 20, WhenFull::DropOldest));
+    let (tx, rx) = mpsc::channel(4);
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(crate::writer::run(
+        buffer.clone(),
+        rx,
+        Arc::new(crate::uplink::Feed::default()),
+        CancellationToken::new(),
+        Arc::new(std::sync::OnceLock::new()),
+    ));
+    let handle = SensorSet::build(&[fast("a"), fast("b")]).unwrap().spawn(tx, stop.clone());
+    for set in [vec![fast("a"), fast("b"), fast("c")], vec![fast("b"), fast("c")], vec![fast("c"), fast("d")]]
+    {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        within(handle.replace(&set)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    within(handle.stopped()).await;
+    within(writer).await.unwrap();
+
+    let records = buffer.oldest(100_000).unwrap();
+    let seqs: Vec<u64> = records.iter().map(|(s, _)| *s).collect();
+    let first = seqs[0];
+    assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>(), "a gap or a repeat");
+    let sensors: std::collections::HashSet<String> =
+        records.iter().map(|(_, r)| sensor_of(&serde_json::from_slice::<Sample>(r).unwrap())).collect();
+    assert_eq!(sensors.len(), 4, "{sensors:?}");
+}
