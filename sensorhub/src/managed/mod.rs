@@ -136,7 +136,7 @@ fn check(
         match outpost_shared::keys::unseal(key, sealed.expose()) {
             Ok(plain) => s.password = Some(plain),
             Err(e) => problems.push(format!(
-                "sensor[{i}].password: does not unseal with this machine's key ({e}); it was sealed to another machine"
+                "sensor[{i}].password: does not unseal with this machine's key ({e}): sealed to another machine, or damaged"
             )),
         }
     }
@@ -188,7 +188,9 @@ fn claimed_version(signed: &Signed<SensorDocument>) -> u64 {
 }
 
 /// Names what does not parse in a document (an unknown kind, a wrong type): each sensor is read
-/// alone so the problem names its index. Only reached for a document the cloud key signed.
+/// alone so the problem names its index. Reached for a payload that does not parse, and for an
+/// envelope too broken to check (another kind, not base64): either way the document is refused,
+/// this only says why.
 fn unreadable(signed: &Signed<SensorDocument>, e: &DocumentError) -> Vec<String> {
     let value =
         signed.payload_bytes().ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());

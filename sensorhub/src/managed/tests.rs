@@ -253,6 +253,13 @@ async fn every_refused_document_changes_nothing_running_or_stored() {
         "machine": k.hub.machine_id(), "version": 9, "issued_at": Utc::now(), "issued_by": "user:alice",
         "sensors": [{"kind": "file", "name": "a", "path": d.join("watched")}, {"kind": "teleport", "name": "x"}],
     });
+    std::fs::write(d.join("ca.pem"), b"not a certificate").unwrap();
+    let unbuildable = SensorConfig {
+        name: Some("tls".into()),
+        url: Some("https://127.0.0.1:9/".into()),
+        ca_file: Some(d.join("ca.pem")),
+        ..SensorConfig::new(SensorKind::Http)
+    };
     let cases: Vec<(&str, Signed<SensorDocument>, &str)> = vec![
         (
             "signed by another key",
@@ -271,6 +278,7 @@ async fn every_refused_document_changes_nothing_running_or_stored() {
             "sensor[0].name: `file.local` is also the hub's local sensor[0]",
         ),
         ("command sensor not allowed", signed(9, vec![plugin]), "sensor[0].kind"),
+        ("a CA file that does not load", signed(9, vec![file(d, "a"), unbuildable]), "sensor[1].ca_file:"),
     ];
     for (what, doc, expected) in cases {
         let (status, report) = within(hub.apply(&doc)).await;
