@@ -380,6 +380,7 @@ async fn write_status(
     mut managed: tokio::sync::watch::Receiver<managed::ManagedStatus>,
     shutdown: CancellationToken,
 ) {
+    let mut managed_open = true;
     loop {
         let s = status.borrow_and_update().clone();
         let m = managed.borrow_and_update().clone();
@@ -408,11 +409,8 @@ async fn write_status(
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            r = managed.changed() => {
-                if r.is_err() {
-                    return;
-                }
-            }
+            // The managed side may be gone before the hub stops; the file keeps being written.
+            r = managed.changed(), if managed_open => managed_open = r.is_ok(),
         }
     }
 }
