@@ -242,6 +242,8 @@ async fn a_password_is_sealed_to_the_machine_and_found_in_no_answer_file_or_log(
     assert!(answers.contains(&user), "the answers were read (the user name is in them)");
     assert!(answers.contains(r#""password":{"set":true}"#), "answers say a password is set");
     assert!(!answers.contains(&password), "an answer holds the password");
+    assert!(!answers.contains("sealed:v1:"), "an answer holds even the sealed password");
+    assert!(answers.contains(r#""sensors":["http.intranet"]"#), "the apply command is summed up: {answers}");
 
     // The data directory: the user name is there in clear (so the files are searchable), the
     // password is not.

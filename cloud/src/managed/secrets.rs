@@ -108,3 +108,27 @@ pub fn redacted(s: &SensorConfig) -> serde_json::Value {
     }
     v
 }
+
+/// The parameters of a command as answers show them: a `sensors.apply` document is summed up
+/// (machine, version, sensor ids) instead of shown, so no answer carries even a sealed password.
+/// The full signed document stays in the command record, where the hub's poll needs it.
+pub fn shown_parameters(action: &str, parameters: &serde_json::Value) -> serde_json::Value {
+    if action != outpost_shared::managed::APPLY_ACTION {
+        return parameters.clone();
+    }
+    let doc =
+        serde_json::from_value::<outpost_shared::keys::Signed<outpost_shared::managed::SensorDocument>>(
+            parameters.get("document").cloned().unwrap_or_default(),
+        )
+        .ok()
+        .and_then(|d| d.peek_unverified().ok());
+    match doc {
+        Some(d) => serde_json::json!({"document": {
+            "machine": d.machine,
+            "version": d.version,
+            "issued_by": d.issued_by,
+            "sensors": d.sensors.iter().map(|s| s.id()).collect::<Vec<_>>(),
+        }}),
+        None => serde_json::json!({"document": "(not a readable sensor document)"}),
+    }
+}
