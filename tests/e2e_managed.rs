@@ -568,3 +568,115 @@ fn version_1(cloud: &mut CloudProc, machine: &str) -> Value {
     cloud.restart();
     serde_json::to_value(doc.peek_unverified().unwrap()).unwrap()
 }
+
+#[test]
+fn a_template_made_on_the_dashboard_is_applied_and_a_removal_is_rolled_back() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = target.local_addr().unwrap().port();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let (_hub, id) = hub(&dir.path().join("hub"), &cloud, "");
+    wait_until(Duration::from_secs(30), "the hub reports", || latest(&cloud, &id, "cpu.total").is_some());
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1400);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    let fill = |key: &str, value: &str| {
+        browser.eval(&format!(
+            "document.getElementById('{key}').value = {}; return true",
+            serde_json::to_string(value).unwrap()
+        ));
+    };
+    let form = |kind_select: &str, add: &str, name: &str| {
+        browser.wait_for(
+            Duration::from_secs(15),
+            "the kinds are listed",
+            &format!("return document.getElementById('{kind_select}').options.length > 10"),
+        );
+        fill(kind_select, "tcp");
+        browser.click(&format!("#{add}"));
+        browser.wait_for(
+            Duration::from_secs(5),
+            "the tcp form shows",
+            "return !!document.getElementById('mf-port')",
+        );
+        fill("mf-name", name);
+        fill("mf-host", "127.0.0.1");
+        fill("mf-port", &port.to_string());
+        fill("mf-interval", "1s");
+        browser.click("#mformsave");
+    };
+
+    // A template with one sensor, made on the templates section.
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the templates section shows",
+        "return !!document.getElementById('tname')",
+    );
+    fill("tname", "web server");
+    browser.click("#tnewform button");
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the new template opens",
+        "return document.getElementById('ttitle').textContent === 'Template web server'",
+    );
+    form("tkind", "tadd", "fromtemplate");
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the template lists its sensor",
+        "return !!document.querySelector('tr.tsensor[data-id=\"tcp.fromtemplate\"]')",
+    );
+
+    // Applied to the machine, then a sensor of its own.
+    browser.click(&format!("tr.machine[data-id=\"{id}\"]"));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the machine's panel offers the template",
+        "return !!document.querySelector('#mtemplates input[value=\"web server\"]')",
+    );
+    browser.click("#mtemplates input[value=\"web server\"]");
+    browser.click("#mtemplatesave");
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the hub applies the template's sensor",
+        "return document.getElementById('mstatus').textContent === 'applied v1' \
+           && document.querySelector('tr.msensor[data-id=\"tcp.fromtemplate\"]')?.textContent.includes('template web server')",
+    );
+    form("mkind", "madd", "own");
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the hub applies its own sensor",
+        "return document.getElementById('mstatus').textContent === 'applied v2' \
+           && !!document.querySelector('tr.msensor[data-id=\"tcp.own\"]')",
+    );
+    wait_until(Duration::from_secs(30), "tcp.own reports", || latest(&cloud, &id, "tcp.own").is_some());
+
+    // Remove (two clicks), then roll back to version 2: the sensor is back.
+    browser.click("button.mremove[data-id=\"tcp.own\"]");
+    browser.click("button.mremove[data-id=\"tcp.own\"]");
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the removal is applied",
+        "return document.getElementById('mstatus').textContent === 'applied v3' \
+           && !document.querySelector('tr.msensor[data-id=\"tcp.own\"]')",
+    );
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the history offers version 2",
+        "return !!document.querySelector('button.mrollback[data-version=\"2\"]')",
+    );
+    browser.click("button.mrollback[data-version=\"2\"]");
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the roll-back is applied: tcp.own is back",
+        "return document.getElementById('mstatus').textContent === 'applied v4' \
+           && !!document.querySelector('tr.msensor[data-id=\"tcp.own\"]') \
+           && document.querySelector('tr.mversion[data-version=\"4\"]').textContent.includes('rolled back to v2')",
+    );
+    let before = newest(&cloud, &id, "tcp.own").unwrap();
+    wait_until(Duration::from_secs(30), "tcp.own reports again", || {
+        newest(&cloud, &id, "tcp.own").is_some_and(|t| t > before)
+    });
+}

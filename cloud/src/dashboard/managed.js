@@ -39,6 +39,8 @@ function valueText(v) {
 
 /// A form for `kind`, filled from `sensor` when editing. `where` is the element it goes into.
 function renderForm(where, kind, sensor, onSave, onCancel) {
+  // One form at a time: its fields have fixed ids.
+  $("mform-area").replaceChildren(); $("tform-area").replaceChildren();
   const entry = kindEntry(kind);
   const inputs = [];
   const rows = entry.fields.map((f) => {
