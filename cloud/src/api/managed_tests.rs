@@ -51,6 +51,11 @@ fn log_output() -> &'static Mutex<Vec<u8>> {
 }
 
 fn setup() -> Setup {
+    setup_with_ttl(crate::managed::APPLY_TTL)
+}
+
+/// With apply commands that expire after `ttl`.
+fn setup_with_ttl(ttl: Duration) -> Setup {
     log_output();
     let dir = tempfile::tempdir().unwrap();
     let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
@@ -58,7 +63,8 @@ fn setup() -> Setup {
     let commands = Commands::open(sled.db(), sled.flusher()).unwrap();
     let managed_store =
         Arc::new(crate::store::sled::managed::SledManaged::open(sled.db(), sled.flusher()).unwrap());
-    let managed = crate::managed::ManagedSensors::new(managed_store.clone(), trust.clone(), commands.clone());
+    let managed = crate::managed::ManagedSensors::new(managed_store.clone(), trust.clone(), commands.clone())
+        .with_apply_ttl(ttl);
     let now = chrono::Utc::now();
     for (i, hub) in hub_keys().iter().enumerate() {
         let (token, _) = trust
@@ -465,4 +471,25 @@ async fn unknown_machines_are_404_and_no_token_is_401() {
     assert_eq!((env.action.as_str(), &env.parameters), ("sample-now", &json!({"sensor": "tcp.a"})));
     let cat = s.ok("GET", "/v1/sensor-catalogue", None).await;
     assert_eq!(cat.as_array().unwrap().len(), outpost_shared::sensor_config::SensorKind::ALL.len());
+}
+
+#[tokio::test]
+async fn a_version_whose_command_expired_unanswered_is_sent_again_once() {
+    let s = setup_with_ttl(Duration::from_secs(1));
+    let base = format!("/v1/machines/{}/managed", s.hub(0));
+    s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
+    let m = s.state.managed.as_ref().unwrap();
+    assert_eq!(m.redeliver_due().await.unwrap(), 0, "its command can still reach the hub");
+    // The hub is away past the command's expiry: nothing answered, nothing handed out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(s.ok("GET", &base, None).await["status"]["text"], "pending v1");
+    assert_eq!(m.redeliver_due().await.unwrap(), 1, "the newest version is sent again");
+    assert_eq!(m.redeliver_due().await.unwrap(), 0, "once");
+    let (env, doc) = s.delivered(0).await;
+    assert_eq!(doc.version, 1);
+    let report = ApplyReport { running: Some(1), delivered: 1, problems: vec![] };
+    s.answer(0, &env, CommandStatus::Done, serde_json::to_value(report).unwrap()).await;
+    assert_eq!(s.ok("GET", &base, None).await["status"]["text"], "applied v1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(m.redeliver_due().await.unwrap(), 0, "an applied version is not sent again");
 }

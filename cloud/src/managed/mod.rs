@@ -107,6 +107,8 @@ pub struct ManagedSensors {
     /// One change at a time in this process, so a change reads the state it replaces. Between
     /// processes (PostgreSQL), the store's version check refuses the second of two at once.
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// How long an apply command waits for its machine ([`APPLY_TTL`]; tests shorten it).
+    apply_ttl: Duration,
 }
 
 /// The state a change will leave, for building documents before anything is saved.
@@ -119,7 +121,13 @@ struct Pending {
 
 impl ManagedSensors {
     pub fn new(store: Managed, trust: Trust, commands: Commands) -> ManagedSensors {
-        ManagedSensors { store, trust, commands, lock: Arc::default() }
+        ManagedSensors { store, trust, commands, lock: Arc::default(), apply_ttl: APPLY_TTL }
+    }
+
+    /// Apply commands expire after `ttl` instead of [`APPLY_TTL`].
+    pub fn with_apply_ttl(mut self, ttl: Duration) -> ManagedSensors {
+        self.apply_ttl = ttl;
+        self
     }
 
     /// The enrolled machine's public key, or NotFound.
@@ -242,8 +250,13 @@ impl ManagedSensors {
                 who,
                 serde_json::json!({"version": v.version, "change": change}),
             );
+        }
+        // All at once: their flushes share the database's group commit, so a template used by a
+        // thousand machines costs a few flushes, not a thousand in a row.
+        let sent = futures_util::future::join_all(versions.iter().map(|v| self.deliver(v, who))).await;
+        for (v, r) in versions.iter().zip(sent) {
             // Saved is what counts: a delivery that fails now is made by the redelivery task.
-            if let Err(e) = self.deliver(v, who).await {
+            if let Err(e) = r {
                 tracing::warn!(machine = %v.machine, version = v.version, error = %e, "sensor document saved but not sent yet; the redelivery task retries");
             }
         }
@@ -253,8 +266,10 @@ impl ManagedSensors {
     /// Issues the `sensors.apply` command carrying `v` and remembers it.
     async fn deliver(&self, v: &VersionRecord, who: &str) -> Result<(), CloudError> {
         let params = serde_json::json!({"document": v.document});
-        let rec =
-            self.commands.create(self.trust.key(), &v.machine, APPLY_ACTION, params, APPLY_TTL, who).await?;
+        let rec = self
+            .commands
+            .create(self.trust.key(), &v.machine, APPLY_ACTION, params, self.apply_ttl, who)
+            .await?;
         self.store
             .note_delivery(Delivery {
                 machine: v.machine.clone(),
