@@ -147,8 +147,14 @@ impl ManagedSensors {
         }
     }
 
-    /// The machine's effective set in the state `pending` leaves, passwords sealed to it.
-    async fn effective_for(&self, machine: &str, pending: &Pending) -> Result<Effective, ManagedError> {
+    /// The machine's effective set in the state `pending` leaves, passwords sealed to it when
+    /// `seal` (a document is built), as stored otherwise (shown redacted: nothing to open).
+    async fn effective_for(
+        &self,
+        machine: &str,
+        pending: &Pending,
+        seal: bool,
+    ) -> Result<Effective, ManagedError> {
         let names = match pending.assigned.get(machine) {
             Some(n) => n.clone(),
             None => self.store.machine_templates(machine).await?,
@@ -165,6 +171,9 @@ impl ManagedSensors {
             None => self.store.machine_sensors(machine).await?,
         };
         let mut eff = document::effective(&templates, &own).map_err(ManagedError::Invalid)?;
+        if !seal {
+            return Ok(eff);
+        }
         let key = self.machine_key(machine)?;
         for (s, origin) in eff.sensors.iter_mut().zip(&eff.origins) {
             if let (Origin::Template(_), Some(p)) = (origin, &s.password) {
@@ -214,7 +223,7 @@ impl ManagedSensors {
         let mut versions = Vec::with_capacity(machines.len());
         let mut problems = Vec::new();
         for machine in machines {
-            let eff = match self.effective_for(machine, &pending).await {
+            let eff = match self.effective_for(machine, &pending, true).await {
                 Ok(e) => e,
                 Err(ManagedError::Invalid(p)) => {
                     problems.extend(on_machine(machine, machines.len(), p));
@@ -302,7 +311,7 @@ impl ManagedSensors {
         self.machine_key(machine)?;
         let own = self.store.machine_sensors(machine).await?;
         let templates = self.store.machine_templates(machine).await?;
-        let effective = match self.effective_for(machine, &Pending::default()).await {
+        let effective = match self.effective_for(machine, &Pending::default(), false).await {
             Ok(eff) => eff
                 .sensors
                 .iter()
