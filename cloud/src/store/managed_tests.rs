@@ -53,6 +53,7 @@ every_engine!(
     a_save_keeps_sensors_templates_assignments_and_versions_together,
     a_version_that_is_not_the_next_is_a_conflict_and_nothing_of_the_change_is_kept,
     deliveries_are_listed_newest_first_and_capped,
+    the_history_keeps_the_newest_versions,
 );
 
 fn key() -> &'static KeyPair {
@@ -222,4 +223,18 @@ async fn sled_keeps_a_save_across_a_restart() {
     let m = super::sled::managed::SledManaged::open(store.db(), store.flusher()).unwrap();
     assert_eq!(m.machine_sensors(M1).await.unwrap(), vec![tcp("db", 5432)]);
     assert_eq!(m.latest_version(M1).await.unwrap().unwrap().version, 1);
+}
+
+async fn the_history_keeps_the_newest_versions(m: Managed) {
+    let record = version(M1, 1, vec![tcp("db", 1)]);
+    for v in 1..=HISTORY_KEPT + 2 {
+        let r = VersionRecord { version: v, ..record.clone() };
+        m.save(ManagedChange { versions: vec![r], ..Default::default() }).await.unwrap();
+    }
+    let history = m.history(M1, 10_000).await.unwrap();
+    assert_eq!(history.len() as u64, HISTORY_KEPT);
+    assert_eq!(history[0].version, HISTORY_KEPT + 2);
+    assert!(m.version(M1, 2).await.unwrap().is_none(), "the oldest went");
+    assert!(m.version(M1, 3).await.unwrap().is_some());
+    assert_eq!(m.latest_version(M1).await.unwrap().unwrap().version, HISTORY_KEPT + 2);
 }
