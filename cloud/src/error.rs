@@ -24,6 +24,9 @@ pub enum CloudError {
     Mail(String),
     #[error("keys: {0}")]
     Keys(String),
+    /// Someone else changed the same thing first; the text says what to reload.
+    #[error("{0}")]
+    Conflict(String),
     /// A request that breaks a rule; the text says which and what to do.
     #[error("{0}")]
     Invalid(String),

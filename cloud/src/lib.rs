@@ -13,6 +13,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod mail;
+pub mod managed;
 pub mod store;
 pub mod trust;
 
@@ -103,6 +104,9 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let sled = store::sled::SledStore::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
     let trust = trust::Trust::open(dir, sled.db(), sled.flusher())?;
     let commands = commands::Commands::open(sled.db(), sled.flusher())?;
+    let managed_store: store::managed::Managed =
+        Arc::new(store::sled::managed::SledManaged::open(sled.db(), sled.flusher())?);
+    let managed = managed::ManagedSensors::new(managed_store, trust.clone(), commands.clone());
     let store: store::Store = std::sync::Arc::new(sled.clone());
 
     let listener = std::net::TcpListener::bind(config.listen)
@@ -117,7 +121,8 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         trust.clone(),
         commands.clone(),
         Arc::new(config.clone()),
-    );
+    )
+    .with_managed(managed.clone());
     let state = match &config.mail {
         Some(mail) => state.with_alerts(mail::start(mail, dir, &store, &sled, &trust, &shutdown)?),
         None => state,
@@ -131,6 +136,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
 
     let compactor =
         spawn_compactor(store.clone(), trust.clone(), commands.clone(), config.clone(), shutdown.clone());
+    let redelivery = managed::status::spawn_redelivery(managed, shutdown.clone());
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let h = handle.clone();
@@ -141,6 +147,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         let served = server.await;
         watcher.abort();
         let _ = compactor.await;
+        let _ = redelivery.await;
         store.commit().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });

@@ -31,6 +31,12 @@ pub struct HubStatus {
     pub last_upload: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Hubs: the version of the sensor document from the cloud that runs (none before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_version: Option<u64>,
+    /// Hubs: why the last sensor document from the cloud was not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_problem: Option<String>,
 }
 
 impl HubStatus {
@@ -258,6 +264,12 @@ pub fn render_text(reports: &[RoleReport]) -> String {
                 let _ = writeln!(out, "  last upload  {last}");
                 if let Some(e) = &status.last_error {
                     let _ = writeln!(out, "  last error   {e}");
+                }
+                if let Some(v) = status.managed_version {
+                    let _ = writeln!(out, "  managed      sensors v{v} from the cloud");
+                }
+                if let Some(p) = &status.managed_problem {
+                    let _ = writeln!(out, "  managed      not applied: {p}");
                 }
                 let _ = writeln!(out, "  updated      {} (pid {})", ago(*age_secs), status.pid);
                 if *stale {

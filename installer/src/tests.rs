@@ -734,6 +734,8 @@ fn write_status(root: &Path, role: Role, age: chrono::Duration) -> crate::HubSta
         last_upload: Some(now - age - chrono::Duration::seconds(5)),
         last_error: None,
         updated_at: now - age,
+        managed_version: Some(7),
+        managed_problem: None,
     };
     s.write(&root.join(format!("var/lib/outpost/{role}"))).unwrap();
     s
@@ -770,6 +772,7 @@ fn status_reports_uplink_buffer_and_staleness() {
     );
     assert!(text.contains("uplink       connector:c0ffee"), "{text}");
     assert!(text.contains("buffered     17 readings"), "{text}");
+    assert!(text.contains("managed      sensors v7 from the cloud"), "{text}");
     assert!(text.contains("STALE"), "{text}");
     let json = serde_json::to_value(&reports).unwrap();
     assert_eq!(json[0]["uplink"]["buffered"], 17);

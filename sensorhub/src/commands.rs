@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one poll may be held open by the other side.
 const POLL_WAIT_SECS: u64 = 25;
+/// How long `sample-now` waits for its sample: a check's default timeout (10 s) and some room.
+/// Commands run one at a time, so a hung check must not hold the channel for long.
+const SAMPLE_NOW_WAIT: Duration = Duration::from_secs(15);
 
 /// What commands act on.
 pub struct Executor {
@@ -25,6 +28,8 @@ pub struct Executor {
     pub relays: Option<(crate::relay::RelayHandle, crate::relay::RelayConfig)>,
     /// The config file to re-read on `reload-config`, when the hub was started from one.
     pub config_path: Option<std::path::PathBuf>,
+    /// Applies `sensors.apply` documents; None where sensors are not managed (some tests).
+    pub managed: Option<Arc<crate::managed::Managed>>,
     /// Results of commands run on this start, by envelope digest: the cloud hands a command out
     /// again until its result arrives, and a redelivery is answered with the first result
     /// instead of running twice or being reported as a replay.
@@ -185,6 +190,8 @@ impl Executor {
                 tracing::warn!(command = %command.id, reason = %why, "command refused");
                 (CommandStatus::Refused, json!({"error": why}))
             }
+            // Logged where it was decided, with its details.
+            Err(Outcome::RefusedWith(output)) => (CommandStatus::Refused, output),
             Err(Outcome::Failed(why)) => {
                 tracing::warn!(command = %command.id, error = %why, "command failed");
                 (CommandStatus::Failed, json!({"error": why}))
@@ -210,13 +217,18 @@ impl Executor {
                 let name = p["sensor"]
                     .as_str()
                     .ok_or_else(|| Outcome::Failed("parameter `sensor` is missing".into()))?;
-                if self.sensors.trigger(name) {
-                    Ok(json!({"sampled": name}))
-                } else {
-                    Err(Outcome::Failed(format!(
-                        "no sensor named `{name}`; known: {}",
-                        self.sensors.names().join(", ")
-                    )))
+                self.sample_now(name).await
+            }
+            outpost_shared::managed::APPLY_ACTION => {
+                let Some(managed) = &self.managed else {
+                    return Err(Outcome::Failed("this hub does not take managed sensors".into()));
+                };
+                let report = managed.apply(self.verifier.cloud_key(), p).await;
+                match report {
+                    Ok(r) => Ok(serde_json::to_value(r).expect("a report serialises")),
+                    Err(r) => {
+                        Err(Outcome::RefusedWith(serde_json::to_value(r).expect("a report serialises")))
+                    }
                 }
             }
             "reload-config" => {
@@ -234,6 +246,35 @@ impl Executor {
             "relay.set" | "relay.toggle" | "relay.set_port" => self.relay(c).await,
             other => Err(Outcome::Refused(format!("unknown action `{other}`"))),
         }
+    }
+
+    /// Samples `name` now and answers with that sample's readings, so the cloud's "test now"
+    /// shows them; they also reach the buffer like any other.
+    async fn sample_now(&self, name: &str) -> Result<Value, Outcome> {
+        let Some(answer) = self.sensors.sample_now(name) else {
+            return Err(Outcome::Failed(format!(
+                "no sensor named `{name}`; known: {}",
+                self.sensors.names().join(", ")
+            )));
+        };
+        let samples = match tokio::time::timeout(SAMPLE_NOW_WAIT, answer).await {
+            Ok(Ok(samples)) => samples,
+            Ok(Err(_)) => {
+                return Err(Outcome::Failed(format!("sensor `{name}` was stopped before it sampled")))
+            }
+            Err(_) => {
+                return Err(Outcome::Failed(format!(
+                    "sensor `{name}` did not finish its sample within {} s; its readings still arrive \
+                     with the others when it does",
+                    SAMPLE_NOW_WAIT.as_secs()
+                )))
+            }
+        };
+        let readings: Vec<Value> = samples
+            .iter()
+            .map(|s| json!({"key": s.sensor, "value": s.value, "state": s.state, "unit": s.unit, "message": s.message}))
+            .collect();
+        Ok(json!({"sampled": name, "readings": readings}))
     }
 
     async fn relay(&self, c: &CommandEnvelope) -> Result<Value, Outcome> {
@@ -289,6 +330,8 @@ impl Executor {
 
 enum Outcome {
     Refused(String),
+    /// Refused, with a structured answer (a `sensors.apply` report) as the result's output.
+    RefusedWith(Value),
     Failed(String),
 }
 
@@ -339,6 +382,7 @@ mod tests {
             sensors,
             relays: None,
             config_path: None,
+            managed: None,
             answered: Answered::default(),
         };
         (exec, rx)
@@ -392,6 +436,11 @@ mod tests {
         assert_eq!(r.status, CommandStatus::Done, "{r:?}");
         assert_eq!(r.envelope, Some(valid.digest()));
         assert!(sampled(&mut rx).await, "the valid command ran");
+        // The answer carries the readings of that sample, for the dashboard's "test now".
+        assert_eq!(r.output["sampled"], "file.f");
+        let keys: Vec<&str> =
+            r.output["readings"].as_array().unwrap().iter().filter_map(|x| x["key"].as_str()).collect();
+        assert_eq!(keys, ["file.f.age", "file.f.size"], "{}", r.output);
         // Delivered again (its first answer was lost): the same result, and it does not run again.
         let again = exec.handle(&valid).await.unwrap();
         assert_eq!(again, r, "a redelivery is answered with the first result");

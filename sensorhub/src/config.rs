@@ -36,6 +36,9 @@ pub struct HubConfig {
     /// Conrad relay cards on a serial port (`[relay]`): their states become readings
     /// (`relay.<card>`, `relay.<card>.k1`…`k8`). Absent: no serial port is touched.
     pub relay: Option<RelayConfig>,
+    /// What the cloud may change (`[managed]`): sensors managed from the cloud run beside the
+    /// local `[[sensor]]` tables, within these rules.
+    pub managed: crate::managed::ManagedConfig,
     /// Who runs this hub: a plain sensorhub, or a connector monitoring its own machine. Not
     /// configurable: the connector sets it for its embedded hub.
     #[serde(skip)]
@@ -69,6 +72,7 @@ impl Default for HubConfig {
             key_file: None,
             config_path: None,
             relay: None,
+            managed: Default::default(),
             role: Default::default(),
         }
     }
@@ -102,5 +106,6 @@ impl Validate for HubConfig {
         if let Some(relay) = &self.relay {
             relay.validate(problems);
         }
+        self.managed.validate(problems);
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod managed;
 pub mod relay;
 pub mod sensors;
 pub mod trust;
@@ -81,6 +82,8 @@ pub struct Hub {
     pub machine_id: String,
     pub status: tokio::sync::watch::Receiver<uplink::UplinkStatus>,
     pub sensors: sensors::SensorHandle,
+    /// Sensors managed from the cloud: the version running, `sensors.apply`.
+    pub managed: Arc<managed::Managed>,
     /// The relay cards, when the config has `[relay]`. Remote `relay.*` commands switch through
     /// the same driver (the command executor refuses `locked` relays); the driver closes the
     /// port when the hub stops.
@@ -115,9 +118,14 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     let stats = buffer.stats();
     tracing::info!(%machine_id, %hostname, buffered = stats.len, next_seq = stats.next_seq, "sensorhub starting");
 
-    let mut sensor_configs = config.effective_sensors();
-    trust::unseal_sensor_secrets(&mut sensor_configs, &key)?;
-    let sensor_set = sensors::SensorSet::build_in(&sensor_configs, Some(dir))?;
+    let mut local_sensors = config.effective_sensors();
+    trust::unseal_sensor_secrets(&mut local_sensors, &key)?;
+    let local = managed::Local {
+        policy: config.managed.clone(),
+        sensors: local_sensors,
+        defaults: config.sensors.is_empty(),
+    };
+    let (sensor_set, loaded) = local_and_stored(dir, &key, &local)?;
     let feed = Arc::new(uplink::Feed::default());
     let (tx, rx) = tokio::sync::mpsc::channel(SAMPLE_QUEUE);
     let sensor_stop = shutdown.child_token();
@@ -133,6 +141,8 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     };
     let relay_driver = relays.as_ref().map(|r| r.handle.clone());
     let sensor_handle = sensor_set.spawn(tx, sensor_stop.clone());
+    let managed =
+        Arc::new(managed::Managed::new(dir.clone(), key.clone(), local, sensor_handle.clone(), loaded));
     let failed = Arc::new(std::sync::OnceLock::new());
     let writer =
         tokio::spawn(writer::run(buffer.clone(), rx, feed.clone(), shutdown.clone(), failed.clone()));
@@ -165,6 +175,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             sensors: sensor_handle.clone(),
             config_path: config.config_path.clone(),
             relays: relays.clone(),
+            managed: managed.clone(),
         };
         let buffer = buffer.clone();
         Some(tokio::spawn(async move {
@@ -194,6 +205,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 sensors: parts.sensors.clone(),
                 relays: parts.relays.as_ref().map(|r| (r.handle.clone(), (*r.config).clone())),
                 config_path: parts.config_path.clone(),
+                managed: Some(parts.managed.clone()),
                 answered: commands::Answered::default(),
             };
             let poller = tokio::spawn(commands::run(transport.clone(), exec, stop.clone()));
@@ -213,6 +225,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         dir.join(STATUS_FILE),
         machine_id.clone(),
         status.clone(),
+        managed.status(),
         shutdown.clone(),
     ));
 
@@ -243,7 +256,45 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         drop(buffer);
     });
     tasks.extend([supervisor, reporter]);
-    Ok(Hub { machine_id, status, sensors: sensor_handle, relays, failed, tasks })
+    Ok(Hub { machine_id, status, sensors: sensor_handle, managed, relays, failed, tasks })
+}
+
+/// The sensors to start with: the local ones, and those of the stored managed document when it
+/// still passes every check (with no cloud: the key pinned at enrollment). A stored document that
+/// does not is left aside, and why is logged and reported.
+fn local_and_stored(
+    dir: &Path,
+    key: &outpost_shared::keys::KeyPair,
+    local: &managed::Local,
+) -> Result<(sensors::SensorSet, managed::Loaded), HubError> {
+    let cloud_key = match trust::load(dir, key) {
+        Ok(e) => e.map(|e| e.cloud_key),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the enrollment; a stored managed sensor document is not used");
+            None
+        }
+    };
+    let mut loaded = managed::load(dir, key, cloud_key.as_ref(), local);
+    if let Some(accepted) = &loaded.accepted {
+        match sensors::SensorSet::build_in(&local.combined(&accepted.sensors), Some(dir)) {
+            Ok(set) => {
+                tracing::info!(
+                    version = accepted.version,
+                    sensors = accepted.sensors.len(),
+                    "running the stored managed sensor document"
+                );
+                return Ok((set, loaded));
+            }
+            Err(e) => {
+                loaded.problem = Some(format!("stored v{} does not build: {e}", accepted.version));
+                loaded.accepted = None;
+            }
+        }
+    }
+    if let Some(problem) = &loaded.problem {
+        tracing::warn!(%problem, "the stored managed sensor document is not used; running the local sensors only");
+    }
+    Ok((sensors::SensorSet::build_in(&local.sensors, Some(dir))?, loaded))
 }
 
 /// How long opening the buffer may take (it reads every record once) before the disk counts as
@@ -312,6 +363,12 @@ pub struct StatusFile {
     pub last_upload: Option<chrono::DateTime<chrono::Utc>>,
     pub last_error: Option<String>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The managed sensor document version running; none before the first.
+    #[serde(default)]
+    pub managed_version: Option<u64>,
+    /// Why the last managed document (stored or delivered) was not applied.
+    #[serde(default)]
+    pub managed_problem: Option<String>,
 }
 
 /// Rewrites the status file on every change, at most once a second, and at least every 10 s so
@@ -320,10 +377,13 @@ async fn write_status(
     path: PathBuf,
     machine_id: String,
     mut status: tokio::sync::watch::Receiver<uplink::UplinkStatus>,
+    mut managed: tokio::sync::watch::Receiver<managed::ManagedStatus>,
     shutdown: CancellationToken,
 ) {
+    let mut managed_open = true;
     loop {
         let s = status.borrow_and_update().clone();
+        let m = managed.borrow_and_update().clone();
         let file = StatusFile {
             machine_id: machine_id.clone(),
             pid: std::process::id(),
@@ -332,6 +392,8 @@ async fn write_status(
             last_upload: s.last_upload,
             last_error: s.last_error,
             updated_at: chrono::Utc::now(),
+            managed_version: m.version,
+            managed_problem: m.problem,
         };
         let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec_pretty(&file).expect("status serialises");
@@ -347,6 +409,8 @@ async fn write_status(
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            // The managed side may be gone before the hub stops; the file keeps being written.
+            r = managed.changed(), if managed_open => managed_open = r.is_ok(),
         }
     }
 }
@@ -361,6 +425,7 @@ struct UplinkParts {
     config_path: Option<PathBuf>,
     /// The relay cards, so `relay.*` commands reach them (the executor checks `locked`).
     relays: Option<relay::Relays>,
+    managed: Arc<managed::Managed>,
 }
 
 async fn run_uplink(

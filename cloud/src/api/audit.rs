@@ -15,7 +15,12 @@ pub(super) struct AuditQuery {
 
 pub(super) async fn list(State(st): State<AppState>, Query(q): Query<AuditQuery>) -> Response {
     match st.commands.audit(q.machine.as_deref(), q.limit.unwrap_or(200).min(10_000)) {
-        Ok(l) => Json(l).into_response(),
+        Ok(mut l) => {
+            for e in &mut l {
+                e.parameters = crate::managed::secrets::shown_parameters(&e.action, &e.parameters);
+            }
+            Json(l).into_response()
+        }
         Err(e) => internal(e),
     }
 }

@@ -86,7 +86,8 @@ pub(super) async fn status(State(st): State<AppState>, Path(id): Path<String>) -
         Ok(Some(rec)) => {
             let status = rec.effective_status(Utc::now()).to_string();
             Json(serde_json::json!({
-                "id": rec.id, "machine": rec.machine, "action": rec.action, "parameters": rec.parameters,
+                "id": rec.id, "machine": rec.machine, "action": rec.action,
+                "parameters": crate::managed::secrets::shown_parameters(&rec.action, &rec.parameters),
                 "status": status, "result": rec.result, "created_by": rec.created_by, "created_at": rec.created_at,
                 "delivered_at": rec.delivered_at, "finished_at": rec.finished_at, "expires_at": rec.expires_at,
             }))

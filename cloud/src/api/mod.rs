@@ -13,6 +13,9 @@ mod events;
 mod ingest;
 mod machines;
 mod mail;
+mod managed;
+#[cfg(test)]
+mod managed_tests;
 mod network;
 #[cfg(test)]
 mod tests;
@@ -25,7 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use outpost_shared::http_server::rate;
 use outpost_shared::model::{ApiError, MachineInfo, SensorLatest};
@@ -49,6 +52,8 @@ pub struct AppState {
     /// State changes for the alert mailer, when mail is configured. Never waited on: ingest
     /// must not slow down because a mail server is slow.
     alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>>,
+    /// Sensors managed from the cloud; its routes answer 503 without it.
+    managed: Option<crate::managed::ManagedSensors>,
 }
 
 impl AppState {
@@ -70,7 +75,13 @@ impl AppState {
             events,
             admission,
             alerts: None,
+            managed: None,
         }
+    }
+
+    pub fn with_managed(mut self, managed: crate::managed::ManagedSensors) -> Self {
+        self.managed = Some(managed);
+        self
     }
 
     pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>) -> Self {
@@ -119,6 +130,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}/mail-commands", get(mail::show).put(mail::grant).delete(mail::withdraw))
         .route("/v1/commands/{id}", get(commands::status))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/sensor-catalogue", get(managed::catalogue))
+        .route("/v1/machines/{id}/managed", get(managed::show))
+        .route("/v1/machines/{id}/managed/sensors", post(managed::add))
+        .route("/v1/machines/{id}/managed/sensors/{sensor}", put(managed::edit).delete(managed::remove))
+        .route("/v1/machines/{id}/managed/sensors/{sensor}/test", post(managed::test_now))
+        .route("/v1/machines/{id}/managed/templates", put(managed::assign))
+        .route("/v1/machines/{id}/managed/history", get(managed::history))
+        .route("/v1/machines/{id}/managed/rollback", post(managed::roll_back))
+        .route("/v1/templates", get(managed::templates).post(managed::create_template))
+        .route(
+            "/v1/templates/{name}",
+            get(managed::template).put(managed::edit_template).delete(managed::delete_template),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
     let machines = Router::new()
         .route("/v1/batches", post(ingest::batches))

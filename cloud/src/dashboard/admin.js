@@ -11,7 +11,8 @@ function timeEl(t, long) { return h("time", { datetime: t, title: dateTime(t) },
 
 function paramText(p) {
   if (!p || typeof p !== "object") return p == null ? "" : String(p);
-  return Object.entries(p).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+  // A sensor document is long and its passwords are sealed: the history panel shows its content.
+  return Object.entries(p).map(([k, v]) => `${k}=${k === "document" ? "(signed sensor document)" : typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
 }
 function detailText(d) {
   if (d == null) return "";

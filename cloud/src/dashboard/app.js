@@ -8,6 +8,7 @@ import * as F from "./format.js";
 import { History, RANGES } from "./chart.js";
 import { R, renderRelays, resetRelays } from "./relays.js";
 import { loadAudit, loadTokens, loadUnattached } from "./admin.js";
+import { initManaged, loadManaged, resetManaged } from "./managed.js";
 
 const S = {
   /// id → row of `GET /v1/machines` (with `network`, `revoked`, `uplink_name`).
@@ -422,6 +423,7 @@ function sensorRow(m, s) {
 async function selectMachine(id, sensor, fromProblems) {
   if (S.machine !== id) {
     resetRelays(id);
+    loadManaged(id);
     sensorRows.clear(); sensorGroups.clear(); sensorOrder = [];
     $("sensors").replaceChildren();
     history.clear("choose a sensor");
@@ -454,6 +456,7 @@ async function selectMachine(id, sensor, fromProblems) {
 
 function goHome() {
   S.machine = null; S.sensor = null;
+  resetManaged(null);
   $("detail").hidden = true; $("problems").hidden = false;
   history.clear("choose a sensor");
   renderAll();
@@ -625,6 +628,7 @@ async function start() {
     S.machines = new Map(list.map((m) => [m.id, m]));
     renderAll();
     loadTokens(); loadUnattached((id) => S.machines.get(id)?.hostname);
+    initManaged();
     listen();
     await pool(list.map((m) => m.id), 4, loadSensorsOf);
     renderAll();

@@ -21,6 +21,9 @@
 //! runs) are still kept in the sled database only; see `start` in `lib.rs`, which refuses a
 //! PostgreSQL configuration for that reason.
 
+pub mod managed;
+#[cfg(all(test, unix))]
+mod managed_tests;
 pub mod postgres;
 pub mod sled;
 #[cfg(test)]

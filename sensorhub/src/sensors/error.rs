@@ -19,6 +19,8 @@ pub enum SensorError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("the hub is stopping; sensors are not changed any more")]
+    Stopping,
 }
 
 fn render(problems: &[Problem]) -> String {

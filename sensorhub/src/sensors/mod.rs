@@ -2,12 +2,14 @@
 //!
 //! Each `[[sensor]]` table ([`SensorConfig`]) becomes one sensor with its own interval and
 //! thresholds; [`SensorSet::build`] makes them all, [`SensorSet::spawn`] runs one task per sensor
-//! and sends every batch of [`Sample`]s to the writer's channel. Machine-wide sensors (cpu,
-//! memory, disk, load, process) share one sysinfo handle and refresh only what they read; rate
-//! sensors (diskio, network) read `/proc` directly on Linux; checks of things elsewhere (tcp,
-//! http, command, service) are async with a timeout; the Windows event log and performance
-//! counters are read through Win32 calls on the blocking pool. Sampling never fails: a sensor that
-//! cannot read its value reports `unknown` or `error` with a message saying why.
+//! and sends every batch of [`Sample`]s to the writer's channel; the [`SensorHandle`] it returns
+//! replaces the running set live (`running`: unchanged sensors keep their task and schedule).
+//! Machine-wide sensors (cpu, memory, disk, load, process) share one sysinfo handle and refresh
+//! only what they read; rate sensors (diskio, network) read `/proc` directly on Linux; checks of
+//! things elsewhere (tcp, http, command, service) are async with a timeout; the Windows event log
+//! and performance counters are read through Win32 calls on the blocking pool. Sampling never
+//! fails: a sensor that cannot read its value reports `unknown` or `error` with a message saying
+//! why.
 
 mod command;
 mod config;
@@ -20,6 +22,7 @@ mod perfcounter;
 pub mod perfdata;
 mod probe;
 mod process;
+mod running;
 mod service;
 mod system;
 mod tcp;
@@ -33,6 +36,7 @@ pub use config::{
     SensorConfig, SensorKind, DEFAULT_TIMEOUT,
 };
 pub use error::SensorError;
+pub use running::{Changes, Replacement, SensorHandle};
 pub use threshold::{Thresholds, Unit};
 
 use crate::writer::Batch;
@@ -42,10 +46,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// A sensor whose sampling blocks (file system, `/proc`, sysinfo): it runs on tokio's blocking
 /// pool, never on a runtime worker.
@@ -80,6 +82,9 @@ enum Work {
 /// One built sensor, ready to run.
 struct Sensor {
     id: String,
+    /// What it was built from (passwords unsealed): a replacement keeps the sensor running when
+    /// its new config equals this one.
+    config: SensorConfig,
     interval: Duration,
     work: Work,
 }
@@ -146,6 +151,8 @@ impl Sensor {
 /// Every sensor of a hub, built and not yet running.
 pub struct SensorSet {
     sensors: Vec<Sensor>,
+    /// Where sensors keep state across restarts; sensors added while running get it too.
+    state_dir: Option<PathBuf>,
 }
 
 impl SensorSet {
@@ -221,9 +228,9 @@ impl SensorSet {
                     Work::Http(Box::new(http::Http::new(cfg, client, url)))
                 }
             };
-            sensors.push(Sensor { id, interval: cfg.interval(), work });
+            sensors.push(Sensor { id, config: cfg.clone(), interval: cfg.interval(), work });
         }
-        Ok(SensorSet { sensors })
+        Ok(SensorSet { sensors, state_dir: state_dir.map(Path::to_path_buf) })
     }
 
     /// Sensor names, in config order.
@@ -258,130 +265,8 @@ impl SensorSet {
     /// other fall due together, so the uplink sends their readings in one upload (one signature,
     /// one request) instead of one upload per sensor at scattered phases. The grid starts at the
     /// hub's own start, not at a round wall-clock time, so a fleet does not upload in lockstep.
+    /// Sensors added later by [`SensorHandle::prepare`] join the same grid.
     pub fn spawn(self, out: mpsc::Sender<Batch>, shutdown: CancellationToken) -> SensorHandle {
-        let tracker = TaskTracker::new();
-        let mut triggers = Vec::with_capacity(self.sensors.len());
-        let grid = Instant::now();
-        for sensor in self.sensors {
-            let trigger = Arc::new(Notify::new());
-            triggers.push((sensor.id.clone(), trigger.clone()));
-            tracker.spawn(run(sensor, grid, trigger, out.clone(), shutdown.clone()));
-        }
-        tracker.close();
-        SensorHandle { inner: Arc::new(HandleInner { triggers, tracker }) }
-    }
-}
-
-async fn run(
-    mut sensor: Sensor,
-    grid: Instant,
-    trigger: Arc<Notify>,
-    out: mpsc::Sender<Batch>,
-    shutdown: CancellationToken,
-) {
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => return,
-        wait = sensor.prime() => {
-            if let Some(wait) = wait {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-    }
-    // The first sample at once (after priming), then on the shared grid.
-    let mut ticker =
-        tokio::time::interval_at(next_on_grid(grid, sensor.interval, Instant::now()), sensor.interval);
-    // After a slow check or a stalled writer, skip to the next grid point instead of catching up
-    // with a burst of back-to-back samples (and instead of leaving the grid, as `Delay` would).
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut first = true;
-    loop {
-        if !std::mem::take(&mut first) {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-                _ = trigger.notified() => {}
-            }
-        }
-        let samples = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            s = sensor.sample() => s,
-        };
-        if samples.is_empty() {
-            continue;
-        }
-        let (durable, stored) = if sensor.wants_durable() {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        tokio::select! {
-            biased;
-            // Not sent: the sensor hears nothing, so whatever position it keeps stays where the
-            // buffer has it.
-            _ = shutdown.cancelled() => return,
-            sent = out.send(Batch { samples, durable }) => {
-                if sent.is_err() {
-                    tracing::debug!(sensor = %sensor.id, "sample channel closed; sensor stops");
-                    return;
-                }
-            }
-        }
-        if let Some(stored) = stored {
-            // Sent: wait for the writer's word even while stopping (it appends everything queued
-            // before it ends), so a clean stop leaves the sensor's position where the buffer is.
-            let stored = stored.await.is_ok();
-            sensor.durable(stored).await;
-        }
-    }
-}
-
-/// The first point of the grid `start + k·every` that lies after `now`.
-fn next_on_grid(start: Instant, every: Duration, now: Instant) -> Instant {
-    let every_ns = every.as_nanos().max(1);
-    let done = now.saturating_duration_since(start).as_nanos() / every_ns + 1;
-    // Intervals are at least 100 ms and hubs do not run for centuries: the product fits.
-    start + Duration::from_nanos(u64::try_from(done * every_ns).unwrap_or(u64::MAX))
-}
-
-/// Controls running sensors: sample one now, list them, wait for them to stop.
-#[derive(Clone)]
-pub struct SensorHandle {
-    inner: Arc<HandleInner>,
-}
-
-struct HandleInner {
-    /// In config order; a hub has tens of sensors, so a list beats a map.
-    triggers: Vec<(String, Arc<Notify>)>,
-    tracker: TaskTracker,
-}
-
-impl SensorHandle {
-    /// Samples the named sensor now (for the `sample-now` command); false if no such sensor.
-    /// A sensor busy sampling samples again right after.
-    pub fn trigger(&self, name: &str) -> bool {
-        match self.inner.triggers.iter().find(|(n, _)| n == name) {
-            Some((_, t)) => {
-                t.notify_one();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Sensor names, in config order.
-    pub fn names(&self) -> Vec<String> {
-        self.inner.triggers.iter().map(|(n, _)| n.clone()).collect()
-    }
-
-    /// Waits until every sensor task has ended (after shutdown, or once `out` closed).
-    pub async fn stopped(&self) {
-        self.inner.tracker.wait().await;
+        running::spawn(self, out, shutdown)
     }
 }

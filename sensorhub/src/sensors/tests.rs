@@ -631,94 +631,10 @@ async fn command_timeout_kills_the_plugin_and_its_children() {
 // ---------------------------------------------------------------- running
 
 #[tokio::test]
-async fn spawned_sensors_sample_at_once_on_trigger_and_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f");
-    std::fs::write(&path, b"x").unwrap();
-    let file = SensorConfig {
-        path: Some(path),
-        interval: Some(Duration::from_secs(3600)),
-        ..cfg(SensorKind::File, "f")
-    };
-    let set = SensorSet::build(&[file]).unwrap();
-    assert_eq!(set.names(), ["file.f"]);
-    // Capacity 1: the third batch finds the channel full and must wait for room, not vanish.
-    let (tx, mut rx) = mpsc::channel(1);
-    let shutdown = CancellationToken::new();
-    let handle = set.spawn(tx, shutdown.clone());
-    assert_eq!(handle.names(), ["file.f"]);
-    assert!(!handle.trigger("nosuch"));
-
-    let first = within(rx.recv()).await.expect("first batch at once").samples;
-    assert_eq!(first[0].sensor, "file.f.age");
-    assert!(handle.trigger("file.f"));
-    // Let the triggered batch fill the channel, so the next one has to wait.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(handle.trigger("file.f"));
-    let second = within(rx.recv()).await.expect("triggered batch").samples;
-    assert_eq!(second.len(), 2);
-    let third = within(rx.recv()).await.expect("a trigger while waiting is kept, not dropped").samples;
-    assert_eq!(third.len(), 2);
-
-    shutdown.cancel();
-    within(handle.stopped()).await;
-    assert!(within(rx.recv()).await.is_none(), "every sender is gone after stop");
-}
-
-#[tokio::test]
 async fn build_refuses_invalid_configs() {
     let err = SensorSet::build(&[SensorConfig::new(SensorKind::Tcp)]).err().expect("invalid");
     let msg = err.to_string();
     assert!(msg.contains("sensor[0].name") && msg.contains("sensor[0].host"), "{msg}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn sensors_fall_due_together_on_one_grid() {
-    // A rate sensor (first sample after its ~1 s baseline) beside file sensors of 10, 20 and
-    // 30 s: after their first samples, all of them sample at start + k·10 s, so readings that
-    // fall due together leave the hub in one upload.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f");
-    std::fs::write(&path, b"x").unwrap();
-    let file = |name: &str, secs: u64| SensorConfig {
-        path: Some(path.clone()),
-        interval: Some(Duration::from_secs(secs)),
-        ..cfg(SensorKind::File, name)
-    };
-    let cpu = SensorConfig { interval: Some(Duration::from_secs(10)), ..SensorConfig::new(SensorKind::Cpu) };
-    let set = SensorSet::build(&[cpu, file("a", 10), file("b", 20), file("c", 30)]).unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
-    let shutdown = CancellationToken::new();
-    let start = Instant::now();
-    let handle = set.spawn(tx, shutdown.clone());
-
-    let mut firsts = std::collections::HashSet::new();
-    let mut on_grid = 0;
-    while start.elapsed() < Duration::from_secs(95) {
-        let batch = within(rx.recv()).await.expect("sensors keep sampling").samples;
-        let sensor = batch[0].sensor.split('.').take(2).collect::<Vec<_>>().join(".");
-        let at = start.elapsed();
-        if firsts.insert(sensor.clone()) {
-            continue; // the first sample comes at once (after any baseline), off the grid
-        }
-        let phase = at.as_millis() % 10_000;
-        assert!(phase < 50, "{sensor} sampled at {at:?}, off the 10 s grid");
-        on_grid += 1;
-    }
-    // 9 grid points for the 10 s sensors (×2), 4 for b, 3 for c: counted to show ticks happened.
-    assert!(on_grid >= 20, "{on_grid} samples on the grid in 95 s");
-    shutdown.cancel();
-    within(handle.stopped()).await;
-}
-
-#[test]
-fn the_next_grid_point_lies_after_now() {
-    let start = Instant::now();
-    let ten = Duration::from_secs(10);
-    assert_eq!(next_on_grid(start, ten, start), start + ten);
-    assert_eq!(next_on_grid(start, ten, start + Duration::from_millis(1300)), start + ten);
-    assert_eq!(next_on_grid(start, ten, start + ten), start + 2 * ten);
-    assert_eq!(next_on_grid(start, ten, start + Duration::from_secs(95)), start + 10 * ten);
 }
 
 // ---------------------------------------------------------------- Windows kinds

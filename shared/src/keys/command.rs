@@ -117,6 +117,11 @@ impl CommandVerifier {
     pub fn own_id(&self) -> &MachineId {
         &self.own_id
     }
+
+    /// The pinned cloud key, for other documents the cloud signs (managed sensor documents).
+    pub fn cloud_key(&self) -> &PublicKey {
+        &self.cloud_key
+    }
 }
 
 /// Ids of accepted commands with the time until which each must be remembered, in an

@@ -10,11 +10,18 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use std::collections::BTreeSet;
 
 /// `(version, what it does, SQL)`, in order. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "readings, latest values, hourly roll-ups, machines, unattached hubs",
-    include_str!("migrations/0001_readings.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "readings, latest values, hourly roll-ups, machines, unattached hubs",
+        include_str!("migrations/0001_readings.sql"),
+    ),
+    (
+        10,
+        "sensors managed from the cloud: machine sensors, templates, versions, deliveries",
+        include_str!("migrations/0010_managed_sensors.sql"),
+    ),
+];
 
 /// Advisory lock keys (any constants unlikely to collide with another application's).
 const MIGRATION_LOCK: i64 = 0x6f75_7470_6f73_7401;
@@ -49,7 +56,17 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, CloudEr
              run the newer outpost, or point [storage] postgres at another database"
         )));
     }
-    for (version, what, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    // Each migration not recorded yet, not only those above the newest: numbers are handed out
+    // in ranges to parallel work (10 to 19: managed sensors), so a lower one may land later.
+    let applied: BTreeSet<i32> = tx
+        .query("SELECT version FROM outpost_schema", &[])
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    for (version, what, sql) in MIGRATIONS.iter().filter(|m| !applied.contains(&m.0)) {
         tx.batch_execute(sql).await.map_err(db_err)?;
         tx.execute("INSERT INTO outpost_schema (version, description) VALUES ($1, $2)", &[version, what])
             .await
