@@ -2,7 +2,7 @@
 //! what the hub answers when it applies one.
 //!
 //! The cloud keeps each machine's sensors (its own and those of the templates applied to it),
-//! validates them with the hub's rules ([`crate::sensor_config::validate_sensors`]), seals every
+//! validates them with the hub's rules ([`crate::sensor_config::validate_sensors_for`]), seals every
 //! password to the machine's public key, and signs the result with its cloud key as a
 //! [`Signed<SensorDocument>`]. The document travels inside a command (action [`APPLY_ACTION`],
 //! parameter `document`) and is also what the hub keeps on disk to run offline after a restart,
@@ -11,7 +11,7 @@
 
 use crate::config::Problem;
 use crate::keys::{MachineId, SignedKind};
-use crate::sensor_config::{validate_sensors, SensorConfig};
+use crate::sensor_config::{validate_sensors_for, Files, SensorConfig};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +54,8 @@ impl SensorDocument {
             ));
             return Err(problems);
         }
-        validate_sensors(&self.sensors, &mut problems);
+        // The files a sensor names are on the hub: the hub checks them when it builds the set.
+        validate_sensors_for(&self.sensors, &mut problems, Files::Elsewhere);
         for (i, s) in self.sensors.iter().enumerate() {
             if s.password.as_ref().is_some_and(|p| !crate::keys::is_sealed(p.expose())) {
                 problems.push(Problem::new(
@@ -116,6 +117,16 @@ mod tests {
         assert!(problems.iter().any(|p| p.to_string().contains("sensor[1]")), "{problems:?}");
         let twice = doc(vec![http("web"), http("web")]).validate().unwrap_err();
         assert!(!twice.is_empty(), "two sensors of one name were accepted");
+    }
+
+    #[test]
+    fn files_on_the_hub_are_not_looked_for_where_the_document_is_made() {
+        let mut s = http("web");
+        s.ca_file = Some("/etc/outpost/only-on-the-hub/ca.pem".into());
+        assert!(doc(vec![s.clone()]).validate().is_ok(), "the cloud cannot see the hub's files");
+        let mut problems = Vec::new();
+        crate::sensor_config::validate_sensors(&[s], &mut problems);
+        assert!(problems.iter().any(|p| p.to_string().contains("ca_file")), "{problems:?}");
     }
 
     #[test]

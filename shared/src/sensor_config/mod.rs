@@ -527,6 +527,20 @@ pub fn default_sensors() -> Vec<SensorConfig> {
 
 /// Checks what serde cannot; every problem is keyed `sensor[i].<key>`.
 pub fn validate_sensors(sensors: &[SensorConfig], problems: &mut Vec<Problem>) {
+    validate_sensors_for(sensors, problems, Files::Here)
+}
+
+/// Whether the files a sensor names (an http check's `ca_file`) can be looked at where the
+/// validation runs: on the hub they must exist; the cloud that manages a hub's sensors cannot
+/// see the hub's disk, and the hub checks them when the document arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    Here,
+    Elsewhere,
+}
+
+/// [`validate_sensors`], with the files the sensors name checked only when they are `Here`.
+pub fn validate_sensors_for(sensors: &[SensorConfig], problems: &mut Vec<Problem>, files: Files) {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, s) in sensors.iter().enumerate() {
         let at = |key: &str| format!("sensor[{i}].{key}");
@@ -676,7 +690,7 @@ pub fn validate_sensors(sensors: &[SensorConfig], problems: &mut Vec<Problem>) {
         if s.expect_text.as_deref() == Some("") {
             problem("expect_text", "must not be empty".into());
         }
-        if let Some(ca) = &s.ca_file {
+        if let Some(ca) = s.ca_file.as_ref().filter(|_| files == Files::Here) {
             if !ca.is_file() {
                 problem("ca_file", format!("{} does not exist or is not a file", ca.display()));
             }
