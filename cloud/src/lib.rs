@@ -13,6 +13,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod mail;
+pub mod people;
 pub mod store;
 pub mod trust;
 

@@ -21,6 +21,7 @@
 //! runs) are still kept in the sled database only; see `start` in `lib.rs`, which refuses a
 //! PostgreSQL configuration for that reason.
 
+pub mod people;
 pub mod postgres;
 pub mod sled;
 #[cfg(test)]

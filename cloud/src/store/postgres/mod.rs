@@ -16,6 +16,7 @@
 //! answers 503 + Retry-After and the sender keeps the batch; nothing half-written is committed.
 
 pub mod connect;
+pub mod people;
 pub mod schema;
 #[cfg(all(test, unix))]
 mod tests;

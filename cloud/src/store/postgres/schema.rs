@@ -10,11 +10,14 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use std::collections::BTreeSet;
 
 /// `(version, what it does, SQL)`, in order. Never edit one that shipped: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "readings, latest values, hourly roll-ups, machines, unattached hubs",
-    include_str!("migrations/0001_readings.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "readings, latest values, hourly roll-ups, machines, unattached hubs",
+        include_str!("migrations/0001_readings.sql"),
+    ),
+    (20, "people: users, sessions, customers, API tokens", include_str!("migrations/0020_people.sql")),
+];
 
 /// Advisory lock keys (any constants unlikely to collide with another application's).
 const MIGRATION_LOCK: i64 = 0x6f75_7470_6f73_7401;
