@@ -39,6 +39,8 @@ pub struct Cloud {
     pub trust: trust::Trust,
     /// The authority hubs must trust to reach this cloud (`ca.pem`).
     pub ca_file: PathBuf,
+    /// While no user exists: the one-time link that makes the first owner (`…/#setup=…`).
+    pub setup_link: Option<String>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), CloudError>>,
 }
@@ -46,12 +48,7 @@ pub struct Cloud {
 impl Cloud {
     /// `https://host:port` as hubs and browsers reach it on loopback.
     pub fn url(&self) -> String {
-        let host = match self.addr.ip() {
-            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-            ip => ip.to_string(),
-        };
-        format!("https://{host}:{}", self.addr.port())
+        url_of(self.addr)
     }
 
     /// Stops accepting, lets open requests finish within the grace period, flushes storage.
@@ -66,10 +63,30 @@ impl Cloud {
     }
 }
 
+/// `https://host:port` of a listening address, loopback for an unspecified one.
+fn url_of(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    format!("https://{host}:{}", addr.port())
+}
+
 /// Runs the cloud until `shutdown` completes.
 pub async fn run(config: CloudConfig, shutdown: impl Future<Output = ()>) -> Result<(), CloudError> {
+    let setup_valid = config.people.setup_valid;
     let mut cloud = start(config).await?;
     tracing::info!(url = %cloud.url(), "cloud listening");
+    if let Some(link) = &cloud.setup_link {
+        // On the terminal (or the service's journal) only, never in a file of the data directory:
+        // whoever opens it first becomes the owner, so it works once and for minutes.
+        eprintln!(
+            "No user yet. Make the first owner with `outpost user add --owner NAME` on this host, or open \
+             this one-time link within {} (a restart makes a new one):\n  {link}",
+            humantime::format_duration(setup_valid)
+        );
+    }
     tokio::select! {
         _ = shutdown => cloud.stop().await,
         r = cloud.wait() => r,
@@ -104,6 +121,8 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let sled = store::sled::SledStore::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
     let trust = trust::Trust::open(dir, sled.db(), sled.flusher())?;
     let commands = commands::Commands::open(sled.db(), sled.flusher())?;
+    let people_db: store::people::PeopleDb = Arc::new(store::sled::people::SledPeople::open(&sled)?);
+    let people = people::People::new(people_db, config.people.clone())?;
     let store: store::Store = std::sync::Arc::new(sled.clone());
 
     let listener = std::net::TcpListener::bind(config.listen)
@@ -112,11 +131,14 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let addr = listener.local_addr().map_err(|source| CloudError::Listen { addr: config.listen, source })?;
 
     let shutdown = CancellationToken::new();
+    let setup_link =
+        people.setup_secret(chrono::Utc::now()).await?.map(|s| format!("{}/#setup={s}", url_of(addr)));
     let state = api::AppState::new(
         store.clone(),
         admin_token.clone(),
         trust.clone(),
         commands.clone(),
+        people.clone(),
         Arc::new(config.clone()),
     );
     let state = match &config.mail {
@@ -130,8 +152,14 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let h = handle.clone();
     let server = async move { outpost_shared::http_server::serve_tls(listener, tls, app, &limits, h).await };
 
-    let compactor =
-        spawn_compactor(store.clone(), trust.clone(), commands.clone(), config.clone(), shutdown.clone());
+    let compactor = spawn_compactor(
+        store.clone(),
+        trust.clone(),
+        commands.clone(),
+        people.clone(),
+        config.clone(),
+        shutdown.clone(),
+    );
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let h = handle.clone();
@@ -145,7 +173,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         store.commit().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });
-    Ok(Cloud { addr, admin_token, trust, ca_file, shutdown, task })
+    Ok(Cloud { addr, admin_token, trust, ca_file, setup_link, shutdown, task })
 }
 
 /// The retention pass, every `compact_every`: readings folded and expired, and the cloud's other
@@ -154,6 +182,7 @@ fn spawn_compactor(
     store: store::Store,
     trust: trust::Trust,
     commands: commands::Commands,
+    people: people::People,
     config: CloudConfig,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -164,15 +193,16 @@ fn spawn_compactor(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let (s, t, c) = (store.clone(), trust.clone(), commands.clone());
+            let (s, t, c, p) = (store.clone(), trust.clone(), commands.clone(), people.clone());
             let r = config.retention.clone();
             let pass = async move {
                 let now = chrono::Utc::now();
                 let readings = s.compact(now, r.raw, r.hourly).await?;
+                let sessions = p.prune(now).await?;
                 let (tokens, cmds, audit) = tokio::task::spawn_blocking(move || {
                     let tokens = t.prune_tokens(now)?;
                     let (cmds, audit) = c.prune(now, r.commands, r.audit)?;
-                    Ok::<_, CloudError>((tokens, cmds, audit))
+                    Ok::<_, CloudError>((tokens + sessions, cmds, audit))
                 })
                 .await
                 .map_err(|e| CloudError::Unavailable(format!("retention task failed: {e}")))??;

@@ -2,8 +2,10 @@
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it was.
 //!
 //! One file per resource; this one holds the shared state, builds the router and the error helpers.
-//! `auth` checks who is asking (admin token, machine signatures) for all of them.
+//! `auth` checks who is asking (people: session cookie, API token, the CLI's admin token; machines:
+//! signatures) for all of them, and `access` what a person may see and do.
 
+mod access;
 mod admission;
 mod audit;
 mod auth;
@@ -14,24 +16,31 @@ mod ingest;
 mod machines;
 mod mail;
 mod network;
+mod people;
+#[cfg(test)]
+mod people_tests;
 #[cfg(test)]
 mod tests;
 
 use crate::commands::Commands;
 use crate::config::CloudConfig;
+use crate::people::People;
 use crate::store::Store;
 use crate::trust::Trust;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use outpost_shared::http_server::rate;
 use outpost_shared::model::{ApiError, MachineInfo, SensorLatest};
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::broadcast;
+
+/// Largest body of a request people send (sign-in, commands, users): far above any real one.
+const PEOPLE_BODY: usize = 64 << 10;
 
 /// Live events buffered per slow dashboard before it starts missing some (it then reloads).
 const EVENT_BACKLOG: usize = 1024;
@@ -42,6 +51,8 @@ pub struct AppState {
     admin_token: Arc<str>,
     trust: Trust,
     commands: Commands,
+    /// Users, sessions, customers, grants and API tokens.
+    people: People,
     config: Arc<CloudConfig>,
     events: broadcast::Sender<LiveEvent>,
     /// The gates of ingest: admission slots and the inflation limit.
@@ -57,6 +68,7 @@ impl AppState {
         admin_token: String,
         trust: Trust,
         commands: Commands,
+        people: People,
         config: Arc<CloudConfig>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -66,6 +78,7 @@ impl AppState {
             admin_token: admin_token.into(),
             trust,
             commands,
+            people,
             config,
             events,
             admission,
@@ -102,9 +115,26 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));
     let enroll = Router::new()
         .route("/v1/enroll", post(enrollment::enroll))
-        .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit))
+        .route_layer(middleware::from_fn_with_state(enroll_limit.clone(), rate::limit))
         .layer(DefaultBodyLimit::max(state.config.ingest.max_body as usize));
+    // Password guessing pays the enrollment limit per source, besides the per-account lockout.
+    let sign_in = Router::new()
+        .route("/v1/session", post(people::sign_in))
+        .route("/v1/setup", post(people::setup))
+        .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit))
+        .layer(DefaultBodyLimit::max(PEOPLE_BODY));
     let people = Router::new()
+        .route("/v1/me", get(people::whoami))
+        .route("/v1/me/password", put(people::change_password))
+        .route("/v1/session", delete(people::sign_out))
+        .route("/v1/sessions", delete(people::sign_out_everywhere))
+        .route("/v1/users", get(people::list_users).post(people::add_user))
+        .route("/v1/users/{name}", delete(people::delete_user))
+        .route("/v1/users/{name}/grants/{customer}", put(people::set_grant))
+        .route("/v1/customers", get(people::list_customers).post(people::add_customer))
+        .route("/v1/customers/{id}/networks", post(people::add_network))
+        .route("/v1/api-tokens", get(people::list_api_tokens).post(people::new_api_token))
+        .route("/v1/api-tokens/{id}", delete(people::revoke_api_token))
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", delete(machines::revoke))
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
@@ -119,7 +149,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}/mail-commands", get(mail::show).put(mail::grant).delete(mail::withdraw))
         .route("/v1/commands/{id}", get(commands::status))
         .route("/v1/audit", get(audit::list))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(DefaultBodyLimit::max(PEOPLE_BODY));
     let machines = Router::new()
         .route("/v1/batches", post(ingest::batches))
         .route("/v1/forward", post(ingest::forward))
@@ -134,6 +165,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public)
         .merge(enroll)
+        .merge(sign_in)
         .merge(people)
         .merge(machines)
         .fallback(|| async {

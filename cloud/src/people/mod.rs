@@ -90,8 +90,9 @@ pub fn check_name(what: &str, name: &str) -> Result<(), CloudError> {
 }
 
 impl People {
-    pub async fn new(db: PeopleDb, config: PeopleConfig) -> Result<People, CloudError> {
-        let decoy = blocking(|| secret::hash_password(&secret::random_secret()?)).await??;
+    /// Hashes a decoy password (some tens of milliseconds, once).
+    pub fn new(db: PeopleDb, config: PeopleConfig) -> Result<People, CloudError> {
+        let decoy = secret::hash_password(&secret::random_secret()?)?;
         Ok(People { db, config, attempts: Arc::default(), setup: Arc::default(), decoy: Arc::new(decoy) })
     }
 

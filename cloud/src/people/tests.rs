@@ -27,7 +27,7 @@ const PW: &str = "correct horse battery";
 /// Ten wrong passwords lock the account; during the lock the right password fails; after it,
 /// it works; the waits in between are enforced without checking the password.
 async fn lockout(db: PeopleDb) {
-    let p = People::new(db, config()).await.unwrap();
+    let p = People::new(db, config()).unwrap();
     let t0 = Utc::now();
     p.add_user("alice", PW, false, vec![], t0).await.unwrap();
     let mut now = t0;
@@ -53,7 +53,7 @@ async fn lockout(db: PeopleDb) {
 /// Sessions end when idle, when too old, on sign-out and on sign-out everywhere; only their hash
 /// is stored.
 async fn sessions(db: PeopleDb) {
-    let p = People::new(db.clone(), config()).await.unwrap();
+    let p = People::new(db.clone(), config()).unwrap();
     let t0 = Utc::now();
     p.add_user("bob", PW, false, vec![], t0).await.unwrap();
     let SignIn::Ok { cookie, .. } = p.sign_in("bob", PW, t0).await.unwrap() else { panic!() };
@@ -86,7 +86,7 @@ async fn sessions(db: PeopleDb) {
 
 /// Tokens: shown once, stored hashed, no higher than the user's role, revocable at once, expire.
 async fn tokens(db: PeopleDb) {
-    let p = People::new(db.clone(), config()).await.unwrap();
+    let p = People::new(db.clone(), config()).unwrap();
     let now = Utc::now();
     let grants = vec![Grant { customer: "acme".into(), role: Role::Operator }];
     let u = p.add_user("carol", PW, false, grants, now).await.unwrap();
@@ -117,7 +117,7 @@ async fn tokens(db: PeopleDb) {
 
 /// The setup link makes one owner, once, and only while nobody exists.
 async fn setup_link(db: PeopleDb) {
-    let p = People::new(db, config()).await.unwrap();
+    let p = People::new(db, config()).unwrap();
     let now = Utc::now();
     let s = p.setup_secret(now).await.unwrap().expect("no user yet");
     assert!(p.use_setup("wrong", "root", PW, now).await.is_err());
@@ -161,12 +161,7 @@ async fn sled_people_survive_a_restart() {
     {
         let store = crate::store::sled::SledStore::open(dir.path()).unwrap();
         let db: PeopleDb = Arc::new(crate::store::sled::people::SledPeople::open(&store).unwrap());
-        People::new(db, config())
-            .await
-            .unwrap()
-            .add_user("dave", PW, true, vec![], Utc::now())
-            .await
-            .unwrap();
+        People::new(db, config()).unwrap().add_user("dave", PW, true, vec![], Utc::now()).await.unwrap();
         // No orderly close: what put_user returned on must already be on disk.
         std::mem::forget(store);
     }
@@ -181,7 +176,7 @@ async fn sled_people_survive_a_restart() {
     }
     let store = crate::store::sled::SledStore::open(copy.path()).unwrap();
     let db: PeopleDb = Arc::new(crate::store::sled::people::SledPeople::open(&store).unwrap());
-    let p = People::new(db, config()).await.unwrap();
+    let p = People::new(db, config()).unwrap();
     assert!(matches!(p.sign_in("dave", PW, Utc::now()).await.unwrap(), SignIn::Ok { .. }));
 }
 
