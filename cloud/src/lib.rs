@@ -2,7 +2,9 @@
 //! connector), stores each `(machine_id, seq)` once ([`store`]: one trait, a sled engine that is
 //! the default and a PostgreSQL engine not yet used by [`start`]), serves the JSON API and
 //! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
-//! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). [`start`] brings it
+//! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). People sign in and
+//! act within their role per customer ([`people`]: users, sessions, API tokens, customers; kept
+//! behind [`store::people`]). [`start`] brings it
 //! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
 #![forbid(unsafe_code)]
 

@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", delete(machines::revoke))
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
+        .route("/v1/machines/{id}/sensors/{sensor}/ack", post(machines::acknowledge))
         .route("/v1/machines/{id}/readings", get(machines::readings))
         .route("/v1/events", get(events::stream))
         .route("/v1/hubs/unattached", get(machines::unattached))

@@ -204,6 +204,7 @@ async fn an_admin_of_one_customer_finds_nothing_of_another_on_any_route() {
     let by_id: Vec<(Method, String, Option<serde_json::Value>)> = vec![
         (Method::GET, "/v1/machines/{m}/sensors".into(), None),
         (Method::GET, "/v1/machines/{m}/readings?sensor=cpu".into(), None),
+        (Method::POST, "/v1/machines/{m}/sensors/cpu/ack".into(), None),
         (Method::POST, "/v1/machines/{m}/commands".into(), Some(serde_json::json!({"action": "ping"}))),
         (Method::POST, "/v1/machines/{m}/relays/1/1".into(), Some(serde_json::json!({"on": false}))),
         (Method::POST, "/v1/machines/{m}/seal".into(), Some(serde_json::json!({"secret": "x"}))),
@@ -321,11 +322,23 @@ async fn a_viewer_cannot_switch_an_operator_can_and_the_trail_names_each() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (s, _) = go(&w, Method::DELETE, &format!("/v1/machines/{a}"), &olga, None).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "revoking is an admin's");
+    // Acknowledging is an operator's too.
+    let ack = format!("/v1/machines/{a}/sensors/cpu/ack");
+    assert_eq!(go(&w, Method::POST, &ack, &vic, None).await.0, StatusCode::FORBIDDEN);
+    let (s, v) = go(&w, Method::POST, &ack, &olga, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        go(&w, Method::POST, &format!("/v1/machines/{a}/sensors/nope/ack"), &olga, None).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     let trail = audit(&w).await;
     assert!(trail.iter().any(|e| e.who == "user:vic" && e.event == "refused" && e.machine == a), "{trail:?}");
     assert!(trail.iter().any(|e| e.who == "user:olga" && e.event == "created" && e.action == "relay.set"));
     assert!(trail.iter().any(|e| e.who == "user:olga" && e.action == "sign-in" && e.event == "done"));
+    assert!(trail
+        .iter()
+        .any(|e| e.who == "user:olga" && e.action == "ack" && e.parameters["sensor"] == "cpu"));
     assert!(!trail.iter().any(|e| e.who == "admin"), "nobody is just `admin` any more");
 
     // The CLI's admin token: owner from the host, refused from anywhere else.
@@ -569,4 +582,24 @@ async fn no_password_session_or_token_is_stored_in_clear() {
         found_hash |= bytes.windows(10).any(|x| x == b"$argon2id$");
     }
     assert!(found_hash, "the search looked where the users are");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_feed_carries_only_the_customers_machines() {
+    use futures_util::StreamExt;
+    let w = world().await;
+    let bob = Auth::Cookie(sign_in(&w, "bob").await);
+    let r = w.app.clone().oneshot(request(Method::GET, "/v1/events", &bob, None)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body().into_data_stream();
+    for m in [&w.hub_a, &w.hub_b] {
+        w.state.events.send(LiveEvent::Sensors { machine: m.clone(), sensors: Vec::new() }).unwrap();
+    }
+    let mut seen = String::new();
+    while !seen.contains(&w.hub_b) {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains(&w.hub_a), "bob's feed carried customer a's machine: {seen}");
 }

@@ -72,7 +72,8 @@ $("newtoken").addEventListener("click", async () => {
   try {
     const role = $("tokenrole").value;
     const t = await api("/v1/enrollment-tokens",
-      { network: $("tokennetwork").value.trim() || "default", role, label: $("tokenlabel").value.trim(), ttl: "24h" });
+      { network: $("tokennetwork").value.trim() || "default", role, label: $("tokenlabel").value.trim(), ttl: "24h",
+        customer: $("tokencustomer").value || undefined });
     $("tokenvalue").value = t.token;
     $("tokennet").textContent = t.network;
     $("tokenrolename").textContent = t.role;

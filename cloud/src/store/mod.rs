@@ -17,8 +17,9 @@
 //! Errors: [`CloudError::Unavailable`] means the engine cannot be reached right now (PostgreSQL
 //! restarting, connections lost); callers answer "retry later" and keep nothing half-done.
 //!
-//! The cloud's other records (keys, tokens, revocations, commands, audit, mail outbox, report
-//! runs) are still kept in the sled database only; see `start` in `lib.rs`, which refuses a
+//! People (users, sessions, customers, API tokens) have their own trait, [`people::PeopleStore`],
+//! with both engines. The cloud's other records (keys, tokens, revocations, commands, audit, mail
+//! outbox, report runs) are still kept in the sled database only; see `start` in `lib.rs`, which refuses a
 //! PostgreSQL configuration for that reason.
 
 pub mod people;
