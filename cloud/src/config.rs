@@ -61,6 +61,9 @@ pub struct PeopleConfig {
     /// Longest validity of an API token.
     #[serde(with = "humantime_serde")]
     pub api_token_max: Duration,
+    /// Owners and admins must have a TOTP second factor: until they set one up, their sessions
+    /// can do nothing but set it up.
+    pub require_totp_for_admins: bool,
 }
 
 impl Default for PeopleConfig {
@@ -74,6 +77,7 @@ impl Default for PeopleConfig {
             slow_delay: Duration::from_secs(1),
             setup_valid: Duration::from_secs(15 * 60),
             api_token_max: Duration::from_secs(366 * 86400),
+            require_totp_for_admins: false,
         }
     }
 }

@@ -94,6 +94,7 @@ pub(super) async fn authenticate(
         },
         None => match presented_session(req.headers()) {
             Some(c) => match st.people.session(&c, now).await {
+                Ok(Some(u)) if st.people.lacks_required_totp(&u) => Actor::without_second_factor(&u, true),
                 Ok(Some(u)) => Actor::user(&u, true),
                 Ok(None) => {
                     return err(StatusCode::UNAUTHORIZED, "signed out or session expired; sign in again")

@@ -126,6 +126,8 @@ pub fn router(state: AppState) -> Router {
     let people = Router::new()
         .route("/v1/me", get(people::whoami))
         .route("/v1/me/password", put(people::change_password))
+        .route("/v1/me/totp", post(people::totp_begin).put(people::totp_confirm))
+        .route("/v1/users/{name}/totp", delete(people::totp_reset))
         .route("/v1/session", delete(people::sign_out))
         .route("/v1/sessions", delete(people::sign_out_everywhere))
         .route("/v1/users", get(people::list_users).post(people::add_user))

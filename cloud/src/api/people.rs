@@ -55,6 +55,9 @@ fn me(user: &User, actor: &Actor) -> serde_json::Value {
 pub(super) struct SignInRequest {
     name: String,
     password: String,
+    /// The current code of the user's authenticator app, for an account with a second factor.
+    #[serde(default)]
+    code: Option<String>,
 }
 
 /// `POST /v1/session`: signs in with name and password; the answer sets the session cookie.
@@ -70,7 +73,7 @@ pub(super) async fn sign_in(
     }
     let name: String = req.name.chars().take(64).collect();
     let params = serde_json::json!({"user": name});
-    match st.people.sign_in(&name, &req.password, Utc::now()).await {
+    match st.people.sign_in(&name, &req.password, req.code.as_deref(), Utc::now()).await {
         Ok(SignIn::Ok { cookie, user }) => {
             let actor = Actor::user(&user, true);
             audit(&st, &actor.label(), "sign-in", "done", params);
@@ -107,6 +110,11 @@ pub(super) async fn sign_in(
             wait(until, "this account is locked after too many wrong passwords")
         }
         Ok(SignIn::Wait { until }) => wait(until, "too many wrong passwords; wait before the next try"),
+        Ok(SignIn::NeedCode) => (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "enter the code your authenticator app shows", "totp_required": true})),
+        )
+            .into_response(),
         Err(e) => internal(e),
     }
 }
@@ -156,9 +164,22 @@ pub(super) async fn setup(
     }
 }
 
-/// The signed-in user of a request (not a token, not the CLI's local admin).
+/// The signed-in user of a request (not a token, not the CLI's local admin), who has the second
+/// factor their role needs.
 #[allow(clippy::result_large_err)]
 async fn person(st: &AppState, actor: &Actor) -> Result<User, Response> {
+    if actor.missing_second_factor {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            "your role needs a second factor: set it up first (POST /v1/me/totp, or on the dashboard)",
+        ));
+    }
+    person_any(st, actor).await
+}
+
+/// The signed-in user, also one who still has to set up a second factor.
+#[allow(clippy::result_large_err)]
+async fn person_any(st: &AppState, actor: &Actor) -> Result<User, Response> {
     match &actor.who {
         Who::User(name) => match st.people.db().user(name).await {
             Ok(Some(u)) => Ok(u),
@@ -182,8 +203,16 @@ pub(super) async fn whoami(State(st): State<AppState>, Extension(actor): Extensi
         Some(n) => (n.to_string(), actor.is_owner()),
         None => ("local-admin".to_string(), true),
     };
+    let totp = match &actor.who {
+        Who::User(n) => match st.people.db().user(n).await {
+            Ok(u) => u.is_some_and(|u| u.totp.is_some()),
+            Err(e) => return internal(e),
+        },
+        _ => false,
+    };
     Json(serde_json::json!({
         "name": name, "owner": owner, "grants": actor.grants(), "actor": actor.label(), "customers": customers,
+        "totp": totp, "totp_required": actor.missing_second_factor,
     }))
     .into_response()
 }
@@ -208,7 +237,7 @@ pub(super) async fn sign_out_everywhere(
     State(st): State<AppState>,
     Extension(actor): Extension<Actor>,
 ) -> Response {
-    let user = match person(&st, &actor).await {
+    let user = match person_any(&st, &actor).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -246,8 +275,9 @@ pub(super) async fn change_password(
         Ok(u) => u,
         Err(r) => return r,
     };
-    match st.people.sign_in(&user.name, &req.old, Utc::now()).await {
-        Ok(SignIn::Ok { .. }) => {}
+    // The session already passed any second factor: the old password is what is asked again.
+    match st.people.sign_in(&user.name, &req.old, None, Utc::now()).await {
+        Ok(SignIn::Ok { .. } | SignIn::NeedCode) => {}
         Ok(_) => return err(StatusCode::FORBIDDEN, "the old password is wrong"),
         Err(e) => return internal(e),
     }
@@ -264,6 +294,84 @@ pub(super) async fn change_password(
                 .into_response()
         }
         Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
+        Err(e) => internal(e),
+    }
+}
+
+// ---- second factor ----
+
+/// `POST /v1/me/totp`: starts setting up a second factor; answers `{"secret","uri"}` for the app.
+pub(super) async fn totp_begin(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Response {
+    let user = match person_any(&st, &actor).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match st.people.totp_begin(user).await {
+        Ok((secret, uri)) => Json(serde_json::json!({"secret": secret, "uri": uri})).into_response(),
+        Err(crate::CloudError::Invalid(m)) => err(StatusCode::CONFLICT, m),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TotpCode {
+    code: String,
+}
+
+/// `PUT /v1/me/totp` `{"code"}`: confirms the second factor with a code from the app.
+pub(super) async fn totp_confirm(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<TotpCode>,
+) -> Response {
+    let user = match person_any(&st, &actor).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match st.people.totp_confirm(user, &req.code, Utc::now()).await {
+        Ok(()) => {
+            audit(
+                &st,
+                &actor.label(),
+                "totp-enabled",
+                "done",
+                serde_json::json!({"user": actor.user_name()}),
+            );
+            Json(serde_json::json!({"totp": true})).into_response()
+        }
+        Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
+        Err(e) => internal(e),
+    }
+}
+
+/// `DELETE /v1/users/{name}/totp`: an owner (or an admin of all the user's customers) turns a
+/// user's second factor off, e.g. for a lost phone; their sessions end, and they set it up again.
+pub(super) async fn totp_reset(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = not_a_token(&actor) {
+        return r;
+    }
+    let user = match st.people.db().user(&name).await {
+        Ok(Some(u)) if sees_user(&actor, &u) => u,
+        Ok(_) => return err(StatusCode::NOT_FOUND, "no such user"),
+        Err(e) => return internal(e),
+    };
+    if !actor.is_owner() && !user.grants.iter().all(|g| administers(&actor, &g.customer)) {
+        return err(StatusCode::FORBIDDEN, "this user has roles in customers you do not administer");
+    }
+    let params = grants_params(&user.name, user.owner, &user.grants);
+    match st.people.totp_remove(user).await {
+        Ok(()) => {
+            if let Err(e) = st.people.sign_out_everywhere(&name).await {
+                return internal(e);
+            }
+            audit(&st, &actor.label(), "totp-reset", "done", params);
+            Json(serde_json::json!({"totp": false})).into_response()
+        }
         Err(e) => internal(e),
     }
 }

@@ -24,6 +24,10 @@ struct World {
 /// Two customers with one hub each, readings from both, and users:
 /// alice admin of a, olga operator of a, vic viewer of a, bob admin of b, root owner.
 async fn world() -> World {
+    world_with(|_| {}).await
+}
+
+async fn world_with(tune: impl FnOnce(&mut crate::config::PeopleConfig)) -> World {
     let dir = tempfile::tempdir().unwrap();
     let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
     let trust = Trust::open(dir.path(), sled.db(), sled.flusher()).unwrap();
@@ -31,6 +35,7 @@ async fn world() -> World {
     let store: Store = Arc::new(sled.clone());
     let mut config = CloudConfig::default();
     config.people.slow_delay = Duration::ZERO;
+    tune(&mut config.people);
     let db: crate::store::people::PeopleDb =
         Arc::new(crate::store::sled::people::SledPeople::open(&sled).unwrap());
     let people = crate::people::People::new(db.clone(), config.people.clone()).unwrap();
@@ -602,4 +607,74 @@ async fn the_live_feed_carries_only_the_customers_machines() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(!seen.contains(&w.hub_a), "bob's feed carried customer a's machine: {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_without_the_required_second_factor_can_only_set_it_up() {
+    let w = world_with(|p| p.require_totp_for_admins = true).await;
+    let alice = Auth::Cookie(sign_in(&w, "alice").await);
+    let (_, me) = go(&w, Method::GET, "/v1/me", &alice, None).await;
+    assert_eq!(me["totp_required"], true, "{me}");
+    let (_, list) = go(&w, Method::GET, "/v1/machines", &alice, None).await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "sees nothing yet");
+    let (s, _) =
+        go(&w, Method::POST, &format!("/v1/machines/{}/sensors/cpu/ack", w.hub_a), &alice, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = go(
+        &w,
+        Method::POST,
+        "/v1/api-tokens",
+        &alice,
+        Some(serde_json::json!({"role": "viewer", "customer": "a"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no token around the second factor");
+    // A viewer is not asked for one.
+    let vic = Auth::Cookie(sign_in(&w, "vic").await);
+    let (_, list) = go(&w, Method::GET, "/v1/machines", &vic, None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let (s, v) = go(&w, Method::POST, "/v1/me/totp", &alice, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let secret = v["secret"].as_str().unwrap().to_string();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let (s, v) =
+        go(&w, Method::PUT, "/v1/me/totp", &alice, Some(serde_json::json!({"code": "000000x"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let code = crate::people::totp::code_for(&secret, now);
+    let (s, v) = go(&w, Method::PUT, "/v1/me/totp", &alice, Some(serde_json::json!({"code": code}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, list) = go(&w, Method::GET, "/v1/machines", &alice, None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "the same session acts now");
+
+    // From now on sign-in asks for a code.
+    let (s, v) = go(
+        &w,
+        Method::POST,
+        "/v1/session",
+        &Auth::None,
+        Some(serde_json::json!({"name": "alice", "password": PW})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["totp_required"], true, "{v}");
+    let next = crate::people::totp::code_for(&secret, now + 30);
+    let body = serde_json::json!({"name": "alice", "password": PW, "code": next});
+    let (s, _) = go(&w, Method::POST, "/v1/session", &Auth::None, Some(body.clone())).await;
+    // The next step's code is accepted while the clocks are within one step of each other.
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = go(&w, Method::POST, "/v1/session", &Auth::None, Some(body)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a code works once");
+    // An owner resets it for a lost phone; the user's sessions end.
+    let root = Auth::Cookie(sign_in(&w, "root").await);
+    let (_, me) = go(&w, Method::GET, "/v1/me", &root, None).await;
+    assert_eq!(me["totp_required"], true, "the owner too");
+    let owner = Auth::Bearer("local-secret".into());
+    let (s, _) = go(&w, Method::DELETE, "/v1/users/alice/totp", &owner, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = go(&w, Method::GET, "/v1/me", &alice, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let trail = audit(&w).await;
+    assert!(trail.iter().any(|e| e.action == "totp-enabled" && e.who == "user:alice"));
+    assert!(trail.iter().any(|e| e.action == "totp-reset" && e.who == "local-admin"));
 }

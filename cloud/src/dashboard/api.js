@@ -48,21 +48,44 @@ $("loginform").addEventListener("submit", async (e) => {
   const name = $("username").value.trim(), password = $("password").value;
   if (!name || !password) { $("loginerr").textContent = "Enter your name and password."; return; }
   const body = setupToken ? { token: setupToken, name, password } : { name, password };
+  if (!$("code").hidden && $("code").value.trim()) body.code = $("code").value.trim();
   $("loginbutton").disabled = true;
   try {
     const r = await fetch(setupToken ? "/v1/setup" : "/v1/session", {
       method: "POST", credentials: "same-origin", cache: "no-store",
       headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     if (r.ok) {
-      setupToken = null; $("password").value = ""; $("loginerr").textContent = "";
+      setupToken = null; $("password").value = ""; $("code").value = ""; $("loginerr").textContent = "";
       onLogin();
     } else {
       const j = await r.json().catch(() => ({}));
       $("loginerr").textContent = typeof j.error === "string" ? j.error : r.statusText;
+      // The password was right; the account has a second factor.
+      if (j.totp_required === true) { $("code").hidden = false; $("codelabel").hidden = false; $("code").focus(); }
     }
   } catch (_) {
     $("loginerr").textContent = "The cloud cannot be reached.";
   } finally { $("loginbutton").disabled = false; }
+});
+
+/// A role that needs a second factor the person has not set up: only this panel until they do.
+export function showTotpSetup() {
+  $("app").hidden = true; $("login").hidden = true; $("totpsetup").hidden = false;
+}
+$("totpbegin").addEventListener("click", async () => {
+  try {
+    const t = await api("/v1/me/totp", {});
+    $("totpsecret").textContent = t.secret;
+    $("totpuri").href = t.uri; $("totpuri").hidden = false;
+  } catch (e) { $("totperr").textContent = e.message; }
+});
+$("totpform").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await api("/v1/me/totp", { code: $("totpcode").value.trim() }, "PUT");
+    $("totpsetup").hidden = true; $("totperr").textContent = "";
+    onLogin();
+  } catch (err) { $("totperr").textContent = err.message; }
 });
 
 async function signOut(everywhere) {

@@ -3,7 +3,7 @@
 // pointer or holding keyboard focus is never replaced.
 
 import { $, h, emptyRow, setText, setAttr, keepOrder } from "./dom.js";
-import { api, enc, pool, takeSetupFromUrl, showLogin, whenLoggedIn, whenReachableAgain, markDown, checkHealth, Unauthorised, loadMe, can, canAnywhere, me } from "./api.js";
+import { api, enc, pool, takeSetupFromUrl, showLogin, whenLoggedIn, whenReachableAgain, markDown, checkHealth, Unauthorised, loadMe, can, canAnywhere, me, showTotpSetup } from "./api.js";
 import * as F from "./format.js";
 import { History, RANGES } from "./chart.js";
 import { R, renderRelays, resetRelays } from "./relays.js";
@@ -639,6 +639,7 @@ async function start() {
   try {
     const list = await api("/v1/machines");
     await loadMe();
+    if (me.totp_required) { showTotpSetup(); return; }
     $("login").hidden = true; $("app").hidden = false;
     $("enrollsection").hidden = !canAnywhere("admin");
     $("tokencustomer").replaceChildren(...me.customers.filter((c) => can("admin", c.id))

@@ -25,15 +25,41 @@ pub struct Actor {
     grants: Vec<Grant>,
     /// Authenticated by the session cookie (a browser): state changes need a same-origin check.
     pub by_cookie: bool,
+    /// Signed in, but their role needs a second factor they have not set up: no grants until
+    /// they do (`[people] require_totp_for_admins`).
+    pub missing_second_factor: bool,
 }
 
 impl Actor {
     pub fn user(u: &User, by_cookie: bool) -> Actor {
-        Actor { who: Who::User(u.name.clone()), owner: u.owner, grants: u.grants.clone(), by_cookie }
+        Actor {
+            who: Who::User(u.name.clone()),
+            owner: u.owner,
+            grants: u.grants.clone(),
+            by_cookie,
+            missing_second_factor: false,
+        }
+    }
+
+    /// A user who must set up a second factor first: may do nothing else.
+    pub fn without_second_factor(u: &User, by_cookie: bool) -> Actor {
+        Actor {
+            who: Who::User(u.name.clone()),
+            owner: false,
+            grants: Vec::new(),
+            by_cookie,
+            missing_second_factor: true,
+        }
     }
 
     pub fn local_admin() -> Actor {
-        Actor { who: Who::LocalAdmin, owner: true, grants: Vec::new(), by_cookie: false }
+        Actor {
+            who: Who::LocalAdmin,
+            owner: true,
+            grants: Vec::new(),
+            by_cookie: false,
+            missing_second_factor: false,
+        }
     }
 
     /// A token acts with its own role in its own scope, and never above what its user may do
@@ -61,6 +87,7 @@ impl Actor {
             owner: false,
             grants,
             by_cookie: false,
+            missing_second_factor: false,
         }
     }
 
@@ -127,6 +154,9 @@ mod tests {
             failures: 0,
             last_failure: None,
             locked_until: None,
+            totp: None,
+            totp_pending: None,
+            totp_step: 0,
         }
     }
 

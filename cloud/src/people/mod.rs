@@ -15,6 +15,7 @@ pub mod actor;
 pub mod secret;
 #[cfg(test)]
 mod tests;
+pub mod totp;
 
 pub use actor::{Actor, Who};
 
@@ -46,6 +47,8 @@ pub enum SignIn {
     Locked { until: DateTime<Utc> },
     /// Too soon after a wrong password; the password was not checked.
     Wait { until: DateTime<Utc> },
+    /// The password is right, but the account has a second factor and no code came with it.
+    NeedCode,
 }
 
 /// The one-time link that makes the first owner (kept in memory only: a restart makes a new one).
@@ -115,10 +118,13 @@ impl People {
         self.attempts.lock().expect("attempt locks").entry(name.to_string()).or_default().clone()
     }
 
+    /// Checks name, password and (for an account with a second factor) the TOTP `code`, and makes
+    /// a session. A wrong code counts like a wrong password; a missing one does not.
     pub async fn sign_in(
         &self,
         name: &str,
         password: &str,
+        code: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<SignIn, CloudError> {
         if password.len() > secret::MAX_PASSWORD || self.db.user(name).await?.is_none() {
@@ -143,7 +149,17 @@ impl People {
             }
         }
         let (pw, phc) = (password.to_string(), user.password.clone());
-        if !blocking(move || secret::verify_password(&pw, &phc)).await? {
+        let mut right = blocking(move || secret::verify_password(&pw, &phc)).await?;
+        if right {
+            if let Some(secret) = user.totp.clone() {
+                let Some(code) = code else { return Ok(SignIn::NeedCode) };
+                match totp::check(&secret, code, now.timestamp().max(0) as u64, user.totp_step) {
+                    Some(step) => user.totp_step = step,
+                    None => right = false,
+                }
+            }
+        }
+        if !right {
             user.failures += 1;
             user.last_failure = Some(now);
             let mut locked = None;
@@ -157,10 +173,15 @@ impl People {
             self.db.put_user(&user).await?;
             return Ok(SignIn::Wrong { known: true, locked });
         }
-        if user.failures != 0 || user.locked_until.is_some() || user.last_failure.is_some() {
+        if user.failures != 0
+            || user.locked_until.is_some()
+            || user.last_failure.is_some()
+            || user.totp.is_some()
+        {
             user.failures = 0;
             user.last_failure = None;
             user.locked_until = None;
+            // With a second factor this also records the step just used.
             self.db.put_user(&user).await?;
         }
         let cookie = self.new_session(&user.name, now).await?;
@@ -209,6 +230,10 @@ impl People {
             return Ok(None);
         }
         let Some(user) = self.db.user(&t.user).await? else { return Ok(None) };
+        // A token is no way around a second factor its user's role requires.
+        if self.lacks_required_totp(&user) {
+            return Ok(None);
+        }
         if t.last_used.is_none_or(|l| now - l > TOUCH_EVERY) {
             self.db.touch_api_token(&t.id, now).await?;
         }
@@ -288,6 +313,9 @@ impl People {
             failures: 0,
             last_failure: None,
             locked_until: None,
+            totp: None,
+            totp_pending: None,
+            totp_step: 0,
         };
         self.db.put_user(&user).await?;
         Ok(user)
@@ -301,6 +329,54 @@ impl People {
         self.db.put_user(&user).await?;
         self.db.delete_sessions_of(&user.name).await?;
         Ok(())
+    }
+
+    /// Starts setting up a second factor: a new secret, kept pending until a code confirms it.
+    /// Returns the secret and the `otpauth://` URI for the user's app.
+    pub async fn totp_begin(&self, mut user: User) -> Result<(String, String), CloudError> {
+        if user.totp.is_some() {
+            return Err(CloudError::Invalid("a second factor is on already; turn it off first".into()));
+        }
+        let s = totp::new_secret()?;
+        user.totp_pending = Some(s.clone());
+        self.db.put_user(&user).await?;
+        let uri = totp::uri(&s, &user.name);
+        Ok((s, uri))
+    }
+
+    /// Confirms the pending secret with a code from the app: from now on sign-in needs a code.
+    pub async fn totp_confirm(
+        &self,
+        mut user: User,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), CloudError> {
+        let Some(pending) = user.totp_pending.clone() else {
+            return Err(CloudError::Invalid(
+                "no second factor is being set up; start with POST /v1/me/totp".into(),
+            ));
+        };
+        let step = totp::check(&pending, code, now.timestamp().max(0) as u64, 0).ok_or_else(|| {
+            CloudError::Invalid("that code does not match; check the app's clock and try the next one".into())
+        })?;
+        user.totp = Some(pending);
+        user.totp_pending = None;
+        user.totp_step = step;
+        self.db.put_user(&user).await
+    }
+
+    /// Turns the second factor off (the caller checked who may).
+    pub async fn totp_remove(&self, mut user: User) -> Result<(), CloudError> {
+        user.totp = None;
+        user.totp_pending = None;
+        self.db.put_user(&user).await
+    }
+
+    /// Does this user's role need a second factor they have not set up (`require_totp_for_admins`)?
+    pub fn lacks_required_totp(&self, user: &User) -> bool {
+        self.config.require_totp_for_admins
+            && user.totp.is_none()
+            && (user.owner || user.grants.iter().any(|g| g.role == Role::Admin))
     }
 
     /// The first owner can be made through a one-time link while there is no user. Returns the

@@ -32,22 +32,28 @@ async fn lockout(db: PeopleDb) {
     p.add_user("alice", PW, false, vec![], t0).await.unwrap();
     let mut now = t0;
     for i in 1..=10u32 {
-        match p.sign_in("alice", "wrong password!", now).await.unwrap() {
+        match p.sign_in("alice", "wrong password!", None, now).await.unwrap() {
             SignIn::Wrong { known: true, locked } => assert_eq!(locked.is_some(), i == 10, "attempt {i}"),
             other => panic!("attempt {i}: {other:?}"),
         }
         // From the third wrong one, the next attempt must wait (2 s, 4 s, … up to 30 s).
         if (3..10).contains(&i) {
-            assert!(matches!(p.sign_in("alice", PW, now).await.unwrap(), SignIn::Wait { .. }), "attempt {i}");
+            assert!(
+                matches!(p.sign_in("alice", PW, None, now).await.unwrap(), SignIn::Wait { .. }),
+                "attempt {i}"
+            );
         }
         now += D::seconds(31);
     }
-    let locked = p.sign_in("alice", PW, now).await.unwrap();
+    let locked = p.sign_in("alice", PW, None, now).await.unwrap();
     assert!(matches!(locked, SignIn::Locked { .. }), "{locked:?}");
     let after = now + D::minutes(16);
-    assert!(matches!(p.sign_in("alice", PW, after).await.unwrap(), SignIn::Ok { .. }));
+    assert!(matches!(p.sign_in("alice", PW, None, after).await.unwrap(), SignIn::Ok { .. }));
     // Unknown names look like wrong passwords.
-    assert!(matches!(p.sign_in("nobody", PW, after).await.unwrap(), SignIn::Wrong { known: false, .. }));
+    assert!(matches!(
+        p.sign_in("nobody", PW, None, after).await.unwrap(),
+        SignIn::Wrong { known: false, .. }
+    ));
 }
 
 /// Sessions end when idle, when too old, on sign-out and on sign-out everywhere; only their hash
@@ -56,7 +62,7 @@ async fn sessions(db: PeopleDb) {
     let p = People::new(db.clone(), config()).unwrap();
     let t0 = Utc::now();
     p.add_user("bob", PW, false, vec![], t0).await.unwrap();
-    let SignIn::Ok { cookie, .. } = p.sign_in("bob", PW, t0).await.unwrap() else { panic!() };
+    let SignIn::Ok { cookie, .. } = p.sign_in("bob", PW, None, t0).await.unwrap() else { panic!() };
     assert!(db.session(&cookie).await.unwrap().is_none(), "stored under its hash only");
     assert!(p.session(&cookie, t0 + D::minutes(30)).await.unwrap().is_some());
     // Used at 30 min (touched), so still alive at 80 min; idle after 2 h 31 min.
@@ -64,7 +70,7 @@ async fn sessions(db: PeopleDb) {
     assert!(p.session(&cookie, t0 + D::minutes(80 + 61)).await.unwrap().is_none(), "idle");
     assert!(p.session(&cookie, t0 + D::minutes(81)).await.unwrap().is_none(), "deleted when found idle");
 
-    let SignIn::Ok { cookie, .. } = p.sign_in("bob", PW, t0).await.unwrap() else { panic!() };
+    let SignIn::Ok { cookie, .. } = p.sign_in("bob", PW, None, t0).await.unwrap() else { panic!() };
     let mut t = t0;
     for _ in 0..13 {
         t += D::minutes(59);
@@ -75,8 +81,8 @@ async fn sessions(db: PeopleDb) {
         assert!(p.session(&cookie, t).await.unwrap().is_some());
     }
 
-    let SignIn::Ok { cookie: a, .. } = p.sign_in("bob", PW, t0).await.unwrap() else { panic!() };
-    let SignIn::Ok { cookie: b, .. } = p.sign_in("bob", PW, t0).await.unwrap() else { panic!() };
+    let SignIn::Ok { cookie: a, .. } = p.sign_in("bob", PW, None, t0).await.unwrap() else { panic!() };
+    let SignIn::Ok { cookie: b, .. } = p.sign_in("bob", PW, None, t0).await.unwrap() else { panic!() };
     p.sign_out(&a).await.unwrap();
     assert!(p.session(&a, t0).await.unwrap().is_none());
     assert!(p.session(&b, t0).await.unwrap().is_some());
@@ -139,6 +145,48 @@ async fn setup_link(db: PeopleDb) {
     assert_eq!(owners.customer_of("elsewhere"), DEFAULT_CUSTOMER);
 }
 
+/// A second factor: on only once confirmed, then needed at every sign-in, each code once.
+async fn second_factor(db: PeopleDb) {
+    let p = People::new(db.clone(), config()).unwrap();
+    let now = Utc::now();
+    let unix = now.timestamp() as u64;
+    let u = p.add_user("erin", PW, false, vec![], now).await.unwrap();
+    let (secret, uri) = p.totp_begin(u).await.unwrap();
+    assert!(uri.contains(&secret) && uri.starts_with("otpauth://totp/Outpost:erin?"));
+    assert!(
+        matches!(p.sign_in("erin", PW, None, now).await.unwrap(), SignIn::Ok { .. }),
+        "not on before it is confirmed"
+    );
+    let u = db.user("erin").await.unwrap().unwrap();
+    assert!(p.totp_confirm(u.clone(), "12345x", now).await.is_err());
+    let code = totp::code_for(&secret, unix);
+    p.totp_confirm(u, &code, now).await.unwrap();
+    assert!(matches!(p.sign_in("erin", PW, None, now).await.unwrap(), SignIn::NeedCode));
+    assert!(matches!(p.sign_in("erin", "wrong password!", None, now).await.unwrap(), SignIn::Wrong { .. }));
+    // The code that confirmed it is used up.
+    assert!(matches!(p.sign_in("erin", PW, Some(&code), now).await.unwrap(), SignIn::Wrong { .. }));
+    let later = now + D::seconds(30);
+    let next = totp::code_for(&secret, unix + 30);
+    assert!(matches!(p.sign_in("erin", PW, Some(&next), later).await.unwrap(), SignIn::Ok { .. }));
+    assert!(
+        matches!(p.sign_in("erin", PW, Some(&next), later).await.unwrap(), SignIn::Wrong { .. }),
+        "replayed"
+    );
+    // Required for admins by the setting.
+    let strict = People::new(db.clone(), PeopleConfig { require_totp_for_admins: true, ..config() }).unwrap();
+    let admin = strict
+        .add_user("fay", PW, false, vec![Grant { customer: "a".into(), role: Role::Admin }], now)
+        .await
+        .unwrap();
+    assert!(strict.lacks_required_totp(&admin));
+    assert!(!strict.lacks_required_totp(&db.user("erin").await.unwrap().unwrap()), "erin has one");
+    let viewer = strict
+        .add_user("gus", PW, false, vec![Grant { customer: "a".into(), role: Role::Viewer }], now)
+        .await
+        .unwrap();
+    assert!(!strict.lacks_required_totp(&viewer));
+}
+
 macro_rules! both_engines {
     ($($case:ident),*) => {
         mod on_sled {
@@ -153,7 +201,7 @@ macro_rules! both_engines {
     };
 }
 
-both_engines!(lockout, sessions, tokens, setup_link);
+both_engines!(lockout, sessions, tokens, setup_link, second_factor);
 
 #[tokio::test]
 async fn sled_people_survive_a_restart() {
@@ -177,7 +225,7 @@ async fn sled_people_survive_a_restart() {
     let store = crate::store::sled::SledStore::open(copy.path()).unwrap();
     let db: PeopleDb = Arc::new(crate::store::sled::people::SledPeople::open(&store).unwrap());
     let p = People::new(db, config()).unwrap();
-    assert!(matches!(p.sign_in("dave", PW, Utc::now()).await.unwrap(), SignIn::Ok { .. }));
+    assert!(matches!(p.sign_in("dave", PW, None, Utc::now()).await.unwrap(), SignIn::Ok { .. }));
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

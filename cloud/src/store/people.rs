@@ -71,6 +71,16 @@ pub struct User {
     /// Sign-ins are refused until then, even with the right password.
     #[serde(default)]
     pub locked_until: Option<DateTime<Utc>>,
+    /// Base32 secret of the TOTP second factor, once confirmed with a code. Kept as it is: the
+    /// cloud needs it to check codes (see SECURITY.md).
+    #[serde(default)]
+    pub totp: Option<String>,
+    /// A secret made for the user but not confirmed with a code yet.
+    #[serde(default)]
+    pub totp_pending: Option<String>,
+    /// The last TOTP time step a code was accepted for: a code works once.
+    #[serde(default)]
+    pub totp_step: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
