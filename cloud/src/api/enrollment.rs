@@ -81,7 +81,7 @@ pub(super) async fn new_token(
         );
     }
     if req.customer.is_some() && !owners.is_claimed(&network) {
-        if let Err(e) = super::people::claim_network(&st, &owners, &customer, &network).await {
+        if let Err(e) = super::customers::claim_network(&st, &owners, &customer, &network).await {
             return e;
         }
     }

@@ -2,14 +2,18 @@
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it was.
 //!
 //! One file per resource; this one holds the shared state, builds the router and the error helpers.
+//! People: `sessions` (sign-in, setup, me, second factor), `users`, `customers`, `api_tokens`,
+//! with what they share in `people`.
 //! `auth` checks who is asking (people: session cookie, API token, the CLI's admin token; machines:
 //! signatures) for all of them, and `access` what a person may see and do.
 
 mod access;
 mod admission;
+mod api_tokens;
 mod audit;
 mod auth;
 mod commands;
+mod customers;
 mod enrollment;
 mod events;
 mod ingest;
@@ -19,8 +23,10 @@ mod network;
 mod people;
 #[cfg(test)]
 mod people_tests;
+mod sessions;
 #[cfg(test)]
 mod tests;
+mod users;
 
 use crate::commands::Commands;
 use crate::config::CloudConfig;
@@ -119,24 +125,24 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.ingest.max_body as usize));
     // Password guessing pays the enrollment limit per source, besides the per-account lockout.
     let sign_in = Router::new()
-        .route("/v1/session", post(people::sign_in))
-        .route("/v1/setup", post(people::setup))
+        .route("/v1/session", post(sessions::sign_in))
+        .route("/v1/setup", post(sessions::setup))
         .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit))
         .layer(DefaultBodyLimit::max(PEOPLE_BODY));
     let people = Router::new()
-        .route("/v1/me", get(people::whoami))
-        .route("/v1/me/password", put(people::change_password))
-        .route("/v1/me/totp", post(people::totp_begin).put(people::totp_confirm))
-        .route("/v1/users/{name}/totp", delete(people::totp_reset))
-        .route("/v1/session", delete(people::sign_out))
-        .route("/v1/sessions", delete(people::sign_out_everywhere))
-        .route("/v1/users", get(people::list_users).post(people::add_user))
-        .route("/v1/users/{name}", delete(people::delete_user))
-        .route("/v1/users/{name}/grants/{customer}", put(people::set_grant))
-        .route("/v1/customers", get(people::list_customers).post(people::add_customer))
-        .route("/v1/customers/{id}/networks", post(people::add_network))
-        .route("/v1/api-tokens", get(people::list_api_tokens).post(people::new_api_token))
-        .route("/v1/api-tokens/{id}", delete(people::revoke_api_token))
+        .route("/v1/me", get(sessions::whoami))
+        .route("/v1/me/password", put(sessions::change_password))
+        .route("/v1/me/totp", post(sessions::totp_begin).put(sessions::totp_confirm))
+        .route("/v1/users/{name}/totp", delete(sessions::totp_reset))
+        .route("/v1/session", delete(sessions::sign_out))
+        .route("/v1/sessions", delete(sessions::sign_out_everywhere))
+        .route("/v1/users", get(users::list_users).post(users::add_user))
+        .route("/v1/users/{name}", delete(users::delete_user))
+        .route("/v1/users/{name}/grants/{customer}", put(users::set_grant))
+        .route("/v1/customers", get(customers::list_customers).post(customers::add_customer))
+        .route("/v1/customers/{id}/networks", post(customers::add_network))
+        .route("/v1/api-tokens", get(api_tokens::list_api_tokens).post(api_tokens::new_api_token))
+        .route("/v1/api-tokens/{id}", delete(api_tokens::revoke_api_token))
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", delete(machines::revoke))
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
