@@ -259,6 +259,19 @@ async fn an_admin_of_one_customer_finds_nothing_of_another_on_any_route() {
         assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     }
 
+    // A hub a's machine found on its LAN (a connector's report).
+    let stray = outpost_shared::model::UnattachedHub {
+        machine_id: "ab".repeat(16),
+        location: "https://10.0.0.9:8444".into(),
+        server: String::new(),
+        connector: a.clone(),
+        seen_at: chrono::Utc::now(),
+    };
+    w.state.store.note_unattached(&[stray]).await.unwrap();
+    w.state.store.commit().await.unwrap();
+    let (_, v) = go(&w, Method::GET, "/v1/hubs/unattached", &alice, None).await;
+    assert_eq!(v.as_array().map(|l| l.len()), Some(1), "{v}");
+
     // Lists: bob sees b's and nothing of a's; counted, not just hidden.
     let (_, machines) = go(&w, Method::GET, "/v1/machines", &bob, None).await;
     let ids: Vec<&str> = machines.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -280,7 +293,7 @@ async fn an_admin_of_one_customer_finds_nothing_of_another_on_any_route() {
         let (s, v) = go(&w, Method::GET, path, &bob, None).await;
         assert_eq!(s, StatusCode::OK, "{path}: {v}");
         let text = v.to_string();
-        for secret in [a.as_str(), "net-a", &enroll_id, &api_id, &cmd, "alice"] {
+        for secret in [a.as_str(), "net-a", &enroll_id, &api_id, &cmd, "alice", &"ab".repeat(16)] {
             assert!(!text.contains(secret), "{path} shows bob `{secret}` of customer a: {text}");
         }
     }
