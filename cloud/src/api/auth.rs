@@ -46,8 +46,13 @@ pub(super) fn presented_session(headers: &HeaderMap) -> Option<String> {
         .filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
-fn from_loopback<B>(req: &Request<B>) -> bool {
-    req.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|ConnectInfo(a)| a.ip().is_loopback())
+/// Does the request come from the cloud's own host: over loopback, or from the very address the
+/// cloud listens on (a TCP connection cannot be opened with that source from elsewhere: the
+/// handshake's answer would go to the cloud itself).
+fn from_this_host<B>(req: &Request<B>, listen: std::net::IpAddr) -> bool {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(a)| a.ip().is_loopback() || (!listen.is_unspecified() && a.ip() == listen))
 }
 
 /// Is this request from a page of this very origin? `Sec-Fetch-Site` where the browser sends it,
@@ -66,7 +71,8 @@ pub(super) fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri, strict: bo
 }
 
 /// Authenticates a person and puts the [`Actor`] into the request. In order: the CLI's admin
-/// token (from the cloud's own host only), an API token, the session cookie. A state-changing
+/// token (from the cloud's own host only, see [`from_this_host`]), an API token, the session
+/// cookie. A state-changing
 /// request authenticated by the cookie must come from this origin (`SameSite=Strict` already
 /// keeps the cookie off cross-site requests; this is the second lock).
 pub(super) async fn authenticate(
@@ -77,7 +83,7 @@ pub(super) async fn authenticate(
     let now = chrono::Utc::now();
     let actor = match bearer(req.headers()) {
         Some(t) if crate::people::secret::same(t, &st.admin_token) => {
-            if !from_loopback(&req) {
+            if !from_this_host(&req, st.config.listen.ip()) {
                 return err(
                     StatusCode::UNAUTHORIZED,
                     "the admin token works only on the cloud's own host (for the outpost CLI); sign in, or use an API token",
@@ -179,5 +185,27 @@ pub(super) fn connector_signed(
     match check_signed(st, headers, method, path, body, Some(crate::trust::MAX_SKEW))? {
         m if m.role == outpost_shared::model::Role::Connector => Ok(m),
         m => Err(err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(peer: [u8; 4]) -> Request<()> {
+        let mut r = Request::new(());
+        r.extensions_mut().insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        r
+    }
+
+    #[test]
+    fn the_admin_token_is_local_to_the_cloud_host() {
+        let any: std::net::IpAddr = [0, 0, 0, 0].into();
+        let own: std::net::IpAddr = [10, 9, 0, 1].into();
+        assert!(from_this_host(&from([127, 0, 0, 1]), any));
+        assert!(!from_this_host(&from([10, 9, 0, 1]), any), "unknown own addresses count as remote");
+        assert!(from_this_host(&from([10, 9, 0, 1]), own), "the listening address itself");
+        assert!(!from_this_host(&from([10, 9, 0, 2]), own));
+        assert!(!from_this_host(&Request::new(()), own), "no peer known: not local");
     }
 }
