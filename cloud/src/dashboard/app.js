@@ -379,6 +379,7 @@ function renderSensors() {
     rows.push(sensorRow(m, s));
   }
   keepOrder(body, rows);
+  R.readOnly = !can("operator", m.customer);
   renderRelays(m.hostname);
 }
 
