@@ -1,9 +1,10 @@
 //! People: sign-in with a password, sessions, lockout, API tokens, customers and grants. No HTTP
-//! here (that is `api::people` and `api::auth`) and no storage details (that is
-//! [`crate::store::people`]): this module decides.
+//! here (that is `api::auth`, `api::access` and the people routes in `api`) and no storage details
+//! (that is [`crate::store::people`]): this module decides.
 //!
 //! - [`actor`]: who is asking and what they may do ([`Actor::can`]).
 //! - [`secret`]: argon2id hashes, random ids, constant-time comparison.
+//! - [`totp`]: the optional second factor (RFC 6238 codes, each accepted once).
 //!
 //! Sign-in: a wrong password counts against the account; from `slow_after` wrong ones in a row
 //! each further attempt must wait (the wait doubles, up to 30 s) and is refused unchecked before
