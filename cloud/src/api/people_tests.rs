@@ -691,3 +691,39 @@ async fn an_admin_without_the_required_second_factor_can_only_set_it_up() {
     assert!(trail.iter().any(|e| e.action == "totp-enabled" && e.who == "user:alice"));
     assert!(trail.iter().any(|e| e.action == "totp-reset" && e.who == "local-admin"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_malformed_and_oversized_credentials_get_nothing() {
+    let w = world().await;
+    // Forged, oversized and empty cookies, unknown and malformed bearer tokens.
+    for auth in [
+        Auth::Cookie("A".repeat(43)),
+        Auth::Cookie("x".repeat(4000)),
+        Auth::Cookie(String::new()),
+        Auth::Bearer("opt_0123456789abcdef_forged".into()),
+        Auth::Bearer("not a token at all".into()),
+        Auth::Bearer(String::new()),
+    ] {
+        let (s, _) = go(&w, Method::GET, "/v1/machines", &auth, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // An oversized sign-in body is refused before anything is parsed or hashed; a malformed one
+    // too; a huge password is just wrong.
+    let big = serde_json::json!({"name": "alice", "password": "x".repeat(100_000)});
+    let (s, _) = go(&w, Method::POST, "/v1/session", &Auth::None, Some(big)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let mut r = request(Method::POST, "/v1/session", &Auth::None, None);
+    *r.body_mut() = Body::from("{\"name\": \"alice\", \"password\": ");
+    r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    assert!(call(&w, r).await.0.is_client_error());
+    let long = serde_json::json!({"name": "alice", "password": "x".repeat(5000)});
+    let (s, _) = go(&w, Method::POST, "/v1/session", &Auth::None, Some(long)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A removed user's session and tokens end at once.
+    let vic = Auth::Cookie(sign_in(&w, "vic").await);
+    let root = Auth::Cookie(sign_in(&w, "root").await);
+    let (s, _) = go(&w, Method::DELETE, "/v1/users/vic", &root, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = go(&w, Method::GET, "/v1/machines", &vic, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
