@@ -497,6 +497,29 @@ fn a_customers_operator_sees_only_its_machines_acknowledges_and_signs_out_for_go
            && [...document.querySelectorAll('#audit tr.audit')].some((r) => r.textContent.includes('ack') && r.textContent.includes('user:olga'))",
     );
 
+    // An API token for a script, made on the page and shown once; revoked there, it stops at once.
+    browser.eval("document.getElementById('apilabel').value = 'script'; document.getElementById('apirole').value = 'viewer'; return true");
+    browser.click("#newapitoken");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the new API token is shown and listed",
+        "return document.getElementById('apivalue').value.startsWith('opt_') \
+           && [...document.querySelectorAll('#apitokens tr.apitoken')].some((r) => r.textContent.includes('script'))",
+    );
+    let token =
+        browser.eval("return document.getElementById('apivalue').value").as_str().unwrap().to_string();
+    let with_token =
+        || cloud.client().get(format!("{}/v1/machines", cloud.url())).bearer_auth(&token).send().unwrap();
+    let listed: serde_json::Value = with_token().json().unwrap();
+    assert_eq!(listed.as_array().map(|l| l.len()), Some(1), "the token sees what olga sees: {listed}");
+    browser.click("#apitokens tr.apitoken button.revoke");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the revoked token leaves the list",
+        "return !document.querySelector('#apitokens tr.apitoken')",
+    );
+    assert_eq!(with_token().status().as_u16(), 401, "a revoked token fails at once");
+
     let cookies = browser.cookies();
     let session = cookies
         .iter()

@@ -7,7 +7,7 @@ import { api, enc, pool, takeSetupFromUrl, showLogin, whenLoggedIn, whenReachabl
 import * as F from "./format.js";
 import { History, RANGES } from "./chart.js";
 import { R, renderRelays, resetRelays } from "./relays.js";
-import { loadAudit, loadTokens, loadUnattached } from "./admin.js";
+import { loadAudit, loadTokens, loadUnattached, loadApiTokens } from "./admin.js";
 
 const S = {
   /// id → row of `GET /v1/machines` (with `network`, `revoked`, `uplink_name`).
@@ -647,7 +647,8 @@ async function start() {
       .map((c) => h("option", { value: c.id }, c.name === c.id ? c.id : `${c.name} (${c.id})`)));
     S.machines = new Map(list.map((m) => [m.id, m]));
     renderAll();
-    loadTokens(); loadUnattached((id) => S.machines.get(id)?.hostname);
+    if (canAnywhere("admin")) loadTokens();
+    loadUnattached((id) => S.machines.get(id)?.hostname); loadApiTokens();
     listen();
     await pool(list.map((m) => m.id), 4, loadSensorsOf);
     renderAll();
@@ -664,7 +665,8 @@ window.addEventListener("hashchange", () => { if (takeSetupFromUrl()) showLogin(
 setInterval(() => { // machines turn offline by silence, which sends no event
   if ($("app").hidden) return;
   refreshMachines().catch(() => {});
-  loadUnattached((id) => S.machines.get(id)?.hostname); loadTokens();
+  loadUnattached((id) => S.machines.get(id)?.hostname);
+  if (canAnywhere("admin")) loadTokens();
 }, 15000);
 // Durations and "ago" texts move with the clock.
 setInterval(() => { if (!$("app").hidden) renderAll(); }, 5000);
