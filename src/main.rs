@@ -99,6 +99,16 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Make and list the people who sign in to the running cloud (on the cloud's host).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Make customers (who hold networks, and so machines) on the running cloud (on its host).
+    Customer {
+        #[command(subcommand)]
+        action: CustomerAction,
+    },
     /// Show what a stopped hub's or connector's buffer holds (it must not be running: the buffer
     /// is locked); for a connector also its quarantine (batches the cloud refused for good).
     Buffer {
@@ -136,6 +146,90 @@ enum SecretAction {
         public_key: Option<PathBuf>,
         value: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Make a user. The password is read from the terminal (not echoed), or with
+    /// `--password-stdin` from the first line of standard input.
+    Add {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Sign-in name.
+        name: String,
+        /// A site-wide owner: manages everything.
+        #[arg(long)]
+        owner: bool,
+        /// A role in a customer, CUSTOMER:ROLE (viewer, operator or admin; `*` for every
+        /// customer); may be given several times.
+        #[arg(long = "grant", value_parser = parse_grant)]
+        grants: Vec<outpost_cloud::store::people::Grant>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the users with their grants.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Give a user a role in a customer (CUSTOMER:ROLE), or take it away (CUSTOMER:none).
+    Grant {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        name: String,
+        grant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomerAction {
+    /// Make a customer; its machines are those of the networks it holds.
+    Add {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Short id: letters, digits, `.-_@`.
+        id: String,
+        /// A name for people (defaults to the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// A network (as enrollment tokens name it) the customer holds; may be repeated.
+        #[arg(long = "network")]
+        networks: Vec<String>,
+    },
+}
+
+/// `CUSTOMER:ROLE` of `outpost user add --grant`.
+fn parse_grant(s: &str) -> Result<outpost_cloud::store::people::Grant, String> {
+    let (customer, role) = s.rsplit_once(':').ok_or("give CUSTOMER:ROLE, e.g. acme:operator")?;
+    let role = parse_role(role)?.ok_or("a grant needs a role: viewer, operator or admin")?;
+    Ok(outpost_cloud::store::people::Grant { customer: customer.into(), role })
+}
+
+fn parse_role(s: &str) -> Result<Option<outpost_cloud::store::people::Role>, String> {
+    use outpost_cloud::store::people::Role;
+    match s {
+        "viewer" => Ok(Some(Role::Viewer)),
+        "operator" => Ok(Some(Role::Operator)),
+        "admin" => Ok(Some(Role::Admin)),
+        "none" => Ok(None),
+        other => {
+            Err(format!("unknown role `{other}`; use viewer, operator, admin (or none to take it away)"))
+        }
+    }
+}
+
+/// A new password from the terminal (asked twice, not echoed) or the first line of stdin.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = rpassword::prompt_password("Password: ")
+        .context("cannot read a password from the terminal; use --password-stdin in scripts")?;
+    let again = rpassword::prompt_password("Again: ").context("cannot read the password again")?;
+    anyhow::ensure!(first == again, "the two passwords differ; nothing was changed");
+    Ok(first)
 }
 
 #[derive(Subcommand)]
@@ -229,6 +323,8 @@ fn main() -> ExitCode {
             | Command::Config { .. }
             | Command::Buffer { .. }
             | Command::Token { .. }
+            | Command::User { .. }
+            | Command::Customer { .. }
             | Command::MailCode { .. }
     );
     let default_filter = if quiet { "warn" } else { "info,sled=warn" };
@@ -573,6 +669,73 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::User { action } => {
+            let config = match &action {
+                UserAction::Add { config, .. }
+                | UserAction::List { config }
+                | UserAction::Grant { config, .. } => config.clone(),
+            };
+            let config: outpost_cloud::CloudConfig = load(config.as_deref())?;
+            let client = outpost_cloud::admin::AdminClient::from_config(&config)?;
+            match action {
+                UserAction::Add { name, owner, grants, password_stdin, .. } => {
+                    anyhow::ensure!(
+                        owner || !grants.is_empty(),
+                        "give the user --owner or at least one --grant CUSTOMER:ROLE"
+                    );
+                    let password = read_password(password_stdin)?;
+                    runtime()?.block_on(client.add_user(&name, &password, owner, &grants))?;
+                    eprintln!(
+                        "user {name} made{}; they sign in on the dashboard",
+                        if owner { " (owner)" } else { "" }
+                    );
+                }
+                UserAction::List { .. } => {
+                    for u in runtime()?.block_on(client.users())?.as_array().into_iter().flatten() {
+                        let grants: Vec<String> = u["grants"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|g| {
+                                format!(
+                                    "{}:{}",
+                                    g["customer"].as_str().unwrap_or("?"),
+                                    g["role"].as_str().unwrap_or("?")
+                                )
+                            })
+                            .collect();
+                        println!(
+                            "{}\t{}\t{}{}",
+                            u["name"].as_str().unwrap_or_default(),
+                            if u["owner"] == true { "owner" } else { "-" },
+                            grants.join(","),
+                            u["locked_until"]
+                                .as_str()
+                                .map(|t| format!("\tlocked until {t}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                UserAction::Grant { name, grant, .. } => {
+                    let (customer, role) = grant
+                        .rsplit_once(':')
+                        .ok_or_else(|| anyhow::anyhow!("give CUSTOMER:ROLE, e.g. acme:operator"))?;
+                    let role = parse_role(role).map_err(anyhow::Error::msg)?;
+                    runtime()?.block_on(client.set_grant(&name, customer, role))?;
+                    eprintln!("{name}: {}", grant);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Customer { action } => {
+            let CustomerAction::Add { config, id, name, networks } = action;
+            let config: outpost_cloud::CloudConfig = load(config.as_deref())?;
+            let client = outpost_cloud::admin::AdminClient::from_config(&config)?;
+            let name = name.unwrap_or_else(|| id.clone());
+            runtime()?.block_on(client.add_customer(&id, &name, &networks))?;
+            eprintln!("customer {id} made, holding {} network(s)", networks.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Buffer { data_dir, quarantine, requeue, resend_quarantine } => {
             let connector = outpost_connector::quarantine::exists(&data_dir);
             if resend_quarantine {
@@ -696,8 +859,16 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
     let hub = outpost_sensorhub::start(hub_cfg, stop.clone()).await.context("cannot start the sensorhub")?;
 
     println!("Outpost is up.");
-    println!("  Dashboard:   {url}/#token={}", cloud.admin_token);
-    println!("  Admin token: {}", cloud.admin_token);
+    match &cloud.setup_link {
+        Some(link) => {
+            println!("  Dashboard:   {url}/");
+            let valid =
+                humantime::format_duration(outpost_cloud::config::PeopleConfig::default().setup_valid);
+            println!("  First owner: open this one-time link within {valid}, choose a name and a password:");
+            println!("               {link}");
+        }
+        None => println!("  Dashboard:   {url}/  (sign in; new users: outpost user add)"),
+    }
     println!("  CA file:     {}", cloud.ca_file.display());
     println!("  Connector:   {} ({})", connector.loopback_url(), connector.machine_id);
     println!("  Sensorhub:   {} (this machine, through the connector)", hub.machine_id);

@@ -40,15 +40,14 @@ fn the_dashboard_renders_this_machines_sensors_with_state_colours() {
         "",
         "no error before anything was typed"
     );
-    browser.eval("document.getElementById('token').value = 'not-the-token'; return true");
-    browser.click("#loginform button");
+    add_user(&cloud, &serde_json::json!({"name": "owner", "password": PASSWORD, "owner": true}));
+    fill_sign_in(&browser, "owner", "not the password");
     browser.wait_for(
         Duration::from_secs(15),
-        "a wrong token is said to be wrong",
-        "return document.getElementById('loginerr').textContent.includes('not accepted')",
+        "a wrong password is said to be wrong",
+        "return document.getElementById('loginerr').textContent.includes('wrong name or password')",
     );
-
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    fill_sign_in(&browser, "owner", PASSWORD);
     browser.wait_for(
         Duration::from_secs(15),
         "the machine is listed with its state",
@@ -94,6 +93,42 @@ fn the_dashboard_renders_this_machines_sensors_with_state_colours() {
 
 /// Where a test saves its screenshot: `OUTPOST_SCREENSHOTS` (a directory) when set, to look at
 /// the layout by eye; otherwise the test's own temporary directory.
+const PASSWORD: &str = "correct horse battery";
+
+/// Makes a user through the API with the host-side admin token (as `outpost user add` does).
+fn add_user(cloud: &CloudProc, user: &serde_json::Value) {
+    let (status, v) = cloud.request("POST", "/v1/users", Some(user));
+    assert!(status == 201 || v.to_string().contains("already"), "user: {status} {v}");
+}
+
+/// Types name and password into the sign-in form and sends it.
+fn fill_sign_in(browser: &Browser, name: &str, password: &str) {
+    let js = format!(
+        "document.getElementById('username').value = {}; document.getElementById('password').value = {}; return true",
+        serde_json::Value::from(name),
+        serde_json::Value::from(password)
+    );
+    browser.eval(&js);
+    browser.click("#loginbutton");
+}
+
+/// Opens the dashboard and signs in as an owner (made first if need be).
+fn sign_in_as_owner(browser: &Browser, cloud: &CloudProc) {
+    add_user(cloud, &serde_json::json!({"name": "owner", "password": PASSWORD, "owner": true}));
+    browser.open(&format!("{}/", cloud.url()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the sign-in form shows",
+        "return !document.getElementById('login').hidden",
+    );
+    fill_sign_in(browser, "owner", PASSWORD);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the dashboard shows",
+        "return !document.getElementById('app').hidden",
+    );
+}
+
 fn screenshot_path(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {
     match std::env::var_os("OUTPOST_SCREENSHOTS") {
         Some(d) => std::path::PathBuf::from(d).join(name),
@@ -157,7 +192,7 @@ fn relays_switch_from_the_dashboard_as_read_back_and_locked_ones_are_refused() {
 
     let browser = Browser::start();
     browser.set_window_size(1400, 1000);
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    sign_in_as_owner(&browser, &cloud);
     browser.wait_for(
         Duration::from_secs(15),
         "the hub is listed",
@@ -252,7 +287,7 @@ fn enrollment_tokens_and_unattached_hubs_show_on_the_dashboard() {
 
     let browser = Browser::start();
     browser.set_window_size(1400, 1000);
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    sign_in_as_owner(&browser, &cloud);
     browser.wait_for(
         Duration::from_secs(15),
         "the unattached hub is listed, its markup shown as text",
@@ -336,7 +371,7 @@ fn a_machine_is_revoked_from_the_dashboard_with_two_clicks_and_refused_afterward
 
     let browser = Browser::start();
     browser.set_window_size(1400, 1000);
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    sign_in_as_owner(&browser, &cloud);
     let row = format!("tr.machine[data-id=\"{id}\"]");
     browser.wait_for(
         Duration::from_secs(15),
@@ -381,6 +416,152 @@ fn a_machine_is_revoked_from_the_dashboard_with_two_clicks_and_refused_afterward
     );
     assert!(answer["error"].as_str().unwrap().contains("revoked"), "{answer}");
     browser.screenshot(&screenshot_path(dir.path(), "dashboard-revoke.png"));
+}
+
+#[test]
+fn a_customers_operator_sees_only_its_machines_acknowledges_and_signs_out_for_good() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let mut hubs = Vec::new();
+    for (network, host) in [("plant-a", "pump-a"), ("plant-b", "press-b")] {
+        let hub = TestMachine::enroll_in(&cloud, "sensorhub", network);
+        let id = hub.id();
+        let body =
+            serde_json::to_vec(&serde_json::json!({"machine_id": id, "hostname": host, "uplink": "direct",
+            "buffered": 0, "readings": [{"machine_id": id, "seq": 1, "sensor": "disk.root",
+            "ts": chrono::Utc::now(), "value": 99.0, "unit": "%", "state": "error"}]}))
+            .unwrap();
+        let (status, answer) = hub.post(&cloud, "/v1/batches", body.clone(), &body, false);
+        assert_eq!(status, 200, "{answer}");
+        hubs.push(id);
+    }
+    for (id, network) in [("acme", "plant-a"), ("bolt", "plant-b")] {
+        let (status, v) =
+            cloud.api_post("/v1/customers", serde_json::json!({"id": id, "name": id, "networks": [network]}));
+        assert_eq!(status, 201, "{v}");
+    }
+    add_user(
+        &cloud,
+        &serde_json::json!({"name": "olga", "password": PASSWORD,
+        "grants": [{"customer": "acme", "role": "operator"}]}),
+    );
+
+    let browser = Browser::start();
+    browser.set_window_size(1400, 1000);
+    browser.open(&format!("{}/", cloud.url()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the sign-in form shows",
+        "return !document.getElementById('login').hidden",
+    );
+    fill_sign_in(&browser, "olga", PASSWORD);
+    let row_a = format!("tr.machine[data-id=\"{}\"]", hubs[0]);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "acme's machine is listed, with who is signed in",
+        &format!(
+            "return !!document.querySelector('{row_a}') \
+               && document.getElementById('whoname').textContent === 'olga'"
+        ),
+    );
+    assert_eq!(
+        browser.eval(&format!(
+            "return document.querySelectorAll('tr.machine').length === 1 \
+               && !document.querySelector('tr.machine[data-id=\"{}\"]') \
+               && !document.body.textContent.includes('press-b')",
+            hubs[1]
+        )),
+        true,
+        "bolt's machine is nowhere on the page"
+    );
+    assert_eq!(
+        browser.eval("return document.getElementById('enrollsection').hidden"),
+        true,
+        "an operator enrolls nothing"
+    );
+
+    browser.click(&row_a);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the disk problem offers an acknowledgement",
+        "const b = document.querySelector('tr.sensor[data-sensor=\"disk.root\"] button.ack'); return !!b && !b.hidden",
+    );
+    browser.click("tr.sensor[data-sensor=\"disk.root\"] button.ack");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the acknowledgement is in the audit trail under olga",
+        "return document.querySelector('tr.sensor[data-sensor=\"disk.root\"] button.ack').textContent.includes('user:olga') \
+           && [...document.querySelectorAll('#audit tr.audit')].some((r) => r.textContent.includes('ack') && r.textContent.includes('user:olga'))",
+    );
+
+    // An API token for a script, made on the page and shown once; revoked there, it stops at once.
+    browser.eval("document.getElementById('apilabel').value = 'script'; document.getElementById('apirole').value = 'viewer'; return true");
+    browser.click("#newapitoken");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the new API token is shown and listed",
+        "return document.getElementById('apivalue').value.startsWith('opt_') \
+           && [...document.querySelectorAll('#apitokens tr.apitoken')].some((r) => r.textContent.includes('script'))",
+    );
+    let token =
+        browser.eval("return document.getElementById('apivalue').value").as_str().unwrap().to_string();
+    let with_token =
+        || cloud.client().get(format!("{}/v1/machines", cloud.url())).bearer_auth(&token).send().unwrap();
+    let listed: serde_json::Value = with_token().json().unwrap();
+    assert_eq!(listed.as_array().map(|l| l.len()), Some(1), "the token sees what olga sees: {listed}");
+    browser.click("#apitokens tr.apitoken button.revoke");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the revoked token leaves the list",
+        "return !document.querySelector('#apitokens tr.apitoken')",
+    );
+    assert_eq!(with_token().status().as_u16(), 401, "a revoked token fails at once");
+
+    let cookies = browser.cookies();
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "__Host-outpost_session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert_eq!(
+        (session["httpOnly"].as_bool(), session["secure"].as_bool()),
+        (Some(true), Some(true)),
+        "{session}"
+    );
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert_eq!(
+        browser.eval("return document.cookie.includes('outpost_session')"),
+        false,
+        "scripts cannot read it"
+    );
+    let cookie = format!("__Host-outpost_session={}", session["value"].as_str().unwrap());
+    let with_cookie = || {
+        cloud
+            .client()
+            .get(format!("{}/v1/machines", cloud.url()))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(with_cookie(), 200, "the cookie works while signed in");
+    browser.click("#signout");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the sign-in form shows again",
+        "return !document.getElementById('login').hidden",
+    );
+    assert_eq!(with_cookie(), 401, "the session cookie no longer works after sign-out");
+    let trail = cloud.api("/v1/audit").to_string();
+    for action in ["\"sign-in\"", "\"ack\"", "\"sign-out\""] {
+        assert!(
+            trail.contains(action) && trail.contains("user:olga"),
+            "{action} by olga in the trail: {trail}"
+        );
+    }
 }
 
 /// Where the console test keeps its screenshots, to be looked at by a person: `target/screenshots/`
@@ -444,7 +625,7 @@ fn the_console_shows_problems_first_and_keeps_still_under_live_updates() {
 
     let browser = Browser::start();
     browser.set_window_size(1400, 1000);
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    sign_in_as_owner(&browser, &cloud);
     let problem = |s: &str| format!("document.querySelector('#problist tr.problem[data-sensor=\"{s}\"]')");
     // Within 5 s of opening the page, as a person glancing at it would expect.
     browser.wait_for(
@@ -590,7 +771,7 @@ fn a_silent_machine_is_shown_offline_with_since_when_and_its_sensors_greyed() {
     });
     let browser = Browser::start();
     browser.set_window_size(1400, 1000);
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    sign_in_as_owner(&browser, &cloud);
     let row = format!("document.querySelector('tr.machine[data-id=\"{id}\"]')");
     browser.wait_for(
         Duration::from_secs(15),

@@ -63,8 +63,10 @@ fn outpost_up_shows_this_machine_with_cpu_memory_and_disk_within_15_seconds() {
     );
     // The connector's own readings can be listed before `up` has printed its banner (that comes
     // after the sensorhub made its key): wait for the banner within the same budget.
-    let banner = format!("https://127.0.0.1:{port}/#token=");
-    wait_until(Duration::from_secs(15), "the dashboard URL is printed", || up.log_text().contains(&banner));
+    let banner = format!("https://127.0.0.1:{port}/#setup=");
+    wait_until(Duration::from_secs(15), "the dashboard URL and first-owner link are printed", || {
+        up.log_text().contains(&banner)
+    });
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     assert!(up.stop().success(), "outpost up stops cleanly on SIGTERM");
 }

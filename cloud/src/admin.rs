@@ -1,6 +1,8 @@
 //! The operator's side of the API for command-line tools on the cloud's own host: `outpost token`
-//! makes and lists enrollment tokens through the running cloud, with the admin token and the
-//! certificate authority it finds in the cloud's data directory. Going through the API (not the
+//! makes and lists enrollment tokens, `outpost user` and `outpost customer` make people and
+//! customers, through the running cloud, with the admin token and the certificate authority it
+//! finds in the cloud's data directory. The cloud takes that token only from its own host
+//! (loopback) and records what it does as `local-admin`. Going through the API (not the
 //! database) is deliberate: sled allows one process, and the running cloud is that process.
 
 use crate::config::CloudConfig;
@@ -77,6 +79,45 @@ impl AdminClient {
     /// The tokens not yet used and not expired (never their secret: the cloud keeps only a hash).
     pub async fn open_tokens(&self) -> Result<serde_json::Value, AdminError> {
         self.send(self.http.get(self.url("/v1/enrollment-tokens"))).await
+    }
+
+    /// Makes a user (`owner`, and/or grants as `{"customer","role"}`); the cloud hashes the password.
+    pub async fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+        owner: bool,
+        grants: &[crate::store::people::Grant],
+    ) -> Result<serde_json::Value, AdminError> {
+        let body = serde_json::json!({"name": name, "password": password, "owner": owner, "grants": grants});
+        self.send(self.http.post(self.url("/v1/users")).json(&body)).await
+    }
+
+    /// Every user, with grants and lock state (never a password hash).
+    pub async fn users(&self) -> Result<serde_json::Value, AdminError> {
+        self.send(self.http.get(self.url("/v1/users"))).await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a user's role in one customer (`*`: all).
+    pub async fn set_grant(
+        &self,
+        user: &str,
+        customer: &str,
+        role: Option<crate::store::people::Role>,
+    ) -> Result<serde_json::Value, AdminError> {
+        let body = serde_json::json!({"role": role});
+        self.send(self.http.put(self.url(&format!("/v1/users/{user}/grants/{customer}"))).json(&body)).await
+    }
+
+    /// Makes a customer holding `networks`.
+    pub async fn add_customer(
+        &self,
+        id: &str,
+        name: &str,
+        networks: &[String],
+    ) -> Result<serde_json::Value, AdminError> {
+        let body = serde_json::json!({"id": id, "name": name, "networks": networks});
+        self.send(self.http.post(self.url("/v1/customers")).json(&body)).await
     }
 
     fn url(&self, path: &str) -> String {

@@ -31,6 +31,79 @@ pub struct CloudConfig {
     pub mail: Option<outpost_shared::mail::MailConfig>,
     /// Where readings are kept: the embedded database in `data_dir` unless `postgres` is set.
     pub storage: Storage,
+    /// Sign-in, sessions, lockout and API tokens of people (`[people]`).
+    pub people: PeopleConfig,
+}
+
+/// `[people]`: how long sessions last, when wrong passwords slow down and lock an account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeopleConfig {
+    /// A session unused this long ends.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, however busy.
+    #[serde(with = "humantime_serde")]
+    pub session_max: Duration,
+    /// Wrong passwords in a row that lock the account.
+    pub lock_after: u32,
+    /// How long a locked account refuses every sign-in, even with the right password.
+    #[serde(with = "humantime_serde")]
+    pub lock_for: Duration,
+    /// Wrong passwords in a row after which each further attempt must wait.
+    pub slow_after: u32,
+    /// The first wait; it doubles with each further wrong password, up to 30 s.
+    #[serde(with = "humantime_serde")]
+    pub slow_delay: Duration,
+    /// How long the one-time setup link printed at first start (no user yet) is valid.
+    #[serde(with = "humantime_serde")]
+    pub setup_valid: Duration,
+    /// Longest validity of an API token.
+    #[serde(with = "humantime_serde")]
+    pub api_token_max: Duration,
+    /// Owners and admins must have a TOTP second factor: until they set one up, their sessions
+    /// can do nothing but set it up.
+    pub require_totp_for_admins: bool,
+}
+
+impl Default for PeopleConfig {
+    fn default() -> Self {
+        PeopleConfig {
+            session_idle: Duration::from_secs(3600),
+            session_max: Duration::from_secs(12 * 3600),
+            lock_after: 10,
+            lock_for: Duration::from_secs(15 * 60),
+            slow_after: 3,
+            slow_delay: Duration::from_secs(1),
+            setup_valid: Duration::from_secs(15 * 60),
+            api_token_max: Duration::from_secs(366 * 86400),
+            require_totp_for_admins: false,
+        }
+    }
+}
+
+impl PeopleConfig {
+    fn check(&self, problems: &mut Vec<Problem>) {
+        if self.session_idle < Duration::from_secs(60) || self.session_idle > self.session_max {
+            problems.push(Problem::new("people.session_idle", "must be at least 1m and at most session_max"));
+        }
+        if self.session_max > Duration::from_secs(30 * 86400) {
+            problems.push(Problem::new("people.session_max", "must be at most 30days"));
+        }
+        if self.lock_after == 0 || self.slow_after > self.lock_after {
+            problems
+                .push(Problem::new("people.lock_after", "must be above 0 and not below people.slow_after"));
+        }
+        if self.lock_for < Duration::from_secs(1) {
+            problems.push(Problem::new("people.lock_for", "must be at least 1s"));
+        }
+        if self.setup_valid < Duration::from_secs(60) || self.setup_valid > Duration::from_secs(86400) {
+            problems.push(Problem::new("people.setup_valid", "must be between 1m and 1day"));
+        }
+        if self.api_token_max < Duration::from_secs(3600) {
+            problems.push(Problem::new("people.api_token_max", "must be at least 1h"));
+        }
+    }
 }
 
 /// `[storage]`: the engine behind the cloud's readings (see `store`).
@@ -156,6 +229,7 @@ impl Default for CloudConfig {
             offline_after: Duration::from_secs(120),
             mail: None,
             storage: Storage::default(),
+            people: PeopleConfig::default(),
         }
     }
 }
@@ -244,6 +318,7 @@ impl Validate for CloudConfig {
             m.check("mail", problems);
         }
         self.storage.check(problems);
+        self.people.check(problems);
         if self.offline_after < Duration::from_secs(5) {
             problems.push(Problem::new("offline_after", "must be at least 5s"));
         }

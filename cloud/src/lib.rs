@@ -2,7 +2,9 @@
 //! connector), stores each `(machine_id, seq)` once ([`store`]: one trait, a sled engine that is
 //! the default and a PostgreSQL engine not yet used by [`start`]), serves the JSON API and
 //! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
-//! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). [`start`] brings it
+//! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). People sign in and
+//! act within their role per customer ([`people`]: users, sessions, API tokens, customers; kept
+//! behind [`store::people`]). [`start`] brings it
 //! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
 #![forbid(unsafe_code)]
 
@@ -14,6 +16,7 @@ pub mod dashboard;
 pub mod error;
 pub mod mail;
 pub mod managed;
+pub mod people;
 pub mod store;
 pub mod trust;
 
@@ -39,6 +42,8 @@ pub struct Cloud {
     pub trust: trust::Trust,
     /// The authority hubs must trust to reach this cloud (`ca.pem`).
     pub ca_file: PathBuf,
+    /// While no user exists: the one-time link that makes the first owner (`…/#setup=…`).
+    pub setup_link: Option<String>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), CloudError>>,
 }
@@ -46,12 +51,7 @@ pub struct Cloud {
 impl Cloud {
     /// `https://host:port` as hubs and browsers reach it on loopback.
     pub fn url(&self) -> String {
-        let host = match self.addr.ip() {
-            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-            ip => ip.to_string(),
-        };
-        format!("https://{host}:{}", self.addr.port())
+        url_of(self.addr)
     }
 
     /// Stops accepting, lets open requests finish within the grace period, flushes storage.
@@ -66,10 +66,30 @@ impl Cloud {
     }
 }
 
+/// `https://host:port` of a listening address, loopback for an unspecified one.
+fn url_of(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    format!("https://{host}:{}", addr.port())
+}
+
 /// Runs the cloud until `shutdown` completes.
 pub async fn run(config: CloudConfig, shutdown: impl Future<Output = ()>) -> Result<(), CloudError> {
+    let setup_valid = config.people.setup_valid;
     let mut cloud = start(config).await?;
     tracing::info!(url = %cloud.url(), "cloud listening");
+    if let Some(link) = &cloud.setup_link {
+        // On the terminal (or the service's journal) only, never in a file of the data directory:
+        // whoever opens it first becomes the owner, so it works once and for minutes.
+        eprintln!(
+            "No user yet. Make the first owner with `outpost user add --owner NAME` on this host, or open \
+             this one-time link within {} (a restart makes a new one):\n  {link}",
+            humantime::format_duration(setup_valid)
+        );
+    }
     tokio::select! {
         _ = shutdown => cloud.stop().await,
         r = cloud.wait() => r,
@@ -107,6 +127,8 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let managed_store: store::managed::Managed =
         Arc::new(store::sled::managed::SledManaged::open(sled.db(), sled.flusher())?);
     let managed = managed::ManagedSensors::new(managed_store, trust.clone(), commands.clone());
+    let people_db: store::people::PeopleDb = Arc::new(store::sled::people::SledPeople::open(&sled)?);
+    let people = people::People::new(people_db, config.people.clone())?;
     let store: store::Store = std::sync::Arc::new(sled.clone());
 
     let listener = std::net::TcpListener::bind(config.listen)
@@ -115,11 +137,14 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let addr = listener.local_addr().map_err(|source| CloudError::Listen { addr: config.listen, source })?;
 
     let shutdown = CancellationToken::new();
+    let setup_link =
+        people.setup_secret(chrono::Utc::now()).await?.map(|s| format!("{}/#setup={s}", url_of(addr)));
     let state = api::AppState::new(
         store.clone(),
         admin_token.clone(),
         trust.clone(),
         commands.clone(),
+        people.clone(),
         Arc::new(config.clone()),
     )
     .with_managed(managed.clone());
@@ -134,8 +159,14 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let h = handle.clone();
     let server = async move { outpost_shared::http_server::serve_tls(listener, tls, app, &limits, h).await };
 
-    let compactor =
-        spawn_compactor(store.clone(), trust.clone(), commands.clone(), config.clone(), shutdown.clone());
+    let compactor = spawn_compactor(
+        store.clone(),
+        trust.clone(),
+        commands.clone(),
+        people.clone(),
+        config.clone(),
+        shutdown.clone(),
+    );
     let redelivery = managed::status::spawn_redelivery(managed, shutdown.clone());
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -151,7 +182,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         store.commit().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });
-    Ok(Cloud { addr, admin_token, trust, ca_file, shutdown, task })
+    Ok(Cloud { addr, admin_token, trust, ca_file, setup_link, shutdown, task })
 }
 
 /// The retention pass, every `compact_every`: readings folded and expired, and the cloud's other
@@ -160,6 +191,7 @@ fn spawn_compactor(
     store: store::Store,
     trust: trust::Trust,
     commands: commands::Commands,
+    people: people::People,
     config: CloudConfig,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -170,15 +202,16 @@ fn spawn_compactor(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let (s, t, c) = (store.clone(), trust.clone(), commands.clone());
+            let (s, t, c, p) = (store.clone(), trust.clone(), commands.clone(), people.clone());
             let r = config.retention.clone();
             let pass = async move {
                 let now = chrono::Utc::now();
                 let readings = s.compact(now, r.raw, r.hourly).await?;
+                let sessions = p.prune(now).await?;
                 let (tokens, cmds, audit) = tokio::task::spawn_blocking(move || {
                     let tokens = t.prune_tokens(now)?;
                     let (cmds, audit) = c.prune(now, r.commands, r.audit)?;
-                    Ok::<_, CloudError>((tokens, cmds, audit))
+                    Ok::<_, CloudError>((tokens + sessions, cmds, audit))
                 })
                 .await
                 .map_err(|e| CloudError::Unavailable(format!("retention task failed: {e}")))??;

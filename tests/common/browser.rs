@@ -77,6 +77,12 @@ impl Browser {
         r["value"].clone()
     }
 
+    /// Every cookie of the current page, HttpOnly ones included (as WebDriver reports them:
+    /// `name`, `value`, `httpOnly`, `secure`, `sameSite`).
+    pub fn cookies(&self) -> Vec<Value> {
+        self.call("GET", "/cookie", json!(null)).as_array().cloned().unwrap_or_default()
+    }
+
     pub fn open(&self, url: &str) {
         self.call("POST", "/url", json!({"url": url}));
     }

@@ -315,11 +315,22 @@ pub struct TestMachine {
 
 impl TestMachine {
     pub fn enroll(cloud: &CloudProc, role: &str) -> TestMachine {
+        TestMachine::enroll_in(cloud, role, "default")
+    }
+
+    /// Enrolls in `network` (customers hold networks).
+    pub fn enroll_in(cloud: &CloudProc, role: &str, network: &str) -> TestMachine {
+        let (status, v) = cloud.api_post(
+            "/v1/enrollment-tokens",
+            serde_json::json!({"network": network, "role": role, "ttl": "1h"}),
+        );
+        assert!((200..300).contains(&status), "token: {status} {v}");
+        let token = v["token"].as_str().unwrap().to_string();
         let key = outpost_shared::keys::KeyPair::generate().unwrap();
         // A connector enrolls with the fingerprint of its LAN certificate; this one has none to
         // serve, so any well-formed fingerprint does.
         let lan_cert = (role == "connector").then(|| "0".repeat(64));
-        let body = serde_json::json!({"token": cloud.role_token(role), "public_key": key.public().to_pem(),
+        let body = serde_json::json!({"token": token, "public_key": key.public().to_pem(),
             "role": role, "hostname": "test", "lan_cert": lan_cert});
         let r = cloud.client().post(format!("{}/v1/enroll", cloud.url())).json(&body).send().unwrap();
         assert!(r.status().is_success(), "enroll: {}", r.status());

@@ -1,43 +1,130 @@
-//! Who is asking: the admin token of people, the signatures of machines.
+//! Who is asking: people (a session cookie, an API token, or the CLI's host-side admin token) and
+//! machines (signatures). [`authenticate`] turns a person's credential into the request's
+//! [`Actor`], which every people route then asks ([`Actor::can`]); it also refuses cross-site
+//! state changes made with the cookie.
 
-use super::{err, AppState};
+use super::{err, internal, AppState};
+use crate::people::Actor;
 use crate::trust::Refusal;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use outpost_shared::http_server::episode::Episode;
 use outpost_shared::keys::{SignedHeaders, VerifyError};
 use outpost_shared::model::{ApiError, RefusalCode, Verdict};
+use std::net::SocketAddr;
 
-/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The session cookie. `__Host-`: browsers accept it only with `Secure`, `Path=/` and no
+/// `Domain`, so no other host (or plain-HTTP page) can set or shadow it.
+pub(super) const SESSION_COOKIE: &str = "__Host-outpost_session";
+
+/// `Set-Cookie` for a new session: never readable by scripts, never sent cross-site. No
+/// `Max-Age`: the browser forgets it when closed, the cloud ends it when idle or old.
+pub(super) fn session_cookie(value: &str) -> String {
+    format!("{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict")
 }
 
-/// The token of a request: `Authorization: Bearer`, or the dashboard's cookie (browsers cannot
-/// put headers on an `EventSource`).
-fn presented_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return v.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+/// `Set-Cookie` that removes the session cookie (sign-out).
+pub(super) fn cleared_cookie() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// The session cookie's value, if the request carries one (at most 128 bytes are looked at).
+pub(super) fn presented_session(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('=').map(str::to_string))
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// Does the request come from the cloud's own host: over loopback, or from the very address the
+/// cloud listens on (a TCP connection cannot be opened with that source from elsewhere: the
+/// handshake's answer would go to the cloud itself).
+fn from_this_host<B>(req: &Request<B>, listen: std::net::IpAddr) -> bool {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(a)| a.ip().is_loopback() || (!listen.is_unspecified() && a.ip() == listen))
+}
+
+/// Is this request from a page of this very origin? `Sec-Fetch-Site` where the browser sends it,
+/// else `Origin` against the host the request was sent to. `strict`: a request with neither
+/// header is refused too (every browser sends `Origin` on a cross-origin or non-GET fetch).
+pub(super) fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri, strict: bool) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"same-origin";
     }
-    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok())?;
-    cookies.split(';').find_map(|c| c.trim().strip_prefix("outpost_token=").map(str::to_string))
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return !strict };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")))
 }
 
-pub(super) async fn require_admin(
+/// Authenticates a person and puts the [`Actor`] into the request. In order: the CLI's admin
+/// token (from the cloud's own host only, see [`from_this_host`]), an API token, the session
+/// cookie. A state-changing
+/// request authenticated by the cookie must come from this origin (`SameSite=Strict` already
+/// keeps the cookie off cross-site requests; this is the second lock).
+pub(super) async fn authenticate(
     State(st): State<AppState>,
-    req: Request<axum::body::Body>,
+    mut req: Request<axum::body::Body>,
     next: Next,
 ) -> Response {
-    match presented_token(req.headers()) {
-        Some(t) if same(&t, &st.admin_token) => next.run(req).await,
-        Some(_) => err(
-            StatusCode::UNAUTHORIZED,
-            "wrong admin token; it is in the cloud's data directory, file admin-token",
-        ),
-        None => err(StatusCode::UNAUTHORIZED, "admin token required: send `Authorization: Bearer <token>`"),
+    let now = chrono::Utc::now();
+    let actor = match bearer(req.headers()) {
+        Some(t) if crate::people::secret::same(t, &st.admin_token) => {
+            if !from_this_host(&req, st.config.listen.ip()) {
+                return err(
+                    StatusCode::UNAUTHORIZED,
+                    "the admin token works only on the cloud's own host (for the outpost CLI); sign in, or use an API token",
+                );
+            }
+            Actor::local_admin()
+        }
+        Some(t) => match st.people.api_token(t, now).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return err(StatusCode::UNAUTHORIZED, "unknown, expired or revoked API token; make a new one")
+            }
+            Err(e) => return internal(e),
+        },
+        None => match presented_session(req.headers()) {
+            Some(c) => match st.people.session(&c, now).await {
+                Ok(Some(u)) if st.people.lacks_required_totp(&u) => Actor::without_second_factor(&u, true),
+                Ok(Some(u)) => Actor::user(&u, true),
+                Ok(None) => {
+                    return err(StatusCode::UNAUTHORIZED, "signed out or session expired; sign in again")
+                }
+                Err(e) => return internal(e),
+            },
+            None => {
+                return err(
+                    StatusCode::UNAUTHORIZED,
+                    "sign in on the dashboard, or send `Authorization: Bearer <API token>`",
+                )
+            }
+        },
+    };
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if actor.by_cookie && !safe && !same_origin(req.headers(), req.uri(), true) {
+        tracing::warn!(who = %actor.label(), method = %req.method(), path = %req.uri().path(), "cross-site request refused");
+        return err(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: state changes come from the dashboard's own pages",
+        );
     }
+    req.extensions_mut().insert(actor);
+    next.run(req).await
 }
 
 // The error side of these helpers is the finished HTTP response; it lives for one request.
@@ -98,5 +185,27 @@ pub(super) fn connector_signed(
     match check_signed(st, headers, method, path, body, Some(crate::trust::MAX_SKEW))? {
         m if m.role == outpost_shared::model::Role::Connector => Ok(m),
         m => Err(err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(peer: [u8; 4]) -> Request<()> {
+        let mut r = Request::new(());
+        r.extensions_mut().insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        r
+    }
+
+    #[test]
+    fn the_admin_token_is_local_to_the_cloud_host() {
+        let any: std::net::IpAddr = [0, 0, 0, 0].into();
+        let own: std::net::IpAddr = [10, 9, 0, 1].into();
+        assert!(from_this_host(&from([127, 0, 0, 1]), any));
+        assert!(!from_this_host(&from([10, 9, 0, 1]), any), "unknown own addresses count as remote");
+        assert!(from_this_host(&from([10, 9, 0, 1]), own), "the listening address itself");
+        assert!(!from_this_host(&from([10, 9, 0, 2]), own));
+        assert!(!from_this_host(&Request::new(()), own), "no peer known: not local");
     }
 }

@@ -1,9 +1,11 @@
 //! Commands: made by people, signed by the cloud, polled by machines, answered with signed results.
 
 use super::auth::{check_signed, connector_signed};
-use super::{err, internal, AppState};
+use super::{access, err, internal, AppState};
 use crate::commands::DEFAULT_TTL;
-use axum::extract::{Path, Query, State};
+use crate::people::Actor;
+use crate::store::people::Role as Access;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -32,8 +34,12 @@ pub(super) async fn create_command(
     action: &str,
     parameters: serde_json::Value,
     ttl: Option<std::time::Duration>,
-    who: &str,
+    actor: &Actor,
 ) -> Response {
+    // Commands are an operator's: switching relays, sampling now, reloading config.
+    if let Err(r) = access::machine(st, actor, machine, Access::Operator, action).await {
+        return r;
+    }
     if !ACTIONS.contains(&action) {
         return err(
             StatusCode::BAD_REQUEST,
@@ -42,12 +48,13 @@ pub(super) async fn create_command(
     }
     match st.trust.machine_key(machine) {
         Ok(Some(_)) => {}
-        Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
+        Ok(None) => return err(StatusCode::NOT_FOUND, access::NO_MACHINE),
         Err(e) => return internal(e),
     }
+    let who = actor.label();
     match st
         .commands
-        .create(st.trust.key(), machine, action, parameters, ttl.unwrap_or(DEFAULT_TTL), who)
+        .create(st.trust.key(), machine, action, parameters, ttl.unwrap_or(DEFAULT_TTL), &who)
         .await
     {
         Ok(rec) => (StatusCode::CREATED, Json(serde_json::json!({"command_id": rec.id}))).into_response(),
@@ -57,10 +64,11 @@ pub(super) async fn create_command(
 
 pub(super) async fn create(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Json(req): Json<CommandRequest>,
 ) -> Response {
-    create_command(&st, &id, &req.action, req.parameters, req.ttl, "admin").await
+    create_command(&st, &id, &req.action, req.parameters, req.ttl, &actor).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +79,7 @@ pub(super) struct RelaySwitch {
 
 pub(super) async fn switch_relay(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path((id, card, relay)): Path<(String, u8, u8)>,
     Json(req): Json<RelaySwitch>,
 ) -> Response {
@@ -78,11 +87,31 @@ pub(super) async fn switch_relay(
         return err(StatusCode::BAD_REQUEST, "cards are numbered from 1, relays 1 to 8");
     }
     let params = serde_json::json!({"card": card, "relay": relay, "on": req.on});
-    create_command(&st, &id, "relay.set", params, None, "admin").await
+    create_command(&st, &id, "relay.set", params, None, &actor).await
 }
 
-pub(super) async fn status(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.commands.get(&id) {
+/// `GET /v1/commands/{id}`: a command of a machine the actor may see; 404 otherwise.
+pub(super) async fn status(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    let found = match st.commands.get(&id) {
+        Ok(Some(rec)) => {
+            let visible = async {
+                let owners = st.people.network_owners().await?;
+                let customer = access::machine_customer(&st, &owners, &rec.machine)?;
+                Ok::<_, crate::CloudError>(access::allows(&actor, Access::Viewer, customer.as_deref()))
+            };
+            match visible.await {
+                Ok(true) => Ok(Some(rec)),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    match found {
         Ok(Some(rec)) => {
             let status = rec.effective_status(Utc::now()).to_string();
             Json(serde_json::json!({

@@ -1,9 +1,11 @@
 //! Enrollment: the cloud's public key, one-time tokens, enrolling a machine, fresh receipts.
 
 use super::auth::{check_signed, refused};
-use super::{err, internal, AppState};
+use super::{access, err, internal, AppState};
+use crate::people::Actor;
+use crate::store::people::Role as Access;
 use crate::trust::EnrollRequest;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,18 +31,63 @@ pub(super) struct TokenRequest {
     /// A name to tell it apart on the dashboard.
     #[serde(default)]
     label: Option<String>,
+    /// The customer a network no customer holds yet is claimed for (the machine then belongs to
+    /// it). Without it, an unclaimed network stays the default customer's.
+    #[serde(default)]
+    customer: Option<String>,
 }
 
-/// `POST /v1/enrollment-tokens`: an admin's decision to let one machine of a network join in a role.
-pub(super) async fn new_token(State(st): State<AppState>, body: Option<Json<TokenRequest>>) -> Response {
+/// `POST /v1/enrollment-tokens`: an admin's decision to let one machine of a network join in a
+/// role. Needs admin of the network's customer; a network no customer holds is claimed for the
+/// `customer` the request names.
+pub(super) async fn new_token(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Option<Json<TokenRequest>>,
+) -> Response {
     let req = body.map(|b| b.0).unwrap_or_default();
     let network = req.network.unwrap_or_else(|| "default".into());
     let role = req.role.unwrap_or_default();
     let ttl = req.ttl.unwrap_or(std::time::Duration::from_secs(86400));
     let label = req.label.unwrap_or_default();
-    match st.trust.new_token(&network, role, ttl, &label, ADMIN, Utc::now()) {
+    let owners = match st.people.network_owners().await {
+        Ok(o) => o,
+        Err(e) => return internal(e),
+    };
+    let claimed = owners.is_claimed(&network);
+    let customer = match &req.customer {
+        Some(c) if !claimed => c.clone(),
+        _ => owners.customer_of(&network).to_string(),
+    };
+    if !actor.can(Access::Viewer, &customer) {
+        // Another customer's network or customer is not named to someone who cannot see it.
+        return err(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no network `{network}` among your customers; name your `customer` to start a new network"
+            ),
+        );
+    }
+    if let Some(c) = req.customer.as_ref().filter(|c| claimed && **c != customer) {
+        return err(
+            StatusCode::CONFLICT,
+            format!("network `{network}` belongs to customer `{customer}`, not `{c}`"),
+        );
+    }
+    if !actor.can(Access::Admin, &customer) {
+        return err(
+            StatusCode::FORBIDDEN,
+            format!("enrollment tokens for customer `{customer}` need its admin role"),
+        );
+    }
+    if req.customer.is_some() && !owners.is_claimed(&network) {
+        if let Err(e) = super::customers::claim_network(&st, &owners, &customer, &network).await {
+            return e;
+        }
+    }
+    match st.trust.new_token(&network, role, ttl, &label, &actor.label(), Utc::now()) {
         Ok((t, info)) => {
-            audit_token(&st, "token-created", &info);
+            audit_token(&st, "token-created", &info, &actor);
             Json(serde_json::json!({
                 "token": t.encode(), "id": info.id, "network": network, "role": role,
                 "label": info.label, "expires_at": t.expires_at,
@@ -51,11 +98,35 @@ pub(super) async fn new_token(State(st): State<AppState>, body: Option<Json<Toke
     }
 }
 
-/// `DELETE /v1/enrollment-tokens/{id}`: cancels an open token (id as the list shows it).
-pub(super) async fn cancel_token(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+/// The open tokens of customers the actor is admin of.
+async fn open_tokens_of(
+    st: &AppState,
+    actor: &Actor,
+) -> Result<Vec<crate::trust::TokenInfo>, crate::CloudError> {
+    let owners = st.people.network_owners().await?;
+    Ok(st
+        .trust
+        .open_tokens(Utc::now())?
+        .into_iter()
+        .filter(|t| actor.can(Access::Admin, owners.customer_of(&t.network)))
+        .collect())
+}
+
+/// `DELETE /v1/enrollment-tokens/{id}`: cancels an open token (id as the list shows it); another
+/// customer's token is not found.
+pub(super) async fn cancel_token(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    match open_tokens_of(&st, &actor).await {
+        Ok(list) if list.iter().any(|t| t.id == id) => {}
+        Ok(_) => return err(StatusCode::NOT_FOUND, format!("no open token {id}")),
+        Err(e) => return internal(e),
+    }
     match st.trust.cancel_token(&id) {
         Ok(Some(info)) => {
-            audit_token(&st, "token-cancelled", &info);
+            audit_token(&st, "token-cancelled", &info, &actor);
             Json(serde_json::json!({"cancelled": info.id})).into_response()
         }
         Ok(None) => err(StatusCode::NOT_FOUND, format!("no open token {id}")),
@@ -63,27 +134,22 @@ pub(super) async fn cancel_token(State(st): State<AppState>, Path(id): Path<Stri
     }
 }
 
-/// Who an admin-token request is, for the audit trail, until people have accounts.
-const ADMIN: &str = "admin";
-
-fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo) {
+fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo, actor: &Actor) {
     let entry = crate::commands::AuditEntry {
         ts: Utc::now(),
         command_id: info.id.clone(),
         machine: String::new(),
         action: event.into(),
         parameters: serde_json::json!({"network": info.network, "role": info.role, "label": info.label, "expires_at": info.expires_at}),
-        who: ADMIN.into(),
+        who: actor.label(),
         event: "done".into(),
         detail: serde_json::Value::Null,
     };
-    if let Err(e) = st.commands.record(entry) {
-        tracing::error!(error = %e, "audit trail could not record a token change");
-    }
+    access::audit(st, entry);
 }
 
-pub(super) async fn list_tokens(State(st): State<AppState>) -> Response {
-    match st.trust.open_tokens(Utc::now()) {
+pub(super) async fn list_tokens(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Response {
+    match open_tokens_of(&st, &actor).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => internal(e),
     }

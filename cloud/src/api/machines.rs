@@ -1,9 +1,11 @@
 //! Machines as people see them: the list, sensors, readings, revocation, unattached hubs, sealing
 //! a secret to one machine's key.
 
-use super::{err, internal, AppState};
+use super::{access, err, internal, AppState};
 use crate::config::CloudConfig;
-use axum::extract::{Path, Query, State};
+use crate::people::Actor;
+use crate::store::people::Role;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,8 +21,10 @@ use std::collections::HashMap;
 pub(super) struct MachineRow {
     #[serde(flatten)]
     info: MachineInfo,
-    /// The network (customer) the machine is enrolled in; None once revoked.
+    /// The network the machine is enrolled in; None once revoked.
     network: Option<String>,
+    /// The customer holding that network; None once revoked.
+    customer: Option<String>,
     /// Its enrollment was withdrawn. A machine reaches the store only through a signed batch, so
     /// it was enrolled then; the only way its key leaves the enrolled list is revocation.
     revoked: bool,
@@ -30,9 +34,14 @@ pub(super) struct MachineRow {
     uplink_name: Option<String>,
 }
 
-pub(super) async fn list(State(st): State<AppState>) -> Response {
+/// `GET /v1/machines`: the machines of the customers the actor may see, and no others.
+pub(super) async fn list(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Response {
     let machines = match st.store.machines().await {
         Ok(list) => list,
+        Err(e) => return internal(e),
+    };
+    let owners = match st.people.network_owners().await {
+        Ok(o) => o,
         Err(e) => return internal(e),
     };
     let trust = st.trust.clone();
@@ -56,11 +65,13 @@ pub(super) async fn list(State(st): State<AppState>) -> Response {
                     let key = enrolled.get(m.id.as_str());
                     MachineRow {
                         network: key.map(|k| k.network_id.clone()),
+                        customer: key.map(|k| owners.customer_of(&k.network_id).to_string()),
                         revoked: key.is_none(),
                         uplink_name,
                         info: m,
                     }
                 })
+                .filter(|row| access::allows(&actor, Role::Viewer, row.customer.as_deref()))
                 .collect();
             Json(rows).into_response()
         }
@@ -71,8 +82,15 @@ pub(super) async fn list(State(st): State<AppState>) -> Response {
 
 /// `DELETE /v1/machines/{id}`: withdraws the machine's enrollment (a stolen or retired machine).
 /// Its signed requests are refused from now on and hubs stop trusting it as a connector; its
-/// readings stay. In the audit trail as `revoke` by `admin`.
-pub(super) async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+/// readings stay. In the audit trail as `revoke` by the actor. Needs admin.
+pub(super) async fn revoke(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "revoke").await {
+        return r;
+    }
     let trust = st.trust.clone();
     let target = id.clone();
     match tokio::task::spawn_blocking(move || trust.revoke(&target, Utc::now())).await {
@@ -85,7 +103,7 @@ pub(super) async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -
                 machine: mk.machine_id.clone(),
                 action: "revoke".into(),
                 parameters: serde_json::Value::Null,
-                who: "admin".into(),
+                who: actor.label(),
                 event: "done".into(),
                 detail: detail.clone(),
             };
@@ -95,7 +113,7 @@ pub(super) async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -
             Json(serde_json::json!({"revoked": mk.machine_id, "role": mk.role, "network": mk.network_id}))
                 .into_response()
         }
-        Ok(Ok(None)) => err(StatusCode::NOT_FOUND, format!("no enrolled machine {id}")),
+        Ok(Ok(None)) => err(StatusCode::NOT_FOUND, access::NO_MACHINE),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
@@ -111,7 +129,14 @@ fn with_liveness(mut m: MachineInfo, now: DateTime<Utc>, config: &CloudConfig) -
     m
 }
 
-pub(super) async fn sensors(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn sensors(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Viewer, "sensors").await {
+        return r;
+    }
     let found =
         async { Ok::<_, crate::CloudError>((st.store.machine(&id).await?, st.store.sensors(&id).await?)) };
     match found.await {
@@ -136,9 +161,13 @@ const MAX_LIMIT: usize = 100_000;
 
 pub(super) async fn readings(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Query(q): Query<ReadingsQuery>,
 ) -> Response {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Viewer, "readings").await {
+        return r;
+    }
     let since = match q.since.as_deref().map(DateTime::parse_from_rfc3339) {
         None => None,
         Some(Ok(t)) => Some(t.with_timezone(&Utc)),
@@ -177,8 +206,22 @@ pub(super) async fn readings(
     }
 }
 
-pub(super) async fn unattached(State(st): State<AppState>) -> Response {
-    match st.store.unattached(Utc::now()).await {
+/// Hubs connectors saw but that are not enrolled: each shown to whoever may see the connector
+/// that saw it.
+pub(super) async fn unattached(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Response {
+    let r = async {
+        let list = st.store.unattached(Utc::now()).await?;
+        let owners = st.people.network_owners().await?;
+        let mut out = Vec::new();
+        for hub in list {
+            let customer = access::machine_customer(&st, &owners, &hub.connector)?;
+            if access::allows(&actor, Role::Viewer, customer.as_deref()) {
+                out.push(hub);
+            }
+        }
+        Ok::<_, crate::CloudError>(out)
+    };
+    match r.await {
         Ok(list) => Json(list).into_response(),
         Err(e) => internal(e),
     }
@@ -194,9 +237,13 @@ pub(super) struct SealRequest {
 /// never stored or logged here.
 pub(super) async fn seal_secret(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Json(req): Json<SealRequest>,
 ) -> Response {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "seal").await {
+        return r;
+    }
     let mk = match st.trust.machine_key(&id) {
         Ok(Some(m)) => m,
         Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
@@ -209,4 +256,36 @@ pub(super) async fn seal_secret(
         Ok(s) => Json(serde_json::json!({"sealed": s})).into_response(),
         Err(e) => internal(e),
     }
+}
+
+/// `POST /v1/machines/{id}/sensors/{sensor}/ack`: an operator acknowledges a sensor's current
+/// problem. It is recorded in the audit trail (who, which sensor, its state and reading time),
+/// where the dashboard shows it; it does not (yet) silence alerts or leave the problem list.
+pub(super) async fn acknowledge(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((id, sensor)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Operator, "ack").await {
+        return r;
+    }
+    let latest = match st.store.sensors(&id).await {
+        Ok(list) => list.into_iter().find(|s| s.sensor == sensor),
+        Err(e) => return internal(e),
+    };
+    let Some(s) = latest else { return err(StatusCode::NOT_FOUND, "no such sensor on this machine") };
+    let entry = crate::commands::AuditEntry {
+        ts: Utc::now(),
+        command_id: String::new(),
+        machine: id.clone(),
+        action: "ack".into(),
+        parameters: serde_json::json!({"sensor": s.sensor, "state": s.state, "reading_ts": s.ts}),
+        who: actor.label(),
+        event: "done".into(),
+        detail: serde_json::Value::Null,
+    };
+    if let Err(e) = st.commands.record(entry) {
+        return internal(e);
+    }
+    Json(serde_json::json!({"acknowledged": s.sensor, "state": s.state, "by": actor.label()})).into_response()
 }

@@ -1,9 +1,11 @@
 //! Commands by mail: a connector asks, for a sender it authenticated, that a relay be switched.
 
 use super::auth::connector_signed;
-use super::{err, internal, AppState};
+use super::{access, err, internal, AppState};
 use crate::commands::DEFAULT_TTL;
-use axum::extract::{Path, State};
+use crate::people::Actor;
+use crate::store::people::Role;
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -161,12 +163,16 @@ pub(super) struct GrantRequest {
 /// behalf of the listed senders.
 pub(super) async fn grant(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Json(req): Json<GrantRequest>,
 ) -> Response {
-    match st.trust.grant_mail_commands(&id, &req.senders, "admin", Utc::now()) {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "mail-commands-grant").await {
+        return r;
+    }
+    match st.trust.grant_mail_commands(&id, &req.senders, &actor.label(), Utc::now()) {
         Ok(g) => {
-            audit_grant(&st, &id, "mail-commands-granted", serde_json::json!({"senders": g.senders}));
+            audit_grant(&st, &id, "mail-commands-granted", serde_json::json!({"senders": g.senders}), &actor);
             Json(g).into_response()
         }
         Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
@@ -175,10 +181,17 @@ pub(super) async fn grant(
 }
 
 /// `DELETE /v1/machines/{id}/mail-commands`: withdraws the grant.
-pub(super) async fn withdraw(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn withdraw(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "mail-commands-withdraw").await {
+        return r;
+    }
     match st.trust.withdraw_mail_commands(&id) {
         Ok(true) => {
-            audit_grant(&st, &id, "mail-commands-withdrawn", serde_json::Value::Null);
+            audit_grant(&st, &id, "mail-commands-withdrawn", serde_json::Value::Null, &actor);
             Json(serde_json::json!({"withdrawn": id})).into_response()
         }
         Ok(false) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
@@ -187,7 +200,14 @@ pub(super) async fn withdraw(State(st): State<AppState>, Path(id): Path<String>)
 }
 
 /// `GET /v1/machines/{id}/mail-commands`: the grant, if any.
-pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn show(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Viewer, "mail-commands").await {
+        return r;
+    }
     match st.trust.mail_grant(&id) {
         Ok(Some(g)) => Json(g).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
@@ -195,18 +215,16 @@ pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> 
     }
 }
 
-fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_json::Value) {
+fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_json::Value, actor: &Actor) {
     let entry = crate::commands::AuditEntry {
         ts: Utc::now(),
         command_id: String::new(),
         machine: connector.into(),
         action: action.into(),
         parameters,
-        who: "admin".into(),
+        who: actor.label(),
         event: "done".into(),
         detail: serde_json::Value::Null,
     };
-    if let Err(e) = st.commands.record(entry) {
-        tracing::error!(error = %e, "audit trail could not record a mail-command grant");
-    }
+    access::audit(st, entry);
 }

@@ -3,17 +3,45 @@
 //! file maps requests and errors. A password is taken in plaintext on input only and answered as
 //! `{"set": true}`; no error message quotes it.
 
-use super::{err, internal, AppState};
+use super::{access, err, internal, AppState};
 use crate::managed::{catalogue, ManagedError, ManagedSensors};
+use crate::people::Actor;
+use crate::store::people::Role;
 use crate::CloudError;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-/// Who the audit trail names for changes made with the admin token (API and dashboard alike).
-const WHO: &str = "admin";
+/// A machine's managed sensors: seen by its customer's viewers, changed by its admins (SECURITY.md's
+/// role table); another customer's machine is not found.
+macro_rules! machine {
+    ($st:expr, $actor:expr, $id:expr, $role:expr, $what:expr) => {
+        if let Err(r) = access::machine(&$st, &$actor, &$id, $role, $what).await {
+            return r;
+        }
+    };
+}
+
+/// Templates are site-wide: they change machines of every customer that uses them, so only an
+/// admin over every customer edits them; an admin of any customer reads them, to choose one.
+fn may_read_templates(actor: &Actor) -> bool {
+    actor.can_all(Role::Viewer) || actor.grants().iter().any(|g| g.role >= Role::Admin) || actor.is_owner()
+}
+
+fn templates_refused(actor: &Actor, edit: bool) -> Option<Response> {
+    if edit && !actor.can_all(Role::Admin) {
+        return Some(err(
+            StatusCode::FORBIDDEN,
+            "templates apply across customers: editing one needs the admin role for every customer",
+        ));
+    }
+    if !may_read_templates(actor) {
+        return Some(err(StatusCode::FORBIDDEN, "templates are for admins"));
+    }
+    None
+}
 
 /// The service, or the handler answers 503.
 macro_rules! service {
@@ -59,7 +87,12 @@ pub(super) async fn catalogue() -> Response {
 }
 
 /// `GET /v1/machines/{id}/managed`: own sensors, templates, what the machine is sent, status.
-pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn show(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Response {
+    machine!(st, actor, id, Role::Viewer, "managed sensors");
     let m: &ManagedSensors = service!(st);
     answer(StatusCode::OK, m.machine(&id).await)
 }
@@ -67,42 +100,50 @@ pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> 
 /// `POST /v1/machines/{id}/managed/sensors`: adds one sensor; answers the new version.
 pub(super) async fn add(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Json(body): Json<serde_json::Value>,
 ) -> Response {
+    machine!(st, actor, id, Role::Admin, "managed sensors: add");
     let m: &ManagedSensors = service!(st);
-    answer(StatusCode::CREATED, m.put_sensor(&id, None, body, WHO).await.map(version))
+    answer(StatusCode::CREATED, m.put_sensor(&id, None, body, &actor.label()).await.map(version))
 }
 
 /// `PUT /v1/machines/{id}/managed/sensors/{sensor}`: replaces one sensor (its id may change).
 pub(super) async fn edit(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path((id, sensor)): Path<(String, String)>,
     Json(body): Json<serde_json::Value>,
 ) -> Response {
+    machine!(st, actor, id, Role::Admin, "managed sensors: edit");
     let m: &ManagedSensors = service!(st);
-    answer(StatusCode::OK, m.put_sensor(&id, Some(&sensor), body, WHO).await.map(version))
+    answer(StatusCode::OK, m.put_sensor(&id, Some(&sensor), body, &actor.label()).await.map(version))
 }
 
 /// `DELETE /v1/machines/{id}/managed/sensors/{sensor}`.
 pub(super) async fn remove(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path((id, sensor)): Path<(String, String)>,
 ) -> Response {
+    machine!(st, actor, id, Role::Admin, "managed sensors: remove");
     let m: &ManagedSensors = service!(st);
-    answer(StatusCode::OK, m.remove_sensor(&id, &sensor, WHO).await.map(version))
+    answer(StatusCode::OK, m.remove_sensor(&id, &sensor, &actor.label()).await.map(version))
 }
 
 /// `POST /v1/machines/{id}/managed/sensors/{sensor}/test`: a `sample-now` command; its result
 /// (`GET /v1/commands/{command_id}`) carries the readings.
 pub(super) async fn test_now(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path((id, sensor)): Path<(String, String)>,
 ) -> Response {
+    machine!(st, actor, id, Role::Operator, "managed sensors: test now");
     let m: &ManagedSensors = service!(st);
     answer(
         StatusCode::CREATED,
-        m.test_now(&id, &sensor, WHO).await.map(|c| serde_json::json!({"command_id": c})),
+        m.test_now(&id, &sensor, &actor.label()).await.map(|c| serde_json::json!({"command_id": c})),
     )
 }
 
@@ -115,11 +156,13 @@ pub(super) struct Assign {
 /// `PUT /v1/machines/{id}/managed/templates` `{"templates": [...]}`, in the order they apply.
 pub(super) async fn assign(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Json(body): Json<Assign>,
 ) -> Response {
+    machine!(st, actor, id, Role::Admin, "managed sensors: templates");
     let m: &ManagedSensors = service!(st);
-    answer(StatusCode::OK, m.set_templates(&id, body.templates, WHO).await.map(version))
+    answer(StatusCode::OK, m.set_templates(&id, body.templates, &actor.label()).await.map(version))
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,9 +174,11 @@ pub(super) struct HistoryQuery {
 /// `GET /v1/machines/{id}/managed/history`: versions, newest first: who, when, what changed.
 pub(super) async fn history(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
+    machine!(st, actor, id, Role::Viewer, "managed sensors: history");
     let m: &ManagedSensors = service!(st);
     let limit = q.limit.unwrap_or(50).clamp(1, crate::store::managed::HISTORY_KEPT as usize);
     answer(StatusCode::OK, m.history(&id, limit).await)
@@ -148,15 +193,20 @@ pub(super) struct RollBack {
 /// `POST /v1/machines/{id}/managed/rollback` `{"version": N}`: a new version with N's content.
 pub(super) async fn roll_back(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Json(body): Json<RollBack>,
 ) -> Response {
+    machine!(st, actor, id, Role::Admin, "managed sensors: roll back");
     let m: &ManagedSensors = service!(st);
-    answer(StatusCode::CREATED, m.roll_back(&id, body.version, WHO).await.map(version))
+    answer(StatusCode::CREATED, m.roll_back(&id, body.version, &actor.label()).await.map(version))
 }
 
 /// `GET /v1/templates`.
-pub(super) async fn templates(State(st): State<AppState>) -> Response {
+pub(super) async fn templates(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Response {
+    if let Some(r) = templates_refused(&actor, false) {
+        return r;
+    }
     let m: &ManagedSensors = service!(st);
     answer(StatusCode::OK, m.templates().await)
 }
@@ -170,16 +220,32 @@ pub(super) struct NewTemplate {
 }
 
 /// `POST /v1/templates` `{"name": …, "sensors": [...]}`.
-pub(super) async fn create_template(State(st): State<AppState>, Json(body): Json<NewTemplate>) -> Response {
+pub(super) async fn create_template(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Json(body): Json<NewTemplate>,
+) -> Response {
+    if let Some(r) = templates_refused(&actor, true) {
+        return r;
+    }
     let m: &ManagedSensors = service!(st);
     answer(
         StatusCode::CREATED,
-        m.put_template(&body.name, body.sensors, true, WHO).await.map(|v| serde_json::json!({"versions": v})),
+        m.put_template(&body.name, body.sensors, true, &actor.label())
+            .await
+            .map(|v| serde_json::json!({"versions": v})),
     )
 }
 
 /// `GET /v1/templates/{name}`.
-pub(super) async fn template(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+pub(super) async fn template(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(r) = templates_refused(&actor, false) {
+        return r;
+    }
     let m: &ManagedSensors = service!(st);
     answer(StatusCode::OK, m.template(&name).await)
 }
@@ -193,18 +259,34 @@ pub(super) struct TemplateSensors {
 /// `PUT /v1/templates/{name}` `{"sensors": [...]}`: every machine using it gets a new version.
 pub(super) async fn edit_template(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     Json(body): Json<TemplateSensors>,
 ) -> Response {
+    if let Some(r) = templates_refused(&actor, true) {
+        return r;
+    }
     let m: &ManagedSensors = service!(st);
     answer(
         StatusCode::OK,
-        m.put_template(&name, body.sensors, false, WHO).await.map(|v| serde_json::json!({"versions": v})),
+        m.put_template(&name, body.sensors, false, &actor.label())
+            .await
+            .map(|v| serde_json::json!({"versions": v})),
     )
 }
 
 /// `DELETE /v1/templates/{name}`: only a template no machine uses.
-pub(super) async fn delete_template(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+pub(super) async fn delete_template(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(r) = templates_refused(&actor, true) {
+        return r;
+    }
     let m: &ManagedSensors = service!(st);
-    answer(StatusCode::OK, m.delete_template(&name, WHO).await.map(|()| serde_json::json!({"deleted": name})))
+    answer(
+        StatusCode::OK,
+        m.delete_template(&name, &actor.label()).await.map(|()| serde_json::json!({"deleted": name})),
+    )
 }

@@ -80,9 +80,12 @@ fn setup_with_ttl(ttl: Duration) -> Setup {
         };
         trust.enroll(&req, now).unwrap();
     }
-    let state =
-        AppState::new(Arc::new(sled), "admin".into(), trust, commands, Arc::new(CloudConfig::default()))
-            .with_managed(managed);
+    let config = CloudConfig::default();
+    let people_db: crate::store::people::PeopleDb =
+        Arc::new(crate::store::sled::people::SledPeople::open(&sled).unwrap());
+    let people = crate::people::People::new(people_db, config.people.clone()).unwrap();
+    let state = AppState::new(Arc::new(sled), "admin".into(), trust, commands, people, Arc::new(config))
+        .with_managed(managed);
     Setup { app: router(state.clone()), state, hubs: hub_keys().to_vec(), store: managed_store, dir }
 }
 
@@ -93,7 +96,12 @@ impl Setup {
 
     /// One admin request; the status and the JSON answer (its text, too, to search in).
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value, String) {
-        let mut r = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, "Bearer admin");
+        // The admin token is the host-side credential: it counts only from the cloud's own host.
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, "Bearer admin")
+            .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
         let body = match body {
             Some(b) => {
                 r = r.header(header::CONTENT_TYPE, "application/json");
@@ -327,7 +335,7 @@ async fn a_template_edit_issues_a_new_version_to_every_machine_using_it() {
     }
     let history = s.ok("GET", &format!("/v1/machines/{}/managed/history", s.hub(0)), None).await;
     assert_eq!(history[0]["change"], "template `db`: edited tcp.b, removed tcp.c", "{history}");
-    assert_eq!(history[0]["who"], "admin");
+    assert_eq!(history[0]["who"], "local-admin");
 
     // An edit that breaks one machine's document is refused for all, naming the machine.
     let (status, v, _) =
@@ -389,7 +397,7 @@ async fn roll_back_issues_the_old_content_as_a_new_version() {
     let saved: Vec<&Value> =
         audit.as_array().unwrap().iter().filter(|e| e["action"] == "sensors.saved").collect();
     assert_eq!(saved.len(), 6);
-    assert_eq!(saved[0]["who"], "admin");
+    assert_eq!(saved[0]["who"], "local-admin");
     assert_eq!(saved[0]["parameters"]["change"], "removed tcp.c");
 }
 

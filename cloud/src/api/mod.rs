@@ -2,12 +2,18 @@
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it was.
 //!
 //! One file per resource; this one holds the shared state, builds the router and the error helpers.
-//! `auth` checks who is asking (admin token, machine signatures) for all of them.
+//! People: `sessions` (sign-in, setup, me, second factor), `users`, `customers`, `api_tokens`,
+//! with what they share in `people`.
+//! `auth` checks who is asking (people: session cookie, API token, the CLI's admin token; machines:
+//! signatures) for all of them, and `access` what a person may see and do.
 
+mod access;
 mod admission;
+mod api_tokens;
 mod audit;
 mod auth;
 mod commands;
+mod customers;
 mod enrollment;
 mod events;
 mod ingest;
@@ -17,11 +23,17 @@ mod managed;
 #[cfg(test)]
 mod managed_tests;
 mod network;
+mod people;
+#[cfg(test)]
+mod people_tests;
+mod sessions;
 #[cfg(test)]
 mod tests;
+mod users;
 
 use crate::commands::Commands;
 use crate::config::CloudConfig;
+use crate::people::People;
 use crate::store::Store;
 use crate::trust::Trust;
 use axum::extract::DefaultBodyLimit;
@@ -36,6 +48,12 @@ use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
+/// Largest body of a sign-in: far above any real one, and refused before anything is hashed.
+const SIGN_IN_BODY: usize = 64 << 10;
+/// Largest body of a request people send once signed in (commands, users, a template of managed
+/// sensors): far above any real one.
+const PEOPLE_BODY: usize = 256 << 10;
+
 /// Live events buffered per slow dashboard before it starts missing some (it then reloads).
 const EVENT_BACKLOG: usize = 1024;
 
@@ -45,6 +63,8 @@ pub struct AppState {
     admin_token: Arc<str>,
     trust: Trust,
     commands: Commands,
+    /// Users, sessions, customers, grants and API tokens.
+    people: People,
     config: Arc<CloudConfig>,
     events: broadcast::Sender<LiveEvent>,
     /// The gates of ingest: admission slots and the inflation limit.
@@ -62,6 +82,7 @@ impl AppState {
         admin_token: String,
         trust: Trust,
         commands: Commands,
+        people: People,
         config: Arc<CloudConfig>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -71,6 +92,7 @@ impl AppState {
             admin_token: admin_token.into(),
             trust,
             commands,
+            people,
             config,
             events,
             admission,
@@ -113,12 +135,32 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));
     let enroll = Router::new()
         .route("/v1/enroll", post(enrollment::enroll))
-        .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit))
+        .route_layer(middleware::from_fn_with_state(enroll_limit.clone(), rate::limit))
         .layer(DefaultBodyLimit::max(state.config.ingest.max_body as usize));
+    // Password guessing pays the enrollment limit per source, besides the per-account lockout.
+    let sign_in = Router::new()
+        .route("/v1/session", post(sessions::sign_in))
+        .route("/v1/setup", post(sessions::setup))
+        .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit))
+        .layer(DefaultBodyLimit::max(SIGN_IN_BODY));
     let people = Router::new()
+        .route("/v1/me", get(sessions::whoami))
+        .route("/v1/me/password", put(sessions::change_password))
+        .route("/v1/me/totp", post(sessions::totp_begin).put(sessions::totp_confirm))
+        .route("/v1/users/{name}/totp", delete(sessions::totp_reset))
+        .route("/v1/session", delete(sessions::sign_out))
+        .route("/v1/sessions", delete(sessions::sign_out_everywhere))
+        .route("/v1/users", get(users::list_users).post(users::add_user))
+        .route("/v1/users/{name}", delete(users::delete_user))
+        .route("/v1/users/{name}/grants/{customer}", put(users::set_grant))
+        .route("/v1/customers", get(customers::list_customers).post(customers::add_customer))
+        .route("/v1/customers/{id}/networks", post(customers::add_network))
+        .route("/v1/api-tokens", get(api_tokens::list_api_tokens).post(api_tokens::new_api_token))
+        .route("/v1/api-tokens/{id}", delete(api_tokens::revoke_api_token))
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", delete(machines::revoke))
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
+        .route("/v1/machines/{id}/sensors/{sensor}/ack", post(machines::acknowledge))
         .route("/v1/machines/{id}/readings", get(machines::readings))
         .route("/v1/events", get(events::stream))
         .route("/v1/hubs/unattached", get(machines::unattached))
@@ -143,7 +185,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/templates/{name}",
             get(managed::template).put(managed::edit_template).delete(managed::delete_template),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(DefaultBodyLimit::max(PEOPLE_BODY));
     let machines = Router::new()
         .route("/v1/batches", post(ingest::batches))
         .route("/v1/forward", post(ingest::forward))
@@ -158,6 +201,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public)
         .merge(enroll)
+        .merge(sign_in)
         .merge(people)
         .merge(machines)
         .fallback(|| async {

@@ -43,7 +43,10 @@ fn setup_on(ingest: crate::config::IngestLimits, readings: Option<Store>) -> Set
         lan_cert: None,
     };
     trust.enroll(&req, now).unwrap();
-    let state = AppState::new(store, "admin".into(), trust, commands, Arc::new(config));
+    let people_db: crate::store::people::PeopleDb =
+        Arc::new(crate::store::sled::people::SledPeople::open(&sled).unwrap());
+    let people = crate::people::People::new(people_db, config.people.clone()).unwrap();
+    let state = AppState::new(store, "admin".into(), trust, commands, people, Arc::new(config));
     Setup { app: router(state.clone()), state, hub, _dir: dir }
 }
 
@@ -220,6 +223,7 @@ async fn the_machine_list_says_network_connector_name_and_revocation() {
 async fn machine_row(app: &Router, id: &str) -> serde_json::Value {
     let req = Request::get("/v1/machines")
         .header(header::AUTHORIZATION, "Bearer admin")
+        .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
         .body(Body::empty())
         .unwrap();
     let r = app.clone().oneshot(req).await.unwrap();
@@ -284,6 +288,7 @@ async fn a_batch_is_acknowledged_once_and_then_as_duplicates(s: Setup) {
     let id = s.hub.machine_id().to_string();
     let r = Request::get(format!("/v1/machines/{id}/readings?sensor=cpu&limit=1000"))
         .header(header::AUTHORIZATION, "Bearer admin")
+        .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
         .body(Body::empty())
         .unwrap();
     let (status, _, body) = ack(&s.app, r).await;

@@ -1,8 +1,8 @@
 // Administration beside the machines: the audit trail of the selected machine, enrollment
-// tokens, hubs found but not enrolled, and revocation.
+// tokens, hubs found but not enrolled, revocation, and the signed-in person's API tokens.
 
 import { $, h, emptyRow } from "./dom.js";
-import { api, enc, Unauthorised } from "./api.js";
+import { api, enc, Unauthorised, me, can } from "./api.js";
 import { dateTime, when } from "./format.js";
 import { learnLocks } from "./relays.js";
 
@@ -73,7 +73,8 @@ $("newtoken").addEventListener("click", async () => {
   try {
     const role = $("tokenrole").value;
     const t = await api("/v1/enrollment-tokens",
-      { network: $("tokennetwork").value.trim() || "default", role, label: $("tokenlabel").value.trim(), ttl: "24h" });
+      { network: $("tokennetwork").value.trim() || "default", role, label: $("tokenlabel").value.trim(), ttl: "24h",
+        customer: $("tokencustomer").value || undefined });
     $("tokenvalue").value = t.token;
     $("tokennet").textContent = t.network;
     $("tokenrolename").textContent = t.role;
@@ -118,3 +119,49 @@ export async function loadUnattached(nameOf) {
   }
 }
 
+
+// ---- the signed-in person's API tokens ----
+
+/// Fills the customer choice (customers where the person has any role, or all) and the list.
+export async function loadApiTokens() {
+  const sel = $("apicustomer");
+  if (me && sel.options.length === 0) {
+    const opts = me.customers.filter((c) => can("viewer", c.id)).map((c) => h("option", { value: c.id }, c.name === c.id ? c.id : `${c.name} (${c.id})`));
+    if (me.owner || me.grants.some((g) => g.customer === "*")) opts.push(h("option", { value: "*" }, "every customer"));
+    sel.replaceChildren(...opts);
+  }
+  try {
+    const list = await api("/v1/api-tokens");
+    $("apitokens").replaceChildren(...list.map((t) => h("tr", { class: "apitoken", "data-id": t.id },
+      h("td", {}, t.label || h("span", { class: "mono" }, t.id)), h("td", {}, `${t.role} · ${t.customer === "*" ? "all" : t.customer}`),
+      h("td", {}, t.last_used ? timeEl(t.last_used) : "never"), h("td", {}, timeEl(t.expires_at, true)),
+      h("td", {}, h("button", { type: "button", class: "revoke", "aria-label": `Revoke API token ${t.label || t.id}`,
+        onclick: () => revokeApiToken(t) }, "Revoke")))));
+    if (list.length === 0) $("apitokens").replaceChildren(emptyRow(5, "none"));
+  } catch (e) {
+    if (!quiet(e)) $("apitokens").replaceChildren(emptyRow(5, "cannot load: " + e.message));
+  }
+}
+
+async function revokeApiToken(t) {
+  try {
+    await api("/v1/api-tokens/" + enc(t.id), undefined, "DELETE");
+    $("apiout").hidden = true;
+  } catch (e) {
+    if (!quiet(e)) $("apierr").textContent = "cannot revoke: " + e.message;
+  }
+  loadApiTokens();
+}
+
+$("newapitoken").addEventListener("click", async () => {
+  $("apierr").textContent = "";
+  try {
+    const t = await api("/v1/api-tokens", { label: $("apilabel").value.trim(), role: $("apirole").value, customer: $("apicustomer").value });
+    $("apivalue").value = t.token;
+    $("apiout").hidden = false;
+    $("apivalue").focus(); $("apivalue").select();
+    loadApiTokens();
+  } catch (e) {
+    if (!quiet(e)) $("apierr").textContent = "cannot make a token: " + e.message;
+  }
+});

@@ -1,37 +1,101 @@
-// The JSON API as the page uses it: the admin token (a cookie), whether the cloud can be reached
-// at all (a banner says so when it cannot), and the login form.
+// The JSON API as the page uses it: signing in (a session cookie the page never sees: HttpOnly),
+// whether the cloud can be reached at all (a banner says so when it cannot), and who is signed in.
 
 import { $, h } from "./dom.js";
 import { ago, dateTime } from "./format.js";
 
 export const enc = encodeURIComponent;
 
-/// Whether a token has been offered in this page (typed, or from the printed URL): only then may
-/// a refusal say "not accepted". A first visit just asks for it.
-let tried = false;
-/// Called once a token works; set by the app.
+/// Called once signed in; set by the app.
 let onLogin = () => {};
 export function whenLoggedIn(f) { onLogin = f; }
 
-function setToken(t) {
-  document.cookie = "outpost_token=" + encodeURIComponent(t) + "; path=/; Secure; SameSite=Strict; max-age=2592000";
-}
-export function takeTokenFromUrl() {
-  const m = location.hash.match(/token=([0-9a-fA-F]+)/);
-  if (m) { setToken(m[1]); tried = true; history.replaceState(null, "", location.pathname); }
+/// The secret of the one-time first-owner link (`#setup=…`), while the form uses it.
+let setupToken = null;
+export function takeSetupFromUrl() {
+  const m = location.hash.match(/setup=([A-Za-z0-9_-]+)/);
+  if (m) { setupToken = m[1]; history.replaceState(null, "", location.pathname); }
   return !!m;
 }
 
-export function showLogin() {
-  $("app").hidden = true; $("login").hidden = false;
-  $("loginerr").textContent = tried ? "The token was not accepted: check it and try again." : "";
+/// Who is signed in (`/v1/me`): name, owner, grants, customers they see.
+export let me = null;
+export async function loadMe() {
+  me = await api("/v1/me");
+  $("whoname").textContent = me.name + (me.owner ? " (owner)" : "");
+  $("who").hidden = false;
+  return me;
 }
-$("loginform").addEventListener("submit", (e) => {
+const RANK = { viewer: 1, operator: 2, admin: 3 };
+/// May the signed-in person act as `role` for `customer` (the API decides; this only hides buttons).
+export function can(role, customer) {
+  if (!me) return false;
+  if (me.owner) return true;
+  return me.grants.some((g) => (g.customer === "*" || g.customer === customer) && RANK[g.role] >= RANK[role]);
+}
+export function canAnywhere(role) {
+  return !!me && (me.owner || me.grants.some((g) => RANK[g.role] >= RANK[role]));
+}
+
+export function showLogin() {
+  $("app").hidden = true; $("login").hidden = false; $("who").hidden = true;
+  $("logintitle").textContent = setupToken ? "Make the first owner" : "Sign in";
+  $("loginbutton").textContent = setupToken ? "Make owner and sign in" : "Sign in";
+  $("password").autocomplete = setupToken ? "new-password" : "current-password";
+}
+$("loginform").addEventListener("submit", async (e) => {
   e.preventDefault();
-  const t = $("token").value.trim();
-  if (!t) { $("loginerr").textContent = "Enter the admin token first."; return; }
-  tried = true; setToken(t); onLogin();
+  const name = $("username").value.trim(), password = $("password").value;
+  if (!name || !password) { $("loginerr").textContent = "Enter your name and password."; return; }
+  const body = setupToken ? { token: setupToken, name, password } : { name, password };
+  if (!$("code").hidden && $("code").value.trim()) body.code = $("code").value.trim();
+  $("loginbutton").disabled = true;
+  try {
+    const r = await fetch(setupToken ? "/v1/setup" : "/v1/session", {
+      method: "POST", credentials: "same-origin", cache: "no-store",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    if (r.ok) {
+      setupToken = null; $("password").value = ""; $("code").value = ""; $("loginerr").textContent = "";
+      onLogin();
+    } else {
+      const j = await r.json().catch(() => ({}));
+      $("loginerr").textContent = typeof j.error === "string" ? j.error : r.statusText;
+      // The password was right; the account has a second factor.
+      if (j.totp_required === true) { $("code").hidden = false; $("codelabel").hidden = false; $("code").focus(); }
+    }
+  } catch (_) {
+    $("loginerr").textContent = "The cloud cannot be reached.";
+  } finally { $("loginbutton").disabled = false; }
 });
+
+/// A role that needs a second factor the person has not set up: only this panel until they do.
+export function showTotpSetup() {
+  $("app").hidden = true; $("login").hidden = true; $("totpsetup").hidden = false;
+}
+$("totpbegin").addEventListener("click", async () => {
+  try {
+    const t = await api("/v1/me/totp", {});
+    $("totpsecret").textContent = t.secret;
+    $("totpuri").href = t.uri; $("totpuri").hidden = false;
+  } catch (e) { $("totperr").textContent = e.message; }
+});
+$("totpform").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await api("/v1/me/totp", { code: $("totpcode").value.trim() }, "PUT");
+    $("totpsetup").hidden = true; $("totperr").textContent = "";
+    onLogin();
+  } catch (err) { $("totperr").textContent = err.message; }
+});
+
+async function signOut(everywhere) {
+  try {
+    await fetch(everywhere ? "/v1/sessions" : "/v1/session", { method: "DELETE", credentials: "same-origin", cache: "no-store" });
+  } catch (_) { /* the page forgets the session either way */ }
+  location.reload();
+}
+$("signout").addEventListener("click", () => signOut(false));
+$("signouteverywhere").addEventListener("click", () => signOut(true));
 
 // ---- reachability ----
 

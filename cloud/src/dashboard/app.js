@@ -3,11 +3,11 @@
 // pointer or holding keyboard focus is never replaced.
 
 import { $, h, emptyRow, setText, setAttr, keepOrder } from "./dom.js";
-import { api, enc, pool, takeTokenFromUrl, showLogin, whenLoggedIn, whenReachableAgain, markDown, checkHealth, Unauthorised } from "./api.js";
+import { api, enc, pool, takeSetupFromUrl, showLogin, whenLoggedIn, whenReachableAgain, markDown, checkHealth, Unauthorised, loadMe, can, canAnywhere, me, showTotpSetup } from "./api.js";
 import * as F from "./format.js";
 import { History, RANGES } from "./chart.js";
 import { R, renderRelays, resetRelays } from "./relays.js";
-import { loadAudit, loadTokens, loadUnattached } from "./admin.js";
+import { loadAudit, loadTokens, loadUnattached, loadApiTokens } from "./admin.js";
 import { initManaged, loadManaged, resetManaged } from "./managed.js";
 
 const S = {
@@ -380,6 +380,7 @@ function renderSensors() {
     rows.push(sensorRow(m, s));
   }
   keepOrder(body, rows);
+  R.readOnly = !can("operator", m.customer);
   renderRelays(m.hostname);
 }
 
@@ -391,8 +392,10 @@ function sensorRow(m, s) {
     tr.addEventListener("click", () => selectSensor(key));
     tr.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); selectSensor(key); } });
     r = { tr, badge: badge(), name: h("div", { class: "name" }), key: h("div", { class: "key" }), value: h("div", { class: "value" }),
-      msg: h("div", { class: "muted" }), time: h("time", {}), note: h("div", { class: "muted note" }) };
-    tr.append(h("td", {}, r.badge, r.name, r.key), h("td", {}, r.value, r.msg), h("td", {}, r.time, r.note));
+      msg: h("div", { class: "muted" }), time: h("time", {}), note: h("div", { class: "muted note" }),
+      ack: h("button", { type: "button", class: "ack", "aria-label": `Acknowledge the problem of ${key}` }, "Acknowledge") };
+    r.ack.addEventListener("click", (e) => { e.stopPropagation(); acknowledge(m.id, key, r.ack); });
+    tr.append(h("td", {}, r.badge, r.name, r.key), h("td", {}, r.value, r.msg), h("td", {}, r.time, r.note, r.ack));
     sensorRows.set(s.sensor, r);
   }
   const offline = isOffline(m);
@@ -413,11 +416,26 @@ function sensorRow(m, s) {
   setAttr(r.time, "datetime", s.ts);
   r.time.title = F.dateTime(s.ts);
   setText(r.time, F.ago(s.ts));
+  r.ack.hidden = s.state === "ok" || !can("operator", m.customer);
+  if (r.ack.dataset.ts !== s.ts) { r.ack.dataset.ts = s.ts; r.ack.disabled = false; r.ack.textContent = "Acknowledge"; }
   const since = s.state !== "ok" ? sinceOf(m.id, s) : null;
   setText(r.note, offline ? `machine offline since ${F.when(m.last_seen)}`
     : stale ? `no reading since ${F.when(s.ts)}; expected every ${F.duration(stale.interval)}`
     : since ? `${F.stateWord(s.state)} for ${since.exact ? "" : "at least "}${F.duration((Date.now() - since.t) / 1000)}` : F.when(s.ts));
   return r.tr;
+}
+
+/// Records in the audit trail that the signed-in person saw this problem (operators only).
+async function acknowledge(machine, sensor, button) {
+  button.disabled = true;
+  try {
+    const a = await api(`/v1/machines/${enc(machine)}/sensors/${enc(sensor)}/ack`, {});
+    button.textContent = `Acknowledged by ${a.by}`;
+    loadAudit(machine);
+  } catch (e) {
+    button.disabled = false;
+    if (!quiet(e)) button.textContent = "Cannot acknowledge: " + e.message;
+  }
 }
 
 async function selectMachine(id, sensor, fromProblems) {
@@ -498,7 +516,7 @@ function resetRevoke() {
   b.classList.remove("armed"); b.disabled = false; b.textContent = "Revoke this machine";
   $("revokeout").textContent = m && m.revoked ? `${m.hostname} is revoked: its enrollment was withdrawn; its readings stay.` : "";
   b.hidden = !!(m && m.revoked);
-  $("revokerow").hidden = !S.machine;
+  $("revokerow").hidden = !S.machine || !can("admin", m && m.customer);
 }
 $("revoke").addEventListener("click", async () => {
   const b = $("revoke"), m = S.machines.get(S.machine);
@@ -624,10 +642,16 @@ function listen() {
 async function start() {
   try {
     const list = await api("/v1/machines");
+    await loadMe();
+    if (me.totp_required) { showTotpSetup(); return; }
     $("login").hidden = true; $("app").hidden = false;
+    $("enrollsection").hidden = !canAnywhere("admin");
+    $("tokencustomer").replaceChildren(...me.customers.filter((c) => can("admin", c.id))
+      .map((c) => h("option", { value: c.id }, c.name === c.id ? c.id : `${c.name} (${c.id})`)));
     S.machines = new Map(list.map((m) => [m.id, m]));
     renderAll();
-    loadTokens(); loadUnattached((id) => S.machines.get(id)?.hostname);
+    if (canAnywhere("admin")) loadTokens();
+    loadUnattached((id) => S.machines.get(id)?.hostname); loadApiTokens();
     initManaged();
     listen();
     await pool(list.map((m) => m.id), 4, loadSensorsOf);
@@ -638,15 +662,15 @@ async function start() {
 }
 whenLoggedIn(start);
 whenReachableAgain(() => { refreshMachines().catch(() => {}); if (S.machine) selectMachine(S.machine); });
-takeTokenFromUrl();
-// Opening the printed URL in a tab that already shows the page only changes the fragment.
-window.addEventListener("hashchange", () => { if (takeTokenFromUrl()) start(); });
-start();
+// The first-owner link asks for a name and password instead of trying the API.
+if (takeSetupFromUrl()) showLogin(); else start();
+window.addEventListener("hashchange", () => { if (takeSetupFromUrl()) showLogin(); });
 
 setInterval(() => { // machines turn offline by silence, which sends no event
   if ($("app").hidden) return;
   refreshMachines().catch(() => {});
-  loadUnattached((id) => S.machines.get(id)?.hostname); loadTokens();
+  loadUnattached((id) => S.machines.get(id)?.hostname);
+  if (canAnywhere("admin")) loadTokens();
 }, 15000);
 // Durations and "ago" texts move with the clock.
 setInterval(() => { if (!$("app").hidden) renderAll(); }, 5000);

@@ -10,6 +10,8 @@ import { when } from "./format.js";
 const TERMINAL = new Set(["done", "failed", "refused", "expired"]);
 
 export const R = {
+  /// The signed-in person may only look (a viewer): switches are shown, not clickable.
+  readOnly: false,
   machine: null,
   sensors: new Map(),
   pending: new Map(),
@@ -97,11 +99,12 @@ export function renderRelays(hostname) {
       setText(btn.querySelector(".rname"), name);
       setText(btn.querySelector(".rstate"), pending ? (pending.on ? "→ ON…" : "→ OFF…") : !reading ? "?" : (on ? "ON" : "OFF") + (locked ? " · locked" : ""));
       setAttr(btn, "aria-busy", pending ? "true" : null);
-      btn.disabled = !!pending || !!locked;
+      btn.disabled = !!pending || !!locked || R.readOnly;
       const label = name === "K" + r ? name : name + " (K" + r + ")";
       btn.title = `${label} of card ${c.card}: ` +
         (reading ? (on ? "on" : "off") + " as read back " + when(reading.ts) : "state unknown") +
-        (locked ? `; locked in the hub's config (refused ${when(locked)}): it cannot be switched from here`
+        (R.readOnly ? "; switching needs the operator role"
+          : locked ? `; locked in the hub's config (refused ${when(locked)}): it cannot be switched from here`
           : pending ? "; command sent, waiting for the card" : "; click to switch " + (on ? "off" : "on"));
     }
     const out = R.outcomes.get(c.card);

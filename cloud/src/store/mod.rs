@@ -17,13 +17,15 @@
 //! Errors: [`CloudError::Unavailable`] means the engine cannot be reached right now (PostgreSQL
 //! restarting, connections lost); callers answer "retry later" and keep nothing half-done.
 //!
-//! The cloud's other records (keys, tokens, revocations, commands, audit, mail outbox, report
-//! runs) are still kept in the sled database only; see `start` in `lib.rs`, which refuses a
+//! People (users, sessions, customers, API tokens) have their own trait, [`people::PeopleStore`],
+//! with both engines. The cloud's other records (keys, tokens, revocations, commands, audit, mail
+//! outbox, report runs) are still kept in the sled database only; see `start` in `lib.rs`, which refuses a
 //! PostgreSQL configuration for that reason.
 
 pub mod managed;
 #[cfg(all(test, unix))]
 mod managed_tests;
+pub mod people;
 pub mod postgres;
 pub mod sled;
 #[cfg(test)]

@@ -17,6 +17,7 @@
 
 pub mod connect;
 pub mod managed;
+pub mod people;
 pub mod schema;
 #[cfg(all(test, unix))]
 mod tests;

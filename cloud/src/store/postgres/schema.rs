@@ -21,6 +21,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "sensors managed from the cloud: machine sensors, templates, versions, deliveries",
         include_str!("migrations/0010_managed_sensors.sql"),
     ),
+    (20, "people: users, sessions, customers, API tokens", include_str!("migrations/0020_people.sql")),
 ];
 
 /// Advisory lock keys (any constants unlikely to collide with another application's).

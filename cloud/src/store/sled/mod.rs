@@ -11,6 +11,7 @@
 //! - `hourly`: `machine \0 sensor \0 hour_ms(be64)` → json(HourlyAgg), what retention leaves.
 
 pub mod managed;
+pub mod people;
 
 use super::{
     machine_info, replaces_latest, still_unattached, CompactOutcome, IngestOutcome, PeriodReading,
