@@ -1,6 +1,7 @@
 //! The reference cloud, self-hostable: it takes batches from hubs (directly or through a
-//! connector), stores each `(machine_id, seq)` once ([`store`]: one trait, a sled engine that is
-//! the default and a PostgreSQL engine not yet used by [`start`]), serves the JSON API and
+//! connector), stores each `(machine_id, seq)` once and keeps everything else it knows ([`store`]:
+//! small traits, each with a sled engine, the default, and a PostgreSQL engine chosen by
+//! `[storage] postgres`), serves the JSON API and
 //! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
 //! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). [`start`] brings it
 //! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod mail;
+pub mod nodes;
 pub mod store;
 pub mod trust;
 
@@ -38,6 +40,8 @@ pub struct Cloud {
     pub trust: trust::Trust,
     /// The authority hubs must trust to reach this cloud (`ca.pem`).
     pub ca_file: PathBuf,
+    /// Whether this node runs the once-only jobs now (always on sled).
+    pub leader: nodes::Leader,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), CloudError>>,
 }
@@ -77,19 +81,10 @@ pub async fn run(config: CloudConfig, shutdown: impl Future<Output = ()>) -> Res
 
 /// Opens storage, makes certificate and tokens on first start, binds and serves.
 pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
-    if let Some(url) = &config.storage.postgres {
-        // Keys, tokens, commands, audit and mail are not on PostgreSQL yet: running on it now
-        // would keep them in the local sled database, out of sight of the database's backups and
-        // replicas. Refused before anything is created or opened.
-        return Err(CloudError::Config(format!(
-            "[storage] postgres = {url}: the PostgreSQL engine holds readings, latest values, \
-             roll-ups and machines, but not yet enrollment keys, tokens, commands, the audit trail \
-             or mail, so this cloud cannot run on it yet; remove `postgres` from [storage] to run \
-             on the embedded database (see docs/postgres.md)"
-        )));
-    }
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| CloudError::Io { path: dir.clone(), source })?;
+    // The signing key and the certificate are files in the data directory on every engine: a
+    // copy of the database alone must not be able to sign commands.
     let (cert, key, ca_file) = match &config.tls {
         Some(t) => (t.cert.clone(), t.key.clone(), t.cert.clone()),
         None => {
@@ -100,10 +95,10 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
-    let sled = store::sled::SledStore::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
-    let trust = trust::Trust::open(dir, sled.db(), sled.flusher())?;
-    let commands = commands::Commands::open(sled.db(), sled.flusher())?;
-    let store: store::Store = std::sync::Arc::new(sled.clone());
+    let engines = store::Engines::open(&config).await?;
+    let trust = trust::Trust::open(dir, engines.trust.clone())?;
+    let commands = commands::Commands::new(engines.commands.clone());
+    let store = engines.readings.clone();
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| CloudError::Listen { addr: config.listen, source })?;
@@ -111,6 +106,14 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let addr = listener.local_addr().map_err(|source| CloudError::Listen { addr: config.listen, source })?;
 
     let shutdown = CancellationToken::new();
+    // On PostgreSQL any number of nodes may share the database: wake-ups and live events cross
+    // between them, and the once-only jobs run where the jobs lock is held.
+    let nodes = engines.postgres.clone().map(nodes::Nodes::new);
+    let (commands, leader) = match &nodes {
+        Some(n) => (commands.with_announce(n.announce()), n.spawn_leadership(shutdown.clone())),
+        None => (commands, nodes::Leader::alone()),
+    };
+
     let state = api::AppState::new(
         store.clone(),
         admin_token.clone(),
@@ -119,7 +122,20 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         Arc::new(config.clone()),
     );
     let state = match &config.mail {
-        Some(mail) => state.with_alerts(mail::start(mail, dir, &store, &sled, &trust, &shutdown)?),
+        Some(mail) => state.with_alerts(mail::start(mail, &engines, &trust, &leader, &shutdown)?),
+        None => state,
+    };
+    let state = match &nodes {
+        Some(n) => {
+            n.spawn_listener(
+                commands.clone(),
+                store.clone(),
+                state.events(),
+                engines.pg_outbox.clone(),
+                shutdown.clone(),
+            );
+            state.with_nodes(n.clone())
+        }
         None => state,
     };
     let app = api::router(state);
@@ -129,8 +145,15 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let h = handle.clone();
     let server = async move { outpost_shared::http_server::serve_tls(listener, tls, app, &limits, h).await };
 
-    let compactor =
-        spawn_compactor(store.clone(), trust.clone(), commands.clone(), config.clone(), shutdown.clone());
+    let job_leader = leader.clone();
+    let compactor = spawn_compactor(
+        store.clone(),
+        trust.clone(),
+        commands.clone(),
+        config.clone(),
+        leader,
+        shutdown.clone(),
+    );
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let h = handle.clone();
@@ -144,16 +167,18 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         store.commit().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });
-    Ok(Cloud { addr, admin_token, trust, ca_file, shutdown, task })
+    Ok(Cloud { addr, admin_token, trust, ca_file, leader: job_leader, shutdown, task })
 }
 
 /// The retention pass, every `compact_every`: readings folded and expired, and the cloud's other
-/// records (commands, audit, tokens) aged out, so nothing it keeps grows without bound.
+/// records (commands, audit, tokens) aged out, so nothing it keeps grows without bound. Runs
+/// only while this node is the `leader` (one node at a time on a shared database).
 fn spawn_compactor(
     store: store::Store,
     trust: trust::Trust,
     commands: commands::Commands,
     config: CloudConfig,
+    leader: nodes::Leader,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -163,18 +188,16 @@ fn spawn_compactor(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            if !leader.holds() {
+                continue;
+            }
             let (s, t, c) = (store.clone(), trust.clone(), commands.clone());
             let r = config.retention.clone();
             let pass = async move {
                 let now = chrono::Utc::now();
                 let readings = s.compact(now, r.raw, r.hourly).await?;
-                let (tokens, cmds, audit) = tokio::task::spawn_blocking(move || {
-                    let tokens = t.prune_tokens(now)?;
-                    let (cmds, audit) = c.prune(now, r.commands, r.audit)?;
-                    Ok::<_, CloudError>((tokens, cmds, audit))
-                })
-                .await
-                .map_err(|e| CloudError::Unavailable(format!("retention task failed: {e}")))??;
+                let tokens = t.prune_tokens(now).await?;
+                let (cmds, audit) = c.prune(now, r.commands, r.audit).await?;
                 Ok::<_, CloudError>((readings, tokens, cmds, audit))
             };
             match pass.await {

@@ -14,7 +14,7 @@ pub(super) struct AuditQuery {
 }
 
 pub(super) async fn list(State(st): State<AppState>, Query(q): Query<AuditQuery>) -> Response {
-    match st.commands.audit(q.machine.as_deref(), q.limit.unwrap_or(200).min(10_000)) {
+    match st.commands.audit(q.machine.as_deref(), q.limit.unwrap_or(200).min(10_000)).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => internal(e),
     }

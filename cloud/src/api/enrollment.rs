@@ -38,24 +38,25 @@ pub(super) async fn new_token(State(st): State<AppState>, body: Option<Json<Toke
     let role = req.role.unwrap_or_default();
     let ttl = req.ttl.unwrap_or(std::time::Duration::from_secs(86400));
     let label = req.label.unwrap_or_default();
-    match st.trust.new_token(&network, role, ttl, &label, ADMIN, Utc::now()) {
+    match st.trust.new_token(&network, role, ttl, &label, ADMIN, Utc::now()).await {
         Ok((t, info)) => {
-            audit_token(&st, "token-created", &info);
+            audit_token(&st, "token-created", &info).await;
             Json(serde_json::json!({
                 "token": t.encode(), "id": info.id, "network": network, "role": role,
                 "label": info.label, "expires_at": t.expires_at,
             }))
             .into_response()
         }
-        Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
+        Err(e) => internal(e),
     }
 }
 
 /// `DELETE /v1/enrollment-tokens/{id}`: cancels an open token (id as the list shows it).
 pub(super) async fn cancel_token(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.trust.cancel_token(&id) {
+    match st.trust.cancel_token(&id).await {
         Ok(Some(info)) => {
-            audit_token(&st, "token-cancelled", &info);
+            audit_token(&st, "token-cancelled", &info).await;
             Json(serde_json::json!({"cancelled": info.id})).into_response()
         }
         Ok(None) => err(StatusCode::NOT_FOUND, format!("no open token {id}")),
@@ -66,7 +67,7 @@ pub(super) async fn cancel_token(State(st): State<AppState>, Path(id): Path<Stri
 /// Who an admin-token request is, for the audit trail, until people have accounts.
 const ADMIN: &str = "admin";
 
-fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo) {
+async fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo) {
     let entry = crate::commands::AuditEntry {
         ts: Utc::now(),
         command_id: info.id.clone(),
@@ -77,26 +78,25 @@ fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo) {
         event: "done".into(),
         detail: serde_json::Value::Null,
     };
-    if let Err(e) = st.commands.record(entry) {
+    if let Err(e) = st.commands.record(entry).await {
         tracing::error!(error = %e, "audit trail could not record a token change");
     }
 }
 
 pub(super) async fn list_tokens(State(st): State<AppState>) -> Response {
-    match st.trust.open_tokens(Utc::now()) {
+    match st.trust.open_tokens(Utc::now()).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => internal(e),
     }
 }
 
 pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollRequest>) -> Response {
-    let trust = st.trust.clone();
     let now = Utc::now();
-    match tokio::task::spawn_blocking(move || trust.enroll(&req, now)).await {
-        Ok(Ok(r)) => {
+    match st.trust.enroll(&req, now).await {
+        Ok(r) => {
             if let Ok(receipt) = r.receipt.peek_unverified() {
                 // Recorded once, when the enrollment is new (a repeat answers the same receipt).
-                if let Ok(Some(mk)) = st.trust.machine_key(receipt.machine_id.as_str()) {
+                if let Ok(Some(mk)) = st.trust.machine_key(receipt.machine_id.as_str()).await {
                     if mk.enrolled_at == now {
                         let entry = crate::commands::AuditEntry {
                             ts: now,
@@ -108,7 +108,7 @@ pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollReq
                             event: "done".into(),
                             detail: serde_json::Value::Null,
                         };
-                        if let Err(e) = st.commands.record(entry) {
+                        if let Err(e) = st.commands.record(entry).await {
                             tracing::error!(error = %e, "audit trail could not record an enrollment");
                         }
                     }
@@ -116,8 +116,7 @@ pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollReq
             }
             Json(r).into_response()
         }
-        Ok(Err(e)) => refused(e),
-        Err(e) => internal(e),
+        Err(e) => refused(e),
     }
 }
 
@@ -126,14 +125,13 @@ pub(super) async fn receipt(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let mk = match check_signed(&st, &headers, "POST", "/v1/receipt", &body, Some(crate::trust::MAX_SKEW)) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let trust = st.trust.clone();
-    match tokio::task::spawn_blocking(move || trust.receipt(&mk, Utc::now())).await {
-        Ok(Ok(r)) => Json(r).into_response(),
-        Ok(Err(e)) => internal(e),
+    let mk =
+        match check_signed(&st, &headers, "POST", "/v1/receipt", &body, Some(crate::trust::MAX_SKEW)).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+    match st.trust.receipt(&mk, Utc::now()).await {
+        Ok(r) => Json(r).into_response(),
         Err(e) => internal(e),
     }
 }

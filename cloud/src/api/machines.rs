@@ -35,9 +35,8 @@ pub(super) async fn list(State(st): State<AppState>) -> Response {
         Ok(list) => list,
         Err(e) => return internal(e),
     };
-    let trust = st.trust.clone();
-    match tokio::task::spawn_blocking(move || trust.networks()).await {
-        Ok(Ok(networks)) => {
+    match st.trust.networks().await {
+        Ok(networks) => {
             let list = machines;
             let now = Utc::now();
             let enrolled: HashMap<&str, &crate::trust::MachineKey> =
@@ -64,7 +63,6 @@ pub(super) async fn list(State(st): State<AppState>) -> Response {
                 .collect();
             Json(rows).into_response()
         }
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
@@ -73,10 +71,8 @@ pub(super) async fn list(State(st): State<AppState>) -> Response {
 /// Its signed requests are refused from now on and hubs stop trusting it as a connector; its
 /// readings stay. In the audit trail as `revoke` by `admin`.
 pub(super) async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    let trust = st.trust.clone();
-    let target = id.clone();
-    match tokio::task::spawn_blocking(move || trust.revoke(&target, Utc::now())).await {
-        Ok(Ok(Some(mk))) => {
+    match st.trust.revoke(&id, Utc::now()).await {
+        Ok(Some(mk)) => {
             let detail =
                 serde_json::json!({"role": mk.role, "network": mk.network_id, "hostname": mk.hostname});
             let entry = crate::commands::AuditEntry {
@@ -89,14 +85,13 @@ pub(super) async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -
                 event: "done".into(),
                 detail: detail.clone(),
             };
-            if let Err(e) = st.commands.record(entry) {
+            if let Err(e) = st.commands.record(entry).await {
                 tracing::error!(error = %e, machine = %id, "revoked, but the audit trail could not record it");
             }
             Json(serde_json::json!({"revoked": mk.machine_id, "role": mk.role, "network": mk.network_id}))
                 .into_response()
         }
-        Ok(Ok(None)) => err(StatusCode::NOT_FOUND, format!("no enrolled machine {id}")),
-        Ok(Err(e)) => internal(e),
+        Ok(None) => err(StatusCode::NOT_FOUND, format!("no enrolled machine {id}")),
         Err(e) => internal(e),
     }
 }
@@ -197,7 +192,7 @@ pub(super) async fn seal_secret(
     Path(id): Path<String>,
     Json(req): Json<SealRequest>,
 ) -> Response {
-    let mk = match st.trust.machine_key(&id) {
+    let mk = match st.trust.machine_key(&id).await {
         Ok(Some(m)) => m,
         Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
         Err(e) => return internal(e),

@@ -36,7 +36,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/mail-commands", &body) {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/mail-commands", &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -46,7 +46,7 @@ pub(super) async fn create(
     };
     // Mail commands are the cloud's decision, not the connector's: an admin grants them per
     // connector and names the senders it may act for.
-    let refusal = match st.trust.mail_grant(&connector.machine_id) {
+    let refusal = match st.trust.mail_grant(&connector.machine_id).await {
         Ok(Some(g)) if g.allows(&req.sender) => None,
         Ok(Some(_)) => Some(format!(
             "sender {} is not among those this connector may act for; an admin adds them with PUT /v1/machines/{}/mail-commands",
@@ -70,7 +70,7 @@ pub(super) async fn create(
             event: "refused".into(),
             detail: serde_json::json!({"error": why}),
         };
-        if let Err(e) = st.commands.record(entry) {
+        if let Err(e) = st.commands.record(entry).await {
             tracing::error!(error = %e, "audit trail could not record a refused mail command");
         }
         return err(StatusCode::FORBIDDEN, why);
@@ -81,11 +81,7 @@ pub(super) async fn create(
     let (store, trust, net, name) =
         (st.store.clone(), st.trust.clone(), connector.network_id.clone(), req.machine.clone());
     let found = async move {
-        let keys = tokio::task::spawn_blocking(move || trust.networks())
-            .await
-            .map_err(|e| crate::CloudError::Unavailable(format!("trust task failed: {e}")))??
-            .remove(&net)
-            .unwrap_or_default();
+        let keys = trust.network_keys(&net).await?;
         let mut hits = Vec::new();
         for k in keys {
             let hostname = store.machine(&k.machine_id).await?.map(|m| m.hostname).unwrap_or(k.hostname);
@@ -136,11 +132,11 @@ pub(super) async fn status(
     Path(id): Path<String>,
 ) -> Response {
     let path = format!("/v1/mail-commands/{id}");
-    let connector = match connector_signed(&st, &headers, "GET", &path, b"") {
+    let connector = match connector_signed(&st, &headers, "GET", &path, b"").await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match st.commands.get(&id) {
+    match st.commands.get(&id).await {
         Ok(Some(rec)) if rec.created_by.ends_with(&format!(" via connector {}", connector.machine_id)) => {
             Json(serde_json::json!({"status": rec.effective_status(Utc::now()), "result": rec.result}))
                 .into_response()
@@ -164,9 +160,9 @@ pub(super) async fn grant(
     Path(id): Path<String>,
     Json(req): Json<GrantRequest>,
 ) -> Response {
-    match st.trust.grant_mail_commands(&id, &req.senders, "admin", Utc::now()) {
+    match st.trust.grant_mail_commands(&id, &req.senders, "admin", Utc::now()).await {
         Ok(g) => {
-            audit_grant(&st, &id, "mail-commands-granted", serde_json::json!({"senders": g.senders}));
+            audit_grant(&st, &id, "mail-commands-granted", serde_json::json!({"senders": g.senders})).await;
             Json(g).into_response()
         }
         Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
@@ -176,9 +172,9 @@ pub(super) async fn grant(
 
 /// `DELETE /v1/machines/{id}/mail-commands`: withdraws the grant.
 pub(super) async fn withdraw(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.trust.withdraw_mail_commands(&id) {
+    match st.trust.withdraw_mail_commands(&id).await {
         Ok(true) => {
-            audit_grant(&st, &id, "mail-commands-withdrawn", serde_json::Value::Null);
+            audit_grant(&st, &id, "mail-commands-withdrawn", serde_json::Value::Null).await;
             Json(serde_json::json!({"withdrawn": id})).into_response()
         }
         Ok(false) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
@@ -188,14 +184,14 @@ pub(super) async fn withdraw(State(st): State<AppState>, Path(id): Path<String>)
 
 /// `GET /v1/machines/{id}/mail-commands`: the grant, if any.
 pub(super) async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.trust.mail_grant(&id) {
+    match st.trust.mail_grant(&id).await {
         Ok(Some(g)) => Json(g).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
         Err(e) => internal(e),
     }
 }
 
-fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_json::Value) {
+async fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_json::Value) {
     let entry = crate::commands::AuditEntry {
         ts: Utc::now(),
         command_id: String::new(),
@@ -206,7 +202,7 @@ fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_j
         event: "done".into(),
         detail: serde_json::Value::Null,
     };
-    if let Err(e) = st.commands.record(entry) {
+    if let Err(e) = st.commands.record(entry).await {
         tracing::error!(error = %e, "audit trail could not record a mail-command grant");
     }
 }

@@ -43,7 +43,7 @@ async fn several_clouds_starting_at_once_migrate_once_and_a_newer_schema_is_refu
     let (client, conn) = url.parse().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let applied: i64 = client.query_one("SELECT count(*) FROM outpost_schema", &[]).await.unwrap().get(0);
-    assert_eq!(applied, 1, "migration 1 recorded once");
+    assert_eq!(applied, schema::MIGRATIONS.len() as i64, "each migration recorded once");
     // A database a newer outpost migrated: this one must not touch it.
     client
         .execute("INSERT INTO outpost_schema (version, description) VALUES (999, 'future')", &[])

@@ -10,6 +10,10 @@
 //! - `machines`: `machine` → json(MachineInfo).
 //! - `hourly`: `machine \0 sensor \0 hour_ms(be64)` → json(HourlyAgg), what retention leaves.
 
+pub mod commands;
+pub mod mail;
+pub mod trust;
+
 use super::{
     machine_info, replaces_latest, still_unattached, CompactOutcome, IngestOutcome, PeriodReading,
     ReadingStore, COMPACT_STEP, LATEST_AHEAD,
