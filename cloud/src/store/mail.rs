@@ -83,3 +83,61 @@ pub trait ReportRuns: Send + Sync + 'static {
 }
 
 pub type Reports = Arc<dyn ReportRuns>;
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::store::testing::Keep;
+    use crate::store::Engines;
+
+    crate::both_engines!(
+        the_outbox_sends_oldest_first_and_sets_refused_mail_aside,
+        report_runs_remember_each_network
+    );
+
+    fn mail(subject: &str) -> Mail {
+        Mail {
+            to: vec!["ops@example.org".into()],
+            subject: subject.into(),
+            text: "t".into(),
+            html: None,
+            attachments: Vec::new(),
+        }
+    }
+
+    async fn the_outbox_sends_oldest_first_and_sets_refused_mail_aside(e: Engines, _k: &Keep) {
+        let outbox = e.outbox.clone().expect("an outbox on both engines in tests");
+        assert!(outbox.first().await.unwrap().is_none());
+        let one = outbox.enqueue(&mail("one")).await.unwrap();
+        let two = outbox.enqueue(&mail("two")).await.unwrap();
+        outbox.enqueue(&mail("three")).await.unwrap();
+        assert_eq!(outbox.waiting().await, 3);
+        let first = outbox.first().await.unwrap().unwrap();
+        assert_eq!((first.id, first.mail.subject.as_str()), (one, "one"));
+        let again = outbox.first().await.unwrap().unwrap();
+        assert_eq!(again.message_id, first.message_id, "the same Message-ID on every attempt");
+        outbox.remove(one).await.unwrap();
+        outbox.bury(two).await.unwrap();
+        assert_eq!(outbox.first().await.unwrap().unwrap().mail.subject, "three");
+        assert_eq!(outbox.waiting().await, 1, "sent and refused mail wait no more");
+        // A waiting sender is woken by new mail.
+        let waiter = {
+            let o = outbox.clone();
+            tokio::spawn(async move { o.wait_for_mail().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        outbox.enqueue(&mail("four")).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(2), waiter).await.expect("woken").unwrap();
+    }
+
+    async fn report_runs_remember_each_network(e: Engines, _k: &Keep) {
+        let runs = e.reports.clone();
+        assert_eq!(runs.last("plant").await.unwrap(), None);
+        let t = chrono::DateTime::parse_from_rfc3339("2026-03-01T07:00:00Z").unwrap().with_timezone(&Utc);
+        runs.set("plant", t).await.unwrap();
+        runs.set("office", t - chrono::Duration::days(1)).await.unwrap();
+        runs.set("plant", t + chrono::Duration::days(1)).await.unwrap();
+        assert_eq!(runs.last("plant").await.unwrap(), Some(t + chrono::Duration::days(1)));
+        assert_eq!(runs.last("office").await.unwrap(), Some(t - chrono::Duration::days(1)));
+    }
+}
