@@ -258,6 +258,11 @@ impl Trust {
         self.store.machine_key(id).await
     }
 
+    /// The enrolled machines among `ids`, in one read.
+    pub async fn machine_keys_of(&self, ids: &[String]) -> Result<Vec<MachineKey>, CloudError> {
+        self.store.machine_keys_of(ids).await
+    }
+
     /// Every enrolled machine, by network.
     pub async fn networks(&self) -> Result<std::collections::BTreeMap<String, Vec<MachineKey>>, CloudError> {
         let mut out: std::collections::BTreeMap<String, Vec<MachineKey>> = Default::default();

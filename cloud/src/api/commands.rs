@@ -158,15 +158,18 @@ pub(super) async fn poll_many(
             format!("{} machines in one poll; at most {MAX_POLLED}", req.machines.len()),
         );
     }
-    // One read of the network's keys rather than one per polled machine.
-    let network = match st.trust.network_keys(&connector.network_id).await {
+    // One read for all the polled machines rather than one each.
+    let polled = match st.trust.machine_keys_of(&req.machines).await {
         Ok(keys) => keys,
         Err(e) => return internal(e),
     };
-    let ours: std::collections::HashSet<&str> = network
+    let ours: std::collections::HashSet<&str> = polled
         .iter()
-        // Its hubs, and the connector's own embedded hub (same key, connector role).
-        .filter(|mk| mk.role == Role::Sensorhub || mk.machine_id == connector.machine_id)
+        // Its network's hubs, and the connector's own embedded hub (same key, connector role).
+        .filter(|mk| {
+            mk.network_id == connector.network_id
+                && (mk.role == Role::Sensorhub || mk.machine_id == connector.machine_id)
+        })
         .map(|mk| mk.machine_id.as_str())
         .collect();
     let mut allowed = Vec::new();

@@ -309,11 +309,16 @@ pub(super) async fn forward(
     }
     if !env.quarantined.is_empty() {
         // Only counts about this connector's own network, and a bounded number of them.
-        let network: std::collections::HashSet<String> =
-            match st.trust.network_keys(&connector.network_id).await {
-                Ok(keys) => keys.into_iter().map(|k| k.machine_id).collect(),
-                Err(e) => return internal(e),
-            };
+        let named: Vec<String> =
+            env.quarantined.iter().take(MAX_QUARANTINE_COUNTS).map(|(h, _)| h.clone()).collect();
+        let network: std::collections::HashSet<String> = match st.trust.machine_keys_of(&named).await {
+            Ok(keys) => keys
+                .into_iter()
+                .filter(|k| k.network_id == connector.network_id)
+                .map(|k| k.machine_id)
+                .collect(),
+            Err(e) => return internal(e),
+        };
         let counts: Vec<(String, u64)> = env
             .quarantined
             .iter()

@@ -101,6 +101,9 @@ pub type EnrollDecision<'a> = &'a (dyn Fn(&EnrollView) -> Result<EnrollWrite, St
 pub trait TrustStore: Send + Sync + 'static {
     async fn machine_key(&self, id: &str) -> Result<Option<MachineKey>, CloudError>;
 
+    /// The enrolled machines among `ids` (unknown and revoked ones are left out).
+    async fn machine_keys_of(&self, ids: &[String]) -> Result<Vec<MachineKey>, CloudError>;
+
     /// Every enrolled machine (revoked ones are not enrolled).
     async fn machine_keys(&self) -> Result<Vec<MachineKey>, CloudError>;
 

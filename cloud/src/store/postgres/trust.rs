@@ -113,6 +113,10 @@ impl TrustStore for PgTrust {
         row.map(|r| json_of(&r, 0, "key record")).transpose()
     }
 
+    async fn machine_keys_of(&self, ids: &[String]) -> Result<Vec<MachineKey>, CloudError> {
+        self.keys_where("WHERE machine = ANY($1)", &[&ids]).await
+    }
+
     async fn machine_keys(&self) -> Result<Vec<MachineKey>, CloudError> {
         self.keys_where("", &[]).await
     }

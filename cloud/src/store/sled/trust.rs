@@ -81,6 +81,14 @@ impl TrustStore for SledTrust {
         Ok(self.keys.get(id.as_bytes())?.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
+    async fn machine_keys_of(&self, ids: &[String]) -> Result<Vec<MachineKey>, CloudError> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.machine_key(id).await?);
+        }
+        Ok(out)
+    }
+
     async fn machine_keys(&self) -> Result<Vec<MachineKey>, CloudError> {
         self.all_keys()
     }
