@@ -7,7 +7,12 @@ use std::time::Duration;
 /// Node A's config on `url`, and node B's with a copy of A's key, certificate and admin token
 /// (what docs/postgres.md tells operators to copy).
 async fn two_nodes() -> (crate::Cloud, crate::Cloud, tempfile::TempDir) {
-    let url = crate::store::tests::fresh_database().await;
+    two_nodes_on(crate::store::tests::fresh_database().await).await
+}
+
+async fn two_nodes_on(
+    url: crate::store::postgres::PostgresUrl,
+) -> (crate::Cloud, crate::Cloud, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = |name: &str| CloudConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -33,6 +38,43 @@ fn client(cloud: &crate::Cloud) -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_made_on_one_node_reaches_a_poll_held_on_the_other_at_once() {
     let (a, b, _dir) = two_nodes().await;
+    command_crosses(&a, &b).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// After the database crashed and came back, the nodes listen again (wake-ups cross again) and
+/// one of them runs the jobs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_database_restart_the_nodes_hear_each_other_again() {
+    use crate::store::postgres::throwaway::{create_database, Throwaway};
+    let mut server =
+        tokio::task::spawn_blocking(|| Throwaway::start().unwrap_or_else(|e| panic!("{e}"))).await.unwrap();
+    let url = crate::store::postgres::PostgresUrl::new(create_database(&server, "restart").await.unwrap());
+    let (a, b, _dir) = two_nodes_on(url).await;
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.crash();
+        std::thread::sleep(Duration::from_secs(1));
+        server.resume().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    // The sessions are made again with backoff; a wake-up needs the listener back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    command_crosses(&a, &b).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !(a.leader.holds() || b.leader.holds()) {
+        assert!(tokio::time::Instant::now() < deadline, "nobody took the jobs lock again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+}
+
+/// A hub enrolled through B long-polls B; a command made on A reaches it at once.
+async fn command_crosses(a: &crate::Cloud, b: &crate::Cloud) {
     assert_eq!(a.trust.key().machine_id(), b.trust.key().machine_id(), "one cloud key");
     let hub = outpost_shared::keys::KeyPair::generate().unwrap();
     let (token, _) = a
@@ -59,7 +101,7 @@ async fn a_command_made_on_one_node_reaches_a_poll_held_on_the_other_at_once() {
     b.trust.enroll(&req, chrono::Utc::now()).await.unwrap();
     let path = "/v1/commands/poll?wait=20";
     let sig = outpost_shared::keys::sign_request(&hub, "GET", path, b"", chrono::Utc::now()).unwrap();
-    let mut poll = client(&b).get(format!("{}{path}", b.url()));
+    let mut poll = client(b).get(format!("{}{path}", b.url()));
     for (k, v) in sig.to_pairs() {
         poll = poll.header(k, v);
     }
@@ -68,7 +110,7 @@ async fn a_command_made_on_one_node_reaches_a_poll_held_on_the_other_at_once() {
     assert!(!held.is_finished(), "nothing is due yet");
     let started = std::time::Instant::now();
     let id = hub.machine_id().to_string();
-    let made = client(&a)
+    let made = client(a)
         .post(format!("{}/v1/machines/{id}/commands", a.url()))
         .bearer_auth(&a.admin_token)
         .json(&serde_json::json!({"action": "ping"}))
@@ -80,8 +122,6 @@ async fn a_command_made_on_one_node_reaches_a_poll_held_on_the_other_at_once() {
     assert!(started.elapsed() < Duration::from_secs(3), "at once, not at the poll's deadline");
     let envelopes: Vec<serde_json::Value> = answer.json().await.unwrap();
     assert_eq!(envelopes.len(), 1, "{envelopes:?}");
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
