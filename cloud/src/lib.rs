@@ -1,10 +1,12 @@
 //! The reference cloud, self-hostable: it takes batches from hubs (directly or through a
 //! connector), stores each `(machine_id, seq)` once and keeps everything else it knows ([`store`]:
 //! small traits, each with a sled engine, the default, and a PostgreSQL engine chosen by
-//! `[storage] postgres`), serves the JSON API and
-//! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
-//! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). [`start`] brings it
-//! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
+//! `[storage] postgres`), serves the JSON API and a live dashboard ([`api`], [`dashboard`]) over
+//! HTTPS, and folds old readings into hourly aggregates; with `[mail]` it mails alerts and
+//! periodic reports ([`mail`]). The decisions live in [`trust`] and [`commands`], over the store's
+//! traits. On PostgreSQL any number of cloud processes may share the database ([`nodes`]: wake-ups
+//! and live events between them, once-only jobs on one of them). [`start`] brings it up and
+//! returns a handle (tests use it); [`run`] is the role's entry point for the binary.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -169,8 +169,14 @@ impl Trust {
         let (text, role, hostname, lan_cert) = match (&req.token, &req.sealed_token) {
             (Some(t), None) => (t.trim().to_string(), req.role, req.hostname.clone(), req.lan_cert.clone()),
             (None, Some(sealed)) => {
-                let inner = outpost_shared::keys::unseal_token(&self.key, sealed, public.machine_id())
-                    .map_err(|e| Refusal::Enroll(e.to_string()))?;
+                // An RSA private-key operation: off the async workers.
+                let (key, sealed, id) = (self.key.clone(), sealed.clone(), public.machine_id().clone());
+                let inner = tokio::task::spawn_blocking(move || {
+                    outpost_shared::keys::unseal_token(&key, &sealed, &id)
+                })
+                .await
+                .map_err(|e| Refusal::Enroll(format!("unsealing failed: {e}")))?
+                .map_err(|e| Refusal::Enroll(e.to_string()))?;
                 // What travelled in the clear beside the seal must say the same: a relay that
                 // rewrote it is caught here rather than silently overruled.
                 if (inner.role, &inner.hostname, &inner.lan_cert) != (req.role, &req.hostname, &req.lan_cert)
