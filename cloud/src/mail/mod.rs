@@ -92,3 +92,29 @@ impl MailQueue for Gated {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that does not hold the jobs lock sends nothing, though the mail waits in the shared
+    /// outbox; it still queues mail of its own.
+    #[tokio::test]
+    async fn only_the_node_running_the_jobs_takes_mail_out_of_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = outpost_shared::mail::Outbox::open(dir.path()).unwrap();
+        let outbox = Outbox(std::sync::Arc::new(inner));
+        let mail = Mail {
+            to: vec!["a@b.c".into()],
+            subject: "s".into(),
+            text: "t".into(),
+            html: None,
+            attachments: vec![],
+        };
+        let idle = Gated { outbox: outbox.clone(), leader: crate::nodes::Leader::standby() };
+        idle.enqueue(&mail).await.unwrap();
+        assert!(idle.first().await.unwrap().is_none(), "not this node's to send");
+        let running = Gated { outbox, leader: crate::nodes::Leader::alone() };
+        assert_eq!(running.first().await.unwrap().map(|q| q.mail.subject), Some("s".into()));
+    }
+}

@@ -66,6 +66,11 @@ impl Leader {
         Leader(Arc::new(AtomicBool::new(true)))
     }
 
+    /// A node that does not run the jobs (until it takes the lock).
+    pub fn standby() -> Leader {
+        Leader(Arc::new(AtomicBool::new(false)))
+    }
+
     pub fn holds(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
@@ -226,7 +231,7 @@ impl Nodes {
     /// Takes the once-only jobs' advisory lock whenever no other node holds it, on a session of
     /// its own, until `shutdown`. The returned [`Leader`] says whether this node holds it now.
     pub fn spawn_leadership(&self, shutdown: CancellationToken) -> Leader {
-        let leader = Leader(Arc::new(AtomicBool::new(false)));
+        let leader = Leader::standby();
         let (me, flag) = (self.clone(), leader.0.clone());
         tokio::spawn(async move {
             loop {

@@ -153,17 +153,17 @@ impl TrustStore for PgTrust {
     }
 
     async fn cancel_token(&self, id: &str) -> Result<Option<(String, TokenRecord)>, CloudError> {
-        // `id` is checked hex by the caller; a prefix match on the hash.
-        let pattern = format!("{id}%");
+        // A prefix match on the hash, compared as text (no LIKE: no character of `id` is special).
         let rows = self
             .client()
             .await?
             .query(
                 "DELETE FROM enrollment_tokens WHERE hash = (
                      SELECT hash FROM enrollment_tokens
-                     WHERE hash LIKE $1 AND body->'used_by' = 'null'::jsonb ORDER BY hash LIMIT 1)
+                     WHERE left(hash, length($1)) = $1 AND body->'used_by' = 'null'::jsonb
+                     ORDER BY hash LIMIT 1)
                  RETURNING hash, body",
-                &[&pattern],
+                &[&id],
             )
             .await
             .map_err(db_err)?;
