@@ -141,3 +141,68 @@ async fn run(
     }
     Ok(())
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::store::testing::Keep;
+    use crate::store::Engines;
+    use outpost_shared::model::{Batch, Reading, Role, Sample, State};
+    use std::time::Duration;
+
+    crate::both_engines!(a_report_is_queued_once_per_network_and_period);
+
+    async fn a_report_is_queued_once_per_network_and_period(e: Engines, k: &Keep) {
+        let trust = Trust::open(k.dir.path(), e.trust.clone()).unwrap();
+        let now = Utc::now();
+        let key = outpost_shared::keys::KeyPair::generate().unwrap();
+        let (token, _) =
+            trust.new_token("plant", Role::Sensorhub, Duration::from_secs(60), "", "t", now).await.unwrap();
+        let req = crate::trust::EnrollRequest {
+            token: Some(token.encode()),
+            sealed_token: None,
+            public_key: key.public().to_pem(),
+            role: Role::Sensorhub,
+            hostname: "pump-3".into(),
+            lan_cert: None,
+        };
+        trust.enroll(&req, now).await.unwrap();
+        let id = key.machine_id().to_string();
+        let taken = now - chrono::Duration::minutes(10);
+        let batch = Batch {
+            machine_id: id.clone(),
+            hostname: "pump-3".into(),
+            role: Role::Sensorhub,
+            uplink: "direct".into(),
+            buffered: 0,
+            dropped: 0,
+            version: "t".into(),
+            quarantined: 0,
+            clock_problem: None,
+            readings: vec![Reading {
+                machine_id: id.clone(),
+                seq: 1,
+                sample: Sample::new("cpu.total", 97.5, State::Error).at(taken),
+            }],
+        };
+        e.readings.ingest(batch, now).await.unwrap();
+        e.readings.commit().await.unwrap();
+
+        let mut mail = MailConfig::new("localhost", 587, "o@example.org");
+        mail.to = vec!["ops@example.org".into()];
+        let outbox = e.outbox.clone().unwrap();
+        let every = chrono::Duration::hours(1);
+        // Period ends fall on whole seconds (the schedule's anchor), as here.
+        let until = DateTime::from_timestamp(now.timestamp(), 0).unwrap();
+        run(&e.readings, &trust, &mail, &outbox, &e.reports, until, every, false).await.unwrap();
+        assert_eq!(e.reports.last("plant").await.unwrap(), Some(until));
+        // The same period again (another node, a restart): not queued twice.
+        run(&e.readings, &trust, &mail, &outbox, &e.reports, until, every, true).await.unwrap();
+        use outpost_shared::mail::MailQueue;
+        assert_eq!(outbox.waiting().await, 1);
+        let queued = outbox.first().await.unwrap().unwrap().mail;
+        assert_eq!(queued.to, vec!["ops@example.org".to_string()]);
+        let csv = String::from_utf8(queued.attachments[0].data.clone()).unwrap();
+        assert!(csv.contains(&id) && csv.contains("cpu.total") && csv.contains("97.5"), "{csv}");
+    }
+}
