@@ -83,6 +83,8 @@ pub async fn run(config: CloudConfig, shutdown: impl Future<Output = ()>) -> Res
 
 /// Opens storage, makes certificate and tokens on first start, binds and serves.
 pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
+    // Storage first: a database that cannot be reached stops the start before anything is made.
+    let engines = store::Engines::open(&config).await?;
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| CloudError::Io { path: dir.clone(), source })?;
     // The signing key and the certificate are files in the data directory on every engine: a
@@ -97,7 +99,6 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
-    let engines = store::Engines::open(&config).await?;
     let trust = trust::Trust::open(dir, engines.trust.clone())?;
     let commands = commands::Commands::new(engines.commands.clone());
     let store = engines.readings.clone();

@@ -98,9 +98,16 @@ impl Engines {
     pub async fn open(config: &crate::CloudConfig) -> Result<Engines, CloudError> {
         match &config.storage.postgres {
             Some(url) => {
-                let pg = postgres::PgStore::open(url, &config.storage.postgres_options())
-                    .await?
-                    .with_latest_ahead(config.ingest.max_future);
+                let pg = match postgres::PgStore::open(url, &config.storage.postgres_options()).await {
+                    Ok(pg) => pg.with_latest_ahead(config.ingest.max_future),
+                    Err(CloudError::Unavailable(e)) => {
+                        return Err(CloudError::Unavailable(format!(
+                            "cannot reach [storage] postgres = {url} ({e}); is the server running, \
+                             and are host, port, user and database right?"
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                };
                 Ok(Engines::on_postgres(pg))
             }
             None => {

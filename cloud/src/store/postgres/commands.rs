@@ -1,6 +1,8 @@
 //! [`CommandStore`] on PostgreSQL (tables of migration 3): `commands` keyed by (machine, id) with
 //! a `waiting` flag in place of sled's pending tree, and `audit` keyed by (machine, n). A save is
-//! one transaction: commands and their audit lines together.
+//! one transaction: commands and their audit lines together. A finished command is never
+//! written over: a node handing it out again from a read made before another node recorded its
+//! result cannot bring it back.
 
 use super::{db_err, encode, json_of};
 use crate::error::CloudError;
@@ -42,7 +44,8 @@ impl CommandStore for PgCommands {
                 "INSERT INTO commands (machine, id, waiting, status, expires_at, finished_at, body)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (machine, id) DO UPDATE SET waiting = EXCLUDED.waiting,
-                     status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, body = EXCLUDED.body",
+                     status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, body = EXCLUDED.body
+                 WHERE commands.status IN ('pending', 'delivered')",
                 &[&r.machine, &r.id, &c.waiting, &r.status, &r.expires_at, &r.finished_at, &value(r)?],
             )
             .await

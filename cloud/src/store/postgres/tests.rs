@@ -170,3 +170,26 @@ async fn a_database_restarted_mid_ingest_means_retry_later_and_loses_nothing() {
     assert_eq!((s, d), (0, batches * per));
     tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
 }
+
+/// Node A read a command to hand it out again while node B recorded its result: A's write,
+/// made from the older read, must not bring the finished command back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_command_is_not_brought_back_by_a_stale_hand_out() {
+    use crate::store::commands::{CommandChange, CommandRecord, CommandStore};
+    let url = crate::store::tests::fresh_database().await;
+    let pg = PgStore::open(&url, &options()).await.unwrap();
+    let store: std::sync::Arc<dyn CommandStore> = std::sync::Arc::new(commands::PgCommands::new(pg.pool()));
+    let cmds = crate::commands::Commands::new(store.clone());
+    let cloud = outpost_shared::keys::KeyPair::generate().unwrap();
+    let machine = "0123456789abcdef0123456789abcdef";
+    let rec = cmds
+        .create(&cloud, machine, "ping", serde_json::Value::Null, Duration::from_secs(60), "t")
+        .await
+        .unwrap();
+    let stale = CommandRecord { status: "delivered".into(), delivered_at: Some(Utc::now()), ..rec.clone() };
+    let done = CommandRecord { status: "done".into(), finished_at: Some(Utc::now()), ..rec.clone() };
+    store.save(&[CommandChange { rec: done, waiting: false, audit: None }]).await.unwrap();
+    store.save(&[CommandChange { rec: stale, waiting: true, audit: None }]).await.unwrap();
+    assert_eq!(store.get(&rec.id).await.unwrap().unwrap().status, "done");
+    assert!(store.waiting(&[machine.to_string()]).await.unwrap().is_empty());
+}
