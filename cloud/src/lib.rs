@@ -186,14 +186,19 @@ fn spawn_compactor(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(config.retention.compact_every);
+        // A pass falls due at every tick and runs once this node is the leader: a node that
+        // takes over (or has just started) runs the pass that was due, without waiting a period.
+        let mut due = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tick.tick() => due = true,
+                _ = tokio::time::sleep(nodes::TAKE_OVER), if due => {}
             }
-            if !leader.holds() {
+            if !due || !leader.holds() {
                 continue;
             }
+            due = false;
             let (s, t, c) = (store.clone(), trust.clone(), commands.clone());
             let r = config.retention.clone();
             let pass = async move {

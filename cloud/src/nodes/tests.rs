@@ -18,6 +18,8 @@ async fn two_nodes_on(
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join(name),
         storage: crate::config::Storage { postgres: Some(url.clone()), ..Default::default() },
+        // The retention pass every second, so a test sees which node runs it.
+        retention: crate::config::Retention { compact_every: Duration::from_secs(1), ..Default::default() },
         ..Default::default()
     };
     let a = crate::start(config("a")).await.unwrap();
@@ -126,7 +128,8 @@ async fn command_crosses(a: &crate::Cloud, b: &crate::Cloud) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_runs_the_jobs_and_another_takes_over_when_it_goes() {
-    let (a, b, _dir) = two_nodes().await;
+    let url = crate::store::tests::fresh_database().await;
+    let (a, b, _dir) = two_nodes_on(url.clone()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !(a.leader.holds() || b.leader.holds()) {
         assert!(tokio::time::Instant::now() < deadline, "nobody took the jobs lock");
@@ -139,6 +142,24 @@ async fn one_node_runs_the_jobs_and_another_takes_over_when_it_goes() {
     while !stays.leader.holds() {
         assert!(tokio::time::Instant::now() < deadline, "the other node did not take over");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The retention pass runs on the survivor: a token that expired an hour ago goes.
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    stays
+        .trust
+        .new_token("n", outpost_shared::model::Role::Sensorhub, Duration::from_secs(3600), "", "t", long_ago)
+        .await
+        .unwrap();
+    let (client, conn) = url.parse().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = client.query_one("SELECT count(*) FROM enrollment_tokens", &[]).await.unwrap().get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the survivor did not run the retention pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stays.stop().await.unwrap();
 }
