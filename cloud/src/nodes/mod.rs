@@ -82,14 +82,20 @@ pub struct Nodes {
     pg: PgStore,
     /// Random per process: notes from this node are not played back to it.
     node: String,
+    /// Reads of other nodes' batches for the live feed, at most [`MAX_REPLAYS`] at once; beyond
+    /// that a note is skipped (a dashboard's next event brings it current, as when it lags).
+    replays: Arc<tokio::sync::Semaphore>,
 }
+
+/// Live-feed reads of other nodes' batches in flight at once.
+const MAX_REPLAYS: usize = 16;
 
 impl Nodes {
     pub fn new(pg: PgStore) -> Nodes {
         let mut raw = [0u8; 8];
         // Only names this process among its peers; a fixed value would merely echo events.
         let _ = getrandom::fill(&mut raw);
-        Nodes { pg, node: hex::encode(raw) }
+        Nodes { pg, node: hex::encode(raw), replays: Arc::new(tokio::sync::Semaphore::new(MAX_REPLAYS)) }
     }
 
     /// Sends `payload` on `channel` through the pool, in the background: a wake-up that does
@@ -205,8 +211,10 @@ impl Nodes {
         if note.node == self.node || events.receiver_count() == 0 {
             return;
         }
+        let Ok(slot) = self.replays.clone().try_acquire_owned() else { return };
         let (store, events) = (store.clone(), events.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let read = async {
                 let machine = store.machine(&note.machine).await?;
                 let mut sensors = store.sensors(&note.machine).await?;
