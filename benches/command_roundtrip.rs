@@ -19,11 +19,14 @@ async fn main() {
     .await
     .unwrap();
     let token = |role| {
-        let (t, _) = cloud
-            .trust
-            .new_token("bench", role, Duration::from_secs(600), "bench", "bench", chrono::Utc::now())
-            .unwrap();
-        Some(t.encode())
+        let trust = cloud.trust.clone();
+        async move {
+            let (t, _) = trust
+                .new_token("bench", role, Duration::from_secs(600), "bench", "bench", chrono::Utc::now())
+                .await
+                .unwrap();
+            Some(t.encode())
+        }
     };
     let connector = outpost_connector::start(outpost_connector::ConnectorConfig {
         data_dir: dir.path().join("connector"),
@@ -31,7 +34,7 @@ async fn main() {
         cloud: outpost_connector::config::CloudLink {
             url: Some(cloud.url()),
             ca_file: Some(cloud.ca_file.clone()),
-            enroll_token: token(outpost_shared::model::Role::Connector),
+            enroll_token: token(outpost_shared::model::Role::Connector).await,
             ..Default::default()
         },
         ssdp: outpost_connector::config::SsdpConfig {
@@ -59,7 +62,7 @@ async fn main() {
                 connector: Some(connector.loopback_url()),
                 cloud: Some(cloud.url()),
                 ca_file: Some(cloud.ca_file.clone()),
-                enroll_token: token(outpost_shared::model::Role::Sensorhub),
+                enroll_token: token(outpost_shared::model::Role::Sensorhub).await,
                 discover: false,
                 advertise: false,
                 ..Default::default()

@@ -805,19 +805,25 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
     let url = cloud.url();
     // First start: one-time tokens so connector and hub enroll themselves; later starts find
     // their enrollment on disk and need none.
-    let token_for = |dir: &Path, role: outpost_shared::model::Role| -> anyhow::Result<Option<String>> {
-        if dir.join(outpost_sensorhub::trust::ENROLLMENT_FILE).exists() {
-            return Ok(None);
+    let token_for = |dir: &Path, role: outpost_shared::model::Role| {
+        let enrolled = dir.join(outpost_sensorhub::trust::ENROLLMENT_FILE).exists();
+        let trust = cloud.trust.clone();
+        async move {
+            if enrolled {
+                return Ok::<_, anyhow::Error>(None);
+            }
+            let (t, _) = trust
+                .new_token(
+                    "default",
+                    role,
+                    std::time::Duration::from_secs(3600),
+                    "outpost up",
+                    "outpost up",
+                    chrono::Utc::now(),
+                )
+                .await?;
+            Ok(Some(t.encode()))
         }
-        let (t, _) = cloud.trust.new_token(
-            "default",
-            role,
-            std::time::Duration::from_secs(3600),
-            "outpost up",
-            "outpost up",
-            chrono::Utc::now(),
-        )?;
-        Ok(Some(t.encode()))
     };
     let connector_dir = data_dir.join("connector");
     let connector_cfg = outpost_connector::ConnectorConfig {
@@ -826,7 +832,7 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
         cloud: outpost_connector::config::CloudLink {
             url: Some(url.clone()),
             ca_file: Some(cloud.ca_file.clone()),
-            enroll_token: token_for(&connector_dir, outpost_shared::model::Role::Connector)?,
+            enroll_token: token_for(&connector_dir, outpost_shared::model::Role::Connector).await?,
             ..Default::default()
         },
         ssdp: outpost_connector::config::SsdpConfig {
@@ -847,7 +853,7 @@ async fn up(data_dir: PathBuf, port: u16, connector_port: u16) -> anyhow::Result
             connector: Some(connector.loopback_url()),
             cloud: Some(url.clone()),
             ca_file: Some(cloud.ca_file.clone()),
-            enroll_token: token_for(&hub_dir, outpost_shared::model::Role::Sensorhub)?,
+            enroll_token: token_for(&hub_dir, outpost_shared::model::Role::Sensorhub).await?,
             discover: false,
             advertise: false,
             ..Default::default()

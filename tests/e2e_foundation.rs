@@ -160,7 +160,7 @@ fn bad_config_exits_64_naming_file_line_and_key() {
 }
 
 #[test]
-fn a_cloud_configured_for_postgres_says_what_is_not_there_yet_and_never_shows_the_password() {
+fn a_cloud_whose_database_cannot_be_reached_says_so_and_never_shows_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cloud.toml");
     let data = dir.path().join("data");
@@ -181,9 +181,9 @@ fn a_cloud_configured_for_postgres_says_what_is_not_there_yet_and_never_shows_th
     let out = std::process::Command::new(BIN).args(["cloud", "--config"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not yet") && err.contains("[storage]"), "{err}");
+    assert!(err.contains("cannot reach") && err.contains("[storage]"), "{err}");
     assert!(!err.contains("s3cret"), "the password leaked: {err}");
-    assert!(!data.exists(), "refused before anything was created");
+    assert!(!data.exists(), "stopped before anything was created");
     // A URL that is no URL is a config error (64), named by key, password not echoed.
     std::fs::write(&path, "[storage]\npostgres = \"postgresql://outpost:s3cret@db/x?nonsense=1\"\n").unwrap();
     let out = std::process::Command::new(BIN)

@@ -405,16 +405,16 @@ fn forge(
     signer: Option<&outpost_shared::keys::KeyPair>,
     as_version: bool,
 ) -> String {
-    use outpost_cloud::store::managed::{Delivery, ManagedChange, ManagedStore, VersionRecord};
+    use outpost_cloud::store::managed::{Delivery, ManagedChange, VersionRecord};
     cloud.stop();
     let data = cloud.dir.join("data");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = rt.block_on(async {
         let sled = outpost_cloud::store::sled::SledStore::open(&data.join("db")).unwrap();
-        let trust = outpost_cloud::trust::Trust::open(&data, sled.db(), sled.flusher()).unwrap();
-        let commands = outpost_cloud::commands::Commands::open(sled.db(), sled.flusher()).unwrap();
-        let managed =
-            outpost_cloud::store::sled::managed::SledManaged::open(sled.db(), sled.flusher()).unwrap();
+        let engines = outpost_cloud::store::Engines::on_sled(sled.clone(), None).unwrap();
+        let trust = outpost_cloud::trust::Trust::open(&data, engines.trust.clone()).unwrap();
+        let commands = outpost_cloud::commands::Commands::new(engines.commands.clone());
+        let managed = engines.managed.clone();
         let signed =
             outpost_shared::keys::Signed::sign(signer.unwrap_or(trust.key()), &RawDoc(doc.clone())).unwrap();
         let version = doc["version"].as_u64().unwrap();

@@ -22,7 +22,7 @@ async fn main() {
     let url = format!("{}/v1/batches", cloud.url());
     let client = outpost_shared::tls::https_client(Some(&cloud.ca_file), Duration::from_secs(60)).unwrap();
     // Pre-encode and pre-sign every body so the figure is the cloud's, not the sender's.
-    let bodies = common::hub_batches(&cloud, SENDERS, BATCHES_PER_SENDER, "direct");
+    let bodies = common::hub_batches(&cloud, SENDERS, BATCHES_PER_SENDER, "direct").await;
     let t = Instant::now();
     common::post_all(&client, &url, bodies).await;
     let secs = t.elapsed().as_secs_f64();

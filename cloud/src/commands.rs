@@ -5,11 +5,13 @@
 use crate::error::CloudError;
 use chrono::{DateTime, Utc};
 use outpost_shared::keys::{CommandEnvelope, CommandResult, KeyPair, MachineId, PublicKey, Signed};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+pub use crate::store::commands::{AuditEntry, CommandRecord};
+use crate::store::commands::{CommandChange, CommandStores};
 
 /// How long a command may wait for its machine before it expires, unless the request says.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -19,59 +21,24 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// (replay log, envelope digest) and answers a redelivery with its first result.
 pub const REDELIVER_AFTER: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CommandRecord {
-    pub id: String,
-    pub machine: String,
-    pub action: String,
-    pub parameters: serde_json::Value,
-    /// `pending|delivered|done|failed|refused|expired`.
-    pub status: String,
-    pub result: Option<serde_json::Value>,
-    pub created_by: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub envelope: Signed<CommandEnvelope>,
-}
-
-impl CommandRecord {
-    /// The status as seen now: a command nobody finished before its expiry is `expired`.
-    pub fn effective_status(&self, now: DateTime<Utc>) -> &str {
-        match self.status.as_str() {
-            "pending" | "delivered" if now > self.expires_at => "expired",
-            s => s,
-        }
-    }
-}
-
-/// One line of the audit trail.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AuditEntry {
-    pub ts: DateTime<Utc>,
-    pub command_id: String,
-    pub machine: String,
-    pub action: String,
-    pub parameters: serde_json::Value,
-    /// Who asked for it: `admin` (API or dashboard), `mail:<sender>`, …
-    pub who: String,
-    /// `created`, `delivered`, `done`, `failed`, `refused`.
-    pub event: String,
-    #[serde(default)]
-    pub detail: serde_json::Value,
-}
-
+/// The command channel's service: signs, queues, hands out and closes commands, over the
+/// configured [`CommandStore`] engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Commands {
-    /// The store's flusher (same database): never a flush of its own beside it.
-    flusher: outpost_shared::group_flush::GroupFlush,
-    commands: sled::Tree,
-    /// `machine \0 command id` of commands not yet delivered.
-    pending: sled::Tree,
-    audit: sled::Tree,
+    store: CommandStores,
+    /// Wake-ups of this node's long-polls, by machine. A command created on another node
+    /// reaches them through [`Commands::wake`] (called by the cross-node listener).
     waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    /// Tells the other nodes that a machine has a command (PostgreSQL NOTIFY); None on sled,
+    /// where this process is the only node.
+    announce: Option<Announce>,
 }
+
+/// Tells the other cloud nodes that a machine has a new command.
+pub type Announce = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Envelopes handed out, by machine.
+pub type Due = std::collections::BTreeMap<String, Vec<Signed<CommandEnvelope>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultRefused {
@@ -83,62 +50,67 @@ pub enum ResultRefused {
     BadSignature(String),
     #[error("the result answers an envelope this cloud did not issue under that id")]
     NotIssued,
+    /// The command could not be read or written now: send the result again later.
+    #[error("{0}")]
+    Storage(CloudError),
+}
+
+/// An audit line about `rec`.
+fn audit_of(rec: &CommandRecord, who: &str, event: &str, detail: serde_json::Value) -> AuditEntry {
+    AuditEntry {
+        ts: Utc::now(),
+        command_id: rec.id.clone(),
+        machine: rec.machine.clone(),
+        action: rec.action.clone(),
+        parameters: rec.parameters.clone(),
+        who: who.to_string(),
+        event: event.to_string(),
+        detail,
+    }
 }
 
 impl Commands {
-    pub fn open(
-        db: &sled::Db,
-        flusher: outpost_shared::group_flush::GroupFlush,
-    ) -> Result<Commands, CloudError> {
-        Ok(Commands {
-            flusher,
-            commands: db.open_tree("commands")?,
-            pending: db.open_tree("commands_pending")?,
-            audit: db.open_tree("audit")?,
-            waiters: Arc::default(),
-        })
+    pub fn new(store: CommandStores) -> Commands {
+        Commands { store, waiters: Arc::default(), announce: None }
+    }
+
+    /// With `announce`, every new command is also told to the other cloud nodes (their polls
+    /// for that machine wake at once).
+    pub fn with_announce(mut self, announce: Announce) -> Commands {
+        self.announce = Some(announce);
+        self
     }
 
     fn waiter(&self, machine: &str) -> Arc<Notify> {
-        self.waiters.lock().unwrap().entry(machine.to_string()).or_default().clone()
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(machine.to_string()).or_default().clone()
     }
 
-    fn put(&self, rec: &CommandRecord) -> Result<(), CloudError> {
-        self.commands.insert(rec.id.as_bytes(), serde_json::to_vec(rec).expect("serialises"))?;
-        Ok(())
+    /// Wakes this node's polls for `machine`: a command for it was created (here or elsewhere).
+    pub fn wake(&self, machine: &str) {
+        let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).get(machine).cloned();
+        if let Some(w) = w {
+            w.notify_waiters();
+        }
     }
 
-    pub fn get(&self, id: &str) -> Result<Option<CommandRecord>, CloudError> {
-        Ok(self.commands.get(id.as_bytes())?.and_then(|v| serde_json::from_slice(&v).ok()))
+    /// Wakes every poll of this node (after the cross-node listener was lost for a while and
+    /// may have missed wake-ups): each looks again and waits again.
+    pub fn wake_all(&self) {
+        let all: Vec<Arc<Notify>> =
+            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for w in all {
+            w.notify_waiters();
+        }
     }
 
-    fn log(
-        &self,
-        rec: &CommandRecord,
-        who: &str,
-        event: &str,
-        detail: serde_json::Value,
-    ) -> Result<(), CloudError> {
-        self.record(AuditEntry {
-            ts: Utc::now(),
-            command_id: rec.id.clone(),
-            machine: rec.machine.clone(),
-            action: rec.action.clone(),
-            parameters: rec.parameters.clone(),
-            who: who.to_string(),
-            event: event.to_string(),
-            detail,
-        })
+    pub async fn get(&self, id: &str) -> Result<Option<CommandRecord>, CloudError> {
+        self.store.get(id).await
     }
 
-    /// Adds a line to the audit trail: command events, and operator actions on machines (such as
-    /// a revocation) that are not commands.
-    pub fn record(&self, e: AuditEntry) -> Result<(), CloudError> {
-        let mut key = e.ts.timestamp_nanos_opt().unwrap_or_default().to_be_bytes().to_vec();
-        key.extend_from_slice(e.command_id.as_bytes());
-        key.extend_from_slice(e.event.as_bytes());
-        self.audit.insert(key, serde_json::to_vec(&e).expect("serialises"))?;
-        Ok(())
+    /// Adds a line to the audit trail (durable on return): command events, and operator actions
+    /// on machines (such as a revocation) that are not commands.
+    pub async fn record(&self, e: AuditEntry) -> Result<(), CloudError> {
+        self.store.record(&e).await
     }
 
     /// Signs and queues a command for `machine`; durable before it returns.
@@ -170,11 +142,12 @@ impl Commands {
             finished_at: None,
             envelope: signed,
         };
-        self.put(&rec)?;
-        self.pending.insert(pending_key(machine, &rec.id), &[])?;
-        self.log(&rec, who, "created", serde_json::Value::Null)?;
-        self.flusher.flush().await?;
-        self.waiter(machine).notify_waiters();
+        let audit = audit_of(&rec, who, "created", serde_json::Value::Null);
+        self.store.save(&[CommandChange { rec: rec.clone(), waiting: true, audit: Some(audit) }]).await?;
+        self.wake(machine);
+        if let Some(announce) = &self.announce {
+            announce(machine);
+        }
         Ok(rec)
     }
 
@@ -193,11 +166,7 @@ impl Commands {
     /// [`Commands::poll`] for many machines at once: what a connector asks for all the hubs that
     /// are long-polling it, in one request instead of one per hub. Returns as soon as any of them
     /// has a command due (everything due for all of them then), or empty after `wait`.
-    pub async fn poll_many(
-        &self,
-        machines: &[String],
-        wait: Duration,
-    ) -> Result<std::collections::BTreeMap<String, Vec<Signed<CommandEnvelope>>>, CloudError> {
+    pub async fn poll_many(&self, machines: &[String], wait: Duration) -> Result<Due, CloudError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notifies: Vec<Arc<Notify>> = machines.iter().map(|m| self.waiter(m)).collect();
@@ -206,20 +175,8 @@ impl Commands {
             for n in &mut notified {
                 n.as_mut().enable();
             }
-            let now = Utc::now();
-            let mut out = std::collections::BTreeMap::new();
-            let mut next_due: Option<Duration> = None;
-            for machine in machines {
-                let (due, next) = self.take_due(machine, now)?;
-                if !due.is_empty() {
-                    out.insert(machine.clone(), due);
-                }
-                if let Some(n) = next {
-                    next_due = Some(next_due.map_or(n, |d| d.min(n)));
-                }
-            }
+            let (out, next_due) = self.take_due(machines, Utc::now()).await?;
             if !out.is_empty() {
-                self.flusher.flush().await?;
                 return Ok(out);
             }
             let until = match next_due {
@@ -233,29 +190,24 @@ impl Commands {
         }
     }
 
-    /// The envelopes due for `machine` now (never handed out, or handed out [`REDELIVER_AFTER`]
-    /// ago without an answer), and how long until the next one falls due. Expired ones are let go.
-    fn take_due(
+    /// The envelopes due for `machines` now (never handed out, or handed out [`REDELIVER_AFTER`]
+    /// ago without an answer), marked delivered (durable before they are handed out), and how
+    /// long until the next one falls due. Expired ones are let go.
+    async fn take_due(
         &self,
-        machine: &str,
+        machines: &[String],
         now: DateTime<Utc>,
-    ) -> Result<(Vec<Signed<CommandEnvelope>>, Option<Duration>), CloudError> {
+    ) -> Result<(Due, Option<Duration>), CloudError> {
         let redeliver = chrono::Duration::from_std(REDELIVER_AFTER).expect("small");
-        let mut out = Vec::new();
+        let mut out = Due::new();
         let mut next_due: Option<Duration> = None;
-        let mut prefix = machine.as_bytes().to_vec();
-        prefix.push(0);
-        for item in self.pending.scan_prefix(&prefix) {
-            let (k, _) = item?;
-            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let Some(mut rec) = self.get(&id)? else {
-                self.pending.remove(&k)?;
-                continue;
-            };
+        let mut changes = Vec::new();
+        let mut gone = Vec::new();
+        for mut rec in self.store.waiting(machines).await? {
             if rec.effective_status(now) == "expired"
                 || !matches!(rec.status.as_str(), "pending" | "delivered")
             {
-                self.pending.remove(&k)?;
+                gone.push((rec.machine.clone(), rec.id.clone()));
                 continue;
             }
             if let Some(at) = rec.delivered_at {
@@ -269,11 +221,15 @@ impl Commands {
             let first = rec.delivered_at.is_none();
             rec.status = "delivered".into();
             rec.delivered_at = Some(now);
-            self.put(&rec)?;
-            if first {
-                self.log(&rec, &rec.created_by.clone(), "delivered", serde_json::Value::Null)?;
-            }
-            out.push(rec.envelope.clone());
+            let audit = first.then(|| audit_of(&rec, &rec.created_by, "delivered", serde_json::Value::Null));
+            out.entry(rec.machine.clone()).or_default().push(rec.envelope.clone());
+            changes.push(CommandChange { rec, waiting: true, audit });
+        }
+        if !gone.is_empty() {
+            self.store.unwait(&gone).await?;
+        }
+        if !changes.is_empty() {
+            self.store.save(&changes).await?;
         }
         Ok((out, next_due))
     }
@@ -289,7 +245,11 @@ impl Commands {
         if result.machine_id.as_str() != signer {
             return Err(ResultRefused::WrongMachine);
         }
-        let mut rec = self.get(&result.command_id).ok().flatten().ok_or(ResultRefused::Unknown)?;
+        let mut rec = match self.get(&result.command_id).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Err(ResultRefused::Unknown),
+            Err(e) => return Err(ResultRefused::Storage(e)),
+        };
         if rec.machine != signer {
             return Err(ResultRefused::WrongMachine);
         }
@@ -298,7 +258,7 @@ impl Commands {
         if result.envelope.as_deref() != Some(rec.envelope.digest().as_str()) {
             let detail =
                 serde_json::json!({"error": ResultRefused::NotIssued.to_string(), "status": result.status});
-            let _ = self.log(&rec, signer, "result-ignored", detail);
+            let _ = self.store.record(&audit_of(&rec, signer, "result-ignored", detail)).await;
             tracing::warn!(command = %rec.id, machine = %signer, "result for an envelope the cloud did not issue; ignored");
             return Err(ResultRefused::NotIssued);
         }
@@ -313,90 +273,45 @@ impl Commands {
         rec.status = status.into();
         rec.result = Some(result.output.clone());
         rec.finished_at = Some(result.finished_at);
-        let who = rec.created_by.clone();
-        let store = || -> Result<(), CloudError> {
-            self.pending.remove(pending_key(&rec.machine, &rec.id))?;
-            self.put(&rec)?;
-            self.log(&rec, &who, status, result.output.clone())?;
-            Ok(())
-        };
-        store().map_err(|e| ResultRefused::BadSignature(e.to_string()))?;
-        let _ = self.flusher.flush().await;
+        let audit = audit_of(&rec, &rec.created_by, status, result.output.clone());
+        self.store
+            .save(&[CommandChange { rec: rec.clone(), waiting: false, audit: Some(audit) }])
+            .await
+            .map_err(ResultRefused::Storage)?;
         Ok(rec)
     }
 
     /// Deletes commands that ended (or expired) more than `commands` ago and audit entries older
     /// than `audit`. Returns (commands, audit entries) removed.
-    pub fn prune(
+    pub async fn prune(
         &self,
         now: DateTime<Utc>,
         commands: Duration,
         audit: Duration,
     ) -> Result<(u64, u64), CloudError> {
-        let keep = chrono::Duration::from_std(commands).unwrap_or(chrono::Duration::MAX);
-        let mut gone = 0;
-        for item in self.commands.iter() {
-            let (k, v) = item?;
-            let Ok(rec) = serde_json::from_slice::<CommandRecord>(&v) else { continue };
-            let ended = match rec.effective_status(now) {
-                "pending" | "delivered" => continue,
-                "expired" => rec.expires_at,
-                _ => rec.finished_at.unwrap_or(rec.expires_at),
-            };
-            if now - ended > keep {
-                self.commands.remove(&k)?;
-                self.pending.remove(pending_key(&rec.machine, &rec.id))?;
-                gone += 1;
-            }
-        }
-        // Audit keys start with the entry's time: everything before the cut is one range.
-        let cut = (now - chrono::Duration::from_std(audit).unwrap_or(chrono::Duration::MAX))
-            .timestamp_nanos_opt()
-            .unwrap_or(i64::MIN)
-            .to_be_bytes();
-        let mut old = 0;
-        for item in self.audit.range(..cut.to_vec()) {
-            let (k, _) = item?;
-            self.audit.remove(k)?;
-            old += 1;
-        }
-        Ok((gone, old))
+        self.store.prune(now, commands, audit).await
     }
 
     /// The audit trail, newest first, optionally for one machine.
-    pub fn audit(&self, machine: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, CloudError> {
-        let mut out = Vec::new();
-        for item in self.audit.iter().rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = item?;
-            if let Ok(e) = serde_json::from_slice::<AuditEntry>(&v) {
-                if machine.is_none_or(|m| m == e.machine) {
-                    out.push(e);
-                }
-            }
-        }
-        Ok(out)
+    pub async fn audit(&self, machine: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, CloudError> {
+        self.store.audit(machine, limit).await
     }
 }
 
-fn pending_key(machine: &str, id: &str) -> Vec<u8> {
-    let mut k = machine.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use crate::store::testing::Keep;
+    use crate::store::Engines;
 
-    #[tokio::test]
-    async fn old_commands_and_audit_entries_are_pruned_and_waiting_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let cmds = Commands::open(&db, outpost_shared::group_flush::GroupFlush::new(db.clone())).unwrap();
+    crate::both_engines!(
+        old_commands_and_audit_entries_are_pruned_and_waiting_ones_kept,
+        one_poll_for_many_machines_wakes_for_any_and_hands_out_only_theirs,
+        a_result_closes_its_command_once_and_a_forged_envelope_changes_nothing,
+    );
+
+    async fn old_commands_and_audit_entries_are_pruned_and_waiting_ones_kept(e: Engines, _k: &Keep) {
+        let cmds = Commands::new(e.commands.clone());
         let cloud = KeyPair::generate().unwrap();
         let target = KeyPair::generate().unwrap();
         let machine = target.machine_id().to_string();
@@ -410,25 +325,26 @@ mod tests {
             .unwrap();
         let now = Utc::now();
         // Nothing is old yet.
-        assert_eq!(cmds.prune(now, Duration::from_secs(3600), Duration::from_secs(3600)).unwrap(), (0, 0));
+        assert_eq!(
+            cmds.prune(now, Duration::from_secs(3600), Duration::from_secs(3600)).await.unwrap(),
+            (0, 0)
+        );
         // Two hours on: the short one expired over an hour ago and goes; the long one still waits
         // for its machine; the audit entries of both are past an hour's retention.
         let later = now + chrono::Duration::hours(2);
-        let (gone, audit) = cmds.prune(later, Duration::from_secs(3600), Duration::from_secs(3600)).unwrap();
+        let (gone, audit) =
+            cmds.prune(later, Duration::from_secs(3600), Duration::from_secs(3600)).await.unwrap();
         assert_eq!((gone, audit), (1, 2));
-        assert!(cmds.get(&short.id).unwrap().is_none());
-        assert!(cmds.get(&long.id).unwrap().is_some());
-        assert!(cmds.audit(None, 100).unwrap().is_empty());
+        assert!(cmds.get(&short.id).await.unwrap().is_none());
+        assert!(cmds.get(&long.id).await.unwrap().is_some());
+        assert!(cmds.audit(None, 100).await.unwrap().is_empty());
         // The pruned command is no longer handed out; the waiting one is.
         let out = cmds.poll(&machine, Duration::from_millis(10)).await.unwrap();
         assert_eq!(out.iter().map(|s| s.peek_unverified().unwrap().id).collect::<Vec<_>>(), vec![long.id]);
     }
 
-    #[tokio::test]
-    async fn one_poll_for_many_machines_wakes_for_any_and_hands_out_only_theirs() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let cmds = Commands::open(&db, outpost_shared::group_flush::GroupFlush::new(db.clone())).unwrap();
+    async fn one_poll_for_many_machines_wakes_for_any_and_hands_out_only_theirs(e: Engines, _k: &Keep) {
+        let cmds = Commands::new(e.commands.clone());
         let cloud = KeyPair::generate().unwrap();
         let machines: Vec<String> = (0..50).map(|i| format!("{i:032x}")).collect();
         let outsider = "f".repeat(32);
@@ -460,5 +376,46 @@ mod tests {
         // Handed out and unanswered: not again at once, but again after REDELIVER_AFTER.
         let again = cmds.poll_many(&machines, Duration::from_millis(100)).await.unwrap();
         assert!(again.is_empty(), "not handed out twice at once");
+    }
+
+    async fn a_result_closes_its_command_once_and_a_forged_envelope_changes_nothing(e: Engines, _k: &Keep) {
+        use outpost_shared::keys::{CommandResult, CommandStatus};
+        let cmds = Commands::new(e.commands.clone());
+        let cloud = KeyPair::generate().unwrap();
+        let hub = KeyPair::generate().unwrap();
+        let machine = hub.machine_id().to_string();
+        let rec = cmds
+            .create(&cloud, &machine, "ping", serde_json::Value::Null, Duration::from_secs(60), "admin")
+            .await
+            .unwrap();
+        let handed = cmds.poll(&machine, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(handed.len(), 1);
+        assert_eq!(cmds.get(&rec.id).await.unwrap().unwrap().status, "delivered");
+        let answer = |envelope: Option<String>, status| {
+            let r = CommandResult {
+                command_id: rec.id.clone(),
+                machine_id: hub.machine_id().clone(),
+                status,
+                output: serde_json::json!({"pong": true}),
+                finished_at: Utc::now(),
+                envelope,
+            };
+            Signed::sign(&hub, &r).unwrap()
+        };
+        // A result bound to another envelope under the same id is ignored and audited.
+        let forged = answer(Some("0".repeat(64)), CommandStatus::Refused);
+        assert!(matches!(cmds.finish(&machine, hub.public(), &forged).await, Err(ResultRefused::NotIssued)));
+        // Signed by another machine: refused.
+        let stranger = KeyPair::generate().unwrap();
+        assert!(cmds.finish(&machine, stranger.public(), &forged).await.is_err());
+        let good = answer(Some(rec.envelope.digest()), CommandStatus::Done);
+        assert_eq!(cmds.finish(&machine, hub.public(), &good).await.unwrap().status, "done");
+        // A second result changes nothing, and the command is no longer handed out.
+        let late = answer(Some(rec.envelope.digest()), CommandStatus::Failed);
+        assert_eq!(cmds.finish(&machine, hub.public(), &late).await.unwrap().status, "done");
+        assert!(cmds.poll(&machine, Duration::from_millis(10)).await.unwrap().is_empty());
+        let events: Vec<String> =
+            cmds.audit(Some(&machine), 10).await.unwrap().into_iter().map(|e| e.event).collect();
+        assert_eq!(events, vec!["done", "result-ignored", "delivered", "created"], "newest first");
     }
 }

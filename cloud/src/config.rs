@@ -29,7 +29,8 @@ pub struct CloudConfig {
     pub offline_after: Duration,
     /// Alert mails on sensor state changes (`[mail]`); none when absent.
     pub mail: Option<outpost_shared::mail::MailConfig>,
-    /// Where readings are kept: the embedded database in `data_dir` unless `postgres` is set.
+    /// Where everything but the key files is kept: the embedded database in `data_dir` unless
+    /// `postgres` is set.
     pub storage: Storage,
     /// Sign-in, sessions, lockout and API tokens of people (`[people]`).
     pub people: PeopleConfig,
@@ -106,7 +107,7 @@ impl PeopleConfig {
     }
 }
 
-/// `[storage]`: the engine behind the cloud's readings (see `store`).
+/// `[storage]`: the engine behind everything the cloud keeps (see `store`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {

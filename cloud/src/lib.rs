@@ -1,11 +1,13 @@
 //! The reference cloud, self-hostable: it takes batches from hubs (directly or through a
-//! connector), stores each `(machine_id, seq)` once ([`store`]: one trait, a sled engine that is
-//! the default and a PostgreSQL engine not yet used by [`start`]), serves the JSON API and
-//! a live dashboard ([`api`], [`dashboard`]) over HTTPS, and folds old readings into hourly
-//! aggregates; with `[mail]` it mails alerts and periodic reports ([`mail`]). People sign in and
-//! act within their role per customer ([`people`]: users, sessions, API tokens, customers; kept
-//! behind [`store::people`]). [`start`] brings it
-//! up and returns a handle (tests use it); [`run`] is the role's entry point for the binary.
+//! connector), stores each `(machine_id, seq)` once and keeps everything else it knows ([`store`]:
+//! small traits, each with a sled engine, the default, and a PostgreSQL engine chosen by
+//! `[storage] postgres`), serves the JSON API and a live dashboard ([`api`], [`dashboard`]) over
+//! HTTPS, and folds old readings into hourly aggregates; with `[mail]` it mails alerts and
+//! periodic reports ([`mail`]). The decisions live in [`trust`] and [`commands`], over the store's
+//! traits. People sign in and act within their role per customer ([`people`]); sensors can be
+//! managed from the cloud ([`managed`]). On PostgreSQL any number of cloud processes may share the database ([`nodes`]: wake-ups
+//! and live events between them, once-only jobs on one of them). [`start`] brings it up and
+//! returns a handle (tests use it); [`run`] is the role's entry point for the binary.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -16,6 +18,7 @@ pub mod dashboard;
 pub mod error;
 pub mod mail;
 pub mod managed;
+pub mod nodes;
 pub mod people;
 pub mod store;
 pub mod trust;
@@ -44,6 +47,8 @@ pub struct Cloud {
     pub ca_file: PathBuf,
     /// While no user exists: the one-time link that makes the first owner (`…/#setup=…`).
     pub setup_link: Option<String>,
+    /// Whether this node runs the once-only jobs now (always on sled).
+    pub leader: nodes::Leader,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), CloudError>>,
 }
@@ -98,19 +103,12 @@ pub async fn run(config: CloudConfig, shutdown: impl Future<Output = ()>) -> Res
 
 /// Opens storage, makes certificate and tokens on first start, binds and serves.
 pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
-    if let Some(url) = &config.storage.postgres {
-        // Keys, tokens, commands, audit and mail are not on PostgreSQL yet: running on it now
-        // would keep them in the local sled database, out of sight of the database's backups and
-        // replicas. Refused before anything is created or opened.
-        return Err(CloudError::Config(format!(
-            "[storage] postgres = {url}: the PostgreSQL engine holds readings, latest values, \
-             roll-ups and machines, but not yet enrollment keys, tokens, commands, the audit trail \
-             or mail, so this cloud cannot run on it yet; remove `postgres` from [storage] to run \
-             on the embedded database (see docs/postgres.md)"
-        )));
-    }
+    // Storage first: a database that cannot be reached stops the start before anything is made.
+    let engines = store::Engines::open(&config).await?;
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| CloudError::Io { path: dir.clone(), source })?;
+    // The signing key and the certificate are files in the data directory on every engine: a
+    // copy of the database alone must not be able to sign commands.
     let (cert, key, ca_file) = match &config.tls {
         Some(t) => (t.cert.clone(), t.key.clone(), t.cert.clone()),
         None => {
@@ -121,15 +119,10 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
-    let sled = store::sled::SledStore::open(&dir.join("db"))?.with_latest_ahead(config.ingest.max_future);
-    let trust = trust::Trust::open(dir, sled.db(), sled.flusher())?;
-    let commands = commands::Commands::open(sled.db(), sled.flusher())?;
-    let managed_store: store::managed::Managed =
-        Arc::new(store::sled::managed::SledManaged::open(sled.db(), sled.flusher())?);
-    let managed = managed::ManagedSensors::new(managed_store, trust.clone(), commands.clone());
-    let people_db: store::people::PeopleDb = Arc::new(store::sled::people::SledPeople::open(&sled)?);
-    let people = people::People::new(people_db, config.people.clone())?;
-    let store: store::Store = std::sync::Arc::new(sled.clone());
+    let trust = trust::Trust::open(dir, engines.trust.clone())?;
+    let commands = commands::Commands::new(engines.commands.clone());
+    let store = engines.readings.clone();
+    let people = people::People::new(engines.people.clone(), config.people.clone())?;
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| CloudError::Listen { addr: config.listen, source })?;
@@ -139,6 +132,16 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let shutdown = CancellationToken::new();
     let setup_link =
         people.setup_secret(chrono::Utc::now()).await?.map(|s| format!("{}/#setup={s}", url_of(addr)));
+    // On PostgreSQL any number of nodes may share the database: wake-ups and live events cross
+    // between them, and the once-only jobs run where the jobs lock is held.
+    let nodes = engines.postgres.clone().map(nodes::Nodes::new);
+    let (commands, leader) = match &nodes {
+        Some(n) => (commands.with_announce(n.announce()), n.spawn_leadership(shutdown.clone())),
+        None => (commands, nodes::Leader::alone()),
+    };
+    // After the wake-ups are wired: a document saved on this node reaches a hub polling another.
+    let managed = managed::ManagedSensors::new(engines.managed.clone(), trust.clone(), commands.clone());
+
     let state = api::AppState::new(
         store.clone(),
         admin_token.clone(),
@@ -149,7 +152,20 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     )
     .with_managed(managed.clone());
     let state = match &config.mail {
-        Some(mail) => state.with_alerts(mail::start(mail, dir, &store, &sled, &trust, &shutdown)?),
+        Some(mail) => state.with_alerts(mail::start(mail, &engines, &trust, &leader, &shutdown)?),
+        None => state,
+    };
+    let state = match &nodes {
+        Some(n) => {
+            n.spawn_listener(
+                commands.clone(),
+                store.clone(),
+                state.events(),
+                engines.pg_outbox.clone(),
+                shutdown.clone(),
+            );
+            state.with_nodes(n.clone())
+        }
         None => state,
     };
     let app = api::router(state);
@@ -159,15 +175,17 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     let h = handle.clone();
     let server = async move { outpost_shared::http_server::serve_tls(listener, tls, app, &limits, h).await };
 
+    let job_leader = leader.clone();
+    let redelivery = managed::status::spawn_redelivery(managed, leader.clone(), shutdown.clone());
     let compactor = spawn_compactor(
         store.clone(),
         trust.clone(),
         commands.clone(),
         people.clone(),
         config.clone(),
+        leader,
         shutdown.clone(),
     );
-    let redelivery = managed::status::spawn_redelivery(managed, shutdown.clone());
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let h = handle.clone();
@@ -182,39 +200,44 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         store.commit().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });
-    Ok(Cloud { addr, admin_token, trust, ca_file, setup_link, shutdown, task })
+    Ok(Cloud { addr, admin_token, trust, ca_file, setup_link, leader: job_leader, shutdown, task })
 }
 
 /// The retention pass, every `compact_every`: readings folded and expired, and the cloud's other
-/// records (commands, audit, tokens) aged out, so nothing it keeps grows without bound.
+/// records (commands, audit, tokens) aged out, so nothing it keeps grows without bound. Runs
+/// only while this node is the `leader` (one node at a time on a shared database).
 fn spawn_compactor(
     store: store::Store,
     trust: trust::Trust,
     commands: commands::Commands,
     people: people::People,
     config: CloudConfig,
+    leader: nodes::Leader,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(config.retention.compact_every);
+        // A pass falls due at every tick and runs once this node is the leader: a node that
+        // takes over (or has just started) runs the pass that was due, without waiting a period.
+        let mut due = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tick.tick() => due = true,
+                _ = tokio::time::sleep(nodes::TAKE_OVER), if due => {}
             }
+            if !due || !leader.holds() {
+                continue;
+            }
+            due = false;
             let (s, t, c, p) = (store.clone(), trust.clone(), commands.clone(), people.clone());
             let r = config.retention.clone();
             let pass = async move {
                 let now = chrono::Utc::now();
                 let readings = s.compact(now, r.raw, r.hourly).await?;
                 let sessions = p.prune(now).await?;
-                let (tokens, cmds, audit) = tokio::task::spawn_blocking(move || {
-                    let tokens = t.prune_tokens(now)?;
-                    let (cmds, audit) = c.prune(now, r.commands, r.audit)?;
-                    Ok::<_, CloudError>((tokens + sessions, cmds, audit))
-                })
-                .await
-                .map_err(|e| CloudError::Unavailable(format!("retention task failed: {e}")))??;
+                let tokens = t.prune_tokens(now).await? + sessions;
+                let (cmds, audit) = c.prune(now, r.commands, r.audit).await?;
                 Ok::<_, CloudError>((readings, tokens, cmds, audit))
             };
             match pass.await {

@@ -15,59 +15,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::trust::{EnrollView, EnrollWrite, Trusts};
+pub use crate::store::trust::{MachineKey, MailGrant, RevokedKey, TokenRecord};
+
 /// How far a direct request's timestamp may be from the cloud's clock.
 pub const MAX_SKEW: Duration = outpost_shared::keys::DEFAULT_MAX_SKEW;
-
-/// An enrolled machine.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MachineKey {
-    pub machine_id: String,
-    pub public_key: String,
-    pub network_id: String,
-    pub role: outpost_shared::model::Role,
-    pub hostname: String,
-    pub enrolled_at: DateTime<Utc>,
-    /// For connectors: the fingerprint of their LAN certificate, which hubs pin.
-    #[serde(default)]
-    pub lan_cert: Option<String>,
-}
-
-/// What the cloud keeps of a token: an admin's decision about one machine. Keyed by the hash of
-/// the token's secret, never the secret.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TokenRecord {
-    network_id: String,
-    /// The role the machine enrolls in; an enrollment asking for another is refused. Records made
-    /// before roles were bound read as sensorhub tokens, the harmless choice.
-    #[serde(default)]
-    role: outpost_shared::model::Role,
-    expires_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-    /// The machine that used it; a token enrolls one machine.
-    used_by: Option<String>,
-    /// Who made it, for the audit trail and the dashboard.
-    #[serde(default)]
-    created_by: String,
-    /// A name to tell tokens apart ("pump station 3").
-    #[serde(default)]
-    label: String,
-}
-
-/// The cloud's permission for one connector to ask for commands by mail.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MailGrant {
-    /// Lower-case mail addresses the connector may act for.
-    pub senders: Vec<String>,
-    pub granted_by: String,
-    pub granted_at: DateTime<Utc>,
-}
-
-impl MailGrant {
-    pub fn allows(&self, sender: &str) -> bool {
-        let sender = sender.trim().to_ascii_lowercase();
-        self.senders.contains(&sender)
-    }
-}
 
 /// A token as the dashboard lists it (no secret: the cloud does not have it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,13 +32,6 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub created_by: String,
-}
-
-/// A withdrawn enrollment, kept so refusals can say what happened and when.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RevokedKey {
-    key: MachineKey,
-    revoked_at: DateTime<Utc>,
 }
 
 /// `POST /v1/enroll` body: the token in the clear (straight to the cloud over verified TLS), or
@@ -126,68 +71,35 @@ pub enum Refusal {
     Bad(VerifyError),
     #[error("enrollment refused: {0}")]
     Enroll(String),
+    /// The records could not be read or written now: nothing was decided; retry later.
+    #[error("{0}")]
+    Storage(CloudError),
 }
 
 #[derive(Clone)]
 pub struct Trust {
+    /// The cloud's signing key: a file in the data directory, never in the database.
     key: Arc<KeyPair>,
-    keys: sled::Tree,
-    tokens: sled::Tree,
-    revoked: sled::Tree,
-    /// Connector id -> [`MailGrant`]: which connectors may ask for commands by mail, for whom.
-    mail_grants: sled::Tree,
-    /// `network \0 connector id`: the enrolled connectors of each network, so a receipt is built
-    /// from its network's entries instead of a scan of every machine.
-    connectors: sled::Tree,
+    /// Keys, tokens, revocations, mail grants, on the configured engine.
+    store: Trusts,
     /// Parsed public keys by machine id. A machine id is the fingerprint of its key, so an entry
     /// can never be wrong for its id; whether the machine is still enrolled is read each time.
     parsed: Arc<std::sync::Mutex<std::collections::HashMap<String, PublicKey>>>,
-    /// Never a second flush at once (sled #1308): all of them through the database's flusher.
-    flusher: outpost_shared::group_flush::GroupFlush,
 }
 
 /// Parsed keys kept at most; past it the cache starts over (parsing is the cost, not a miss).
 const PARSED_KEYS: usize = 50_000;
 
 impl Trust {
-    /// `flusher` is the database's one group-commit flusher (see `outpost_shared::group_flush`):
-    /// every write here that must be durable before it is answered waits on it.
-    pub fn open(
-        dir: &Path,
-        db: &sled::Db,
-        flusher: outpost_shared::group_flush::GroupFlush,
-    ) -> Result<Trust, CloudError> {
+    /// Loads the cloud's signing key from `dir/cloud.key` (made on first start) and keeps the
+    /// trust records in `store`.
+    pub fn open(dir: &Path, store: Trusts) -> Result<Trust, CloudError> {
         let path = dir.join("cloud.key");
         let (key, created) = KeyPair::load_or_create(&path).map_err(|e| CloudError::Keys(e.to_string()))?;
         if created {
             tracing::info!(fingerprint = %key.machine_id(), "cloud signing key made");
         }
-        Trust {
-            key: Arc::new(key),
-            keys: db.open_tree("machine_keys")?,
-            tokens: db.open_tree("enrollment_tokens")?,
-            revoked: db.open_tree("revoked_keys")?,
-            mail_grants: db.open_tree("mail_grants")?,
-            connectors: db.open_tree("network_connectors")?,
-            parsed: Arc::default(),
-            flusher,
-        }
-        .with_connector_index()
-    }
-
-    /// Builds the connector index from the keys when it is missing (a database from before it).
-    fn with_connector_index(self) -> Result<Trust, CloudError> {
-        if self.connectors.is_empty() {
-            for item in self.keys.iter() {
-                let (_, v) = item?;
-                if let Ok(k) = serde_json::from_slice::<MachineKey>(&v) {
-                    if k.role == Role::Connector {
-                        self.connectors.insert(connector_key(&k.network_id, &k.machine_id), &[])?;
-                    }
-                }
-            }
-        }
-        Ok(self)
+        Ok(Trust { key: Arc::new(key), store, parsed: Arc::default() })
     }
 
     pub fn key(&self) -> &KeyPair {
@@ -196,8 +108,8 @@ impl Trust {
 
     /// A one-time token for one machine of `network` in `role`, valid for `ttl`. Made only by an
     /// admin: a connector token is a deliberate act, since connectors are trusted by every hub of
-    /// their network.
-    pub fn new_token(
+    /// their network. Durable on return.
+    pub async fn new_token(
         &self,
         network: &str,
         role: outpost_shared::model::Role,
@@ -228,47 +140,43 @@ impl Trust {
             label: label.into(),
         };
         let hash = token.secret_hash();
-        self.tokens.insert(hash.as_bytes(), serde_json::to_vec(&rec).expect("serialises"))?;
-        self.flusher.flush_blocking()?;
+        self.store.put_token(&hash, &rec).await?;
         Ok((token, token_info(&hash, &rec)))
     }
 
     /// Cancels an open token by the id the dashboard shows. Returns what it was, or None when no
     /// open token has that id.
-    pub fn cancel_token(&self, id: &str) -> Result<Option<TokenInfo>, CloudError> {
+    pub async fn cancel_token(&self, id: &str) -> Result<Option<TokenInfo>, CloudError> {
         if id.len() != TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        for item in self.tokens.scan_prefix(id.as_bytes()) {
-            let (k, v) = item?;
-            let Ok(rec) = serde_json::from_slice::<TokenRecord>(&v) else { continue };
-            if rec.used_by.is_none() {
-                self.tokens.remove(&k)?;
-                self.flusher.flush_blocking()?;
-                return Ok(Some(token_info(&String::from_utf8_lossy(&k), &rec)));
-            }
-        }
-        Ok(None)
+        Ok(self.store.cancel_token(id).await?.map(|(hash, rec)| token_info(&hash, &rec)))
     }
 
     /// Enrolls a machine: checks the token (known, unexpired, made for this role, unused), records
     /// the key and answers with a receipt signed by the cloud key. Through a connector, role, host
     /// name and LAN certificate come from inside the seal only.
     ///
-    /// The token is consumed atomically with recording the key (one sled transaction over tokens,
-    /// keys and revocations), so of any number of racing enrollments with one token exactly one
-    /// wins. Enrolling an already enrolled key again with the token it used answers with its
-    /// receipt and changes nothing (a hub whose first answer was lost). A revoked machine comes
-    /// back only with a token made after its revocation.
-    pub fn enroll(&self, req: &EnrollRequest, now: DateTime<Utc>) -> Result<EnrollResponse, Refusal> {
+    /// The token is consumed atomically with recording the key (one storage transaction over
+    /// tokens, keys and revocations), so of any number of racing enrollments with one token
+    /// exactly one wins. Enrolling an already enrolled key again with the token it used answers
+    /// with its receipt and changes nothing (a hub whose first answer was lost). A revoked
+    /// machine comes back only with a token made after its revocation.
+    pub async fn enroll(&self, req: &EnrollRequest, now: DateTime<Utc>) -> Result<EnrollResponse, Refusal> {
         let refuse = |m: &str| Refusal::Enroll(m.to_string());
         let public = PublicKey::from_pem(&req.public_key)
             .map_err(|e| Refusal::Enroll(format!("bad public key: {e}")))?;
         let (text, role, hostname, lan_cert) = match (&req.token, &req.sealed_token) {
             (Some(t), None) => (t.trim().to_string(), req.role, req.hostname.clone(), req.lan_cert.clone()),
             (None, Some(sealed)) => {
-                let inner = outpost_shared::keys::unseal_token(&self.key, sealed, public.machine_id())
-                    .map_err(|e| Refusal::Enroll(e.to_string()))?;
+                // An RSA private-key operation: off the async workers.
+                let (key, sealed, id) = (self.key.clone(), sealed.clone(), public.machine_id().clone());
+                let inner = tokio::task::spawn_blocking(move || {
+                    outpost_shared::keys::unseal_token(&key, &sealed, &id)
+                })
+                .await
+                .map_err(|e| Refusal::Enroll(format!("unsealing failed: {e}")))?
+                .map_err(|e| Refusal::Enroll(e.to_string()))?;
                 // What travelled in the clear beside the seal must say the same: a relay that
                 // rewrote it is caught here rather than silently overruled.
                 if (inner.role, &inner.hostname, &inner.lan_cert) != (req.role, &req.hostname, &req.lan_cert)
@@ -313,86 +221,26 @@ impl Trust {
             enrolled_at: now,
             lan_cert,
         };
-        use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
-        use sled::Transactional;
-        let outcome = (&self.tokens, &self.keys, &self.revoked, &self.connectors).transaction(
-            |(tokens, keys, revoked, connectors)| {
-                let abort = |m: String| Abort::Abort(Refusal::Enroll(m));
-                let Some(raw) = tokens.get(hash.as_bytes())? else {
-                    return Err(abort("unknown or cancelled token; make a new one on the dashboard".into()));
-                };
-                let mut rec: TokenRecord = serde_json::from_slice(&raw)
-                    .map_err(|e| abort(format!("token record unreadable: {e}")))?;
-                if rec.role != role {
-                    return Err(abort(format!(
-                        "this token enrolls a {}, not a {role}; ask an admin for a {role} token",
-                        rec.role
-                    )));
-                }
-                if let Some(stored) = keys.get(id.as_bytes())? {
-                    let stored: MachineKey = serde_json::from_slice(&stored)
-                        .map_err(|e| abort(format!("key record unreadable: {e}")))?;
-                    if rec.used_by.as_deref() == Some(id.as_str()) {
-                        // The same machine asking again: its enrollment stands exactly as it was.
-                        return Ok(stored);
-                    }
-                    return Err(abort(format!(
-                    "this machine is already enrolled (network {}, {}); revoke it first to enroll it anew",
-                    stored.network_id, stored.role
-                )));
-                }
-                if let Some(r) = revoked.get(id.as_bytes())? {
-                    let r: RevokedKey = serde_json::from_slice(&r)
-                        .map_err(|e| abort(format!("revocation record unreadable: {e}")))?;
-                    if rec.created_at <= r.revoked_at {
-                        return Err(abort(format!(
-                            "this machine was revoked at {}; only a token made after that takes it back",
-                            r.revoked_at
-                        )));
-                    }
-                    // A token made after the revocation is the operator's decision to take it back.
-                    revoked.remove(id.as_bytes())?;
-                }
-                if rec.used_by.is_some() {
-                    return Err(abort("this token was already used; tokens are one-time".into()));
-                }
-                rec.used_by = Some(id.clone());
-                tokens.insert(hash.as_bytes(), serde_json::to_vec(&rec).expect("serialises"))?;
-                keys.insert(id.as_bytes(), serde_json::to_vec(&candidate).expect("serialises"))?;
-                if candidate.role == Role::Connector {
-                    connectors.insert(connector_key(&candidate.network_id, &id), &[])?;
-                }
-                Ok(candidate.clone())
-            },
-        );
-        let mk = match outcome {
-            Ok(mk) => mk,
-            Err(TransactionError::Abort(r)) => return Err(r),
-            Err(TransactionError::Storage(e)) => return Err(Refusal::Enroll(format!("storage: {e}"))),
+        let decide = |view: &EnrollView| decide_enrollment(view, &candidate);
+        let mk = match self.store.enroll(&hash, &id, &decide).await {
+            Ok(Ok(mk)) => mk,
+            Ok(Err(why)) => return Err(Refusal::Enroll(why)),
+            Err(e) => return Err(Refusal::Storage(e)),
         };
-        self.flusher.flush_blocking().map_err(|e| Refusal::Enroll(format!("storage: {e}")))?;
         if mk.enrolled_at == now {
             tracing::info!(machine = %id, network = %mk.network_id, role = %mk.role, "machine enrolled");
         }
-        self.receipt(&mk, now).map_err(|e| Refusal::Enroll(e.to_string()))
+        self.receipt(&mk, now).await.map_err(Refusal::Storage)
     }
 
     /// A fresh receipt for an enrolled machine: the connectors now authorised in its network.
-    pub fn receipt(&self, mk: &MachineKey, now: DateTime<Utc>) -> Result<EnrollResponse, CloudError> {
+    pub async fn receipt(&self, mk: &MachineKey, now: DateTime<Utc>) -> Result<EnrollResponse, CloudError> {
         let mut connectors = Vec::new();
-        let prefix = connector_key(&mk.network_id, "");
-        for item in self.connectors.scan_prefix(&prefix) {
-            let (k, _) = item?;
-            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            // Revocation removes the key record; the index entry goes with it, and a stale one is
-            // skipped here.
-            let Some(k) = self.machine_key(&id)? else { continue };
-            if k.network_id == mk.network_id && k.role == Role::Connector {
-                if let (Ok(id), Some(Ok(fp))) =
-                    (MachineId::parse(&k.machine_id), k.lan_cert.as_deref().map(CertFingerprint::parse))
-                {
-                    connectors.push(AuthorizedConnector { machine_id: id, lan_cert: fp });
-                }
+        for k in self.store.connectors(&mk.network_id).await? {
+            if let (Ok(id), Some(Ok(fp))) =
+                (MachineId::parse(&k.machine_id), k.lan_cert.as_deref().map(CertFingerprint::parse))
+            {
+                connectors.push(AuthorizedConnector { machine_id: id, lan_cert: fp });
             }
         }
         let receipt = EnrollmentReceipt {
@@ -403,48 +251,43 @@ impl Trust {
             issued_at: now,
             role: Some(mk.role),
         };
-        let signed = Signed::sign(&self.key, &receipt).map_err(|e| CloudError::Keys(e.to_string()))?;
+        // RSA signing is CPU work: off the async workers.
+        let key = self.key.clone();
+        let signed = tokio::task::spawn_blocking(move || Signed::sign(&key, &receipt))
+            .await
+            .map_err(|e| CloudError::Keys(format!("signing task failed: {e}")))?
+            .map_err(|e| CloudError::Keys(e.to_string()))?;
         Ok(EnrollResponse { receipt: signed, cloud_key: self.key.public().to_pem() })
     }
 
-    pub fn machine_key(&self, id: &str) -> Result<Option<MachineKey>, CloudError> {
-        Ok(match self.keys.get(id.as_bytes())? {
-            Some(v) => serde_json::from_slice(&v).ok(),
-            None => None,
-        })
+    pub async fn machine_key(&self, id: &str) -> Result<Option<MachineKey>, CloudError> {
+        self.store.machine_key(id).await
+    }
+
+    /// The enrolled machines among `ids`, in one read.
+    pub async fn machine_keys_of(&self, ids: &[String]) -> Result<Vec<MachineKey>, CloudError> {
+        self.store.machine_keys_of(ids).await
     }
 
     /// Every enrolled machine, by network.
-    pub fn networks(&self) -> Result<std::collections::BTreeMap<String, Vec<MachineKey>>, CloudError> {
+    pub async fn networks(&self) -> Result<std::collections::BTreeMap<String, Vec<MachineKey>>, CloudError> {
         let mut out: std::collections::BTreeMap<String, Vec<MachineKey>> = Default::default();
-        for item in self.keys.iter() {
-            let (_, v) = item?;
-            if let Ok(k) = serde_json::from_slice::<MachineKey>(&v) {
-                out.entry(k.network_id.clone()).or_default().push(k);
-            }
+        for k in self.store.machine_keys().await? {
+            out.entry(k.network_id.clone()).or_default().push(k);
         }
         Ok(out)
     }
 
     /// The enrolled machines of one network (hubs and connectors), for the key list its
     /// connectors check hub batches against. Revoked machines are not in it.
-    pub fn network_keys(&self, network: &str) -> Result<Vec<MachineKey>, CloudError> {
-        let mut out = Vec::new();
-        for item in self.keys.iter() {
-            let (_, v) = item?;
-            if let Ok(k) = serde_json::from_slice::<MachineKey>(&v) {
-                if k.network_id == network {
-                    out.push(k);
-                }
-            }
-        }
-        Ok(out)
+    pub async fn network_keys(&self, network: &str) -> Result<Vec<MachineKey>, CloudError> {
+        self.store.network_keys(network).await
     }
 
     /// Checks a signed machine request; returns the enrolled signer. `max_skew` is `None` for
     /// batches a connector held for a while: their signature still proves who wrote them, and
     /// storing them twice is impossible anyway.
-    pub fn verify(
+    pub async fn verify(
         &self,
         headers: &SignedHeaders,
         method: &str,
@@ -453,11 +296,11 @@ impl Trust {
         max_skew: Option<Duration>,
     ) -> Result<MachineKey, Refusal> {
         let id = headers.machine_id.to_string();
-        let mk = match self.machine_key(&id).ok().flatten() {
+        let mk = match self.store.machine_key(&id).await.map_err(Refusal::Storage)? {
             Some(mk) => mk,
             None => {
-                return Err(match self.revoked_at(&id) {
-                    Some(at) => Refusal::Revoked(id, at),
+                return Err(match self.store.revocation(&id).await.map_err(Refusal::Storage)? {
+                    Some(r) => Refusal::Revoked(id, r.revoked_at),
                     None => Refusal::NotEnrolled(id),
                 })
             }
@@ -491,29 +334,26 @@ impl Trust {
 
     /// Withdraws a machine's enrollment: from now on its signed requests are refused, and the
     /// receipts hubs fetch no longer list it as a connector. Its stored readings stay. Returns the
-    /// key record it had, or None when it was not enrolled.
-    pub fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<Option<MachineKey>, CloudError> {
-        let Some(old) = self.keys.remove(id.as_bytes())? else { return Ok(None) };
-        let mk: MachineKey = serde_json::from_slice(&old).map_err(|e| CloudError::Corrupt(e.to_string()))?;
-        self.connectors.remove(connector_key(&mk.network_id, &mk.machine_id))?;
-        let record = RevokedKey { key: mk.clone(), revoked_at: now };
-        self.revoked.insert(id.as_bytes(), serde_json::to_vec(&record).expect("serialises"))?;
-        self.flusher.flush_blocking()?;
-        tracing::warn!(machine = %id, role = %mk.role, network = %mk.network_id, "machine revoked");
-        Ok(Some(mk))
+    /// key record it had, or None when it was not enrolled. Durable on return.
+    pub async fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<Option<MachineKey>, CloudError> {
+        let mk = self.store.revoke(id, now).await?;
+        if let Some(mk) = &mk {
+            tracing::warn!(machine = %id, role = %mk.role, network = %mk.network_id, "machine revoked");
+        }
+        Ok(mk)
     }
 
     /// Lets the connector `id` ask for relay commands by mail on behalf of `senders` (mail
     /// addresses, compared without case). The connector's own configuration authenticates the
     /// senders; this is the cloud's decision that it may act for them at all.
-    pub fn grant_mail_commands(
+    pub async fn grant_mail_commands(
         &self,
         id: &str,
         senders: &[String],
         who: &str,
         now: DateTime<Utc>,
     ) -> Result<MailGrant, CloudError> {
-        match self.machine_key(id)? {
+        match self.machine_key(id).await? {
             Some(k) if k.role == Role::Connector => {}
             Some(_) => return Err(CloudError::Invalid(format!("{id} is not a connector"))),
             None => return Err(CloudError::Invalid(format!("no enrolled connector {id}"))),
@@ -535,61 +375,93 @@ impl Trust {
         list.sort();
         list.dedup();
         let grant = MailGrant { senders: list, granted_by: who.into(), granted_at: now };
-        self.mail_grants.insert(id.as_bytes(), serde_json::to_vec(&grant).expect("serialises"))?;
-        self.flusher.flush_blocking()?;
+        self.store.put_mail_grant(id, &grant).await?;
         Ok(grant)
     }
 
     /// Withdraws a connector's mail-command grant. Returns whether it had one.
-    pub fn withdraw_mail_commands(&self, id: &str) -> Result<bool, CloudError> {
-        let had = self.mail_grants.remove(id.as_bytes())?.is_some();
-        self.flusher.flush_blocking()?;
-        Ok(had)
+    pub async fn withdraw_mail_commands(&self, id: &str) -> Result<bool, CloudError> {
+        self.store.remove_mail_grant(id).await
     }
 
-    pub fn mail_grant(&self, id: &str) -> Result<Option<MailGrant>, CloudError> {
-        Ok(self.mail_grants.get(id.as_bytes())?.and_then(|v| serde_json::from_slice(&v).ok()))
-    }
-
-    fn revoked_at(&self, id: &str) -> Option<DateTime<Utc>> {
-        let v = self.revoked.get(id.as_bytes()).ok()??;
-        serde_json::from_slice::<RevokedKey>(&v).ok().map(|r| r.revoked_at)
+    pub async fn mail_grant(&self, id: &str) -> Result<Option<MailGrant>, CloudError> {
+        self.store.mail_grant(id).await
     }
 
     /// Forgets tokens that can enroll nobody any more: open ones once expired, used ones
     /// [`USED_TOKEN_KEPT`] after their expiry (until then the machine that used one may ask again
     /// for its receipt with it). Returns how many went.
-    pub fn prune_tokens(&self, now: DateTime<Utc>) -> Result<u64, CloudError> {
+    pub async fn prune_tokens(&self, now: DateTime<Utc>) -> Result<u64, CloudError> {
         let kept = chrono::Duration::from_std(USED_TOKEN_KEPT).expect("small");
-        let mut gone = 0;
-        for item in self.tokens.iter() {
-            let (k, v) = item?;
-            let Ok(r) = serde_json::from_slice::<TokenRecord>(&v) else { continue };
-            let dead = match r.used_by {
+        let dead: Vec<String> = self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .filter(|(_, r)| match r.used_by {
                 None => r.expires_at <= now,
                 Some(_) => r.expires_at + kept <= now,
-            };
-            if dead {
-                self.tokens.remove(k)?;
-                gone += 1;
-            }
+            })
+            .map(|(h, _)| h)
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
         }
-        Ok(gone)
+        self.store.remove_tokens(&dead).await
     }
 
     /// Tokens that are still open: for the dashboard.
-    pub fn open_tokens(&self, now: DateTime<Utc>) -> Result<Vec<TokenInfo>, CloudError> {
-        let mut out = Vec::new();
-        for item in self.tokens.iter() {
-            let (k, v) = item?;
-            if let Ok(r) = serde_json::from_slice::<TokenRecord>(&v) {
-                if r.used_by.is_none() && r.expires_at > now {
-                    out.push(token_info(&String::from_utf8_lossy(&k), &r));
-                }
-            }
-        }
-        Ok(out)
+    pub async fn open_tokens(&self, now: DateTime<Utc>) -> Result<Vec<TokenInfo>, CloudError> {
+        Ok(self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .filter(|(_, r)| r.used_by.is_none() && r.expires_at > now)
+            .map(|(h, r)| token_info(&h, &r))
+            .collect())
     }
+}
+
+/// The enrollment rule, over what is stored: the token must exist, be for this role and unused;
+/// a machine already enrolled gets its enrollment back only with the token it used; a revoked
+/// machine comes back only with a token made after its revocation.
+fn decide_enrollment(view: &EnrollView, candidate: &MachineKey) -> Result<EnrollWrite, String> {
+    let role = candidate.role;
+    let Some(rec) = &view.token else {
+        return Err("unknown or cancelled token; make a new one on the dashboard".into());
+    };
+    if rec.role != role {
+        return Err(format!(
+            "this token enrolls a {}, not a {role}; ask an admin for a {role} token",
+            rec.role
+        ));
+    }
+    if let Some(stored) = &view.key {
+        if rec.used_by.as_deref() == Some(candidate.machine_id.as_str()) {
+            // The same machine asking again: its enrollment stands exactly as it was.
+            return Ok(EnrollWrite::Stands(stored.clone()));
+        }
+        return Err(format!(
+            "this machine is already enrolled (network {}, {}); revoke it first to enroll it anew",
+            stored.network_id, stored.role
+        ));
+    }
+    if let Some(r) = &view.revoked {
+        if rec.created_at <= r.revoked_at {
+            return Err(format!(
+                "this machine was revoked at {}; only a token made after that takes it back",
+                r.revoked_at
+            ));
+        }
+        // A token made after the revocation is the operator's decision to take it back.
+    }
+    if rec.used_by.is_some() {
+        return Err("this token was already used; tokens are one-time".into());
+    }
+    let mut token = rec.clone();
+    token.used_by = Some(candidate.machine_id.clone());
+    Ok(EnrollWrite::Enroll { token, key: candidate.clone() })
 }
 
 /// Longest lifetime of an enrollment token: a token is for installing a machine now, not a
@@ -611,13 +483,6 @@ fn token_info(hash: &str, r: &TokenRecord) -> TokenInfo {
     }
 }
 
-fn connector_key(network: &str, id: &str) -> Vec<u8> {
-    let mut k = network.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 /// A host name is shown on the dashboard and in mail: printable, short.
 fn check_hostname(h: &str) -> Result<(), String> {
     if h.is_empty() || h.len() > 253 || h.chars().any(char::is_control) {
@@ -626,38 +491,138 @@ fn check_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use crate::store::testing::Keep;
+    use crate::store::Engines;
 
-    #[test]
-    fn expired_open_tokens_go_and_used_ones_are_kept_for_a_while_after_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let trust =
-            Trust::open(dir.path(), &db, outpost_shared::group_flush::GroupFlush::new(db.clone())).unwrap();
-        let now = Utc::now();
-        let hour = Duration::from_secs(3600);
-        let (open, _) = trust.new_token("n", Role::Sensorhub, hour, "", "t", now).unwrap();
-        let (used, _) = trust.new_token("n", Role::Sensorhub, hour, "", "t", now).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let req = EnrollRequest {
-            token: Some(used.encode()),
+    crate::both_engines!(
+        expired_open_tokens_go_and_used_ones_are_kept_for_a_while_after_expiry,
+        of_many_racing_enrollments_with_one_token_exactly_one_wins,
+        a_revoked_machine_comes_back_only_with_a_token_made_after_its_revocation,
+        a_token_is_for_its_role_only_and_a_cancelled_one_enrolls_nobody,
+    );
+
+    fn request(token: &EnrollmentToken, key: &KeyPair, role: Role) -> EnrollRequest {
+        EnrollRequest {
+            token: Some(token.encode()),
             sealed_token: None,
             public_key: key.public().to_pem(),
-            role: Role::Sensorhub,
+            role,
             hostname: "h".into(),
-            lan_cert: None,
-        };
-        trust.enroll(&req, now).unwrap();
-        assert_eq!(trust.prune_tokens(now).unwrap(), 0);
+            lan_cert: (role == Role::Connector).then(|| "0".repeat(64)),
+        }
+    }
+
+    async fn expired_open_tokens_go_and_used_ones_are_kept_for_a_while_after_expiry(e: Engines, k: &Keep) {
+        let trust = Trust::open(k.dir.path(), e.trust.clone()).unwrap();
+        let now = Utc::now();
+        let hour = Duration::from_secs(3600);
+        let (open, _) = trust.new_token("n", Role::Sensorhub, hour, "", "t", now).await.unwrap();
+        let (used, _) = trust.new_token("n", Role::Sensorhub, hour, "", "t", now).await.unwrap();
+        let key = KeyPair::generate().unwrap();
+        let req = request(&used, &key, Role::Sensorhub);
+        trust.enroll(&req, now).await.unwrap();
+        assert_eq!(trust.prune_tokens(now).await.unwrap(), 0);
         // Past their expiry: the open one can enroll nobody and goes; the used one stays, so its
         // machine can still ask for its receipt with it.
-        assert_eq!(trust.prune_tokens(now + chrono::Duration::hours(2)).unwrap(), 1);
-        assert!(trust.open_tokens(now).unwrap().is_empty());
-        assert!(trust.enroll(&req, now + chrono::Duration::minutes(30)).is_ok());
+        assert_eq!(trust.prune_tokens(now + chrono::Duration::hours(2)).await.unwrap(), 1);
+        assert!(trust.open_tokens(now).await.unwrap().is_empty());
+        assert!(trust.enroll(&req, now + chrono::Duration::minutes(30)).await.is_ok());
         let long_after = now + chrono::Duration::days(31) + chrono::Duration::hours(2);
-        assert_eq!(trust.prune_tokens(long_after).unwrap(), 1);
+        assert_eq!(trust.prune_tokens(long_after).await.unwrap(), 1);
         drop(open);
+    }
+
+    /// The token is consumed in the same transaction that records the key: twelve machines
+    /// racing with one token, on two handles of the store (two cloud nodes on one database do
+    /// the same), make exactly one enrollment.
+    async fn of_many_racing_enrollments_with_one_token_exactly_one_wins(e: Engines, k: &Keep) {
+        let trust = Trust::open(k.dir.path(), e.trust.clone()).unwrap();
+        let now = Utc::now();
+        let (token, _) =
+            trust.new_token("n", Role::Sensorhub, Duration::from_secs(600), "", "t", now).await.unwrap();
+        let keys: Vec<KeyPair> = (0..12).map(|_| KeyPair::generate().unwrap()).collect();
+        let racers: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let (trust, req) = (trust.clone(), request(&token, key, Role::Sensorhub));
+                tokio::spawn(async move { trust.enroll(&req, now).await })
+            })
+            .collect();
+        let mut won = 0;
+        for r in futures_util::future::join_all(racers).await {
+            match r.unwrap() {
+                Ok(_) => won += 1,
+                Err(Refusal::Enroll(why)) => assert!(why.contains("already used"), "{why}"),
+                Err(other) => panic!("a race must end in a refusal, not {other}"),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(trust.networks().await.unwrap()["n"].len(), 1);
+    }
+
+    async fn a_revoked_machine_comes_back_only_with_a_token_made_after_its_revocation(e: Engines, k: &Keep) {
+        let trust = Trust::open(k.dir.path(), e.trust.clone()).unwrap();
+        let now = Utc::now();
+        let ttl = Duration::from_secs(600);
+        let key = KeyPair::generate().unwrap();
+        let (first, _) = trust.new_token("n", Role::Connector, ttl, "", "t", now).await.unwrap();
+        let (early, _) = trust.new_token("n", Role::Connector, ttl, "", "t", now).await.unwrap();
+        trust.enroll(&request(&first, &key, Role::Connector), now).await.unwrap();
+        let hub = KeyPair::generate().unwrap();
+        let (hub_token, _) = trust.new_token("n", Role::Sensorhub, ttl, "", "t", now).await.unwrap();
+        let receipt = trust.enroll(&request(&hub_token, &hub, Role::Sensorhub), now).await.unwrap();
+        assert_eq!(receipt.receipt.peek_unverified().unwrap().connectors.len(), 1, "the connector is listed");
+
+        let id = key.machine_id().to_string();
+        let later = now + chrono::Duration::seconds(1);
+        assert!(trust.revoke(&id, later).await.unwrap().is_some());
+        assert!(trust.machine_key(&id).await.unwrap().is_none());
+        let hub_mk = trust.machine_key(hub.machine_id().as_str()).await.unwrap().unwrap();
+        let receipt = trust.receipt(&hub_mk, later).await.unwrap();
+        assert!(receipt.receipt.peek_unverified().unwrap().connectors.is_empty(), "no longer listed");
+        // A signed request of the revoked machine says so.
+        let headers = outpost_shared::keys::sign_request(&key, "POST", "/v1/x", b"", Utc::now()).unwrap();
+        assert!(matches!(
+            trust.verify(&headers, "POST", "/v1/x", b"", None).await,
+            Err(Refusal::Revoked(..))
+        ));
+        // A token made before the revocation does not take it back; one made after does.
+        let refused = trust.enroll(&request(&early, &key, Role::Connector), later).await.unwrap_err();
+        assert!(refused.to_string().contains("revoked"), "{refused}");
+        let after = later + chrono::Duration::seconds(1);
+        let (fresh, _) = trust.new_token("n", Role::Connector, ttl, "", "t", after).await.unwrap();
+        trust.enroll(&request(&fresh, &key, Role::Connector), after).await.unwrap();
+        assert!(trust.verify(&headers, "POST", "/v1/x", b"", None).await.is_ok());
+    }
+
+    async fn a_token_is_for_its_role_only_and_a_cancelled_one_enrolls_nobody(e: Engines, k: &Keep) {
+        let trust = Trust::open(k.dir.path(), e.trust.clone()).unwrap();
+        let now = Utc::now();
+        let ttl = Duration::from_secs(600);
+        let key = KeyPair::generate().unwrap();
+        let (hub_token, _) = trust.new_token("n", Role::Sensorhub, ttl, "", "t", now).await.unwrap();
+        let refused = trust.enroll(&request(&hub_token, &key, Role::Connector), now).await.unwrap_err();
+        assert!(refused.to_string().contains("not a connector"), "{refused}");
+        let (t, info) = trust.new_token("n", Role::Sensorhub, ttl, "pump", "t", now).await.unwrap();
+        assert_eq!(trust.open_tokens(now).await.unwrap().len(), 2);
+        assert_eq!(trust.cancel_token(&info.id).await.unwrap().map(|i| i.label), Some("pump".into()));
+        assert!(trust.cancel_token(&info.id).await.unwrap().is_none(), "gone");
+        let refused = trust.enroll(&request(&t, &key, Role::Sensorhub), now).await.unwrap_err();
+        assert!(refused.to_string().contains("unknown or cancelled"), "{refused}");
+        // Mail grants: only for connectors, kept and withdrawn.
+        let id = key.machine_id().to_string();
+        trust.enroll(&request(&hub_token, &key, Role::Sensorhub), now).await.unwrap();
+        assert!(trust.grant_mail_commands(&id, &["a@b.c".into()], "t", now).await.is_err(), "a hub");
+        let c = KeyPair::generate().unwrap();
+        let (ct, _) = trust.new_token("n", Role::Connector, ttl, "", "t", now).await.unwrap();
+        trust.enroll(&request(&ct, &c, Role::Connector), now).await.unwrap();
+        let cid = c.machine_id().to_string();
+        trust.grant_mail_commands(&cid, &["Ops@Example.org".into()], "t", now).await.unwrap();
+        assert!(trust.mail_grant(&cid).await.unwrap().unwrap().allows("ops@example.org"));
+        assert!(trust.withdraw_mail_commands(&cid).await.unwrap());
+        assert!(trust.mail_grant(&cid).await.unwrap().is_none());
     }
 }

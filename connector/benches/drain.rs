@@ -38,7 +38,7 @@ async fn main() {
     hub_cfg.uplink.connector = Some(conn.loopback_url());
     hub_cfg.uplink.cloud = Some(cloud.url());
     hub_cfg.uplink.ca_file = Some(cloud.ca_file.clone());
-    hub_cfg.uplink.enroll_token = Some(common::token(&cloud));
+    hub_cfg.uplink.enroll_token = Some(common::token(&cloud).await);
     hub_cfg.uplink.discover = false;
     hub_cfg.uplink.advertise = false;
     hub_cfg.uplink.allow_direct = false;

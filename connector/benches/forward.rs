@@ -23,7 +23,7 @@ async fn main() {
     let via = format!("connector:{}", conn.machine_id);
     // Pre-encode and pre-sign every body so the figure is the connector's and the cloud's, not
     // the senders'.
-    let bodies = common::hub_batches(&cloud, HUBS, BATCHES_PER_HUB, &via);
+    let bodies = common::hub_batches(&cloud, HUBS, BATCHES_PER_HUB, &via).await;
     let t = Instant::now();
     common::post_all(&client, &url, bodies).await;
     let accepted = t.elapsed().as_secs_f64();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod cloud_nodes;
 pub mod ns_cloud;
 pub mod small_disk;
 /// The real SMTP server of the mail tests (aiosmtpd), shared with `outpost-shared`'s tests.

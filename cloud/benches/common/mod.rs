@@ -42,47 +42,48 @@ pub fn signed_batch(key: &KeyPair, b: usize, uplink: &str) -> (Vec<u8>, Headers)
 }
 
 /// A one-time enrollment token for a hub, all in one network.
-pub fn token(cloud: &outpost_cloud::Cloud) -> String {
-    role_token(cloud, Role::Sensorhub)
+pub async fn token(cloud: &outpost_cloud::Cloud) -> String {
+    role_token(cloud, Role::Sensorhub).await
 }
 
 /// A one-time enrollment token for `role`, all in one network.
-pub fn role_token(cloud: &outpost_cloud::Cloud, role: Role) -> String {
+pub async fn role_token(cloud: &outpost_cloud::Cloud, role: Role) -> String {
     let (t, _) = cloud
         .trust
         .new_token("bench", role, Duration::from_secs(3600), "bench", "bench", chrono::Utc::now())
+        .await
         .unwrap();
     t.encode()
 }
 
 /// A machine key enrolled with the cloud as a hub, as `outpost install` would leave it.
-pub fn enrolled_hub_key(cloud: &outpost_cloud::Cloud) -> KeyPair {
+pub async fn enrolled_hub_key(cloud: &outpost_cloud::Cloud) -> KeyPair {
     let key = KeyPair::generate().unwrap();
     let req = outpost_cloud::trust::EnrollRequest {
-        token: Some(token(cloud)),
+        token: Some(token(cloud).await),
         sealed_token: None,
         public_key: key.public().to_pem(),
         role: Role::Sensorhub,
         hostname: "bench".into(),
         lan_cert: None,
     };
-    cloud.trust.enroll(&req, chrono::Utc::now()).unwrap();
+    cloud.trust.enroll(&req, chrono::Utc::now()).await.unwrap();
     key
 }
 
 /// Batches `0..per_hub` of `hubs` newly enrolled hubs, one list a hub.
-pub fn hub_batches(
+pub async fn hub_batches(
     cloud: &outpost_cloud::Cloud,
     hubs: usize,
     per_hub: usize,
     uplink: &str,
 ) -> Vec<Vec<(Vec<u8>, Headers)>> {
-    (0..hubs)
-        .map(|_| {
-            let key = enrolled_hub_key(cloud);
-            (0..per_hub).map(|b| signed_batch(&key, b, uplink)).collect()
-        })
-        .collect()
+    let mut out = Vec::with_capacity(hubs);
+    for _ in 0..hubs {
+        let key = enrolled_hub_key(cloud).await;
+        out.push((0..per_hub).map(|b| signed_batch(&key, b, uplink)).collect());
+    }
+    out
 }
 
 /// Posts each hub's batches in order to `url`, all hubs at once, and returns when every batch

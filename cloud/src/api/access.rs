@@ -20,12 +20,12 @@ use chrono::Utc;
 pub(super) const NO_MACHINE: &str = "no such machine";
 
 /// The customer of a machine, None when it is not enrolled (never was, or revoked).
-pub(super) fn machine_customer(
+pub(super) async fn machine_customer(
     st: &AppState,
     owners: &NetworkOwners,
     machine: &str,
 ) -> Result<Option<String>, crate::CloudError> {
-    Ok(st.trust.machine_key(machine)?.map(|mk| owners.customer_of(&mk.network_id).to_string()))
+    Ok(st.trust.machine_key(machine).await?.map(|mk| owners.customer_of(&mk.network_id).to_string()))
 }
 
 /// May `actor` act as `role` on something of `customer` (None: of no customer any more)?
@@ -48,7 +48,7 @@ pub(super) async fn machine(
     action: &str,
 ) -> Result<Option<String>, Response> {
     let owners = st.people.network_owners().await.map_err(internal)?;
-    let customer = machine_customer(st, &owners, machine).map_err(internal)?;
+    let customer = machine_customer(st, &owners, machine).await.map_err(internal)?;
     if customer.is_none() && st.store.machine(machine).await.map_err(internal)?.is_none() {
         return Err(err(StatusCode::NOT_FOUND, NO_MACHINE));
     }
@@ -56,7 +56,7 @@ pub(super) async fn machine(
         return Err(err(StatusCode::NOT_FOUND, NO_MACHINE));
     }
     if !allows(actor, role, customer.as_deref()) {
-        refused(st, actor, machine, action, role);
+        refused(st, actor, machine, action, role).await;
         return Err(err(
             StatusCode::FORBIDDEN,
             format!("{action} needs the {role} role for this machine's customer; ask its admin"),
@@ -66,7 +66,7 @@ pub(super) async fn machine(
 }
 
 /// An action refused for lack of a role, in the audit trail.
-pub(super) fn refused(st: &AppState, actor: &Actor, machine: &str, action: &str, needed: Role) {
+pub(super) async fn refused(st: &AppState, actor: &Actor, machine: &str, action: &str, needed: Role) {
     audit(
         st,
         AuditEntry {
@@ -79,12 +79,13 @@ pub(super) fn refused(st: &AppState, actor: &Actor, machine: &str, action: &str,
             event: "refused".into(),
             detail: serde_json::json!({"error": format!("needs role {needed}")}),
         },
-    );
+    )
+    .await;
 }
 
 /// Adds an entry to the audit trail; a failure to record is logged, the action stands.
-pub(super) fn audit(st: &AppState, entry: AuditEntry) {
-    if let Err(e) = st.commands.record(entry) {
+pub(super) async fn audit(st: &AppState, entry: AuditEntry) {
+    if let Err(e) = st.commands.record(entry).await {
         tracing::error!(error = %e, "the audit trail could not record an action");
     }
 }
@@ -92,13 +93,13 @@ pub(super) fn audit(st: &AppState, entry: AuditEntry) {
 /// The customer an audit entry is about: its machine's, else the network or customer its
 /// parameters name; None for site-wide entries (sign-ins, owners), which only actors with a grant
 /// over every customer see.
-pub(super) fn entry_customer(
+pub(super) async fn entry_customer(
     st: &AppState,
     owners: &NetworkOwners,
     e: &AuditEntry,
 ) -> Result<Option<String>, crate::CloudError> {
     if !e.machine.is_empty() {
-        if let Some(c) = machine_customer(st, owners, &e.machine)? {
+        if let Some(c) = machine_customer(st, owners, &e.machine).await? {
             return Ok(Some(c));
         }
     }

@@ -66,12 +66,13 @@ pub(super) async fn read_signed(
     connector_only: bool,
 ) -> Result<Intake, Response> {
     let sig = SignedHeaders::from_header_map(headers).map_err(|e| refused(Refusal::Unsigned(e)))?;
-    let claimed = match st.trust.machine_key(sig.machine_id.as_str()).ok().flatten() {
-        Some(k) => k,
+    let claimed = match st.trust.machine_key(sig.machine_id.as_str()).await {
+        Ok(Some(k)) => k,
+        Err(e) => return Err(refused(Refusal::Storage(e))),
         // Not enrolled or revoked: `verify` says which from its tables alone, before any RSA
         // (there is no key to check with) and without the body.
-        None => {
-            return Err(match st.trust.verify(&sig, "POST", path, b"", None) {
+        Ok(None) => {
+            return Err(match st.trust.verify(&sig, "POST", path, b"", None).await {
                 Err(r) => refused(r),
                 Ok(_) => refused(Refusal::NotEnrolled(sig.machine_id.to_string())),
             })

@@ -53,7 +53,7 @@ pub(super) async fn new_api_token(
                 "api-token-created",
                 "done",
                 serde_json::json!({"token": t.id, "role": t.role, "customer": customer, "scope": t.customer, "expires_at": t.expires_at}),
-            );
+            ).await;
             let mut v = token_view(&t);
             v["token"] = serde_json::Value::String(token);
             (StatusCode::CREATED, Json(v)).into_response()
@@ -99,7 +99,7 @@ pub(super) async fn revoke_api_token(
     }
     match st.people.db().delete_api_token(&id).await {
         Ok(_) => {
-            audit(&st, &actor.label(), "api-token-revoked", "done", serde_json::json!({"token": id}));
+            audit(&st, &actor.label(), "api-token-revoked", "done", serde_json::json!({"token": id})).await;
             Json(serde_json::json!({"revoked": id})).into_response()
         }
         Err(e) => internal(e),

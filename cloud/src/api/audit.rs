@@ -28,14 +28,14 @@ pub(super) async fn list(
     let limit = q.limit.unwrap_or(200).min(SCAN);
     let r = async {
         let scan = if actor.can_all(Role::Viewer) { limit } else { SCAN };
-        let entries = st.commands.audit(q.machine.as_deref(), scan)?;
+        let entries = st.commands.audit(q.machine.as_deref(), scan).await?;
         if actor.can_all(Role::Viewer) {
             return Ok(entries);
         }
         let owners = st.people.network_owners().await?;
         let mut out = Vec::new();
         for e in entries {
-            let c = access::entry_customer(&st, &owners, &e)?;
+            let c = access::entry_customer(&st, &owners, &e).await?;
             if access::allows(&actor, Role::Viewer, c.as_deref()) {
                 out.push(e);
                 if out.len() == limit {

@@ -131,7 +131,7 @@ pub(super) async fn authenticate(
 #[allow(clippy::result_large_err)]
 /// Checks a signed machine request against the signer's enrolled key. `skew` as in
 /// [`Trust::verify`].
-pub(super) fn check_signed(
+pub(super) async fn check_signed(
     st: &AppState,
     headers: &HeaderMap,
     method: &str,
@@ -140,7 +140,7 @@ pub(super) fn check_signed(
     skew: Option<std::time::Duration>,
 ) -> Result<crate::trust::MachineKey, Response> {
     let sig = SignedHeaders::from_header_map(headers).map_err(|e| refused(Refusal::Unsigned(e)))?;
-    st.trust.verify(&sig, method, path, body, skew).map_err(refused)
+    st.trust.verify(&sig, method, path, body, skew).await.map_err(refused)
 }
 
 /// Refused machine requests are logged once per episode: anyone can send unsigned requests, or
@@ -152,7 +152,13 @@ pub(super) fn refused(r: Refusal) -> Response {
         tracing::warn!(reason = %r, "machine request refused; more are counted until 10 s pass without one");
     }
     let (status, verdict, code) = verdict_of(&r);
-    (status, axum::Json(ApiError::verdict(r.to_string(), verdict, code))).into_response()
+    let mut response = (status, axum::Json(ApiError::verdict(r.to_string(), verdict, code))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static(super::RETRY_AFTER));
+    }
+    response
 }
 
 /// What a failed signature check means for data the request carried (custody rule): a signature
@@ -170,19 +176,21 @@ pub(super) fn verdict_of(r: &Refusal) -> (StatusCode, Verdict, RefusalCode) {
         Refusal::Unsigned(_) | Refusal::Bad(_) => {
             (StatusCode::UNAUTHORIZED, Verdict::Refused, RefusalCode::Forged)
         }
+        // Nothing was decided: the records could not be read now.
+        Refusal::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, Verdict::RetryLater, RefusalCode::Storage),
     }
 }
 
 #[allow(clippy::result_large_err)]
 /// The signer of a machine request, which must be an enrolled connector.
-pub(super) fn connector_signed(
+pub(super) async fn connector_signed(
     st: &AppState,
     headers: &HeaderMap,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> Result<crate::trust::MachineKey, Response> {
-    match check_signed(st, headers, method, path, body, Some(crate::trust::MAX_SKEW))? {
+    match check_signed(st, headers, method, path, body, Some(crate::trust::MAX_SKEW)).await? {
         m if m.role == outpost_shared::model::Role::Connector => Ok(m),
         m => Err(err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))),
     }

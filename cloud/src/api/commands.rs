@@ -46,7 +46,7 @@ pub(super) async fn create_command(
             format!("unknown action `{action}`; known: {}", ACTIONS.join(", ")),
         );
     }
-    match st.trust.machine_key(machine) {
+    match st.trust.machine_key(machine).await {
         Ok(Some(_)) => {}
         Ok(None) => return err(StatusCode::NOT_FOUND, access::NO_MACHINE),
         Err(e) => return internal(e),
@@ -96,11 +96,11 @@ pub(super) async fn status(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Response {
-    let found = match st.commands.get(&id) {
+    let found = match st.commands.get(&id).await {
         Ok(Some(rec)) => {
             let visible = async {
                 let owners = st.people.network_owners().await?;
-                let customer = access::machine_customer(&st, &owners, &rec.machine)?;
+                let customer = access::machine_customer(&st, &owners, &rec.machine).await?;
                 Ok::<_, crate::CloudError>(access::allows(&actor, Access::Viewer, customer.as_deref()))
             };
             match visible.await {
@@ -141,7 +141,7 @@ pub(super) async fn poll(
     Query(q): Query<PollQuery>,
 ) -> Response {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v1/commands/poll");
-    let mk = match check_signed(&st, &headers, "GET", path, b"", Some(crate::trust::MAX_SKEW)) {
+    let mk = match check_signed(&st, &headers, "GET", path, b"", Some(crate::trust::MAX_SKEW)).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -174,7 +174,7 @@ pub(super) async fn poll_many(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/commands/poll-many", &body) {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/commands/poll-many", &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -188,37 +188,33 @@ pub(super) async fn poll_many(
             format!("{} machines in one poll; at most {MAX_POLLED}", req.machines.len()),
         );
     }
-    let trust = st.trust.clone();
-    let network = connector.network_id.clone();
-    let connector_id = connector.machine_id.clone();
-    let sorted = tokio::task::spawn_blocking(move || {
-        let mut allowed = Vec::new();
-        let mut refused = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for id in req.machines {
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            match trust.machine_key(&id) {
-                // Its hubs, and the connector's own embedded hub (same key, connector role).
-                Ok(Some(mk))
-                    if mk.network_id == network
-                        && (mk.role == Role::Sensorhub || mk.machine_id == connector_id) =>
-                {
-                    allowed.push(id)
-                }
-                Ok(_) => refused.push(id),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((allowed, refused))
-    })
-    .await;
-    let (allowed, refused) = match sorted {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return internal(e),
+    // One read for all the polled machines rather than one each.
+    let polled = match st.trust.machine_keys_of(&req.machines).await {
+        Ok(keys) => keys,
         Err(e) => return internal(e),
     };
+    let ours: std::collections::HashSet<&str> = polled
+        .iter()
+        // Its network's hubs, and the connector's own embedded hub (same key, connector role).
+        .filter(|mk| {
+            mk.network_id == connector.network_id
+                && (mk.role == Role::Sensorhub || mk.machine_id == connector.machine_id)
+        })
+        .map(|mk| mk.machine_id.as_str())
+        .collect();
+    let mut allowed = Vec::new();
+    let mut refused = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for id in req.machines {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        if ours.contains(id.as_str()) {
+            allowed.push(id)
+        } else {
+            refused.push(id)
+        }
+    }
     let wait = std::time::Duration::from_secs(req.wait.unwrap_or(25).min(30));
     let commands = if allowed.is_empty() {
         Default::default()
@@ -238,6 +234,7 @@ pub(super) async fn result(
 ) -> Response {
     let mk =
         match check_signed(&st, &headers, "POST", "/v1/commands/result", &body, Some(crate::trust::MAX_SKEW))
+            .await
         {
             Ok(m) => m,
             Err(r) => return r,
@@ -252,6 +249,7 @@ pub(super) async fn result(
     };
     match st.commands.finish(&mk.machine_id, &key, &signed).await {
         Ok(rec) => Json(serde_json::json!({"status": rec.status})).into_response(),
+        Err(crate::commands::ResultRefused::Storage(e)) => internal(e),
         Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }

@@ -80,7 +80,8 @@ pub(super) async fn add_customer(
                 "customer-added",
                 "done",
                 serde_json::json!({"customer": c.id, "networks": c.networks}),
-            );
+            )
+            .await;
             (StatusCode::CREATED, Json(c)).into_response()
         }
         Err(e) => internal(e),
@@ -121,7 +122,8 @@ pub(super) async fn add_network(
                 "network-claimed",
                 "done",
                 serde_json::json!({"customer": id, "network": req.network}),
-            );
+            )
+            .await;
             Json(c).into_response()
         }
         Err(r) => r,

@@ -85,16 +85,17 @@ pub(super) async fn new_token(
             return e;
         }
     }
-    match st.trust.new_token(&network, role, ttl, &label, &actor.label(), Utc::now()) {
+    match st.trust.new_token(&network, role, ttl, &label, &actor.label(), Utc::now()).await {
         Ok((t, info)) => {
-            audit_token(&st, "token-created", &info, &actor);
+            audit_token(&st, "token-created", &info, &actor).await;
             Json(serde_json::json!({
                 "token": t.encode(), "id": info.id, "network": network, "role": role,
                 "label": info.label, "expires_at": t.expires_at,
             }))
             .into_response()
         }
-        Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
+        Err(e) => internal(e),
     }
 }
 
@@ -106,7 +107,8 @@ async fn open_tokens_of(
     let owners = st.people.network_owners().await?;
     Ok(st
         .trust
-        .open_tokens(Utc::now())?
+        .open_tokens(Utc::now())
+        .await?
         .into_iter()
         .filter(|t| actor.can(Access::Admin, owners.customer_of(&t.network)))
         .collect())
@@ -124,9 +126,9 @@ pub(super) async fn cancel_token(
         Ok(_) => return err(StatusCode::NOT_FOUND, format!("no open token {id}")),
         Err(e) => return internal(e),
     }
-    match st.trust.cancel_token(&id) {
+    match st.trust.cancel_token(&id).await {
         Ok(Some(info)) => {
-            audit_token(&st, "token-cancelled", &info, &actor);
+            audit_token(&st, "token-cancelled", &info, &actor).await;
             Json(serde_json::json!({"cancelled": info.id})).into_response()
         }
         Ok(None) => err(StatusCode::NOT_FOUND, format!("no open token {id}")),
@@ -134,7 +136,7 @@ pub(super) async fn cancel_token(
     }
 }
 
-fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo, actor: &Actor) {
+async fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo, actor: &Actor) {
     let entry = crate::commands::AuditEntry {
         ts: Utc::now(),
         command_id: info.id.clone(),
@@ -145,7 +147,7 @@ fn audit_token(st: &AppState, event: &str, info: &crate::trust::TokenInfo, actor
         event: "done".into(),
         detail: serde_json::Value::Null,
     };
-    access::audit(st, entry);
+    access::audit(st, entry).await;
 }
 
 pub(super) async fn list_tokens(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Response {
@@ -156,13 +158,12 @@ pub(super) async fn list_tokens(State(st): State<AppState>, Extension(actor): Ex
 }
 
 pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollRequest>) -> Response {
-    let trust = st.trust.clone();
     let now = Utc::now();
-    match tokio::task::spawn_blocking(move || trust.enroll(&req, now)).await {
-        Ok(Ok(r)) => {
+    match st.trust.enroll(&req, now).await {
+        Ok(r) => {
             if let Ok(receipt) = r.receipt.peek_unverified() {
                 // Recorded once, when the enrollment is new (a repeat answers the same receipt).
-                if let Ok(Some(mk)) = st.trust.machine_key(receipt.machine_id.as_str()) {
+                if let Ok(Some(mk)) = st.trust.machine_key(receipt.machine_id.as_str()).await {
                     if mk.enrolled_at == now {
                         let entry = crate::commands::AuditEntry {
                             ts: now,
@@ -174,7 +175,7 @@ pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollReq
                             event: "done".into(),
                             detail: serde_json::Value::Null,
                         };
-                        if let Err(e) = st.commands.record(entry) {
+                        if let Err(e) = st.commands.record(entry).await {
                             tracing::error!(error = %e, "audit trail could not record an enrollment");
                         }
                     }
@@ -182,8 +183,7 @@ pub(super) async fn enroll(State(st): State<AppState>, Json(req): Json<EnrollReq
             }
             Json(r).into_response()
         }
-        Ok(Err(e)) => refused(e),
-        Err(e) => internal(e),
+        Err(e) => refused(e),
     }
 }
 
@@ -192,14 +192,13 @@ pub(super) async fn receipt(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let mk = match check_signed(&st, &headers, "POST", "/v1/receipt", &body, Some(crate::trust::MAX_SKEW)) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let trust = st.trust.clone();
-    match tokio::task::spawn_blocking(move || trust.receipt(&mk, Utc::now())).await {
-        Ok(Ok(r)) => Json(r).into_response(),
-        Ok(Err(e)) => internal(e),
+    let mk =
+        match check_signed(&st, &headers, "POST", "/v1/receipt", &body, Some(crate::trust::MAX_SKEW)).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+    match st.trust.receipt(&mk, Utc::now()).await {
+        Ok(r) => Json(r).into_response(),
         Err(e) => internal(e),
     }
 }

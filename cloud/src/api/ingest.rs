@@ -181,6 +181,10 @@ async fn commit(
         }
         if let Some(m) = outcome.machine {
             let id = m.id.clone();
+            if let Some(nodes) = &st.nodes {
+                let changed: Vec<String> = outcome.changed.iter().map(|l| l.sensor.clone()).collect();
+                nodes.stored(&id, &changed);
+            }
             let _ = st.events.send(LiveEvent::Machine(m));
             if !outcome.changed.is_empty() {
                 let _ = st.events.send(LiveEvent::Sensors { machine: id, sensors: outcome.changed });
@@ -202,11 +206,11 @@ pub(super) async fn batches(
         Err(r) => return r,
     };
     let json = &intake.json;
-    let signer = match check_signed(&st, &headers, "POST", "/v1/batches", json, Some(crate::trust::MAX_SKEW))
-    {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let signer =
+        match check_signed(&st, &headers, "POST", "/v1/batches", json, Some(crate::trust::MAX_SKEW)).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
     match take_batch(&st, json, &signer.machine_id, &peer.to_string()).await {
         Ok(ack) => Json(ack).into_response(),
         Err(ns) => ns.into_response(),
@@ -225,7 +229,7 @@ pub(super) async fn forward(
         Ok(i) => i,
         Err(r) => return r,
     };
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/forward", &intake.json) {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/forward", &intake.json).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -243,7 +247,7 @@ pub(super) async fn forward(
     // bring them, so they are not mailed a second time.
     if let Some(tx) = &st.alerts {
         for m in env.mailed {
-            match st.trust.machine_key(&m.machine_id) {
+            match st.trust.machine_key(&m.machine_id).await {
                 Ok(Some(k)) if k.network_id == connector.network_id => {
                     if tx.try_send(outpost_shared::mail::AlertEvent::Told(m)).is_err() {
                         tracing::warn!("alert queue full; a connector's outage note is lost");
@@ -266,10 +270,11 @@ pub(super) async fn forward(
             Some(&fb.sig.timestamp.to_string()),
             Some(&fb.sig.signature),
         );
-        let hub = match sig
-            .map_err(Refusal::Unsigned)
-            .and_then(|s| st.trust.verify(&s, "POST", "/v1/batches", body, None))
-        {
+        let verified = match sig {
+            Ok(s) => st.trust.verify(&s, "POST", "/v1/batches", body, None).await,
+            Err(e) => Err(Refusal::Unsigned(e)),
+        };
+        let hub = match verified {
             Ok(h) if h.network_id == connector.network_id => h,
             Ok(h) => {
                 results.push(
@@ -304,13 +309,21 @@ pub(super) async fn forward(
     }
     if !env.quarantined.is_empty() {
         // Only counts about this connector's own network, and a bounded number of them.
+        let named: Vec<String> =
+            env.quarantined.iter().take(MAX_QUARANTINE_COUNTS).map(|(h, _)| h.clone()).collect();
+        let network: std::collections::HashSet<String> = match st.trust.machine_keys_of(&named).await {
+            Ok(keys) => keys
+                .into_iter()
+                .filter(|k| k.network_id == connector.network_id)
+                .map(|k| k.machine_id)
+                .collect(),
+            Err(e) => return internal(e),
+        };
         let counts: Vec<(String, u64)> = env
             .quarantined
             .iter()
             .take(MAX_QUARANTINE_COUNTS)
-            .filter(|(hub, _)| {
-                st.trust.machine_key(hub).ok().flatten().is_some_and(|k| k.network_id == connector.network_id)
-            })
+            .filter(|(hub, _)| network.contains(hub.as_str()))
             .map(|(h, n)| (h.clone(), *n))
             .collect();
         if let Err(e) = st.store.note_relay_quarantine(&connector.machine_id, &counts).await {

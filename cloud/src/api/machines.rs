@@ -44,9 +44,8 @@ pub(super) async fn list(State(st): State<AppState>, Extension(actor): Extension
         Ok(o) => o,
         Err(e) => return internal(e),
     };
-    let trust = st.trust.clone();
-    match tokio::task::spawn_blocking(move || trust.networks()).await {
-        Ok(Ok(networks)) => {
+    match st.trust.networks().await {
+        Ok(networks) => {
             let list = machines;
             let now = Utc::now();
             let enrolled: HashMap<&str, &crate::trust::MachineKey> =
@@ -75,7 +74,6 @@ pub(super) async fn list(State(st): State<AppState>, Extension(actor): Extension
                 .collect();
             Json(rows).into_response()
         }
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
@@ -91,10 +89,8 @@ pub(super) async fn revoke(
     if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "revoke").await {
         return r;
     }
-    let trust = st.trust.clone();
-    let target = id.clone();
-    match tokio::task::spawn_blocking(move || trust.revoke(&target, Utc::now())).await {
-        Ok(Ok(Some(mk))) => {
+    match st.trust.revoke(&id, Utc::now()).await {
+        Ok(Some(mk)) => {
             let detail =
                 serde_json::json!({"role": mk.role, "network": mk.network_id, "hostname": mk.hostname});
             let entry = crate::commands::AuditEntry {
@@ -107,14 +103,13 @@ pub(super) async fn revoke(
                 event: "done".into(),
                 detail: detail.clone(),
             };
-            if let Err(e) = st.commands.record(entry) {
+            if let Err(e) = st.commands.record(entry).await {
                 tracing::error!(error = %e, machine = %id, "revoked, but the audit trail could not record it");
             }
             Json(serde_json::json!({"revoked": mk.machine_id, "role": mk.role, "network": mk.network_id}))
                 .into_response()
         }
-        Ok(Ok(None)) => err(StatusCode::NOT_FOUND, access::NO_MACHINE),
-        Ok(Err(e)) => internal(e),
+        Ok(None) => err(StatusCode::NOT_FOUND, access::NO_MACHINE),
         Err(e) => internal(e),
     }
 }
@@ -214,7 +209,7 @@ pub(super) async fn unattached(State(st): State<AppState>, Extension(actor): Ext
         let owners = st.people.network_owners().await?;
         let mut out = Vec::new();
         for hub in list {
-            let customer = access::machine_customer(&st, &owners, &hub.connector)?;
+            let customer = access::machine_customer(&st, &owners, &hub.connector).await?;
             if access::allows(&actor, Role::Viewer, customer.as_deref()) {
                 out.push(hub);
             }
@@ -244,7 +239,7 @@ pub(super) async fn seal_secret(
     if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "seal").await {
         return r;
     }
-    let mk = match st.trust.machine_key(&id) {
+    let mk = match st.trust.machine_key(&id).await {
         Ok(Some(m)) => m,
         Ok(None) => return err(StatusCode::NOT_FOUND, "no such enrolled machine"),
         Err(e) => return internal(e),
@@ -284,7 +279,7 @@ pub(super) async fn acknowledge(
         event: "done".into(),
         detail: serde_json::Value::Null,
     };
-    if let Err(e) = st.commands.record(entry) {
+    if let Err(e) = st.commands.record(entry).await {
         return internal(e);
     }
     Json(serde_json::json!({"acknowledged": s.sensor, "state": s.state, "by": actor.label()})).into_response()

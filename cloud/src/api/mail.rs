@@ -38,7 +38,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/mail-commands", &body) {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/mail-commands", &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -48,7 +48,7 @@ pub(super) async fn create(
     };
     // Mail commands are the cloud's decision, not the connector's: an admin grants them per
     // connector and names the senders it may act for.
-    let refusal = match st.trust.mail_grant(&connector.machine_id) {
+    let refusal = match st.trust.mail_grant(&connector.machine_id).await {
         Ok(Some(g)) if g.allows(&req.sender) => None,
         Ok(Some(_)) => Some(format!(
             "sender {} is not among those this connector may act for; an admin adds them with PUT /v1/machines/{}/mail-commands",
@@ -72,7 +72,7 @@ pub(super) async fn create(
             event: "refused".into(),
             detail: serde_json::json!({"error": why}),
         };
-        if let Err(e) = st.commands.record(entry) {
+        if let Err(e) = st.commands.record(entry).await {
             tracing::error!(error = %e, "audit trail could not record a refused mail command");
         }
         return err(StatusCode::FORBIDDEN, why);
@@ -83,11 +83,7 @@ pub(super) async fn create(
     let (store, trust, net, name) =
         (st.store.clone(), st.trust.clone(), connector.network_id.clone(), req.machine.clone());
     let found = async move {
-        let keys = tokio::task::spawn_blocking(move || trust.networks())
-            .await
-            .map_err(|e| crate::CloudError::Unavailable(format!("trust task failed: {e}")))??
-            .remove(&net)
-            .unwrap_or_default();
+        let keys = trust.network_keys(&net).await?;
         let mut hits = Vec::new();
         for k in keys {
             let hostname = store.machine(&k.machine_id).await?.map(|m| m.hostname).unwrap_or(k.hostname);
@@ -138,11 +134,11 @@ pub(super) async fn status(
     Path(id): Path<String>,
 ) -> Response {
     let path = format!("/v1/mail-commands/{id}");
-    let connector = match connector_signed(&st, &headers, "GET", &path, b"") {
+    let connector = match connector_signed(&st, &headers, "GET", &path, b"").await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match st.commands.get(&id) {
+    match st.commands.get(&id).await {
         Ok(Some(rec)) if rec.created_by.ends_with(&format!(" via connector {}", connector.machine_id)) => {
             Json(serde_json::json!({"status": rec.effective_status(Utc::now()), "result": rec.result}))
                 .into_response()
@@ -170,9 +166,10 @@ pub(super) async fn grant(
     if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "mail-commands-grant").await {
         return r;
     }
-    match st.trust.grant_mail_commands(&id, &req.senders, &actor.label(), Utc::now()) {
+    match st.trust.grant_mail_commands(&id, &req.senders, &actor.label(), Utc::now()).await {
         Ok(g) => {
-            audit_grant(&st, &id, "mail-commands-granted", serde_json::json!({"senders": g.senders}), &actor);
+            audit_grant(&st, &id, "mail-commands-granted", serde_json::json!({"senders": g.senders}), &actor)
+                .await;
             Json(g).into_response()
         }
         Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
@@ -189,9 +186,9 @@ pub(super) async fn withdraw(
     if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, "mail-commands-withdraw").await {
         return r;
     }
-    match st.trust.withdraw_mail_commands(&id) {
+    match st.trust.withdraw_mail_commands(&id).await {
         Ok(true) => {
-            audit_grant(&st, &id, "mail-commands-withdrawn", serde_json::Value::Null, &actor);
+            audit_grant(&st, &id, "mail-commands-withdrawn", serde_json::Value::Null, &actor).await;
             Json(serde_json::json!({"withdrawn": id})).into_response()
         }
         Ok(false) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
@@ -208,14 +205,20 @@ pub(super) async fn show(
     if let Err(r) = access::machine(&st, &actor, &id, Role::Viewer, "mail-commands").await {
         return r;
     }
-    match st.trust.mail_grant(&id) {
+    match st.trust.mail_grant(&id).await {
         Ok(Some(g)) => Json(g).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, format!("connector {id} has no mail-command grant")),
         Err(e) => internal(e),
     }
 }
 
-fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_json::Value, actor: &Actor) {
+async fn audit_grant(
+    st: &AppState,
+    connector: &str,
+    action: &str,
+    parameters: serde_json::Value,
+    actor: &Actor,
+) {
     let entry = crate::commands::AuditEntry {
         ts: Utc::now(),
         command_id: String::new(),
@@ -226,5 +229,5 @@ fn audit_grant(st: &AppState, connector: &str, action: &str, parameters: serde_j
         event: "done".into(),
         detail: serde_json::Value::Null,
     };
-    access::audit(st, entry);
+    access::audit(st, entry).await;
 }

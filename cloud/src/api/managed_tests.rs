@@ -50,17 +50,18 @@ fn log_output() -> &'static Mutex<Vec<u8>> {
     })
 }
 
-fn setup() -> Setup {
-    setup_with_ttl(crate::managed::APPLY_TTL)
+async fn setup() -> Setup {
+    setup_with_ttl(crate::managed::APPLY_TTL).await
 }
 
 /// With apply commands that expire after `ttl`.
-fn setup_with_ttl(ttl: Duration) -> Setup {
+async fn setup_with_ttl(ttl: Duration) -> Setup {
     log_output();
     let dir = tempfile::tempdir().unwrap();
     let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
-    let trust = Trust::open(dir.path(), sled.db(), sled.flusher()).unwrap();
-    let commands = Commands::open(sled.db(), sled.flusher()).unwrap();
+    let engines = crate::store::Engines::on_sled(sled.clone(), None).unwrap();
+    let trust = Trust::open(dir.path(), engines.trust.clone()).unwrap();
+    let commands = Commands::new(engines.commands.clone());
     let managed_store =
         Arc::new(crate::store::sled::managed::SledManaged::open(sled.db(), sled.flusher()).unwrap());
     let managed = crate::managed::ManagedSensors::new(managed_store.clone(), trust.clone(), commands.clone())
@@ -69,6 +70,7 @@ fn setup_with_ttl(ttl: Duration) -> Setup {
     for (i, hub) in hub_keys().iter().enumerate() {
         let (token, _) = trust
             .new_token("net", outpost_shared::model::Role::Sensorhub, Duration::from_secs(60), "", "t", now)
+            .await
             .unwrap();
         let req = crate::trust::EnrollRequest {
             token: Some(token.encode()),
@@ -78,7 +80,7 @@ fn setup_with_ttl(ttl: Duration) -> Setup {
             hostname: format!("hub{i}"),
             lan_cert: None,
         };
-        trust.enroll(&req, now).unwrap();
+        trust.enroll(&req, now).await.unwrap();
     }
     let config = CloudConfig::default();
     let people_db: crate::store::people::PeopleDb =
@@ -174,7 +176,7 @@ fn ids(doc: &SensorDocument) -> Vec<String> {
 
 #[tokio::test]
 async fn validation_errors_name_the_field_and_nothing_is_saved() {
-    let s = setup();
+    let s = setup().await;
     let path = format!("/v1/machines/{}/managed/sensors", s.hub(0));
     let mut bad = tcp("db", 5432);
     bad["warn"] = json!(900);
@@ -207,7 +209,7 @@ async fn validation_errors_name_the_field_and_nothing_is_saved() {
 
 #[tokio::test]
 async fn a_password_is_sealed_to_the_machine_and_found_in_no_answer_file_or_log() {
-    let s = setup();
+    let s = setup().await;
     let password = format!("pw-{}", hex::encode(rand_bytes()));
     let user = format!("user-{}", hex::encode(rand_bytes()));
     let http = json!({"kind": "http", "name": "intranet", "url": "https://intranet.example/",
@@ -298,7 +300,7 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_template_edit_issues_a_new_version_to_every_machine_using_it() {
-    let s = setup();
+    let s = setup().await;
     s.ok(
         "POST",
         "/v1/templates",
@@ -367,7 +369,7 @@ async fn a_template_edit_issues_a_new_version_to_every_machine_using_it() {
 
 #[tokio::test]
 async fn roll_back_issues_the_old_content_as_a_new_version() {
-    let s = setup();
+    let s = setup().await;
     let base = format!("/v1/machines/{}/managed", s.hub(0));
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("b", 2))).await;
@@ -403,7 +405,7 @@ async fn roll_back_issues_the_old_content_as_a_new_version() {
 
 #[tokio::test]
 async fn status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_again() {
-    let s = setup();
+    let s = setup().await;
     let base = format!("/v1/machines/{}/managed", s.hub(0));
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
     assert_eq!(s.ok("GET", &base, None).await["status"]["text"], "pending v1");
@@ -453,7 +455,7 @@ async fn status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_aga
 
 #[tokio::test]
 async fn unknown_machines_are_404_and_no_token_is_401() {
-    let s = setup();
+    let s = setup().await;
     let stranger = "0123456789abcdef0123456789abcdef";
     for (method, path, body) in [
         ("GET", format!("/v1/machines/{stranger}/managed"), None),
@@ -483,7 +485,7 @@ async fn unknown_machines_are_404_and_no_token_is_401() {
 
 #[tokio::test]
 async fn a_version_whose_command_expired_unanswered_is_sent_again_once() {
-    let s = setup_with_ttl(Duration::from_secs(1));
+    let s = setup_with_ttl(Duration::from_secs(1)).await;
     let base = format!("/v1/machines/{}/managed", s.hub(0));
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
     let m = s.state.managed.as_ref().unwrap();

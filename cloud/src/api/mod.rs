@@ -74,6 +74,8 @@ pub struct AppState {
     alerts: Option<tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>>,
     /// Sensors managed from the cloud; its routes answer 503 without it.
     managed: Option<crate::managed::ManagedSensors>,
+    /// The other cloud nodes on the same database, told of every stored batch; None on sled.
+    nodes: Option<crate::nodes::Nodes>,
 }
 
 impl AppState {
@@ -98,12 +100,24 @@ impl AppState {
             admission,
             alerts: None,
             managed: None,
+            nodes: None,
         }
     }
 
     pub fn with_managed(mut self, managed: crate::managed::ManagedSensors) -> Self {
         self.managed = Some(managed);
         self
+    }
+
+    /// Tells `nodes` of every stored batch, for their live events.
+    pub fn with_nodes(mut self, nodes: crate::nodes::Nodes) -> Self {
+        self.nodes = Some(nodes);
+        self
+    }
+
+    /// Where live events go; the cross-node listener feeds what other nodes stored in here.
+    pub fn events(&self) -> broadcast::Sender<LiveEvent> {
+        self.events.clone()
     }
 
     pub fn with_alerts(mut self, tx: tokio::sync::mpsc::Sender<outpost_shared::mail::AlertEvent>) -> Self {
@@ -214,7 +228,31 @@ pub(super) fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError::new(msg))).into_response()
 }
 
-pub(super) fn internal(e: impl std::fmt::Display) -> Response {
+/// Seconds a client is told to wait when storage cannot be reached.
+pub(super) const RETRY_AFTER: &str = "5";
+
+/// A failure of the cloud's own: 503 + Retry-After when storage is unreachable now (a database
+/// restarting: the request can simply be sent again), else 500.
+pub(super) fn internal<E: std::fmt::Display + 'static>(e: E) -> Response {
+    let unavailable = matches!(
+        (&e as &dyn std::any::Any).downcast_ref::<crate::CloudError>(),
+        Some(crate::CloudError::Unavailable(_))
+    );
+    if unavailable {
+        tracing::warn!(error = %e, "request answered retry-later: storage unavailable");
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(outpost_shared::model::ApiError::verdict(
+                e.to_string(),
+                outpost_shared::model::Verdict::RetryLater,
+                outpost_shared::model::RefusalCode::Storage,
+            )),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(RETRY_AFTER));
+        return r;
+    }
     tracing::error!(error = %e, "request failed");
     err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }

@@ -19,15 +19,12 @@ pub(super) async fn keys(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/network-keys", &body) {
+    let connector = match connector_signed(&st, &headers, "POST", "/v1/network-keys", &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let trust = st.trust.clone();
-    let network = connector.network_id.clone();
-    let listed = match tokio::task::spawn_blocking(move || trust.network_keys(&network)).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return internal(e),
+    let listed = match st.trust.network_keys(&connector.network_id).await {
+        Ok(l) => l,
         Err(e) => return internal(e),
     };
     let machines = listed

@@ -12,7 +12,13 @@ use axum::response::Response;
 use chrono::Utc;
 
 /// A line of the audit trail about people (no machine).
-pub(super) fn audit(st: &AppState, who: &str, action: &str, event: &str, parameters: serde_json::Value) {
+pub(super) async fn audit(
+    st: &AppState,
+    who: &str,
+    action: &str,
+    event: &str,
+    parameters: serde_json::Value,
+) {
     access::audit(
         st,
         AuditEntry {
@@ -25,7 +31,8 @@ pub(super) fn audit(st: &AppState, who: &str, action: &str, event: &str, paramet
             event: event.into(),
             detail: serde_json::Value::Null,
         },
-    );
+    )
+    .await;
 }
 
 /// The signed-in user of a request (not a token, not the CLI's local admin), who has the second

@@ -30,8 +30,9 @@ async fn world() -> World {
 async fn world_with(tune: impl FnOnce(&mut crate::config::PeopleConfig)) -> World {
     let dir = tempfile::tempdir().unwrap();
     let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
-    let trust = Trust::open(dir.path(), sled.db(), sled.flusher()).unwrap();
-    let commands = Commands::open(sled.db(), sled.flusher()).unwrap();
+    let engines = crate::store::Engines::on_sled(sled.clone(), None).unwrap();
+    let trust = Trust::open(dir.path(), engines.trust.clone()).unwrap();
+    let commands = Commands::new(engines.commands.clone());
     let store: Store = Arc::new(sled.clone());
     let mut config = CloudConfig::default();
     config.people.slow_delay = Duration::ZERO;
@@ -45,6 +46,7 @@ async fn world_with(tune: impl FnOnce(&mut crate::config::PeopleConfig)) -> Worl
         let key = outpost_shared::keys::KeyPair::generate().unwrap();
         let (token, _) = trust
             .new_token(net, outpost_shared::model::Role::Sensorhub, Duration::from_secs(60), "", "test", now)
+            .await
             .unwrap();
         let req = crate::trust::EnrollRequest {
             token: Some(token.encode()),
@@ -54,7 +56,7 @@ async fn world_with(tune: impl FnOnce(&mut crate::config::PeopleConfig)) -> Worl
             hostname: format!("host-{net}"),
             lan_cert: None,
         };
-        trust.enroll(&req, now).unwrap();
+        trust.enroll(&req, now).await.unwrap();
         let id = key.machine_id().to_string();
         let reading = outpost_shared::model::Reading {
             machine_id: id.clone(),
@@ -166,7 +168,7 @@ async fn sign_in(w: &World, name: &str) -> String {
 }
 
 async fn audit(w: &World) -> Vec<crate::commands::AuditEntry> {
-    w.state.commands.audit(None, 10_000).unwrap()
+    w.state.commands.audit(None, 10_000).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ pub(super) async fn sign_in(
     match st.people.sign_in(&name, &req.password, req.code.as_deref(), Utc::now()).await {
         Ok(SignIn::Ok { cookie, user }) => {
             let actor = Actor::user(&user, true);
-            audit(&st, &actor.label(), "sign-in", "done", params);
+            audit(&st, &actor.label(), "sign-in", "done", params).await;
             ([(header::SET_COOKIE, session_cookie(&cookie))], Json(me(&user, &actor))).into_response()
         }
         Ok(SignIn::Wrong { known, locked }) => {
@@ -68,7 +68,7 @@ pub(super) async fn sign_in(
                 "sign-in",
                 "refused",
                 serde_json::json!({"user": name, "known": known}),
-            );
+            ).await;
             if let Some(until) = locked {
                 tracing::warn!(user = %name, %until, "account locked after repeated wrong passwords");
                 audit(
@@ -77,7 +77,7 @@ pub(super) async fn sign_in(
                     "account-locked",
                     "done",
                     serde_json::json!({"user": name, "until": until}),
-                );
+                ).await;
             }
             err(StatusCode::UNAUTHORIZED, "wrong name or password")
         }
@@ -88,7 +88,7 @@ pub(super) async fn sign_in(
                 "sign-in",
                 "refused",
                 serde_json::json!({"user": name, "locked_until": until}),
-            );
+            ).await;
             wait(until, "this account is locked after too many wrong passwords")
         }
         Ok(SignIn::Wait { until }) => wait(until, "too many wrong passwords; wait before the next try"),
@@ -138,7 +138,8 @@ pub(super) async fn setup(
                 "owner-created",
                 "done",
                 serde_json::json!({"user": user.name, "via": "setup link"}),
-            );
+            )
+            .await;
             ([(header::SET_COOKIE, session_cookie(&cookie))], Json(me(&user, &actor))).into_response()
         }
         Err(crate::CloudError::Invalid(m)) => err(StatusCode::FORBIDDEN, m),
@@ -181,7 +182,7 @@ pub(super) async fn sign_out(
             return internal(e);
         }
     }
-    audit(&st, &actor.label(), "sign-out", "done", serde_json::json!({"user": actor.user_name()}));
+    audit(&st, &actor.label(), "sign-out", "done", serde_json::json!({"user": actor.user_name()})).await;
     ([(header::SET_COOKIE, cleared_cookie())], Json(serde_json::json!({"signed_out": true}))).into_response()
 }
 
@@ -202,7 +203,8 @@ pub(super) async fn sign_out_everywhere(
                 "sign-out-everywhere",
                 "done",
                 serde_json::json!({"user": user.name, "sessions": n}),
-            );
+            )
+            .await;
             ([(header::SET_COOKIE, cleared_cookie())], Json(serde_json::json!({"sessions_ended": n})))
                 .into_response()
         }
@@ -242,7 +244,8 @@ pub(super) async fn change_password(
                 "password-changed",
                 "done",
                 serde_json::json!({"user": actor.user_name()}),
-            );
+            )
+            .await;
             ([(header::SET_COOKIE, cleared_cookie())], Json(serde_json::json!({"changed": true})))
                 .into_response()
         }
@@ -288,7 +291,8 @@ pub(super) async fn totp_confirm(
                 "totp-enabled",
                 "done",
                 serde_json::json!({"user": actor.user_name()}),
-            );
+            )
+            .await;
             Json(serde_json::json!({"totp": true})).into_response()
         }
         Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
@@ -320,7 +324,7 @@ pub(super) async fn totp_reset(
             if let Err(e) = st.people.sign_out_everywhere(&name).await {
                 return internal(e);
             }
-            audit(&st, &actor.label(), "totp-reset", "done", params);
+            audit(&st, &actor.label(), "totp-reset", "done", params).await;
             Json(serde_json::json!({"totp": false})).into_response()
         }
         Err(e) => internal(e),

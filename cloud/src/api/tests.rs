@@ -1,6 +1,8 @@
 //! The ingest gates, in process: what an unauthenticated or oversized request may cost.
 
 use super::*;
+use crate::store::testing::Keep;
+use crate::store::Engines;
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request};
@@ -14,25 +16,31 @@ struct Setup {
     state: AppState,
     /// An enrolled hub's key.
     hub: outpost_shared::keys::KeyPair,
-    _dir: tempfile::TempDir,
 }
 
-fn setup(ingest: crate::config::IngestLimits) -> Setup {
-    setup_on(ingest, None)
-}
+crate::both_engines!(
+    unsigned_and_unknown_senders_get_401_without_their_body_being_read_or_inflated,
+    a_stale_timestamp_is_refused_before_the_body,
+    oversized_bodies_get_413,
+    ingest_beyond_its_slots_gets_503_retry_later_busy,
+    the_machine_list_says_network_connector_name_and_revocation,
+    a_batch_is_acknowledged_once_and_then_as_duplicates,
+    poll_many_serves_a_connector_only_its_own_networks_hubs,
+    enrollment_tokens_are_one_time_bound_to_a_role_and_audited,
+    a_command_goes_out_signed_comes_back_signed_and_is_audited,
+    mail_commands_need_the_clouds_grant,
+);
 
-/// With `readings`, readings go to that engine (keys and commands stay in the temp dir's sled).
-fn setup_on(ingest: crate::config::IngestLimits, readings: Option<Store>) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
-    let trust = Trust::open(dir.path(), sled.db(), sled.flusher()).unwrap();
-    let commands = Commands::open(sled.db(), sled.flusher()).unwrap();
-    let store: Store = readings.unwrap_or_else(|| Arc::new(sled.clone()));
+/// The API on `engines` (keys in `keep`'s directory), with one hub enrolled in network `net`.
+async fn setup(engines: Engines, keep: &Keep, ingest: crate::config::IngestLimits) -> Setup {
+    let trust = Trust::open(keep.dir.path(), engines.trust.clone()).unwrap();
+    let commands = Commands::new(engines.commands.clone());
     let config = CloudConfig { ingest, ..Default::default() };
     let hub = outpost_shared::keys::KeyPair::generate().unwrap();
     let now = chrono::Utc::now();
     let (token, _) = trust
         .new_token("net", outpost_shared::model::Role::Sensorhub, Duration::from_secs(60), "", "test", now)
+        .await
         .unwrap();
     let req = crate::trust::EnrollRequest {
         token: Some(token.encode()),
@@ -42,12 +50,11 @@ fn setup_on(ingest: crate::config::IngestLimits, readings: Option<Store>) -> Set
         hostname: "h".into(),
         lan_cert: None,
     };
-    trust.enroll(&req, now).unwrap();
-    let people_db: crate::store::people::PeopleDb =
-        Arc::new(crate::store::sled::people::SledPeople::open(&sled).unwrap());
-    let people = crate::people::People::new(people_db, config.people.clone()).unwrap();
-    let state = AppState::new(store, "admin".into(), trust, commands, people, Arc::new(config));
-    Setup { app: router(state.clone()), state, hub, _dir: dir }
+    trust.enroll(&req, now).await.unwrap();
+    let people = crate::people::People::new(engines.people.clone(), config.people.clone()).unwrap();
+    let state =
+        AppState::new(engines.readings.clone(), "admin".into(), trust, commands, people, Arc::new(config));
+    Setup { app: router(state.clone()), state, hub }
 }
 
 /// 64 KiB of gzip that inflates to 64 MiB of zeros.
@@ -95,9 +102,11 @@ async fn answer(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::He
     (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError::new("")))
 }
 
-#[tokio::test]
-async fn unsigned_and_unknown_senders_get_401_without_their_body_being_read_or_inflated() {
-    let s = setup(Default::default());
+async fn unsigned_and_unknown_senders_get_401_without_their_body_being_read_or_inflated(
+    e: Engines,
+    k: &Keep,
+) {
+    let s = setup(e, k, Default::default()).await;
     for path in ["/v1/batches", "/v1/forward"] {
         let (body, read) = watched(bomb());
         let (status, _, _) = answer(&s.app, post(path, body, &[])).await;
@@ -119,9 +128,8 @@ async fn unsigned_and_unknown_senders_get_401_without_their_body_being_read_or_i
     assert_eq!(s.state.admission.inflated.load(Ordering::SeqCst), 0, "something was inflated");
 }
 
-#[tokio::test]
-async fn a_stale_timestamp_is_refused_before_the_body() {
-    let s = setup(Default::default());
+async fn a_stale_timestamp_is_refused_before_the_body(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
     let old = chrono::Utc::now() - chrono::Duration::hours(1);
     let sig = outpost_shared::keys::sign_request(&s.hub, "POST", "/v1/batches", b"{}", old).unwrap();
     let (body, read) = watched(bomb());
@@ -131,11 +139,10 @@ async fn a_stale_timestamp_is_refused_before_the_body() {
     assert!(!read.load(Ordering::SeqCst));
 }
 
-#[tokio::test]
-async fn oversized_bodies_get_413() {
+async fn oversized_bodies_get_413(e: Engines, k: &Keep) {
     let limits =
         crate::config::IngestLimits { max_body: 128 << 10, max_decompressed: 1 << 20, ..Default::default() };
-    let s = setup(limits);
+    let s = setup(e, k, limits).await;
     let sig = signed(&s.hub, "/v1/batches");
 
     // Declared too large: refused before reading.
@@ -159,10 +166,9 @@ async fn oversized_bodies_get_413() {
     assert_eq!(s.state.admission.inflated.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test]
-async fn ingest_beyond_its_slots_gets_503_retry_later_busy() {
+async fn ingest_beyond_its_slots_gets_503_retry_later_busy(e: Engines, k: &Keep) {
     let limits = crate::config::IngestLimits { max_in_flight: 1, max_inflating: 1, ..Default::default() };
-    let s = setup(limits);
+    let s = setup(e, k, limits).await;
     // The first request holds the only slot with a body that never ends.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -186,12 +192,11 @@ async fn ingest_beyond_its_slots_gets_503_retry_later_busy() {
 
 /// `GET /v1/machines` names the network a machine is enrolled in and the connector it reports
 /// through, and marks a revoked machine, so the dashboard can group, name and flag them.
-#[tokio::test]
-async fn the_machine_list_says_network_connector_name_and_revocation() {
-    let s = setup(Default::default());
+async fn the_machine_list_says_network_connector_name_and_revocation(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
     let now = chrono::Utc::now();
     // A connector of the same network, enrolled by name.
-    let connector = enroll_in(&s, "net", outpost_shared::model::Role::Connector, "gateway-7");
+    let connector = enroll_in(&s, "net", outpost_shared::model::Role::Connector, "gateway-7").await;
     let hub = s.hub.machine_id().to_string();
     let batch = outpost_shared::model::Batch {
         machine_id: hub.clone(),
@@ -213,7 +218,7 @@ async fn the_machine_list_says_network_connector_name_and_revocation() {
     assert_eq!(row["uplink_name"], "gateway-7");
     assert_eq!(row["hostname"], "h", "the stored fields are still there");
 
-    s.state.trust.revoke(&hub, now).unwrap();
+    s.state.trust.revoke(&hub, now).await.unwrap();
     let row = machine_row(&s.app, &hub).await;
     assert_eq!(row["revoked"], true);
     assert!(row["network"].is_null());
@@ -278,7 +283,8 @@ async fn ack(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::Heade
 }
 
 /// Stored, then a duplicate on resend, then readable: the same answers from every engine.
-async fn a_batch_is_acknowledged_once_and_then_as_duplicates(s: Setup) {
+async fn a_batch_is_acknowledged_once_and_then_as_duplicates(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
     let (status, _, body) = ack(&s.app, batch_request(&s.hub, 50)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!((body["stored"].as_u64(), body["duplicates"].as_u64()), (Some(50), Some(0)), "{body}");
@@ -297,19 +303,6 @@ async fn a_batch_is_acknowledged_once_and_then_as_duplicates(s: Setup) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_sled_a_batch_is_acknowledged_once_and_then_as_duplicates() {
-    a_batch_is_acknowledged_once_and_then_as_duplicates(setup(Default::default())).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_a_batch_is_acknowledged_once_and_then_as_duplicates() {
-    let url = crate::store::tests::fresh_database().await;
-    let pg = crate::store::postgres::PgStore::open(&url, &Default::default()).await.unwrap();
-    a_batch_is_acknowledged_once_and_then_as_duplicates(setup_on(Default::default(), Some(Arc::new(pg))))
-        .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledged() {
     use crate::store::postgres::{throwaway, PgStore, PostgresOptions, PostgresUrl};
     let mut server =
@@ -319,7 +312,8 @@ async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledg
     let url = PostgresUrl::new(throwaway::create_database(&server, "down").await.unwrap());
     let options = PostgresOptions { timeout: Duration::from_secs(1), ..Default::default() };
     let pg = PgStore::open(&url, &options).await.unwrap();
-    let s = setup_on(Default::default(), Some(Arc::new(pg)));
+    let keep = Keep { dir: tempfile::tempdir().unwrap() };
+    let s = setup(Engines::on_postgres(pg), &keep, Default::default()).await;
     let mut server = tokio::task::spawn_blocking(move || {
         server.stop();
         server
@@ -328,6 +322,31 @@ async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledg
     .unwrap();
     let (status, headers, body) = ack(&s.app, batch_request(&s.hub, 5)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+    assert_eq!(body["verdict"], "retry_later", "{body}");
+    // Everything else the cloud keeps is on the database too: people and machines alike are
+    // told to retry later, never that they are unknown or that something is gone.
+    let token = Request::post("/v1/enrollment-tokens")
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = ack(&s.app, token).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+    let sig = outpost_shared::keys::sign_request(
+        &s.hub,
+        "GET",
+        "/v1/commands/poll?wait=0",
+        b"",
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let mut poll = Request::get("/v1/commands/poll?wait=0");
+    for (k, v) in sig.to_pairs() {
+        poll = poll.header(k, v);
+    }
+    let (status, headers, body) = ack(&s.app, poll.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a known hub is not told it is unknown: {body}");
     assert!(headers.get(header::RETRY_AFTER).is_some());
     assert_eq!(body["verdict"], "retry_later", "{body}");
     let mut server = tokio::task::spawn_blocking(move || {
@@ -343,7 +362,7 @@ async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledg
 }
 
 /// Enrolls a new machine of `role` in `network` and returns its key.
-fn enroll_in(
+async fn enroll_in(
     s: &Setup,
     network: &str,
     role: outpost_shared::model::Role,
@@ -352,7 +371,7 @@ fn enroll_in(
     let key = outpost_shared::keys::KeyPair::generate().unwrap();
     let now = chrono::Utc::now();
     let (token, _) =
-        s.state.trust.new_token(network, role, Duration::from_secs(60), "", "test", now).unwrap();
+        s.state.trust.new_token(network, role, Duration::from_secs(60), "", "test", now).await.unwrap();
     let lan_cert = (role == outpost_shared::model::Role::Connector).then(|| "0".repeat(64));
     let req = crate::trust::EnrollRequest {
         token: Some(token.encode()),
@@ -362,7 +381,7 @@ fn enroll_in(
         hostname: hostname.into(),
         lan_cert,
     };
-    s.state.trust.enroll(&req, now).unwrap();
+    s.state.trust.enroll(&req, now).await.unwrap();
     key
 }
 
@@ -393,12 +412,11 @@ async fn poll_many(
 
 /// A connector polls only for hubs of its own network; a hub cannot poll for others; a list
 /// beyond the cap is refused before anything waits.
-#[tokio::test]
-async fn poll_many_serves_a_connector_only_its_own_networks_hubs() {
+async fn poll_many_serves_a_connector_only_its_own_networks_hubs(e: Engines, k: &Keep) {
     use outpost_shared::model::Role;
-    let s = setup(Default::default());
-    let connector = enroll_in(&s, "net", Role::Connector, "gw");
-    let foreign = enroll_in(&s, "other", Role::Sensorhub, "far");
+    let s = setup(e, k, Default::default()).await;
+    let connector = enroll_in(&s, "net", Role::Connector, "gw").await;
+    let foreign = enroll_in(&s, "other", Role::Sensorhub, "far").await;
     let ours = s.hub.machine_id().to_string();
     let theirs = foreign.machine_id().to_string();
     for id in [&ours, &theirs] {
@@ -426,4 +444,233 @@ async fn poll_many_serves_a_connector_only_its_own_networks_hubs() {
     assert_eq!(poll_many(&s, &stranger, std::slice::from_ref(&ours)).await.0, StatusCode::UNAUTHORIZED);
     let many: Vec<String> = (0..10_001).map(|i| format!("{i:032x}")).collect();
     assert_eq!(poll_many(&s, &connector, &many).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// An admin request with a JSON body (or none), answered as JSON.
+async fn admin(
+    s: &Setup,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let r = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .header(header::CONTENT_TYPE, "application/json");
+    let r = match body {
+        Some(b) => r.body(Body::from(serde_json::to_vec(&b).unwrap())).unwrap(),
+        None => r.body(Body::empty()).unwrap(),
+    };
+    let (status, _, v) = ack(&s.app, r).await;
+    (status, v)
+}
+
+/// A machine request signed by `key` (POST with `body`, or GET), answered as JSON.
+async fn machine(
+    s: &Setup,
+    key: &outpost_shared::keys::KeyPair,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let sig = outpost_shared::keys::sign_request(key, method, path, &body, chrono::Utc::now()).unwrap();
+    let mut r = Request::builder().method(method).uri(path).header(header::CONTENT_TYPE, "application/json");
+    for (k, v) in sig.to_pairs() {
+        r = r.header(k, v);
+    }
+    let mut r = r.body(Body::from(body)).unwrap();
+    r.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
+    let (status, _, v) = ack(&s.app, r).await;
+    (status, v)
+}
+
+/// A token enrolls one machine in its role once; the same machine asking again gets its receipt;
+/// another machine, a wrong role, a forged key or a cancelled token get nothing; all of it is in
+/// the audit trail.
+async fn enrollment_tokens_are_one_time_bound_to_a_role_and_audited(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let (status, t) = admin(
+        &s,
+        "POST",
+        "/v1/enrollment-tokens",
+        Some(serde_json::json!({"network": "plant", "label": "pump"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    let token = t["token"].as_str().unwrap().to_string();
+    let enroll = |key: &outpost_shared::keys::KeyPair, role: &str| serde_json::json!({"token": token, "public_key": key.public().to_pem(), "role": role, "hostname": "pump-3"});
+    let post_enroll = |body: serde_json::Value| {
+        let mut r = Request::post("/v1/enroll")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        r.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4001))));
+        r
+    };
+    let key = outpost_shared::keys::KeyPair::generate().unwrap();
+    let (status, _, v) = ack(&s.app, post_enroll(enroll(&key, "connector"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a hub token makes no connector: {v}");
+    let (status, _, v) = ack(&s.app, post_enroll(enroll(&key, "sensorhub"))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, _, again) = ack(&s.app, post_enroll(enroll(&key, "sensorhub"))).await;
+    assert_eq!(status, StatusCode::OK, "the same machine gets its receipt again: {again}");
+    let other = outpost_shared::keys::KeyPair::generate().unwrap();
+    let (status, _, v) = ack(&s.app, post_enroll(enroll(&other, "sensorhub"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "used: {v}");
+    assert!(v["error"].as_str().unwrap().contains("already used"), "{v}");
+    let (status, _, v) = ack(&s.app, post_enroll(serde_json::json!({"token": token, "public_key": "not a key", "role": "sensorhub", "hostname": "x"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    // Cancel an open one: it leaves the list and enrolls nobody.
+    let (_, t2) =
+        admin(&s, "POST", "/v1/enrollment-tokens", Some(serde_json::json!({"network": "plant"}))).await;
+    let (_, list) = admin(&s, "GET", "/v1/enrollment-tokens", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "only the open one: {list}");
+    let id = t2["id"].as_str().unwrap();
+    assert_eq!(admin(&s, "DELETE", &format!("/v1/enrollment-tokens/{id}"), None).await.0, StatusCode::OK);
+    assert_eq!(
+        admin(&s, "DELETE", &format!("/v1/enrollment-tokens/{id}"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        admin(&s, "DELETE", "/v1/enrollment-tokens/zz%27%3B%20DROP%20TABLE%20x", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, audit) = admin(&s, "GET", "/v1/audit", None).await;
+    let actions: Vec<&str> =
+        audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["token-cancelled", "token-created", "enroll", "token-created"], "{audit}");
+    // Without the admin token: nothing.
+    let r = Request::get("/v1/audit").body(Body::empty()).unwrap();
+    assert_eq!(ack(&s.app, r).await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// A command is signed by the cloud, handed to its machine only, answered with a signed result
+/// bound to its envelope, and every step is audited; a revoked machine gets nothing more.
+async fn a_command_goes_out_signed_comes_back_signed_and_is_audited(e: Engines, k: &Keep) {
+    use outpost_shared::keys::{CommandEnvelope, CommandResult, CommandStatus, Signed};
+    let s = setup(e, k, Default::default()).await;
+    let id = s.hub.machine_id().to_string();
+    let (status, v) = admin(
+        &s,
+        "POST",
+        &format!("/v1/machines/{id}/commands"),
+        Some(serde_json::json!({"action": "format-disk"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown actions are not signed: {v}");
+    let (status, v) = admin(
+        &s,
+        "POST",
+        &format!("/v1/machines/{}/commands", "0".repeat(32)),
+        Some(serde_json::json!({"action": "ping"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) =
+        admin(&s, "POST", &format!("/v1/machines/{id}/relays/1/2"), Some(serde_json::json!({"on": true})))
+            .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let command_id = v["command_id"].as_str().unwrap().to_string();
+    // Another machine polling gets nothing of it.
+    let stranger = enroll_in(&s, "net", outpost_shared::model::Role::Sensorhub, "other").await;
+    let (status, v) = machine(&s, &stranger, "GET", "/v1/commands/poll?wait=0", vec![]).await;
+    assert_eq!((status, v.as_array().map(|a| a.len())), (StatusCode::OK, Some(0)), "{v}");
+    let (status, v) = machine(&s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let envelopes: Vec<Signed<CommandEnvelope>> = serde_json::from_value(v).unwrap();
+    assert_eq!(envelopes.len(), 1);
+    let env = envelopes[0].verify(s.state.trust.key().public()).expect("signed by the cloud key");
+    assert_eq!((env.id.as_str(), env.action.as_str()), (command_id.as_str(), "relay.set"));
+    let result = CommandResult {
+        command_id: command_id.clone(),
+        machine_id: s.hub.machine_id().clone(),
+        status: CommandStatus::Done,
+        output: serde_json::json!({"state": 2}),
+        finished_at: chrono::Utc::now(),
+        envelope: Some(envelopes[0].digest()),
+    };
+    // The stranger cannot answer for the hub.
+    let forged = serde_json::to_vec(&Signed::sign(&stranger, &result).unwrap()).unwrap();
+    assert_eq!(
+        machine(&s, &stranger, "POST", "/v1/commands/result", forged).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let body = serde_json::to_vec(&Signed::sign(&s.hub, &result).unwrap()).unwrap();
+    let (status, v) = machine(&s, &s.hub, "POST", "/v1/commands/result", body).await;
+    assert_eq!((status, v["status"].as_str()), (StatusCode::OK, Some("done")), "{v}");
+    let (_, v) = admin(&s, "GET", &format!("/v1/commands/{command_id}"), None).await;
+    assert_eq!(v["status"], "done", "{v}");
+    let (_, audit) = admin(&s, "GET", &format!("/v1/audit?machine={id}"), None).await;
+    let events: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, vec!["done", "delivered", "created"], "{audit}");
+    // Revoked: refused, and said so.
+    assert_eq!(admin(&s, "DELETE", &format!("/v1/machines/{id}"), None).await.0, StatusCode::OK);
+    let (status, v) = machine(&s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
+}
+
+/// A connector asks for a relay command by mail only for senders the cloud granted it, and only
+/// for machines of its own network.
+async fn mail_commands_need_the_clouds_grant(e: Engines, k: &Keep) {
+    use outpost_shared::model::Role;
+    let s = setup(e, k, Default::default()).await;
+    let connector = enroll_in(&s, "net", Role::Connector, "gw").await;
+    let far = enroll_in(&s, "other", Role::Sensorhub, "far").await;
+    let cid = connector.machine_id().to_string();
+    let ask = |machine_id: String, sender: &str| {
+        serde_json::to_vec(
+            &serde_json::json!({"machine": machine_id, "card": 1, "relay": 1, "on": true, "sender": sender}),
+        )
+        .unwrap()
+    };
+    let hub = s.hub.machine_id().to_string();
+    let (status, v) =
+        machine(&s, &connector, "POST", "/v1/mail-commands", ask(hub.clone(), "ops@example.org")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no grant yet: {v}");
+    let hub_id = hub.clone();
+    let (status, v) = admin(
+        &s,
+        "PUT",
+        &format!("/v1/machines/{hub_id}/mail-commands"),
+        Some(serde_json::json!({"senders": ["ops@example.org"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a hub gets no grant: {v}");
+    let (status, v) = admin(
+        &s,
+        "PUT",
+        &format!("/v1/machines/{cid}/mail-commands"),
+        Some(serde_json::json!({"senders": ["Ops@Example.org"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) =
+        machine(&s, &connector, "POST", "/v1/mail-commands", ask(hub.clone(), "eve@example.org")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "not a granted sender: {v}");
+    let (status, v) = machine(
+        &s,
+        &connector,
+        "POST",
+        "/v1/mail-commands",
+        ask(far.machine_id().to_string(), "ops@example.org"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another network's machine: {v}");
+    let (status, v) =
+        machine(&s, &connector, "POST", "/v1/mail-commands", ask(hub.clone(), "ops@example.org")).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let path = format!("/v1/mail-commands/{}", v["command_id"].as_str().unwrap());
+    let (status, v) = machine(&s, &connector, "GET", &path, vec![]).await;
+    assert_eq!((status, v["status"].as_str()), (StatusCode::OK, Some("pending")), "{v}");
+    assert_eq!(
+        admin(&s, "DELETE", &format!("/v1/machines/{cid}/mail-commands"), None).await.0,
+        StatusCode::OK
+    );
+    let (status, _) = machine(&s, &connector, "POST", "/v1/mail-commands", ask(hub, "ops@example.org")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "withdrawn");
+    let (_, audit) = admin(&s, "GET", "/v1/audit", None).await;
+    let refused = audit.as_array().unwrap().iter().filter(|e| e["event"] == "refused").count();
+    assert_eq!(refused, 3, "every refusal is audited: {audit}");
 }

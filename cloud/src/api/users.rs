@@ -54,7 +54,8 @@ pub(super) async fn add_user(
     }
     match st.people.add_user(&req.name, &req.password, req.owner, req.grants, Utc::now()).await {
         Ok(u) => {
-            audit(&st, &actor.label(), "user-added", "done", grants_params(&u.name, u.owner, &u.grants));
+            audit(&st, &actor.label(), "user-added", "done", grants_params(&u.name, u.owner, &u.grants))
+                .await;
             (StatusCode::CREATED, Json(user_view(&u, &actor))).into_response()
         }
         Err(crate::CloudError::Invalid(m)) => err(StatusCode::BAD_REQUEST, m),
@@ -107,7 +108,8 @@ pub(super) async fn set_grant(
         "grant-changed",
         "done",
         serde_json::json!({"user": user.name, "customer": customer, "role": req.role}),
-    );
+    )
+    .await;
     Json(user_view(&user, &actor)).into_response()
 }
 
@@ -143,7 +145,8 @@ pub(super) async fn delete_user(
                 "user-removed",
                 "done",
                 grants_params(&user.name, user.owner, &user.grants),
-            );
+            )
+            .await;
             Json(serde_json::json!({"removed": name})).into_response()
         }
         Err(e) => internal(e),

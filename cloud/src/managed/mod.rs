@@ -131,10 +131,11 @@ impl ManagedSensors {
     }
 
     /// The enrolled machine's public key, or NotFound.
-    fn machine_key(&self, machine: &str) -> Result<PublicKey, ManagedError> {
+    async fn machine_key(&self, machine: &str) -> Result<PublicKey, ManagedError> {
         let mk = self
             .trust
-            .machine_key(machine)?
+            .machine_key(machine)
+            .await?
             .ok_or_else(|| ManagedError::NotFound(format!("no enrolled machine {machine}")))?;
         self.trust.parsed_key(&mk).map_err(|e| ManagedError::Cloud(CloudError::Keys(e.to_string())))
     }
@@ -174,7 +175,7 @@ impl ManagedSensors {
         if !seal {
             return Ok(eff);
         }
-        let key = self.machine_key(machine)?;
+        let key = self.machine_key(machine).await?;
         for (s, origin) in eff.sensors.iter_mut().zip(&eff.origins) {
             if let (Origin::Template(_), Some(p)) = (origin, &s.password) {
                 s.password = Some(secrets::reseal(self.trust.key(), &key, p)?);
@@ -258,7 +259,8 @@ impl ManagedSensors {
                 "sensors.saved",
                 who,
                 serde_json::json!({"version": v.version, "change": change}),
-            );
+            )
+            .await;
         }
         // All at once: their flushes share the database's group commit, so a template used by a
         // thousand machines costs a few flushes, not a thousand in a row.
@@ -289,7 +291,7 @@ impl ManagedSensors {
             .await
     }
 
-    fn audit(&self, machine: &str, action: &str, who: &str, parameters: serde_json::Value) {
+    async fn audit(&self, machine: &str, action: &str, who: &str, parameters: serde_json::Value) {
         let entry = AuditEntry {
             ts: Utc::now(),
             command_id: String::new(),
@@ -300,7 +302,7 @@ impl ManagedSensors {
             event: "saved".into(),
             detail: serde_json::Value::Null,
         };
-        if let Err(e) = self.commands.record(entry) {
+        if let Err(e) = self.commands.record(entry).await {
             tracing::error!(error = %e, action, "audit entry not written");
         }
     }
@@ -308,7 +310,7 @@ impl ManagedSensors {
     // ---- machines ----
 
     pub async fn machine(&self, machine: &str) -> Result<MachineView, ManagedError> {
-        self.machine_key(machine)?;
+        self.machine_key(machine).await?;
         let own = self.store.machine_sensors(machine).await?;
         let templates = self.store.machine_templates(machine).await?;
         let effective = match self.effective_for(machine, &Pending::default(), false).await {
@@ -343,7 +345,7 @@ impl ManagedSensors {
         input: serde_json::Value,
         who: &str,
     ) -> Result<u64, ManagedError> {
-        let key = self.machine_key(machine)?;
+        let key = self.machine_key(machine).await?;
         let input: SensorInput = secrets::parse_sensor(input, "sensor").map_err(ManagedError::Invalid)?;
         let _one = self.lock.lock().await;
         let mut own = self.store.machine_sensors(machine).await?;
@@ -380,7 +382,7 @@ impl ManagedSensors {
     }
 
     pub async fn remove_sensor(&self, machine: &str, id: &str, who: &str) -> Result<u64, ManagedError> {
-        self.machine_key(machine)?;
+        self.machine_key(machine).await?;
         let _one = self.lock.lock().await;
         let mut own = self.store.machine_sensors(machine).await?;
         let before = own.len();
@@ -399,7 +401,7 @@ impl ManagedSensors {
         names: Vec<String>,
         who: &str,
     ) -> Result<u64, ManagedError> {
-        self.machine_key(machine)?;
+        self.machine_key(machine).await?;
         if names.len() > MAX_TEMPLATES {
             return Err(invalid(
                 "templates",
@@ -419,7 +421,7 @@ impl ManagedSensors {
     }
 
     pub async fn history(&self, machine: &str, limit: usize) -> Result<Vec<HistoryEntry>, ManagedError> {
-        self.machine_key(machine)?;
+        self.machine_key(machine).await?;
         let list = self.store.history(machine, limit).await?;
         Ok(list
             .into_iter()
@@ -437,7 +439,7 @@ impl ManagedSensors {
     /// Issues a new version with the content of `version`. The machine's own sensors become that
     /// content minus what its current templates give unchanged, so later edits build on it.
     pub async fn roll_back(&self, machine: &str, version: u64, who: &str) -> Result<u64, ManagedError> {
-        self.machine_key(machine)?;
+        self.machine_key(machine).await?;
         let _one = self.lock.lock().await;
         let old = self.store.version(machine, version).await?.ok_or_else(|| {
             ManagedError::NotFound(format!("{machine} has no version {version} (any more)"))
@@ -455,7 +457,7 @@ impl ManagedSensors {
 
     /// `sample-now` of one sensor on the machine; the command's result carries the readings.
     pub async fn test_now(&self, machine: &str, id: &str, who: &str) -> Result<String, ManagedError> {
-        self.machine_key(machine)?;
+        self.machine_key(machine).await?;
         let rec = self
             .commands
             .create(
@@ -550,11 +552,13 @@ impl ManagedSensors {
         let pending = Pending { template: Some(TemplateWrite::Put(template)), ..Default::default() };
         if machines.is_empty() {
             self.store.save(ManagedChange { template: pending.template, ..Default::default() }).await?;
-            self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": change}));
+            self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": change}))
+                .await;
             return Ok(Default::default());
         }
         let versions = self.commit(&machines, pending, who, &change).await?;
-        self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": change}));
+        self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": change}))
+            .await;
         Ok(versions.into_iter().collect())
     }
 
@@ -577,7 +581,8 @@ impl ManagedSensors {
                 ..Default::default()
             })
             .await?;
-        self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": "deleted"}));
+        self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": "deleted"}))
+            .await;
         Ok(())
     }
 }

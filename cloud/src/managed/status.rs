@@ -63,7 +63,7 @@ impl ManagedSensors {
         let mut st = Status { version: Some(v), ..Default::default() };
         let mut newest_answer_for_v: Option<(&'static str, Vec<String>)> = None;
         for d in self.store.deliveries(machine, LOOKED_AT).await? {
-            let Some(rec) = self.commands.get(&d.command)? else { continue };
+            let Some(rec) = self.commands.get(&d.command).await? else { continue };
             if d.version == v && st.command.is_none() {
                 st.command = Some(rec.id.clone());
             }
@@ -111,7 +111,7 @@ impl ManagedSensors {
     pub async fn redeliver_due(&self) -> Result<usize, CloudError> {
         let mut sent = 0;
         for machine in self.store.managed_machines().await? {
-            if self.trust.machine_key(&machine)?.is_none() {
+            if self.trust.machine_key(&machine).await?.is_none() {
                 continue; // revoked: nothing goes to it any more
             }
             let st = self.status(&machine).await?;
@@ -128,13 +128,22 @@ impl ManagedSensors {
 }
 
 /// Runs [`ManagedSensors::redeliver_due`] every [`REDELIVER_EVERY`] until `shutdown`.
-pub fn spawn_redelivery(service: ManagedSensors, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// A once-only job: with several cloud nodes only the one holding the jobs lock redelivers, so a
+/// machine is not sent one document twice by two nodes.
+pub fn spawn_redelivery(
+    service: ManagedSensors,
+    leader: crate::nodes::Leader,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REDELIVER_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if !leader.holds() {
+                continue;
             }
             if let Err(e) = service.redeliver_due().await {
                 tracing::warn!(error = %e, "redelivery of sensor documents failed; retried next round");

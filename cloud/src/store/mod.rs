@@ -1,7 +1,48 @@
-//! What the cloud keeps about readings, behind one trait ([`ReadingStore`]) with two engines:
-//! [`sled`] (embedded, the default) and [`postgres`] (a PostgreSQL server, for large sites and
-//! for a cloud that must outlive one server). The rest of the cloud holds a [`Store`]
-//! (`Arc<dyn ReadingStore>`) and never knows which engine answers.
+//! Everything the cloud keeps, behind small traits with two engines each: [`sled`] (embedded,
+//! the default) and [`postgres`] (a PostgreSQL server, for large sites, for a cloud that must
+//! outlive one server, and for several cloud nodes on one database). The rest of the cloud holds
+//! the trait objects gathered in [`Engines`] and never knows which engine answers.
+//!
+//! | area | trait | sled | PostgreSQL |
+//! |---|---|---|---|
+//! | readings, latest values, roll-ups, machines, unattached hubs | [`ReadingStore`] | `sled/mod.rs` | `postgres/mod.rs` |
+//! | machine keys, tokens, revocations, mail grants | [`trust::TrustStore`] | `sled/trust.rs` | `postgres/trust.rs` |
+//! | commands, their results, the audit trail | [`commands::CommandStore`] | `sled/commands.rs` | `postgres/commands.rs` |
+//! | mail outbox, report runs | [`mail::MailStore`], [`mail::ReportRuns`] | shared `Outbox`, `sled/mail.rs` | `postgres/mail.rs` |
+//! | sensors managed from the cloud: per machine, templates, versions | [`managed::ManagedStore`] | `sled/managed.rs` | `postgres/managed.rs` |
+//! | people: users, sessions, customers, API tokens | [`people::PeopleStore`] | `sled/people.rs` | `postgres/people.rs` |
+//!
+//! The cloud's signing key and TLS certificate are files in the data directory on every engine,
+//! never in a database: a copy of the database alone must not be able to command a hub.
+//!
+//! # Adding a store for another area (the guide)
+//!
+//! 1. **The trait**: `store/<area>.rs` holds the record types (serde, as the API needs them) and
+//!    one `#[async_trait]` trait, `Send + Sync + 'static`, whose module docs say exactly when a
+//!    write is durable. The rule here: **durable when the call returns `Ok`** (sled: after
+//!    `GroupFlush::flush().await`; PostgreSQL: after COMMIT), except [`ReadingStore`], whose
+//!    ingest is made durable by [`ReadingStore::commit`] so many batches share one flush. Keep
+//!    decisions (validation, permissions, what is due) in the service that uses the trait; the
+//!    trait keeps records. Where a decision must be atomic with its writes, pass it in as a
+//!    pure closure (see [`trust::TrustStore::enroll`]): sled may run it again on conflict.
+//! 2. **sled engine**: `store/sled/<area>.rs`, its own trees opened from the one `sled::Db`
+//!    (`SledStore::db`), and the database's one flusher (`SledStore::flusher`): never call
+//!    `flush` on the database yourself (sled #1308 deadlocks with two flushes in flight).
+//!    Atomic writes over several trees are one sled transaction.
+//! 3. **PostgreSQL engine**: `store/postgres/<area>.rs` on the shared pool (`PgStore::pool`).
+//!    Tables come from a new migration file `postgres/migrations/00NN_<area>.sql`, added to
+//!    `MIGRATIONS` in `postgres/schema.rs` under the block of numbers your area was given (never
+//!    edit a migration that shipped). Every primary key starts with the machine where the record
+//!    has one (Citus distributes by it); keep records as `jsonb` beside the columns you filter
+//!    on. Map errors with `db_err`/`connect::pool_err`: a lost connection is
+//!    [`CloudError::Unavailable`], which the API answers with 503 + Retry-After. A multi-row
+//!    write is one transaction.
+//! 4. **Wire it**: a field in [`Engines`], filled in both arms of [`Engines::open`].
+//! 5. **Test it once for both engines**: cases are `async fn(Engines)` (or of your trait object)
+//!    run by an `every_engine!`-style macro on sled and on a fresh database of the throwaway
+//!    PostgreSQL server (`postgres::throwaway`); no PostgreSQL means the tests fail, never skip.
+//!
+//! # Readings
 //!
 //! Exactly-once is a property of the key in both engines: a raw reading is stored under
 //! `(machine, sensor, seq)`, so a resent reading is counted as a duplicate instead of stored
@@ -16,20 +57,20 @@
 //!
 //! Errors: [`CloudError::Unavailable`] means the engine cannot be reached right now (PostgreSQL
 //! restarting, connections lost); callers answer "retry later" and keep nothing half-done.
-//!
-//! People (users, sessions, customers, API tokens) have their own trait, [`people::PeopleStore`],
-//! with both engines. The cloud's other records (keys, tokens, revocations, commands, audit, mail
-//! outbox, report runs) are still kept in the sled database only; see `start` in `lib.rs`, which refuses a
-//! PostgreSQL configuration for that reason.
 
+pub mod commands;
+pub mod mail;
 pub mod managed;
 #[cfg(all(test, unix))]
 mod managed_tests;
 pub mod people;
 pub mod postgres;
 pub mod sled;
+#[cfg(all(test, unix))]
+pub(crate) mod testing;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod trust;
 
 use crate::error::CloudError;
 use chrono::{DateTime, Utc};
@@ -41,6 +82,92 @@ use std::time::Duration;
 
 /// The handle the cloud passes around: cheap to clone, either engine behind it.
 pub type Store = Arc<dyn ReadingStore>;
+
+/// Every store of the cloud, on one engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engines {
+    pub readings: Store,
+    pub trust: trust::Trusts,
+    pub commands: commands::CommandStores,
+    pub reports: mail::Reports,
+    /// The mail outbox; on sled opened only when `[mail]` is configured (its own database).
+    pub outbox: Option<mail::Outbox>,
+    /// The PostgreSQL engine's pool, for what needs the database itself (several nodes).
+    pub postgres: Option<postgres::PgStore>,
+    /// The PostgreSQL outbox itself, so another node's "mail queued" can wake its sender.
+    pub pg_outbox: Option<postgres::mail::PgOutbox>,
+    pub managed: managed::Managed,
+    pub people: people::PeopleDb,
+}
+
+impl Engines {
+    /// Opens the engine `[storage]` chooses: PostgreSQL when `postgres` is set (migrating its
+    /// schema), else sled in `data_dir/db` (and the outbox in `data_dir/mail-outbox`).
+    pub async fn open(config: &crate::CloudConfig) -> Result<Engines, CloudError> {
+        match &config.storage.postgres {
+            Some(url) => {
+                let pg = match postgres::PgStore::open(url, &config.storage.postgres_options()).await {
+                    Ok(pg) => pg.with_latest_ahead(config.ingest.max_future),
+                    Err(CloudError::Unavailable(e)) => {
+                        return Err(CloudError::Unavailable(format!(
+                            "cannot reach [storage] postgres = {url} ({e}); is the server running, \
+                             and are host, port, user and database right?"
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok(Engines::on_postgres(pg))
+            }
+            None => {
+                let sled = sled::SledStore::open(&config.data_dir.join("db"))?
+                    .with_latest_ahead(config.ingest.max_future);
+                let outbox = match &config.mail {
+                    Some(_) => Some(
+                        outpost_shared::mail::Outbox::open(&config.data_dir.join("mail-outbox"))
+                            .map_err(|e| CloudError::Mail(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                Engines::on_sled(sled, outbox)
+            }
+        }
+    }
+
+    /// Every store on one sled database (the outbox is its own database, if any).
+    pub fn on_sled(
+        sled: sled::SledStore,
+        outbox: Option<outpost_shared::mail::Outbox>,
+    ) -> Result<Engines, CloudError> {
+        Ok(Engines {
+            trust: Arc::new(sled::trust::SledTrust::open(sled.db(), sled.flusher())?),
+            commands: Arc::new(sled::commands::SledCommands::open(sled.db(), sled.flusher())?),
+            reports: Arc::new(sled::mail::SledReportRuns::open(sled.db(), sled.flusher())?),
+            managed: Arc::new(sled::managed::SledManaged::open(sled.db(), sled.flusher())?),
+            people: Arc::new(sled::people::SledPeople::open(&sled)?),
+            outbox: outbox.map(|o| mail::Outbox(Arc::new(o))),
+            readings: Arc::new(sled),
+            postgres: None,
+            pg_outbox: None,
+        })
+    }
+
+    /// Every store on one PostgreSQL database (migrated by [`postgres::PgStore::open`]).
+    pub fn on_postgres(pg: postgres::PgStore) -> Engines {
+        let pool = pg.pool();
+        let outbox = postgres::mail::PgOutbox::new(pool.clone());
+        Engines {
+            trust: Arc::new(postgres::trust::PgTrust::new(pool.clone())),
+            commands: Arc::new(postgres::commands::PgCommands::new(pool.clone())),
+            reports: Arc::new(postgres::mail::PgReportRuns::new(pool.clone())),
+            managed: Arc::new(postgres::managed::PgManaged::new(pool)),
+            people: Arc::new(postgres::people::PgPeople::new(&pg)),
+            outbox: Some(mail::Outbox(Arc::new(outbox.clone()))),
+            readings: Arc::new(pg.clone()),
+            postgres: Some(pg),
+            pg_outbox: Some(outbox),
+        }
+    }
+}
 
 /// Readings, latest values, hourly roll-ups, machines, unattached hubs and what connectors put
 /// aside. See the module docs for when each write is durable.

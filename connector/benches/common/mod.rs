@@ -31,7 +31,7 @@ pub async fn start_connector(
     };
     cfg.cloud.url = Some(cloud.url());
     cfg.cloud.ca_file = Some(cloud.ca_file.clone());
-    cfg.cloud.enroll_token = Some(role_token(cloud, outpost_shared::model::Role::Connector));
+    cfg.cloud.enroll_token = Some(role_token(cloud, outpost_shared::model::Role::Connector).await);
     cfg.cloud.retry_min = Duration::from_millis(100);
     cfg.cloud.retry_max = Duration::from_secs(1);
     cfg.ssdp.advertise = false;

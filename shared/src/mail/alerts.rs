@@ -23,7 +23,7 @@
 //!   and later changes are compared with it.
 
 use super::config::{AlertTiming, MailConfig, Route};
-use super::outbox::Outbox;
+use super::outbox::MailQueue;
 use super::{glob_match, html_escape, Mail};
 use crate::model::{MailedState, State, Value};
 use chrono::{DateTime, Utc};
@@ -414,7 +414,7 @@ pub const CHANNEL_CAPACITY: usize = 1024;
 pub fn spawn_alerts(
     mut alerter: Alerter,
     mut rx: tokio::sync::mpsc::Receiver<AlertEvent>,
-    outbox: Outbox,
+    outbox: impl MailQueue,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

@@ -80,6 +80,9 @@ pub enum OutboxError {
     Open { path: String, source: sled::Error },
     #[error("mail outbox: {0}")]
     Db(#[from] sled::Error),
+    /// The queue's storage cannot be reached now (a database restarting); nothing was kept.
+    #[error("mail outbox unavailable: {0}; retry later")]
+    Unavailable(String),
     #[error("mail outbox entry {id} is unreadable: {detail}")]
     Corrupt { id: u64, detail: String },
 }

@@ -24,7 +24,7 @@ mod tests;
 pub use alerts::{AlertEvent, Alerter, Observed, StateChange};
 pub use config::{AlertTiming, MailConfig, Route, TlsMode};
 pub use error::{OutboxError, SendError, SetupError};
-pub use outbox::{spawn_sender, Outbox};
+pub use outbox::{spawn_sender, MailQueue, Outbox, Queued};
 pub use transport::{SmtpTransport, Transport};
 
 use serde::{Deserialize, Serialize};

@@ -144,6 +144,64 @@ impl Outbox {
     }
 }
 
+/// A mail waiting in a queue, as the sender takes it.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The queue's id of the entry, for [`MailQueue::remove`] and [`MailQueue::bury`].
+    pub id: u64,
+    /// The same on every attempt, so a mail sent twice (a crash between the server's answer and
+    /// the delete) is shown once.
+    pub message_id: String,
+    pub mail: Mail,
+}
+
+/// A durable mail queue that [`spawn_sender`] drains and [`super::alerts::spawn_alerts`] fills:
+/// the sled [`Outbox`] here, or another engine (the cloud keeps its outbox in its own database).
+///
+/// Durability, for every implementation: a mail is durable once [`MailQueue::enqueue`] returned
+/// `Ok`; [`MailQueue::remove`] and [`MailQueue::bury`] are durable on return. An engine that cannot
+/// be reached answers [`OutboxError::Unavailable`] and keeps nothing of the failed call.
+pub trait MailQueue: Clone + Send + Sync + 'static {
+    /// Adds a mail; durable on return. Returns its id.
+    fn enqueue(&self, mail: &Mail) -> impl Future<Output = Result<u64, OutboxError>> + Send;
+    /// The oldest waiting mail. An unreadable entry is set aside and reported as an error.
+    fn first(&self) -> impl Future<Output = Result<Option<Queued>, OutboxError>> + Send;
+    /// Deletes a mail the server accepted.
+    fn remove(&self, id: u64) -> impl Future<Output = Result<(), OutboxError>> + Send;
+    /// Sets aside a mail the server refused for good.
+    fn bury(&self, id: u64) -> impl Future<Output = Result<(), OutboxError>> + Send;
+    /// Mails waiting, for the log.
+    fn waiting(&self) -> impl Future<Output = usize> + Send;
+    /// Returns when new mail may have arrived (the sender then looks again).
+    fn wait_for_mail(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl MailQueue for Outbox {
+    async fn enqueue(&self, mail: &Mail) -> Result<u64, OutboxError> {
+        Outbox::enqueue(self, mail).await
+    }
+
+    async fn first(&self) -> Result<Option<Queued>, OutboxError> {
+        Ok(Outbox::first(self)?.map(|(id, e)| Queued { id, message_id: e.message_id, mail: e.mail }))
+    }
+
+    async fn remove(&self, id: u64) -> Result<(), OutboxError> {
+        Outbox::remove(self, id).await
+    }
+
+    async fn bury(&self, id: u64) -> Result<(), OutboxError> {
+        Outbox::bury(self, id).await
+    }
+
+    async fn waiting(&self) -> usize {
+        self.len()
+    }
+
+    async fn wait_for_mail(&self) {
+        self.wake.notified().await
+    }
+}
+
 /// The retry policy of the sender: 5 s doubling to 10 min.
 pub fn default_backoff() -> Backoff {
     Backoff::new(Duration::from_secs(5), Duration::from_secs(600), 0.3).expect("valid constants")
@@ -151,8 +209,8 @@ pub fn default_backoff() -> Backoff {
 
 /// Sends what is in the outbox, oldest first, until `shutdown` resolves. Waits for new mail
 /// without polling; after a failure waits [`Backoff`]'s delay (or less, if `shutdown` comes).
-pub fn spawn_sender<T: Transport>(
-    outbox: Outbox,
+pub fn spawn_sender<T: Transport, Q: MailQueue>(
+    outbox: Q,
     transport: T,
     backoff: Backoff,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -161,7 +219,7 @@ pub fn spawn_sender<T: Transport>(
         tokio::pin!(shutdown);
         let mut backoff = backoff;
         loop {
-            let next = match outbox.first() {
+            let next = match outbox.first().await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, "mail outbox");
@@ -171,29 +229,30 @@ pub fn spawn_sender<T: Transport>(
                     }
                 }
             };
-            let Some((id, entry)) = next else {
+            let Some(Queued { id, message_id, mail }) = next else {
                 tokio::select! {
-                    _ = outbox.wake.notified() => continue,
+                    _ = outbox.wait_for_mail() => continue,
                     _ = &mut shutdown => return,
                 }
             };
             let result = tokio::select! {
-                r = transport.send(&entry.mail, &entry.message_id) => r,
+                r = transport.send(&mail, &message_id) => r,
                 _ = &mut shutdown => return,
             };
             let done = match result {
                 Ok(()) => {
-                    tracing::info!(id, to = ?entry.mail.to, subject = %entry.mail.subject, "mail sent");
+                    tracing::info!(id, to = ?mail.to, subject = %mail.subject, "mail sent");
                     backoff.reset();
                     outbox.remove(id).await
                 }
                 Err(e) if e.is_permanent() => {
-                    tracing::error!(id, error = %e, subject = %entry.mail.subject, "mail refused for good; set aside");
+                    tracing::error!(id, error = %e, subject = %mail.subject, "mail refused for good; set aside");
                     outbox.bury(id).await
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(id, error = %e, retry_in = ?delay, waiting = outbox.len(), "mail not sent");
+                    let waiting = outbox.waiting().await;
+                    tracing::warn!(id, error = %e, retry_in = ?delay, waiting, "mail not sent");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => Ok(()),
                         _ = &mut shutdown => return,

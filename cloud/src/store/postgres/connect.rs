@@ -102,17 +102,11 @@ pub fn pool(url: &PostgresUrl, options: &PostgresOptions) -> Result<Pool, CloudE
     }
     let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Verified };
     let manager = match config.get_ssl_mode() {
-        SslMode::Require => {
-            let roots = outpost_shared::tls::root_store(options.ca_file.as_deref())?;
-            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| CloudError::Config(format!("[storage] TLS: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            Manager::from_config(config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), manager_config)
-        }
+        SslMode::Require => Manager::from_config(
+            config,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(options)?),
+            manager_config,
+        ),
         // `prefer` (libpq's default) would silently fall back to plain text: without
         // `sslmode=require` the connection is plain, as said, e.g. over a unix socket.
         _ => {
@@ -128,6 +122,18 @@ pub fn pool(url: &PostgresUrl, options: &PostgresOptions) -> Result<Pool, CloudE
         .recycle_timeout(Some(options.timeout))
         .build()
         .map_err(|e| CloudError::Config(format!("[storage] postgres: {e}")))
+}
+
+/// TLS 1.2/1.3 by rustls (ring), the server checked against `ca_file` or the system's roots.
+pub(crate) fn tls_config(options: &PostgresOptions) -> Result<rustls::ClientConfig, CloudError> {
+    let roots = outpost_shared::tls::root_store(options.ca_file.as_deref())?;
+    Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CloudError::Config(format!("[storage] TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Whether a database error means "not reachable now" (retry later) or a real refusal.

@@ -15,7 +15,10 @@
 //! A lost connection or a server that is restarting is [`CloudError::Unavailable`]: ingest
 //! answers 503 + Retry-After and the sender keeps the batch; nothing half-written is committed.
 
+pub mod commands;
 pub mod connect;
+pub mod listen;
+pub mod mail;
 pub mod managed;
 pub mod people;
 pub mod schema;
@@ -23,6 +26,7 @@ pub mod schema;
 mod tests;
 #[cfg(unix)]
 pub mod throwaway;
+pub mod trust;
 
 pub use connect::{PostgresOptions, PostgresUrl};
 
@@ -92,6 +96,9 @@ const FOLD_INTO_HOURLY: &str = "
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Where the pool connects; sessions outside it ([`listen::Session`]) connect the same way.
+    url: PostgresUrl,
+    options: PostgresOptions,
     /// Days whose raw partition is known to exist, so ingest asks the database only for new ones.
     days: Arc<Mutex<BTreeSet<NaiveDate>>>,
     /// See [`super::sled::SledStore::with_latest_ahead`].
@@ -105,7 +112,13 @@ impl PgStore {
         let mut client = pool.get().await.map_err(connect::pool_err)?;
         schema::migrate(&mut client).await?;
         drop(client);
-        let store = PgStore { pool, days: Arc::new(Mutex::new(BTreeSet::new())), latest_ahead: LATEST_AHEAD };
+        let store = PgStore {
+            pool,
+            url: url.clone(),
+            options: options.clone(),
+            days: Arc::new(Mutex::new(BTreeSet::new())),
+            latest_ahead: LATEST_AHEAD,
+        };
         let today = Utc::now().date_naive();
         store
             .ensure_days((0..schema::DAYS_AHEAD).filter_map(|d| today.checked_add_days(chrono::Days::new(d))))
@@ -121,6 +134,16 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, CloudError> {
         self.pool.get().await.map_err(connect::pool_err)
+    }
+
+    /// The pool, shared by the engines of the cloud's other records.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// A connection of its own, outside the pool (LISTEN, session-level advisory locks).
+    pub async fn session(&self) -> Result<listen::Session, CloudError> {
+        listen::Session::open(&self.url, &self.options).await
     }
 
     /// Makes sure each day has its raw partition.

@@ -1,6 +1,8 @@
 //! The schema: versioned migrations run at start, and the raw readings' daily partitions.
 //!
-//! Migrations are numbered; `outpost_schema` records each one applied. All pending ones run in
+//! Migrations are numbered (each area its own block of numbers, listed in order in
+//! [`MIGRATIONS`]); `outpost_schema` records each one applied, and every one not recorded runs,
+//! lowest first, whatever higher ones are there already. All pending ones run in
 //! one transaction under a transaction-scoped advisory lock, so several cloud processes starting
 //! at once apply each exactly once, and a failed migration leaves the schema as it was.
 
@@ -10,12 +12,20 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use std::collections::BTreeSet;
 
 /// `(version, what it does, SQL)`, in order. Never edit one that shipped: add the next.
+/// Numbers 2 to 9 are this area's (trust, commands, mail); others are kept for other areas.
 pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
         "readings, latest values, hourly roll-ups, machines, unattached hubs",
         include_str!("migrations/0001_readings.sql"),
     ),
+    (
+        2,
+        "enrollment keys, tokens, revocations, mail-command grants",
+        include_str!("migrations/0002_trust.sql"),
+    ),
+    (3, "commands and the audit trail", include_str!("migrations/0003_commands.sql")),
+    (4, "mail outbox and report runs", include_str!("migrations/0004_mail.sql")),
     (
         10,
         "sensors managed from the cloud: machine sensors, templates, versions, deliveries",
@@ -44,21 +54,6 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, CloudEr
     )
     .await
     .map_err(db_err)?;
-    let current: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM outpost_schema", &[])
-        .await
-        .map_err(db_err)?
-        .try_get(0)
-        .map_err(db_err)?;
-    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if current > newest {
-        return Err(CloudError::Config(format!(
-            "the database's schema is version {current}, newer than this outpost knows ({newest}); \
-             run the newer outpost, or point [storage] postgres at another database"
-        )));
-    }
-    // Each migration not recorded yet, not only those above the newest: numbers are handed out
-    // in ranges to parallel work (10 to 19: managed sensors), so a lower one may land later.
     let applied: BTreeSet<i32> = tx
         .query("SELECT version FROM outpost_schema", &[])
         .await
@@ -67,6 +62,16 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, CloudEr
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()
         .map_err(db_err)?;
+    let current = applied.last().copied().unwrap_or(0);
+    let newest = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    if current > newest {
+        return Err(CloudError::Config(format!(
+            "the database's schema is version {current}, newer than this outpost knows ({newest}); \
+             run the newer outpost, or point [storage] postgres at another database"
+        )));
+    }
+    // Every migration not applied yet, in order: areas number theirs in blocks of their own, so
+    // a lower number may arrive after a higher one was applied.
     for (version, what, sql) in MIGRATIONS.iter().filter(|m| !applied.contains(&m.0)) {
         tx.batch_execute(sql).await.map_err(db_err)?;
         tx.execute("INSERT INTO outpost_schema (version, description) VALUES ($1, $2)", &[version, what])

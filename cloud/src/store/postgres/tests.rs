@@ -43,7 +43,16 @@ async fn several_clouds_starting_at_once_migrate_once_and_a_newer_schema_is_refu
     let (client, conn) = url.parse().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let applied: i64 = client.query_one("SELECT count(*) FROM outpost_schema", &[]).await.unwrap().get(0);
-    assert_eq!(applied as usize, schema::MIGRATIONS.len(), "each migration recorded once");
+    assert_eq!(applied, schema::MIGRATIONS.len() as i64, "each migration recorded once");
+    // A migration of a lower block that arrives after a higher one was applied still runs.
+    client
+        .batch_execute("DROP TABLE commands, audit; DELETE FROM outpost_schema WHERE version = 3")
+        .await
+        .unwrap();
+    PgStore::open(&url, &options).await.expect("migration 3 applied after 4");
+    let applied: i64 = client.query_one("SELECT count(*) FROM outpost_schema", &[]).await.unwrap().get(0);
+    assert_eq!(applied, schema::MIGRATIONS.len() as i64);
+    client.execute("SELECT count(*) FROM audit", &[]).await.expect("its table is back");
     // A database a newer outpost migrated: this one must not touch it.
     client
         .execute("INSERT INTO outpost_schema (version, description) VALUES (999, 'future')", &[])
@@ -160,4 +169,27 @@ async fn a_database_restarted_mid_ingest_means_retry_later_and_loses_nothing() {
     let (s, d) = send_until_acknowledged(&store, batch("m0", 1..batches * per + 1, now), &mut r).await;
     assert_eq!((s, d), (0, batches * per));
     tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+}
+
+/// Node A read a command to hand it out again while node B recorded its result: A's write,
+/// made from the older read, must not bring the finished command back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_command_is_not_brought_back_by_a_stale_hand_out() {
+    use crate::store::commands::{CommandChange, CommandRecord, CommandStore};
+    let url = crate::store::tests::fresh_database().await;
+    let pg = PgStore::open(&url, &options()).await.unwrap();
+    let store: std::sync::Arc<dyn CommandStore> = std::sync::Arc::new(commands::PgCommands::new(pg.pool()));
+    let cmds = crate::commands::Commands::new(store.clone());
+    let cloud = outpost_shared::keys::KeyPair::generate().unwrap();
+    let machine = "0123456789abcdef0123456789abcdef";
+    let rec = cmds
+        .create(&cloud, machine, "ping", serde_json::Value::Null, Duration::from_secs(60), "t")
+        .await
+        .unwrap();
+    let stale = CommandRecord { status: "delivered".into(), delivered_at: Some(Utc::now()), ..rec.clone() };
+    let done = CommandRecord { status: "done".into(), finished_at: Some(Utc::now()), ..rec.clone() };
+    store.save(&[CommandChange { rec: done, waiting: false, audit: None }]).await.unwrap();
+    store.save(&[CommandChange { rec: stale, waiting: true, audit: None }]).await.unwrap();
+    assert_eq!(store.get(&rec.id).await.unwrap().unwrap().status, "done");
+    assert!(store.waiting(&[machine.to_string()]).await.unwrap().is_empty());
 }

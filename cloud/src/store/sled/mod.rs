@@ -10,8 +10,11 @@
 //! - `machines`: `machine` → json(MachineInfo).
 //! - `hourly`: `machine \0 sensor \0 hour_ms(be64)` → json(HourlyAgg), what retention leaves.
 
+pub mod commands;
+pub mod mail;
 pub mod managed;
 pub mod people;
+pub mod trust;
 
 use super::{
     machine_info, replaces_latest, still_unattached, CompactOutcome, IngestOutcome, PeriodReading,
