@@ -328,6 +328,7 @@ async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledg
     // told to retry later, never that they are unknown or that something is gone.
     let token = Request::post("/v1/enrollment-tokens")
         .header(header::AUTHORIZATION, "Bearer admin")
+        .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
         .body(Body::empty())
         .unwrap();
     let (status, headers, body) = ack(&s.app, token).await;
@@ -457,7 +458,8 @@ async fn admin(
         .method(method)
         .uri(path)
         .header(header::AUTHORIZATION, "Bearer admin")
-        .header(header::CONTENT_TYPE, "application/json");
+        .header(header::CONTENT_TYPE, "application/json")
+        .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
     let r = match body {
         Some(b) => r.body(Body::from(serde_json::to_vec(&b).unwrap())).unwrap(),
         None => r.body(Body::empty()).unwrap(),
