@@ -4,6 +4,7 @@
 mod common;
 
 use common::browser::{available, Browser};
+use common::console::*;
 use common::*;
 use std::time::Duration;
 
@@ -89,44 +90,6 @@ fn the_dashboard_renders_this_machines_sensors_with_state_colours() {
         "return document.getElementById('live').textContent === 'live'",
     );
     browser.screenshot(&dir.path().join("dashboard.png"));
-}
-
-/// Where a test saves its screenshot: `OUTPOST_SCREENSHOTS` (a directory) when set, to look at
-/// the layout by eye; otherwise the test's own temporary directory.
-const PASSWORD: &str = "correct horse battery";
-
-/// Makes a user through the API with the host-side admin token (as `outpost user add` does).
-fn add_user(cloud: &CloudProc, user: &serde_json::Value) {
-    let (status, v) = cloud.request("POST", "/v1/users", Some(user));
-    assert!(status == 201 || v.to_string().contains("already"), "user: {status} {v}");
-}
-
-/// Types name and password into the sign-in form and sends it.
-fn fill_sign_in(browser: &Browser, name: &str, password: &str) {
-    let js = format!(
-        "document.getElementById('username').value = {}; document.getElementById('password').value = {}; return true",
-        serde_json::Value::from(name),
-        serde_json::Value::from(password)
-    );
-    browser.eval(&js);
-    browser.click("#loginbutton");
-}
-
-/// Opens the dashboard and signs in as an owner (made first if need be).
-fn sign_in_as_owner(browser: &Browser, cloud: &CloudProc) {
-    add_user(cloud, &serde_json::json!({"name": "owner", "password": PASSWORD, "owner": true}));
-    browser.open(&format!("{}/", cloud.url()));
-    browser.wait_for(
-        Duration::from_secs(15),
-        "the sign-in form shows",
-        "return !document.getElementById('login').hidden",
-    );
-    fill_sign_in(browser, "owner", PASSWORD);
-    browser.wait_for(
-        Duration::from_secs(15),
-        "the dashboard shows",
-        "return !document.getElementById('app').hidden",
-    );
 }
 
 fn screenshot_path(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {

@@ -132,7 +132,7 @@ fn an_http_check_with_a_password_added_on_the_dashboard_runs_on_the_hub_and_the_
 
     let browser = Browser::start();
     browser.set_window_size(1400, 1400);
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    common::console::sign_in_as_owner(&browser, &cloud);
     browser.wait_for(
         Duration::from_secs(15),
         "the hub is listed",
@@ -582,7 +582,7 @@ fn a_template_made_on_the_dashboard_is_applied_and_a_removal_is_rolled_back() {
     wait_until(Duration::from_secs(30), "the hub reports", || latest(&cloud, &id, "cpu.total").is_some());
     let browser = Browser::start();
     browser.set_window_size(1400, 1400);
-    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    common::console::sign_in_as_owner(&browser, &cloud);
     let fill = |key: &str, value: &str| {
         browser.eval(&format!(
             "document.getElementById('{key}').value = {}; return true",

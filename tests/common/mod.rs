@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod cloud_nodes;
+pub mod console;
 pub mod ns_cloud;
 pub mod small_disk;
 /// The real SMTP server of the mail tests (aiosmtpd), shared with `outpost-shared`'s tests.

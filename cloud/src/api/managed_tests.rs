@@ -3,6 +3,8 @@
 //! hubs' signed reports, redelivery, and who may ask.
 
 use super::*;
+use crate::store::testing::Keep;
+use crate::store::Engines;
 use axum::body::Body;
 use axum::http::{header, Request};
 use outpost_shared::keys::{CommandEnvelope, CommandResult, CommandStatus, KeyPair, Signed};
@@ -12,13 +14,23 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tower::ServiceExt;
 
+crate::both_engines!(
+    validation_errors_name_the_field_and_nothing_is_saved,
+    a_password_is_sealed_to_the_machine_and_found_in_no_answer_file_or_log,
+    a_template_edit_issues_a_new_version_to_every_machine_using_it,
+    roll_back_issues_the_old_content_as_a_new_version,
+    status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_again,
+    unknown_machines_are_404_and_no_token_is_401,
+    a_version_whose_command_expired_unanswered_is_sent_again_once,
+);
+
 struct Setup {
     app: Router,
     state: AppState,
     hubs: Vec<KeyPair>,
     /// The managed store itself, to set up what the API cannot (a version never delivered).
-    store: Arc<crate::store::sled::managed::SledManaged>,
-    dir: tempfile::TempDir,
+    store: crate::store::managed::Managed,
+    dir: std::path::PathBuf,
 }
 
 /// Hub keys made once per test run (RSA key generation is the slow part).
@@ -27,6 +39,9 @@ fn hub_keys() -> &'static [KeyPair] {
     KEYS.get_or_init(|| (0..3).map(|_| KeyPair::generate().unwrap()).collect())
 }
 
+/// Most log bytes kept: far more than the tests here write.
+const LOG_CAP: usize = 64 << 20;
+
 /// Everything the cloud logs during this test binary, to look for passwords in.
 fn log_output() -> &'static Mutex<Vec<u8>> {
     static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
@@ -34,7 +49,13 @@ fn log_output() -> &'static Mutex<Vec<u8>> {
         struct Sink;
         impl std::io::Write for Sink {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                log_output().lock().unwrap().extend_from_slice(b);
+                // Never panics: this runs inside every test thread's logging, also while a thread
+                // ends, where a panic aborts the whole test binary. Bounded, as every test logs here.
+                if let Ok(mut log) = log_output().lock() {
+                    if log.len() < LOG_CAP {
+                        log.extend_from_slice(b);
+                    }
+                }
                 Ok(b.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -50,20 +71,17 @@ fn log_output() -> &'static Mutex<Vec<u8>> {
     })
 }
 
-async fn setup() -> Setup {
-    setup_with_ttl(crate::managed::APPLY_TTL).await
+async fn setup(engines: Engines, keep: &Keep) -> Setup {
+    setup_with_ttl(engines, keep, crate::managed::APPLY_TTL).await
 }
 
 /// With apply commands that expire after `ttl`.
-async fn setup_with_ttl(ttl: Duration) -> Setup {
+async fn setup_with_ttl(engines: Engines, keep: &Keep, ttl: Duration) -> Setup {
     log_output();
-    let dir = tempfile::tempdir().unwrap();
-    let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
-    let engines = crate::store::Engines::on_sled(sled.clone(), None).unwrap();
-    let trust = Trust::open(dir.path(), engines.trust.clone()).unwrap();
+    let dir = keep.dir.path().to_path_buf();
+    let trust = Trust::open(&dir, engines.trust.clone()).unwrap();
     let commands = Commands::new(engines.commands.clone());
-    let managed_store =
-        Arc::new(crate::store::sled::managed::SledManaged::open(sled.db(), sled.flusher()).unwrap());
+    let managed_store = engines.managed.clone();
     let managed = crate::managed::ManagedSensors::new(managed_store.clone(), trust.clone(), commands.clone())
         .with_apply_ttl(ttl);
     let now = chrono::Utc::now();
@@ -83,11 +101,10 @@ async fn setup_with_ttl(ttl: Duration) -> Setup {
         trust.enroll(&req, now).await.unwrap();
     }
     let config = CloudConfig::default();
-    let people_db: crate::store::people::PeopleDb =
-        Arc::new(crate::store::sled::people::SledPeople::open(&sled).unwrap());
-    let people = crate::people::People::new(people_db, config.people.clone()).unwrap();
-    let state = AppState::new(Arc::new(sled), "admin".into(), trust, commands, people, Arc::new(config))
-        .with_managed(managed);
+    let people = crate::people::People::new(engines.people.clone(), config.people.clone()).unwrap();
+    let state =
+        AppState::new(engines.readings.clone(), "admin".into(), trust, commands, people, Arc::new(config))
+            .with_managed(managed);
     Setup { app: router(state.clone()), state, hubs: hub_keys().to_vec(), store: managed_store, dir }
 }
 
@@ -174,9 +191,8 @@ fn ids(doc: &SensorDocument) -> Vec<String> {
     doc.sensors.iter().map(|s| s.id()).collect()
 }
 
-#[tokio::test]
-async fn validation_errors_name_the_field_and_nothing_is_saved() {
-    let s = setup().await;
+async fn validation_errors_name_the_field_and_nothing_is_saved(engines: Engines, keep: &Keep) {
+    let s = setup(engines, keep).await;
     let path = format!("/v1/machines/{}/managed/sensors", s.hub(0));
     let mut bad = tcp("db", 5432);
     bad["warn"] = json!(900);
@@ -207,9 +223,11 @@ async fn validation_errors_name_the_field_and_nothing_is_saved() {
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
-#[tokio::test]
-async fn a_password_is_sealed_to_the_machine_and_found_in_no_answer_file_or_log() {
-    let s = setup().await;
+async fn a_password_is_sealed_to_the_machine_and_found_in_no_answer_file_or_log(
+    engines: Engines,
+    keep: &Keep,
+) {
+    let s = setup(engines, keep).await;
     let password = format!("pw-{}", hex::encode(rand_bytes()));
     let user = format!("user-{}", hex::encode(rand_bytes()));
     let http = json!({"kind": "http", "name": "intranet", "url": "https://intranet.example/",
@@ -264,7 +282,7 @@ async fn a_password_is_sealed_to_the_machine_and_found_in_no_answer_file_or_log(
     // The data directory: the user name is there in clear (so the files are searchable), the
     // password is not.
     let mut user_seen = false;
-    for file in files(s.dir.path()) {
+    for file in files(&s.dir) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(!contains(&bytes, password.as_bytes()), "{} holds the password", file.display());
         user_seen |= contains(&bytes, user.as_bytes());
@@ -298,9 +316,8 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test]
-async fn a_template_edit_issues_a_new_version_to_every_machine_using_it() {
-    let s = setup().await;
+async fn a_template_edit_issues_a_new_version_to_every_machine_using_it(engines: Engines, keep: &Keep) {
+    let s = setup(engines, keep).await;
     s.ok(
         "POST",
         "/v1/templates",
@@ -367,9 +384,8 @@ async fn a_template_edit_issues_a_new_version_to_every_machine_using_it() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "an unknown template is named");
 }
 
-#[tokio::test]
-async fn roll_back_issues_the_old_content_as_a_new_version() {
-    let s = setup().await;
+async fn roll_back_issues_the_old_content_as_a_new_version(engines: Engines, keep: &Keep) {
+    let s = setup(engines, keep).await;
     let base = format!("/v1/machines/{}/managed", s.hub(0));
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("b", 2))).await;
@@ -403,9 +419,11 @@ async fn roll_back_issues_the_old_content_as_a_new_version() {
     assert_eq!(saved[0]["parameters"]["change"], "removed tcp.c");
 }
 
-#[tokio::test]
-async fn status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_again() {
-    let s = setup().await;
+async fn status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_again(
+    engines: Engines,
+    keep: &Keep,
+) {
+    let s = setup(engines, keep).await;
     let base = format!("/v1/machines/{}/managed", s.hub(0));
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
     assert_eq!(s.ok("GET", &base, None).await["status"]["text"], "pending v1");
@@ -440,7 +458,6 @@ async fn status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_aga
         document: Signed::sign(s.state.trust.key(), &doc).unwrap(),
         ..latest
     };
-    use crate::store::managed::ManagedStore;
     s.store
         .save(crate::store::managed::ManagedChange { versions: vec![record], ..Default::default() })
         .await
@@ -453,9 +470,8 @@ async fn status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_aga
     assert_eq!(doc.version, 3);
 }
 
-#[tokio::test]
-async fn unknown_machines_are_404_and_no_token_is_401() {
-    let s = setup().await;
+async fn unknown_machines_are_404_and_no_token_is_401(engines: Engines, keep: &Keep) {
+    let s = setup(engines, keep).await;
     let stranger = "0123456789abcdef0123456789abcdef";
     for (method, path, body) in [
         ("GET", format!("/v1/machines/{stranger}/managed"), None),
@@ -483,9 +499,8 @@ async fn unknown_machines_are_404_and_no_token_is_401() {
     assert_eq!(cat.as_array().unwrap().len(), outpost_shared::sensor_config::SensorKind::ALL.len());
 }
 
-#[tokio::test]
-async fn a_version_whose_command_expired_unanswered_is_sent_again_once() {
-    let s = setup_with_ttl(Duration::from_secs(1)).await;
+async fn a_version_whose_command_expired_unanswered_is_sent_again_once(engines: Engines, keep: &Keep) {
+    let s = setup_with_ttl(engines, keep, Duration::from_secs(1)).await;
     let base = format!("/v1/machines/{}/managed", s.hub(0));
     s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
     let m = s.state.managed.as_ref().unwrap();

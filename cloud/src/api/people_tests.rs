@@ -3,11 +3,26 @@
 
 use super::*;
 use crate::store::people::{Customer, Grant, Role as Access};
+use crate::store::testing::Keep;
+use crate::store::Engines;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Method, Request};
 use std::time::Duration;
 use tower::ServiceExt;
+
+crate::both_engines!(
+    an_admin_of_one_customer_finds_nothing_of_another_on_any_route,
+    a_viewer_cannot_switch_an_operator_can_and_the_trail_names_each,
+    a_request_from_another_site_with_the_cookie_changes_nothing,
+    ten_wrong_passwords_lock_the_account_and_the_lock_is_in_the_trail,
+    api_tokens_obey_their_role_and_die_when_revoked,
+    admins_manage_the_users_of_their_own_customer_only,
+    no_password_session_or_token_is_stored_in_clear,
+    the_live_feed_carries_only_the_customers_machines,
+    an_admin_without_the_required_second_factor_can_only_set_it_up,
+    forged_malformed_and_oversized_credentials_get_nothing,
+);
 
 const HOST: &str = "cloud.test";
 const PW: &str = "correct horse battery";
@@ -15,7 +30,7 @@ const PW: &str = "correct horse battery";
 struct World {
     app: Router,
     state: AppState,
-    dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
     /// Enrolled hubs of customer a (network net-a) and b (net-b).
     hub_a: String,
     hub_b: String,
@@ -23,22 +38,23 @@ struct World {
 
 /// Two customers with one hub each, readings from both, and users:
 /// alice admin of a, olga operator of a, vic viewer of a, bob admin of b, root owner.
-async fn world() -> World {
-    world_with(|_| {}).await
+async fn world(engines: Engines, keep: &Keep) -> World {
+    world_with(engines, keep, |_| {}).await
 }
 
-async fn world_with(tune: impl FnOnce(&mut crate::config::PeopleConfig)) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let sled = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
-    let engines = crate::store::Engines::on_sled(sled.clone(), None).unwrap();
-    let trust = Trust::open(dir.path(), engines.trust.clone()).unwrap();
+async fn world_with(
+    engines: Engines,
+    keep: &Keep,
+    tune: impl FnOnce(&mut crate::config::PeopleConfig),
+) -> World {
+    let dir = keep.dir.path().to_path_buf();
+    let trust = Trust::open(&dir, engines.trust.clone()).unwrap();
     let commands = Commands::new(engines.commands.clone());
-    let store: Store = Arc::new(sled.clone());
+    let store: Store = engines.readings.clone();
     let mut config = CloudConfig::default();
     config.people.slow_delay = Duration::ZERO;
     tune(&mut config.people);
-    let db: crate::store::people::PeopleDb =
-        Arc::new(crate::store::sled::people::SledPeople::open(&sled).unwrap());
+    let db = engines.people.clone();
     let people = crate::people::People::new(db.clone(), config.people.clone()).unwrap();
     let now = chrono::Utc::now();
     let mut hubs = Vec::new();
@@ -171,9 +187,8 @@ async fn audit(w: &World) -> Vec<crate::commands::AuditEntry> {
     w.state.commands.audit(None, 10_000).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_of_one_customer_finds_nothing_of_another_on_any_route() {
-    let w = world().await;
+async fn an_admin_of_one_customer_finds_nothing_of_another_on_any_route(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     let alice = Auth::Cookie(sign_in(&w, "alice").await);
     let bob = Auth::Cookie(sign_in(&w, "bob").await);
     let a = w.hub_a.clone();
@@ -325,9 +340,8 @@ async fn an_admin_of_one_customer_finds_nothing_of_another_on_any_route() {
     assert_eq!(machines.as_array().unwrap().len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_viewer_cannot_switch_an_operator_can_and_the_trail_names_each() {
-    let w = world().await;
+async fn a_viewer_cannot_switch_an_operator_can_and_the_trail_names_each(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     let a = w.hub_a.clone();
     let relay = format!("/v1/machines/{a}/relays/1/1");
     let on = Some(serde_json::json!({"on": true}));
@@ -371,9 +385,8 @@ async fn a_viewer_cannot_switch_an_operator_can_and_the_trail_names_each() {
     assert_eq!(call(&w, remote).await.0, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_from_another_site_with_the_cookie_changes_nothing() {
-    let w = world().await;
+async fn a_request_from_another_site_with_the_cookie_changes_nothing(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     let cookie = sign_in(&w, "olga").await;
     let relay = format!("/v1/machines/{}/relays/1/1", w.hub_a);
     let on = Some(serde_json::json!({"on": true}));
@@ -410,9 +423,8 @@ async fn a_request_from_another_site_with_the_cookie_changes_nothing() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_wrong_passwords_lock_the_account_and_the_lock_is_in_the_trail() {
-    let w = world().await;
+async fn ten_wrong_passwords_lock_the_account_and_the_lock_is_in_the_trail(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     let wrong = serde_json::json!({"name": "vic", "password": "not the password"});
     for i in 1..=10 {
         let (s, v) = go(&w, Method::POST, "/v1/session", &Auth::None, Some(wrong.clone())).await;
@@ -435,9 +447,8 @@ async fn ten_wrong_passwords_lock_the_account_and_the_lock_is_in_the_trail() {
     assert!(v.to_string().contains("account-locked"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_tokens_obey_their_role_and_die_when_revoked() {
-    let w = world().await;
+async fn api_tokens_obey_their_role_and_die_when_revoked(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     let alice = Auth::Cookie(sign_in(&w, "alice").await);
     let relay = format!("/v1/machines/{}/relays/1/1", w.hub_a);
     let on = Some(serde_json::json!({"on": true}));
@@ -502,9 +513,8 @@ async fn api_tokens_obey_their_role_and_die_when_revoked() {
     assert!(audit(&w).await.iter().any(|e| e.action == "api-token-revoked" && e.who == "user:alice"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admins_manage_the_users_of_their_own_customer_only() {
-    let w = world().await;
+async fn admins_manage_the_users_of_their_own_customer_only(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     let alice = Auth::Cookie(sign_in(&w, "alice").await);
     let new = |name: &str, customer: &str| serde_json::json!({"name": name, "password": PW, "grants": [{"customer": customer, "role": "viewer"}]});
     let (s, v) = go(&w, Method::POST, "/v1/users", &alice, Some(new("nina", "a"))).await;
@@ -551,9 +561,8 @@ async fn admins_manage_the_users_of_their_own_customer_only() {
 
 /// Sign-ins, a setup, tokens: afterwards no password, session cookie or token is anywhere in the
 /// data directory's files.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_password_session_or_token_is_stored_in_clear() {
-    let w = world().await;
+async fn no_password_session_or_token_is_stored_in_clear(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     let cookie = sign_in(&w, "alice").await;
     let alice = Auth::Cookie(cookie.clone());
     let (_, v) = go(
@@ -577,7 +586,7 @@ async fn no_password_session_or_token_is_stored_in_clear() {
     .await;
     w.state.store.commit().await.unwrap();
     let mut files = Vec::new();
-    let mut stack = vec![w.dir.path().to_path_buf()];
+    let mut stack = vec![w.dir.clone()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
@@ -604,10 +613,9 @@ async fn no_password_session_or_token_is_stored_in_clear() {
     assert!(found_hash, "the search looked where the users are");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_live_feed_carries_only_the_customers_machines() {
+async fn the_live_feed_carries_only_the_customers_machines(engines: Engines, keep: &Keep) {
     use futures_util::StreamExt;
-    let w = world().await;
+    let w = world(engines, keep).await;
     let bob = Auth::Cookie(sign_in(&w, "bob").await);
     let r = w.app.clone().oneshot(request(Method::GET, "/v1/events", &bob, None)).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -624,9 +632,8 @@ async fn the_live_feed_carries_only_the_customers_machines() {
     assert!(!seen.contains(&w.hub_a), "bob's feed carried customer a's machine: {seen}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_without_the_required_second_factor_can_only_set_it_up() {
-    let w = world_with(|p| p.require_totp_for_admins = true).await;
+async fn an_admin_without_the_required_second_factor_can_only_set_it_up(engines: Engines, keep: &Keep) {
+    let w = world_with(engines, keep, |p| p.require_totp_for_admins = true).await;
     let alice = Auth::Cookie(sign_in(&w, "alice").await);
     let (_, me) = go(&w, Method::GET, "/v1/me", &alice, None).await;
     assert_eq!(me["totp_required"], true, "{me}");
@@ -694,9 +701,8 @@ async fn an_admin_without_the_required_second_factor_can_only_set_it_up() {
     assert!(trail.iter().any(|e| e.action == "totp-reset" && e.who == "local-admin"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_malformed_and_oversized_credentials_get_nothing() {
-    let w = world().await;
+async fn forged_malformed_and_oversized_credentials_get_nothing(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
     // Forged, oversized and empty cookies, unknown and malformed bearer tokens.
     for auth in [
         Auth::Cookie("A".repeat(43)),
