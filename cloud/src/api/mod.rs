@@ -17,6 +17,7 @@ mod managed;
 #[cfg(test)]
 mod managed_tests;
 mod network;
+mod series;
 #[cfg(test)]
 mod tests;
 
@@ -120,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}", delete(machines::revoke))
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
         .route("/v1/machines/{id}/readings", get(machines::readings))
+        .route("/v1/machines/{id}/series", get(series::series))
         .route("/v1/events", get(events::stream))
         .route("/v1/hubs/unattached", get(machines::unattached))
         .route("/v1/enrollment-tokens", post(enrollment::new_token).get(enrollment::list_tokens))

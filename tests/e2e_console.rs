@@ -1,0 +1,126 @@
+//! The operator's console in a real browser (headless Chromium over WebDriver), for what a person
+//! reads there: history charts across the retention boundary with threshold lines.
+
+mod common;
+
+use common::browser::{available, Browser};
+use common::*;
+use outpost_shared::model::{Batch, Limits, Reading, Role, Sample, State};
+use std::time::Duration;
+
+/// Where the console tests keep their screenshots, to be looked at by a person:
+/// `target/screenshots/` of the workspace.
+fn screenshots_dir() -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const MACHINE: &str = "0123456789abcdef0123456789abcdef";
+/// One reading every 5 minutes for 30 days, stamped 2.5 minutes off the 5-minute grid, so the
+/// last hour holds exactly 12 of them whenever the page asks within 2.5 minutes.
+const STEP_MIN: i64 = 5;
+const READINGS: i64 = 30 * 24 * 60 / STEP_MIN;
+
+/// 30 days of one sensor written into the cloud's store before the cloud starts, then folded as
+/// the cloud's retention does (7 days raw): older readings exist only as hourly aggregates.
+fn write_history(data: &std::path::Path) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Through the trait, as the cloud writes: the engine's own methods are its blocking halves.
+        let store: outpost_cloud::store::Store =
+            std::sync::Arc::new(outpost_cloud::store::sled::SledStore::open(&data.join("db")).unwrap());
+        let now = chrono::Utc::now();
+        let readings = (0..READINGS)
+            .map(|i| {
+                let age = chrono::Duration::seconds((READINGS - i) * STEP_MIN * 60 - STEP_MIN * 30);
+                let v = 50.0 + 30.0 * (i as f64 / 40.0).sin();
+                let state = if v >= 70.0 { State::Warn } else { State::Ok };
+                let mut s = Sample::new("tank.level", v, state).unit("%").at(now - age);
+                s.limits = Some(Limits { warn: Some(70.0), error: Some(90.0), below: false });
+                Reading { machine_id: MACHINE.into(), seq: i as u64 + 1, sample: s }
+            })
+            .collect();
+        let batch = Batch {
+            machine_id: MACHINE.into(),
+            hostname: "tank-farm".into(),
+            role: Role::Sensorhub,
+            uplink: "direct".into(),
+            buffered: 0,
+            dropped: 0,
+            version: "t".into(),
+            quarantined: 0,
+            clock_problem: None,
+            readings,
+        };
+        store.ingest(batch, now).await.unwrap();
+        let folded = store
+            .compact(now, Duration::from_secs(7 * 86400), Duration::from_secs(400 * 86400))
+            .await
+            .unwrap();
+        assert!(folded.folded > 6000, "{folded:?}");
+        store.commit().await.unwrap();
+    });
+}
+
+#[test]
+fn a_month_long_chart_joins_hourly_to_raw_data_and_an_hour_shows_every_reading() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_dir = dir.path().join("cloud");
+    std::fs::create_dir_all(cloud_dir.join("data")).unwrap();
+    write_history(&cloud_dir.join("data"));
+    let cloud = CloudProc::start(&cloud_dir);
+    let browser = Browser::start();
+    browser.set_window_size(1200, 900);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the machine is listed",
+        "return [...document.querySelectorAll('tr.machine')].some((r) => r.textContent.includes('tank-farm'))",
+    );
+    browser.eval(
+        "[...document.querySelectorAll('tr.machine')].find((r) => r.textContent.includes('tank-farm')).click(); return true",
+    );
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the sensor row shows",
+        "return !!document.querySelector('tr.sensor[data-sensor=\"tank.level\"]')",
+    );
+    browser.click("tr.sensor[data-sensor=\"tank.level\"]");
+    browser.click("#ranges button[data-range=\"2592000\"]");
+    browser.wait_for(
+        Duration::from_secs(20),
+        "the 30-day chart is drawn with hourly and raw points",
+        "const c = document.getElementById('chart'); \
+         return !!c.querySelector('canvas') && Number(c.dataset.hourly) > 500 && Number(c.dataset.points) > 2000",
+    );
+    let chart = |key: &str| browser.eval(&format!("return document.getElementById('chart').dataset.{key}"));
+    // 23 days of hours, then 7 days of 5-minute readings: no break, no step longer than an hour.
+    let hourly: u64 = chart("hourly").as_str().unwrap().parse().unwrap();
+    let points: u64 = chart("points").as_str().unwrap().parse().unwrap();
+    assert!((23 * 24 - 2..=23 * 24 + 2).contains(&hourly), "hourly points: {hourly}");
+    assert!((hourly + 7 * 288 - 3..=hourly + 7 * 288 + 1).contains(&points), "points: {points}");
+    assert_eq!(chart("breaks"), "0", "no gap in the line");
+    let widest: f64 = chart("widest").as_str().unwrap().parse().unwrap();
+    assert!(widest <= 3600.0, "the widest step is {widest} s");
+    assert_eq!(chart("limits"), "70 90", "the sensor's limits are drawn");
+    let caption = browser.eval("return document.getElementById('crange').textContent");
+    assert!(caption.as_str().unwrap().contains("Hourly averages until"), "{caption}");
+    browser.eval("document.getElementById('ctitle').scrollIntoView(); return true");
+    browser.screenshot(&screenshots_dir().join("chart-30d.png"));
+
+    // The last hour: every raw reading, nothing folded, nothing from before.
+    browser.click("#ranges button[data-range=\"3600\"]");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the 1-hour chart is drawn",
+        "const c = document.getElementById('chart'); return c.dataset.hourly === '0' && !!c.querySelector('canvas')",
+    );
+    assert_eq!(chart("points"), "12", "every reading of the last hour");
+    browser.eval("document.getElementById('ctitle').scrollIntoView(); return true");
+    browser.screenshot(&screenshots_dir().join("chart-1h.png"));
+}
+
