@@ -1,5 +1,6 @@
 //! The operator's console in a real browser (headless Chromium over WebDriver), for what a person
-//! reads there: history charts across the retention boundary with threshold lines.
+//! reads there: history charts across the retention boundary with threshold lines, the
+//! system-wide audit trail, and enrollment commands that work when pasted on another machine.
 
 mod common;
 
@@ -124,3 +125,110 @@ fn a_month_long_chart_joins_hourly_to_raw_data_and_an_hour_shows_every_reading()
     browser.screenshot(&screenshots_dir().join("chart-1h.png"));
 }
 
+/// The audit trail of the whole system, as an operator reads it: every kind of event, a command
+/// as one row with its outcome (here: expired, its machine never asked), filters that narrow it
+/// down, and new events appearing while the view is open.
+#[test]
+fn the_audit_view_shows_every_kind_filters_and_updates_live() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let (status, made) = cloud.api_post(
+        "/v1/enrollment-tokens",
+        serde_json::json!({"network": "plant-7", "ttl": "1h", "label": "spare pump"}),
+    );
+    assert_eq!(status, 200, "{made}");
+    let (status, _) =
+        cloud.request("DELETE", &format!("/v1/enrollment-tokens/{}", made["id"].as_str().unwrap()), None);
+    assert_eq!(status, 200);
+    let hub = TestMachine::enroll(&cloud, "sensorhub");
+    let (status, cmd) = cloud.api_post(
+        &format!("/v1/machines/{}/commands", hub.id()),
+        serde_json::json!({"action": "ping", "ttl": "1s"}),
+    );
+    assert_eq!(status, 201, "{cmd}");
+    let other = TestMachine::enroll(&cloud, "sensorhub");
+    let (status, _) = cloud.request("DELETE", &format!("/v1/machines/{}", other.id()), None);
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(1500)); // the ping's second passes unanswered
+
+    let browser = Browser::start();
+    browser.set_window_size(1280, 900);
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the page is up",
+        "return !document.getElementById('app').hidden",
+    );
+    browser.click("#openaudit");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "every kind is listed",
+        "const k = new Set([...document.querySelectorAll('#auditrows tr.auditrow')].map((r) => r.dataset.kind)); \
+         return ['command', 'token', 'enrollment', 'revocation'].every((x) => k.has(x))",
+    );
+    let rows = |sel: &str| {
+        browser.eval(&format!(
+            "return [...document.querySelectorAll('#auditrows tr.auditrow{sel}')].map((r) => r.dataset.kind + ':' + r.dataset.outcome)"
+        ))
+    };
+    let commands = rows("[data-kind=\"command\"]");
+    assert_eq!(commands, serde_json::json!(["command:expired"]), "one row for the command, expired");
+    let tokens = rows("[data-kind=\"token\"]");
+    assert_eq!(
+        tokens.as_array().unwrap().len(),
+        2 + 2,
+        "made, cancelled, and the two that enrolled: {tokens}"
+    );
+    browser.screenshot(&screenshots_dir().join("audit.png"));
+
+    // Narrowed to one kind, then to one machine.
+    browser.eval("const s = document.getElementById('auditkind'); s.value = 'revocation'; s.dispatchEvent(new Event('change')); return true");
+    browser.wait_for(
+        Duration::from_secs(10),
+        "only the revocation is left",
+        "const r = [...document.querySelectorAll('#auditrows tr.auditrow')]; \
+         return r.length === 1 && r[0].dataset.kind === 'revocation'",
+    );
+    browser.eval("const s = document.getElementById('auditkind'); s.value = ''; s.dispatchEvent(new Event('change')); return true");
+    let machine_filter = format!(
+        "const s = document.getElementById('auditmachine'); s.value = '{}'; s.dispatchEvent(new Event('change')); return s.value",
+        hub.id()
+    );
+    // Neither machine ever sent a reading: the filter still offers them, from the trail itself.
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the machine filter offers the hub",
+        &format!(
+            "return [...document.getElementById('auditmachine').options].some((o) => o.value === '{}')",
+            hub.id()
+        ),
+    );
+    browser.eval(&machine_filter);
+    browser.wait_for(
+        Duration::from_secs(10),
+        "only the hub's rows are left",
+        "const r = [...document.querySelectorAll('#auditrows tr.auditrow')]; \
+         return r.length === 2 && r.every((x) => x.dataset.kind === 'command' || x.dataset.kind === 'enrollment')",
+    );
+    browser.eval("const s = document.getElementById('auditmachine'); s.value = ''; s.dispatchEvent(new Event('change')); return true");
+    let filtered = cloud.api(&format!("/v1/audit/rows?machine={}&kind=command", hub.id()));
+    assert_eq!(filtered.as_array().unwrap().len(), 1, "{filtered}");
+    assert_eq!(filtered[0]["who"], "admin");
+    let nobody = cloud.api("/v1/audit/rows?who=somebody-else");
+    assert_eq!(nobody, serde_json::json!([]));
+    let (status, _) = cloud.request("GET", "/v1/audit/rows?kind=everything", None);
+    assert_eq!(status, 400, "an unknown kind is refused, not ignored");
+
+    // Live: a token made now appears without a reload.
+    let (status, _) =
+        cloud.api_post("/v1/enrollment-tokens", serde_json::json!({"label": "made while watching"}));
+    assert_eq!(status, 200);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the new token appears by itself",
+        "return [...document.querySelectorAll('#auditrows tr.auditrow')].some((r) => r.textContent.includes('made while watching'))",
+    );
+}

@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}/mail-commands", get(mail::show).put(mail::grant).delete(mail::withdraw))
         .route("/v1/commands/{id}", get(commands::status))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/rows", get(audit::rows))
         .route("/v1/sensor-catalogue", get(managed::catalogue))
         .route("/v1/machines/{id}/managed", get(managed::show))
         .route("/v1/machines/{id}/managed/sensors", post(managed::add))

@@ -9,12 +9,12 @@ import { learnLocks } from "./relays.js";
 const quiet = (e) => e instanceof Unauthorised;
 function timeEl(t, long) { return h("time", { datetime: t, title: dateTime(t) }, long ? dateTime(t) : when(t)); }
 
-function paramText(p) {
+export function paramText(p) {
   if (!p || typeof p !== "object") return p == null ? "" : String(p);
   // A sensor document is long and its passwords are sealed: the history panel shows its content.
   return Object.entries(p).map(([k, v]) => `${k}=${k === "document" ? "(signed sensor document)" : typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
 }
-function detailText(d) {
+export function detailText(d) {
   if (d == null) return "";
   if (typeof d === "string") return d;
   if (typeof d === "object" && typeof d.error === "string") return d.error;
