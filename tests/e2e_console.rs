@@ -232,3 +232,111 @@ fn the_audit_view_shows_every_kind_filters_and_updates_live() {
         "return [...document.querySelectorAll('#auditrows tr.auditrow')].some((r) => r.textContent.includes('made while watching'))",
     );
 }
+
+/// The enrollment command the dashboard offers, pasted on "another machine" (a fresh directory
+/// that has nothing of the cloud's): it names the cloud's public URL, not the page's own address;
+/// its download step fetches the CA and refuses one that does not match; the installer accepts
+/// the URL, CA and token (into a temp tree: installing a service needs root); and a hub given the
+/// same URL, CA and token enrolls in the token's network.
+#[test]
+fn the_offered_enrollment_command_enrolls_a_machine_pasted_elsewhere() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let public = format!("https://localhost:{port}");
+    let cloud = CloudProc::start_on(&dir.path().join("cloud"), port, &format!("public_url = \"{public}/\""));
+    let browser = Browser::start();
+    browser.open(&format!("{}/#token={}", cloud.url(), cloud.admin_token()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the page is up",
+        "return !document.getElementById('app').hidden",
+    );
+    browser.eval(
+        "document.getElementById('tokennetwork').value = 'plant-9'; \
+         document.getElementById('tokenlabel').value = 'pump 3'; \
+         document.getElementById('tokenttl').value = '1h'; return true",
+    );
+    browser.click("#newtoken");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the command is offered",
+        "return !document.getElementById('tokenout').hidden && document.getElementById('tokencmd').textContent.length > 0",
+    );
+    let cmd =
+        browser.eval("return document.getElementById('tokencmd').textContent").as_str().unwrap().to_string();
+    let (fetch, install) = cmd.split_once(" && sudo ").expect("a download step, then the install");
+    let prefix = format!("outpost install --role sensorhub --cloud {public} --cloud-ca outpost-cloud-ca.pem --enroll OPT1.plant-9.");
+    assert!(install.starts_with(&prefix), "{install}");
+    let token = install.rsplit(' ').next().unwrap().to_string();
+    let expires = browser.eval("return document.getElementById('tokenexp').dateTime");
+    let left =
+        chrono::DateTime::parse_from_rfc3339(expires.as_str().unwrap()).unwrap().with_timezone(&chrono::Utc)
+            - chrono::Utc::now();
+    assert!(
+        left <= chrono::Duration::hours(1) && left > chrono::Duration::minutes(55),
+        "the chosen lifetime: {left}"
+    );
+
+    // The other host: nothing there but what the command brings.
+    let host = tempfile::tempdir().unwrap();
+    let run = |script: &str| {
+        std::process::Command::new("sh").arg("-c").arg(script).current_dir(host.path()).output().unwrap()
+    };
+    let out = run(fetch);
+    assert!(out.status.success(), "{fetch}: {}", String::from_utf8_lossy(&out.stderr));
+    let ca = host.path().join("outpost-cloud-ca.pem");
+    assert_eq!(std::fs::read(&ca).unwrap(), std::fs::read(cloud.ca()).unwrap());
+    // A CA swapped on the way (here: a wrong fingerprint) stops the command before the install.
+    let forged = fetch.replace(&fetch[fetch.find("echo \"").unwrap() + 6..][..64], &"0".repeat(64));
+    assert!(!run(&format!("{forged} && touch installed")).status.success());
+    assert!(!host.path().join("installed").exists());
+
+    let root = tempfile::tempdir().unwrap();
+    let words: Vec<&str> = install.split_whitespace().collect();
+    let out = std::process::Command::new(BIN)
+        .args(&words[1..])
+        .arg("--root")
+        .arg(root.path())
+        .current_dir(host.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{install}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = std::fs::read_to_string(root.path().join("etc/outpost/sensorhub.toml")).unwrap();
+    assert!(installed.contains(&format!("cloud = \"{public}\"")), "{installed}");
+    assert_eq!(
+        std::fs::read(root.path().join("etc/outpost/cloud-ca.pem")).unwrap(),
+        std::fs::read(&ca).unwrap()
+    );
+    let kept = std::fs::read_to_string(root.path().join("var/lib/outpost/sensorhub/enroll-token")).unwrap();
+    assert_eq!(kept.trim(), token);
+
+    // The hub as that service would run it, with its data in a temp dir instead of /var/lib.
+    let hub_dir = host.path().join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    let config = hub_dir.join("sensorhub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[uplink]\ncloud = \"{public}\"\nca_file = \"{}\"\nenroll_token = \"{token}\"\n\
+             retry_min = \"200ms\"\nretry_max = \"1s\"\ndiscover = false\nadvertise = false\n",
+            hub_dir.join("data").display(),
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let _hub = start_hub(&hub_dir, &config);
+    let id = key_machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "the hub is enrolled in plant-9 and sends", || {
+        machines(&cloud).iter().any(|m| m["id"] == id.as_str() && m["network"] == "plant-9")
+    });
+    let open = cloud.api("/v1/enrollment-tokens");
+    assert!(!open.as_array().unwrap().iter().any(|t| t["label"] == "pump 3"), "the token is used up: {open}");
+}

@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/{file}", get(crate::dashboard::asset))
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/v1/cloud-key", get(enrollment::cloud_key))
+        .route("/v1/ca.pem", get(enrollment::ca_pem))
         .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));
     let enroll = Router::new()
         .route("/v1/enroll", post(enrollment::enroll))
