@@ -265,7 +265,8 @@ fn enrollment_tokens_and_unattached_hubs_show_on_the_dashboard() {
         "a new enrollment token is shown with its expiry and how to use it",
         "const v = document.getElementById('tokenvalue').value; \
          return v.startsWith('OPT1.') && !document.getElementById('tokenout').hidden \
-           && document.getElementById('tokencmd').textContent.includes('--enroll ' + v + ' --cloud https://') \
+           && document.getElementById('tokencmd').textContent.includes(' --cloud https://') \
+           && document.getElementById('tokencmd').textContent.endsWith(' --enroll ' + v) \
            && document.getElementById('tokenconf').textContent.includes('enroll_token = \"' + v + '\"') \
            && document.getElementById('tokenexp').textContent.length > 0",
     );
@@ -291,7 +292,7 @@ fn enrollment_tokens_and_unattached_hubs_show_on_the_dashboard() {
     browser.wait_for(
         Duration::from_secs(15),
         "a connector token with its own install command",
-        "return document.getElementById('tokencmd').textContent.includes('--role connector --enroll OPT1.')            && document.getElementById('tokenconf').textContent.startsWith('[cloud]')            && [...document.querySelectorAll('#tokens tr.token')].some(r => r.textContent.includes('spare connector'))",
+        "return document.getElementById('tokencmd').textContent.includes('--role connector --cloud https://') && document.getElementById('tokencmd').textContent.includes(' --enroll OPT1.')            && document.getElementById('tokenconf').textContent.startsWith('[cloud]')            && [...document.querySelectorAll('#tokens tr.token')].some(r => r.textContent.includes('spare connector'))",
     );
     let connector_token =
         browser.eval("return document.getElementById('tokenvalue').value").as_str().unwrap().to_string();

@@ -20,6 +20,10 @@ pub struct CloudConfig {
     /// Host names and addresses the self-signed certificate is made for when no `tls` is given.
     pub names: Vec<String>,
     pub tls: Option<TlsFiles>,
+    /// Where machines reach this cloud, `https://host[:port]`: what the enrollment commands the
+    /// dashboard offers name. Absent: the address the dashboard was loaded from, which is wrong
+    /// when the operator's browser reaches the cloud another way (a tunnel, an inside name).
+    pub public_url: Option<String>,
     pub retention: Retention,
     pub ingest: IngestLimits,
     /// Timeouts, connection and request caps, per-source rate limits of the HTTPS listener.
@@ -224,6 +228,7 @@ impl Default for CloudConfig {
             data_dir: PathBuf::from("outpost-data/cloud"),
             names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             tls: None,
+            public_url: None,
             retention: Retention::default(),
             ingest: IngestLimits::default(),
             server: Default::default(),
@@ -260,8 +265,48 @@ impl Default for IngestLimits {
     }
 }
 
+impl CloudConfig {
+    /// The authority machines must trust to reach this cloud: the self-signed one made in
+    /// `data_dir`, or with a certificate of one's own, that certificate's file (its chain).
+    pub fn ca_file(&self) -> PathBuf {
+        match &self.tls {
+            Some(t) => t.cert.clone(),
+            None => outpost_shared::tls::CertPaths::in_dir(&self.data_dir.join("tls")).ca,
+        }
+    }
+
+    /// `public_url` without a trailing slash, as commands use it.
+    pub fn public_url(&self) -> Option<&str> {
+        self.public_url.as_deref().map(|u| u.trim_end_matches('/'))
+    }
+}
+
+/// Why `url` cannot be the cloud's public URL, if it cannot. It is pasted into a shell on other
+/// machines, so only characters a URL of a host, port and path needs are allowed: nothing a shell
+/// would read as more than a word.
+pub fn public_url_problem(url: &str) -> Option<String> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Some("must start with https:// (machines talk to the cloud over TLS only)".into());
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Some("names no host, e.g. https://outpost.example.com".into());
+    }
+    if url.len() > 200 {
+        return Some("is longer than 200 characters".into());
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-:[]/_~".contains(c);
+    if let Some(c) = rest.chars().find(|&c| !allowed(c)) {
+        return Some(format!("contains `{c}`: only letters, digits and . - : [ ] / _ ~ may appear"));
+    }
+    None
+}
+
 impl Validate for CloudConfig {
     fn validate(&self, problems: &mut Vec<Problem>) {
+        if let Some(why) = self.public_url.as_deref().and_then(public_url_problem) {
+            problems.push(Problem::new("public_url", why));
+        }
         if self.retention.raw < Duration::from_secs(3600) {
             problems.push(Problem::new(
                 "retention.raw",
@@ -329,6 +374,26 @@ impl Validate for CloudConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_url_that_a_shell_would_split_or_run_is_refused() {
+        for good in ["https://outpost.example.com", "https://10.0.0.5:8443/", "https://[::1]:8443/outpost"] {
+            assert_eq!(public_url_problem(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("http://outpost.example.com", "https://"),
+            ("https://", "no host"),
+            ("https://x.example;rm -rf ~", "`;`"),
+            ("https://x.example/$(id)", "`$`"),
+            ("https://x.example/a b", "` `"),
+            ("https://x.example/`id`", "`"),
+        ] {
+            let problem = public_url_problem(bad).unwrap_or_default();
+            assert!(problem.contains(why), "{bad}: {problem}");
+        }
+        let c = CloudConfig { public_url: Some("https://o.example/".into()), ..Default::default() };
+        assert_eq!(c.public_url(), Some("https://o.example"), "commands append paths to it");
+    }
 
     #[test]
     fn the_embedded_default_parses_and_equals_the_built_in_defaults() {

@@ -94,6 +94,31 @@ pub struct Sample {
     pub state: State,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The warn and error limits the state was judged against, when the sensor has any: what the
+    /// dashboard draws as threshold lines. Optional on the wire: older hubs send none, and a
+    /// reading without it means "no limits known", never "no limits".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// A sensor's `warn` and `error` limits as readings carry them. `below` turns them around: the
+/// value is bad when at or under the limit (free bytes, days until a certificate expires).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<f64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub below: bool,
+}
+
+impl Limits {
+    /// Whether a received value can be drawn: finite numbers only (JSON cannot carry NaN, but a
+    /// hub's own code could make one, and a line at infinity is no line).
+    pub fn is_valid(&self) -> bool {
+        self.warn.is_none_or(f64::is_finite) && self.error.is_none_or(f64::is_finite)
+    }
 }
 
 impl Sample {
@@ -105,6 +130,7 @@ impl Sample {
             unit: None,
             state,
             message: None,
+            limits: None,
         }
     }
 
@@ -120,6 +146,12 @@ impl Sample {
 
     pub fn at(mut self, ts: DateTime<Utc>) -> Self {
         self.ts = ts;
+        self
+    }
+
+    /// The limits the state was judged against (none when `limits` is None).
+    pub fn limits(mut self, limits: Option<Limits>) -> Self {
+        self.limits = limits;
         self
     }
 }
@@ -394,6 +426,9 @@ pub struct SensorLatest {
     pub ts: DateTime<Utc>,
     #[serde(default)]
     pub message: Option<String>,
+    /// As [`Sample::limits`] of this latest reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// `GET /v1/machines/{id}/readings` row.

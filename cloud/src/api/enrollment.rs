@@ -18,6 +18,41 @@ pub(super) async fn cloud_key(State(st): State<AppState>) -> Json<serde_json::Va
     Json(serde_json::json!({"fingerprint": k.machine_id().to_string(), "public_key": k.public().to_pem()}))
 }
 
+/// A certificate file larger than this is not a CA certificate (or chain) anyone should paste.
+const MAX_CA_BYTES: u64 = 64 * 1024;
+
+/// The authority machines must trust to reach this cloud, as PEM, and its SHA-256 (hex) as
+/// `sha256sum` prints it. Read on each call: a certificate of one's own is renewed in place.
+pub(super) fn read_ca(st: &AppState) -> Result<(Vec<u8>, String), String> {
+    let path = st.config.ca_file();
+    let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+    if size > MAX_CA_BYTES {
+        return Err(format!("{} is {size} bytes, more than a certificate chain", path.display()));
+    }
+    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(&pem));
+    Ok((pem, digest))
+}
+
+/// `GET /v1/ca.pem`: the certificate of the authority machines must trust, to download. Public:
+/// it is no secret, and a machine being set up has nothing to sign in with. Whoever fetches it
+/// over a connection they cannot verify yet checks it against the SHA-256 the dashboard shows
+/// beside the enrollment command (the command does so itself).
+pub(super) async fn ca_pem(State(st): State<AppState>) -> Response {
+    match read_ca(&st) {
+        Ok((pem, _)) => (
+            [
+                (axum::http::header::CONTENT_TYPE, "application/x-pem-file"),
+                (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"outpost-cloud-ca.pem\""),
+            ],
+            pem,
+        )
+            .into_response(),
+        Err(e) => internal(format!("the cloud's CA certificate cannot be read: {e}")),
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TokenRequest {
@@ -88,9 +123,19 @@ pub(super) async fn new_token(
     match st.trust.new_token(&network, role, ttl, &label, &actor.label(), Utc::now()).await {
         Ok((t, info)) => {
             audit_token(&st, "token-created", &info, &actor).await;
+            // What the enrollment command needs besides the token: where machines reach this
+            // cloud (None: the page uses its own address) and the fingerprint of its CA.
+            let ca_sha256 = match read_ca(&st) {
+                Ok((_, digest)) => Some(digest),
+                Err(e) => {
+                    tracing::error!(error = %e, "the cloud's CA certificate cannot be read");
+                    None
+                }
+            };
             Json(serde_json::json!({
                 "token": t.encode(), "id": info.id, "network": network, "role": role,
                 "label": info.label, "expires_at": t.expires_at,
+                "cloud_url": st.config.public_url(), "ca_sha256": ca_sha256,
             }))
             .into_response()
         }

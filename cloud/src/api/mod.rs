@@ -26,6 +26,7 @@ mod network;
 mod people;
 #[cfg(test)]
 mod people_tests;
+mod series;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -146,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/{file}", get(crate::dashboard::asset))
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/v1/cloud-key", get(enrollment::cloud_key))
+        .route("/v1/ca.pem", get(enrollment::ca_pem))
         .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));
     let enroll = Router::new()
         .route("/v1/enroll", post(enrollment::enroll))
@@ -176,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
         .route("/v1/machines/{id}/sensors/{sensor}/ack", post(machines::acknowledge))
         .route("/v1/machines/{id}/readings", get(machines::readings))
+        .route("/v1/machines/{id}/series", get(series::series))
         .route("/v1/events", get(events::stream))
         .route("/v1/hubs/unattached", get(machines::unattached))
         .route("/v1/enrollment-tokens", post(enrollment::new_token).get(enrollment::list_tokens))
@@ -186,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}/mail-commands", get(mail::show).put(mail::grant).delete(mail::withdraw))
         .route("/v1/commands/{id}", get(commands::status))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/rows", get(audit::rows))
         .route("/v1/sensor-catalogue", get(managed::catalogue))
         .route("/v1/machines/{id}/managed", get(managed::show))
         .route("/v1/machines/{id}/managed/sensors", post(managed::add))

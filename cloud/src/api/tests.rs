@@ -29,6 +29,7 @@ crate::both_engines!(
     enrollment_tokens_are_one_time_bound_to_a_role_and_audited,
     a_command_goes_out_signed_comes_back_signed_and_is_audited,
     mail_commands_need_the_clouds_grant,
+    a_series_joins_hourly_aggregates_to_raw_readings_without_gap_or_overlap,
 );
 
 /// The API on `engines` (keys in `keep`'s directory), with one hub enrolled in network `net`.
@@ -675,4 +676,89 @@ async fn mail_commands_need_the_clouds_grant(e: Engines, k: &Keep) {
     let (_, audit) = admin(&s, "GET", "/v1/audit", None).await;
     let refused = audit.as_array().unwrap().iter().filter(|e| e["event"] == "refused").count();
     assert_eq!(refused, 3, "every refusal is audited: {audit}");
+}
+
+/// An admin GET of `path`, its status and JSON body.
+async fn admin_get(app: &Router, path: &str) -> (StatusCode, serde_json::Value) {
+    let req = Request::get(path)
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = ack(app, req).await;
+    (status, body)
+}
+
+/// The chart's series over the retention boundary: what retention folded comes as hourly points,
+/// what it left as raw readings, one continuous series with no reading shown twice; points
+/// outside the range are not sent.
+async fn a_series_joins_hourly_aggregates_to_raw_readings_without_gap_or_overlap(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let id = s.hub.machine_id().to_string();
+    let now = chrono::Utc::now();
+    // One reading every 10 minutes for 3 days; retention keeps 1 day raw.
+    let readings: Vec<_> = (0..432u64)
+        .map(|i| outpost_shared::model::Reading {
+            machine_id: id.clone(),
+            seq: i + 1,
+            sample: outpost_shared::model::Sample::new("t", i as f64, outpost_shared::model::State::Ok)
+                .at(now - chrono::Duration::minutes(10 * (432 - i as i64))),
+        })
+        .collect();
+    let batch = outpost_shared::model::Batch {
+        machine_id: id.clone(),
+        hostname: "h".into(),
+        role: outpost_shared::model::Role::Sensorhub,
+        uplink: "direct".into(),
+        buffered: 0,
+        dropped: 0,
+        version: "t".into(),
+        quarantined: 0,
+        clock_problem: None,
+        readings,
+    };
+    s.state.store.ingest(batch, now).await.unwrap();
+    let folded =
+        s.state.store.compact(now, Duration::from_secs(86400), Duration::from_secs(400 * 86400)).await;
+    assert!(folded.unwrap().folded > 250);
+
+    let from = (now - chrono::Duration::days(4)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let enc = |t: &str| t.replace('+', "%2B");
+    let (status, body) =
+        admin_get(&s.app, &format!("/v1/machines/{id}/series?sensor=t&from={}", enc(&from))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let points = body["points"].as_array().unwrap();
+    let ts: Vec<i64> = points
+        .iter()
+        .map(|p| chrono::DateTime::parse_from_rfc3339(p["ts"].as_str().unwrap()).unwrap().timestamp())
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] < w[1]), "one series in time order, nothing twice");
+    let hourly = points.iter().take_while(|p| p["hourly"] == true).count();
+    assert!(hourly >= 47, "two days of hours: {hourly}");
+    assert!(points[hourly..].iter().all(|p| p["hourly"] == false), "raw after the last hour");
+    assert!(ts.windows(2).all(|w| w[1] - w[0] <= 3600), "no gap at the boundary");
+    let counted: u64 = points.iter().map(|p| p["count"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(counted, 432, "every reading in exactly one point");
+
+    // The last hour only: every raw reading of it, nothing before.
+    let from = (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (_, body) =
+        admin_get(&s.app, &format!("/v1/machines/{id}/series?sensor=t&from={}", enc(&from))).await;
+    assert_eq!(body["points"].as_array().unwrap().len(), 6, "{body}");
+
+    for bad in [
+        format!("/v1/machines/{id}/series?sensor=t&from=yesterday"),
+        format!("/v1/machines/{id}/series?sensor=t&from=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"),
+        format!("/v1/machines/{id}/series?sensor=t&from=2020-01-01T00:00:00Z&until=2026-01-01T00:00:00Z"),
+        format!("/v1/machines/{id}/series?sensor=t&from=2026-01-01T00:00:00Z&limit=5"),
+    ] {
+        assert_eq!(admin_get(&s.app, &bad).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (status, _) =
+        admin_get(&s.app, "/v1/machines/nobody/series?sensor=t&from=2026-01-01T00:00:00Z").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let req = Request::get(format!("/v1/machines/{id}/series?sensor=t&from={}", enc(&from)))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(ack(&s.app, req).await.0, StatusCode::UNAUTHORIZED, "the admin's data only");
 }

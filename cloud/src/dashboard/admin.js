@@ -9,12 +9,12 @@ import { learnLocks } from "./relays.js";
 const quiet = (e) => e instanceof Unauthorised;
 function timeEl(t, long) { return h("time", { datetime: t, title: dateTime(t) }, long ? dateTime(t) : when(t)); }
 
-function paramText(p) {
+export function paramText(p) {
   if (!p || typeof p !== "object") return p == null ? "" : String(p);
   // A sensor document is long and its passwords are sealed: the history panel shows its content.
   return Object.entries(p).map(([k, v]) => `${k}=${k === "document" ? "(signed sensor document)" : typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
 }
-function detailText(d) {
+export function detailText(d) {
   if (d == null) return "";
   if (typeof d === "string") return d;
   if (typeof d === "object" && typeof d.error === "string") return d.error;
@@ -73,16 +73,16 @@ $("newtoken").addEventListener("click", async () => {
   try {
     const role = $("tokenrole").value;
     const t = await api("/v1/enrollment-tokens",
-      { network: $("tokennetwork").value.trim() || "default", role, label: $("tokenlabel").value.trim(), ttl: "24h",
+      { network: $("tokennetwork").value.trim() || "default", role, label: $("tokenlabel").value.trim(), ttl: $("tokenttl").value,
         customer: $("tokencustomer").value || undefined });
     $("tokenvalue").value = t.token;
     $("tokennet").textContent = t.network;
     $("tokenrolename").textContent = t.role;
     const exp = $("tokenexp"); exp.dateTime = t.expires_at; exp.textContent = dateTime(t.expires_at);
-    $("tokencmd").textContent = `sudo outpost install --role ${t.role} --enroll ${t.token} --cloud ${location.origin}`;
-    $("tokenconf").textContent = t.role === "connector"
-      ? `[cloud]\nurl = "${location.origin}"\nenroll_token = "${t.token}"`
-      : `[uplink]\ncloud = "${location.origin}"\nenroll_token = "${t.token}"`;
+    const { install, conf, ca } = enrollCommand(t, location.origin);
+    $("tokencmd").textContent = install;
+    $("tokenconf").textContent = conf;
+    $("tokenca").textContent = ca;
     $("copied").textContent = "";
     $("tokenout").hidden = false;
     $("tokenvalue").focus(); $("tokenvalue").select();
@@ -91,6 +91,27 @@ $("newtoken").addEventListener("click", async () => {
     if (!quiet(e)) $("tokenerr").textContent = "cannot make a token: " + e.message;
   } finally { btn.disabled = false; }
 });
+
+/// The commands that enroll a machine with token `t`, pasted on that machine: the cloud's
+/// configured public address (else the one this page came from), its CA fetched and checked
+/// against the fingerprint the cloud gave before anything trusts it. Values the cloud did not
+/// send in the expected shape are left out rather than pasted into a shell.
+export function enrollCommand(t, origin) {
+  const safe = (v, re) => (typeof v === "string" && re.test(v) ? v : null);
+  const url = safe(t.cloud_url, /^https:\/\/[A-Za-z0-9.\-:\[\]\/_~]+$/) || origin;
+  const token = safe(t.token, /^[A-Za-z0-9._\-]+$/) || "TOKEN";
+  const sha = safe(t.ca_sha256, /^[0-9a-f]{64}$/);
+  const role = t.role === "connector" ? "connector" : "sensorhub";
+  const file = "outpost-cloud-ca.pem";
+  const fetchCa = sha
+    ? `curl -fsSk ${url}/v1/ca.pem -o ${file} && echo "${sha}  ${file}" | sha256sum -c - && `
+    : "";
+  const install = `${fetchCa}sudo outpost install --role ${role} --cloud ${url}${sha ? ` --cloud-ca ${file}` : ""} --enroll ${token}`;
+  const conf = role === "connector"
+    ? `[cloud]\nurl = "${url}"\nca_file = "/etc/outpost/cloud-ca.pem"\nenroll_token = "${token}"`
+    : `[uplink]\ncloud = "${url}"\nca_file = "/etc/outpost/cloud-ca.pem"\nenroll_token = "${token}"`;
+  return { install, conf, ca: sha || "unknown: the cloud could not read it" };
+}
 
 $("copytoken").addEventListener("click", async () => {
   const input = $("tokenvalue");

@@ -6,6 +6,7 @@ import { $, h, emptyRow, setText, setAttr, keepOrder } from "./dom.js";
 import { api, enc, pool, takeSetupFromUrl, showLogin, whenLoggedIn, whenReachableAgain, markDown, checkHealth, Unauthorised, loadMe, can, canAnywhere, me, showTotpSetup } from "./api.js";
 import * as F from "./format.js";
 import { History, RANGES } from "./chart.js";
+import { initAudit, closeAudit } from "./audit.js";
 import { R, renderRelays, resetRelays } from "./relays.js";
 import { loadAudit, loadTokens, loadUnattached, loadApiTokens } from "./admin.js";
 import { initManaged, loadManaged, resetManaged } from "./managed.js";
@@ -447,6 +448,7 @@ async function selectMachine(id, sensor, fromProblems) {
     history.clear("choose a sensor");
   }
   S.machine = id; S.sensor = null;
+  closeAudit();
   $("problems").hidden = true; $("detail").hidden = false;
   const m = S.machines.get(id);
   setText($("mtitle"), m ? `Sensors of ${m.hostname}` : "Sensors");
@@ -475,12 +477,15 @@ async function selectMachine(id, sensor, fromProblems) {
 function goHome() {
   S.machine = null; S.sensor = null;
   resetManaged(null);
+  closeAudit();
   $("detail").hidden = true; $("problems").hidden = false;
   history.clear("choose a sensor");
   renderAll();
 }
 $("home").addEventListener("click", goHome);
 $("back").addEventListener("click", goHome);
+$("auditback").addEventListener("click", goHome);
+initAudit(() => [...S.machines.values()]);
 
 function selectSensor(key, focusRow) {
   const changed = S.sensor !== key;

@@ -1,7 +1,10 @@
 // The history chart of one sensor, drawn by the vendored uPlot (loaded before this module as the
 // global `uPlot`): numbers as a line with their state as a band underneath, booleans, relays and
 // texts as a stepped timeline of their states. Time axis with dates, human units on the value
-// axis, a tooltip, zoom by dragging (double-click resets). Points outside the chosen range are
+// axis, the sensor's warn and error limits as dashed lines, a tooltip, zoom by dragging
+// (double-click resets). The cloud answers a range as one series (hourly averages where retention
+// folded the readings, raw readings after), so the chart's choice of raw or hourly data follows
+// the range by itself. Points outside the chosen range are
 // dropped as live readings arrive, so a tab left open does not grow.
 
 import { h, setText } from "./dom.js";
@@ -10,11 +13,6 @@ import { axisValue, dateTime, value as fmtValue, stateText, when, num } from "./
 export const RANGES = [
   ["1 h", 3600], ["6 h", 6 * 3600], ["24 h", 86400], ["7 d", 7 * 86400], ["30 d", 30 * 86400], ["400 d", 400 * 86400],
 ];
-/// Up to this range the chart asks for raw readings only; above it, hourly aggregates first (what
-/// retention leaves of older readings) and raw readings after the newest hour.
-const RAW_ONLY = 86400;
-/// The API answers at most this many rows per request (`MAX_LIMIT` in `api/machines.rs`).
-const MAX_LIMIT = 100000;
 /// Most points kept in the page for one chart, whatever arrives.
 const MAX_POINTS = 200000;
 
@@ -52,6 +50,10 @@ export class History {
     const seq = ++this.seq;
     this.machine = machine; this.sensor = sensor; this.range = range; this.latest = latest;
     this.unit = latest && latest.unit; this.zoomed = false;
+    // The limits the newest reading was judged against; older hubs send none.
+    const lim = latest && latest.limits;
+    this.limits = lim && typeof lim === "object" ? lim : null;
+    this.box.dataset.limits = this.limits ? [this.limits.warn, this.limits.error].filter((v) => typeof v === "number").join(" ") : "";
     setText(this.caption, "loading…");
     const { points, notes } = await this.fetch(machine, sensor, range);
     if (seq !== this.seq) return; // another sensor or range was chosen meanwhile
@@ -61,45 +63,39 @@ export class History {
     this.draw();
   }
 
+  /// The range as ONE series from the cloud (`/series`): hourly averages where retention folded
+  /// the readings, every raw reading after, already trimmed to the range.
   async fetch(machine, sensor, range) {
     const now = Date.now(), start = now - range * 1000;
-    const base = `/v1/machines/${enc(machine)}/readings?sensor=${enc(sensor)}`;
+    const answer = await this.api(`/v1/machines/${enc(machine)}/series?sensor=${enc(sensor)}&from=${iso(start)}&until=${iso(now + 1000)}`);
     const points = [], notes = [];
-    let rawSince = start;
-    if (range > RAW_ONLY) {
-      const hourly = await this.api(`${base}&resolution=hourly&since=${iso(start)}&limit=${Math.ceil(range / 3600) + 1}`);
-      for (const p of hourly) {
+    const list = Array.isArray(answer && answer.points) ? answer.points : [];
+    let lastHour = null;
+    for (const p of list) {
+      let pt;
+      if (p.hourly === true) {
         const t = Date.parse(p.ts);
-        if (!Number.isFinite(t) || typeof p.avg !== "number") continue;
-        points.push({ t: t / 1000, v: p.avg, min: p.min, max: p.max, raw: p.avg, s: null, hourly: true, n: p.count });
+        if (!Number.isFinite(t) || typeof p.value !== "number") continue;
+        pt = { t: t / 1000, v: p.value, min: p.min, max: p.max, raw: p.value, s: null, hourly: true, n: p.count };
+        lastHour = pt.t;
+      } else {
+        pt = toPoint(p);
+        if (!pt) continue;
       }
-      if (points.length) {
-        rawSince = Math.max(start, points[points.length - 1].t * 1000 + 3600e3);
-        notes.push(`hourly averages until ${when(rawSince)}, every reading after`);
-      }
-    }
-    // As many as one answer holds: a 10 s sensor fills 7 days of raw retention with 60,480.
-    const limit = MAX_LIMIT;
-    let raw = await this.api(`${base}&since=${iso(rawSince)}&limit=${limit}`);
-    if (raw.length >= limit) {
-      // The API answers oldest first: when a fast sensor has more readings than one answer holds,
-      // fetch the newest quarter hour as well, so the chart reaches now, and say what is missing.
-      const lastT = Date.parse(raw[raw.length - 1].ts);
-      const tail = (await this.api(`${base}&since=${iso(Math.max(lastT + 1, now - 900e3))}&limit=${limit}`))
-        .filter((p) => Date.parse(p.ts) > lastT);
-      if (tail.length) {
-        notes.push(`no readings shown from ${when(lastT)} to ${when(tail[0].ts)}: the API gives at most ${num(limit)} per request`);
-        raw = raw.concat([{ ts: new Date(lastT + 1).toISOString(), value: null, state: null, gap: true }], tail);
-      }
-    }
-    for (const p of raw) {
-      const pt = toPoint(p);
-      if (!pt) continue;
       // Hours without any aggregate or reading (the machine was off) stay a gap in the line.
       const last = points[points.length - 1];
       if (last && last.hourly && pt.t - last.t > 7200) points.push({ t: last.t + 3600, v: null, raw: null, s: null, gap: true });
       points.push(pt);
     }
+    if (lastHour !== null) notes.push(`Hourly averages until ${when((lastHour + 3600) * 1000)}, every reading after`);
+    const om = answer && answer.omitted;
+    if (om && typeof om.after === "string" && typeof om.before === "string") {
+      // The cloud answers at most so many readings: the missing stretch is a gap, and said.
+      const at = points.findIndex((p) => p.t * 1000 > Date.parse(om.after));
+      if (at > 0) points.splice(at, 0, { t: Date.parse(om.after) / 1000 + 0.001, v: null, raw: null, s: null, gap: true });
+      notes.push(`No readings shown from ${when(om.after)} to ${when(om.before)}: too many for one chart`);
+    }
+    this.box.dataset.hourly = String(points.filter((p) => p.hourly).length);
     return { points, notes };
   }
 
@@ -159,7 +155,7 @@ export class History {
       cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 7 } },
       scales: {
         x: { time: true },
-        y: kind === "number" ? { auto: true } : { range: kind === "bool" ? [-0.15, 1.15] : [-0.5, Math.max(labels.length - 0.5, 0.5)] },
+        y: kind === "number" ? { auto: true, range: (u, lo, hi) => this.yRange(lo, hi) } : { range: kind === "bool" ? [-0.15, 1.15] : [-0.5, Math.max(labels.length - 0.5, 0.5)] },
       },
       axes: [{ stroke: "#333f4b", grid: { stroke: "#e3e8ee" } }, yAxis],
       series: [{}, {
@@ -168,7 +164,7 @@ export class History {
         points: { show: this.points.length < 80 },
       }],
       hooks: {
-        draw: [(u) => this.band(u)],
+        draw: [(u) => this.band(u), (u) => this.limitLines(u)],
         setCursor: [(u) => this.tooltip(u)],
         setSelect: [() => { this.zoomed = true; this.reset.hidden = false; }],
       },
@@ -179,6 +175,48 @@ export class History {
     this.plot.over.addEventListener("dblclick", () => { this.zoomed = false; this.reset.hidden = true; });
     this.plot.over.addEventListener("mouseleave", () => { this.tip.hidden = true; });
     this.describe();
+  }
+
+  /// The sensor's warn and error limits (from its latest reading) as dashed lines, labelled, so
+  /// a reader sees how close the line came.
+  limitLines(u) {
+    const lim = this.limits;
+    if (this.kind !== "number" || !lim) return;
+    const ctx = u.ctx, { left, top, width, height } = u.bbox;
+    ctx.save();
+    ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+    ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.font = `${12 * devicePixelRatio}px system-ui, sans-serif`;
+    ctx.textAlign = "right";
+    for (const [name, colour] of [["warn", STATE_COLOUR.warn], ["error", STATE_COLOUR.error]]) {
+      const v = lim[name];
+      if (typeof v !== "number" || !Number.isFinite(v)) continue;
+      const y = Math.round(u.valToPos(v, "y", true));
+      if (y < top || y > top + height) continue;
+      ctx.strokeStyle = colour; ctx.fillStyle = colour;
+      ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
+      const label = `${name === "warn" ? "warning" : "error"} ${lim.below ? "at or below" : "at or above"} ${fmtValue(v, this.unit, this.sensor)}`;
+      // On a white ground, so the label stays readable where the line runs through it.
+      const tx = left + width - 4 * devicePixelRatio, ty = y - 4 * devicePixelRatio, tw = ctx.measureText(label).width;
+      ctx.fillStyle = "rgba(255,255,255,0.85)";
+      ctx.fillRect(tx - tw - 2 * devicePixelRatio, ty - 12 * devicePixelRatio, tw + 4 * devicePixelRatio, 15 * devicePixelRatio);
+      ctx.fillStyle = colour;
+      ctx.fillText(label, tx, ty);
+    }
+    ctx.restore();
+  }
+
+  /// The value axis: the data, widened to show the limits when they lie near it (a limit ten
+  /// times further away than the data spans would flatten the line to nothing).
+  yRange(lo, hi) {
+    if (lo === null || hi === null) return [0, 1];
+    let a = lo, b = hi;
+    const span = Math.max(hi - lo, Math.abs(hi) * 0.1, 1e-9);
+    for (const v of [this.limits && this.limits.warn, this.limits && this.limits.error]) {
+      if (typeof v === "number" && Number.isFinite(v) && v > lo - 3 * span && v < hi + 3 * span) { a = Math.min(a, v); b = Math.max(b, v); }
+    }
+    const pad = (b - a) * 0.05 || Math.abs(b) * 0.05 || 1;
+    return [a - pad, b + pad];
   }
 
   /// The state of each reading as a band along the bottom of the plot.
@@ -222,6 +260,10 @@ export class History {
   describe() {
     const pts = this.points.filter((p) => !p.gap);
     this.box.dataset.points = String(pts.length);
+    // How the series holds together, for a reader of the page's data (and its tests): breaks in
+    // the line, and the widest step between neighbouring points, in seconds.
+    this.box.dataset.breaks = String(this.points.length - pts.length);
+    this.box.dataset.widest = String(pts.reduce((w, p, i) => (i ? Math.max(w, p.t - pts[i - 1].t) : 0), 0));
     const first = pts[0], last = pts[pts.length - 1];
     const text = pts.length
       ? `${num(pts.length)} points, ${dateTime(first.t * 1000)} – ${dateTime(last.t * 1000)}. Drag across the chart to zoom, double-click to see the whole range.`

@@ -20,6 +20,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("api.js", "text/javascript; charset=utf-8", include_str!("api.js")),
     ("relays.js", "text/javascript; charset=utf-8", include_str!("relays.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_str!("admin.js")),
+    ("audit.js", "text/javascript; charset=utf-8", include_str!("audit.js")),
     ("managed.js", "text/javascript; charset=utf-8", include_str!("managed.js")),
     ("dom.js", "text/javascript; charset=utf-8", include_str!("dom.js")),
     ("format.js", "text/javascript; charset=utf-8", include_str!("format.js")),

@@ -78,6 +78,7 @@ every_engine!(
     what_connectors_put_aside_is_added_to_the_hubs_own_count,
     a_batch_larger_than_any_bind_parameter_limit_is_stored_exactly,
     two_hundred_simultaneous_acknowledgements_all_complete,
+    the_latest_value_carries_the_limits_it_was_judged_against,
 );
 
 fn batch(machine: &str, readings: Vec<(u64, &str, f64, DateTime<Utc>)>) -> Batch {
@@ -371,4 +372,22 @@ async fn two_hundred_simultaneous_acknowledgements_all_complete(store: Store) {
         .expect("acknowledgements stopped: 200 concurrent commits did not all complete");
     assert_eq!(stored, 200 * 20);
     assert_eq!(store.machines().await.unwrap().len(), 200);
+}
+
+/// What the chart draws its threshold lines from: the limits of the newest reading, kept by both
+/// engines; a reading without limits (an older hub) leaves none, and an unusable one is dropped.
+async fn the_latest_value_carries_the_limits_it_was_judged_against(store: Store) {
+    use outpost_shared::model::Limits;
+    let now = Utc::now();
+    let limits = Limits { warn: Some(80.0), error: Some(90.0), below: false };
+    let mut b = batch("m1", vec![(1, "cpu", 50.0, now), (2, "mem", 1.0, now), (3, "disk", 2.0, now)]);
+    b.readings[0].sample.limits = Some(limits);
+    b.readings[2].sample.limits = Some(Limits { warn: Some(f64::INFINITY), error: None, below: true });
+    store.ingest(b, now).await.unwrap();
+    store.commit().await.unwrap();
+    let latest = store.sensors("m1").await.unwrap();
+    let of = |s: &str| latest.iter().find(|l| l.sensor == s).unwrap().limits;
+    assert_eq!(of("cpu"), Some(limits));
+    assert_eq!(of("mem"), None);
+    assert_eq!(of("disk"), None, "a limit at infinity is no line to draw");
 }

@@ -200,7 +200,12 @@ impl BlockingSensor for DiskIo {
                     Unit::BytesPerSec,
                     format!("{dev} {what} {}", Unit::BytesPerSec.show(v)),
                 );
-                out.push(Sample::new(format!("diskio.{dev}.{what}_bps"), v, state).unit("B/s").message(msg));
+                out.push(
+                    Sample::new(format!("diskio.{dev}.{what}_bps"), v, state)
+                        .unit("B/s")
+                        .message(msg)
+                        .limits(self.thresholds.limits()),
+                );
             }
         }
     }
@@ -309,7 +314,12 @@ impl BlockingSensor for Network {
                     Unit::BytesPerSec,
                     format!("{name} {what} {}", Unit::BytesPerSec.show(v)),
                 );
-                out.push(Sample::new(format!("net.{name}.{what}_bps"), v, state).unit("B/s").message(msg));
+                out.push(
+                    Sample::new(format!("net.{name}.{what}_bps"), v, state)
+                        .unit("B/s")
+                        .message(msg)
+                        .limits(self.thresholds.limits()),
+                );
             }
             // Any new error on a link is worth a look; a healthy link counts none.
             let (state, msg) = if errors > 0 {

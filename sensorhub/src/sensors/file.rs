@@ -55,6 +55,7 @@ impl BlockingSensor for File {
                 (State::Ok, what)
             }
         };
+        let limits = |metric: Metric| if metric == self.metric { self.thresholds.limits() } else { None };
         match age {
             Some(age) => {
                 let age = age.round();
@@ -64,7 +65,12 @@ impl BlockingSensor for File {
                     Unit::Secs,
                     format!("{shown} modified {} ago", Unit::Secs.show(age)),
                 );
-                out.push(Sample::new(format!("file.{n}.age"), age, state).unit("s").message(msg));
+                out.push(
+                    Sample::new(format!("file.{n}.age"), age, state)
+                        .unit("s")
+                        .message(msg)
+                        .limits(limits(Metric::Age)),
+                );
             }
             None => out.push(
                 Sample::new(format!("file.{n}.age"), "unknown".to_string(), State::Unknown)
@@ -73,6 +79,11 @@ impl BlockingSensor for File {
         }
         let (state, msg) =
             judge(Metric::Size, size, Unit::Bytes, format!("{shown} is {}", Unit::Bytes.show(size)));
-        out.push(Sample::new(format!("file.{n}.size"), size, state).unit("B").message(msg));
+        out.push(
+            Sample::new(format!("file.{n}.size"), size, state)
+                .unit("B")
+                .message(msg)
+                .limits(limits(Metric::Size)),
+        );
     }
 }

@@ -162,14 +162,24 @@ impl Http {
         let ms = (outcome.latency_ms * 100.0).round() / 100.0;
         let (state, msg) =
             self.thresholds.judge(ms, Unit::Millis, format!("GET {u} answered in {}", Unit::Millis.show(ms)));
-        out.push(Sample::new(format!("{p}.latency_ms"), ms, state).unit("ms").message(msg));
+        out.push(
+            Sample::new(format!("{p}.latency_ms"), ms, state)
+                .unit("ms")
+                .message(msg)
+                .limits(self.thresholds.limits()),
+        );
 
         match outcome.cert_days {
             Some(Ok(days)) => {
                 let days = (days * 10.0).round() / 10.0;
                 let what = format!("certificate of {u} expires in {}", Unit::Days.show(days));
                 let (state, msg) = self.cert_thresholds.judge(days, Unit::Days, what);
-                out.push(Sample::new(format!("{p}.cert_days"), days, state).unit("d").message(msg));
+                out.push(
+                    Sample::new(format!("{p}.cert_days"), days, state)
+                        .unit("d")
+                        .message(msg)
+                        .limits(self.cert_thresholds.limits()),
+                );
             }
             Some(Err(why)) => out.push(
                 Sample::new(format!("{p}.cert_days"), "unreadable".to_string(), State::Unknown)

@@ -105,7 +105,7 @@ impl PerfCounter {
             Ok(v) => {
                 let shown = format!("{} = {}", self.path, Unit::None.show(v));
                 let (state, msg) = self.thresholds.judge(v, Unit::None, shown);
-                Sample::new(self.key.clone(), v, state).message(msg)
+                Sample::new(self.key.clone(), v, state).message(msg).limits(self.thresholds.limits())
             }
             Err(status) => self.unknown(explain(status)),
         }

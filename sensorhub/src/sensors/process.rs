@@ -69,7 +69,12 @@ impl BlockingSensor for Process {
             Unit::Bytes,
             format!("{}: {} resident", self.pattern, Unit::Bytes.show(rss)),
         );
-        out.push(Sample::new(format!("proc.{l}.rss"), rss, state).unit("B").message(msg));
+        out.push(
+            Sample::new(format!("proc.{l}.rss"), rss, state)
+                .unit("B")
+                .message(msg)
+                .limits(self.thresholds.limits()),
+        );
     }
 }
 

@@ -60,7 +60,11 @@ impl BlockingSensor for Cpu {
         let (total, cores) = self.refresh();
         let total = round2(total.clamp(0.0, 100.0));
         let (state, msg) = self.thresholds.judge(total, Unit::Percent, format!("cpu {total:.1}% busy"));
-        out.push(reading("cpu.total".into(), total, Unit::Percent, state).message(msg));
+        out.push(
+            reading("cpu.total".into(), total, Unit::Percent, state)
+                .message(msg)
+                .limits(self.thresholds.limits()),
+        );
         for (i, c) in cores.into_iter().enumerate() {
             out.push(reading(format!("cpu.core{i}"), round2(c.clamp(0.0, 100.0)), Unit::Percent, State::Ok));
         }
@@ -109,6 +113,8 @@ impl BlockingSensor for Memory {
                 (State::Ok, what)
             }
         };
+        // Lines are drawn only on the metric the limits judge.
+        let limits = |metric: Metric| if metric == self.metric { self.thresholds.limits() } else { None };
         let used_pct = pct(used, total);
         let what = format!(
             "memory {used_pct:.1}% used ({} of {})",
@@ -116,7 +122,11 @@ impl BlockingSensor for Memory {
             Unit::Bytes.show(total as f64)
         );
         let (state, msg) = judge(Metric::UsedPct, used_pct, what);
-        out.push(reading("mem.used_pct".into(), used_pct, Unit::Percent, state).message(msg));
+        out.push(
+            reading("mem.used_pct".into(), used_pct, Unit::Percent, state)
+                .message(msg)
+                .limits(limits(Metric::UsedPct)),
+        );
         out.push(reading("mem.used".into(), used as f64, Unit::Bytes, State::Ok));
 
         let swap_pct = pct(swap_used, swap_total);
@@ -130,7 +140,11 @@ impl BlockingSensor for Memory {
             )
         };
         let (state, msg) = judge(Metric::SwapUsedPct, swap_pct, what);
-        out.push(reading("swap.used_pct".into(), swap_pct, Unit::Percent, state).message(msg));
+        out.push(
+            reading("swap.used_pct".into(), swap_pct, Unit::Percent, state)
+                .message(msg)
+                .limits(limits(Metric::SwapUsedPct)),
+        );
         out.push(reading("swap.used".into(), swap_used as f64, Unit::Bytes, State::Ok));
     }
 }
@@ -279,8 +293,20 @@ impl Disk {
                 }
             }
         };
-        out.push(reading(format!("disk.{m}.used_pct"), used_pct, Unit::Percent, pct_state).message(pct_msg));
-        out.push(reading(format!("disk.{m}.free"), free, Unit::Bytes, free_state).message(free_msg));
+        let (pct_limits, free_limits) = match self.metric {
+            Metric::Free => (None, self.thresholds.limits()),
+            _ => (self.thresholds.limits(), None),
+        };
+        out.push(
+            reading(format!("disk.{m}.used_pct"), used_pct, Unit::Percent, pct_state)
+                .message(pct_msg)
+                .limits(pct_limits),
+        );
+        out.push(
+            reading(format!("disk.{m}.free"), free, Unit::Bytes, free_state)
+                .message(free_msg)
+                .limits(free_limits),
+        );
     }
 }
 
@@ -330,7 +356,7 @@ impl BlockingSensor for Load {
             let (one, five, fifteen) = (round2(l.one), round2(l.five), round2(l.fifteen));
             let what = format!("load {one:.2} {five:.2} {fifteen:.2} on {} cores", self.cores);
             let (state, msg) = self.thresholds.judge(one, Unit::None, what);
-            out.push(Sample::new("load.1", one, state).message(msg));
+            out.push(Sample::new("load.1", one, state).message(msg).limits(self.thresholds.limits()));
             out.push(Sample::new("load.5", five, State::Ok));
             out.push(Sample::new("load.15", fifteen, State::Ok));
         }

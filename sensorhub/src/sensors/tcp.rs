@@ -35,7 +35,10 @@ impl Tcp {
                     Unit::Millis,
                     format!("{target} accepted a connection in {}", Unit::Millis.show(ms)),
                 );
-                Sample::new(self.key.clone(), ms, state).unit("ms").message(msg)
+                Sample::new(self.key.clone(), ms, state)
+                    .unit("ms")
+                    .message(msg)
+                    .limits(self.thresholds.limits())
             }
             Ok(Err((short, why))) => Sample::new(self.key.clone(), short.to_string(), State::Error)
                 .message(format!("{target}: {why}")),

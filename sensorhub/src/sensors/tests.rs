@@ -281,6 +281,10 @@ async fn disk_thresholds_count_down_for_free_space() {
     assert!(f.message.as_deref().unwrap().contains("(warn below 888.2 PiB)"), "{f:?}");
     assert_eq!(find(&s, "disk./.used_pct").state, State::Ok, "thresholds apply to the chosen metric only");
     assert_eq!(find(&s, "disk./no/such/mount.used_pct").state, State::Error);
+    // The dashboard draws the limits of the judged metric only, the right way up.
+    let limits = outpost_shared::model::Limits { warn: Some(1e18), error: Some(1.0), below: true };
+    assert_eq!(f.limits, Some(limits));
+    assert_eq!(find(&s, "disk./.used_pct").limits, None);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Turning a value into a state, and saying why in words.
 
-use crate::model::State;
+use crate::model::{Limits, State};
 
 /// Units of readings, as the reading model spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,16 @@ pub struct Thresholds {
 
 impl Thresholds {
     pub const NONE: Thresholds = Thresholds { warn: None, error: None, below: false };
+
+    /// What readings judged by these thresholds carry for the dashboard's threshold lines; None
+    /// when there is no limit to draw.
+    pub fn limits(&self) -> Option<Limits> {
+        (self.warn.is_some() || self.error.is_some()).then_some(Limits {
+            warn: self.warn,
+            error: self.error,
+            below: self.below,
+        })
+    }
 
     fn reached(&self, v: f64, limit: Option<f64>) -> bool {
         match limit {

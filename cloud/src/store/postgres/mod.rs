@@ -304,6 +304,7 @@ impl ReadingStore for PgStore {
                     unit: s.unit.clone(),
                     ts: s.ts,
                     message: s.message.clone(),
+                    limits: s.limits.filter(outpost_shared::model::Limits::is_valid),
                 };
                 up_sensors.push(sensor);
                 up_ts.push(s.ts);

@@ -241,6 +241,7 @@ impl SledStore {
                 unit: s.unit.clone(),
                 ts: s.ts,
                 message: s.message.clone(),
+                limits: s.limits.filter(outpost_shared::model::Limits::is_valid),
             };
             self.latest.insert(key, serde_json::to_vec(&l).map_err(|e| corrupt("encode", e))?)?;
             let old = current.as_ref().map(|c| c.state).unwrap_or(State::Unknown);
