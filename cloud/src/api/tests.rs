@@ -313,7 +313,7 @@ async fn a_database_that_is_down_means_503_retry_later_and_nothing_is_acknowledg
     let url = PostgresUrl::new(throwaway::create_database(&server, "down").await.unwrap());
     let options = PostgresOptions { timeout: Duration::from_secs(1), ..Default::default() };
     let pg = PgStore::open(&url, &options).await.unwrap();
-    let keep = Keep { dir: tempfile::tempdir().unwrap() };
+    let keep = Keep { dir: tempfile::tempdir().unwrap(), stored_in: Vec::new() };
     let s = setup(Engines::on_postgres(pg), &keep, Default::default()).await;
     let mut server = tokio::task::spawn_blocking(move || {
         server.stop();

@@ -9,6 +9,9 @@ use super::Engines;
 /// key files go in (a temp dir on both engines).
 pub(crate) struct Keep {
     pub dir: tempfile::TempDir,
+    /// Every directory the engine writes its records to (the temp dir on sled; the server's
+    /// data directory on PostgreSQL), for tests that show a secret is nowhere in clear.
+    pub stored_in: Vec<std::path::PathBuf>,
 }
 
 /// Every store on sled in a temp dir (with an outbox).
@@ -16,7 +19,8 @@ pub(crate) fn on_sled() -> (Engines, Keep) {
     let dir = tempfile::tempdir().unwrap();
     let sled = super::sled::SledStore::open(&dir.path().join("db")).unwrap();
     let outbox = outpost_shared::mail::Outbox::open(&dir.path().join("mail-outbox")).unwrap();
-    (Engines::on_sled(sled, Some(outbox)).unwrap(), Keep { dir })
+    let stored_in = vec![dir.path().to_path_buf()];
+    (Engines::on_sled(sled, Some(outbox)).unwrap(), Keep { dir, stored_in })
 }
 
 /// Every store on a fresh, migrated PostgreSQL database.
@@ -24,7 +28,9 @@ pub(crate) async fn on_postgres() -> (Engines, Keep) {
     let url = super::tests::fresh_database().await;
     let pg =
         super::postgres::PgStore::open(&url, &super::postgres::PostgresOptions::default()).await.unwrap();
-    (Engines::on_postgres(pg), Keep { dir: tempfile::tempdir().unwrap() })
+    let dir = tempfile::tempdir().unwrap();
+    let stored_in = vec![dir.path().to_path_buf(), super::tests::server().data_dir()];
+    (Engines::on_postgres(pg), Keep { dir, stored_in })
 }
 
 /// Runs each `async fn(Engines, &Keep)` case twice: `mod on_sled` and `mod on_postgres`.

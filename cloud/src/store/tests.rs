@@ -20,7 +20,7 @@ fn sled_store() -> (Store, Keep) {
 }
 
 /// One server per test process; each case gets its own database on it.
-fn server() -> &'static postgres::throwaway::Throwaway {
+pub(crate) fn server() -> &'static postgres::throwaway::Throwaway {
     static SERVER: std::sync::OnceLock<postgres::throwaway::Throwaway> = std::sync::OnceLock::new();
     SERVER.get_or_init(|| postgres::throwaway::Throwaway::start().unwrap_or_else(|e| panic!("{e}")))
 }

@@ -116,6 +116,12 @@ impl Throwaway {
     }
 
     /// The socket directory (libpq's `host` for a unix socket).
+    /// Where the server keeps the databases' files (tables and write-ahead log): what a test
+    /// searches to show a secret was never written in clear.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     pub fn socket_dir(&self) -> &Path {
         &self.dir
     }
