@@ -328,14 +328,27 @@ fn main() -> ExitCode {
             | Command::MailCode { .. }
     );
     let default_filter = if quiet { "warn" } else { "info,sled=warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+    let stderr_log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        );
+    let log = tracing_subscriber::registry().with(stderr_log);
+    // A service's stderr goes nowhere: its warnings, errors, start and stop go to the event log
+    // too, whatever RUST_LOG says (that is for the stderr log).
+    #[cfg(windows)]
+    let log = log.with(match &cli.command {
+        Command::Service(args) => Some(
+            outpost_installer::eventlog::EventLogLayer::new(args.role.as_str())
+                .with_filter(outpost_installer::eventlog::EventLogLayer::filter()),
+        ),
+        _ => None,
+    });
+    log.init();
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -421,8 +434,8 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             let rt = hub_runtime()?;
             // A hub stuck for good (every worker waiting on a stalled disk) exits to be restarted.
             outpost_sensorhub::watchdog::spawn(rt.handle(), HUB_STALL_EXIT, || {
-                eprintln!(
-                    "outpost sensorhub: the runtime made no progress for {} s; exiting",
+                tracing::error!(
+                    "the sensorhub's runtime made no progress for {} s; exiting to be restarted",
                     HUB_STALL_EXIT.as_secs()
                 );
                 std::process::exit(1);
@@ -430,7 +443,7 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             if let Err(e) = rt.block_on(as_service(outpost_sensorhub::run(*config, shutdown))) {
                 // Not through the runtime's drop: it would wait for blocking threads that a stalled
                 // disk holds forever. The service manager restarts the hub.
-                eprintln!("outpost sensorhub: {e}");
+                tracing::error!("the sensorhub stopped: {e}");
                 std::process::exit(1);
             }
         }
@@ -450,13 +463,20 @@ fn windows_service(args: outpost_installer::args::ServiceArgs) -> anyhow::Result
         outpost_installer::Role::Connector => Role::Connector,
         outpost_installer::Role::Cloud => Role::Cloud,
     };
-    let config = load_role(role, Some(args.config))?;
+    // The service's stderr goes nowhere: what stops it must reach the event log (through tracing).
+    let config = load_role(role, Some(args.config)).inspect_err(|e| {
+        tracing::error!(
+            target: outpost_installer::eventlog::SERVICE_TARGET,
+            "the service cannot start: {e}"
+        )
+    })?;
     outpost_installer::windows::run_service(
         args.role,
         Box::new(move |stop| {
             run_role(config, stop.cancelled_owned()).map(drop).map_err(|e| format!("{e:#}"))
         }),
-    )?;
+    )
+    .inspect_err(|e| tracing::error!(target: outpost_installer::eventlog::SERVICE_TARGET, "{e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

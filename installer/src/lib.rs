@@ -17,6 +17,8 @@
 //! - [`install`], [`uninstall`], [`status`]: the three commands, shared by both systems.
 //! - `systemd` (Linux) and `windows` (Windows only): what each system's service manager needs;
 //!   the commands call whichever is built.
+//! - [`eventlog`]: warnings, errors and the service's start and stop in the Windows event log
+//!   (the layer itself is Windows only; its text and rate limit are tested everywhere).
 //! - [`sdnotify`]: `READY=1`, `STOPPING=1` and the watchdog ping for `Type=notify` units.
 //! - `windows` (Windows only): the same commands against the Service Control Manager, and the
 //!   service dispatcher the binary calls when Windows starts it as a service.
@@ -29,6 +31,7 @@ pub mod args;
 pub mod config_edit;
 pub mod enroll;
 mod error;
+pub mod eventlog;
 pub mod install;
 pub mod layout;
 pub mod plan;

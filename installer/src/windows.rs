@@ -8,15 +8,17 @@
 #![allow(unsafe_code)] // only inside `define_windows_service!`
 
 use crate::args::{InstallArgs, UninstallArgs};
+use crate::eventlog::{SERVICE_TARGET, SOURCE, SOURCE_KEY, TYPES_SUPPORTED};
 use crate::install::{
     check_uplink, fresh_config, require_cloud_for_connector, same_contents, DefaultConfigFn, Host,
 };
 use crate::layout::{KEY_FILE, TOKEN_FILE};
 use crate::plan::{Action, Apply, Owner, Plan, Step};
+use crate::system::Runner;
 use crate::{InstallError, Role};
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -167,6 +169,7 @@ pub fn install(
     } else {
         plan.push(Step::copy_file(exe.clone(), bin.clone(), 0o755, Owner::Root, bin.exists()));
     }
+    plan.steps.extend(event_source_steps(&bin, host.runner));
     let key = data_dir(role).join(KEY_FILE);
     if !key.exists() {
         plan.push(Step {
@@ -208,6 +211,42 @@ pub fn install(
     }
     start(role, host.out)?;
     Ok(())
+}
+
+/// The event source's key as `reg.exe` spells it.
+fn event_source_key() -> String {
+    format!(r"HKLM\{SOURCE_KEY}")
+}
+
+fn event_source_registered(runner: &dyn Runner) -> bool {
+    runner.run("reg", &["query", &event_source_key()]).is_ok_and(|r| r.success)
+}
+
+/// Registers the event source the services log to (see [`crate::eventlog`]): its messages are in
+/// `bin`'s message table. Set again on every install, so an upgrade that moved the binary is
+/// followed; a rollback removes the key only if this run made it.
+fn event_source_steps(bin: &Path, runner: &dyn Runner) -> Vec<Step> {
+    let key = event_source_key();
+    let bin = bin.display().to_string();
+    let undo = ["reg", "delete", key.as_str(), "/f"];
+    let undo = (!event_source_registered(runner)).then_some(&undo[..]);
+    let types = TYPES_SUPPORTED.to_string();
+    vec![
+        Step::run(
+            format!("register the event log source {SOURCE} (Application log, messages in {bin})"),
+            format!("registered the event log source {SOURCE} (Application log, messages in {bin})"),
+            &["reg", "add", &key, "/v", "EventMessageFile", "/t", "REG_EXPAND_SZ", "/d", &bin, "/f"],
+            undo,
+            false,
+        ),
+        Step::run(
+            format!("let {SOURCE} write errors, warnings and information events"),
+            format!("{SOURCE} may write errors, warnings and information events"),
+            &["reg", "add", &key, "/v", "TypesSupported", "/t", "REG_DWORD", "/d", &types, "/f"],
+            None,
+            false,
+        ),
+    ]
 }
 
 /// Creates the service or updates its configuration, then sets its recovery actions. Returns what
@@ -330,6 +369,17 @@ pub fn uninstall(args: &UninstallArgs, host: &mut Host<'_>) -> Result<(), Instal
             )));
         }
     }
+    // The source names the binary's message table: both go with the last role.
+    if remaining.is_empty() && event_source_registered(host.runner) {
+        let key = event_source_key();
+        plan.push(Step::run(
+            format!("remove the event log source {SOURCE}"),
+            format!("removed the event log source {SOURCE} (its past events stay in the log)"),
+            &["reg", "delete", &key, "/f"],
+            None,
+            false,
+        ));
+    }
     if args.purge && remaining.is_empty() {
         plan.push(Step::remove_dir_if_empty(base_dir()));
     }
@@ -365,8 +415,11 @@ fn service_main(_arguments: Vec<OsString>) {
 fn serve(name: &str, body: ServiceBody) -> windows_service::Result<()> {
     let shutdown = CancellationToken::new();
     let on_stop = shutdown.clone();
+    let stop_name = name.to_string();
     let handle = service_control_handler::register(name, move |control| match control {
         ServiceControl::Stop | ServiceControl::Shutdown => {
+            let why = if control == ServiceControl::Stop { "stop" } else { "system shutdown" };
+            tracing::info!(target: SERVICE_TARGET, service = %stop_name, "{why} requested; stopping");
             on_stop.cancel();
             ServiceControlHandlerResult::NoError
         }
@@ -394,10 +447,20 @@ fn serve(name: &str, body: ServiceBody) -> windows_service::Result<()> {
         Duration::default(),
         ServiceExitCode::Win32(0),
     ))?;
+    tracing::info!(
+        target: SERVICE_TARGET,
+        service = %name,
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        "service started"
+    );
     let result = body(shutdown);
     // A non-zero code counts as a failure, so the recovery actions restart the service.
     let exit = match &result {
-        Ok(()) => ServiceExitCode::Win32(0),
+        Ok(()) => {
+            tracing::info!(target: SERVICE_TARGET, service = %name, "service stopped");
+            ServiceExitCode::Win32(0)
+        }
         Err(e) => {
             tracing::error!(service = %name, error = %e, "service stopped with an error");
             ServiceExitCode::ServiceSpecific(1)
