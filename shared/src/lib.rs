@@ -23,6 +23,7 @@ pub mod model;
 pub mod sensor_config;
 pub mod ssdp;
 pub mod tls;
+pub mod totp;
 pub mod wire;
 
 /// Installs the process-wide rustls crypto provider (ring). Every role calls this before it builds

@@ -2,7 +2,7 @@
 //! takes a command from the `Subject:` of a mail and answers by mail through the connector's
 //! outbox.
 //!
-//! Subjects, the last word always being the sender's current 6-digit TOTP code ([`totp`]):
+//! Subjects, the last word always being the sender's current 6-digit TOTP code (`outpost_shared::totp`):
 //! - `STATUS 123456` or `STATUS <machine> 123456`: a status mail from what the connector holds
 //!   (every hub it takes readings from and their sensors' latest states), even while the cloud is
 //!   unreachable;
@@ -23,7 +23,7 @@ pub mod message;
 pub mod smtp;
 #[cfg(test)]
 mod tests;
-pub mod totp;
+pub use outpost_shared::totp;
 
 use super::config::MailCommands;
 use super::outage::Watch;

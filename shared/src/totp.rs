@@ -1,6 +1,7 @@
 //! TOTP (RFC 6238) as authenticator apps speak it: HMAC-SHA1, 6 digits, 30-second steps from the
 //! Unix epoch, secrets in base32 (RFC 4648, no padding needed). A code is accepted for the current
-//! step and one step either side, so clocks a little apart still agree.
+//! step and one step either side, so clocks a little apart still agree. One implementation for the
+//! connector's commands by mail and the cloud's second factor for people.
 
 use ring::hmac;
 
@@ -93,6 +94,13 @@ pub fn code_at(secret: &[u8], unix: u64) -> String {
 /// The step whose code `code` is, among the current step and one either side; `None` when it
 /// matches none. Compared in constant time so response times reveal nothing.
 pub fn verify(secret: &[u8], code: &str, unix: u64) -> Option<u64> {
+    verify_after(secret, code, unix, None)
+}
+
+/// As [`verify`], for a step later than `after` only: a code accepted once (its step recorded)
+/// is refused when seen again, even within its step. Every candidate is computed and compared in
+/// constant time, so the answer takes the same time whichever matched.
+pub fn verify_after(secret: &[u8], code: &str, unix: u64, after: Option<u64>) -> Option<u64> {
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -101,9 +109,49 @@ pub fn verify(secret: &[u8], code: &str, unix: u64) -> Option<u64> {
     for step in [now.saturating_sub(1), now, now + 1] {
         let expect = format!("{:06}", hotp(secret, step));
         let same = expect.bytes().zip(code.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if same && found.is_none() {
+        if same && found.is_none() && after.is_none_or(|a| step > a) {
             found = Some(step);
         }
     }
     found
+}
+
+/// The `otpauth://` URI authenticator apps import (as a QR code or a link), for `account` at
+/// issuer Outpost.
+pub fn uri(secret: &str, account: &str) -> String {
+    let label: String = account
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b".-_".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!(
+        "otpauth://totp/Outpost:{label}?secret={secret}&issuer=Outpost&algorithm=SHA1&digits=6&period={STEP}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 6238 appendix B, SHA-1 key "12345678901234567890": the low six digits.
+    #[test]
+    fn rfc_6238_vectors_and_one_use_per_step() {
+        let key = b"12345678901234567890";
+        let secret = encode_secret(key);
+        assert_eq!(decode_secret(&secret).unwrap(), key);
+        assert_eq!(code_at(key, 59), "287082");
+        assert_eq!(verify_after(key, "081804", 1111111109, None), Some(1111111109 / 30));
+        assert_eq!(verify_after(key, "081804", 1111111109, Some(1111111109 / 30)), None, "used");
+        assert_eq!(verify_after(key, "081804", 1111111109 + 300, None), None, "too old");
+        for bad in ["", "28708", "2870820", "abcdef", " 287082"] {
+            assert_eq!(verify(key, bad, 59), None, "{bad}");
+        }
+        assert!(uri(&secret, "al ice").starts_with("otpauth://totp/Outpost:al%20ice?secret="));
+        assert_eq!(new_secret().len(), 32);
+    }
 }
