@@ -44,32 +44,76 @@ fn hub_keys() -> &'static [KeyPair] {
 const LOG_CAP: usize = 64 << 20;
 
 /// Everything the cloud logs during this test binary, to look for passwords in.
+///
+/// Captured by [`Capture`] rather than `tracing_subscriber::fmt`: the fmt layer formats into a
+/// thread-local buffer, and an event logged while a runtime thread ends (its thread-locals being
+/// destroyed) then panics inside a destructor, which aborts the whole test binary.
 fn log_output() -> &'static Mutex<Vec<u8>> {
-    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        struct Sink;
-        impl std::io::Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                // Never panics: this runs inside every test thread's logging, also while a thread
-                // ends, where a panic aborts the whole test binary. Bounded, as every test logs here.
-                if let Ok(mut log) = log_output().lock() {
-                    if log.len() < LOG_CAP {
-                        log.extend_from_slice(b);
-                    }
-                }
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture));
+    });
+    &LOG_SINK
+}
+
+/// What [`Capture`] wrote; read through [`log_output`], which installs it first.
+static LOG_SINK: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Writes every event's and span's target and fields (messages included) to [`log_output`];
+/// never panics and keeps no thread-local state.
+struct Capture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut line = Line::new(event.metadata());
+        event.record(&mut line);
+        line.keep();
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut line = Line::new(attrs.metadata());
+        attrs.record(&mut line);
+        line.keep();
+    }
+}
+
+/// One captured line: level, target, name, then each field.
+struct Line(String);
+
+impl Line {
+    fn new(meta: &tracing::Metadata<'_>) -> Self {
+        Line(format!("{} {} {}", meta.level(), meta.target(), meta.name()))
+    }
+
+    fn keep(mut self) {
+        self.0.push('\n');
+        if let Ok(mut log) = LOG_SINK.lock() {
+            if log.len() < LOG_CAP {
+                log.extend_from_slice(self.0.as_bytes());
             }
         }
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(|| Sink)
-            .with_ansi(false)
-            .try_init();
-        Mutex::new(Vec::new())
-    })
+    }
+}
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        // As written, not escaped: a password must be found byte for byte.
+        self.0.push(' ');
+        self.0.push_str(field.name());
+        self.0.push('=');
+        self.0.push_str(value);
+    }
 }
 
 async fn setup(engines: Engines, keep: &Keep) -> Setup {
