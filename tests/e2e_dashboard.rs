@@ -456,10 +456,31 @@ fn a_customers_operator_sees_only_its_machines_acknowledges_and_signs_out_for_go
     browser.click("tr.sensor[data-sensor=\"disk.root\"] button.ack");
     browser.wait_for(
         Duration::from_secs(15),
-        "the acknowledgement is in the audit trail under olga",
-        "return document.querySelector('tr.sensor[data-sensor=\"disk.root\"] button.ack').textContent.includes('user:olga') \
+        "acknowledging asks for a comment",
+        "const f = document.querySelector('tr.sensor[data-sensor=\"disk.root\"] form.ackform'); return !!f && !f.hidden \
+           && document.activeElement === f.querySelector('input')",
+    );
+    browser.eval(
+        "document.querySelector('tr.sensor[data-sensor=\"disk.root\"] input.ackcomment').value = 'new disk ordered'; return true",
+    );
+    browser.click("tr.sensor[data-sensor=\"disk.root\"] button.ackconfirm");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the acknowledgement names olga and her comment, and is in the audit trail",
+        "const row = document.querySelector('tr.sensor[data-sensor=\"disk.root\"]'); \
+         return row.dataset.ack === 'user:olga' && row.textContent.includes('new disk ordered') \
+           && row.querySelector('button.ack').hidden && !row.querySelector('button.unack').hidden \
            && [...document.querySelectorAll('#audit tr.audit')].some((r) => r.textContent.includes('ack') && r.textContent.includes('user:olga'))",
     );
+    // Home: the problem list says who is on it.
+    browser.click("#back");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the problem list shows who acknowledged the disk problem",
+        "return [...document.querySelectorAll('#problist tr.problem')].some((r) => r.dataset.sensor === 'disk.root' \
+           && r.dataset.ack === 'user:olga' && r.textContent.includes('Acknowledged by user:olga') && r.textContent.includes('new disk ordered'))",
+    );
+    browser.click(&row_a);
 
     // An API token for a script, made on the page and shown once; revoked there, it stops at once.
     browser.eval("document.getElementById('apilabel').value = 'script'; document.getElementById('apirole').value = 'viewer'; return true");

@@ -173,6 +173,76 @@ fn a_sensor_going_bad_on_a_hub_is_mailed_by_the_cloud_and_so_is_its_recovery() {
 }
 
 #[test]
+fn an_acknowledged_problem_is_not_mailed_again_and_maintenance_holds_its_mail_until_it_ends() {
+    if !aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, ca) = mail_server(dir.path());
+    // Reminders every 3 s (production: hours), so "not mailed again" is seen within seconds.
+    let mail = mail_toml(&smtp, &ca, "report_at = \"off\"") + "remind_every = \"3s\"\n";
+    let cloud = CloudProc::start_on(&dir.path().join("cloud"), free_port(), &mail);
+    let hub_dir = dir.path().join("hub");
+    let state = dir.path().join("valve-state");
+    let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &valve_sensor(&state)));
+    let id = machine_id(&hub_dir);
+    wait_sensor(&cloud, &id, "cmd.valve", "ok");
+
+    // In error and not acknowledged: the alert, then reminders.
+    std::fs::write(&state, "2").unwrap();
+    wait_mail(&smtp, &["Subject: [Outpost] ERROR ", ": cmd.valve (was ok)"]);
+    wait_mail(&smtp, &["Subject: [Outpost] STILL ERROR ", ": cmd.valve (since "]);
+
+    // Acknowledged: no more reminders while it stays in error.
+    let (status, v) = cloud.api_post(
+        &format!("/v1/machines/{id}/sensors/cmd.valve/ack"),
+        serde_json::json!({"comment": "valve replaced tomorrow"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    // A reminder already handed to the mail server before the acknowledgement may still arrive.
+    std::thread::sleep(Duration::from_secs(3));
+    let reminders = mails_with(&smtp, &["STILL ERROR", "cmd.valve"]).len();
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(mails_with(&smtp, &["STILL ERROR", "cmd.valve"]).len(), reminders, "reminders stopped");
+    let audit = cloud.api("/v1/audit/rows?limit=100");
+    assert!(audit.to_string().contains("valve replaced tomorrow"), "the trail has the comment: {audit}");
+
+    // It recovers: the acknowledgement ends, the recovery is mailed.
+    std::fs::write(&state, "0").unwrap();
+    wait_mail(&smtp, &["Subject: [Outpost] OK again ", ": cmd.valve (was error)"]);
+    wait_until(Duration::from_secs(20), "the acknowledgement ended", || {
+        cloud.api("/v1/silences")["acks"].as_array().unwrap().is_empty()
+    });
+
+    // A maintenance window over the machine: the error inside it raises no mail; once the
+    // window is over, the error still there is mailed.
+    let errors_before = mails_with(&smtp, &["Subject: [Outpost] ERROR ", "cmd.valve"]).len();
+    let now = chrono::Utc::now();
+    let until = now + chrono::Duration::seconds(12);
+    let (status, v) = cloud.api_post(
+        "/v1/maintenance",
+        serde_json::json!({"machine": id, "once": {"start": now - chrono::Duration::seconds(5), "end": until}, "comment": "valve swap"}),
+    );
+    assert_eq!(status, 201, "{v}");
+    std::fs::write(&state, "2").unwrap();
+    wait_sensor(&cloud, &id, "cmd.valve", "error");
+    while chrono::Utc::now() < until - chrono::Duration::seconds(1) {
+        assert_eq!(
+            mails_with(&smtp, &["Subject: [Outpost] ERROR ", "cmd.valve"]).len(),
+            errors_before,
+            "no alert mail during maintenance"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_until(Duration::from_secs(60), "the error is mailed after the window", || {
+        mails_with(&smtp, &["Subject: [Outpost] ERROR ", "cmd.valve"]).len() > errors_before
+    });
+    let last = mails_with(&smtp, &["Subject: [Outpost] ERROR ", "cmd.valve"]).pop().unwrap();
+    assert!(last.contains("(was ok)"), "{last}");
+    drop(hub);
+}
+
+#[test]
 fn the_periodic_report_arrives_with_states_and_the_period_readings_as_csv() {
     if !aiosmtpd_available() {
         return;

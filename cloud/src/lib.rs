@@ -20,6 +20,7 @@ pub mod mail;
 pub mod managed;
 pub mod nodes;
 pub mod people;
+pub mod silences;
 pub mod store;
 pub mod trust;
 
@@ -141,6 +142,8 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     // After the wake-ups are wired: a document saved on this node reaches a hub polling another.
     let managed = managed::ManagedSensors::new(engines.managed.clone(), trust.clone(), commands.clone());
+    let silences = silences::Silences::open(engines.silences.clone(), trust.clone()).await?;
+    let silences_refresh = silences.spawn_refresh(shutdown.clone());
 
     let state = api::AppState::new(
         store.clone(),
@@ -150,9 +153,10 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         people.clone(),
         Arc::new(config.clone()),
     )
-    .with_managed(managed.clone());
+    .with_managed(managed.clone())
+    .with_silences(silences.clone());
     let state = match &config.mail {
-        Some(mail) => state.with_alerts(mail::start(mail, &engines, &trust, &leader, &shutdown)?),
+        Some(mail) => state.with_alerts(mail::start(mail, &engines, &trust, &silences, &leader, &shutdown)?),
         None => state,
     };
     let state = match &nodes {
@@ -197,6 +201,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
         watcher.abort();
         let _ = compactor.await;
         let _ = redelivery.await;
+        let _ = silences_refresh.await;
         store.commit().await?;
         served.map_err(|source| CloudError::Listen { addr, source })
     });

@@ -161,6 +161,11 @@ async fn commit(
     // Custody: acknowledge only what is on disk.
     st.store.commit().await?;
     for outcome in outcomes {
+        if let (Some(silences), Some(m)) = (&st.silences, &outcome.machine) {
+            for (_, l) in &outcome.transitions {
+                end_acknowledgement(st, silences, &m.id, &l.sensor, l.state, l.ts).await;
+            }
+        }
         if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
             for (old, l) in &outcome.transitions {
                 let change = outpost_shared::mail::StateChange {
@@ -192,6 +197,37 @@ async fn commit(
         }
     }
     Ok(())
+}
+
+/// A sensor changed: an acknowledgement of an earlier reading ends (see `crate::silences`), and
+/// the trail says so. A failure is logged; the reading is stored either way.
+async fn end_acknowledgement(
+    st: &AppState,
+    silences: &crate::silences::Silences,
+    machine: &str,
+    sensor: &str,
+    state: outpost_shared::model::State,
+    ts: chrono::DateTime<Utc>,
+) {
+    match silences.changed(machine, sensor, ts).await {
+        Ok(Some(ack)) => {
+            let entry = crate::commands::AuditEntry {
+                ts: Utc::now(),
+                command_id: String::new(),
+                machine: machine.to_string(),
+                action: "ack-ended".into(),
+                parameters: serde_json::json!({"sensor": sensor, "state": ack.state, "acknowledged_by": ack.by}),
+                who: "outpost".into(),
+                event: "done".into(),
+                detail: serde_json::json!({"now": state}),
+            };
+            super::access::audit(st, entry).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(%machine, %sensor, error = %e, "cannot end the acknowledgement of a changed sensor")
+        }
+    }
 }
 
 pub(super) async fn batches(

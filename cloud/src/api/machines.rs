@@ -252,35 +252,3 @@ pub(super) async fn seal_secret(
         Err(e) => internal(e),
     }
 }
-
-/// `POST /v1/machines/{id}/sensors/{sensor}/ack`: an operator acknowledges a sensor's current
-/// problem. It is recorded in the audit trail (who, which sensor, its state and reading time),
-/// where the dashboard shows it; it does not (yet) silence alerts or leave the problem list.
-pub(super) async fn acknowledge(
-    State(st): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Path((id, sensor)): Path<(String, String)>,
-) -> Response {
-    if let Err(r) = access::machine(&st, &actor, &id, Role::Operator, "ack").await {
-        return r;
-    }
-    let latest = match st.store.sensors(&id).await {
-        Ok(list) => list.into_iter().find(|s| s.sensor == sensor),
-        Err(e) => return internal(e),
-    };
-    let Some(s) = latest else { return err(StatusCode::NOT_FOUND, "no such sensor on this machine") };
-    let entry = crate::commands::AuditEntry {
-        ts: Utc::now(),
-        command_id: String::new(),
-        machine: id.clone(),
-        action: "ack".into(),
-        parameters: serde_json::json!({"sensor": s.sensor, "state": s.state, "reading_ts": s.ts}),
-        who: actor.label(),
-        event: "done".into(),
-        detail: serde_json::Value::Null,
-    };
-    if let Err(e) = st.commands.record(entry).await {
-        return internal(e);
-    }
-    Json(serde_json::json!({"acknowledged": s.sensor, "state": s.state, "by": actor.label()})).into_response()
-}

@@ -147,9 +147,11 @@ async fn setup_with_ttl(engines: Engines, keep: &Keep, ttl: Duration) -> Setup {
     }
     let config = CloudConfig::default();
     let people = crate::people::People::new(engines.people.clone(), config.people.clone()).unwrap();
+    let silences = crate::silences::Silences::open(engines.silences.clone(), trust.clone()).await.unwrap();
     let state =
         AppState::new(engines.readings.clone(), "admin".into(), trust, commands, people, Arc::new(config))
-            .with_managed(managed);
+            .with_managed(managed)
+            .with_silences(silences);
     Setup {
         app: router(state.clone()),
         state,

@@ -28,6 +28,7 @@ mod people;
 mod people_tests;
 mod series;
 mod sessions;
+mod silences;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -77,6 +78,8 @@ pub struct AppState {
     managed: Option<crate::managed::ManagedSensors>,
     /// The other cloud nodes on the same database, told of every stored batch; None on sled.
     nodes: Option<crate::nodes::Nodes>,
+    /// Acknowledgements and maintenance windows; their routes answer 503 without it.
+    silences: Option<crate::silences::Silences>,
 }
 
 impl AppState {
@@ -102,7 +105,13 @@ impl AppState {
             alerts: None,
             managed: None,
             nodes: None,
+            silences: None,
         }
+    }
+
+    pub fn with_silences(mut self, silences: crate::silences::Silences) -> Self {
+        self.silences = Some(silences);
+        self
     }
 
     pub fn with_managed(mut self, managed: crate::managed::ManagedSensors) -> Self {
@@ -176,7 +185,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", delete(machines::revoke))
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
-        .route("/v1/machines/{id}/sensors/{sensor}/ack", post(machines::acknowledge))
+        .route(
+            "/v1/machines/{id}/sensors/{sensor}/ack",
+            post(silences::acknowledge).delete(silences::withdraw),
+        )
+        .route("/v1/silences", get(silences::list))
+        .route("/v1/maintenance", post(silences::add_window))
+        .route("/v1/maintenance/{id}", delete(silences::remove_window))
         .route("/v1/machines/{id}/readings", get(machines::readings))
         .route("/v1/machines/{id}/series", get(series::series))
         .route("/v1/events", get(events::stream))

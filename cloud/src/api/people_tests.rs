@@ -22,6 +22,7 @@ crate::both_engines!(
     the_live_feed_carries_only_the_customers_machines,
     an_admin_without_the_required_second_factor_can_only_set_it_up,
     forged_malformed_and_oversized_credentials_get_nothing,
+    acknowledgements_and_maintenance_follow_customers_and_a_change_ends_an_acknowledgement,
 );
 
 const HOST: &str = "cloud.test";
@@ -76,7 +77,9 @@ async fn world_with(
         let reading = outpost_shared::model::Reading {
             machine_id: id.clone(),
             seq: 1,
-            sample: outpost_shared::model::Sample::new("cpu", 1.0, outpost_shared::model::State::Ok).at(now),
+            // In error: there is a problem to acknowledge.
+            sample: outpost_shared::model::Sample::new("cpu", 99.0, outpost_shared::model::State::Error)
+                .at(now),
         };
         let batch = outpost_shared::model::Batch {
             machine_id: id.clone(),
@@ -105,7 +108,9 @@ async fn world_with(
     people.add_user("vic", PW, false, g("a", Access::Viewer), now).await.unwrap();
     people.add_user("bob", PW, false, g("b", Access::Admin), now).await.unwrap();
     people.add_user("root", PW, true, vec![], now).await.unwrap();
-    let state = AppState::new(store, "local-secret".into(), trust, commands, people, Arc::new(config));
+    let silences = crate::silences::Silences::open(engines.silences.clone(), trust.clone()).await.unwrap();
+    let state = AppState::new(store, "local-secret".into(), trust, commands, people, Arc::new(config))
+        .with_silences(silences);
     World { app: router(state.clone()), state, hub_a: hubs.remove(0), hub_b: hubs.remove(0) }
 }
 
@@ -735,4 +740,126 @@ async fn forged_malformed_and_oversized_credentials_get_nothing(engines: Engines
     assert_eq!(s, StatusCode::OK);
     let (s, _) = go(&w, Method::GET, "/v1/machines", &vic, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+async fn acknowledgements_and_maintenance_follow_customers_and_a_change_ends_an_acknowledgement(
+    engines: Engines,
+    keep: &Keep,
+) {
+    let w = world(engines, keep).await;
+    let olga = Auth::Cookie(sign_in(&w, "olga").await);
+    let vic = Auth::Cookie(sign_in(&w, "vic").await);
+    let bob = Auth::Cookie(sign_in(&w, "bob").await);
+    let (a, b) = (w.hub_a.clone(), w.hub_b.clone());
+    let ack = format!("/v1/machines/{a}/sensors/cpu/ack");
+
+    // An operator acknowledges with a comment; the viewer of the customer sees who and why.
+    let comment = serde_json::json!({"comment": "replacing the fan"});
+    let (s, v) = go(&w, Method::POST, &ack, &olga, Some(comment.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ack"]["by"], "user:olga");
+    let (_, list) = go(&w, Method::GET, "/v1/silences", &vic, None).await;
+    assert_eq!(list["acks"][0]["comment"], "replacing the fan", "{list}");
+    assert_eq!(list["acks"][0]["state"], "error");
+    // Another customer's admin sees none of it and cannot withdraw it.
+    let (_, theirs) = go(&w, Method::GET, "/v1/silences", &bob, None).await;
+    assert_eq!(theirs["acks"].as_array().unwrap().len(), 0, "{theirs}");
+    assert_eq!(go(&w, Method::DELETE, &ack, &bob, None).await.0, StatusCode::NOT_FOUND);
+    // A comment that is not one line of text is refused, naming the field.
+    let (s, v) = go(&w, Method::POST, &ack, &olga, Some(serde_json::json!({"comment": "a\u{7}b"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("comment"), "{v}");
+
+    // The sensor changes (recovers) after the acknowledged reading: the acknowledgement ends.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let silences = w.state.silences.clone().unwrap();
+    assert!(
+        silences.changed(&a, "cpu", later - chrono::Duration::hours(1)).await.unwrap().is_none(),
+        "an older change does not end it"
+    );
+    assert!(silences.changed(&a, "cpu", later).await.unwrap().is_some());
+    let (_, list) = go(&w, Method::GET, "/v1/silences", &vic, None).await;
+    assert_eq!(list["acks"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(
+        go(&w, Method::DELETE, &ack, &olga, None).await.0,
+        StatusCode::NOT_FOUND,
+        "nothing left to withdraw"
+    );
+
+    // Maintenance: an operator of a opens a window over a's machine; b's admin sees nothing.
+    let now = chrono::Utc::now();
+    let window = serde_json::json!({
+        "machine": a,
+        "once": {"start": now - chrono::Duration::minutes(1), "end": now + chrono::Duration::hours(1)},
+        "comment": "disk swap",
+    });
+    assert_eq!(
+        go(&w, Method::POST, "/v1/maintenance", &vic, Some(window.clone())).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, v) = go(&w, Method::POST, "/v1/maintenance", &olga, Some(window)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(v["open_until"].is_string(), "open now: {v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(silences.maintenance_until(&a, chrono::Utc::now()).is_some());
+    assert!(silences.maintenance_until(&b, chrono::Utc::now()).is_none());
+    let (_, theirs) = go(&w, Method::GET, "/v1/silences", &bob, None).await;
+    assert_eq!(theirs["maintenance"].as_array().unwrap().len(), 0, "{theirs}");
+    assert_eq!(
+        go(&w, Method::DELETE, &format!("/v1/maintenance/{id}"), &bob, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Another customer's machine or network is not found; a bad schedule names its field.
+    let (s, _) = go(
+        &w,
+        Method::POST,
+        "/v1/maintenance",
+        &olga,
+        Some(serde_json::json!({
+        "machine": b, "weekly": {"days": ["sun"], "start": "02:00", "minutes": 60}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = go(
+        &w,
+        Method::POST,
+        "/v1/maintenance",
+        &olga,
+        Some(serde_json::json!({
+        "network": "net-b", "weekly": {"days": ["sun"], "start": "02:00", "minutes": 60}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = go(
+        &w,
+        Method::POST,
+        "/v1/maintenance",
+        &olga,
+        Some(serde_json::json!({
+        "network": "net-a", "weekly": {"days": ["sun"], "start": "2 am", "minutes": 60}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("weekly.start"), "{v}");
+    let (s, v) = go(
+        &w,
+        Method::POST,
+        "/v1/maintenance",
+        &olga,
+        Some(serde_json::json!({
+        "network": "net-a", "weekly": {"days": ["sun"], "start": "02:00", "minutes": 60}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        go(&w, Method::DELETE, &format!("/v1/maintenance/{id}"), &olga, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(silences.maintenance_until(&a, chrono::Utc::now()).is_none(), "removed at once");
+
+    let trail = audit(&w).await;
+    for action in ["ack", "maintenance", "maintenance-removed"] {
+        assert!(trail.iter().any(|e| e.action == action && e.who == "user:olga"), "{action}: {trail:?}");
+    }
+    assert!(trail.iter().any(|e| e.action == "ack" && e.parameters["comment"] == "replacing the fan"));
 }

@@ -53,8 +53,10 @@ async fn setup(engines: Engines, keep: &Keep, ingest: crate::config::IngestLimit
     };
     trust.enroll(&req, now).await.unwrap();
     let people = crate::people::People::new(engines.people.clone(), config.people.clone()).unwrap();
+    let silences = crate::silences::Silences::open(engines.silences.clone(), trust.clone()).await.unwrap();
     let state =
-        AppState::new(engines.readings.clone(), "admin".into(), trust, commands, people, Arc::new(config));
+        AppState::new(engines.readings.clone(), "admin".into(), trust, commands, people, Arc::new(config))
+            .with_silences(silences);
     Setup { app: router(state.clone()), state, hub }
 }
 

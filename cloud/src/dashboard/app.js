@@ -10,6 +10,7 @@ import { initAudit, closeAudit } from "./audit.js";
 import { R, renderRelays, resetRelays } from "./relays.js";
 import { loadAudit, loadTokens, loadUnattached, loadApiTokens } from "./admin.js";
 import { initManaged, loadManaged, resetManaged } from "./managed.js";
+import { loadSilences, ackOf, maintenanceOf, acknowledge as ackSensor, withdraw as withdrawAck, renderMaintenance, initSilences } from "./silences.js";
 
 const S = {
   /// id → row of `GET /v1/machines` (with `network`, `revoked`, `uplink_name`).
@@ -188,8 +189,9 @@ function collectProblems() {
   const out = [];
   for (const m of S.machines.values()) {
     if (m.revoked) continue;
+    const maint = maintenanceOf(m);
     if (isOffline(m)) {
-      out.push({ key: "m:" + m.id, machine: m, state: "offline", since: Date.parse(m.last_seen), exact: true });
+      out.push({ key: "m:" + m.id, machine: m, state: "offline", since: Date.parse(m.last_seen), exact: true, maint });
       continue; // its sensors' latest states are as old as its last batch; the machine row says it
     }
     if (m.clock_problem) out.push({ key: "c:" + m.id, machine: m, state: "clock", since: null, exact: false });
@@ -198,14 +200,24 @@ function collectProblems() {
       wantSince(m.id, s);
       const since = sinceOf(m.id, s);
       out.push({ key: "s:" + sk(m.id, s.sensor), machine: m, sensor: s, state: s.state in WORST_RANK ? s.state : "unknown",
-        since: since ? since.t : null, exact: since ? since.exact : false });
+        since: since ? since.t : null, exact: since ? since.exact : false, maint, ack: ackOf(m.id, s) });
     }
   }
-  out.sort((a, b) => (WORST_RANK[b.state] - WORST_RANK[a.state])
+  // Problems someone is on (acknowledged, in maintenance) after those nobody is on yet.
+  const handled = (p) => (p.ack || p.maint ? 1 : 0);
+  out.sort((a, b) => (handled(a) - handled(b)) || (WORST_RANK[b.state] - WORST_RANK[a.state])
     || ((a.since ?? Infinity) - (b.since ?? Infinity))
     || a.machine.hostname.localeCompare(b.machine.hostname)
     || (a.sensor?.sensor || "").localeCompare(b.sensor?.sensor || ""));
   return out;
+}
+
+/// "Acknowledged by user:olga: replacing the disk" / "In maintenance until …".
+function handledText(ack, maint) {
+  const parts = [];
+  if (maint) parts.push(`In maintenance until ${F.dateTime(maint)}: no alert mail`);
+  if (ack) parts.push(`Acknowledged by ${ack.by} ${F.ago(ack.at)}${ack.comment ? ": " + ack.comment : ""}`);
+  return parts.join(" · ");
 }
 
 const probRows = new Map();
@@ -222,13 +234,16 @@ function renderProblems(problems) {
       const open = () => selectMachine(p.machine.id, p.sensor ? p.sensor.sensor : null, true);
       tr.addEventListener("click", open);
       tr.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } });
-      r = { tr, badge: badge(), what: h("div", { class: "name" }), detail: h("div", { class: "muted" }), dur: h("div", { class: "dur" }), abs: h("div", { class: "muted" }) };
-      tr.append(h("td", {}, r.badge), h("td", {}, r.what, r.detail), h("td", {}, r.dur, r.abs));
+      r = { tr, badge: badge(), what: h("div", { class: "name" }), detail: h("div", { class: "muted" }), handled: h("div", { class: "handled" }), dur: h("div", { class: "dur" }), abs: h("div", { class: "muted" }) };
+      tr.append(h("td", {}, r.badge), h("td", {}, r.what, r.detail, r.handled), h("td", {}, r.dur, r.abs));
       probRows.set(p.key, r);
     }
     setBadge(r.badge, p.state);
     r.tr.dataset.state = p.state;
     const m = p.machine;
+    setText(r.handled, handledText(p.ack, p.maint));
+    setAttr(r.tr, "data-ack", p.ack ? p.ack.by : null);
+    setAttr(r.tr, "data-maintenance", p.maint ? "yes" : null);
     if (p.sensor) {
       setText(r.what, `${F.kindTitle(F.kindOf(p.sensor.sensor))} · ${F.sensorName(p.sensor.sensor)} on ${m.hostname}`);
       const v = F.value(p.sensor.value, p.sensor.unit, p.sensor.sensor);
@@ -394,9 +409,22 @@ function sensorRow(m, s) {
     tr.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); selectSensor(key); } });
     r = { tr, badge: badge(), name: h("div", { class: "name" }), key: h("div", { class: "key" }), value: h("div", { class: "value" }),
       msg: h("div", { class: "muted" }), time: h("time", {}), note: h("div", { class: "muted note" }),
-      ack: h("button", { type: "button", class: "ack", "aria-label": `Acknowledge the problem of ${key}` }, "Acknowledge") };
-    r.ack.addEventListener("click", (e) => { e.stopPropagation(); acknowledge(m.id, key, r.ack); });
-    tr.append(h("td", {}, r.badge, r.name, r.key), h("td", {}, r.value, r.msg), h("td", {}, r.time, r.note, r.ack));
+      ack: h("button", { type: "button", class: "ack", "aria-label": `Acknowledge the problem of ${key}` }, "Acknowledge"),
+      acked: h("div", { class: "handled" }),
+      unack: h("button", { type: "button", class: "unack linkish", "aria-label": `Withdraw the acknowledgement of ${key}` }, "Withdraw"),
+      ackform: h("form", { class: "ackform", hidden: true },
+        h("input", { class: "ackcomment", maxlength: 500, placeholder: "comment (optional)", "aria-label": `Comment on the problem of ${key}` }),
+        h("button", { class: "ackconfirm" }, "Acknowledge"), h("button", { type: "button", class: "ackcancel linkish" }, "Cancel")) };
+    // Keys typed and clicks made in the row's controls do not select the row.
+    for (const el of [r.ack, r.unack, r.ackform]) {
+      el.addEventListener("click", (e) => e.stopPropagation());
+      el.addEventListener("keydown", (e) => e.stopPropagation());
+    }
+    r.ack.addEventListener("click", () => { r.ack.hidden = true; r.ackform.hidden = false; r.ackform.querySelector("input").focus(); });
+    r.ackform.querySelector(".ackcancel").addEventListener("click", () => { r.ackform.hidden = true; r.ack.hidden = false; r.ack.focus(); });
+    r.ackform.addEventListener("submit", (e) => { e.preventDefault(); acknowledge(m.id, key, r); });
+    r.unack.addEventListener("click", () => withdraw(m.id, key, r));
+    tr.append(h("td", {}, r.badge, r.name, r.key), h("td", {}, r.value, r.msg), h("td", {}, r.time, r.note, r.acked, r.unack, r.ack, r.ackform));
     sensorRows.set(s.sensor, r);
   }
   const offline = isOffline(m);
@@ -417,7 +445,13 @@ function sensorRow(m, s) {
   setAttr(r.time, "datetime", s.ts);
   r.time.title = F.dateTime(s.ts);
   setText(r.time, F.ago(s.ts));
-  r.ack.hidden = s.state === "ok" || !can("operator", m.customer);
+  const ack = ackOf(m.id, s), operator = can("operator", m.customer);
+  const open = !r.ackform.hidden;
+  r.ack.hidden = s.state === "ok" || !operator || !!ack || open;
+  r.unack.hidden = !ack || !operator;
+  if (ack && open) r.ackform.hidden = true;
+  setText(r.acked, ack ? handledText(ack, null) : "");
+  setAttr(r.tr, "data-ack", ack ? ack.by : null);
   if (r.ack.dataset.ts !== s.ts) { r.ack.dataset.ts = s.ts; r.ack.disabled = false; r.ack.textContent = "Acknowledge"; }
   const since = s.state !== "ok" ? sinceOf(m.id, s) : null;
   setText(r.note, offline ? `machine offline since ${F.when(m.last_seen)}`
@@ -426,17 +460,26 @@ function sensorRow(m, s) {
   return r.tr;
 }
 
-/// Records in the audit trail that the signed-in person saw this problem (operators only).
-async function acknowledge(machine, sensor, button) {
-  button.disabled = true;
+/// Acknowledges the problem with the comment typed (operators only): its alert mails stop until
+/// it changes or recovers.
+async function acknowledge(machine, sensor, r) {
+  const confirm = r.ackform.querySelector(".ackconfirm");
+  confirm.disabled = true;
   try {
-    const a = await api(`/v1/machines/${enc(machine)}/sensors/${enc(sensor)}/ack`, {});
-    button.textContent = `Acknowledged by ${a.by}`;
+    await ackSensor(machine, sensor, r.ackform.querySelector("input").value);
+    r.ackform.hidden = true;
+    r.ackform.querySelector("input").value = "";
     loadAudit(machine);
   } catch (e) {
-    button.disabled = false;
-    if (!quiet(e)) button.textContent = "Cannot acknowledge: " + e.message;
-  }
+    if (!quiet(e)) { r.ackform.hidden = true; r.ack.hidden = false; r.ack.textContent = "Cannot acknowledge: " + e.message; }
+  } finally { confirm.disabled = false; }
+}
+
+async function withdraw(machine, sensor, r) {
+  try {
+    await withdrawAck(machine, sensor);
+    loadAudit(machine);
+  } catch (e) { if (!quiet(e)) setText(r.acked, "cannot withdraw: " + e.message); }
 }
 
 async function selectMachine(id, sensor, fromProblems) {
@@ -455,6 +498,7 @@ async function selectMachine(id, sensor, fromProblems) {
   setText($("minfo"), m ? `${m.role} in network ${m.network || "(unknown)"} · ${uplinkText(m)} · id ${m.id}` : "");
   R.sensors = S.sensors.get(id) || new Map();
   resetRevoke();
+  renderMaintenance(m);
   renderMachines();
   renderSensors();
   loadAudit(id);
@@ -486,6 +530,7 @@ $("home").addEventListener("click", goHome);
 $("back").addEventListener("click", goHome);
 $("auditback").addEventListener("click", goHome);
 initAudit(() => [...S.machines.values()]);
+initSilences(() => S.machines.get(S.machine), () => scheduleRender());
 
 function selectSensor(key, focusRow) {
   const changed = S.sensor !== key;
@@ -554,7 +599,7 @@ function renderAll() {
   renderSummary(problems);
   renderProblems(problems);
   renderMachines();
-  if (S.machine) renderSensors();
+  if (S.machine) { renderSensors(); renderMaintenance(S.machines.get(S.machine)); }
 }
 let pendingRender = null;
 /// Live events come in bursts (a fast sensor, many machines): one render per 250 ms at most.
@@ -658,6 +703,7 @@ async function start() {
     if (canAnywhere("admin")) loadTokens();
     loadUnattached((id) => S.machines.get(id)?.hostname); loadApiTokens();
     initManaged();
+    loadSilences().catch(() => {});
     listen();
     await pool(list.map((m) => m.id), 4, loadSensorsOf);
     renderAll();
@@ -674,6 +720,7 @@ window.addEventListener("hashchange", () => { if (takeSetupFromUrl()) showLogin(
 setInterval(() => { // machines turn offline by silence, which sends no event
   if ($("app").hidden) return;
   refreshMachines().catch(() => {});
+  loadSilences().catch(() => {});
   loadUnattached((id) => S.machines.get(id)?.hostname);
   if (canAnywhere("admin")) loadTokens();
 }, 15000);

@@ -22,6 +22,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("admin.js", "text/javascript; charset=utf-8", include_str!("admin.js")),
     ("audit.js", "text/javascript; charset=utf-8", include_str!("audit.js")),
     ("managed.js", "text/javascript; charset=utf-8", include_str!("managed.js")),
+    ("silences.js", "text/javascript; charset=utf-8", include_str!("silences.js")),
     ("dom.js", "text/javascript; charset=utf-8", include_str!("dom.js")),
     ("format.js", "text/javascript; charset=utf-8", include_str!("format.js")),
     ("chart.js", "text/javascript; charset=utf-8", include_str!("chart.js")),

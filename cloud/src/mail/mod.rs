@@ -23,6 +23,7 @@ pub fn start(
     mail: &MailConfig,
     engines: &Engines,
     trust: &Trust,
+    silences: &crate::silences::Silences,
     leader: &Leader,
     shutdown: &CancellationToken,
 ) -> Result<tokio::sync::mpsc::Sender<AlertEvent>, CloudError> {
@@ -41,7 +42,9 @@ pub fn start(
         outpost_shared::mail::outbox::default_backoff(),
         shutdown.clone().cancelled_owned(),
     );
-    alerts::spawn_alerts(Alerter::new(mail), rx, outbox.clone(), shutdown.clone().cancelled_owned());
+    // Acknowledged problems and machines in maintenance are not mailed about.
+    let alerter = Alerter::new(mail).with_silences(std::sync::Arc::new(silences.clone()));
+    alerts::spawn_alerts(alerter, rx, outbox.clone(), shutdown.clone().cancelled_owned());
     if mail.daily_report_at().is_some() {
         reports::spawn(
             engines.readings.clone(),

@@ -11,6 +11,7 @@
 //! | mail outbox, report runs | [`mail::MailStore`], [`mail::ReportRuns`] | shared `Outbox`, `sled/mail.rs` | `postgres/mail.rs` |
 //! | sensors managed from the cloud: per machine, templates, versions | [`managed::ManagedStore`] | `sled/managed.rs` | `postgres/managed.rs` |
 //! | people: users, sessions, customers, API tokens | [`people::PeopleStore`] | `sled/people.rs` | `postgres/people.rs` |
+//! | acknowledgements, maintenance windows | [`silences::SilenceStore`] | `sled/silences.rs` | `postgres/silences.rs` |
 //!
 //! The cloud's signing key and TLS certificate are files in the data directory on every engine,
 //! never in a database: a copy of the database alone must not be able to command a hub.
@@ -65,6 +66,7 @@ pub mod managed;
 mod managed_tests;
 pub mod people;
 pub mod postgres;
+pub mod silences;
 pub mod sled;
 #[cfg(all(test, unix))]
 pub(crate) mod testing;
@@ -98,6 +100,7 @@ pub struct Engines {
     pub pg_outbox: Option<postgres::mail::PgOutbox>,
     pub managed: managed::Managed,
     pub people: people::PeopleDb,
+    pub silences: silences::SilenceDb,
 }
 
 impl Engines {
@@ -144,6 +147,7 @@ impl Engines {
             reports: Arc::new(sled::mail::SledReportRuns::open(sled.db(), sled.flusher())?),
             managed: Arc::new(sled::managed::SledManaged::open(sled.db(), sled.flusher())?),
             people: Arc::new(sled::people::SledPeople::open(&sled)?),
+            silences: Arc::new(sled::silences::SledSilences::open(sled.db(), sled.flusher())?),
             outbox: outbox.map(|o| mail::Outbox(Arc::new(o))),
             readings: Arc::new(sled),
             postgres: None,
@@ -159,7 +163,8 @@ impl Engines {
             trust: Arc::new(postgres::trust::PgTrust::new(pool.clone())),
             commands: Arc::new(postgres::commands::PgCommands::new(pool.clone())),
             reports: Arc::new(postgres::mail::PgReportRuns::new(pool.clone())),
-            managed: Arc::new(postgres::managed::PgManaged::new(pool)),
+            managed: Arc::new(postgres::managed::PgManaged::new(pool.clone())),
+            silences: Arc::new(postgres::silences::PgSilences::new(pool)),
             people: Arc::new(postgres::people::PgPeople::new(&pg)),
             outbox: Some(mail::Outbox(Arc::new(outbox.clone()))),
             readings: Arc::new(pg.clone()),

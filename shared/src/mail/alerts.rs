@@ -21,6 +21,14 @@
 //! - **Told elsewhere**: [`Alerter::told`] takes a state someone else already mailed about (a
 //!   connector during a cloud outage) as told: nothing is mailed for it, a quiet period starts,
 //!   and later changes are compared with it.
+//! - **Reminders**: a sensor still in `warn` or `error` `alerts.remind_every` after it was last
+//!   mailed about is mailed about again ("STILL ERROR"), until it changes (0 turns reminders off).
+//! - **Silences** ([`Silences`], the cloud's acknowledgements and maintenance windows): when the
+//!   group window closes, an alert whose sensor is silenced is not mailed and the recipients
+//!   count as not told. It is looked at again every [`RECHECK`]: once the silence is over (a
+//!   maintenance window ended, an acknowledgement withdrawn) and the sensor is still not in the
+//!   state last mailed, it goes out then. A newer change replaces it. Reminders are silenced
+//!   the same way.
 
 use super::config::{AlertTiming, MailConfig, Route};
 use super::outbox::MailQueue;
@@ -29,6 +37,34 @@ use crate::model::{MailedState, State, Value};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::Arc;
+
+/// How often a silenced alert is looked at again.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why an alert is not mailed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Silence {
+    /// Someone acknowledged the problem; ends when the sensor changes or recovers.
+    Acknowledged { by: String },
+    /// The machine or its network is in a maintenance window until then.
+    Maintenance { until: DateTime<Utc> },
+}
+
+/// Whether a sensor's problem may be mailed now: the cloud's acknowledgements and maintenance
+/// windows. Asked from inside the alert task, so it must answer from memory, at once.
+pub trait Silences: Send + Sync {
+    /// `state` is the state about to be mailed, `reading_ts` when the reading that brought it
+    /// was taken.
+    fn silence(
+        &self,
+        machine_id: &str,
+        sensor: &str,
+        state: State,
+        reading_ts: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<Silence>;
+}
 
 /// One sensor's state changed (the cloud sees this at ingest: previous latest vs new latest).
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +103,7 @@ pub enum Observed {
     Ignored,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Track {
     /// The state the recipients were last told about.
     told: State,
@@ -75,6 +111,10 @@ struct Track {
     held: Option<StateChange>,
     /// Changes seen during the quiet period.
     flips: u32,
+    /// A change not mailed because the sensor was silenced, with when to look again.
+    silenced: Option<(StateChange, DateTime<Utc>)>,
+    /// The change last mailed, and when to remind of it (while it is a problem).
+    reminder: Option<(StateChange, DateTime<Utc>)>,
 }
 
 #[derive(Debug)]
@@ -82,10 +122,11 @@ struct Pending {
     change: StateChange,
     was: State,
     flips: u32,
+    /// A reminder that the sensor is still in the state mailed before.
+    again: bool,
 }
 
 /// The alert state machine; see the module doc for the rules.
-#[derive(Debug)]
 pub struct Alerter {
     timing: AlertTiming,
     routes: Vec<Route>,
@@ -95,6 +136,17 @@ pub struct Alerter {
     tracks: HashMap<(String, String), Track>,
     /// Who sends, when it is not the cloud: `(subject tag, sentence on top of the mail)`.
     origin: Option<(String, String)>,
+    silences: Option<Arc<dyn Silences>>,
+}
+
+impl std::fmt::Debug for Alerter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerter")
+            .field("pending", &self.pending.len())
+            .field("tracks", &self.tracks.len())
+            .field("silences", &self.silences.is_some())
+            .finish()
+    }
 }
 
 fn alertable(from: State, to: State) -> bool {
@@ -115,7 +167,18 @@ impl Alerter {
             window_start: None,
             tracks: HashMap::new(),
             origin: None,
+            silences: None,
         }
+    }
+
+    /// Asks `silences` before each mail; see the module doc.
+    pub fn with_silences(mut self, silences: Arc<dyn Silences>) -> Alerter {
+        self.silences = Some(silences);
+        self
+    }
+
+    fn silence(&self, c: &StateChange, now: DateTime<Utc>) -> Option<Silence> {
+        self.silences.as_ref()?.silence(&c.machine_id, &c.sensor, c.new, c.ts, now)
     }
 
     /// Marks every mail as sent by someone other than the cloud: `tag` goes into the subject
@@ -143,15 +206,12 @@ impl Alerter {
                 self.window_start = None;
             }
         }
-        let t = self.tracks.entry((m.machine_id.clone(), m.sensor.clone())).or_insert(Track {
-            told: m.state,
-            quiet_until: None,
-            held: None,
-            flips: 0,
-        });
+        let t = self.tracks.entry((m.machine_id.clone(), m.sensor.clone())).or_default();
         t.told = m.state;
         t.held = None;
         t.flips = 0;
+        t.silenced = None;
+        t.reminder = None;
         t.quiet_until = Some(now + dur(self.timing.quiet_period));
     }
 
@@ -162,6 +222,10 @@ impl Alerter {
         }
         let key = (change.machine_id.clone(), change.sensor.clone());
         if let Some(t) = self.tracks.get_mut(&key) {
+            // What was silenced is old news now: this change is the sensor's state.
+            if t.silenced.as_ref().is_some_and(|(s, _)| s.ts <= change.ts) {
+                t.silenced = None;
+            }
             if t.quiet_until.is_some_and(|q| q > now) {
                 t.flips += 1;
                 t.held = Some(change);
@@ -173,20 +237,15 @@ impl Alerter {
             return Observed::Ignored;
         }
         let new = change.new;
-        self.queue(change, baseline, 0, now);
+        self.queue(change, baseline, 0, false, now);
         let quiet_until = now + dur(self.timing.quiet_period);
-        let t = self.tracks.entry(key).or_insert(Track {
-            told: baseline,
-            quiet_until: None,
-            held: None,
-            flips: 0,
-        });
+        let t = self.tracks.entry(key).or_insert_with(|| Track { told: baseline, ..Track::default() });
         t.told = new;
         t.quiet_until = Some(quiet_until);
         Observed::Queued
     }
 
-    fn queue(&mut self, change: StateChange, was: State, flips: u32, now: DateTime<Utc>) {
+    fn queue(&mut self, change: StateChange, was: State, flips: u32, again: bool, now: DateTime<Utc>) {
         // With a quiet period shorter than the window the same sensor can come twice: keep one line.
         if let Some(i) = self
             .pending
@@ -197,10 +256,10 @@ impl Alerter {
             if was == change.new {
                 self.pending.remove(i);
             } else {
-                self.pending[i] = Pending { change, was, flips: self.pending[i].flips + flips + 1 };
+                self.pending[i] = Pending { change, was, flips: self.pending[i].flips + flips + 1, again };
             }
         } else {
-            self.pending.push(Pending { change, was, flips });
+            self.pending.push(Pending { change, was, flips, again });
         }
         if self.pending.is_empty() {
             self.window_start = None;
@@ -209,15 +268,15 @@ impl Alerter {
         }
     }
 
-    /// When [`Alerter::poll`] has something to do: the group window closing or a quiet period
-    /// ending with held changes.
+    /// When [`Alerter::poll`] has something to do: the group window closing, a quiet period
+    /// ending with held changes, a silenced alert to look at again, a reminder.
     pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
         let window = self.window_start.map(|w| w + dur(self.timing.group_window));
-        let quiet = self.tracks.values().filter(|t| t.held.is_some()).filter_map(|t| t.quiet_until).min();
-        match (window, quiet) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let tracks = self.tracks.values().flat_map(|t| {
+            let quiet = t.held.as_ref().and(t.quiet_until);
+            [quiet, t.silenced.as_ref().map(|s| s.1), t.reminder.as_ref().map(|r| r.1)]
+        });
+        window.into_iter().chain(tracks.flatten()).min()
     }
 
     /// Ends due quiet periods and returns the mails whose group window has closed.
@@ -242,18 +301,110 @@ impl Alerter {
             }
         }
         for (h, was, flips) in released {
-            self.queue(h, was, flips, now);
+            self.queue(h, was, flips, false, now);
         }
+        self.recheck_silenced(now);
+        self.remind(now);
         // Forget calm sensors (memory stays bounded by the sensors in trouble); a sensor in warn or
         // error is remembered so its recovery is mailed even across an `unknown` in between.
-        self.tracks.retain(|_, t| t.quiet_until.is_some() || matches!(t.told, State::Warn | State::Error));
+        self.tracks.retain(|_, t| {
+            t.quiet_until.is_some() || t.silenced.is_some() || matches!(t.told, State::Warn | State::Error)
+        });
         match self.window_start {
             Some(w) if now >= w + dur(self.timing.group_window) => {
                 self.window_start = None;
                 let pending = std::mem::take(&mut self.pending);
+                let pending = self.hush(pending, now);
                 self.compose(pending)
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// Takes silenced alerts out of `pending` (the recipients count as not told) and notes when
+    /// each mailed sensor is due for a reminder.
+    fn hush(&mut self, pending: Vec<Pending>, now: DateTime<Utc>) -> Vec<Pending> {
+        let remind = dur(self.timing.remind_every);
+        let recheck = dur(RECHECK);
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            let silenced = self.silence(&p.change, now);
+            let key = (p.change.machine_id.clone(), p.change.sensor.clone());
+            let t =
+                self.tracks.entry(key).or_insert_with(|| Track { told: p.change.new, ..Track::default() });
+            match silenced {
+                Some(why) => {
+                    tracing::info!(machine = %p.change.hostname, sensor = %p.change.sensor, state = %p.change.new, ?why, "alert silenced");
+                    if p.again {
+                        t.reminder = Some((p.change, now + recheck));
+                    } else {
+                        t.told = p.was;
+                        t.reminder = None;
+                        t.silenced = Some((p.change, now + recheck));
+                    }
+                }
+                None => {
+                    let due = matches!(p.change.new, State::Warn | State::Error) && !remind.is_zero();
+                    t.reminder = due.then(|| (p.change.clone(), now + remind));
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Silenced alerts whose silence is over go out now, if the sensor is still not in the state
+    /// last mailed.
+    fn recheck_silenced(&mut self, now: DateTime<Utc>) {
+        let due: Vec<(String, String)> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.silenced.as_ref().is_some_and(|s| s.1 <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let Some(t) = self.tracks.get_mut(&key) else { continue };
+            let Some((change, _)) = t.silenced.take() else { continue };
+            if self.silence(&change, now).is_some() {
+                if let Some(t) = self.tracks.get_mut(&key) {
+                    t.silenced = Some((change, now + dur(RECHECK)));
+                }
+                continue;
+            }
+            let Some(t) = self.tracks.get_mut(&key) else { continue };
+            let was = t.told;
+            if alertable(was, change.new) {
+                t.told = change.new;
+                self.queue(change, was, 0, false, now);
+            }
+        }
+    }
+
+    /// Queues a reminder for each sensor still in the problem last mailed `remind_every` ago.
+    fn remind(&mut self, now: DateTime<Utc>) {
+        let due: Vec<StateChange> = self
+            .tracks
+            .values_mut()
+            .filter(|t| t.held.is_none() && t.silenced.is_none())
+            .filter_map(|t| match t.reminder.take() {
+                Some((c, at)) if at <= now && c.new == t.told => Some(c),
+                Some((c, at)) if at > now => {
+                    t.reminder = Some((c, at));
+                    None
+                }
+                _ => None,
+            })
+            .collect();
+        for c in due {
+            // Not if an alert about it is about to go out anyway.
+            if !self
+                .pending
+                .iter()
+                .any(|p| p.change.machine_id == c.machine_id && p.change.sensor == c.sensor)
+            {
+                let was = c.new;
+                self.queue(c, was, 0, true, now);
+            }
         }
     }
 
@@ -305,11 +456,13 @@ fn rank(s: State) -> u8 {
 }
 
 fn label(p: &Pending) -> &'static str {
-    match p.change.new {
-        State::Error => "ERROR",
-        State::Warn => "WARN",
-        State::Ok => "OK again",
-        State::Unknown => "UNKNOWN",
+    match (p.change.new, p.again) {
+        (State::Error, false) => "ERROR",
+        (State::Error, true) => "STILL ERROR",
+        (State::Warn, false) => "WARN",
+        (State::Warn, true) => "STILL WARN",
+        (State::Ok, _) => "OK again",
+        (State::Unknown, _) => "UNKNOWN",
     }
 }
 
@@ -338,7 +491,12 @@ fn alert_mail(to: Vec<String>, mut items: Vec<Pending>, origin: Option<&(String,
     });
     let tag = origin.map(|(t, _)| format!("[Outpost {t}]")).unwrap_or_else(|| "[Outpost]".into());
     let subject = if let [p] = items.as_slice() {
-        format!("{tag} {} {}: {} (was {})", label(p), p.change.hostname, p.change.sensor, p.was)
+        if p.again {
+            let since = p.change.ts.format("%Y-%m-%d %H:%M UTC");
+            format!("{tag} {} {}: {} (since {since})", label(p), p.change.hostname, p.change.sensor)
+        } else {
+            format!("{tag} {} {}: {} (was {})", label(p), p.change.hostname, p.change.sensor, p.was)
+        }
     } else {
         let mut counts: BTreeMap<u8, (usize, &str)> = BTreeMap::new();
         for p in &items {
@@ -363,7 +521,17 @@ fn alert_mail(to: Vec<String>, mut items: Vec<Pending>, origin: Option<&(String,
         let c = &p.change;
         let value = format_value(c.value.as_ref(), c.unit.as_deref());
         let ts = c.ts.format("%Y-%m-%d %H:%M:%S UTC");
-        text.push_str(&format!("{:<8} {} / {}: {} -> {}", label(p), c.hostname, c.sensor, p.was, c.new));
+        if p.again {
+            text.push_str(&format!(
+                "{:<8} {} / {}: {} since the reading below",
+                label(p),
+                c.hostname,
+                c.sensor,
+                c.new
+            ));
+        } else {
+            text.push_str(&format!("{:<8} {} / {}: {} -> {}", label(p), c.hostname, c.sensor, p.was, c.new));
+        }
         if !value.is_empty() {
             text.push_str(&format!(", value {value}"));
         }

@@ -135,6 +135,10 @@ pub struct AlertTiming {
     /// Readings older than this when they arrive (a replayed backlog) raise no alert.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// A sensor still in warn or error this long after its last mail is mailed about again,
+    /// unless acknowledged or in maintenance. `0s` turns reminders off.
+    #[serde(with = "humantime_serde")]
+    pub remind_every: Duration,
 }
 
 impl Default for AlertTiming {
@@ -143,6 +147,7 @@ impl Default for AlertTiming {
             group_window: Duration::from_secs(30),
             quiet_period: Duration::from_secs(600),
             max_age: Duration::from_secs(600),
+            remind_every: Duration::from_secs(4 * 3600),
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod transport;
 #[cfg(test)]
 mod tests;
 
-pub use alerts::{AlertEvent, Alerter, Observed, StateChange};
+pub use alerts::{AlertEvent, Alerter, Observed, Silence, Silences, StateChange};
 pub use config::{AlertTiming, MailConfig, Route, TlsMode};
 pub use error::{OutboxError, SendError, SetupError};
 pub use outbox::{spawn_sender, MailQueue, Outbox, Queued};

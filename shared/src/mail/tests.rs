@@ -217,7 +217,7 @@ fn flapping_sensor_mails_once_per_quiet_period_with_its_final_state() {
     a.observe(change("h", "s", State::Ok, State::Warn, at(50)), at(50));
     assert!(a.poll(at(600)).is_empty());
     assert!(a.poll(at(700)).is_empty());
-    assert_eq!(a.next_deadline(), None);
+    assert_eq!(a.next_deadline(), Some(at(30) + Cd::hours(4)), "only the reminder is left");
     // After the quiet period a new change alerts again at once (well, after the window).
     a.observe(change("h", "s", State::Warn, State::Ok, at(800)), at(800));
     assert_eq!(a.poll(at(830))[0].subject, "[Outpost] OK again h: s (was warn)");
@@ -263,6 +263,120 @@ fn a_state_told_elsewhere_is_not_mailed_again_and_later_changes_compare_with_it(
     let m = &c.poll(at(30))[0];
     assert_eq!(m.subject, "[Outpost connector] ERROR h: s (was ok)");
     assert!(m.text.starts_with("Sent by the connector.") && m.html.as_ref().unwrap().contains("Sent by"));
+}
+
+/// Silences set by the test: a maintenance window over a machine until a time, an
+/// acknowledgement of one sensor's state up to a reading time.
+#[derive(Default)]
+struct FakeSilences {
+    maintenance: Mutex<Option<(String, DateTime<Utc>)>>,
+    ack: Mutex<Option<(String, State, DateTime<Utc>)>>,
+}
+
+impl alerts::Silences for FakeSilences {
+    fn silence(
+        &self,
+        machine_id: &str,
+        sensor: &str,
+        state: State,
+        reading_ts: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<alerts::Silence> {
+        if let Some((m, until)) = self.maintenance.lock().unwrap().clone() {
+            if m == machine_id && now < until {
+                return Some(alerts::Silence::Maintenance { until });
+            }
+        }
+        match self.ack.lock().unwrap().clone() {
+            Some((s, st, upto)) if s == sensor && st == state && reading_ts <= upto => {
+                Some(alerts::Silence::Acknowledged { by: "user:night".into() })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn a_problem_is_mailed_again_until_it_recovers() {
+    let mut a = Alerter::new(&alert_config());
+    let at = |s: i64| t0() + Cd::seconds(s);
+    a.observe(change("h", "s", State::Ok, State::Error, at(0)), at(0));
+    assert_eq!(a.poll(at(30)).len(), 1);
+    assert_eq!(a.next_deadline(), Some(at(30) + Cd::hours(4)));
+    assert!(a.poll(at(30) + Cd::hours(4) - Cd::seconds(1)).is_empty());
+    assert!(a.poll(at(30) + Cd::hours(4)).is_empty(), "a reminder waits for the group window too");
+    let again = a.poll(at(60) + Cd::hours(4));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].subject, "[Outpost] STILL ERROR h: s (since 2025-03-01 12:00 UTC)");
+    // Recovered: no more reminders, the recovery is mailed.
+    let t = at(100) + Cd::hours(4);
+    a.observe(change("h", "s", State::Error, State::Ok, t), t);
+    assert_eq!(a.poll(t + Cd::seconds(30))[0].subject, "[Outpost] OK again h: s (was error)");
+    assert!(a.poll(t + Cd::hours(9)).is_empty());
+
+    let mut cfg = alert_config();
+    cfg.alerts.remind_every = Duration::ZERO;
+    let mut a = Alerter::new(&cfg);
+    a.observe(change("h", "s", State::Ok, State::Error, at(0)), at(0));
+    assert_eq!(a.poll(at(30)).len(), 1);
+    assert_eq!(a.next_deadline(), None, "reminders off");
+}
+
+#[test]
+fn an_acknowledged_problem_is_not_mailed_again_until_it_changes() {
+    let silences = Arc::new(FakeSilences::default());
+    let mut a = Alerter::new(&alert_config()).with_silences(silences.clone());
+    let at = |s: i64| t0() + Cd::seconds(s);
+    a.observe(change("h", "s", State::Ok, State::Error, at(0)), at(0));
+    assert_eq!(a.poll(at(30)).len(), 1);
+    // Acknowledged with the reading of at(0) on screen: no reminder.
+    *silences.ack.lock().unwrap() = Some(("s".into(), State::Error, at(0)));
+    for h in 1..=12 {
+        assert!(a.poll(at(30) + Cd::hours(h)).is_empty(), "hour {h}");
+    }
+    // It changes (warn) after the acknowledgement: that is news, mailed.
+    let t = at(20) + Cd::hours(13);
+    a.observe(change("h", "s", State::Error, State::Warn, t), t);
+    assert_eq!(a.poll(t + Cd::seconds(30))[0].subject, "[Outpost] WARN h: s (was error)");
+
+    // Acknowledged before the first mail went out: nothing is mailed, and nothing later either.
+    let silences = Arc::new(FakeSilences::default());
+    let mut a = Alerter::new(&alert_config()).with_silences(silences.clone());
+    a.observe(change("h", "s", State::Ok, State::Error, at(0)), at(0));
+    *silences.ack.lock().unwrap() = Some(("s".into(), State::Error, at(0)));
+    assert!(a.poll(at(30)).is_empty());
+    assert!(a.poll(at(30) + Cd::hours(5)).is_empty());
+    // The acknowledgement is withdrawn while the error lasts: the error is mailed after all.
+    *silences.ack.lock().unwrap() = None;
+    let t = at(30) + Cd::hours(5);
+    let mut mails = a.poll(t + Cd::seconds(10));
+    mails.extend(a.poll(t + Cd::seconds(40)));
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].subject, "[Outpost] ERROR h: s (was ok)");
+}
+
+#[test]
+fn a_machine_in_maintenance_raises_no_mail_and_what_is_left_after_it_is_mailed() {
+    let silences = Arc::new(FakeSilences::default());
+    let mut a = Alerter::new(&alert_config()).with_silences(silences.clone());
+    let at = |s: i64| t0() + Cd::seconds(s);
+    *silences.maintenance.lock().unwrap() = Some(("id-h".into(), at(600)));
+    a.observe(change("h", "s", State::Ok, State::Error, at(0)), at(0));
+    // A sensor that fails and recovers within the window: never mailed.
+    a.observe(change("h", "t", State::Ok, State::Error, at(0)), at(0));
+    assert!(a.poll(at(30)).is_empty());
+    a.observe(change("h", "t", State::Error, State::Ok, at(100)), at(100));
+    let mut mails = Vec::new();
+    let mut t = at(100);
+    while t < at(700) {
+        mails.extend(a.poll(t));
+        t += Cd::seconds(5);
+    }
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert_eq!(mails[0].subject, "[Outpost] ERROR h: s (was ok)", "still in error when the window ended");
+    // Another machine is not silenced.
+    a.observe(change("g", "s", State::Ok, State::Error, at(700)), at(700));
+    assert_eq!(a.poll(at(730)).len(), 1);
 }
 
 fn lettre_from() -> lettre::message::Mailbox {

@@ -22,6 +22,7 @@ pub mod mail;
 pub mod managed;
 pub mod people;
 pub mod schema;
+pub mod silences;
 #[cfg(all(test, unix))]
 mod tests;
 #[cfg(unix)]

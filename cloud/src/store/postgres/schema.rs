@@ -32,6 +32,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0010_managed_sensors.sql"),
     ),
     (20, "people: users, sessions, customers, API tokens", include_str!("migrations/0020_people.sql")),
+    (30, "acknowledgements and maintenance windows", include_str!("migrations/0030_silences.sql")),
 ];
 
 /// Advisory lock keys (any constants unlikely to collide with another application's).

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod mail;
 pub mod managed;
 pub mod people;
+pub mod silences;
 pub mod trust;
 
 use super::{
