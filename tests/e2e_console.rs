@@ -342,3 +342,129 @@ fn the_offered_enrollment_command_enrolls_a_machine_pasted_elsewhere() {
     let open = cloud.api("/v1/enrollment-tokens");
     assert!(!open.as_array().unwrap().iter().any(|t| t["label"] == "pump 3"), "the token is used up: {open}");
 }
+
+/// The code of `secret` (base32, as the page shows it) for `at`.
+fn totp_code(secret: &str, at: std::time::SystemTime) -> String {
+    let raw = outpost_shared::totp::decode_secret(secret.trim()).unwrap();
+    let unix = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    outpost_shared::totp::code_at(&raw, unix)
+}
+
+#[test]
+fn an_owner_sets_up_a_second_factor_then_manages_customers_and_people_on_the_page() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start_on(
+        &dir.path().join("cloud"),
+        free_port(),
+        "[people]\nrequire_totp_for_admins = true\n",
+    );
+    let browser = Browser::start();
+    common::console::add_user(
+        &cloud,
+        &serde_json::json!({"name": "owner", "password": common::console::PASSWORD, "owner": true}),
+    );
+    browser.open(&format!("{}/", cloud.url()));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the sign-in form shows",
+        "return !document.getElementById('login').hidden",
+    );
+    common::console::fill_sign_in(&browser, "owner", common::console::PASSWORD);
+
+    // An owner without a second factor is shown only how to set one up.
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the second-factor setup is all there is",
+        "return !document.getElementById('totpsetup').hidden && document.getElementById('app').hidden",
+    );
+    browser.click("#totpbegin");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the secret shows",
+        "return document.getElementById('totpsecret').textContent.length >= 16",
+    );
+    let secret = browser
+        .eval("return document.getElementById('totpsecret').textContent")
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = totp_code(&secret, std::time::SystemTime::now());
+    browser.eval(&format!("document.getElementById('totpcode').value = '{code}'; return true"));
+    browser.eval("document.querySelector('#totpform button').click(); return true");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the dashboard opens",
+        "return !document.getElementById('app').hidden",
+    );
+
+    // Customers and people, on the page.
+    browser.wait_for(Duration::from_secs(15), "the people section shows", "return !document.getElementById('peoplesection').hidden && !document.getElementById('customersblock').hidden");
+    browser.eval(
+        "document.getElementById('cid').value = 'acme'; document.getElementById('cname').value = 'Acme Water'; \
+         document.getElementById('cnets').value = 'plant-a'; return true",
+    );
+    browser.eval("document.querySelector('#cnewform button').click(); return true");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the customer is listed with its network and offered for new people",
+        "return [...document.querySelectorAll('#clist tr.customer')].some((r) => r.dataset.id === 'acme' && r.textContent.includes('plant-a')) \
+           && [...document.getElementById('pcustomer').options].some((o) => o.value === 'acme')",
+    );
+    browser.eval(&format!(
+        "document.getElementById('pname').value = 'nina'; document.getElementById('ppassword').value = '{}'; \
+         document.getElementById('pcustomer').value = 'acme'; document.getElementById('prole').value = 'operator'; return true",
+        common::console::PASSWORD
+    ));
+    browser.eval("document.querySelector('#pnewform button').click(); return true");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "nina is listed as operator of Acme",
+        "const r = document.querySelector('#plist tr.person[data-name=\"nina\"]'); return !!r && r.querySelector('select').value === 'operator'",
+    );
+    let role = |cloud: &CloudProc| {
+        let users = cloud.api("/v1/users");
+        users.as_array().unwrap().iter().find(|u| u["name"] == "nina").map(|u| u["grants"][0]["role"].clone())
+    };
+    assert_eq!(role(&cloud), Some(serde_json::json!("operator")));
+    // Down to viewer with the select.
+    browser.eval(
+        "const s = document.querySelector('#plist tr.person[data-name=\"nina\"] select'); s.value = 'viewer'; \
+         s.dispatchEvent(new Event('change')); return true",
+    );
+    wait_until(Duration::from_secs(15), "nina is a viewer now", || {
+        role(&cloud) == Some(serde_json::json!("viewer"))
+    });
+    browser.eval("document.getElementById('peoplesection').scrollIntoView(); return true");
+    browser.screenshot(&screenshots_dir().join("people.png"));
+    // Removed with two clicks.
+    browser.click("#plist tr.person[data-name=\"nina\"] button.premove");
+    browser.wait_for(Duration::from_secs(5), "the first click arms", "return document.querySelector('#plist tr.person[data-name=\"nina\"] button.premove').textContent.includes('again')");
+    assert!(role(&cloud).is_some(), "one click removes nobody");
+    browser.click("#plist tr.person[data-name=\"nina\"] button.premove");
+    wait_until(Duration::from_secs(15), "nina is gone", || role(&cloud).is_none());
+
+    // Signed out, signing in again needs a code as well: the next one (each code works once).
+    browser.click("#signout");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "signed out",
+        "return !document.getElementById('login').hidden",
+    );
+    common::console::fill_sign_in(&browser, "owner", common::console::PASSWORD);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "a code is asked for",
+        "return !document.getElementById('code').hidden",
+    );
+    let next = totp_code(&secret, std::time::SystemTime::now() + Duration::from_secs(30));
+    browser.eval(&format!("document.getElementById('code').value = '{next}'; return true"));
+    browser.click("#loginbutton");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "signed in with the second factor",
+        "return !document.getElementById('app').hidden",
+    );
+}

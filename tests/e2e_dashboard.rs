@@ -482,6 +482,35 @@ fn a_customers_operator_sees_only_its_machines_acknowledges_and_signs_out_for_go
     );
     browser.click(&row_a);
 
+    // A maintenance window over the machine, entered in the browser's time zone.
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the maintenance form is offered",
+        "return !document.getElementById('maintform').hidden",
+    );
+    browser.eval(
+        "const local = (t) => { const d = new Date(t - new Date(t).getTimezoneOffset() * 60000); return d.toISOString().slice(0, 16); }; \
+         document.getElementById('maintstart').value = local(Date.now() - 60000); \
+         document.getElementById('maintend').value = local(Date.now() + 3600000); \
+         document.getElementById('maintcomment').value = 'disk swap'; return true",
+    );
+    browser.click("#maintform button");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the window is listed and the machine is in maintenance",
+        "return [...document.querySelectorAll('#maintlist tr[data-window]')].some((r) => r.textContent.includes('disk swap') && r.textContent.includes('user:olga')) \
+           && document.getElementById('maintstate').textContent.startsWith('In maintenance until')",
+    );
+    browser.screenshot(&screenshots_dir().join("console-maintenance.png"));
+    browser.click("#back");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the problem list says the machine is in maintenance",
+        "return [...document.querySelectorAll('#problist tr.problem')].some((r) => r.dataset.sensor === 'disk.root' \
+           && r.dataset.maintenance === 'yes' && r.textContent.includes('In maintenance until'))",
+    );
+    browser.click(&row_a);
+
     // An API token for a script, made on the page and shown once; revoked there, it stops at once.
     browser.eval("document.getElementById('apilabel').value = 'script'; document.getElementById('apirole').value = 'viewer'; return true");
     browser.click("#newapitoken");

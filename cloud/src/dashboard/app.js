@@ -10,6 +10,7 @@ import { initAudit, closeAudit } from "./audit.js";
 import { R, renderRelays, resetRelays } from "./relays.js";
 import { loadAudit, loadTokens, loadUnattached, loadApiTokens } from "./admin.js";
 import { initManaged, loadManaged, resetManaged } from "./managed.js";
+import { initPeople, loadPeople } from "./people.js";
 import { loadSilences, ackOf, maintenanceOf, acknowledge as ackSensor, withdraw as withdrawAck, renderMaintenance, initSilences } from "./silences.js";
 
 const S = {
@@ -531,6 +532,7 @@ $("back").addEventListener("click", goHome);
 $("auditback").addEventListener("click", goHome);
 initAudit(() => [...S.machines.values()]);
 initSilences(() => S.machines.get(S.machine), () => scheduleRender());
+initPeople();
 
 function selectSensor(key, focusRow) {
   const changed = S.sensor !== key;
@@ -703,6 +705,7 @@ async function start() {
     if (canAnywhere("admin")) loadTokens();
     loadUnattached((id) => S.machines.get(id)?.hostname); loadApiTokens();
     initManaged();
+    loadPeople();
     loadSilences().catch(() => {});
     listen();
     await pool(list.map((m) => m.id), 4, loadSensorsOf);

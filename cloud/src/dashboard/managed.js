@@ -4,7 +4,7 @@
 // a password is set, and an empty field keeps it.
 
 import { $, h, emptyRow, setText } from "./dom.js";
-import { api, enc, Unauthorised } from "./api.js";
+import { api, enc, Unauthorised, canAnywhere } from "./api.js";
 import { when, dateTime } from "./format.js";
 
 const quiet = (e) => e instanceof Unauthorised;
@@ -271,6 +271,9 @@ async function rollBack(version) {
 // ---- templates ----
 
 export async function loadTemplates() {
+  // Templates are an admin's tool: others are not shown a section that can only refuse them.
+  $("templatesection").hidden = !canAnywhere("admin");
+  if (!canAnywhere("admin")) return;
   try {
     M.templates = await api("/v1/templates");
     $("tlist").replaceChildren(...(M.templates.length === 0 ? [emptyRow(3, "no templates yet")] :

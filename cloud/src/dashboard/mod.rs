@@ -23,6 +23,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("audit.js", "text/javascript; charset=utf-8", include_str!("audit.js")),
     ("managed.js", "text/javascript; charset=utf-8", include_str!("managed.js")),
     ("silences.js", "text/javascript; charset=utf-8", include_str!("silences.js")),
+    ("people.js", "text/javascript; charset=utf-8", include_str!("people.js")),
     ("dom.js", "text/javascript; charset=utf-8", include_str!("dom.js")),
     ("format.js", "text/javascript; charset=utf-8", include_str!("format.js")),
     ("chart.js", "text/javascript; charset=utf-8", include_str!("chart.js")),
