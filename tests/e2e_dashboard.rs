@@ -380,6 +380,29 @@ fn a_machine_is_revoked_from_the_dashboard_with_two_clicks_and_refused_afterward
     );
     assert!(answer["error"].as_str().unwrap().contains("revoked"), "{answer}");
     browser.screenshot(&screenshot_path(dir.path(), "dashboard-revoke.png"));
+
+    // Archived: out of the list until asked for; its readings stay.
+    browser.click(&row);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "archiving is offered",
+        "return !document.getElementById('archive').hidden",
+    );
+    browser.click("#archive");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the archived machine leaves the list",
+        &format!(
+            "return !document.querySelector('{row}') && !document.getElementById('showarchivedlabel').hidden"
+        ),
+    );
+    browser.click("#showarchived");
+    browser.wait_for(
+        Duration::from_secs(15),
+        "asked for, it is listed again",
+        &format!("return !!document.querySelector('{row}')"),
+    );
+    assert_eq!(cloud.seqs(&id, "cpu.total"), vec![1, 2], "the readings stay");
 }
 
 #[test]
@@ -752,6 +775,23 @@ fn the_console_shows_problems_first_and_keeps_still_under_live_updates() {
     );
     browser.eval("window.scrollTo(0, 0); return true");
     browser.screenshot(&shots.join("console-phone.png"));
+
+    // A wall display (1920 wide): larger type, problems and machines side by side, nothing
+    // scrolls sideways.
+    browser.set_window_size(1920, 1080);
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the wall layout applies",
+        &format!(
+            "if (window.innerWidth < 1800) return false; \
+             const side = document.querySelector('main > .side').getBoundingClientRect(), \
+               probs = document.getElementById('problems').getBoundingClientRect(); \
+             return getComputedStyle(document.body).fontSize === '17px' && probs.left >= side.right && probs.top < 200 \
+               && {}",
+            "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        ),
+    );
+    browser.screenshot(&shots.join("console-wall.png"));
 
     // The cloud goes away: the page says so plainly.
     browser.set_window_size(1400, 1000);

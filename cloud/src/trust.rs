@@ -335,6 +335,16 @@ impl Trust {
     /// Withdraws a machine's enrollment: from now on its signed requests are refused, and the
     /// receipts hubs fetch no longer list it as a connector. Its stored readings stay. Returns the
     /// key record it had, or None when it was not enrolled. Durable on return.
+    /// Archives (or with None brings back) a revoked machine; false when it is not revoked.
+    pub async fn archive(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<bool, CloudError> {
+        self.store.archive(id, at).await
+    }
+
+    /// The revocation record of a machine no longer enrolled.
+    pub async fn revocation(&self, id: &str) -> Result<Option<crate::store::trust::RevokedKey>, CloudError> {
+        self.store.revocation(id).await
+    }
+
     pub async fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<Option<MachineKey>, CloudError> {
         let mk = self.store.revoke(id, now).await?;
         if let Some(mk) = &mk {

@@ -28,6 +28,9 @@ pub(super) struct MachineRow {
     /// Its enrollment was withdrawn. A machine reaches the store only through a signed batch, so
     /// it was enrolled then; the only way its key leaves the enrolled list is revocation.
     revoked: bool,
+    /// When an admin archived the revoked machine (the dashboard leaves it out unless asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archived_at: Option<DateTime<Utc>>,
     /// The host name of the connector named in `uplink` (`connector:<id>`), when that connector
     /// is enrolled: people know machines by name, not by a 32-hex fingerprint.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,12 +69,21 @@ pub(super) async fn list(State(st): State<AppState>, Extension(actor): Extension
                         network: key.map(|k| k.network_id.clone()),
                         customer: key.map(|k| owners.customer_of(&k.network_id).to_string()),
                         revoked: key.is_none(),
+                        archived_at: None,
                         uplink_name,
                         info: m,
                     }
                 })
                 .filter(|row| access::allows(&actor, Role::Viewer, row.customer.as_deref()))
                 .collect();
+            // Revoked machines are few: their records are read one by one.
+            let mut rows = rows;
+            for row in rows.iter_mut().filter(|r| r.revoked) {
+                match st.trust.revocation(&row.info.id).await {
+                    Ok(rec) => row.archived_at = rec.and_then(|r| r.archived_at),
+                    Err(e) => return internal(e),
+                }
+            }
             Json(rows).into_response()
         }
         Err(e) => internal(e),
@@ -110,6 +122,41 @@ pub(super) async fn revoke(
                 .into_response()
         }
         Ok(None) => err(StatusCode::NOT_FOUND, access::NO_MACHINE),
+        Err(e) => internal(e),
+    }
+}
+
+/// `POST /v1/machines/{id}/archive` (and `DELETE` to bring it back): puts a revoked machine out
+/// of the dashboard's list; its readings and revocation stay. Revoked machines belong to no
+/// customer any more, so this needs admin over every customer. 409 for an enrolled machine.
+pub(super) async fn archive(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    method: axum::http::Method,
+    Path(id): Path<String>,
+) -> Response {
+    let back = method == axum::http::Method::DELETE;
+    let action = if back { "unarchive" } else { "archive" };
+    if let Err(r) = access::machine(&st, &actor, &id, Role::Admin, action).await {
+        return r;
+    }
+    let at = (!back).then(Utc::now);
+    match st.trust.archive(&id, at).await {
+        Ok(true) => {
+            let entry = crate::commands::AuditEntry {
+                ts: Utc::now(),
+                command_id: String::new(),
+                machine: id.clone(),
+                action: action.into(),
+                parameters: serde_json::Value::Null,
+                who: actor.label(),
+                event: "done".into(),
+                detail: serde_json::Value::Null,
+            };
+            access::audit(&st, entry).await;
+            Json(serde_json::json!({"machine": id, "archived_at": at})).into_response()
+        }
+        Ok(false) => err(StatusCode::CONFLICT, "only a revoked machine can be archived; revoke it first"),
         Err(e) => internal(e),
     }
 }

@@ -184,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/api-tokens/{id}", delete(api_tokens::revoke_api_token))
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", delete(machines::revoke))
+        .route("/v1/machines/{id}/archive", post(machines::archive).delete(machines::archive))
         .route("/v1/machines/{id}/sensors", get(machines::sensors))
         .route(
             "/v1/machines/{id}/sensors/{sensor}/ack",

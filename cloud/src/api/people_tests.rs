@@ -23,6 +23,7 @@ crate::both_engines!(
     an_admin_without_the_required_second_factor_can_only_set_it_up,
     forged_malformed_and_oversized_credentials_get_nothing,
     acknowledgements_and_maintenance_follow_customers_and_a_change_ends_an_acknowledgement,
+    a_revoked_machine_is_archived_only_by_an_admin_of_every_customer,
 );
 
 const HOST: &str = "cloud.test";
@@ -862,4 +863,32 @@ async fn acknowledgements_and_maintenance_follow_customers_and_a_change_ends_an_
         assert!(trail.iter().any(|e| e.action == action && e.who == "user:olga"), "{action}: {trail:?}");
     }
     assert!(trail.iter().any(|e| e.action == "ack" && e.parameters["comment"] == "replacing the fan"));
+}
+
+async fn a_revoked_machine_is_archived_only_by_an_admin_of_every_customer(engines: Engines, keep: &Keep) {
+    let w = world(engines, keep).await;
+    let root = Auth::Cookie(sign_in(&w, "root").await);
+    let alice = Auth::Cookie(sign_in(&w, "alice").await);
+    let a = w.hub_a.clone();
+    let archive = format!("/v1/machines/{a}/archive");
+    assert_eq!(go(&w, Method::POST, &archive, &root, None).await.0, StatusCode::CONFLICT, "enrolled");
+    assert_eq!(go(&w, Method::DELETE, &format!("/v1/machines/{a}"), &alice, None).await.0, StatusCode::OK);
+    // Revoked, it belongs to no customer: alice no longer finds it.
+    assert_eq!(go(&w, Method::POST, &archive, &alice, None).await.0, StatusCode::NOT_FOUND);
+    let (s, v) = go(&w, Method::POST, &archive, &root, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let row =
+        |list: serde_json::Value| list.as_array().unwrap().iter().find(|m| m["id"] == a.as_str()).cloned();
+    let listed = row(go(&w, Method::GET, "/v1/machines", &root, None).await.1).unwrap();
+    assert!(listed["archived_at"].is_string() && listed["revoked"] == true, "{listed}");
+    // Brought back, and the readings were there all along.
+    assert_eq!(go(&w, Method::DELETE, &archive, &root, None).await.0, StatusCode::OK);
+    let listed = row(go(&w, Method::GET, "/v1/machines", &root, None).await.1).unwrap();
+    assert!(listed.get("archived_at").is_none(), "{listed}");
+    let (_, readings) =
+        go(&w, Method::GET, &format!("/v1/machines/{a}/readings?sensor=cpu"), &root, None).await;
+    assert_eq!(readings.as_array().unwrap().len(), 1, "{readings}");
+    let trail = audit(&w).await;
+    assert!(trail.iter().any(|e| e.action == "archive" && e.who == "user:root" && e.machine == a));
+    assert!(trail.iter().any(|e| e.action == "unarchive" && e.who == "user:root"));
 }

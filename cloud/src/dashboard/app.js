@@ -289,6 +289,10 @@ function machineMatches(m, q) {
 function renderMachines() {
   const body = $("machines");
   const net = $("netfilter").value, q = $("search").value.trim().toLowerCase(), onlyProblems = $("problemsonly").checked;
+  const archived = [...S.machines.values()].filter((m) => m.archived_at).length;
+  $("showarchivedlabel").hidden = archived === 0;
+  // Archived machines (revoked, put out of sight by an admin) only when asked for.
+  const showArchived = $("showarchived").checked;
   const nets = [...new Set([...S.machines.values()].map((m) => m.revoked ? "(revoked)" : m.network || "(unknown)"))].sort();
   const sel = $("netfilter");
   const have = [...sel.options].slice(1).map((o) => o.value);
@@ -296,7 +300,8 @@ function renderMachines() {
     sel.replaceChildren(h("option", { value: "" }, "all"), ...nets.map((n) => h("option", { value: n }, n)));
     sel.value = nets.includes(net) ? net : "";
   }
-  const list = [...S.machines.values()].map((m) => ({ m, net: m.revoked ? "(revoked)" : m.network || "(unknown)", st: machineState(m) }))
+  const list = [...S.machines.values()].filter((m) => showArchived || !m.archived_at)
+    .map((m) => ({ m, net: m.revoked ? "(revoked)" : m.network || "(unknown)", st: machineState(m) }))
     .filter((x) => (!net || x.net === net) && (!onlyProblems || x.st.worst !== "ok") && machineMatches(x.m, q))
     .sort((a, b) => (a.m.revoked - b.m.revoked) || a.net.localeCompare(b.net) || a.m.hostname.localeCompare(b.m.hostname) || a.m.id.localeCompare(b.m.id));
   if (S.machines.size === 0) { body.replaceChildren(emptyRow(2, "no machine has sent anything yet")); return; }
@@ -568,8 +573,25 @@ function resetRevoke() {
   b.classList.remove("armed"); b.disabled = false; b.textContent = "Revoke this machine";
   $("revokeout").textContent = m && m.revoked ? `${m.hostname} is revoked: its enrollment was withdrawn; its readings stay.` : "";
   b.hidden = !!(m && m.revoked);
-  $("revokerow").hidden = !S.machine || !can("admin", m && m.customer);
+  // A revoked machine belongs to no customer: archiving it is for admins of every customer.
+  const a = $("archive");
+  a.hidden = !(m && m.revoked && can("admin"));
+  a.textContent = m && m.archived_at ? "Bring back from the archive" : "Archive";
+  $("revokerow").hidden = !S.machine || !(can("admin", m && m.customer) || !a.hidden);
 }
+$("archive").addEventListener("click", async () => {
+  const m = S.machines.get(S.machine);
+  if (!m) return;
+  try {
+    const back = !!m.archived_at;
+    const r = await api(`/v1/machines/${enc(m.id)}/archive`, back ? undefined : {}, back ? "DELETE" : "POST");
+    m.archived_at = r.archived_at || undefined;
+    $("revokeout").textContent = back ? `${m.hostname} is back in the list.` : `${m.hostname} is archived: out of the list (tick "archived" to see it); its readings stay.`;
+    loadAudit(m.id);
+    resetRevoke();
+    renderAll();
+  } catch (e) { $("revokeout").textContent = "cannot archive: " + e.message; }
+});
 $("revoke").addEventListener("click", async () => {
   const b = $("revoke"), m = S.machines.get(S.machine);
   if (!m) return;
@@ -609,7 +631,7 @@ function scheduleRender() {
   if (pendingRender) return;
   pendingRender = setTimeout(() => { pendingRender = null; renderAll(); }, 250);
 }
-for (const id of ["search", "netfilter", "problemsonly"]) $(id).addEventListener("input", renderMachines);
+for (const id of ["search", "netfilter", "problemsonly", "showarchived"]) $(id).addEventListener("input", renderMachines);
 
 // ---- live updates ----
 

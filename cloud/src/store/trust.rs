@@ -55,6 +55,10 @@ pub struct TokenRecord {
 pub struct RevokedKey {
     pub key: MachineKey,
     pub revoked_at: DateTime<Utc>,
+    /// Put out of sight by an admin: left out of the machine list unless asked for. Its
+    /// readings and this record stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 /// The cloud's permission for one connector to ask for commands by mail.
@@ -140,6 +144,10 @@ pub trait TrustStore: Send + Sync + 'static {
     /// Removes the machine's key and records its revocation, in one transaction; returns the key
     /// it had, or None when it was not enrolled.
     async fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<Option<MachineKey>, CloudError>;
+
+    /// Sets (Some) or clears (None) when a revoked machine was archived; returns false when the
+    /// machine is not revoked.
+    async fn archive(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<bool, CloudError>;
 
     async fn put_mail_grant(&self, connector: &str, grant: &MailGrant) -> Result<(), CloudError>;
 

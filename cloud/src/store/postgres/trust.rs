@@ -225,7 +225,7 @@ impl TrustStore for PgTrust {
             return Ok(None);
         };
         let mk: MachineKey = json_of(&row, 0, "key record")?;
-        let record = RevokedKey { key: mk.clone(), revoked_at: now };
+        let record = RevokedKey { key: mk.clone(), revoked_at: now, archived_at: None };
         tx.execute(
             "INSERT INTO revoked_keys (machine, revoked_at, body) VALUES ($1, $2, $3)
              ON CONFLICT (machine) DO UPDATE SET revoked_at = EXCLUDED.revoked_at, body = EXCLUDED.body",
@@ -235,6 +235,20 @@ impl TrustStore for PgTrust {
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(Some(mk))
+    }
+
+    async fn archive(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<bool, CloudError> {
+        let at = serde_json::to_value(at).map_err(|e| CloudError::Invalid(e.to_string()))?;
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE revoked_keys SET body = jsonb_set(body, '{archived_at}', $2) WHERE machine = $1",
+                &[&id, &at],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(n == 1)
     }
 
     async fn put_mail_grant(&self, connector: &str, grant: &MailGrant) -> Result<(), CloudError> {

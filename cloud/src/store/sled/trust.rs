@@ -213,7 +213,7 @@ impl TrustStore for SledTrust {
     async fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<Option<MachineKey>, CloudError> {
         let Some(old) = self.keys.get(id.as_bytes())? else { return Ok(None) };
         let mk: MachineKey = serde_json::from_slice(&old).map_err(|e| CloudError::Corrupt(e.to_string()))?;
-        let record = RevokedKey { key: mk.clone(), revoked_at: now };
+        let record = RevokedKey { key: mk.clone(), revoked_at: now, archived_at: None };
         use sled::Transactional;
         (&self.keys, &self.revoked, &self.connectors)
             .transaction(|(keys, revoked, connectors)| {
@@ -228,6 +228,20 @@ impl TrustStore for SledTrust {
             })?;
         self.flusher.flush().await?;
         Ok(Some(mk))
+    }
+
+    async fn archive(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<bool, CloudError> {
+        loop {
+            let Some(old) = self.revoked.get(id.as_bytes())? else { return Ok(false) };
+            let mut rec: RevokedKey = serde_json::from_slice(&old)
+                .map_err(|e| CloudError::Corrupt(format!("revocation record: {e}")))?;
+            rec.archived_at = at;
+            // Only over the record read: an enrollment meanwhile removed it, and wins.
+            if self.revoked.compare_and_swap(id.as_bytes(), Some(old), Some(json(&rec)))?.is_ok() {
+                self.flusher.flush().await?;
+                return Ok(true);
+            }
+        }
     }
 
     async fn put_mail_grant(&self, connector: &str, grant: &MailGrant) -> Result<(), CloudError> {
