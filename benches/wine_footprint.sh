@@ -59,10 +59,25 @@ enroll_token = "$token"
 discover = false
 advertise = false
 
-# The sensors .ci/windows runs under Wine. Not the defaults: sysinfo reads CPU and load through
-# pdh.dll's PdhEnumObjectsA, which Wine 8 lacks (the process aborts).
+# The sensors .ci/windows runs under Wine: the defaults (cpu, memory, disk, diskio, network, load)
+# and the Windows-only ones.
+[[sensor]]
+kind = "cpu"
+
+[[sensor]]
+kind = "memory"
+
 [[sensor]]
 kind = "disk"
+
+[[sensor]]
+kind = "diskio"
+
+[[sensor]]
+kind = "network"
+
+[[sensor]]
+kind = "load"
 
 [[sensor]]
 kind = "service"

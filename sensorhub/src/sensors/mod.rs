@@ -14,6 +14,8 @@
 mod command;
 mod config;
 mod counters;
+#[cfg(any(windows, test))]
+mod cpu_windows;
 mod error;
 mod eventlog;
 mod file;

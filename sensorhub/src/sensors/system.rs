@@ -1,5 +1,5 @@
-//! Machine-wide sensors read through the shared sysinfo probe: CPU, memory and swap, disk space,
-//! load and uptime.
+//! Machine-wide sensors read through the shared sysinfo probe: CPU (on Windows from the system's
+//! CPU times instead), memory and swap, disk space, load and uptime.
 
 use super::config::{Metric, SensorConfig};
 use super::probe::{lock, SharedProbe};
@@ -9,7 +9,9 @@ use outpost_shared::model::{Sample, State};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
-use sysinfo::{CpuRefreshKind, DiskRefreshKind, MemoryRefreshKind};
+#[cfg(not(windows))]
+use sysinfo::CpuRefreshKind;
+use sysinfo::{DiskRefreshKind, MemoryRefreshKind};
 
 fn reading(key: String, v: f64, unit: Unit, state: State) -> Sample {
     let s = Sample::new(key, v, state);
@@ -24,49 +26,92 @@ pub(crate) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// CPU usage: `cpu.total` (judged) and `cpu.coreN`, busy percent since the previous sample. On
+/// Windows the times come from the system directly ([`super::cpu_windows`]): sysinfo reads them
+/// through PDH there.
 pub(crate) struct Cpu {
+    #[cfg(not(windows))]
     probe: SharedProbe,
+    #[cfg(windows)]
+    sampler: super::cpu_windows::Sampler,
     per_core: bool,
     thresholds: Thresholds,
 }
 
+/// The machine's busy share (Err: why there is none, for an `unknown` reading) and each
+/// processor's by position (a processor without a value this time is `None`).
+type Usage = (Result<f64, String>, Vec<Option<f64>>);
+
 impl Cpu {
+    #[cfg(not(windows))]
     pub fn new(cfg: &SensorConfig, probe: SharedProbe) -> Self {
         Cpu { probe, per_core: cfg.per_core.unwrap_or(true), thresholds: cfg.thresholds() }
     }
 
-    fn refresh(&self) -> (f64, Vec<f64>) {
+    #[cfg(windows)]
+    pub fn new(cfg: &SensorConfig, _probe: SharedProbe) -> Self {
+        Cpu {
+            sampler: super::cpu_windows::Sampler::new(),
+            per_core: cfg.per_core.unwrap_or(true),
+            thresholds: cfg.thresholds(),
+        }
+    }
+
+    #[cfg(not(windows))]
+    fn refresh(&mut self) -> Usage {
         let mut p = lock(&self.probe);
         p.system.refresh_cpu_specifics(CpuRefreshKind::nothing().with_cpu_usage());
         let total = p.system.global_cpu_usage() as f64;
         let cores = if self.per_core {
-            p.system.cpus().iter().map(|c| c.cpu_usage() as f64).collect()
+            p.system.cpus().iter().map(|c| Some(c.cpu_usage() as f64)).collect()
         } else {
             Vec::new()
         };
-        (total, cores)
+        (Ok(total), cores)
+    }
+
+    #[cfg(windows)]
+    fn refresh(&mut self) -> Usage {
+        self.sampler.sample(self.per_core)
     }
 }
 
 impl BlockingSensor for Cpu {
     fn prime(&mut self) -> Option<Duration> {
-        self.refresh();
+        // The first reading is only a baseline.
+        let _ = self.refresh();
         // Usage is the share of busy time between two refreshes; sysinfo ignores refreshes
-        // closer together than this.
+        // closer together than this (and Windows counts CPU time in clock ticks of 15.6 ms).
         Some(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL + Duration::from_millis(50))
     }
 
     fn sample(&mut self, out: &mut Vec<Sample>) {
         let (total, cores) = self.refresh();
-        let total = round2(total.clamp(0.0, 100.0));
-        let (state, msg) = self.thresholds.judge(total, Unit::Percent, format!("cpu {total:.1}% busy"));
-        out.push(
-            reading("cpu.total".into(), total, Unit::Percent, state)
-                .message(msg)
-                .limits(self.thresholds.limits()),
-        );
+        match total {
+            Ok(total) => {
+                let total = round2(total.clamp(0.0, 100.0));
+                let (state, msg) =
+                    self.thresholds.judge(total, Unit::Percent, format!("cpu {total:.1}% busy"));
+                out.push(
+                    reading("cpu.total".into(), total, Unit::Percent, state)
+                        .message(msg)
+                        .limits(self.thresholds.limits()),
+                );
+            }
+            Err(why) => out.push(
+                Sample::new("cpu.total", "unknown".to_string(), State::Unknown)
+                    .message(format!("cpu: {why}")),
+            ),
+        }
         for (i, c) in cores.into_iter().enumerate() {
-            out.push(reading(format!("cpu.core{i}"), round2(c.clamp(0.0, 100.0)), Unit::Percent, State::Ok));
+            if let Some(c) = c {
+                out.push(reading(
+                    format!("cpu.core{i}"),
+                    round2(c.clamp(0.0, 100.0)),
+                    Unit::Percent,
+                    State::Ok,
+                ));
+            }
         }
     }
 }
@@ -335,7 +380,9 @@ impl BlockingSensor for Disk {
 }
 
 pub(crate) struct Load {
+    #[cfg_attr(windows, allow(dead_code))]
     thresholds: Thresholds,
+    #[cfg_attr(windows, allow(dead_code))]
     cores: usize,
 }
 
@@ -350,8 +397,10 @@ impl Load {
 
 impl BlockingSensor for Load {
     fn sample(&mut self, out: &mut Vec<Sample>) {
-        // Windows has no load average (sysinfo reports zeros there): report uptime only.
-        if !cfg!(windows) {
+        // Windows has no load average: report uptime only. (sysinfo's load average there is a PDH
+        // query; the Windows build never calls it.)
+        #[cfg(not(windows))]
+        {
             let l = sysinfo::System::load_average();
             let (one, five, fifteen) = (round2(l.one), round2(l.five), round2(l.fifteen));
             let what = format!("load {one:.2} {five:.2} {fifteen:.2} on {} cores", self.cores);
