@@ -32,6 +32,9 @@ pub struct ConnectorConfig {
     pub sensors: Vec<SensorConfig>,
     /// Run the embedded hub that monitors this machine.
     pub monitor_self: bool,
+    /// `[managed]`: what the cloud may change of the embedded hub's sensors (as in a hub's own
+    /// config: `enabled`, `protected`, `allow_commands`).
+    pub managed: outpost_sensorhub::managed::ManagedConfig,
     /// The LAN mail server and who gets alerts (`[mail]`, as in the cloud); needed for alerts
     /// during a cloud outage and for answers to mail commands.
     pub mail: Option<outpost_shared::mail::MailConfig>,
@@ -122,6 +125,7 @@ impl Default for ConnectorConfig {
             ssdp: SsdpConfig::default(),
             sensors: Vec::new(),
             monitor_self: true,
+            managed: Default::default(),
             mail: None,
             outage_alerts: Default::default(),
             mail_commands: Default::default(),
@@ -230,5 +234,6 @@ impl Validate for ConnectorConfig {
         self.outage_alerts.check(problems);
         self.mail_commands.check(self.mail.is_some(), problems);
         outpost_sensorhub::sensors::validate_sensors(&self.sensors, problems);
+        self.managed.validate(problems);
     }
 }

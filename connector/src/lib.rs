@@ -229,6 +229,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
             key_file: Some(dir.join(outpost_sensorhub::trust::KEY_FILE)),
             role: outpost_shared::model::Role::Connector,
             sensors: config.sensors.clone(),
+            managed: config.managed.clone(),
             uplink: outpost_sensorhub::uplink::UplinkConfig {
                 connector: Some(local_url(addr)),
                 cloud: config.cloud.url.clone(),

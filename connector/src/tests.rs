@@ -628,3 +628,24 @@ async fn the_key_list_is_fetched_once_for_a_burst_of_unknown_signers_checked_and
     again.fetch(&client, &base, &signer).await.unwrap();
     assert!(matches!(again.lookup(hub.machine_id()), Lookup::Unknown));
 }
+
+#[test]
+fn the_embedded_hub_takes_its_managed_rules_from_the_connectors_config() {
+    let base = "[cloud]\nurl = \"https://cloud.example:443\"\n";
+    let cfg: ConnectorConfig = outpost_shared::config::parse(
+        &format!("{base}[managed]\nenabled = false\nprotected = [\"cpu\"]\n"),
+        std::path::Path::new("connector.toml"),
+    )
+    .unwrap();
+    assert!(!cfg.managed.enabled);
+    assert!(cfg.managed.is_protected("cpu"));
+    let defaults: ConnectorConfig =
+        outpost_shared::config::parse(base, std::path::Path::new("connector.toml")).unwrap();
+    assert!(defaults.managed.enabled && !defaults.managed.allow_commands, "as on a hub: managed, no plugins");
+    let bad = outpost_shared::config::parse::<ConnectorConfig>(
+        &format!("{base}[managed]\nprotected = [\"cpu; rm -rf /\"]\n"),
+        std::path::Path::new("connector.toml"),
+    )
+    .unwrap_err();
+    assert!(bad.problems().iter().any(|p| p.key == "managed.protected[0]"), "{bad}");
+}
