@@ -407,7 +407,6 @@ impl SessionHeaders {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn request_text(
     method: &str,
     path_and_query: &str,
@@ -432,6 +431,7 @@ fn request_text(
 }
 
 /// The machine authenticates one request in its session.
+#[allow(clippy::too_many_arguments)]
 pub fn mac_request(
     session: &SessionKey,
     machine: &MachineId,
