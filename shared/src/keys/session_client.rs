@@ -272,7 +272,8 @@ impl SessionClient {
         }
         let lifetime = Duration::from_secs(answer.lifetime_secs);
         self.opened.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(machine = %self.key.machine_id(), lifetime_secs = answer.lifetime_secs, "session opened");
+        // Once per lifetime (an hour): worth a line, it says the cheap path is in use.
+        tracing::info!(machine = %self.key.machine_id(), lifetime_secs = answer.lifetime_secs, "machine session with the cloud opened");
         Ok(Arc::new(Live {
             ticket: answer.ticket,
             key: session,
