@@ -162,8 +162,18 @@ async fn commit(
     st.store.commit().await?;
     for outcome in outcomes {
         if let (Some(silences), Some(m)) = (&st.silences, &outcome.machine) {
-            for (_, l) in &outcome.transitions {
-                end_acknowledgement(st, silences, &m.id, &l.sensor, l.state, l.ts).await;
+            // Off the acknowledgement's path: ending an acknowledgement is a store round trip per
+            // change, and the alerter does not depend on it (a change after the acknowledged
+            // reading is never silenced by it).
+            let ended: Vec<_> =
+                outcome.transitions.iter().map(|(_, l)| (l.sensor.clone(), l.state, l.ts)).collect();
+            if !ended.is_empty() {
+                let (st, silences, machine) = (st.clone(), silences.clone(), m.id.clone());
+                tokio::spawn(async move {
+                    for (sensor, state, ts) in ended {
+                        end_acknowledgement(&st, &silences, &machine, &sensor, state, ts).await;
+                    }
+                });
             }
         }
         if let (Some(tx), Some(m)) = (&st.alerts, &outcome.machine) {
@@ -211,16 +221,10 @@ async fn end_acknowledgement(
 ) {
     match silences.changed(machine, sensor, ts).await {
         Ok(Some(ack)) => {
-            let entry = crate::commands::AuditEntry {
-                ts: Utc::now(),
-                command_id: String::new(),
-                machine: machine.to_string(),
-                action: "ack-ended".into(),
-                parameters: serde_json::json!({"sensor": sensor, "state": ack.state, "acknowledged_by": ack.by}),
-                who: "outpost".into(),
-                event: "done".into(),
-                detail: serde_json::json!({"now": state}),
-            };
+            let params = serde_json::json!({"sensor": sensor, "state": ack.state, "acknowledged_by": ack.by});
+            let mut entry =
+                crate::commands::AuditEntry::action(machine, "ack-ended", "outpost".into(), params);
+            entry.detail = serde_json::json!({"now": state});
             super::access::audit(st, entry).await;
         }
         Ok(None) => {}

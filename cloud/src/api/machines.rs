@@ -143,16 +143,8 @@ pub(super) async fn archive(
     let at = (!back).then(Utc::now);
     match st.trust.archive(&id, at).await {
         Ok(true) => {
-            let entry = crate::commands::AuditEntry {
-                ts: Utc::now(),
-                command_id: String::new(),
-                machine: id.clone(),
-                action: action.into(),
-                parameters: serde_json::Value::Null,
-                who: actor.label(),
-                event: "done".into(),
-                detail: serde_json::Value::Null,
-            };
+            let entry =
+                crate::commands::AuditEntry::action(&id, action, actor.label(), serde_json::Value::Null);
             access::audit(&st, entry).await;
             Json(serde_json::json!({"machine": id, "archived_at": at})).into_response()
         }

@@ -28,16 +28,7 @@ fn silences(st: &AppState) -> Result<&Silences, Response> {
 }
 
 fn entry(actor: &Actor, machine: &str, action: &str, parameters: serde_json::Value) -> AuditEntry {
-    AuditEntry {
-        ts: Utc::now(),
-        command_id: String::new(),
-        machine: machine.into(),
-        action: action.into(),
-        parameters,
-        who: actor.label(),
-        event: "done".into(),
-        detail: serde_json::Value::Null,
-    }
+    AuditEntry::action(machine, action, actor.label(), parameters)
 }
 
 #[allow(clippy::result_large_err)]

@@ -67,6 +67,23 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+impl AuditEntry {
+    /// A person's (or the cloud's own) action that is not a command, done now: `machine` empty
+    /// for site-wide actions.
+    pub fn action(machine: &str, action: &str, who: String, parameters: serde_json::Value) -> AuditEntry {
+        AuditEntry {
+            ts: Utc::now(),
+            command_id: String::new(),
+            machine: machine.into(),
+            action: action.into(),
+            parameters,
+            who,
+            event: "done".into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+}
+
 /// One command written back: its record, whether it still waits for its machine, and the audit
 /// line that goes with the change, if any.
 #[derive(Debug, Clone)]
