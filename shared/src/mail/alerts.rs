@@ -356,22 +356,22 @@ impl Alerter {
     /// Silenced alerts whose silence is over go out now, if the sensor is still not in the state
     /// last mailed.
     fn recheck_silenced(&mut self, now: DateTime<Utc>) {
-        let due: Vec<(String, String)> = self
+        let due: Vec<((String, String), StateChange)> = self
             .tracks
             .iter()
-            .filter(|(_, t)| t.silenced.as_ref().is_some_and(|s| s.1 <= now))
-            .map(|(k, _)| k.clone())
+            .filter_map(|(k, t)| match &t.silenced {
+                Some((c, at)) if *at <= now => Some((k.clone(), c.clone())),
+                _ => None,
+            })
             .collect();
-        for key in due {
+        for (key, change) in due {
+            let still = self.silence(&change, now).is_some();
             let Some(t) = self.tracks.get_mut(&key) else { continue };
-            let Some((change, _)) = t.silenced.take() else { continue };
-            if self.silence(&change, now).is_some() {
-                if let Some(t) = self.tracks.get_mut(&key) {
-                    t.silenced = Some((change, now + dur(RECHECK)));
-                }
+            if still {
+                t.silenced = Some((change, now + dur(RECHECK)));
                 continue;
             }
-            let Some(t) = self.tracks.get_mut(&key) else { continue };
+            t.silenced = None;
             let was = t.told;
             if alertable(was, change.new) {
                 t.told = change.new;
