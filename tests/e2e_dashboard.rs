@@ -222,6 +222,40 @@ fn relays_switch_from_the_dashboard_as_read_back_and_locked_ones_are_refused() {
     // Still on: a refused command elsewhere does not disturb the pump.
     assert_eq!(browser.eval(&format!("return {pump}.getAttribute('aria-checked')")), "true");
     browser.screenshot(&screenshot_path(dir.path(), "dashboard-relays.png"));
+
+    // The cloud names K3 `valve` and locks it, from the managed section's relay form: the running
+    // hub takes it, the switch shows the name, and a click on it is refused.
+    browser.eval(
+        "document.querySelector('#mrelayadd').click(); \
+         const row = document.querySelector('tr.mrelay'); \
+         const set = (sel, v) => { const e = row.querySelector(sel); e.value = v; \
+           e.dispatchEvent(new Event('input', { bubbles: true })); }; \
+         set('.rrelay', '3'); set('.rname', 'valve'); \
+         const l = row.querySelector('.rlocked'); l.checked = true; \
+         l.dispatchEvent(new Event('change', { bubbles: true })); \
+         document.querySelector('#mrelaysave').click(); return true;",
+    );
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the relay settings are saved and the hub applied them",
+        "return document.querySelector('#mrelayerr').textContent.includes('saved as version 1') \
+           && document.querySelector('#mstatus').textContent === 'applied v1'",
+    );
+    let valve = switch_js("valve");
+    browser.wait_for(Duration::from_secs(30), "K3 is shown as the valve", &format!("return !!{valve}"));
+    browser.click("button.relay[data-name=\"valve\"]");
+    browser.wait_for(
+        Duration::from_secs(30),
+        "the cloud's lock is refused by the hub",
+        "const t = document.querySelector('.card[data-card=\"1\"] .outcome').textContent; \
+         return t.startsWith('refused') && t.includes('locked')",
+    );
+    assert_eq!(latest(&cloud, &id, "relay.1.k3").unwrap()["value"], false, "the valve stays off");
+    let settings = cloud.api(&format!("/v1/machines/{id}/managed"));
+    assert_eq!(
+        settings["relays"],
+        serde_json::json!([{"card": 1, "relay": 3, "name": "valve", "locked": true, "restore": "unset"}])
+    );
 }
 
 #[test]

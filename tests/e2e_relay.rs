@@ -205,6 +205,72 @@ fn relay_states_and_changes_reach_the_cloud_and_remote_switching_honours_locked(
     assert!(log.contains("relay card was powered up; restoring"), "{log}");
 }
 
+#[test]
+fn the_cloud_names_and_locks_relays_of_a_running_hub_but_never_lifts_the_hubs_own_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let link = dir.path().join("ttyRELAY0");
+    let sim = outpost_sensorhub::relay::run_simulator(1, Some(link.clone())).unwrap();
+    let hub_dir = dir.path().join("hub");
+    let relay_cfg = format!(
+        "[[sensor]]\nkind = \"memory\"\ninterval = \"1h\"\n\n\
+         [relay]\nport = \"{}\"\npoll_interval = \"300ms\"\n\n\
+         [[relay.relays]]\ncard = 1\nrelay = 1\nname = \"pump\"\nlocked = true\n",
+        link.display()
+    );
+    let hub = start_hub(&hub_dir, &hub_config(&hub_dir, &cloud, &relay_cfg));
+    let id = machine_id(&hub_dir);
+    wait_until(Duration::from_secs(30), "the cloud knows the hub", || machine(&cloud, &id).is_some());
+    wait_until(Duration::from_secs(30), "the cloud has the relay readings", || {
+        latest(&cloud, &id).contains_key("relay.1.k2")
+    });
+    let managed = format!("/v1/machines/{id}/managed");
+    let status_text = || cloud.api(&managed)["status"]["text"].as_str().unwrap_or_default().to_string();
+
+    // The cloud names K2 `fan` and locks it: the running hub takes it without a restart.
+    let (status, v) = cloud.request(
+        "PUT",
+        &format!("{managed}/relays"),
+        Some(&json!({"relays": [{"card": 1, "relay": 2, "name": "fan", "locked": true}]})),
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_until(Duration::from_secs(30), "the hub applied v1", || status_text() == "applied v1");
+    let (_, created) = cloud.api_post(&format!("/v1/machines/{id}/relays/1/2"), json!({"on": true}));
+    let refused = wait_command(&cloud, created["command_id"].as_str().unwrap(), "refused");
+    assert!(refused["result"]["error"].as_str().unwrap_or_default().contains("locked"), "{refused}");
+    assert_eq!(sim.states(1) & 0b10, 0, "the relay the cloud locked did not move");
+    sim.set_states(1, 0b10);
+    wait_until(Duration::from_secs(20), "K2's readings carry the cloud's name", || {
+        latest(&cloud, &id)["relay.1.k2"]["message"] == "fan: on"
+    });
+
+    // Renaming the hub's own pump is refused by the hub, which says why; v1's lock stays.
+    let (status, v) = cloud.request(
+        "PUT",
+        &format!("{managed}/relays"),
+        Some(&json!({"relays": [{"card": 1, "relay": 1, "name": "water"}, {"card": 1, "relay": 2, "locked": true}]})),
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_until(Duration::from_secs(30), "the hub's refusal shows", || {
+        cloud.api(&managed)["status"].to_string().contains("may not rename")
+    });
+    let (_, created) = cloud.api_post(&format!("/v1/machines/{id}/relays/1/2"), json!({"on": false}));
+    wait_command(&cloud, created["command_id"].as_str().unwrap(), "refused");
+    assert_eq!(sim.states(1), 0b10);
+
+    // Clearing the cloud's settings lifts the cloud's lock only: K2 switches, the pump stays locked.
+    let (status, v) = cloud.request("PUT", &format!("{managed}/relays"), Some(&json!({"relays": []})));
+    assert_eq!(status, 200, "{v}");
+    wait_until(Duration::from_secs(30), "the hub applied v3", || status_text() == "applied v3");
+    let (_, created) = cloud.api_post(&format!("/v1/machines/{id}/relays/1/2"), json!({"on": false}));
+    wait_command(&cloud, created["command_id"].as_str().unwrap(), "done");
+    assert_eq!(sim.states(1), 0);
+    let (_, created) = cloud.api_post(&format!("/v1/machines/{id}/relays/1/1"), json!({"on": true}));
+    wait_command(&cloud, created["command_id"].as_str().unwrap(), "refused");
+    assert_eq!(sim.states(1), 0, "the hub's own lock holds whatever the cloud says");
+    assert!(hub.stop().success());
+}
+
 fn client_for(ca: &Path) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())

@@ -170,6 +170,16 @@ impl Hub {
         self.proc = Some(start_hub(&self.dir, &self.config));
     }
 
+    fn print_log_tail(&self, lines: usize) {
+        let log = std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        eprintln!(
+            "soak: {} log tail:\n{}",
+            self.dir.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+
     /// Restarts the hub if it stopped by itself (a stalled disk makes it exit with an error), as
     /// its service manager would. Returns whether it did.
     fn revive(&mut self) -> bool {
@@ -332,13 +342,7 @@ fn nothing_a_hub_accepted_is_lost_or_stored_twice_whatever_fails() {
     if let Err(e) = drained {
         for h in &hubs {
             eprintln!("soak: {} status: {:?}", h.dir.display(), hub_status(&h.dir));
-            let log = std::fs::read_to_string(h.dir.join("hub.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            eprintln!(
-                "soak: {} log tail:\n{}",
-                h.dir.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            h.print_log_tail(15);
         }
         std::panic::resume_unwind(e);
     }
@@ -348,6 +352,9 @@ fn nothing_a_hub_accepted_is_lost_or_stored_twice_whatever_fails() {
         let stopped = h.proc.take().unwrap().stop();
         assert!(stopped.success(), "hub {} stops cleanly", h.dir.display());
         let stats = buffer_stats(&h.dir);
+        if stats["len"] != 0 {
+            h.print_log_tail(40);
+        }
         assert_eq!(stats["len"], 0, "{}: a clean stop hands everything over: {stats}", h.dir.display());
         produced_by.push((stats["next_seq"].as_u64().unwrap() - 1, stats["dropped"].as_u64().unwrap_or(0)));
     }

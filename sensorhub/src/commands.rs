@@ -25,7 +25,8 @@ pub struct Executor {
     pub key: Arc<KeyPair>,
     pub verifier: CommandVerifier,
     pub sensors: crate::sensors::SensorHandle,
-    pub relays: Option<(crate::relay::RelayHandle, crate::relay::RelayConfig)>,
+    /// The relay cards; `locked` is read from their settings in force at each command.
+    pub relays: Option<crate::relay::Relays>,
     /// The config file to re-read on `reload-config`, when the hub was started from one.
     pub config_path: Option<std::path::PathBuf>,
     /// Applies `sensors.apply` documents; None where sensors are not managed (some tests).
@@ -278,7 +279,7 @@ impl Executor {
     }
 
     async fn relay(&self, c: &CommandEnvelope) -> Result<Value, Outcome> {
-        let Some((handle, cfg)) = &self.relays else {
+        let Some(crate::relay::Relays { handle, settings }) = &self.relays else {
             return Err(Outcome::Failed("no relay card is configured on this hub".into()));
         };
         let p = &c.parameters;
@@ -305,7 +306,7 @@ impl Executor {
                 1u8 << (relay - 1)
             }
         };
-        cfg.check_remote(card, mask).map_err(|e| Outcome::Refused(e.to_string()))?;
+        settings.current().check_remote(card, mask).map_err(|e| Outcome::Refused(e.to_string()))?;
         let state = match c.action.as_str() {
             "relay.set" => {
                 let on =

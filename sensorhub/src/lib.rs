@@ -124,14 +124,20 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         policy: config.managed.clone(),
         sensors: local_sensors,
         defaults: config.sensors.is_empty(),
+        relay: config.relay.clone(),
     };
     let (sensor_set, loaded) = local_and_stored(dir, &key, &local)?;
     let feed = Arc::new(uplink::Feed::default());
+    let stop_feed = feed.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(SAMPLE_QUEUE);
     let sensor_stop = shutdown.child_token();
     // The relay poller stops with the sensors and feeds the same channel, so the writer still
     // empties everything it produced before the buffer closes.
-    let (relays, relay_poller) = match config.relay.clone() {
+    // With the stored document's names, locks and restore rules, so a power-up seen before the
+    // cloud is reachable restores what the cloud last said.
+    let relay_config =
+        loaded.accepted.as_ref().and_then(|a| a.relays.clone()).or_else(|| config.relay.clone());
+    let (relays, relay_poller) = match relay_config {
         Some(cfg) => {
             let (relays, poller) =
                 relay::Relays::start(cfg, tx.clone(), sensor_stop.clone().cancelled_owned());
@@ -141,8 +147,14 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     };
     let relay_driver = relays.as_ref().map(|r| r.handle.clone());
     let sensor_handle = sensor_set.spawn(tx, sensor_stop.clone());
-    let managed =
-        Arc::new(managed::Managed::new(dir.clone(), key.clone(), local, sensor_handle.clone(), loaded));
+    let managed = Arc::new(managed::Managed::new(
+        dir.clone(),
+        key.clone(),
+        local,
+        sensor_handle.clone(),
+        relays.clone(),
+        loaded,
+    ));
     let failed = Arc::new(std::sync::OnceLock::new());
     let writer =
         tokio::spawn(writer::run(buffer.clone(), rx, feed.clone(), shutdown.clone(), failed.clone()));
@@ -203,7 +215,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
                 key: parts.key.clone(),
                 verifier,
                 sensors: parts.sensors.clone(),
-                relays: parts.relays.as_ref().map(|r| (r.handle.clone(), (*r.config).clone())),
+                relays: parts.relays.clone(),
                 config_path: parts.config_path.clone(),
                 managed: Some(parts.managed.clone()),
                 answered: commands::Answered::default(),
@@ -243,13 +255,24 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
             driver.shutdown().await;
         }
         let _ = writer.await;
+        stop_feed.stopping.cancel();
         if let Some(task) = uplink_task {
-            let _ = tokio::time::timeout(STOP_GRACE, async {
+            let waiting = buffer.stats().len;
+            if waiting > 0 {
+                tracing::info!(buffered = waiting, "stopping: handing over what is buffered");
+            }
+            let handed_over = tokio::time::timeout(STOP_GRACE, async {
                 while buffer.stats().len > 0 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             })
             .await;
+            if handed_over.is_err() {
+                tracing::warn!(
+                    buffered = buffer.stats().len,
+                    "stopping with readings still buffered; they are sent after the next start"
+                );
+            }
             uplink_stop.cancel();
             let _ = task.await;
         }

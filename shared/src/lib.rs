@@ -20,6 +20,7 @@ pub mod keys;
 pub mod mail;
 pub mod managed;
 pub mod model;
+pub mod relay_settings;
 pub mod sensor_config;
 pub mod ssdp;
 pub mod tls;

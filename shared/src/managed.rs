@@ -11,6 +11,7 @@
 
 use crate::config::Problem;
 use crate::keys::{MachineId, SignedKind};
+use crate::relay_settings::{validate_relay_settings, RelaySettings};
 use crate::sensor_config::{validate_sensors_for, Files, SensorConfig};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,9 @@ pub const APPLY_ACTION: &str = "sensors.apply";
 /// Most sensors one document may hold: a hub runs one task per sensor, and a document is read
 /// whole into memory on the hub.
 pub const MAX_SENSORS: usize = 500;
+
+/// Most relay entries one document may hold (a long chain of cards, eight relays each).
+pub const MAX_RELAYS: usize = 8 * 32;
 
 /// The sensors the cloud wants one machine to run, besides the ones its local config names.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,6 +40,10 @@ pub struct SensorDocument {
     pub issued_by: String,
     /// Passwords are sealed to the machine's key (`keys::seal`); a plaintext one is refused.
     pub sensors: Vec<SensorConfig>,
+    /// Names, locks and restore rules for the machine's relay cards. Left out when empty, so a
+    /// document without relays reads the same to a hub that predates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelaySettings>,
 }
 
 impl SignedKind for SensorDocument {
@@ -54,6 +62,14 @@ impl SensorDocument {
             ));
             return Err(problems);
         }
+        if self.relays.len() > MAX_RELAYS {
+            problems.push(Problem::new(
+                "relays",
+                format!("{} relays; a document holds at most {MAX_RELAYS}", self.relays.len()),
+            ));
+            return Err(problems);
+        }
+        validate_relay_settings(&self.relays, "relays", &mut problems);
         // The files a sensor names are on the hub: the hub checks them when it builds the set.
         validate_sensors_for(&self.sensors, &mut problems, Files::Elsewhere);
         for (i, s) in self.sensors.iter().enumerate() {
@@ -97,6 +113,7 @@ mod tests {
             issued_at: Utc::now(),
             issued_by: "user:test".into(),
             sensors,
+            relays: vec![],
         }
     }
 
@@ -136,6 +153,20 @@ mod tests {
         s.password = Some(Secret::new("hunter2"));
         let problems = doc(vec![s]).validate().unwrap_err();
         assert!(problems.iter().any(|p| p.to_string().contains("sensor[0].password")), "{problems:?}");
+    }
+
+    #[test]
+    fn relay_entries_follow_the_hubs_rules_and_a_document_without_them_reads_as_before() {
+        let mut d = doc(vec![http("web")]);
+        let plain = serde_json::to_value(&d).unwrap();
+        assert!(plain.get("relays").is_none(), "no relays, no field: older hubs read it unchanged");
+        d.relays = vec![RelaySettings { locked: true, ..RelaySettings::new(1, 3) }, RelaySettings::new(1, 9)];
+        let problems = d.validate().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "relays[1].relay");
+        d.relays =
+            (0..=MAX_RELAYS).map(|i| RelaySettings::new(1 + (i / 8) as u8, 1 + (i % 8) as u8)).collect();
+        assert_eq!(d.validate().unwrap_err()[0].key, "relays");
     }
 
     #[test]

@@ -167,6 +167,26 @@ pub(super) async fn assign(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RelayList {
+    relays: Vec<outpost_shared::relay_settings::RelaySettings>,
+}
+
+/// `PUT /v1/machines/{id}/managed/relays` `{"relays": [{"card", "relay", "name", "locked",
+/// "restore"}]}`: the names, locks and restore rules the machine's relay cards get, in place of
+/// the ones before. Admins only: lifting a lock lets remote commands switch that relay.
+pub(super) async fn relays(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    Json(body): Json<RelayList>,
+) -> Response {
+    machine!(st, actor, id, Role::Admin, "managed sensors: relays");
+    let m: &ManagedSensors = service!(st);
+    answer(StatusCode::OK, m.set_relays(&id, body.relays, &actor.label()).await.map(version))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct HistoryQuery {
     limit: Option<usize>,
 }

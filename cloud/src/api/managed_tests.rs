@@ -22,6 +22,7 @@ crate::both_engines!(
     status_follows_the_hubs_signed_reports_and_a_missed_version_is_sent_again,
     unknown_machines_are_404_and_no_token_is_401,
     a_version_whose_command_expired_unanswered_is_sent_again_once,
+    relay_settings_travel_in_the_signed_document_survive_sensor_edits_and_roll_back,
 );
 
 struct Setup {
@@ -572,4 +573,58 @@ async fn a_version_whose_command_expired_unanswered_is_sent_again_once(engines: 
     assert_eq!(s.ok("GET", &base, None).await["status"]["text"], "applied v1");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(m.redeliver_due().await.unwrap(), 0, "an applied version is not sent again");
+}
+
+async fn relay_settings_travel_in_the_signed_document_survive_sensor_edits_and_roll_back(
+    engines: Engines,
+    keep: &Keep,
+) {
+    let s = setup(engines, keep).await;
+    let base = format!("/v1/machines/{}/managed", s.hub(0));
+    let pump = json!({"card": 1, "relay": 1, "name": "pump", "locked": true, "restore": "on"});
+    let v = s.ok("PUT", &format!("{base}/relays"), Some(json!({"relays": [pump]}))).await;
+    assert_eq!(v["version"], 1);
+    let (_, doc) = s.delivered(0).await;
+    assert_eq!(doc.relays.len(), 1);
+    assert_eq!(doc.relays[0].name.as_deref(), Some("pump"));
+    assert!(doc.relays[0].locked);
+    assert_eq!(s.ok("GET", &base, None).await["relays"][0]["name"], "pump");
+
+    // A sensor edit keeps the relay settings; the history says what changed.
+    s.ok("POST", &format!("{base}/sensors"), Some(tcp("a", 1))).await;
+    let (_, doc) = s.delivered(0).await;
+    assert_eq!((doc.version, doc.relays.len(), ids(&doc).len()), (2, 1, 1));
+
+    // Refused as a whole, each problem naming its entry and field; nothing saved.
+    for (bad, field) in [
+        (json!({"relays": [{"card": 1, "relay": 9}]}), "relays[0].relay"),
+        (json!({"relays": [{"card": 0, "relay": 1}]}), "relays[0].card"),
+        (json!({"relays": [{"relay": 2, "name": "a"}, {"card": 1, "relay": 2}]}), "relays[1].relay"),
+        (json!({"relays": [{"relay": 2, "name": "x".repeat(65)}]}), "relays[0].name"),
+    ] {
+        let (status, body, _) = s.call("PUT", &format!("{base}/relays"), Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body.to_string().contains(field), "{bad}: {body}");
+    }
+    for bad in [
+        json!({"relays": [{"relay": 2, "port": "/dev/ttyS0"}]}),
+        json!({"relays": [{"relay": 2, "restore": "sometimes"}]}),
+        json!({"relays": [{"relay": 300}]}),
+    ] {
+        let (status, body, _) = s.call("PUT", &format!("{base}/relays"), Some(bad.clone())).await;
+        assert!(status.is_client_error(), "{bad}: {status} {body}");
+    }
+    assert_eq!(s.ok("GET", &base, None).await["relays"].as_array().unwrap().len(), 1);
+
+    // Clearing them is a version too, and a roll-back brings them back.
+    s.ok("PUT", &format!("{base}/relays"), Some(json!({"relays": []}))).await;
+    let (_, doc) = s.delivered(0).await;
+    assert!(doc.relays.is_empty());
+    s.ok("POST", &format!("{base}/rollback"), Some(json!({"version": 2}))).await;
+    let (_, doc) = s.delivered(0).await;
+    assert_eq!((doc.version, doc.relays.len()), (4, 1));
+    let history = s.ok("GET", &format!("{base}/history"), None).await;
+    let changes: Vec<&str> =
+        history.as_array().unwrap().iter().map(|h| h["change"].as_str().unwrap()).collect();
+    assert_eq!(changes, ["rolled back to v2", "relays: cleared 1/1", "added tcp.a", "relays: set 1/1"]);
 }

@@ -212,6 +212,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines/{id}/managed/sensors/{sensor}", put(managed::edit).delete(managed::remove))
         .route("/v1/machines/{id}/managed/sensors/{sensor}/test", post(managed::test_now))
         .route("/v1/machines/{id}/managed/templates", put(managed::assign))
+        .route("/v1/machines/{id}/managed/relays", put(managed::relays))
         .route("/v1/machines/{id}/managed/history", get(managed::history))
         .route("/v1/machines/{id}/managed/rollback", post(managed::roll_back))
         .route("/v1/templates", get(managed::templates).post(managed::create_template))

@@ -20,6 +20,10 @@ const M = {
   templates: [],
   /// The template whose sensors the template editor shows.
   template: null,
+  /// The relay settings being edited, and whether they differ from the machine's (then a refresh
+  /// leaves them alone).
+  relays: [],
+  relaysDirty: false,
 };
 
 async function catalogue() {
@@ -97,7 +101,8 @@ function renderForm(where, kind, sensor, onSave, onCancel) {
 // ---- the machine panel ----
 
 export function resetManaged(machine) {
-  M.machine = machine; M.view = null; M.form = null;
+  M.machine = machine; M.view = null; M.form = null; M.relays = []; M.relaysDirty = false;
+  $("mrelays").replaceChildren(); setText($("mrelayerr"), "");
   $("mform-area").replaceChildren();
   $("mlist").replaceChildren();
   $("mhistory").replaceChildren();
@@ -129,6 +134,7 @@ async function refresh(machine) {
     M.view = view;
     renderStatus(view.status);
     renderTemplatesOf(view);
+    if (!M.relaysDirty) { M.relays = view.relays.map((r) => ({ ...r })); renderRelays(); }
     renderList(view);
     renderHistory(history);
   } catch (e) {
@@ -162,6 +168,57 @@ $("mtemplatesave").addEventListener("click", async () => {
     setText($("mtest"), `templates saved as version ${r.version}`);
     refresh(M.machine); loadTemplates();
   } catch (e) { if (!quiet(e)) setText($("mtest"), e.message); }
+});
+
+// ---- relay settings ----
+
+const RESTORE = [["unset", "leave as it came up"], ["on", "switch on"], ["off", "switch off"]];
+
+function renderRelays() {
+  if (M.relays.length === 0) { $("mrelays").replaceChildren(emptyRow(6, "none from the cloud")); return; }
+  const edited = (r, key, value) => { r[key] = value; M.relaysDirty = true; };
+  $("mrelays").replaceChildren(...M.relays.map((r, i) => h("tr", { class: "mrelay", "data-index": i },
+    h("td", {}, h("input", { type: "number", min: 1, max: 255, value: r.card, "aria-label": "card", class: "rcard",
+      oninput: (e) => edited(r, "card", Number(e.target.value)) })),
+    h("td", {}, h("input", { type: "number", min: 1, max: 8, value: r.relay, "aria-label": "relay", class: "rrelay",
+      oninput: (e) => edited(r, "relay", Number(e.target.value)) })),
+    h("td", {}, h("input", { type: "text", maxlength: 64, value: r.name || "", "aria-label": "name", class: "rname",
+      oninput: (e) => edited(r, "name", e.target.value) })),
+    h("td", {}, h("input", { type: "checkbox", checked: !!r.locked, "aria-label": "locked", class: "rlocked",
+      onchange: (e) => edited(r, "locked", e.target.checked) })),
+    h("td", {}, h("select", { "aria-label": "after power loss", class: "rrestore", onchange: (e) => edited(r, "restore", e.target.value) },
+      ...RESTORE.map(([v, text]) => h("option", { value: v, selected: (r.restore || "unset") === v }, text)))),
+    h("td", {}, h("button", { type: "button", onclick: () => { M.relays.splice(i, 1); M.relaysDirty = true; renderRelays(); } }, "Remove")))));
+}
+
+$("mrelayadd").addEventListener("click", () => {
+  const used = new Set(M.relays.map((r) => `${r.card}/${r.relay}`));
+  let relay = 1;
+  while (used.has(`1/${relay}`) && relay < 8) relay++;
+  M.relays.push({ card: 1, relay, name: "", locked: false, restore: "unset" });
+  M.relaysDirty = true;
+  renderRelays();
+});
+
+$("mrelaysave").addEventListener("click", async () => {
+  if (!M.machine) return;
+  const relays = M.relays.map((r) => {
+    const out = { card: r.card, relay: r.relay, locked: !!r.locked, restore: r.restore || "unset" };
+    if (r.name && r.name.trim() !== "") out.name = r.name.trim();
+    return out;
+  });
+  const el = $("mrelayerr");
+  try {
+    const v = await api(`/v1/machines/${enc(M.machine)}/managed/relays`, { relays }, "PUT");
+    el.className = "outcome good";
+    setText(el, `relay settings saved as version ${v.version}`);
+    M.relaysDirty = false;
+    refresh(M.machine);
+  } catch (e) {
+    if (quiet(e)) return;
+    el.className = "outcome bad";
+    setText(el, e.message);
+  }
 });
 
 function renderList(view) {

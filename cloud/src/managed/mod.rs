@@ -25,6 +25,7 @@ use chrono::Utc;
 use document::{Effective, Origin};
 use outpost_shared::keys::{MachineId, PublicKey, Signed};
 use outpost_shared::managed::{SensorDocument, APPLY_ACTION};
+use outpost_shared::relay_settings::RelaySettings;
 use outpost_shared::sensor_config::SensorConfig;
 use secrets::SensorInput;
 use serde::Serialize;
@@ -85,6 +86,8 @@ pub struct MachineView {
     pub sensors: Vec<serde_json::Value>,
     /// What the machine is sent: templates' and its own, each with `id` and `origin`.
     pub effective: Vec<serde_json::Value>,
+    /// Names, locks and restore rules for its relay cards, as its newest version carries them.
+    pub relays: Vec<RelaySettings>,
     pub status: status::Status,
 }
 
@@ -115,6 +118,9 @@ pub struct ManagedSensors {
 #[derive(Default)]
 struct Pending {
     own: HashMap<String, Vec<SensorConfig>>,
+    /// Machines whose relay settings are replaced by these; the others keep those of their
+    /// newest version.
+    relays: HashMap<String, Vec<RelaySettings>>,
     assigned: HashMap<String, Vec<String>>,
     template: Option<TemplateWrite>,
 }
@@ -184,12 +190,23 @@ impl ManagedSensors {
         Ok(eff)
     }
 
+    /// A machine's relay settings in the state `pending` leaves: the newest version's, unless
+    /// the change replaces them. They live in the signed documents alone: what the machine was
+    /// last sent is what it runs.
+    async fn relays_for(&self, machine: &str, pending: &Pending) -> Result<Vec<RelaySettings>, ManagedError> {
+        if let Some(r) = pending.relays.get(machine) {
+            return Ok(r.clone());
+        }
+        Ok(self.store.latest_version(machine).await?.map(|v| current_relays(&v)).unwrap_or_default())
+    }
+
     /// Builds, checks and signs version `version` of `machine`'s document.
     fn sign(
         &self,
         machine: &str,
         version: u64,
         eff: &Effective,
+        relays: Vec<RelaySettings>,
         who: &str,
         change: &str,
     ) -> Result<VersionRecord, ManagedError> {
@@ -199,6 +216,7 @@ impl ManagedSensors {
             issued_at: Utc::now(),
             issued_by: who.to_string(),
             sensors: eff.sensors.clone(),
+            relays,
         };
         document::validate(&doc, &eff.origins).map_err(ManagedError::Invalid)?;
         let signed = Signed::sign(self.trust.key(), &doc).map_err(|e| CloudError::Keys(e.to_string()))?;
@@ -233,7 +251,8 @@ impl ManagedSensors {
                 Err(e) => return Err(e),
             };
             let next = self.store.latest_version(machine).await?.map_or(1, |v| v.version + 1);
-            match self.sign(machine, next, &eff, who, change) {
+            let relays = self.relays_for(machine, &pending).await?;
+            match self.sign(machine, next, &eff, relays, who, change) {
                 Ok(v) => versions.push(v),
                 Err(ManagedError::Invalid(p)) => problems.extend(on_machine(machine, machines.len(), p)),
                 Err(e) => return Err(e),
@@ -327,9 +346,11 @@ impl ManagedSensors {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        let relays = self.relays_for(machine, &Pending::default()).await?;
         Ok(MachineView {
             machine: machine.to_string(),
             templates,
+            relays,
             sensors: own.iter().map(secrets::redacted).collect(),
             effective,
             status: self.status(machine).await?,
@@ -420,6 +441,24 @@ impl ManagedSensors {
         Ok(self.commit(&[machine.to_string()], pending, who, &change).await?[0].1)
     }
 
+    /// Replaces a machine's relay settings (names, locks, restore rules). The machine refuses
+    /// them if its own config has no relay cards or names, restores or locks otherwise; its
+    /// answer shows with the version, like a sensor problem.
+    pub async fn set_relays(
+        &self,
+        machine: &str,
+        relays: Vec<RelaySettings>,
+        who: &str,
+    ) -> Result<u64, ManagedError> {
+        self.machine_key(machine).await?;
+        let _one = self.lock.lock().await;
+        let before = self.relays_for(machine, &Pending::default()).await?;
+        let change = relay_change(&before, &relays);
+        let pending =
+            Pending { relays: HashMap::from([(machine.to_string(), relays)]), ..Default::default() };
+        Ok(self.commit(&[machine.to_string()], pending, who, &change).await?[0].1)
+    }
+
     pub async fn history(&self, machine: &str, limit: usize) -> Result<Vec<HistoryEntry>, ManagedError> {
         self.machine_key(machine).await?;
         let list = self.store.history(machine, limit).await?;
@@ -449,8 +488,11 @@ impl ManagedSensors {
         // The rolled-back content is the machine's own from now on; its templates stay applied
         // and the old content wins over them (a machine's own sensor does), so the result is
         // version N's sensors plus whatever a template added since.
-        let pending =
-            Pending { own: HashMap::from([(machine.to_string(), doc.sensors)]), ..Default::default() };
+        let pending = Pending {
+            own: HashMap::from([(machine.to_string(), doc.sensors)]),
+            relays: HashMap::from([(machine.to_string(), doc.relays)]),
+            ..Default::default()
+        };
         Ok(self.commit(&[machine.to_string()], pending, who, &format!("rolled back to v{version}")).await?[0]
             .1)
     }
@@ -538,6 +580,7 @@ impl ManagedSensors {
             issued_at: Utc::now(),
             issued_by: who.to_string(),
             sensors: list.clone(),
+            relays: vec![],
         };
         let origins = vec![Origin::Template(name.to_string()); list.len()];
         document::validate(&alone, &origins).map_err(ManagedError::Invalid)?;
@@ -584,6 +627,35 @@ impl ManagedSensors {
         self.audit("", "sensors.template", who, serde_json::json!({"template": name, "change": "deleted"}))
             .await;
         Ok(())
+    }
+}
+
+/// The relay settings a version carries (none when its payload cannot be read: it was signed
+/// here, so that is damage, and the next save starts the relays afresh rather than failing).
+fn current_relays(v: &VersionRecord) -> Vec<RelaySettings> {
+    v.document.peek_unverified().map(|d| d.relays).unwrap_or_default()
+}
+
+/// What a relay change did, in words for the history ("relays: locked 1/3, named 1/2 `fan`").
+fn relay_change(old: &[RelaySettings], new: &[RelaySettings]) -> String {
+    let label = |r: &RelaySettings| format!("{}/{}", r.card, r.relay);
+    let mut said = Vec::new();
+    for r in new {
+        match old.iter().find(|o| (o.card, o.relay) == (r.card, r.relay)) {
+            None => said.push(format!("set {}", label(r))),
+            Some(o) if o != r => said.push(format!("changed {}", label(r))),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|r| (o.card, o.relay) == (r.card, r.relay)) {
+            said.push(format!("cleared {}", label(o)));
+        }
+    }
+    if said.is_empty() {
+        "relays: unchanged".into()
+    } else {
+        format!("relays: {}", said.join(", "))
     }
 }
 

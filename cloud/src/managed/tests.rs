@@ -58,6 +58,7 @@ fn problems_name_the_sensor_and_field_and_where_it_comes_from() {
         issued_at: Utc::now(),
         issued_by: "t".into(),
         sensors: vec![tcp("ok", 2), bad],
+        relays: vec![],
     };
     let problems = validate(&doc, &[Origin::Machine, Origin::Template("web".into())]).unwrap_err();
     assert_eq!(problems[0].field, "sensor[tcp.db].warn", "{problems:?}");
@@ -82,6 +83,7 @@ fn a_ca_file_or_windows_path_the_cloud_cannot_see_is_left_to_the_hub() {
         issued_at: Utc::now(),
         issued_by: "t".into(),
         sensors: vec![http, file, relative],
+        relays: vec![],
     };
     let problems = validate(&doc, &[Origin::Machine, Origin::Machine, Origin::Machine]).unwrap_err();
     assert_eq!(problems.len(), 1, "{problems:?}");

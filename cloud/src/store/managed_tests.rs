@@ -79,6 +79,7 @@ fn version(machine: &str, version: u64, sensors: Vec<SensorConfig>) -> VersionRe
         issued_at: Utc::now(),
         issued_by: "admin".into(),
         sensors,
+        relays: vec![],
     };
     VersionRecord {
         machine: machine.into(),

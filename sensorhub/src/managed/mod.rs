@@ -26,6 +26,7 @@ mod tests;
 pub use config::ManagedConfig;
 pub use store::MANAGED_FILE;
 
+use crate::relay::{RelayConfig, Relays};
 use crate::sensors::{SensorConfig, SensorError, SensorHandle, SensorKind};
 use outpost_shared::keys::{DocumentError, KeyPair, PublicKey, Signed};
 use outpost_shared::managed::{ApplyReport, SensorDocument};
@@ -40,6 +41,8 @@ pub struct Local {
     pub sensors: Vec<SensorConfig>,
     /// `sensors` are the built-in defaults: they yield to managed sensors of the same id.
     pub defaults: bool,
+    /// The local `[relay]` section: a document's relay settings are added to it, never against it.
+    pub relay: Option<RelayConfig>,
 }
 
 impl Local {
@@ -61,6 +64,9 @@ pub struct Accepted {
     pub version: u64,
     /// The document's sensors, passwords unsealed (memory only).
     pub sensors: Vec<SensorConfig>,
+    /// The relay settings to run with it: the local section with the document's added (none
+    /// when the hub has no `[relay]`).
+    pub relays: Option<RelayConfig>,
 }
 
 /// Why a document was refused.
@@ -171,10 +177,23 @@ fn check(
             "{at}: `{p}` is protected on this hub (managed.protected); the cloud may not {what} it"
         ));
     }
+    let relays = match &local.relay {
+        Some(own) => own.with_managed(&doc.relays).map_err(|p| problems.extend(p)).ok(),
+        None if doc.relays.is_empty() => None,
+        None => {
+            problems.push(
+                "relays: this hub has no [relay] section, so no relay card to name, lock or restore; \
+                 take the relay settings off this machine in the cloud, or give the hub's config a [relay] \
+                 section with the cards' serial port"
+                    .into(),
+            );
+            None
+        }
+    };
     if !problems.is_empty() {
         return Err(Refused { delivered: doc.version, problems });
     }
-    Ok(Accepted { signed: signed.clone(), version: doc.version, sensors })
+    Ok(Accepted { signed: signed.clone(), version: doc.version, sensors, relays })
 }
 
 /// The version a document claims, read without trusting it: only for the report.
@@ -331,6 +350,8 @@ pub struct Managed {
     key: Arc<KeyPair>,
     local: Local,
     sensors: SensorHandle,
+    /// The relay cards, whose names, locks and restore rules a document may add to.
+    relays: Option<Relays>,
     state: tokio::sync::Mutex<State>,
     status: tokio::sync::watch::Sender<ManagedStatus>,
 }
@@ -351,6 +372,7 @@ impl Managed {
         key: Arc<KeyPair>,
         local: Local,
         sensors: SensorHandle,
+        relays: Option<Relays>,
         loaded: Loaded,
     ) -> Managed {
         let status = ManagedStatus {
@@ -363,6 +385,7 @@ impl Managed {
             key,
             local,
             sensors,
+            relays,
             state: tokio::sync::Mutex::new(State {
                 running: loaded.accepted,
                 floor,
@@ -440,8 +463,12 @@ impl Managed {
             return Err(refuse(&state, Refused::one(accepted.version, problem)));
         }
         let changes = replacement.commit().await;
+        if let (Some(cards), Some(settings)) = (&self.relays, &accepted.relays) {
+            cards.apply(settings.clone()).await;
+        }
         tracing::info!(
             version = accepted.version,
+            relays = accepted.relays.as_ref().map_or(0, |r| r.relays.len()),
             issued_by = %accepted.signed.peek_unverified().map(|d| d.issued_by).unwrap_or_default(),
             started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, kept = changes.kept,
             "managed sensor document applied"

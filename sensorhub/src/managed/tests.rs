@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::commands::{Answered, Executor};
+use crate::relay::{RelaySettings, Restore};
 use crate::writer::Batch;
 use chrono::Utc;
 use outpost_shared::keys::{CommandEnvelope, CommandStatus, CommandVerifier, SignedKind};
@@ -59,6 +60,7 @@ fn document(machine: &KeyPair, version: u64, sensors: Vec<SensorConfig>) -> Sens
         issued_at: Utc::now(),
         issued_by: "user:alice".into(),
         sensors,
+        relays: vec![],
     }
 }
 
@@ -91,12 +93,16 @@ struct Hub {
 
 impl Hub {
     fn start(dir: &std::path::Path, policy: ManagedConfig) -> Hub {
-        let local = Local { policy, sensors: vec![file(dir, "local")], defaults: false };
+        let local = Local { policy, sensors: vec![file(dir, "local")], defaults: false, relay: None };
         let loaded = load(dir, &keys().hub, Some(keys().cloud.public()), &local);
         Hub::start_with(dir, local, loaded)
     }
 
     fn start_with(dir: &std::path::Path, local: Local, loaded: Loaded) -> Hub {
+        Hub::start_with_relays(dir, local, loaded, None)
+    }
+
+    fn start_with_relays(dir: &std::path::Path, local: Local, loaded: Loaded, relays: Option<Relays>) -> Hub {
         let k = keys();
         let managed_sensors = loaded.accepted.as_ref().map(|a| a.sensors.clone()).unwrap_or_default();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(256);
@@ -112,8 +118,14 @@ impl Hub {
                 *s.lock().unwrap().entry(id).or_default() += 1;
             }
         });
-        let managed =
-            Arc::new(Managed::new(dir.to_path_buf(), k.hub.clone(), local, sensors.clone(), loaded));
+        let managed = Arc::new(Managed::new(
+            dir.to_path_buf(),
+            k.hub.clone(),
+            local,
+            sensors.clone(),
+            relays.clone(),
+            loaded,
+        ));
         let verifier = CommandVerifier::open(
             k.cloud.public().clone(),
             k.hub.machine_id().clone(),
@@ -125,7 +137,7 @@ impl Hub {
             key: k.hub.clone(),
             verifier,
             sensors: sensors.clone(),
-            relays: None,
+            relays,
             config_path: None,
             managed: Some(managed.clone()),
             answered: Answered::default(),
@@ -140,19 +152,28 @@ impl Hub {
     }
 
     async fn apply_params(&self, parameters: serde_json::Value) -> (CommandStatus, ApplyReport) {
+        let result = self.command(APPLY_ACTION, parameters).await;
+        let report = serde_json::from_value(result.output.clone())
+            .unwrap_or_else(|e| panic!("output is no report ({e}): {}", result.output));
+        (result.status, report)
+    }
+
+    /// Runs one command the cloud signed; its result.
+    async fn command(
+        &self,
+        action: &str,
+        parameters: serde_json::Value,
+    ) -> outpost_shared::keys::CommandResult {
         let k = keys();
         let env = CommandEnvelope::new(
             k.hub.machine_id().clone(),
-            APPLY_ACTION,
+            action,
             parameters,
             Utc::now(),
             Duration::from_secs(60),
         )
         .unwrap();
-        let result = within(self.exec.handle(&Signed::sign(&k.cloud, &env).unwrap())).await.unwrap();
-        let report = serde_json::from_value(result.output.clone())
-            .unwrap_or_else(|e| panic!("output is no report ({e}): {}", result.output));
-        (result.status, report)
+        within(self.exec.handle(&Signed::sign(&k.cloud, &env).unwrap())).await.unwrap()
     }
 
     fn count(&self, id: &str) -> usize {
@@ -407,6 +428,7 @@ async fn after_a_restart_the_stored_document_runs_without_any_cloud_and_old_vers
         policy: ManagedConfig { enabled: false, ..Default::default() },
         sensors: vec![file(d, "local")],
         defaults: false,
+        relay: None,
     };
     let loaded = load(d, &keys().hub, Some(keys().cloud.public()), &local);
     assert!(loaded.accepted.is_none());
@@ -458,6 +480,7 @@ fn built_in_defaults_yield_to_a_managed_sensor_of_the_same_id_explicit_local_one
         policy: ManagedConfig::default(),
         sensors: crate::sensors::default_sensors(),
         defaults: true,
+        relay: None,
     };
     let all = defaults.combined(std::slice::from_ref(&cpu));
     assert_eq!(all.iter().filter(|s| s.id() == "cpu").count(), 1);
@@ -541,4 +564,125 @@ async fn a_hub_starts_with_its_stored_document_and_no_cloud() {
     assert_eq!(status.managed_version, Some(4));
     stop.cancel();
     within(hub.join()).await;
+}
+
+fn relay_document(version: u64, relays: Vec<RelaySettings>) -> Signed<SensorDocument> {
+    let k = keys();
+    let doc = SensorDocument { relays, ..document(&k.hub, version, vec![]) };
+    Signed::sign(&k.cloud, &doc).unwrap()
+}
+
+/// Waits for a relay reading of `sensor` whose message is `message`.
+async fn relay_reading(rx: &mut tokio::sync::mpsc::Receiver<Batch>, sensor: &str, message: &str) {
+    within(async {
+        while let Some(b) = rx.recv().await {
+            if b.samples.iter().any(|s| s.sensor == sensor && s.message.as_deref() == Some(message)) {
+                return;
+            }
+        }
+        panic!("the relay poller stopped before `{sensor}` said `{message}`");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_names_locks_and_restores_relays_live_but_never_lifts_what_the_hub_file_says() {
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim = crate::relay::run_simulator(1, Some(sim_dir.path().join("ttyRELAY0"))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The hub's own file: K1 is the pump, locked, switched on again after a power loss.
+    let mut own = RelayConfig::new(sim.path());
+    own.poll_interval = Duration::from_millis(100);
+    own.relays.push(RelaySettings {
+        name: Some("pump".into()),
+        locked: true,
+        restore: Restore::On,
+        ..RelaySettings::new(1, 1)
+    });
+    let local = Local {
+        policy: ManagedConfig::default(),
+        sensors: vec![file(d, "local")],
+        defaults: false,
+        relay: Some(own.clone()),
+    };
+    let loaded = load(d, &keys().hub, Some(keys().cloud.public()), &local);
+    let (tx, mut readings) = tokio::sync::mpsc::channel(256);
+    let stop = CancellationToken::new();
+    let (relays, _poller) = Relays::start(own, tx, stop.clone().cancelled_owned());
+    let hub = Hub::start_with_relays(d, local.clone(), loaded, Some(relays.clone()));
+    let switch = |relay: u8, on: bool| hub.command("relay.set", json!({"card": 1, "relay": relay, "on": on}));
+
+    // A fresh simulator is a chain that just got power: the hub's rule switched K1 on.
+    assert_eq!(within(relays.handle.get(1)).await.unwrap(), 0b01);
+    assert_eq!(switch(2, true).await.status, CommandStatus::Done, "K2 is free to switch");
+    assert_eq!(switch(1, true).await.status, CommandStatus::Refused, "K1 is locked by the hub's file");
+
+    // The cloud names and locks K2, and says K1 need not be locked: the name and the lock take
+    // effect without a restart, the hub's own lock stays.
+    let v1 = relay_document(
+        1,
+        vec![
+            RelaySettings { name: Some("fan".into()), locked: true, ..RelaySettings::new(1, 2) },
+            RelaySettings { locked: false, ..RelaySettings::new(1, 1) },
+        ],
+    );
+    let (status, report) = hub.apply(&v1).await;
+    assert_eq!(status, CommandStatus::Done, "{report:?}");
+    let refused = switch(2, false).await;
+    assert_eq!(refused.status, CommandStatus::Refused, "the cloud's lock holds from the next command");
+    assert_eq!(sim.states(1), 0b11, "K2 did not move");
+    assert_eq!(switch(1, true).await.status, CommandStatus::Refused, "the hub's own lock is never lifted");
+    relay_reading(&mut readings, "relay.1.k2", "fan: on").await;
+    relay_reading(&mut readings, "relay.1.k1", "pump: on").await;
+
+    // Renaming the hub's pump or changing its restore rule is a conflict: refused whole, said why,
+    // and the settings in force stay.
+    let v2 = relay_document(
+        2,
+        vec![RelaySettings { name: Some("water".into()), restore: Restore::Off, ..RelaySettings::new(1, 1) }],
+    );
+    let (status, report) = hub.apply(&v2).await;
+    assert_eq!(status, CommandStatus::Refused);
+    assert_eq!(report.running, Some(1));
+    let said = report.problems.join("; ");
+    assert!(said.contains("relays[0].name") && said.contains("`pump`"), "{said}");
+    assert!(said.contains("relays[0].restore"), "{said}");
+    assert_eq!(switch(2, false).await.status, CommandStatus::Refused, "v1's lock still holds");
+
+    // v3 drops the cloud's lock and asks K2 back on after a power loss: K2 switches again, and
+    // when the card loses power both the hub's rule (K1) and the cloud's (K2) are restored.
+    let v3 = relay_document(3, vec![RelaySettings { restore: Restore::On, ..RelaySettings::new(1, 2) }]);
+    let (status, report) = hub.apply(&v3).await;
+    assert_eq!(status, CommandStatus::Done, "{report:?}");
+    assert_eq!(switch(2, false).await.status, CommandStatus::Done, "the cloud lifted its own lock");
+    assert_eq!(sim.states(1), 0b01);
+    sim.power_cycle(1);
+    assert_eq!(within(relays.handle.get(1)).await.unwrap(), 0b11, "both restore rules applied");
+
+    stop.cancel();
+    hub.stop().await;
+    relays.handle.shutdown().await;
+
+    // After a restart, with no cloud, the stored document's relay settings are those the hub
+    // starts its cards with.
+    let again = load(d, &keys().hub, Some(keys().cloud.public()), &local);
+    let relays = again.accepted.expect("v3 stored").relays.expect("the hub has relay cards");
+    assert_eq!(relays.relay(1, 2).map(|r| r.restore), Some(Restore::On));
+    assert_eq!(relays.relay(1, 1).map(|r| (r.locked, r.restore)), Some((true, Restore::On)));
+}
+
+#[tokio::test]
+async fn relay_settings_for_a_hub_without_relay_cards_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path(), ManagedConfig::default());
+    let doc = relay_document(1, vec![RelaySettings { locked: true, ..RelaySettings::new(1, 1) }]);
+    let (status, report) = hub.apply(&doc).await;
+    assert_eq!(status, CommandStatus::Refused);
+    assert!(
+        report.problems.iter().any(|p| p.starts_with("relays: this hub has no [relay] section")),
+        "{report:?}"
+    );
+    assert_eq!(report.running, None);
+    hub.stop().await;
 }

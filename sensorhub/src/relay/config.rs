@@ -16,8 +16,10 @@
 use super::error::RelayError;
 use super::protocol::relay_bit;
 use outpost_shared::config::{Problem, Validate};
+use outpost_shared::relay_settings::validate_relay_settings;
+pub use outpost_shared::relay_settings::{RelaySettings, Restore};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,39 +65,6 @@ pub struct RelayConfig {
     pub relays: Vec<RelaySettings>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RelaySettings {
-    /// Card in the chain, 1 = the one at the PC.
-    #[serde(default = "default_card")]
-    pub card: u8,
-    /// 1 = K1 … 8 = K8.
-    pub relay: u8,
-    /// Shown with the relay's readings.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Refuse switching this relay by remote command (local `outpost relay` still works).
-    #[serde(default)]
-    pub locked: bool,
-    /// What to do with this relay when its card is found to have lost power.
-    #[serde(default)]
-    pub restore: Restore,
-}
-
-/// A card comes back from a power loss with every relay off. `Restore` says what the driver does
-/// about that relay as soon as it notices (see the power-up rule in the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Restore {
-    /// Switch the relay on again.
-    On,
-    /// Switch the relay off (explicitly, in case the card came up otherwise).
-    Off,
-    /// Leave the relay as the card came up.
-    #[default]
-    Unset,
-}
-
 fn default_poll_interval() -> Duration {
     Duration::from_secs(5)
 }
@@ -106,10 +75,6 @@ fn default_reply_timeout() -> Duration {
 
 fn default_retries() -> u32 {
     2
-}
-
-fn default_card() -> u8 {
-    1
 }
 
 impl Validate for RelayConfig {
@@ -127,28 +92,7 @@ impl Validate for RelayConfig {
         if self.retries > 10 {
             problems.push(Problem::new(key("retries"), "must be at most 10"));
         }
-        let mut seen = BTreeSet::new();
-        for (i, r) in self.relays.iter().enumerate() {
-            let rkey = |k: &str| format!("{SECTION}.relays[{i}].{k}");
-            if r.card == 0 {
-                problems.push(Problem::new(
-                    rkey("card"),
-                    "cards are numbered from 1 (0 is the broadcast address)",
-                ));
-            }
-            if relay_bit(r.relay).is_none() {
-                problems.push(Problem::new(rkey("relay"), "relays are numbered 1 to 8 (K1 to K8)"));
-            }
-            if r.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
-                problems.push(Problem::new(rkey("name"), "must not be empty; leave it out instead"));
-            }
-            if !seen.insert((r.card, r.relay)) {
-                problems.push(Problem::new(
-                    rkey("relay"),
-                    format!("card {} relay {} is configured twice", r.card, r.relay),
-                ));
-            }
-        }
+        validate_relay_settings(&self.relays, &key("relays"), problems);
     }
 }
 
@@ -161,6 +105,47 @@ impl RelayConfig {
             reply_timeout: default_reply_timeout(),
             retries: default_retries(),
             relays: Vec::new(),
+        }
+    }
+
+    /// This local config with the cloud's settings (a managed document's `relays`) added. Field by
+    /// field, what the local file says stays: the cloud names and restores relays the file says
+    /// nothing about, and may lock any relay, but never unlocks one, renames one the file names
+    /// or changes a restore rule the file sets. Asking to is a conflict, reported with the
+    /// cloud's entry (`relays[i].name: …`), never resolved silently.
+    pub fn with_managed(&self, managed: &[RelaySettings]) -> Result<RelayConfig, Vec<String>> {
+        let mut merged = self.clone();
+        let mut problems = Vec::new();
+        for (i, m) in managed.iter().enumerate() {
+            let Some(local) = merged.relays.iter_mut().find(|l| l.card == m.card && l.relay == m.relay)
+            else {
+                merged.relays.push(m.clone());
+                continue;
+            };
+            let what = format!("card {} relay {}", m.card, m.relay);
+            match (&local.name, &m.name) {
+                (Some(mine), Some(theirs)) if mine != theirs => problems.push(format!(
+                    "relays[{i}].name: {what} is named `{mine}` in the hub's local [relay] section; the cloud may not rename it"
+                )),
+                (None, Some(theirs)) => local.name = Some(theirs.clone()),
+                _ => {}
+            }
+            match (local.restore, m.restore) {
+                (mine, theirs) if mine != Restore::Unset && theirs != Restore::Unset && mine != theirs => {
+                    problems.push(format!(
+                        "relays[{i}].restore: the hub's local [relay] section sets {what} to restore {}; the cloud may not change that",
+                        restore_word(mine)
+                    ))
+                }
+                (Restore::Unset, theirs) => local.restore = theirs,
+                _ => {}
+            }
+            local.locked |= m.locked;
+        }
+        if problems.is_empty() {
+            Ok(merged)
+        } else {
+            Err(problems)
         }
     }
 
@@ -249,5 +234,13 @@ impl DriverSettings {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
         }
+    }
+}
+
+fn restore_word(r: Restore) -> &'static str {
+    match r {
+        Restore::On => "on",
+        Restore::Off => "off",
+        Restore::Unset => "nothing",
     }
 }

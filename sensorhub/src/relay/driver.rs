@@ -9,7 +9,7 @@ use super::protocol::{
 };
 use outpost_shared::backoff::Backoff;
 use serialport::{ClearBuffer, DataBits, FlowControl, Parity, SerialPort, StopBits};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -150,6 +150,10 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
+    pub(crate) fn set_restore(&mut self, restore: BTreeMap<u8, RestoreMask>) {
+        self.settings.restore = restore;
+    }
+
     pub(crate) fn new(settings: DriverSettings) -> Driver {
         let min = settings.reconnect_min.max(Duration::from_millis(1));
         let backoff = Backoff::new(min, settings.reconnect_max.max(min), 0.2)

@@ -1,10 +1,11 @@
 //! The async face of the driver: a cloneable handle that queues requests for the driver thread
 //! and awaits their answers.
 
-use super::config::DriverSettings;
+use super::config::{DriverSettings, RestoreMask};
 use super::driver::{Driver, Snapshot};
 use super::error::RelayError;
 use super::protocol::{relay_bit, CardOptions, Command, Frame};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -153,6 +154,16 @@ impl RelayHandle {
     pub async fn toggle(&self, card: u8, relay: u8) -> Result<u8, RelayError> {
         let bit = relay_bit(relay).ok_or(RelayError::BadRelay(relay))?;
         self.toggle_mask(card, bit).await
+    }
+
+    /// Replaces what the driver restores on cards found to have lost power (the managed
+    /// document's restore rules took effect); applies from the next power-up it notices.
+    pub async fn set_restore(&self, restore: BTreeMap<u8, RestoreMask>) -> Result<(), RelayError> {
+        self.call(move |d| {
+            d.set_restore(restore);
+            Ok(())
+        })
+        .await
     }
 
     pub async fn get_option(&self, card: u8) -> Result<CardOptions, RelayError> {

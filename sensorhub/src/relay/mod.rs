@@ -49,7 +49,7 @@ pub use config::{DriverSettings, RelayConfig, RelaySettings, Restore, RestoreMas
 pub use driver::Snapshot;
 pub use error::RelayError;
 pub use handle::RelayHandle;
-pub use hub::Relays;
+pub use hub::{LiveSettings, Relays};
 pub use poller::{error_sample, spawn_poller, state_samples};
 pub use protocol::{serial_floor, CardOptions, Command, Frame, FRAME_TIME};
 #[cfg(unix)]

@@ -5,6 +5,7 @@ use super::config::RelayConfig;
 use super::driver::Snapshot;
 use super::error::RelayError;
 use super::handle::RelayHandle;
+use super::hub::LiveSettings;
 use chrono::Utc;
 use outpost_shared::model::{Sample, State, Value};
 use std::future::Future;
@@ -42,7 +43,7 @@ pub fn error_sample(card: u8, error: &RelayError) -> Sample {
 /// is closed.
 pub fn spawn_poller(
     handle: RelayHandle,
-    cfg: RelayConfig,
+    cfg: LiveSettings,
     out: mpsc::Sender<crate::writer::Batch>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
@@ -51,12 +52,12 @@ pub fn spawn_poller(
 
 async fn poll_loop(
     handle: RelayHandle,
-    cfg: RelayConfig,
+    live: LiveSettings,
     out: mpsc::Sender<crate::writer::Batch>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(cfg.poll_interval);
+    let mut tick = tokio::time::interval(live.current().poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut watch = handle.watch();
     // What the driver knew before we started is covered by the first poll, sent at once.
@@ -76,10 +77,10 @@ async fn poll_loop(
                     continue;
                 }
                 let snap = watch.borrow_and_update().clone();
-                changed_samples(&snap, &cfg, &mut sent)
+                changed_samples(&snap, &live.current(), &mut sent)
             }
             _ = &mut shutdown => break,
-            _ = tick.tick() => poll_once(&handle, &cfg, &mut sent).await,
+            _ = tick.tick() => poll_once(&handle, &live.current(), &mut sent).await,
         };
         if batch.is_empty() {
             continue;

@@ -383,7 +383,7 @@ async fn the_poller_sends_all_states_then_each_change_at_once() {
     let h = connect(&sim).await;
     let (tx, mut rx) = mpsc::channel(8);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = spawn_poller(h.clone(), cfg, tx, async {
+    let task = spawn_poller(h.clone(), crate::relay::LiveSettings::new(cfg), tx, async {
         let _ = stopped.await;
     });
 
@@ -413,7 +413,7 @@ async fn the_poller_reports_a_lost_port_as_errors_and_recovers() {
     within(h.set_port(1, 9)).await.unwrap();
     let (tx, mut rx) = mpsc::channel(64);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = spawn_poller(h.clone(), cfg, tx, async {
+    let task = spawn_poller(h.clone(), crate::relay::LiveSettings::new(cfg), tx, async {
         let _ = stopped.await;
     });
     within(rx.recv()).await.unwrap();
@@ -624,7 +624,10 @@ async fn a_hub_with_a_relay_section_buffers_relay_readings_and_frees_the_port_wh
     wait_for(&relays.handle, |s| s.states == [Some(0), Some(0)]).await;
 
     // What the command executor needs to honour the lock comes with the handle.
-    assert!(matches!(relays.config.check_remote(2, 0x80), Err(RelayError::Locked { card: 2, relay: 8 })));
+    assert!(matches!(
+        relays.settings.current().check_remote(2, 0x80),
+        Err(RelayError::Locked { card: 2, relay: 8 })
+    ));
     // A switch through the hub's driver is buffered at once (not only at the next poll).
     assert_eq!(within(relays.handle.switch(1, 3, true)).await.unwrap(), 4);
     assert_eq!(sim.states(1), 4);

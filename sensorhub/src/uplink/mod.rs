@@ -80,6 +80,11 @@ pub struct Feed {
     /// The latest append holds news (a state change, a relay switched): send it without lingering
     /// for company, so an alert or a switch reaches the cloud in milliseconds.
     pub urgent: AtomicBool,
+    /// The hub is stopping and the writer has written its last readings: hand everything over now.
+    /// The uplink stops lingering, ends the wait it is in, and waits at most `retry_min` between
+    /// attempts (even when the receiver asked for longer), so a clean stop does not spend its
+    /// short grace asleep.
+    pub stopping: CancellationToken,
 }
 
 pub struct Uplink<T: Transport> {
@@ -192,6 +197,9 @@ impl<T: Transport> Uplink<T> {
                     }
                 }
             };
+            // Stopping: one more try soon, whatever the wait would have been.
+            let hurry = !self.feed.stopping.is_cancelled();
+            let delay = if hurry { delay } else { delay.min(self.cfg.retry_min) };
             if !delay.is_zero() {
                 let sleep = tokio::time::sleep(delay);
                 tokio::pin!(sleep);
@@ -199,6 +207,7 @@ impl<T: Transport> Uplink<T> {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = &mut sleep => break,
+                        _ = self.feed.stopping.cancelled(), if hurry => break,
                         // News cuts a linger short; a backoff it does not (the receiver is away).
                         _ = self.feed.appended.notified(), if lingering => {
                             if self.feed.urgent.swap(false, Ordering::AcqRel) {
@@ -213,7 +222,7 @@ impl<T: Transport> Uplink<T> {
 
     /// How long to wait for more readings before the next batch: none when news is waiting.
     fn linger(&self) -> Duration {
-        if self.feed.urgent.swap(false, Ordering::AcqRel) {
+        if self.feed.urgent.swap(false, Ordering::AcqRel) || self.feed.stopping.is_cancelled() {
             Duration::ZERO
         } else {
             self.cfg.linger

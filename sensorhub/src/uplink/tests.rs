@@ -438,6 +438,34 @@ async fn news_leaves_at_once_while_ordinary_readings_linger_for_company() {
     running.await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stopping_hub_hands_over_without_sitting_out_a_long_wait() {
+    let buffer = memory();
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    up.cfg.linger = Duration::from_secs(3600);
+    // The receiver is busy and asks for a minute's patience.
+    fake.answer(|_| Some(SendError::Busy(Duration::from_secs(60))));
+    append(&*buffer, &feed, 4);
+    feed.appended.notify_one();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(up.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fake.offered.lock().unwrap().len(), 1, "tried once, then waits as asked");
+
+    // The receiver is fine again, and the hub begins to stop: its last readings are written.
+    fake.answer(|_| None);
+    append(&*buffer, &feed, 2);
+    feed.appended.notify_one();
+    feed.stopping.cancel();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    exactly_once(&fake.delivered(), 1..=6);
+    assert_eq!(buffer.stats().len, 0, "everything handed over within the stop's grace");
+    stop.cancel();
+    running.await.unwrap();
+}
+
 // ---- Against a real HTTP receiver on 127.0.0.1: the answers of proxies and clouds, as sent. ----
 
 /// What the receiver answers for one batch: `None` stores it, else `(status, body)`.
