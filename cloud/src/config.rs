@@ -31,6 +31,9 @@ pub struct CloudConfig {
     /// A machine silent for this long is shown with uplink `offline`.
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
+    /// How long a machine session lives before the machine logs in again (RSA once per this).
+    #[serde(with = "humantime_serde")]
+    pub machine_session: Duration,
     /// Alert mails on sensor state changes (`[mail]`); none when absent.
     pub mail: Option<outpost_shared::mail::MailConfig>,
     /// Where everything but the key files is kept: the embedded database in `data_dir` unless
@@ -233,6 +236,7 @@ impl Default for CloudConfig {
             ingest: IngestLimits::default(),
             server: Default::default(),
             offline_after: Duration::from_secs(120),
+            machine_session: outpost_shared::keys::session::DEFAULT_LIFETIME,
             mail: None,
             storage: Storage::default(),
             people: PeopleConfig::default(),
@@ -367,6 +371,9 @@ impl Validate for CloudConfig {
         self.people.check(problems);
         if self.offline_after < Duration::from_secs(5) {
             problems.push(Problem::new("offline_after", "must be at least 5s"));
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&self.machine_session) {
+            problems.push(Problem::new("machine_session", "must be between 1m and 24h"));
         }
     }
 }

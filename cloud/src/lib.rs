@@ -120,7 +120,7 @@ pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
     };
     let tls = outpost_shared::tls::server_config(&cert, &key)?;
     let admin_token = ensure_token(&dir.join("admin-token"))?;
-    let trust = trust::Trust::open(dir, engines.trust.clone())?;
+    let trust = trust::Trust::open(dir, engines.trust.clone())?.with_session_lifetime(config.machine_session);
     let commands = commands::Commands::new(engines.commands.clone());
     let store = engines.readings.clone();
     let people = people::People::new(engines.people.clone(), config.people.clone())?;

@@ -5,9 +5,11 @@
 
 use crate::error::CloudError;
 use chrono::{DateTime, Utc};
+use outpost_shared::keys::session::{OpenAnswer, OpenRequest, ReplayWindow};
 use outpost_shared::keys::{
     verify_request, AuthorizedConnector, CertFingerprint, EnrollmentReceipt, EnrollmentToken, KeyPair,
-    MachineId, PublicKey, Signed, SignedHeaders, VerifyError,
+    MachineId, PublicKey, SessionError, SessionHeaders, Signed, SignedHeaders, Ticket, TicketKeys,
+    VerifyError,
 };
 use outpost_shared::model::Role;
 use serde::{Deserialize, Serialize};
@@ -69,6 +71,9 @@ pub enum Refusal {
     Revoked(String, DateTime<Utc>),
     #[error("signature check failed: {0}")]
     Bad(VerifyError),
+    /// A machine session's ticket, MAC, sequence or challenge did not check.
+    #[error("{0}")]
+    Session(SessionError),
     #[error("enrollment refused: {0}")]
     Enroll(String),
     /// The records could not be read or written now: nothing was decided; retry later.
@@ -85,6 +90,44 @@ pub struct Trust {
     /// Parsed public keys by machine id. A machine id is the fingerprint of its key, so an entry
     /// can never be wrong for its id; whether the machine is still enrolled is read each time.
     parsed: Arc<std::sync::Mutex<std::collections::HashMap<String, PublicKey>>>,
+    /// Challenge and ticket keys of machine sessions, derived from `key` (never stored).
+    tickets: Arc<TicketKeys>,
+    /// The sequence numbers each live session has used on this node.
+    windows: Arc<SessionWindows>,
+    /// How long a machine session lives.
+    session_lifetime: Duration,
+}
+
+/// Live sessions whose sequence numbers one node remembers. Policy when full (after dropping
+/// expired ones): a request of a session not yet remembered is answered 503 + retry later, so
+/// its sender keeps its data; sessions already remembered go on.
+const MAX_SESSIONS: usize = 200_000;
+
+/// The replay windows of live sessions on this node, by session id. A replay sent to another
+/// node is not caught here; that does no harm (SECURITY.md: batches are stored once per
+/// `(machine, seq)`, results once per command, polls change nothing).
+#[derive(Default)]
+struct SessionWindows {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 16], (ReplayWindow, i64)>>,
+}
+
+impl SessionWindows {
+    fn take(&self, ticket: &Ticket, seq: u64, now: i64) -> Result<(), SessionError> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(&ticket.session_id) && map.len() >= MAX_SESSIONS {
+            map.retain(|_, (_, expires)| *expires > now);
+            if map.len() >= MAX_SESSIONS {
+                return Err(SessionError::Full);
+            }
+        }
+        let (window, _) =
+            map.entry(ticket.session_id).or_insert((ReplayWindow::default(), ticket.expires_at));
+        if window.take(seq) {
+            Ok(())
+        } else {
+            Err(SessionError::Replayed { seq, highest: window.highest() })
+        }
+    }
 }
 
 /// Parsed keys kept at most; past it the cache starts over (parsing is the cost, not a miss).
@@ -99,7 +142,95 @@ impl Trust {
         if created {
             tracing::info!(fingerprint = %key.machine_id(), "cloud signing key made");
         }
-        Ok(Trust { key: Arc::new(key), store, parsed: Arc::default() })
+        Ok(Trust {
+            tickets: Arc::new(TicketKeys::derive(&key)),
+            key: Arc::new(key),
+            store,
+            parsed: Arc::default(),
+            windows: Arc::default(),
+            session_lifetime: outpost_shared::keys::session::DEFAULT_LIFETIME,
+        })
+    }
+
+    /// Machine sessions live `lifetime` (one hour unless changed; tests make it short).
+    pub fn with_session_lifetime(mut self, lifetime: Duration) -> Trust {
+        self.session_lifetime = lifetime;
+        self
+    }
+
+    /// A fresh challenge for opening a machine session (no state kept).
+    pub fn session_challenge(&self) -> Result<String, CloudError> {
+        self.tickets.challenge(Utc::now().timestamp()).map_err(|e| CloudError::Keys(e.to_string()))
+    }
+
+    /// Opens a machine session: the machine must be enrolled (and not revoked) and its key must
+    /// have signed the challenge and the sealed session key. The session key goes into the ticket
+    /// only; nothing is stored.
+    pub async fn open_session(&self, req: OpenRequest) -> Result<OpenAnswer, Refusal> {
+        let mk = self.enrolled(&req.machine_id).await?;
+        let public =
+            self.parsed_key(&mk).map_err(|e| Refusal::NotEnrolled(format!("{} ({e})", mk.machine_id)))?;
+        let (key, tickets, lifetime) = (self.key.clone(), self.tickets.clone(), self.session_lifetime);
+        // An RSA verification and an RSA private-key operation: off the async workers.
+        let opened = tokio::task::spawn_blocking(move || {
+            outpost_shared::keys::session::accept_open(
+                &key,
+                &tickets,
+                &req,
+                &public,
+                Utc::now().timestamp(),
+                lifetime,
+            )
+        })
+        .await
+        .map_err(|e| Refusal::Storage(CloudError::Keys(e.to_string())))?;
+        opened.map(|(answer, _)| answer).map_err(Refusal::Session)
+    }
+
+    /// The enrolled key of `id`, or why there is none (revoked or unknown).
+    async fn enrolled(&self, id: &str) -> Result<MachineKey, Refusal> {
+        match self.store.machine_key(id).await.map_err(Refusal::Storage)? {
+            Some(mk) => Ok(mk),
+            None => Err(match self.store.revocation(id).await.map_err(Refusal::Storage)? {
+                Some(r) => Refusal::Revoked(id.to_string(), r.revoked_at),
+                None => Refusal::NotEnrolled(id.to_string()),
+            }),
+        }
+    }
+
+    /// The cheap part of a session check, before a body is read: the ticket opens and is live, its
+    /// machine is still enrolled, the time is inside the window. No MAC yet.
+    pub async fn claimed_session(&self, headers: &SessionHeaders) -> Result<(MachineKey, Ticket), Refusal> {
+        let now = Utc::now().timestamp();
+        let ticket = self.tickets.open(&headers.ticket, now).map_err(Refusal::Session)?;
+        // Enrollment is read on every request: a revocation ends live sessions at once.
+        let mk = self.enrolled(ticket.machine_id.as_str()).await?;
+        let off_by = now.saturating_sub(headers.timestamp).saturating_abs();
+        if off_by as u64 > MAX_SKEW.as_secs() {
+            return Err(Refusal::Session(SessionError::Stale {
+                timestamp: headers.timestamp,
+                off_by_secs: off_by,
+                allowed_secs: MAX_SKEW.as_secs(),
+            }));
+        }
+        Ok((mk, ticket))
+    }
+
+    /// Checks a request made in a machine session: [`Trust::claimed_session`], the MAC over
+    /// exactly this request, then that its sequence number is new in the session.
+    pub async fn verify_session(
+        &self,
+        headers: &SessionHeaders,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(MachineKey, Ticket), Refusal> {
+        let (mk, ticket) = self.claimed_session(headers).await?;
+        let now = Utc::now().timestamp();
+        outpost_shared::keys::session::verify_mac(&ticket, headers, method, path, body, now, MAX_SKEW)
+            .map_err(Refusal::Session)?;
+        self.windows.take(&ticket, headers.seq, now).map_err(Refusal::Session)?;
+        Ok((mk, ticket))
     }
 
     pub fn key(&self) -> &KeyPair {

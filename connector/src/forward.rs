@@ -88,6 +88,10 @@ pub(crate) async fn run(
         }
     };
     backoff.reset();
+    let session =
+        Arc::new(outpost_shared::keys::SessionClient::new(sh.key.clone(), enrollment.cloud_key.clone()));
+    let _ = sh.session.set(session.clone());
+    sh.hub_keys.set_session(session);
     sh.hub_keys.set_cloud_key(enrollment.cloud_key);
     // The embedded hub shares this machine's key, and so its enrollment.
     let hub_dir = enroll.dir.join("hub");
@@ -177,7 +181,7 @@ pub(crate) async fn round(
         env.quarantined = counts.clone();
     }
     let max_body = limits.map_or(DEFAULT_MAX_BODY, |l| l.max_body);
-    match send(client, url, &sh.key, &env, max_body).await {
+    match send(client, url, &sh.key, &env, max_body, sh.session.get().map(|s| s.as_ref())).await {
         Ok(ack) => {
             if let Some(w) = &sh.watch {
                 w.forward_ok(collected);
@@ -459,11 +463,15 @@ pub(crate) async fn send(
     key: &outpost_shared::keys::KeyPair,
     env: &ForwardEnvelope,
     max_body: u64,
+    session: Option<&outpost_shared::keys::SessionClient>,
 ) -> Result<ForwardAck, Retry> {
     let json = serde_json::to_vec(env).map_err(|e| Retry::Backoff(e.to_string()))?;
     let body = outpost_shared::wire::gzip(&json);
     if body.len() as u64 > max_body {
         return Err(Retry::TooLarge(format!("{} bytes, the cloud takes {max_body}", body.len())));
+    }
+    if let Some(session) = session {
+        return send_in_session(client, url, session, env, &json, body).await;
     }
     let sig = outpost_shared::keys::sign_request(key, "POST", "/v1/forward", &json, chrono::Utc::now())
         .map_err(|e| Retry::Backoff(e.to_string()))?;
@@ -503,6 +511,57 @@ pub(crate) async fn send(
     match (status.as_u16(), retry_after) {
         // Only the cloud's own verdict says a request is too large; a 413 without one (a proxy in
         // front of it, in maintenance) is no reason to split, let alone to put a batch aside.
+        (413, _) if said_too_large => Err(Retry::TooLarge(format!("cloud answered 413: {msg}"))),
+        (413, _) => Err(Retry::Backoff(format!("413 without the cloud's verdict (a proxy?): {msg}"))),
+        (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),
+        (code, _) => Err(Retry::Backoff(format!("cloud answered {code}: {msg}"))),
+    }
+}
+
+/// [`send`] in the connector's machine session: a MAC instead of a signature, and an
+/// acknowledgement believed only with the cloud's MAC over it (custody).
+async fn send_in_session(
+    client: &reqwest::Client,
+    url: &str,
+    session: &outpost_shared::keys::SessionClient,
+    env: &ForwardEnvelope,
+    json: &[u8],
+    body: Vec<u8>,
+) -> Result<ForwardAck, Retry> {
+    let base = url.strip_suffix("/v1/forward").unwrap_or(url);
+    let answer = session
+        .send(client, base, reqwest::Method::POST, "/v1/forward", json, body, |r| {
+            r.header(reqwest::header::CONTENT_ENCODING, outpost_shared::wire::GZIP)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+        })
+        .await
+        .map_err(Retry::Backoff)?;
+    let status = answer.status;
+    if status.is_success() {
+        if !answer.trusted() {
+            return Err(Retry::Backoff("acknowledgement without a valid session MAC; batches kept".into()));
+        }
+        let ack: ForwardAck =
+            serde_json::from_slice(&answer.body).map_err(|e| Retry::Backoff(e.to_string()))?;
+        if ack.results.len() != env.batches.len() {
+            return Err(Retry::Backoff(format!(
+                "cloud answered {} results for {} batches",
+                ack.results.len(),
+                env.batches.len()
+            )));
+        }
+        return Ok(ack);
+    }
+    let retry_after = answer
+        .headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let said = std::str::from_utf8(&answer.body).ok().and_then(|t| serde_json::from_str::<ApiError>(t).ok());
+    let said_too_large =
+        said.as_ref().is_some_and(|e| e.code == Some(outpost_shared::model::RefusalCode::TooLarge));
+    let msg = said.map(|e| e.error).unwrap_or_default();
+    match (status.as_u16(), retry_after) {
         (413, _) if said_too_large => Err(Retry::TooLarge(format!("cloud answered 413: {msg}"))),
         (413, _) => Err(Retry::Backoff(format!("413 without the cloud's verdict (a proxy?): {msg}"))),
         (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),

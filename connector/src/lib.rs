@@ -62,6 +62,10 @@ pub(crate) struct Shared {
     pub key: Arc<outpost_shared::keys::KeyPair>,
     /// The cloud's base URL and a client for it, for requests passed through for hubs.
     pub cloud: Option<(reqwest::Client, String)>,
+    /// The connector's own machine session with the cloud (forwards, polls, key lists), set once
+    /// enrolled; until then requests are signed with the machine key. Hub requests passed
+    /// through keep their hubs' signatures: the connector cannot make or read those.
+    pub session: std::sync::OnceLock<Arc<outpost_shared::keys::SessionClient>>,
     pub buffer: Arc<dyn Storage>,
     pub quota: u64,
     pub retry_after: Duration,
@@ -168,6 +172,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         machine_id: machine_id.clone(),
         key: key.clone(),
         cloud: config.cloud.url.clone().map(|u| (cloud_client, u.trim_end_matches('/').to_string())),
+        session: std::sync::OnceLock::new(),
         buffer: buffer.clone(),
         quota: config.buffer.quota,
         retry_after: config.buffer.retry_after,

@@ -19,6 +19,7 @@ fn shared(buffer: Arc<dyn Storage>, quota: u64, dir: &Path) -> Arc<Shared> {
         machine_id: "conn".into(),
         key: hub_key(),
         cloud: None,
+        session: std::sync::OnceLock::new(),
         buffer,
         quota,
         retry_after: Duration::from_secs(1),

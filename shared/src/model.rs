@@ -512,6 +512,9 @@ pub enum RefusalCode {
     Busy,
     /// The hop could not store it (disk, database): retry later.
     Storage,
+    /// The session ticket expired or is not one the cloud can open (another cloud key): open a
+    /// new session and send the same request again; nothing is decided about the data.
+    SessionExpired,
     #[serde(other)]
     Other,
 }

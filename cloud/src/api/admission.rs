@@ -1,7 +1,7 @@
 //! How a machine's data request gets in: nothing unauthenticated is expensive.
 //!
-//! In this order, each step cheap before the next costly one: the signature headers must parse
-//! and name an enrolled, unrevoked machine (and, for `/v1/forward`, a connector) with a timestamp
+//! In this order, each step cheap before the next costly one: the signature headers (or a machine
+//! session's ticket) must parse and name an enrolled, unrevoked machine (and, for `/v1/forward`, a connector) with a timestamp
 //! inside the window (a table lookup, no RSA, body unread); then an admission slot (503 + a
 //! retry-later verdict when ingest is saturated); then the body is read against its cap and a
 //! deadline; then it is inflated against its cap on a blocking thread, with only a few
@@ -65,33 +65,18 @@ pub(super) async fn read_signed(
     path: &str,
     connector_only: bool,
 ) -> Result<Intake, Response> {
-    let sig = SignedHeaders::from_header_map(headers).map_err(|e| refused(Refusal::Unsigned(e)))?;
-    let claimed = match st.trust.machine_key(sig.machine_id.as_str()).await {
-        Ok(Some(k)) => k,
-        Err(e) => return Err(refused(Refusal::Storage(e))),
-        // Not enrolled or revoked: `verify` says which from its tables alone, before any RSA
-        // (there is no key to check with) and without the body.
-        Ok(None) => {
-            return Err(match st.trust.verify(&sig, "POST", path, b"", None).await {
-                Err(r) => refused(r),
-                Ok(_) => refused(Refusal::NotEnrolled(sig.machine_id.to_string())),
-            })
-        }
+    let claimed = match outpost_shared::keys::SessionHeaders::from_header_map(headers) {
+        // A session: the ticket opens and is live, its machine enrolled, the time inside the
+        // window (AES and a table lookup; the MAC is checked over the inflated body after).
+        Ok(Some(h)) => st.trust.claimed_session(&h).await.map_err(refused)?.0,
+        Ok(None) => signed_claim(st, headers, path).await?,
+        Err(e) => return Err(refused(Refusal::Session(e))),
     };
     if connector_only && claimed.role != outpost_shared::model::Role::Connector {
         return Err(err(
             StatusCode::FORBIDDEN,
             format!("{} is not enrolled as a connector", claimed.machine_id),
         ));
-    }
-    let allowed = crate::trust::MAX_SKEW.as_secs();
-    let off_by = chrono::Utc::now().timestamp().saturating_sub(sig.timestamp).saturating_abs();
-    if off_by as u64 > allowed {
-        return Err(refused(Refusal::Bad(VerifyError::Stale {
-            timestamp: sig.timestamp,
-            off_by_secs: off_by,
-            allowed_secs: allowed,
-        })));
     }
 
     let gate = &st.admission;
@@ -139,6 +124,37 @@ pub(super) async fn read_signed(
         e => err(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
     Ok(Intake { json, _slot: slot })
+}
+
+/// The signer a signed request claims: enrolled, not revoked, signing time inside the window.
+async fn signed_claim(
+    st: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<crate::trust::MachineKey, Response> {
+    let sig = SignedHeaders::from_header_map(headers).map_err(|e| refused(Refusal::Unsigned(e)))?;
+    let claimed = match st.trust.machine_key(sig.machine_id.as_str()).await {
+        Ok(Some(k)) => k,
+        Err(e) => return Err(refused(Refusal::Storage(e))),
+        // Not enrolled or revoked: `verify` says which from its tables alone, before any RSA
+        // (there is no key to check with) and without the body.
+        Ok(None) => {
+            return Err(match st.trust.verify(&sig, "POST", path, b"", None).await {
+                Err(r) => refused(r),
+                Ok(_) => refused(Refusal::NotEnrolled(sig.machine_id.to_string())),
+            })
+        }
+    };
+    let allowed = crate::trust::MAX_SKEW.as_secs();
+    let off_by = chrono::Utc::now().timestamp().saturating_sub(sig.timestamp).saturating_abs();
+    if off_by as u64 > allowed {
+        return Err(refused(Refusal::Bad(VerifyError::Stale {
+            timestamp: sig.timestamp,
+            off_by_secs: off_by,
+            allowed_secs: allowed,
+        })));
+    }
+    Ok(claimed)
 }
 
 fn too_large(max_body: usize) -> Response {

@@ -11,7 +11,8 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use outpost_shared::http_server::episode::Episode;
-use outpost_shared::keys::{SignedHeaders, VerifyError};
+use outpost_shared::keys::session::{SessionKey, HEADER_ANSWER_MAC};
+use outpost_shared::keys::{SessionError, SessionHeaders, SignedHeaders, VerifyError};
 use outpost_shared::model::{ApiError, RefusalCode, Verdict};
 use std::net::SocketAddr;
 
@@ -129,8 +130,9 @@ pub(super) async fn authenticate(
 
 // The error side of these helpers is the finished HTTP response; it lives for one request.
 #[allow(clippy::result_large_err)]
-/// Checks a signed machine request against the signer's enrolled key. `skew` as in
-/// [`Trust::verify`].
+/// Checks a machine request against the signer's enrolled key: an RSA signature, or a MAC in a
+/// machine session. `skew` as in [`Trust::verify`] (session requests are always live, so always
+/// checked against the window).
 pub(super) async fn check_signed(
     st: &AppState,
     headers: &HeaderMap,
@@ -139,8 +141,57 @@ pub(super) async fn check_signed(
     body: &[u8],
     skew: Option<std::time::Duration>,
 ) -> Result<crate::trust::MachineKey, Response> {
-    let sig = SignedHeaders::from_header_map(headers).map_err(|e| refused(Refusal::Unsigned(e)))?;
-    st.trust.verify(&sig, method, path, body, skew).await.map_err(refused)
+    check_machine(st, headers, method, path, body, skew).await.map(|s| s.key)
+}
+
+/// Who sent a machine request, and how to authenticate the answer to it.
+pub(super) struct Signer {
+    pub(super) key: crate::trust::MachineKey,
+    /// The session key and the request's sequence number, when it came in a session.
+    session: Option<(SessionKey, u64)>,
+}
+
+impl Signer {
+    /// The answer as it goes out: in a session, with [`HEADER_ANSWER_MAC`] over its sequence
+    /// number, status and body, so the machine can tell the cloud's acknowledgement from any
+    /// other (it deletes data only on one that checks).
+    pub(super) async fn seal(&self, response: Response) -> Response {
+        let Some((key, seq)) = &self.session else { return response };
+        let (mut parts, body) = response.into_parts();
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(b) => b,
+            Err(e) => return super::internal(e),
+        };
+        let mac = outpost_shared::keys::session::answer_mac(key, *seq, parts.status.as_u16(), &bytes);
+        if let Ok(v) = header::HeaderValue::from_str(&mac) {
+            parts.headers.insert(HEADER_ANSWER_MAC, v);
+        }
+        Response::from_parts(parts, axum::body::Body::from(bytes))
+    }
+}
+
+#[allow(clippy::result_large_err)]
+/// [`check_signed`], keeping what [`Signer::seal`] needs to authenticate the answer.
+pub(super) async fn check_machine(
+    st: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    skew: Option<std::time::Duration>,
+) -> Result<Signer, Response> {
+    match SessionHeaders::from_header_map(headers) {
+        Ok(Some(h)) => {
+            let (key, ticket) = st.trust.verify_session(&h, method, path, body).await.map_err(refused)?;
+            Ok(Signer { key, session: Some((ticket.key, h.seq)) })
+        }
+        Ok(None) => {
+            let sig = SignedHeaders::from_header_map(headers).map_err(|e| refused(Refusal::Unsigned(e)))?;
+            let key = st.trust.verify(&sig, method, path, body, skew).await.map_err(refused)?;
+            Ok(Signer { key, session: None })
+        }
+        Err(e) => Err(refused(Refusal::Session(e))),
+    }
 }
 
 /// Refused machine requests are logged once per episode: anyone can send unsigned requests, or
@@ -173,7 +224,23 @@ pub(super) fn verdict_of(r: &Refusal) -> (StatusCode, Verdict, RefusalCode) {
         Refusal::Bad(VerifyError::Stale { .. }) => {
             (StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::Other)
         }
-        Refusal::Unsigned(_) | Refusal::Bad(_) => {
+        // The ticket cannot be used (expired, or not this cloud's): the sender opens a new
+        // session and sends again; nothing is decided about the data.
+        Refusal::Session(e) if e.is_reopen() => {
+            (StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::SessionExpired)
+        }
+        // A replay: the genuine request was answered already; a genuine sender never gets this
+        // (every send takes a new sequence number) and would keep its data if it did.
+        Refusal::Session(SessionError::Replayed { .. }) => {
+            (StatusCode::CONFLICT, Verdict::RetryLater, RefusalCode::Other)
+        }
+        Refusal::Session(SessionError::Stale { .. } | SessionError::BadChallenge) => {
+            (StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::Other)
+        }
+        Refusal::Session(SessionError::Full) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Verdict::RetryLater, RefusalCode::Busy)
+        }
+        Refusal::Unsigned(_) | Refusal::Bad(_) | Refusal::Session(_) => {
             (StatusCode::UNAUTHORIZED, Verdict::Refused, RefusalCode::Forged)
         }
         // Nothing was decided: the records could not be read now.
@@ -190,9 +257,21 @@ pub(super) async fn connector_signed(
     path: &str,
     body: &[u8],
 ) -> Result<crate::trust::MachineKey, Response> {
-    match check_signed(st, headers, method, path, body, Some(crate::trust::MAX_SKEW)).await? {
-        m if m.role == outpost_shared::model::Role::Connector => Ok(m),
-        m => Err(err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", m.machine_id))),
+    connector_machine(st, headers, method, path, body).await.map(|s| s.key)
+}
+
+#[allow(clippy::result_large_err)]
+/// [`connector_signed`], keeping what [`Signer::seal`] needs.
+pub(super) async fn connector_machine(
+    st: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Signer, Response> {
+    match check_machine(st, headers, method, path, body, Some(crate::trust::MAX_SKEW)).await? {
+        s if s.key.role == outpost_shared::model::Role::Connector => Ok(s),
+        s => Err(err(StatusCode::FORBIDDEN, format!("{} is not enrolled as a connector", s.key.machine_id))),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Commands: made by people, signed by the cloud, polled by machines, answered with signed results.
 
-use super::auth::{check_signed, connector_signed};
+use super::auth::{check_machine, connector_machine};
 use super::{access, err, internal, AppState};
 use crate::commands::DEFAULT_TTL;
 use crate::people::Actor;
@@ -141,15 +141,16 @@ pub(super) async fn poll(
     Query(q): Query<PollQuery>,
 ) -> Response {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v1/commands/poll");
-    let mk = match check_signed(&st, &headers, "GET", path, b"", Some(crate::trust::MAX_SKEW)).await {
+    let signer = match check_machine(&st, &headers, "GET", path, b"", Some(crate::trust::MAX_SKEW)).await {
         Ok(m) => m,
         Err(r) => return r,
     };
     let wait = std::time::Duration::from_secs(q.wait.unwrap_or(25).min(30));
-    match st.commands.poll(&mk.machine_id, wait).await {
+    let answer = match st.commands.poll(&signer.key.machine_id, wait).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => internal(e),
-    }
+    };
+    signer.seal(answer).await
 }
 
 /// Most machines one connector poll may name: a connector serves about a thousand hubs.
@@ -174,11 +175,16 @@ pub(super) async fn poll_many(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/commands/poll-many", &body).await {
+    let signer = match connector_machine(&st, &headers, "POST", "/v1/commands/poll-many", &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let req: PollManyRequest = match serde_json::from_slice(&body) {
+    let answer = poll_many_answer(&st, &signer.key, &body).await;
+    signer.seal(answer).await
+}
+
+async fn poll_many_answer(st: &AppState, connector: &crate::trust::MachineKey, body: &[u8]) -> Response {
+    let req: PollManyRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a poll request: {e}")),
     };
@@ -232,18 +238,29 @@ pub(super) async fn result(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let mk =
-        match check_signed(&st, &headers, "POST", "/v1/commands/result", &body, Some(crate::trust::MAX_SKEW))
-            .await
-        {
-            Ok(m) => m,
-            Err(r) => return r,
-        };
-    let signed: Signed<CommandResult> = match serde_json::from_slice(&body) {
+    let signer = match check_machine(
+        &st,
+        &headers,
+        "POST",
+        "/v1/commands/result",
+        &body,
+        Some(crate::trust::MAX_SKEW),
+    )
+    .await
+    {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let answer = result_answer(&st, &signer.key, &body).await;
+    signer.seal(answer).await
+}
+
+async fn result_answer(st: &AppState, mk: &crate::trust::MachineKey, body: &[u8]) -> Response {
+    let signed: Signed<CommandResult> = match serde_json::from_slice(body) {
         Ok(s) => s,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("not a signed command result: {e}")),
     };
-    let key = match st.trust.parsed_key(&mk) {
+    let key = match st.trust.parsed_key(mk) {
         Ok(k) => k,
         Err(e) => return internal(e),
     };

@@ -2,7 +2,7 @@
 //! (`/v1/forward`). Every path into storage goes through [`store_batch`] and [`commit`].
 
 use super::admission::read_signed;
-use super::auth::{check_signed, connector_signed};
+use super::auth::{check_machine, connector_machine};
 use super::LiveEvent;
 use super::{err, internal, AppState};
 use crate::trust::Refusal;
@@ -247,14 +247,15 @@ pub(super) async fn batches(
     };
     let json = &intake.json;
     let signer =
-        match check_signed(&st, &headers, "POST", "/v1/batches", json, Some(crate::trust::MAX_SKEW)).await {
+        match check_machine(&st, &headers, "POST", "/v1/batches", json, Some(crate::trust::MAX_SKEW)).await {
             Ok(m) => m,
             Err(r) => return r,
         };
-    match take_batch(&st, json, &signer.machine_id, &peer.to_string()).await {
+    let answer = match take_batch(&st, json, &signer.key.machine_id, &peer.to_string()).await {
         Ok(ack) => Json(ack).into_response(),
         Err(ns) => ns.into_response(),
-    }
+    };
+    signer.seal(answer).await
 }
 
 /// A connector's forward: many hubs' batches in one request, each taken as if the hub had sent it
@@ -269,12 +270,22 @@ pub(super) async fn forward(
         Ok(i) => i,
         Err(r) => return r,
     };
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/forward", &intake.json).await {
+    let signer = match connector_machine(&st, &headers, "POST", "/v1/forward", &intake.json).await {
         Ok(m) => m,
         Err(r) => return r,
     };
+    let answer = take_forward(&st, &signer.key, intake.json, peer).await;
+    signer.seal(answer).await
+}
+
+/// The forward of an authenticated connector, stored and committed.
+async fn take_forward(
+    st: &AppState,
+    connector: &crate::trust::MachineKey,
+    json: Vec<u8>,
+    peer: SocketAddr,
+) -> Response {
     // Parsing up to `max_decompressed` bytes of JSON is CPU work: off the async workers.
-    let json = intake.json;
     let env =
         match tokio::task::spawn_blocking(move || serde_json::from_slice::<ForwardEnvelope>(&json)).await {
             Ok(Ok(e)) => e,
@@ -334,7 +345,7 @@ pub(super) async fn forward(
                 continue;
             }
         };
-        match store_batch(&st, body, &hub.machine_id, &via).await {
+        match store_batch(st, body, &hub.machine_id, &via).await {
             Ok(o) => {
                 results.push(ForwardResult::Stored(BatchAck { stored: o.stored, duplicates: o.duplicates }));
                 outcomes.push(o);
@@ -344,7 +355,7 @@ pub(super) async fn forward(
         }
     }
     // One flush for the whole forward, before any of it is acknowledged.
-    if let Err(e) = commit(&st, outcomes).await {
+    if let Err(e) = commit(st, outcomes).await {
         return NotStored::storage(e).into_response();
     }
     if !env.quarantined.is_empty() {

@@ -17,6 +17,7 @@ mod customers;
 mod enrollment;
 mod events;
 mod ingest;
+mod machine_sessions;
 mod machines;
 mod mail;
 mod managed;
@@ -157,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
         .route("/v1/cloud-key", get(enrollment::cloud_key))
         .route("/v1/ca.pem", get(enrollment::ca_pem))
+        .route("/v1/machine-session/challenge", get(machine_sessions::challenge))
         .route_layer(middleware::from_fn_with_state(public_limit, rate::limit));
     let enroll = Router::new()
         .route("/v1/enroll", post(enrollment::enroll))
@@ -223,6 +225,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(DefaultBodyLimit::max(PEOPLE_BODY));
     let machines = Router::new()
+        .route("/v1/machine-session", post(machine_sessions::open))
         .route("/v1/batches", post(ingest::batches))
         .route("/v1/forward", post(ingest::forward))
         .route("/v1/network-keys", post(network::keys))

@@ -5,7 +5,7 @@
 //! A POST (signed like every machine request, over an empty or any small body) rather than a GET,
 //! so the signature covers a body and the connector's request is authenticated the usual way.
 
-use super::auth::connector_signed;
+use super::auth::connector_machine;
 use super::{internal, AppState};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -19,10 +19,15 @@ pub(super) async fn keys(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let connector = match connector_signed(&st, &headers, "POST", "/v1/network-keys", &body).await {
+    let signer = match connector_machine(&st, &headers, "POST", "/v1/network-keys", &body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
+    let answer = signed_keys(&st, signer.key.clone()).await;
+    signer.seal(answer).await
+}
+
+async fn signed_keys(st: &AppState, connector: crate::trust::MachineKey) -> Response {
     let listed = match st.trust.network_keys(&connector.network_id).await {
         Ok(l) => l,
         Err(e) => return internal(e),

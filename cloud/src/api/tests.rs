@@ -30,11 +30,25 @@ crate::both_engines!(
     a_command_goes_out_signed_comes_back_signed_and_is_audited,
     mail_commands_need_the_clouds_grant,
     a_series_joins_hourly_aggregates_to_raw_readings_without_gap_or_overlap,
+    a_session_carries_batches_once_and_refuses_replays_and_forgeries,
+    a_revoked_machines_live_session_is_refused_at_once,
+    session_opening_needs_a_fresh_challenge_and_this_clouds_key,
+    an_expired_session_is_reopened_and_the_batch_stored_exactly_once,
 );
 
 /// The API on `engines` (keys in `keep`'s directory), with one hub enrolled in network `net`.
 async fn setup(engines: Engines, keep: &Keep, ingest: crate::config::IngestLimits) -> Setup {
-    let trust = Trust::open(keep.dir.path(), engines.trust.clone()).unwrap();
+    setup_lived(engines, keep, ingest, outpost_shared::keys::session::DEFAULT_LIFETIME).await
+}
+
+/// [`setup`] with machine sessions that live `lifetime`.
+async fn setup_lived(
+    engines: Engines,
+    keep: &Keep,
+    ingest: crate::config::IngestLimits,
+    lifetime: Duration,
+) -> Setup {
+    let trust = Trust::open(keep.dir.path(), engines.trust.clone()).unwrap().with_session_lifetime(lifetime);
     let commands = Commands::new(engines.commands.clone());
     let config = CloudConfig { ingest, ..Default::default() };
     let hub = outpost_shared::keys::KeyPair::generate().unwrap();
@@ -243,7 +257,22 @@ async fn machine_row(app: &Router, id: &str) -> serde_json::Value {
 
 /// A gzip batch of `n` readings from `hub`, signed, for `/v1/batches`.
 fn batch_request(hub: &outpost_shared::keys::KeyPair, n: u64) -> Request<Body> {
+    let now = chrono::Utc::now();
+    let json = batch_json(hub, n);
+    // The signature covers what the batch says, not its encoding on the wire.
+    let sig = outpost_shared::keys::sign_request(hub, "POST", "/v1/batches", &json, now).unwrap();
+    post("/v1/batches", Body::from(gzip(&json)), &sig.to_pairs())
+}
+
+fn gzip(json: &[u8]) -> Vec<u8> {
     use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(json).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A batch of readings 1..=n of `hub`, as JSON.
+fn batch_json(hub: &outpost_shared::keys::KeyPair, n: u64) -> Vec<u8> {
     let now = chrono::Utc::now();
     let id = hub.machine_id().to_string();
     let batch = outpost_shared::model::Batch {
@@ -269,13 +298,7 @@ fn batch_request(hub: &outpost_shared::keys::KeyPair, n: u64) -> Request<Body> {
             })
             .collect(),
     };
-    let json = serde_json::to_vec(&batch).unwrap();
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(&json).unwrap();
-    let gz = enc.finish().unwrap();
-    // The signature covers what the batch says, not its encoding on the wire.
-    let sig = outpost_shared::keys::sign_request(hub, "POST", "/v1/batches", &json, now).unwrap();
-    post("/v1/batches", Body::from(gz), &sig.to_pairs())
+    serde_json::to_vec(&batch).unwrap()
 }
 
 async fn ack(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
@@ -765,4 +788,275 @@ async fn a_series_joins_hourly_aggregates_to_raw_readings_without_gap_or_overlap
         .body(Body::empty())
         .unwrap();
     assert_eq!(ack(&s.app, req).await.0, StatusCode::UNAUTHORIZED, "the admin's data only");
+}
+
+// ---- machine sessions ----
+
+use outpost_shared::keys::session::{self as msession, OpenAnswer, SessionKey};
+
+/// Opens a session for `hub` over the API, as a machine does.
+async fn open_session(
+    app: &Router,
+    hub: &outpost_shared::keys::KeyPair,
+    cloud: &outpost_shared::keys::PublicKey,
+) -> (OpenAnswer, SessionKey) {
+    let r = Request::get("/v1/machine-session/challenge")
+        .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = ack(app, r).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let challenge = body["challenge"].as_str().unwrap().to_string();
+    let (req, key) = msession::open_request(hub, cloud, &challenge).unwrap();
+    let (status, _, body) = ack(app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: OpenAnswer = serde_json::from_value(body).unwrap();
+    assert!(msession::check_opened(&key, &answer));
+    (answer, key)
+}
+
+fn open_post(req: &msession::OpenRequest) -> Request<Body> {
+    let mut r = Request::post("/v1/machine-session")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(serde_json::to_vec(req).unwrap()))
+        .unwrap();
+    r.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
+    r
+}
+
+/// A batch request in a session, with sequence number `seq`.
+fn session_batch(
+    hub: &outpost_shared::keys::KeyPair,
+    t: &OpenAnswer,
+    key: &SessionKey,
+    seq: u64,
+    json: &[u8],
+) -> Request<Body> {
+    let h = msession::mac_request(
+        key,
+        hub.machine_id(),
+        &t.ticket,
+        seq,
+        "POST",
+        "/v1/batches",
+        json,
+        chrono::Utc::now().timestamp(),
+    );
+    post("/v1/batches", Body::from(gzip(json)), &h.to_pairs())
+}
+
+async fn raw(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let r = tokio::time::timeout(Duration::from_secs(30), app.clone().oneshot(req)).await.unwrap().unwrap();
+    let (parts, body) = r.into_parts();
+    (parts.status, parts.headers, axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec())
+}
+
+fn verdict(body: &[u8]) -> (Option<Verdict>, Option<RefusalCode>) {
+    let e: ApiError = serde_json::from_slice(body).unwrap();
+    (e.verdict, e.code)
+}
+
+async fn readings_stored(app: &Router, id: &str) -> usize {
+    let r = Request::get(format!("/v1/machines/{id}/readings?sensor=cpu&limit=1000"))
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = ack(app, r).await;
+    if status == StatusCode::NOT_FOUND {
+        return 0; // never sent anything
+    }
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.as_array().map(|a| a.len()).unwrap()
+}
+
+async fn a_session_carries_batches_once_and_refuses_replays_and_forgeries(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let cloud = s.state.trust.key().public().clone();
+    let (t, key) = open_session(&s.app, &s.hub, &cloud).await;
+    let json = batch_json(&s.hub, 20);
+
+    // A batch with a MAC is stored, and the acknowledgement carries the cloud's MAC over it.
+    let (status, headers, body) = raw(&s.app, session_batch(&s.hub, &t, &key, 1, &json)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let mac = headers.get(msession::HEADER_ANSWER_MAC).and_then(|v| v.to_str().ok());
+    assert!(msession::check_answer(&key, 1, 200, &body, mac), "the acknowledgement is authenticated");
+    assert!(!msession::check_answer(&key, 2, 200, &body, mac), "and bound to its request");
+
+    // The same request again: a replay, refused with a verdict that keeps data.
+    let (status, _, body) = raw(&s.app, session_batch(&s.hub, &t, &key, 1, &json)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(verdict(&body).0, Some(Verdict::RetryLater));
+
+    // Without a MAC, or with a MAC under another key: forged.
+    let mut no_mac = msession::mac_request(
+        &key,
+        s.hub.machine_id(),
+        &t.ticket,
+        2,
+        "POST",
+        "/v1/batches",
+        &json,
+        chrono::Utc::now().timestamp(),
+    )
+    .to_pairs()
+    .to_vec();
+    no_mac.retain(|(n, _)| *n != msession::HEADER_MAC);
+    let (status, _, body) = raw(&s.app, post("/v1/batches", Body::from(gzip(&json)), &no_mac)).await;
+    assert_eq!(
+        (status, verdict(&body)),
+        (StatusCode::UNAUTHORIZED, (Some(Verdict::Refused), Some(RefusalCode::Forged)))
+    );
+    let stranger = SessionKey::generate().unwrap();
+    let (status, _, body) = raw(&s.app, session_batch(&s.hub, &t, &stranger, 3, &json)).await;
+    assert_eq!(
+        (status, verdict(&body)),
+        (StatusCode::UNAUTHORIZED, (Some(Verdict::Refused), Some(RefusalCode::Forged)))
+    );
+    // Someone else's batch in this hub's session: the MAC checks, the batch does not.
+    let other = outpost_shared::keys::KeyPair::generate().unwrap();
+    let (status, _, body) = raw(&s.app, session_batch(&s.hub, &t, &key, 4, &batch_json(&other, 1))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&body));
+    // A forged MAC did not move the replay window: seq 3 is still new for the real key.
+    let (status, _, body) = raw(&s.app, session_batch(&s.hub, &t, &key, 3, &batch_json(&s.hub, 25))).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let ackd: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((ackd["stored"].as_u64(), ackd["duplicates"].as_u64()), (Some(5), Some(20)));
+    // Reordered within the window: taken once.
+    let (status, _, _) = raw(&s.app, session_batch(&s.hub, &t, &key, 2, &json)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = raw(&s.app, session_batch(&s.hub, &t, &key, 2, &json)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Far behind the window: refused.
+    let (status, _, _) = raw(&s.app, session_batch(&s.hub, &t, &key, 100, &json)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = raw(&s.app, session_batch(&s.hub, &t, &key, 5, &json)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(readings_stored(&s.app, s.hub.machine_id().as_str()).await, 25);
+
+    // The command poll takes a session too, and its answer is authenticated.
+    let h = msession::mac_request(
+        &key,
+        s.hub.machine_id(),
+        &t.ticket,
+        101,
+        "GET",
+        "/v1/commands/poll?wait=0",
+        b"",
+        chrono::Utc::now().timestamp(),
+    );
+    let mut r = Request::get("/v1/commands/poll?wait=0");
+    for (n, v) in h.to_pairs() {
+        r = r.header(n, v);
+    }
+    let (status, headers, body) = raw(&s.app, r.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let mac = headers.get(msession::HEADER_ANSWER_MAC).and_then(|v| v.to_str().ok());
+    assert!(msession::check_answer(&key, 101, 200, &body, mac));
+}
+
+async fn a_revoked_machines_live_session_is_refused_at_once(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let cloud = s.state.trust.key().public().clone();
+    let (t, key) = open_session(&s.app, &s.hub, &cloud).await;
+    let json = batch_json(&s.hub, 3);
+    let (status, _, _) = raw(&s.app, session_batch(&s.hub, &t, &key, 1, &json)).await;
+    assert_eq!(status, StatusCode::OK);
+    s.state.trust.revoke(s.hub.machine_id().as_str(), chrono::Utc::now()).await.unwrap();
+    let (status, _, body) = raw(&s.app, session_batch(&s.hub, &t, &key, 2, &json)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(verdict(&body).1, Some(RefusalCode::Revoked), "{}", String::from_utf8_lossy(&body));
+    // And it cannot open a new one.
+    let tk = outpost_shared::keys::TicketKeys::derive(s.state.trust.key());
+    let (req, _) =
+        msession::open_request(&s.hub, &cloud, &tk.challenge(chrono::Utc::now().timestamp()).unwrap())
+            .unwrap();
+    let (status, _, body) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(verdict(&body).1, Some(RefusalCode::Revoked));
+}
+
+async fn session_opening_needs_a_fresh_challenge_and_this_clouds_key(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let cloud = s.state.trust.key().public().clone();
+    let now = chrono::Utc::now().timestamp();
+    let tk = outpost_shared::keys::TicketKeys::derive(s.state.trust.key());
+    // A challenge older than 60 s.
+    let (req, _) = msession::open_request(&s.hub, &cloud, &tk.challenge(now - 61).unwrap()).unwrap();
+    let (status, _, body) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&body));
+    // A challenge made with another cloud's key.
+    let other = outpost_shared::keys::KeyPair::generate().unwrap();
+    let foreign = outpost_shared::keys::TicketKeys::derive(&other);
+    let (req, _) = msession::open_request(&s.hub, &cloud, &foreign.challenge(now).unwrap()).unwrap();
+    let (status, _, _) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // An unknown machine.
+    let (req, _) = msession::open_request(&other, &cloud, &tk.challenge(now).unwrap()).unwrap();
+    let (status, _, body) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(verdict(&body).1, Some(RefusalCode::NotEnrolled));
+    // A ticket from another cloud key: the client is told to open a new session, data kept.
+    let (_, key) = open_session(&s.app, &s.hub, &cloud).await;
+    let ticket = msession::Ticket {
+        machine_id: s.hub.machine_id().clone(),
+        session_id: [7; 16],
+        expires_at: now + 3600,
+        key: key.clone(),
+    };
+    let forged = OpenAnswer {
+        ticket: foreign.issue(&ticket).unwrap(),
+        expires_at: now + 3600,
+        lifetime_secs: 3600,
+        mac: String::new(),
+    };
+    let (status, _, body) =
+        raw(&s.app, session_batch(&s.hub, &forged, &key, 1, &batch_json(&s.hub, 1))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(verdict(&body), (Some(Verdict::RetryLater), Some(RefusalCode::SessionExpired)));
+    assert_eq!(readings_stored(&s.app, s.hub.machine_id().as_str()).await, 0);
+}
+
+/// The real client against the API over HTTP: a session that expired at the cloud between two
+/// uploads is opened again and the batch sent once more, stored exactly once.
+async fn an_expired_session_is_reopened_and_the_batch_stored_exactly_once(e: Engines, k: &Keep) {
+    let s = setup_lived(e, k, Default::default(), Duration::from_secs(1)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = s.app.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .await
+            .unwrap();
+    });
+    let base = format!("http://{addr}");
+    let hub = Arc::new(s.hub.clone());
+    // Never renewed early: the session is used until the cloud says it ended.
+    let client = outpost_shared::keys::SessionClient::new(hub.clone(), s.state.trust.key().public().clone())
+        .renew_at(100.0);
+    let http = reqwest::Client::new();
+    let send = |json: Vec<u8>| {
+        let (client, http, base) = (&client, http.clone(), base.clone());
+        async move {
+            client
+                .send(&http, &base, reqwest::Method::POST, "/v1/batches", &json, gzip(&json), |r| {
+                    r.header(header::CONTENT_ENCODING, "gzip")
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let a = send(batch_json(&hub, 5)).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.authentic, Some(true));
+    assert_eq!(client.opened(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let a = send(batch_json(&hub, 9)).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.authentic, Some(true));
+    assert_eq!(client.opened(), 2, "the expired session was replaced");
+    let ackd: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!((ackd["stored"].as_u64(), ackd["duplicates"].as_u64()), (Some(4), Some(5)));
+    assert_eq!(readings_stored(&s.app, hub.machine_id().as_str()).await, 9);
+    server.abort();
 }

@@ -1,5 +1,5 @@
 use super::{SendError, Transport};
-use outpost_shared::keys::KeyPair;
+use outpost_shared::keys::{KeyPair, SessionClient};
 use outpost_shared::model::{ApiError, Batch, BatchAck, RefusalCode, Verdict};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -10,19 +10,40 @@ use std::time::Duration;
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Uploads over HTTPS to `POST {base}/v1/batches`, gzip-compressed JSON signed with the
-/// machine key (the signature covers the JSON itself, so it survives a connector unchanged).
+/// machine key (the signature covers the JSON itself, so it survives a connector unchanged), or,
+/// straight to the cloud, authenticated in a machine session (one login, then a MAC per request).
 #[derive(Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
     url: String,
     key: Arc<KeyPair>,
     label: String,
+    /// The machine session with the cloud, on the direct path only: a connector verifies hub
+    /// batches itself and forwards them with the hub's own signature, which it cannot forge.
+    session: Option<Arc<SessionClient>>,
 }
 
 impl HttpTransport {
     /// `label` is the path reported with each batch: `direct` or `connector:<id>`.
     pub fn new(client: reqwest::Client, base: &str, key: Arc<KeyPair>, label: String) -> Self {
-        HttpTransport { client, url: format!("{}/v1/batches", base.trim_end_matches('/')), key, label }
+        HttpTransport {
+            client,
+            url: format!("{}/v1/batches", base.trim_end_matches('/')),
+            key,
+            label,
+            session: None,
+        }
+    }
+
+    /// Sends through `session` from now on (the direct path to the cloud).
+    pub fn with_session(mut self, session: Arc<SessionClient>) -> Self {
+        self.session = Some(session);
+        self
+    }
+
+    /// The machine session this transport uses, if any.
+    pub fn session(&self) -> Option<&Arc<SessionClient>> {
+        self.session.as_ref()
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -46,6 +67,9 @@ impl Transport for HttpTransport {
         batch.uplink = self.label.clone();
         let json = serde_json::to_vec(batch)
             .map_err(|e| SendError::Unreachable(format!("cannot encode batch: {e}")))?;
+        if let Some(session) = &self.session {
+            return self.send_in_session(session, &json).await;
+        }
         let sig =
             outpost_shared::keys::sign_request(&self.key, "POST", "/v1/batches", &json, chrono::Utc::now())
                 .map_err(|e| SendError::Unreachable(format!("cannot sign: {e}")))?;
@@ -85,6 +109,43 @@ impl Transport for HttpTransport {
 
     fn path(&self) -> String {
         self.label.clone()
+    }
+}
+
+impl HttpTransport {
+    async fn send_in_session(&self, session: &SessionClient, json: &[u8]) -> Result<BatchAck, SendError> {
+        let answer = session
+            .send(
+                &self.client,
+                self.base(),
+                reqwest::Method::POST,
+                "/v1/batches",
+                json,
+                outpost_shared::wire::gzip(json),
+                |r| {
+                    r.header(CONTENT_ENCODING, outpost_shared::wire::GZIP)
+                        .header(CONTENT_TYPE, "application/json")
+                },
+            )
+            .await
+            .map_err(SendError::Unreachable)?;
+        if answer.status.is_success() {
+            // Custody: only an acknowledgement the cloud authenticated lets the hub delete.
+            if !answer.trusted() {
+                return Err(SendError::Unreachable(
+                    "acknowledgement without a valid session MAC; the batch is kept and sent again".into(),
+                ));
+            }
+            return serde_json::from_slice::<BatchAck>(&answer.body)
+                .map_err(|e| SendError::Unreachable(format!("unreadable acknowledgement: {e}")));
+        }
+        let retry_after = answer
+            .headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Err(classify(answer.status, retry_after, &answer.body))
     }
 }
 

@@ -137,6 +137,11 @@ impl PathTransport {
     ) -> Arc<Self> {
         let wants_connector = cfg.connector.is_some() || cfg.discover;
         let mode = if wants_connector || direct.is_none() { Mode::Connector } else { Mode::Direct };
+        // Straight to the cloud, uploads and command polls share one machine session, sealed to
+        // the cloud key pinned at enrollment.
+        let session =
+            Arc::new(outpost_shared::keys::SessionClient::new(key.clone(), enrollment.cloud_key.clone()));
+        let direct = direct.map(|d| d.with_session(session));
         Arc::new_cyclic(|me| PathTransport {
             key,
             enrollment: std::sync::Mutex::new(enrollment),
@@ -317,12 +322,14 @@ impl PathTransport {
     }
 
     /// Where commands are fetched from right now: the path readings take.
-    pub async fn current(&self) -> Option<(reqwest::Client, String)> {
+    pub async fn current(
+        &self,
+    ) -> Option<(reqwest::Client, String, Option<Arc<outpost_shared::keys::SessionClient>>)> {
         let st = self.state.lock().await;
         match (st.mode, &st.connector, &self.direct) {
-            (Mode::Connector, Some(c), _) => Some((c.client().clone(), c.base().to_string())),
+            (Mode::Connector, Some(c), _) => Some((c.client().clone(), c.base().to_string(), None)),
             (_, _, Some(d)) if st.mode == Mode::Direct || st.connector.is_none() => {
-                Some((d.client().clone(), d.base().to_string()))
+                Some((d.client().clone(), d.base().to_string(), d.session().cloned()))
             }
             _ => None,
         }

@@ -861,3 +861,112 @@ async fn on_the_direct_path_uploads_do_not_wait_for_a_reprobe_that_hangs() {
     .expect("the re-probe reached the candidate");
     assert_eq!(rx.requests.load(Ordering::SeqCst), 6);
 }
+
+// ---- Direct to the cloud in a machine session ----
+
+/// How the fake cloud signs its acknowledgements.
+#[derive(Clone, Copy, PartialEq)]
+enum AckMac {
+    Right,
+    Missing,
+    Wrong,
+}
+
+struct FakeCloud {
+    key: outpost_shared::keys::KeyPair,
+    tickets: outpost_shared::keys::TicketKeys,
+    mac: Mutex<AckMac>,
+    signed_requests: std::sync::atomic::AtomicUsize,
+}
+
+/// A cloud that opens sessions like the real one and acknowledges every batch, with the answer
+/// MAC `FakeCloud::mac` says.
+async fn fake_cloud() -> (HttpTransport, Arc<FakeCloud>) {
+    use axum::body::Bytes;
+    use axum::extract::State as Shared;
+    use axum::http::{HeaderMap, StatusCode};
+    use outpost_shared::keys::session;
+    let key = outpost_shared::keys::KeyPair::generate().unwrap();
+    let cloud = Arc::new(FakeCloud {
+        tickets: outpost_shared::keys::TicketKeys::derive(&key),
+        key,
+        mac: Mutex::new(AckMac::Right),
+        signed_requests: Default::default(),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/v1/machine-session/challenge",
+            axum::routing::get(|Shared(c): Shared<Arc<FakeCloud>>| async move {
+                axum::Json(session::ChallengeAnswer { challenge: c.tickets.challenge(chrono::Utc::now().timestamp()).unwrap() })
+            }),
+        )
+        .route(
+            "/v1/machine-session",
+            axum::routing::post(
+                |Shared(c): Shared<Arc<FakeCloud>>, axum::Json(req): axum::Json<session::OpenRequest>| async move {
+                    let (answer, _) = session::accept_open(
+                        &c.key,
+                        &c.tickets,
+                        &req,
+                        test_key().public(),
+                        chrono::Utc::now().timestamp(),
+                        Duration::from_secs(3600),
+                    )
+                    .unwrap();
+                    axum::Json(answer)
+                },
+            ),
+        )
+        .route(
+            "/v1/batches",
+            axum::routing::post(|Shared(c): Shared<Arc<FakeCloud>>, headers: HeaderMap, body: Bytes| async move {
+                let json = outpost_shared::wire::decompress(&body, true, 64 << 20).unwrap();
+                let batch: Batch = serde_json::from_slice(&json).unwrap();
+                let ack = serde_json::to_vec(&BatchAck { stored: batch.readings.len() as u64, duplicates: 0 }).unwrap();
+                let Some(h) = outpost_shared::keys::SessionHeaders::from_header_map(&headers).unwrap() else {
+                    c.signed_requests.fetch_add(1, Ordering::SeqCst);
+                    return (StatusCode::OK, HeaderMap::new(), ack);
+                };
+                let ticket = c.tickets.open(&h.ticket, chrono::Utc::now().timestamp()).unwrap();
+                session::verify_mac(&ticket, &h, "POST", "/v1/batches", &json, chrono::Utc::now().timestamp(), Duration::from_secs(300)).unwrap();
+                let mut out = HeaderMap::new();
+                let mac = match *c.mac.lock().unwrap() {
+                    AckMac::Right => Some(session::answer_mac(&ticket.key, h.seq, 200, &ack)),
+                    AckMac::Wrong => Some(session::answer_mac(&ticket.key, h.seq + 1, 200, &ack)),
+                    AckMac::Missing => None,
+                };
+                if let Some(m) = mac {
+                    out.insert(session::HEADER_ANSWER_MAC, m.parse().unwrap());
+                }
+                (StatusCode::OK, out, ack)
+            }),
+        )
+        .with_state(cloud.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let session = Arc::new(outpost_shared::keys::SessionClient::new(test_key(), cloud.key.public().clone()));
+    let t = HttpTransport::new(client, &format!("http://{addr}"), test_key(), "direct".into())
+        .with_session(session);
+    (t, cloud)
+}
+
+#[tokio::test]
+async fn in_a_session_only_an_acknowledgement_with_the_clouds_mac_lets_readings_go() {
+    let (t, cloud) = fake_cloud().await;
+    let mut b = empty_batch();
+    b.readings = (1..=5)
+        .map(|seq| Reading { machine_id: "m".into(), seq, sample: Sample::new("s", 1.0, State::Ok) })
+        .collect();
+    let ack = t.send(&mut b).await.expect("acknowledged with the cloud's MAC");
+    assert_eq!(ack.stored, 5);
+    t.send(&mut b).await.unwrap();
+    assert_eq!(t.session().unwrap().opened(), 1, "one login for many requests");
+    assert_eq!(cloud.signed_requests.load(Ordering::SeqCst), 0, "no RSA signature per request");
+    for mode in [AckMac::Missing, AckMac::Wrong] {
+        *cloud.mac.lock().unwrap() = mode;
+        let r = t.send(&mut b).await;
+        assert!(matches!(r, Err(SendError::Unreachable(_))), "not acknowledged, kept: {r:?}");
+    }
+}

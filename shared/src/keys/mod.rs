@@ -14,6 +14,9 @@
 //!   log on disk so a command runs at most once, even across restarts.
 //! - [`sealed`]: secrets sealed to one machine's public key (RSA-OAEP + AES-256-GCM), and
 //!   [`Secret`], which never prints its content.
+//! - [`session`]: the login (RSA-OAEP + RSA-PSS once, bound to a cloud challenge) and the
+//!   per-request HMAC that replace a signature per request; [`session_client`] is a machine's
+//!   holder of one session (open lazily, renew, re-open on expiry, fall back to signatures).
 //! - [`token`]: one-time enrollment tokens that carry the cloud key's fingerprint.
 //! - [`pinning`]: TLS certificate fingerprints and a rustls verifier that accepts exactly one.
 //!
@@ -28,6 +31,8 @@ pub mod network;
 pub mod pinning;
 pub mod request;
 pub mod sealed;
+pub mod session;
+pub mod session_client;
 pub mod token;
 
 #[cfg(test)]
@@ -48,6 +53,8 @@ pub use request::{
     HEADER_TIMESTAMP,
 };
 pub use sealed::{is_sealed, seal, unseal, Secret};
+pub use session::{SessionError, SessionHeaders, Ticket, TicketKeys};
+pub use session_client::SessionClient;
 pub use token::{
     hash_token_secret, seal_token, token_secret_matches, unseal_token, EnrollmentToken, SealedEnrollment,
 };

@@ -662,3 +662,215 @@ fn a_sealed_token_opens_only_for_the_cloud_and_only_for_the_machine_that_sealed_
     assert!(seal_token(machine_b().public(), &token, &inner).is_err());
     assert!(unseal_token(machine_b(), &sealed, machine_a().machine_id()).is_err());
 }
+
+// ---- sessions ----
+
+mod sessions {
+    use super::super::session::*;
+    use super::*;
+
+    const NOW: i64 = 1_900_000_000;
+    const LIFE: Duration = Duration::from_secs(3600);
+
+    /// A session of machine A with the cloud: (ticket keys, answer, opened ticket, the machine's key).
+    fn opened() -> (TicketKeys, OpenAnswer, Ticket, SessionKey) {
+        let tk = TicketKeys::derive(cloud());
+        let challenge = tk.challenge(NOW).unwrap();
+        let (req, session) = open_request(machine_a(), cloud().public(), &challenge).unwrap();
+        let (answer, ticket) = accept_open(cloud(), &tk, &req, machine_a().public(), NOW, LIFE).unwrap();
+        assert!(check_opened(&session, &answer));
+        (tk, answer, ticket, session)
+    }
+
+    #[test]
+    fn a_session_opens_and_a_mac_checks_against_its_ticket() {
+        let (tk, answer, _, session) = opened();
+        let ticket = tk.open(&answer.ticket, NOW + 10).unwrap();
+        assert_eq!(&ticket.machine_id, machine_a().machine_id());
+        assert_eq!(ticket.expires_at, NOW + 3600);
+        let h = mac_request(
+            &session,
+            machine_a().machine_id(),
+            &answer.ticket,
+            1,
+            "POST",
+            "/v1/batches",
+            b"{}",
+            NOW + 10,
+        );
+        verify_mac(&ticket, &h, "POST", "/v1/batches", b"{}", NOW + 10, DEFAULT_MAX_SKEW).unwrap();
+        // The same derivation on another node gives the same keys (stateless, load balancer).
+        assert!(TicketKeys::derive(cloud()).open(&answer.ticket, NOW).is_ok());
+        assert!(TicketKeys::derive(cloud()).check_challenge(&tk.challenge(NOW).unwrap(), NOW + 59).is_ok());
+    }
+
+    #[test]
+    fn a_tampered_request_is_refused_whatever_field_changed() {
+        let (tk, answer, _, session) = opened();
+        let ticket = tk.open(&answer.ticket, NOW).unwrap();
+        let h = mac_request(
+            &session,
+            machine_a().machine_id(),
+            &answer.ticket,
+            5,
+            "POST",
+            "/v1/batches",
+            b"{\"a\":1}",
+            NOW,
+        );
+        let ok = |h: &SessionHeaders, m: &str, p: &str, b: &[u8]| {
+            verify_mac(&ticket, h, m, p, b, NOW, DEFAULT_MAX_SKEW)
+        };
+        assert!(ok(&h, "POST", "/v1/batches", b"{\"a\":1}").is_ok());
+        assert_eq!(ok(&h, "POST", "/v1/batches", b"{\"a\":2}"), Err(SessionError::BadMac), "body");
+        assert_eq!(ok(&h, "GET", "/v1/batches", b"{\"a\":1}"), Err(SessionError::BadMac), "method");
+        assert_eq!(ok(&h, "POST", "/v1/forward", b"{\"a\":1}"), Err(SessionError::BadMac), "path");
+        let mut seq = h.clone();
+        seq.seq = 6;
+        assert_eq!(ok(&seq, "POST", "/v1/batches", b"{\"a\":1}"), Err(SessionError::BadMac), "seq");
+        let mut ts = h.clone();
+        ts.timestamp += 1;
+        assert_eq!(ok(&ts, "POST", "/v1/batches", b"{\"a\":1}"), Err(SessionError::BadMac), "timestamp");
+        let mut mac = h.clone();
+        mac.mac_b64 = B64.encode([0u8; 32]);
+        assert_eq!(ok(&mac, "POST", "/v1/batches", b"{\"a\":1}"), Err(SessionError::BadMac), "mac");
+        // A MAC made with another session key (another session of the same machine).
+        let other = SessionKey::generate().unwrap();
+        let h2 = mac_request(
+            &other,
+            machine_a().machine_id(),
+            &answer.ticket,
+            5,
+            "POST",
+            "/v1/batches",
+            b"{\"a\":1}",
+            NOW,
+        );
+        assert_eq!(ok(&h2, "POST", "/v1/batches", b"{\"a\":1}"), Err(SessionError::BadMac), "wrong key");
+        // Old or future timestamps are refused before the MAC.
+        let late =
+            mac_request(&session, machine_a().machine_id(), &answer.ticket, 7, "GET", "/x", b"", NOW - 301);
+        assert!(matches!(ok(&late, "GET", "/x", b""), Err(SessionError::Stale { .. })));
+    }
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    #[test]
+    fn tickets_expire_and_only_their_own_cloud_opens_them() {
+        let (tk, answer, _, _) = opened();
+        assert_eq!(tk.open(&answer.ticket, NOW + 3600).unwrap_err(), SessionError::Expired(NOW + 3600));
+        assert!(SessionError::Expired(0).is_reopen());
+        // Another cloud key: the ticket means nothing there.
+        let other = TicketKeys::derive(machine_b());
+        assert_eq!(other.open(&answer.ticket, NOW).unwrap_err(), SessionError::UnknownTicket);
+        // Any byte of the ticket changed: refused (authenticated encryption).
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&answer.ticket).unwrap();
+        for i in [0, 1, 14, 40, raw.len() - 1] {
+            let mut t = raw.clone();
+            t[i] ^= 1;
+            let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&t);
+            assert_eq!(tk.open(&text, NOW).unwrap_err(), SessionError::UnknownTicket, "byte {i}");
+        }
+        assert_eq!(tk.open("not a ticket", NOW).unwrap_err(), SessionError::UnknownTicket);
+        assert!(SessionError::UnknownTicket.is_reopen());
+        assert!(!SessionError::BadMac.is_reopen());
+    }
+
+    #[test]
+    fn challenges_are_the_clouds_own_and_live_sixty_seconds() {
+        let tk = TicketKeys::derive(cloud());
+        let c = tk.challenge(NOW).unwrap();
+        assert!(tk.check_challenge(&c, NOW + 60).is_ok());
+        assert_eq!(tk.check_challenge(&c, NOW + 61), Err(SessionError::BadChallenge), "too old");
+        assert_eq!(tk.check_challenge(&c, NOW - 30), Err(SessionError::BadChallenge), "from the future");
+        assert_eq!(TicketKeys::derive(machine_b()).check_challenge(&c, NOW), Err(SessionError::BadChallenge));
+        // Forging the time inside the challenge breaks its MAC.
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&c).unwrap();
+        raw[23] ^= 1;
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+        assert_eq!(tk.check_challenge(&forged, NOW), Err(SessionError::BadChallenge));
+    }
+
+    #[test]
+    fn opening_needs_the_machine_key_a_fresh_challenge_and_an_intact_seal() {
+        let tk = TicketKeys::derive(cloud());
+        let c = tk.challenge(NOW).unwrap();
+        let (req, _) = open_request(machine_a(), cloud().public(), &c).unwrap();
+        // Claimed by A, checked against B's key: refused.
+        assert_eq!(
+            accept_open(cloud(), &tk, &req, machine_b().public(), NOW, LIFE).unwrap_err(),
+            SessionError::BadSignature
+        );
+        // Signed by B but claiming A.
+        let (mut by_b, _) = open_request(machine_b(), cloud().public(), &c).unwrap();
+        by_b.machine_id = machine_a().machine_id().to_string();
+        assert_eq!(
+            accept_open(cloud(), &tk, &by_b, machine_a().public(), NOW, LIFE).unwrap_err(),
+            SessionError::BadSignature
+        );
+        // Any field altered on the way.
+        let mut sealed = req.clone();
+        let (other, _) = open_request(machine_a(), cloud().public(), &c).unwrap();
+        sealed.sealed = other.sealed;
+        assert_eq!(
+            accept_open(cloud(), &tk, &sealed, machine_a().public(), NOW, LIFE).unwrap_err(),
+            SessionError::BadSignature
+        );
+        let mut challenge = req.clone();
+        challenge.challenge = tk.challenge(NOW).unwrap();
+        assert_eq!(
+            accept_open(cloud(), &tk, &challenge, machine_a().public(), NOW, LIFE).unwrap_err(),
+            SessionError::BadSignature
+        );
+        // A stale challenge, however well signed.
+        assert_eq!(
+            accept_open(cloud(), &tk, &req, machine_a().public(), NOW + 61, LIFE).unwrap_err(),
+            SessionError::BadChallenge
+        );
+        // Sealed to another cloud's key: that cloud cannot open it.
+        let (to_b, _) = open_request(machine_a(), machine_b().public(), &c).unwrap();
+        assert_eq!(
+            accept_open(cloud(), &tk, &to_b, machine_a().public(), NOW, LIFE).unwrap_err(),
+            SessionError::Undecryptable
+        );
+        // An answer not made with the session key is not believed by the machine.
+        let (req, session) = open_request(machine_a(), cloud().public(), &c).unwrap();
+        let (mut answer, _) = accept_open(cloud(), &tk, &req, machine_a().public(), NOW, LIFE).unwrap();
+        assert!(check_opened(&session, &answer));
+        answer.lifetime_secs += 1;
+        assert!(!check_opened(&session, &answer));
+    }
+
+    #[test]
+    fn answers_are_bound_to_sequence_status_and_body() {
+        let (_, _, ticket, session) = opened();
+        assert_eq!(format!("{:?}", session), "SessionKey(hidden)");
+        let mac = answer_mac(&ticket.key, 9, 200, b"{\"stored\":3}");
+        assert!(check_answer(&session, 9, 200, b"{\"stored\":3}", Some(&mac)));
+        assert!(!check_answer(&session, 8, 200, b"{\"stored\":3}", Some(&mac)), "another request's answer");
+        assert!(!check_answer(&session, 9, 201, b"{\"stored\":3}", Some(&mac)));
+        assert!(!check_answer(&session, 9, 200, b"{\"stored\":0}", Some(&mac)));
+        assert!(!check_answer(&session, 9, 200, b"{\"stored\":3}", None), "no MAC: not acknowledged");
+        assert!(!check_answer(&SessionKey::generate().unwrap(), 9, 200, b"{\"stored\":3}", Some(&mac)));
+    }
+
+    #[test]
+    fn the_replay_window_takes_each_sequence_number_once() {
+        let mut w = ReplayWindow::default();
+        assert!(!w.take(0), "sequence numbers start at 1");
+        assert!(w.take(1));
+        assert!(!w.take(1), "replayed");
+        assert!(w.take(3));
+        assert!(w.take(2), "reordered within the window: taken once");
+        assert!(!w.take(2));
+        assert!(w.take(100));
+        assert!(w.take(100 - 63), "oldest inside the window");
+        assert!(!w.take(100 - 64), "just outside the window");
+        assert!(!w.take(3), "far outside");
+        assert!(!w.take(100));
+        assert!(w.take(1000), "a jump forward clears the window");
+        assert!(!w.take(999 - 63), "outside after the jump");
+        assert!(w.take(999));
+        assert_eq!(w.highest(), 1000);
+    }
+}

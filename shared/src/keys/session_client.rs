@@ -1,0 +1,292 @@
+//! The machine's side of a [session](super::session): one holder per link to the cloud, shared by
+//! everything that talks over it (a hub's uploads and command polls, a connector's forwards, polls
+//! and key fetches).
+//!
+//! It opens a session lazily on the first request, renews it at 80 % of its lifetime, and on a
+//! `session_expired` answer opens a new one and sends the request once more. Whenever a session
+//! cannot be had (an older cloud without the endpoints, a refused or failed open) the request is
+//! signed with the machine key as before, and opening is tried again a minute later: a session
+//! is a saving, never a condition for delivery.
+
+use super::session::{
+    check_answer, check_opened, mac_request, open_request, ChallengeAnswer, OpenAnswer, SessionKey,
+    HEADER_ANSWER_MAC,
+};
+use super::{sign_request, KeyPair, PublicKey};
+use crate::model::{ApiError, RefusalCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long after a failed open requests are signed before opening is tried again.
+const RETRY_OPEN: Duration = Duration::from_secs(60);
+/// The same for a peer that has no session endpoints (an older cloud).
+const RETRY_OPEN_UNSUPPORTED: Duration = Duration::from_secs(600);
+/// Deadline of each of the two open requests.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Live {
+    ticket: String,
+    key: SessionKey,
+    renew_at: Instant,
+    /// The last sequence number used; the next request takes the one after.
+    seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    live: Option<Arc<Live>>,
+    /// No open attempt before this instant (the last one failed).
+    quiet_until: Option<Instant>,
+}
+
+/// A session with one cloud, see the module doc.
+pub struct SessionClient {
+    key: Arc<KeyPair>,
+    cloud: PublicKey,
+    state: tokio::sync::Mutex<State>,
+    /// Sessions opened so far (for tests and logs).
+    opened: AtomicU64,
+    /// Share of a session's lifetime after which it is renewed before the next request.
+    renew_at: f64,
+}
+
+impl std::fmt::Debug for SessionClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionClient({})", self.key.machine_id())
+    }
+}
+
+/// An answer read in full, with whether its session MAC checked.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+    /// `None`: the request was signed with the machine key (no session), so the answer carries no
+    /// MAC. `Some(true)`: the answer's MAC proves it comes from the session's cloud.
+    pub authentic: Option<bool>,
+}
+
+impl Answer {
+    /// Whether a data-bearing success may be believed: always on the signature path (as before
+    /// sessions), only with a valid MAC on the session path.
+    pub fn trusted(&self) -> bool {
+        self.authentic != Some(false)
+    }
+}
+
+enum Auth {
+    Session { live: Arc<Live>, seq: u64, pairs: [(&'static str, String); 4] },
+    Signed([(&'static str, String); 3]),
+}
+
+impl SessionClient {
+    /// `cloud` is the cloud key pinned at enrollment: the session key is sealed to it.
+    pub fn new(key: Arc<KeyPair>, cloud: PublicKey) -> SessionClient {
+        SessionClient { key, cloud, state: Default::default(), opened: AtomicU64::new(0), renew_at: 0.8 }
+    }
+
+    /// Renews a session after `fraction` of its lifetime (0.8 unless changed). Above 1 a session
+    /// is used until the cloud says it expired, which is how tests reach that path.
+    pub fn renew_at(mut self, fraction: f64) -> SessionClient {
+        self.renew_at = fraction;
+        self
+    }
+
+    /// Sessions opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Sends one request to `base` + `path`: `signed` is what the MAC or signature covers (the JSON
+    /// before compression), `wire` what goes on the wire; `decorate` adds content headers and a
+    /// timeout. On a `session_expired` answer the session is opened again and the request sent
+    /// once more with it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        signed: &[u8],
+        wire: Vec<u8>,
+        decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, String> {
+        let base = base.trim_end_matches('/');
+        for attempt in 0..2 {
+            let auth = self.authorize(client, base, method.as_str(), path, signed).await?;
+            let mut req = decorate(client.request(method.clone(), format!("{base}{path}")));
+            match &auth {
+                Auth::Session { pairs, .. } => {
+                    for (n, v) in pairs {
+                        req = req.header(*n, v);
+                    }
+                }
+                Auth::Signed(pairs) => {
+                    for (n, v) in pairs {
+                        req = req.header(*n, v);
+                    }
+                }
+            }
+            let resp = req.body(wire.clone()).send().await.map_err(|e| crate::error_chain(&e))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await.map_err(|e| crate::error_chain(&e))?.to_vec();
+            let authentic = match &auth {
+                Auth::Signed(_) => None,
+                Auth::Session { live, seq, .. } => {
+                    let mac = headers.get(HEADER_ANSWER_MAC).and_then(|v| v.to_str().ok());
+                    Some(check_answer(&live.key, *seq, status.as_u16(), &body, mac))
+                }
+            };
+            if let Auth::Session { live, .. } = &auth {
+                if status == reqwest::StatusCode::UNAUTHORIZED && session_expired(&body) {
+                    self.drop_session(live).await;
+                    if attempt == 0 {
+                        tracing::debug!(machine = %self.key.machine_id(), "session ended at the cloud; opening a new one");
+                        continue;
+                    }
+                }
+            }
+            return Ok(Answer { status, headers, body, authentic });
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    /// Forgets `live` if it is still the current session.
+    async fn drop_session(&self, live: &Arc<Live>) {
+        let mut st = self.state.lock().await;
+        if st.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            st.live = None;
+        }
+    }
+
+    async fn authorize(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Auth, String> {
+        let now = Instant::now();
+        let live = {
+            // Held across the open so concurrent requests wait for one open instead of racing.
+            let mut st = self.state.lock().await;
+            match &st.live {
+                Some(l) if l.renew_at > now => Some(l.clone()),
+                _ if st.quiet_until.is_some_and(|q| q > now) => None,
+                _ => match self.open(client, base).await {
+                    Ok(l) => {
+                        st.quiet_until = None;
+                        st.live = Some(l.clone());
+                        Some(l)
+                    }
+                    Err((why, unsupported)) => {
+                        tracing::info!(machine = %self.key.machine_id(), reason = %why,
+                            "no session with the cloud; signing requests with the machine key for now");
+                        st.live = None;
+                        st.quiet_until =
+                            Some(now + if unsupported { RETRY_OPEN_UNSUPPORTED } else { RETRY_OPEN });
+                        None
+                    }
+                },
+            }
+        };
+        let unix = chrono::Utc::now().timestamp();
+        match live {
+            Some(live) => {
+                let seq = live.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                let h = mac_request(
+                    &live.key,
+                    self.key.machine_id(),
+                    &live.ticket,
+                    seq,
+                    method,
+                    path,
+                    body,
+                    unix,
+                );
+                Ok(Auth::Session { live, seq, pairs: h.to_pairs() })
+            }
+            None => {
+                // An RSA private-key operation: off the async workers.
+                let (key, method, path, body) =
+                    (self.key.clone(), method.to_string(), path.to_string(), body.to_vec());
+                let sig = tokio::task::spawn_blocking(move || {
+                    sign_request(&key, &method, &path, &body, chrono::Utc::now())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot sign: {e}"))?;
+                Ok(Auth::Signed(sig.to_pairs()))
+            }
+        }
+    }
+
+    /// Challenge, then open. The error says whether the peer lacks the endpoints altogether.
+    async fn open(&self, client: &reqwest::Client, base: &str) -> Result<Arc<Live>, (String, bool)> {
+        let resp = client
+            .get(format!("{base}/v1/machine-session/challenge"))
+            .timeout(OPEN_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| (crate::error_chain(&e), false))?;
+        if matches!(resp.status(), reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED) {
+            return Err((format!("{} has no session endpoint ({})", base, resp.status()), true));
+        }
+        if !resp.status().is_success() {
+            return Err((format!("challenge answered {}", resp.status()), false));
+        }
+        let challenge: ChallengeAnswer = resp.json().await.map_err(|e| (e.to_string(), false))?;
+        let (key, cloud) = (self.key.clone(), self.cloud.clone());
+        let (req, session) =
+            tokio::task::spawn_blocking(move || open_request(&key, &cloud, &challenge.challenge))
+                .await
+                .map_err(|e| (e.to_string(), false))?
+                .map_err(|e| (e.to_string(), false))?;
+        let started = Instant::now();
+        let resp = client
+            .post(format!("{base}/v1/machine-session"))
+            .timeout(OPEN_TIMEOUT)
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| (crate::error_chain(&e), false))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err((
+                format!("opening answered {status}: {}", text.chars().take(200).collect::<String>()),
+                false,
+            ));
+        }
+        let answer: OpenAnswer = resp.json().await.map_err(|e| (e.to_string(), false))?;
+        if !check_opened(&session, &answer) {
+            return Err((
+                "the session answer is not from the cloud this machine enrolled with".into(),
+                false,
+            ));
+        }
+        let lifetime = Duration::from_secs(answer.lifetime_secs);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        // Once per lifetime (an hour): worth a line, it says the cheap path is in use.
+        tracing::info!(machine = %self.key.machine_id(), lifetime_secs = answer.lifetime_secs, "machine session with the cloud opened");
+        Ok(Arc::new(Live {
+            ticket: answer.ticket,
+            key: session,
+            renew_at: started + lifetime.mul_f64(self.renew_at),
+            seq: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// Whether an answer body is the cloud's "open a new session" verdict.
+pub fn session_expired(body: &[u8]) -> bool {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(|t| serde_json::from_str::<ApiError>(t).ok())
+        .is_some_and(|e| e.code == Some(RefusalCode::SessionExpired))
+}
