@@ -1,6 +1,8 @@
 //! Load generator: N simulated hubs against a real cloud (and optionally a connector), each with a
-//! real RSA-3072 machine key, enrolled with its own one-time token, signing every request like a
-//! hub. Each hub posts a signed gzip batch at a set rate with strictly rising seqs and holds a
+//! real RSA-3072 machine key, enrolled with its own one-time token, authenticating like a hub:
+//! straight to the cloud in a machine session (one RSA login, then an HMAC per request; `--signed`
+//! signs every request instead, as hubs did before sessions), through a connector with a signature
+//! per request. Each hub posts a gzip batch at a set rate with strictly rising seqs and holds a
 //! command long-poll open, directly or through a connector; optionally it first sends a backlog
 //! (the catch-up after an outage) as fast as it is acknowledged. Every simulated hub sends from a
 //! loopback address of its own (127.x.y.z), as hubs on a network would, so the per-source limits
@@ -16,14 +18,15 @@
 //! about half a second to make).
 //!
 //! Run: `cargo bench --bench loadgen -- --hubs 1000 [--per-minute 50] [--batches-per-minute 1]
-//!       [--minutes 2] [--via-connector] [--backlog 5000] [--cloud-config 'key = value']`
+//!       [--minutes 2] [--via-connector] [--backlog 5000] [--signed] [--postgres]
+//!       [--cloud-config 'key = value']`
 //! (`--keys-only` makes the keys of `--hubs` hubs and stops.)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use outpost_shared::keys::{sign_request, KeyPair};
+use outpost_shared::keys::{sign_request, KeyPair, SessionClient};
 use outpost_shared::model::{Batch, Reading, Role, Sample, State, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,6 +51,11 @@ struct Args {
     cloud_config: String,
     /// Only make the keys (ahead of a run), then stop.
     keys_only: bool,
+    /// Sign every request with the hub's key, as hubs did before machine sessions (straight to
+    /// the cloud a real hub logs in once and then MACs each request).
+    signed: bool,
+    /// Run the cloud on a throwaway PostgreSQL server (unix socket, this machine) instead of sled.
+    postgres: bool,
 }
 
 impl Args {
@@ -61,6 +69,8 @@ impl Args {
             backlog: 0,
             cloud_config: String::new(),
             keys_only: false,
+            signed: false,
+            postgres: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -75,6 +85,8 @@ impl Args {
                 "--minutes" => a.minutes = value("--minutes").parse().expect("--minutes X"),
                 "--via-connector" => a.via_connector = true,
                 "--keys-only" => a.keys_only = true,
+                "--signed" => a.signed = true,
+                "--postgres" => a.postgres = true,
                 "--backlog" => a.backlog = value("--backlog").parse().expect("--backlog N"),
                 "--cloud-config" => {
                     a.cloud_config.push_str(&value("--cloud-config"));
@@ -190,7 +202,13 @@ struct Hub {
     client: reqwest::Client,
     /// Where it sends: the cloud, or the connector's LAN API.
     base: String,
+    /// Its machine session with the cloud, straight to the cloud unless `--signed` (through a
+    /// connector hubs sign every request: the connector checks them).
+    session: Option<Arc<SessionClient>>,
 }
+
+/// An answer: status, Retry-After, body.
+type Answered = Result<(u16, Option<u64>, Vec<u8>), reqwest::Error>;
 
 impl Hub {
     fn batch(&self, seqs: std::ops::Range<u64>, ts: impl Fn(u64) -> chrono::DateTime<chrono::Utc>) -> Batch {
@@ -217,34 +235,61 @@ impl Hub {
 
     /// Sends one batch until it is acknowledged (a busy receiver's "retry later" is obeyed, a
     /// transport error retried after a second), or until `stop` for good. Returns whether it was.
+    /// One request as a real hub makes it: in its session, or signed with its key.
+    async fn send(&self, method: reqwest::Method, path: &str, json: &[u8], wire: Vec<u8>) -> Answered {
+        let gzipped = !wire.is_empty();
+        let decorate = |r: reqwest::RequestBuilder| {
+            if gzipped {
+                r.header("content-encoding", "gzip").header("content-type", "application/json")
+            } else {
+                r
+            }
+        };
+        if let Some(session) = &self.session {
+            return match session.send(&self.client, &self.base, method, path, json, wire, decorate).await {
+                Ok(a) => {
+                    let retry = a
+                        .headers
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    if a.status.is_success() && !a.trusted() {
+                        return Ok((599, None, b"answer without a valid session MAC".to_vec()));
+                    }
+                    Ok((a.status.as_u16(), retry, a.body))
+                }
+                // The session client says why in words; a transport failure of one request.
+                Err(_) => Ok((598, None, Vec::new())),
+            };
+        }
+        let sig = sign_request(&self.key, method.as_str(), path, json, chrono::Utc::now()).unwrap();
+        let mut req = decorate(self.client.request(method, format!("{}{path}", self.base)));
+        for (name, value) in sig.to_pairs() {
+            req = req.header(name, value);
+        }
+        let r = req.body(wire).send().await?;
+        let status = r.status().as_u16();
+        let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        Ok((status, retry, r.bytes().await?.to_vec()))
+    }
+
     async fn deliver(&self, batch: &Batch, stats: &Stats, stop: &AtomicBool) -> bool {
         let json = serde_json::to_vec(batch).unwrap();
         let body = outpost_shared::wire::gzip(&json);
         loop {
-            let sig = sign_request(&self.key, "POST", "/v1/batches", &json, chrono::Utc::now()).unwrap();
-            let mut req = self
-                .client
-                .post(format!("{}/v1/batches", self.base))
-                .header("content-encoding", "gzip")
-                .header("content-type", "application/json");
-            for (name, value) in sig.to_pairs() {
-                req = req.header(name, value);
-            }
             let sent = Instant::now();
-            let wait = match req.body(body.clone()).send().await {
-                Ok(r) if r.status().is_success() => {
+            let wait = match self.send(reqwest::Method::POST, "/v1/batches", &json, body.clone()).await {
+                Ok((status, _, _)) if (200..300).contains(&status) => {
                     stats.latencies.lock().unwrap().push(sent.elapsed().as_secs_f64() * 1000.0);
                     stats.acked_readings.fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
                     return true;
                 }
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let retry_after = r
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                Ok((598, _, _)) => {
+                    stats.error("session: transport error".into());
+                    Duration::from_secs(1)
+                }
+                Ok((status, retry_after, body)) => {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let verdict = v["verdict"].as_str().unwrap_or("-").to_string();
                     let code = v["code"].as_str().unwrap_or("-").to_string();
                     stats.error(format!("HTTP {status} verdict {verdict} code {code}"));
@@ -282,18 +327,12 @@ impl Hub {
         tokio::time::sleep(Duration::from_secs(25).mul_f64((self.index as f64 * 0.381_966_011_3).fract()))
             .await;
         while !stop.load(Ordering::Relaxed) {
-            let sig = sign_request(&self.key, "GET", path, b"", chrono::Utc::now()).unwrap();
-            let mut req = self.client.get(format!("{}{path}", self.base));
-            for (name, value) in sig.to_pairs() {
-                req = req.header(name, value);
-            }
-            match req.send().await {
-                Ok(r) if r.status().is_success() => {
-                    let _ = r.bytes().await;
+            match self.send(reqwest::Method::GET, path, b"", Vec::new()).await {
+                Ok((status, _, _)) if (200..300).contains(&status) => {
                     stats.polls_answered.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(r) => {
-                    stats.error(format!("poll: HTTP {}", r.status().as_u16()));
+                Ok((status, _, _)) => {
+                    stats.error(format!("poll: HTTP {status}"));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => {
@@ -376,8 +415,16 @@ fn main() {
         args.per_minute,
         args.batches_per_minute,
         args.minutes,
-        if args.via_connector { "through one connector" } else { "straight to the cloud" },
+        match (args.via_connector, args.signed) {
+            (true, _) => "through one connector, every request signed",
+            (false, true) => "straight to the cloud, every request signed",
+            (false, false) => "straight to the cloud in machine sessions",
+        },
         args.backlog
+    );
+    eprintln!(
+        "loadgen: cloud storage {}",
+        if args.postgres { "PostgreSQL (throwaway server)" } else { "sled" }
     );
     let keys = keys(args.hubs);
     if args.keys_only {
@@ -387,8 +434,13 @@ fn main() {
     // Room for the whole fleet on the listener: each hub holds a long-poll open and sends its
     // uploads, so connections and requests in flight grow with the fleet.
     let room = (args.hubs * 3).max(16_384);
+    // On PostgreSQL: a private server on a unix socket, kept until the end of the run.
+    let database = args.postgres.then(cloud_nodes::database);
+    // The engine's defaults otherwise (pool size, connection wait), as an operator would start.
+    let storage =
+        database.as_ref().map(|(_, url)| format!("[storage]\npostgres = \"{url}\"\n")).unwrap_or_default();
     let cloud_extra =
-        format!("[server]\nmax_connections = {room}\nmax_requests = {room}\n{}", args.cloud_config);
+        format!("[server]\nmax_connections = {room}\nmax_requests = {room}\n{}{storage}", args.cloud_config);
     let cloud = CloudProc::start_on(&dir.path().join("cloud"), free_port(), &cloud_extra);
     let connector = args.via_connector.then(|| ConnectorProc::start(&dir.path().join("conn"), &cloud, ""));
     enroll_all(&cloud, &keys);
@@ -398,6 +450,9 @@ fn main() {
         None => (cloud.url(), cloud.ca()),
     };
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let sessions = connector.is_none() && !args.signed;
+    let cloud_key =
+        outpost_shared::keys::KeyPair::load(&cloud.dir.join("data/cloud.key")).unwrap().public().clone();
     let hubs: Vec<Arc<Hub>> = keys
         .iter()
         .enumerate()
@@ -415,6 +470,7 @@ fn main() {
                 id: key.machine_id().to_string(),
                 client,
                 base: base.clone(),
+                session: sessions.then(|| Arc::new(SessionClient::new(key.clone(), cloud_key.clone()))),
             })
         })
         .collect();

@@ -627,4 +627,6 @@ async fn relay_settings_travel_in_the_signed_document_survive_sensor_edits_and_r
     let changes: Vec<&str> =
         history.as_array().unwrap().iter().map(|h| h["change"].as_str().unwrap()).collect();
     assert_eq!(changes, ["rolled back to v2", "relays: cleared 1/1", "added tcp.a", "relays: set 1/1"]);
+    let relays_of = |i: usize| history[i]["relays"].as_array().unwrap().len();
+    assert_eq!((relays_of(0), relays_of(1), relays_of(3)), (1, 0, 1), "each version shows its relays");
 }

@@ -312,7 +312,7 @@ function renderHistory(list) {
   $("mhistory").replaceChildren(...list.map((v) => h("tr", { class: "mversion", "data-version": v.version },
     h("td", {}, `v${v.version}`),
     h("td", {}, h("time", { datetime: v.at, title: dateTime(v.at) }, when(v.at))),
-    h("td", {}, v.change, h("div", { class: "muted" }, `by ${v.who} · ${v.sensors.length} sensors`)),
+    h("td", {}, v.change, h("div", { class: "muted" }, `by ${v.who} · ${v.sensors.length} sensors` + (v.relays.length ? ` · ${v.relays.length} relay settings` : ""))),
     h("td", {}, v.version === current ? h("span", { class: "muted" }, "newest") :
       h("button", { type: "button", class: "mrollback", "data-version": v.version, onclick: () => rollBack(v.version) }, "Roll back")))));
 }

@@ -99,6 +99,8 @@ pub struct HistoryEntry {
     pub who: String,
     pub change: String,
     pub sensors: Vec<serde_json::Value>,
+    /// The relay settings of that version (what a roll-back to it brings back).
+    pub relays: Vec<RelaySettings>,
 }
 
 /// The cloud's managed-sensor service: cheap to clone.
@@ -465,12 +467,13 @@ impl ManagedSensors {
         Ok(list
             .into_iter()
             .map(|v| {
-                let sensors = v
-                    .document
-                    .peek_unverified()
+                let doc = v.document.peek_unverified().ok();
+                let sensors = doc
+                    .as_ref()
                     .map(|d| d.sensors.iter().map(secrets::redacted).collect())
                     .unwrap_or_default();
-                HistoryEntry { version: v.version, at: v.at, who: v.who, change: v.change, sensors }
+                let relays = doc.map(|d| d.relays).unwrap_or_default();
+                HistoryEntry { version: v.version, at: v.at, who: v.who, change: v.change, sensors, relays }
             })
             .collect())
     }

@@ -964,9 +964,17 @@ async fn in_a_session_only_an_acknowledgement_with_the_clouds_mac_lets_readings_
     t.send(&mut b).await.unwrap();
     assert_eq!(t.session().unwrap().opened(), 1, "one login for many requests");
     assert_eq!(cloud.signed_requests.load(Ordering::SeqCst), 0, "no RSA signature per request");
-    for mode in [AckMac::Missing, AckMac::Wrong] {
+    for mode in [AckMac::Wrong, AckMac::Missing] {
         *cloud.mac.lock().unwrap() = mode;
         let r = t.send(&mut b).await;
         assert!(matches!(r, Err(SendError::Unreachable(_))), "not acknowledged, kept: {r:?}");
     }
+    // No MAC at all: something on the way drops the header (a proxy that passes only what it
+    // knows), so no session answer could ever be believed. The hub does not resend the batch for
+    // good: it signs its requests again, as before sessions, and the batch goes.
+    assert_eq!(cloud.signed_requests.load(Ordering::SeqCst), 0);
+    let ack = t.send(&mut b).await.expect("acknowledged on the signed path");
+    assert_eq!(ack.stored, 5);
+    assert_eq!(cloud.signed_requests.load(Ordering::SeqCst), 1, "signed, no longer in a session");
+    assert_eq!(t.session().unwrap().opened(), 1, "no new session in a loop");
 }

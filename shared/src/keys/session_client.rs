@@ -142,6 +142,15 @@ impl SessionClient {
                 }
             };
             if let Auth::Session { live, .. } = &auth {
+                if status.is_success() && !headers.contains_key(HEADER_ANSWER_MAC) {
+                    // Something between here and the cloud (a proxy that passes only the headers
+                    // it knows) drops the answer's MAC: no answer could ever be believed in a
+                    // session, and a hub would resend the same batch for good. This answer is not
+                    // believed; later requests are signed, as without sessions.
+                    self.give_up(live, RETRY_OPEN_UNSUPPORTED).await;
+                    tracing::warn!(machine = %self.key.machine_id(), header = HEADER_ANSWER_MAC,
+                        "answers arrive without their session MAC (does a proxy drop the header?); signing requests with the machine key instead");
+                }
                 if status == reqwest::StatusCode::UNAUTHORIZED && session_expired(&body) {
                     self.drop_session(live).await;
                     if attempt == 0 {
@@ -153,6 +162,15 @@ impl SessionClient {
             return Ok(Answer { status, headers, body, authentic });
         }
         unreachable!("the loop returns on its second pass")
+    }
+
+    /// Forgets `live` if it is still the current session, and opens none for `quiet`.
+    async fn give_up(&self, live: &Arc<Live>, quiet: Duration) {
+        let mut st = self.state.lock().await;
+        if st.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            st.live = None;
+            st.quiet_until = Some(Instant::now() + quiet);
+        }
     }
 
     /// Forgets `live` if it is still the current session.
