@@ -384,7 +384,12 @@ struct Watched {
 }
 
 /// Lets each process of the test raise its descriptor limit: the cloud holds two connections per
-/// directly attached hub, the generator as many.
+/// directly attached hub, the generator as many. (Windows has no such per-process limit to raise;
+/// the figures here come from Linux, where /proc is read.)
+#[cfg(not(unix))]
+fn raise_nofile() {}
+
+#[cfg(unix)]
 fn raise_nofile() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
@@ -435,7 +440,13 @@ fn main() {
     // uploads, so connections and requests in flight grow with the fleet.
     let room = (args.hubs * 3).max(16_384);
     // On PostgreSQL: a private server on a unix socket, kept until the end of the run.
+    #[cfg(unix)]
     let database = args.postgres.then(cloud_nodes::database);
+    #[cfg(not(unix))]
+    let database: Option<((), String)> = {
+        assert!(!args.postgres, "--postgres starts a throwaway server, which needs a unix machine");
+        None
+    };
     // The engine's defaults otherwise (pool size, connection wait), as an operator would start.
     let storage =
         database.as_ref().map(|(_, url)| format!("[storage]\npostgres = \"{url}\"\n")).unwrap_or_default();

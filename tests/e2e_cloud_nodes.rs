@@ -4,6 +4,7 @@
 //! database is crashed and restarted mid-load. Nothing acknowledged is lost, nothing is stored
 //! twice, and commands issued on the surviving node reach hubs that were polling the dead one.
 //! No PostgreSQL or no haproxy fails the test with what to install; it never skips.
+#![cfg(unix)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod browser;
+// The throwaway PostgreSQL server it starts is unix-only (a socket, a user to run as).
+#[cfg(unix)]
 pub mod cloud_nodes;
 pub mod console;
 pub mod ns_cloud;
