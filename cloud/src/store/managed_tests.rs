@@ -220,7 +220,18 @@ async fn sled_keeps_a_save_across_a_restart() {
         .unwrap();
         // Dropped without a clean close: what `save` returned for must be on disk.
     }
-    let store = super::sled::SledStore::open(dir.path()).unwrap();
+    // A restart is a new process after the old one has gone; here a background thread of the
+    // dropped handles may still hold sled's lock file for a moment, so the reopen waits for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match super::sled::SledStore::open(dir.path()) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
     let m = super::sled::managed::SledManaged::open(store.db(), store.flusher()).unwrap();
     assert_eq!(m.machine_sensors(M1).await.unwrap(), vec![tcp("db", 5432)]);
     assert_eq!(m.latest_version(M1).await.unwrap().unwrap().version, 1);
