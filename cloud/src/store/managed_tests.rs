@@ -226,7 +226,10 @@ async fn sled_keeps_a_save_across_a_restart() {
     let store = loop {
         match super::sled::SledStore::open(dir.path()) {
             Ok(s) => break s,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.to_string().contains("could not acquire lock") =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await
             }
             Err(e) => panic!("reopen: {e}"),
