@@ -159,7 +159,8 @@ fn main() {
     // on the disk the build lives on, not on a /tmp that may be tmpfs.
     let hub_exe = Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-bench-hub");
     std::fs::copy(env!("CARGO_BIN_EXE_outpost"), &hub_exe).unwrap();
-    let hub = outpost_from(&hub_exe, &["sensorhub", "--config", hub_cfg.to_str().unwrap()], &d.join("hub.log"));
+    let hub =
+        outpost_from(&hub_exe, &["sensorhub", "--config", hub_cfg.to_str().unwrap()], &d.join("hub.log"));
 
     // The peer: the packaged configuration, with its files in the bench's directory and a free
     // passive port (the packaged agent may be running as a service on 10050).

@@ -3,12 +3,18 @@
 //! Most of what a sensorhub holds in memory is not data but this binary's code: start-up touches
 //! key handling, config parsing, TLS set-up and much more, and the kernel keeps those pages (and
 //! their neighbours, which it maps in 64 KiB runs) resident long after they ran for the last time.
-//! Measured on a hub with 50 sensors: 6.2 MiB of code resident, 1.2 MiB of it used in a 30 s
-//! window. Once the hub has settled, we tell the kernel to drop the binary's clean file pages; the
-//! ones still in use come back on their next touch, from the page cache, at no cost worth naming.
+//! Once the hub has settled, we tell the kernel to drop the binary's clean file pages; the ones
+//! still in use come back on their next touch, from the page cache, at no cost worth naming.
 //! Nothing about the program's behaviour changes: these pages are read-only copies of the file.
+//!
+//! What it can and cannot do (measured, BENCHMARKS.md): the kernel leaves alone any page another
+//! process maps too (another Outpost role run from the same file keeps those pages resident for
+//! both), and from then on we ask for no read-ahead on the read-only data; recent kernels read
+//! ahead around executable code whatever we ask, so what the hub keeps touching comes back in
+//! 64–128 KiB runs. The log line says how much left residency for real, measured, not the size of
+//! the ranges asked about.
 
-// The only unsafe code in the binary: one madvise call per read-only mapping of the executable.
+// The only unsafe code in the binary: madvise calls on read-only mappings of the executable.
 #![allow(unsafe_code)]
 
 /// After `settle`, drops the executable's resident read-only pages (Linux; elsewhere nothing).
@@ -18,7 +24,11 @@ pub fn release_startup_code_after(settle: std::time::Duration) {
         let spawned = std::thread::Builder::new().name("footprint".into()).spawn(move || {
             std::thread::sleep(settle);
             match release_code_pages() {
-                Ok(bytes) => tracing::debug!(bytes, "start-up code released"),
+                Ok((before, after)) => tracing::debug!(
+                    resident_kib_before = before,
+                    resident_kib_after = after,
+                    "start-up code released"
+                ),
                 Err(e) => tracing::debug!(error = %e, "cannot release start-up code"),
             }
         });
@@ -30,16 +40,15 @@ pub fn release_startup_code_after(settle: std::time::Duration) {
     let _ = settle;
 }
 
+/// Resident KiB of the executable's mappings, before and after.
 #[cfg(target_os = "linux")]
-fn release_code_pages() -> std::io::Result<usize> {
+fn release_code_pages() -> std::io::Result<(u64, u64)> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let exe = exe.to_string_lossy();
+    let before = resident_kib(&exe)?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let mut released = 0;
     for line in maps.lines() {
-        // start-end perms offset dev inode path
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [range, perms, _, _, _, path] = fields[..] else { continue };
+        let Some((range, perms, path)) = mapping(line) else { continue };
         if path != exe || perms.contains('w') {
             continue;
         }
@@ -47,14 +56,59 @@ fn release_code_pages() -> std::io::Result<usize> {
         let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
             continue;
         };
+        let (addr, len) = (start as *mut libc::c_void, end - start);
         // SAFETY: the range is a whole mapping of our own executable that is not writable, as the
         // kernel listed it a moment ago; mappings of the executable are never unmapped while it
-        // runs. MADV_PAGEOUT only reclaims pages: file pages are read back from the file on the
-        // next access, contents and validity of the memory never change.
-        let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
-        if rc == 0 {
-            released += end - start;
+        // runs. MADV_RANDOM only stops read-ahead, MADV_PAGEOUT only reclaims pages: file pages
+        // are read back from the file on the next access, contents and validity never change.
+        // Either may fail (an old kernel without MADV_PAGEOUT): then less is released, no harm.
+        unsafe {
+            libc::madvise(addr, len, libc::MADV_RANDOM);
+            libc::madvise(addr, len, libc::MADV_PAGEOUT);
         }
     }
-    Ok(released)
+    Ok((before, resident_kib(&exe)?))
+}
+
+/// "start-end perms offset dev inode path" → (range, perms, path), for mappings of a file.
+#[cfg(target_os = "linux")]
+fn mapping(line: &str) -> Option<(&str, &str, &str)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [range, perms, _, _, _, path] = fields[..] else { return None };
+    Some((range, perms, path))
+}
+
+/// Resident KiB of the mappings of `exe`, from `/proc/self/smaps`.
+#[cfg(target_os = "linux")]
+fn resident_kib(exe: &str) -> std::io::Result<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let (mut ours, mut kib) = (false, 0);
+    for line in smaps.lines() {
+        if let Some(rest) = line.strip_prefix("Rss:") {
+            if ours {
+                kib += rest.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+            }
+        } else if line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+            ours = mapping(line).is_some_and(|(_, _, path)| path == exe);
+        }
+    }
+    Ok(kib)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executable_is_found_resident_and_released_without_harm() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let before = resident_kib(&exe.to_string_lossy()).unwrap();
+        assert!(before > 0, "a running test binary has some of its code resident");
+        let (_, after) = release_code_pages().unwrap();
+        eprintln!("resident code: {before} KiB, then {after} KiB");
+        // The code still runs after its pages were handed back, and this very function is back.
+        assert!(resident_kib(&exe.to_string_lossy()).unwrap() > 0);
+        // Only this process maps the test binary, so the kernel has no reason to keep its pages.
+        assert!(after < before, "pages handed back: {before} → {after} KiB");
+    }
 }
