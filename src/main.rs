@@ -429,6 +429,7 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             runtime()?.block_on(as_service(outpost_cloud::run(*config, shutdown)))?;
         }
         RoleConfig::Sensorhub(config) => {
+            footprint::one_malloc_arena();
             // By then sensors, uplink and command channel have all run once.
             footprint::release_startup_code_after(std::time::Duration::from_secs(30));
             let rt = hub_runtime()?;
