@@ -208,7 +208,31 @@ struct Hub {
 }
 
 /// An answer: status, Retry-After, body.
-type Answered = Result<(u16, Option<u64>, Vec<u8>), reqwest::Error>;
+type Answered = Result<(u16, Option<u64>, Vec<u8>), NoAnswer>;
+
+/// Why a request got no answer a hub could act on.
+enum NoAnswer {
+    /// The signed path's transport failed.
+    Transport(reqwest::Error),
+    /// The session client's request failed (it says why in words).
+    Session(String),
+    /// A success answer in a session without a valid MAC: not believed, the batch is kept.
+    Unbelieved,
+}
+
+impl NoAnswer {
+    /// What the run's error tally counts it as.
+    fn kind(&self) -> String {
+        match self {
+            NoAnswer::Transport(e) if e.is_timeout() => "timeout error".into(),
+            NoAnswer::Transport(e) if e.is_connect() => "connect error".into(),
+            NoAnswer::Transport(_) => "transport error".into(),
+            NoAnswer::Session(why) if why.contains("timed out") => "session: timeout error".into(),
+            NoAnswer::Session(_) => "session: transport error".into(),
+            NoAnswer::Unbelieved => "answer without a valid session MAC".into(),
+        }
+    }
+}
 
 impl Hub {
     fn batch(&self, seqs: std::ops::Range<u64>, ts: impl Fn(u64) -> chrono::DateTime<chrono::Utc>) -> Batch {
@@ -233,8 +257,6 @@ impl Hub {
         }
     }
 
-    /// Sends one batch until it is acknowledged (a busy receiver's "retry later" is obeyed, a
-    /// transport error retried after a second), or until `stop` for good. Returns whether it was.
     /// One request as a real hub makes it: in its session, or signed with its key.
     async fn send(&self, method: reqwest::Method, path: &str, json: &[u8], wire: Vec<u8>) -> Answered {
         let gzipped = !wire.is_empty();
@@ -254,12 +276,11 @@ impl Hub {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     if a.status.is_success() && !a.trusted() {
-                        return Ok((599, None, b"answer without a valid session MAC".to_vec()));
+                        return Err(NoAnswer::Unbelieved);
                     }
                     Ok((a.status.as_u16(), retry, a.body))
                 }
-                // The session client says why in words; a transport failure of one request.
-                Err(_) => Ok((598, None, Vec::new())),
+                Err(why) => Err(NoAnswer::Session(why)),
             };
         }
         let sig = sign_request(&self.key, method.as_str(), path, json, chrono::Utc::now()).unwrap();
@@ -267,12 +288,14 @@ impl Hub {
         for (name, value) in sig.to_pairs() {
             req = req.header(name, value);
         }
-        let r = req.body(wire).send().await?;
+        let r = req.body(wire).send().await.map_err(NoAnswer::Transport)?;
         let status = r.status().as_u16();
         let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        Ok((status, retry, r.bytes().await?.to_vec()))
+        Ok((status, retry, r.bytes().await.map_err(NoAnswer::Transport)?.to_vec()))
     }
 
+    /// Sends one batch until it is acknowledged (a busy receiver's "retry later" is obeyed, a
+    /// transport error retried after a second), or until `stop` for good. Returns whether it was.
     async fn deliver(&self, batch: &Batch, stats: &Stats, stop: &AtomicBool) -> bool {
         let json = serde_json::to_vec(batch).unwrap();
         let body = outpost_shared::wire::gzip(&json);
@@ -283,10 +306,6 @@ impl Hub {
                     stats.latencies.lock().unwrap().push(sent.elapsed().as_secs_f64() * 1000.0);
                     stats.acked_readings.fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
                     return true;
-                }
-                Ok((598, _, _)) => {
-                    stats.error("session: transport error".into());
-                    Duration::from_secs(1)
                 }
                 Ok((status, retry_after, body)) => {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -301,14 +320,7 @@ impl Hub {
                     Duration::from_secs(retry_after.unwrap_or(1).max(1))
                 }
                 Err(e) => {
-                    let kind = if e.is_timeout() {
-                        "timeout"
-                    } else if e.is_connect() {
-                        "connect"
-                    } else {
-                        "transport"
-                    };
-                    stats.error(format!("{kind} error"));
+                    stats.error(e.kind());
                     Duration::from_secs(1)
                 }
             };
@@ -336,10 +348,7 @@ impl Hub {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => {
-                    stats.error(format!(
-                        "poll: {}",
-                        if e.is_timeout() { "timeout" } else { "transport error" }
-                    ));
+                    stats.error(format!("poll: {}", e.kind()));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
