@@ -161,10 +161,18 @@ impl fmt::Debug for PublicKey {
 }
 
 /// A machine's own key pair. The private half never leaves this type except as the PKCS#8 file
-/// written by [`KeyPair::save_new`]; it is wiped from memory on drop (the `rsa` crate zeroizes it).
+/// written by [`KeyPair::save_new`]; the `rsa` crate's copy is wiped from memory on drop.
 #[derive(Clone)]
 pub struct KeyPair {
     private: rsa::PrivateKey,
+    /// The same private key prepared for ring, which signs: ring's RSA-3072 PSS signature takes
+    /// 1.7–2.5 ms where the `rsa` crate's constant-time big integers take 6–12 ms (measured on
+    /// 2 cores, AMD EPYC; `crypto_bench` in BENCHMARKS.md), and a signature is on the path of
+    /// every command and result. ring does
+    /// not zeroize its copy on drop; it lives as long as the process's identity anyway. `None`
+    /// for a key ring refuses (it wants a public exponent of at least 65537): such a key still
+    /// signs, with the `rsa` crate.
+    signer: Option<std::sync::Arc<ring::rsa::KeyPair>>,
     public: PublicKey,
 }
 
@@ -182,7 +190,12 @@ impl KeyPair {
 
     fn from_rsa(private: rsa::PrivateKey) -> Result<KeyPair, KeyError> {
         let public = PublicKey::from_rsa(private.to_public_key())?;
-        Ok(KeyPair { private, public })
+        let signer = private
+            .to_pkcs8_der()
+            .ok()
+            .and_then(|der| ring::rsa::KeyPair::from_pkcs8(der.as_bytes()).ok())
+            .map(std::sync::Arc::new);
+        Ok(KeyPair { private, signer, public })
     }
 
     /// Loads the key pair at `path`, or makes one and writes it there if the file does not exist.
@@ -267,6 +280,27 @@ impl KeyPair {
 
     /// RSA-PSS signature (SHA-256, 32-byte salt) over `message`.
     pub(crate) fn sign_pss(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match &self.signer {
+            Some(signer) => {
+                let mut signature = vec![0; signer.public().modulus_len()];
+                signer
+                    .sign(
+                        &ring::signature::RSA_PSS_SHA256,
+                        &ring::rand::SystemRandom::new(),
+                        message,
+                        &mut signature,
+                    )
+                    .map_err(|_| {
+                        KeyError::Rsa("ring could not sign (no randomness from the system?)".into())
+                    })?;
+                Ok(signature)
+            }
+            None => self.sign_pss_slow(message),
+        }
+    }
+
+    /// The `rsa` crate's signature: for keys ring refuses, and to check both agree.
+    fn sign_pss_slow(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         self.private.pss_sign::<sha2::Sha256>(message).map_err(|e| KeyError::Rsa(e.to_string()))
     }
 
@@ -336,4 +370,27 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_and_the_rsa_crate_make_signatures_the_other_side_accepts() {
+        let key = KeyPair::generate().unwrap();
+        assert!(key.signer.is_some(), "ring refused a key Outpost made");
+        let fast = key.sign_pss(b"switch relay 1").unwrap();
+        let slow = key.sign_pss_slow(b"switch relay 1").unwrap();
+        for signature in [&fast, &slow] {
+            assert_eq!(signature.len(), KEY_BITS / 8);
+            assert!(key.public().verify_pss(b"switch relay 1", signature));
+            assert!(!key.public().verify_pss(b"switch relay 2", signature));
+        }
+        // PSS is salted: the same message never gives the same signature twice.
+        assert_ne!(fast, key.sign_pss(b"switch relay 1").unwrap());
+        // A key ring would refuse still signs, with the rsa crate.
+        let fallback = KeyPair { signer: None, ..key.clone() };
+        assert!(key.public().verify_pss(b"x", &fallback.sign_pss(b"x").unwrap()));
+    }
 }
