@@ -3,7 +3,8 @@
 //! the connector → status `done` visible on the API. Prints p50/p99 over 200 commands. Then the
 //! same for relay switching: `POST /v1/machines/{id}/relays/1/1` → the simulated card (on a real
 //! pseudo-terminal, answering with 19200-baud timing) switches → the state read back from the card
-//! is shown by the API (`relay.1.k1`). Prints p50/p99 over 100 switches.
+//! is shown by the API (`relay.1.k1`). Prints p50/p99 over 100 switches, both until the hub's
+//! result is stored and until the state read back is shown.
 //! Run: `cargo bench --bench command_roundtrip`
 
 use std::time::{Duration, Instant};
@@ -111,14 +112,7 @@ async fn main() {
             &admin,
         )
         .await;
-        let id = r["command_id"].as_str().unwrap().to_string();
-        poll(
-            &format!("command {id} done"),
-            t,
-            || admin_api(api.get(format!("{base}/v1/commands/{id}")), &admin),
-            |s| s["status"] == "done",
-        )
-        .await;
+        until_done(&api, &base, &admin, &r, t).await;
         if i >= 20 {
             times.push(t.elapsed());
         }
@@ -129,15 +123,18 @@ async fn main() {
     );
 
     let mut times = Vec::new();
+    let mut done_times = Vec::new();
     for i in 0..110 {
         let on = i % 2 == 0;
         let t = Instant::now();
-        admin_api(
+        let r = admin_api(
             api.post(format!("{base}/v1/machines/{}/relays/1/1", hub.machine_id))
                 .json(&serde_json::json!({"on": on})),
             &admin,
         )
         .await;
+        until_done(&api, &base, &admin, &r, t).await;
+        let done = t.elapsed();
         poll(
             &format!("relay shown {on}"),
             t,
@@ -147,8 +144,10 @@ async fn main() {
         .await;
         if i >= 10 {
             times.push(t.elapsed());
+            done_times.push(done);
         }
     }
+    report("relay switch through a connector, until the hub's result is stored (API → signed command → hub → card → signed result → API)", done_times);
     report(
         "relay switch through a connector (API → signed command → hub → card on a 19200-baud pty → read-back reading → API)",
         times,
@@ -177,6 +176,18 @@ async fn admin_api(req: reqwest::RequestBuilder, admin: &str) -> serde_json::Val
     let r = req.bearer_auth(admin).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     r.json().await.unwrap()
+}
+
+/// Waits until the command `created` (the API's answer when it was issued) shows `done`.
+async fn until_done(api: &reqwest::Client, base: &str, admin: &str, created: &serde_json::Value, t: Instant) {
+    let id = created["command_id"].as_str().unwrap();
+    poll(
+        &format!("command {id} done"),
+        t,
+        || admin_api(api.get(format!("{base}/v1/commands/{id}")), admin),
+        |s| s["status"] == "done",
+    )
+    .await;
 }
 
 /// Asks `get` again every millisecond until `done` holds for its answer (10 s at most from `t`).

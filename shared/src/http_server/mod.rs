@@ -99,7 +99,13 @@ pub async fn serve_tls(
     let mut server =
         axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
             .handle(handle)
-            .map(|tls| accept::Capped::new(tls.handshake_timeout(handshake), cap, first_byte));
+            // No Nagle: HTTP/2 writes a response as several small frames, and a frame held back
+            // for the peer's delayed ACK cost a command 40 ms on its way to the hub.
+            .map(|tls| {
+                let tls =
+                    tls.handshake_timeout(handshake).acceptor(axum_server::accept::NoDelayAcceptor::new());
+                accept::Capped::new(tls, cap, first_byte)
+            });
     let builder = server.http_builder();
     builder
         .http1()
