@@ -389,14 +389,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 const HUB_STALL_EXIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The sensorhub's runtime, sized for an agent that should go unnoticed on the machine it watches:
-/// two workers, and blocking threads (sensor reads, buffer writes) that end soon after a sampling
-/// round instead of idling with their stacks for ten seconds. The cap is generous on purpose: a
-/// sensor stuck in the kernel (a dead network mount) holds its thread, and the rest must go on.
+/// two workers, and blocking threads (sensor reads, buffer writes) kept between sampling rounds: a
+/// keep-alive of one second made the hub start and end about ten threads a minute, which cost more
+/// CPU than their idle stacks cost memory. The cap is generous on purpose: a sensor stuck in the
+/// kernel (a dead network mount) holds its thread, and the rest must go on.
 fn hub_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(32)
-        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .thread_keep_alive(std::time::Duration::from_secs(120))
         .enable_all()
         .build()
         .context("cannot start the async runtime")
