@@ -116,13 +116,27 @@ mod tests {
     #[test]
     fn the_executable_is_found_resident_and_released_without_harm() {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        // Once, run right after a clean build with another build beside it, nothing was released
+        // (876 → 876 KiB). Pages the kernel cannot reclaim yet are the likely cause, not proven:
+        // a binary fresh from the linker has dirty pages (an installed one never has), and pages
+        // faulted in a moment ago may not be on the kernel's page lists yet. So the binary is
+        // written back first, and the release gets a few tries.
+        std::fs::File::open(&exe).unwrap().sync_all().unwrap();
         let before = resident_kib(&exe.to_string_lossy()).unwrap();
         assert!(before > 0, "a running test binary has some of its code resident");
-        let (_, after) = release_code_pages().unwrap();
-        eprintln!("resident code: {before} KiB, then {after} KiB");
+        let mut tries = Vec::new();
+        for _ in 0..5 {
+            let (_, after) = release_code_pages().unwrap();
+            tries.push(after);
+            if after < before {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        eprintln!("resident code: {before} KiB, then {tries:?} KiB");
         // The code still runs after its pages were handed back, and this very function is back.
         assert!(resident_kib(&exe.to_string_lossy()).unwrap() > 0);
         // Only this process maps the test binary, so the kernel has no reason to keep its pages.
-        assert!(after < before, "pages handed back: {before} → {after} KiB");
+        assert!(tries.iter().any(|&after| after < before), "pages handed back: {before} → {tries:?} KiB");
     }
 }
