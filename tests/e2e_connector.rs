@@ -10,7 +10,7 @@ mod netns;
 
 use common::ns_cloud::{self, NsCloud};
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,36 @@ fn a_hub_falls_back_to_direct_when_its_connector_dies_and_returns_when_it_is_bac
     wait_all_via(&cloud, &hubs, &via, None, "the hub switches back to the connector");
     eprintln!("connector back: hub sends through it again after {:.1?} (reprobe_every = 2s)", back.elapsed());
 
+    stop_hubs_and_check_all_arrived_once(&cloud, hubs);
+}
+
+#[test]
+fn a_hub_behind_a_connector_answers_commands_in_its_own_session_with_the_cloud() {
+    // The connector relays the hub's login and its MAC'd result unchanged (it can read or make
+    // neither); the hub's poll and its batches, which the connector checks itself, stay signed.
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"));
+    let conn = ConnectorProc::start(&dir.path().join("conn"), &cloud, "");
+    let via = conn.path();
+    let hubs = start_hubs(dir.path(), &cloud, 1, &conn.hub_uplink());
+    let id = hubs[0].2.clone();
+    wait_all_via(&cloud, &hubs, &via, None, "the hub sends through the connector");
+    for _ in 0..3 {
+        let (status, created) =
+            cloud.api_post(&format!("/v1/machines/{id}/commands"), json!({"action": "ping"}));
+        assert_eq!(status, 201, "{created}");
+        let cmd = created["command_id"].as_str().unwrap().to_string();
+        wait_until(Duration::from_secs(20), "the ping is answered through the connector", || {
+            cloud.api(&format!("/v1/commands/{cmd}"))["status"] == "done"
+        });
+    }
+    let log = hubs[0].1.log_text();
+    // (Before the hub knew its connector it polled the cloud directly, in a session of that path.)
+    let through = format!("through={}", conn.url());
+    let relayed =
+        log.lines().filter(|l| l.contains("machine session with the cloud opened") && l.contains(&through));
+    assert_eq!(relayed.count(), 1, "one session, opened through the connector, served every result:\n{log}");
+    assert!(!log.contains("cannot report a command result"), "{log}");
     stop_hubs_and_check_all_arrived_once(&cloud, hubs);
 }
 

@@ -242,6 +242,17 @@ impl Commands {
         signed: &Signed<CommandResult>,
     ) -> Result<CommandRecord, ResultRefused> {
         let result = signed.verify(signer_key).map_err(|e| ResultRefused::BadSignature(e.to_string()))?;
+        self.finish_authenticated(signer, &result).await
+    }
+
+    /// Records a result whose request already proved it comes from `signer`: one that arrived in
+    /// `signer`'s machine session, under a MAC only that machine and the cloud can make (end to
+    /// end, also when a connector relayed it). A second result for a finished command is ignored.
+    pub async fn finish_authenticated(
+        &self,
+        signer: &str,
+        result: &CommandResult,
+    ) -> Result<CommandRecord, ResultRefused> {
         if result.machine_id.as_str() != signer {
             return Err(ResultRefused::WrongMachine);
         }

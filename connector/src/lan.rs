@@ -53,10 +53,19 @@ pub(crate) fn serve(
     // signed) travel end to end, so the connector is only a pipe for these.
     let enrollment = Router::new()
         .route("/v1/enroll", post(enroll))
+        .route_layer(middleware::from_fn_with_state(enroll_limit.clone(), rate::limit));
+    // A hub's login to its machine session with the cloud, relayed: the session key inside is
+    // sealed to the cloud's key and the request signed by the hub, so the connector can neither
+    // read nor make one. Each opening costs the cloud a private-key operation, hence the
+    // enrollment's limit per source.
+    let sessions = Router::new()
+        .route("/v1/machine-session/challenge", get(proxy))
+        .route("/v1/machine-session", post(proxy))
         .route_layer(middleware::from_fn_with_state(enroll_limit, rate::limit));
     let app = Router::new()
         .merge(public)
         .merge(enrollment)
+        .merge(sessions)
         // Unsigned batches are turned away on their headers alone, before a byte of the body is
         // read or inflated.
         .route("/v1/batches", post(intake).route_layer(middleware::from_fn(signature_headers_first)))
@@ -429,10 +438,15 @@ async fn proxy(
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut req = client.request(method, format!("{base}{path}")).timeout(Duration::from_secs(40));
+    // The hub's credentials go through as they are: its signature, or its session ticket,
+    // sequence number and MAC, which only the cloud can check.
     for name in [
         outpost_shared::keys::HEADER_MACHINE,
         outpost_shared::keys::HEADER_TIMESTAMP,
         outpost_shared::keys::HEADER_SIGNATURE,
+        outpost_shared::keys::session::HEADER_SESSION,
+        outpost_shared::keys::session::HEADER_SEQ,
+        outpost_shared::keys::session::HEADER_MAC,
         header::CONTENT_TYPE.as_str(),
     ] {
         if let Some(v) = headers.get(name) {
@@ -442,8 +456,14 @@ async fn proxy(
     match req.body(body).send().await {
         Ok(r) => {
             let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            // And the cloud's MAC over its answer back, so the hub can tell the cloud's word.
+            let answer_mac = r.headers().get(outpost_shared::keys::session::HEADER_ANSWER_MAC).cloned();
             let bytes = r.bytes().await.unwrap_or_default();
-            (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+            let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+            if let Some(mac) = answer_mac {
+                resp.headers_mut().insert(outpost_shared::keys::session::HEADER_ANSWER_MAC, mac);
+            }
+            resp
         }
         Err(e) => err(StatusCode::BAD_GATEWAY, format!("cloud unreachable from the connector: {e}")),
     }

@@ -32,6 +32,11 @@ const MAILBOX_TTL: Duration = Duration::from_secs(60);
 /// Most envelopes kept per hub, and hubs with a mailbox: bounded whatever the cloud sends.
 const MAILBOX_PER_HUB: usize = 64;
 const MAILBOXES: usize = 10_000;
+/// A hub that just got commands is asked for upstream again at once, for this long, although its
+/// next poll has not arrived yet: it comes back as soon as it has answered, and a command issued
+/// meanwhile (the next relay switch of an operator) then waits in its mailbox instead of for the
+/// hub's next poll and a new upstream request.
+const RECENT: Duration = Duration::from_secs(5);
 
 /// What a waiting hub poll gets.
 pub(crate) enum Delivery {
@@ -48,6 +53,8 @@ struct Inner {
     covered: HashSet<String>,
     /// Envelopes that found no open poll, with when they arrived.
     mailbox: HashMap<String, (Instant, Vec<Signed<CommandEnvelope>>)>,
+    /// Hubs that got commands, with when (see [`RECENT`]); at most [`MAILBOXES`].
+    recent: HashMap<String, Instant>,
 }
 
 #[derive(Default)]
@@ -96,8 +103,14 @@ impl Polls {
             senders.retain(|s| !s.is_closed());
             !senders.is_empty()
         });
-        let fresh: Vec<String> =
-            inner.waiting.keys().filter(|h| !inner.covered.contains(*h)).cloned().collect();
+        inner.recent.retain(|_, at| at.elapsed() < RECENT);
+        let fresh: Vec<String> = inner
+            .waiting
+            .keys()
+            .chain(inner.recent.keys().filter(|h| !inner.waiting.contains_key(*h)))
+            .filter(|h| !inner.covered.contains(*h))
+            .cloned()
+            .collect();
         inner.covered.extend(fresh.iter().cloned());
         fresh
     }
@@ -115,6 +128,9 @@ impl Polls {
             }
         }
         for (hub, mut list) in answer.commands {
+            if inner.recent.len() < MAILBOXES || inner.recent.contains_key(&hub) {
+                inner.recent.insert(hub.clone(), Instant::now());
+            }
             // The first open poll takes it; a poll that just timed out hands it back.
             let mut senders = inner.waiting.remove(&hub).unwrap_or_default();
             while let Some(s) = senders.pop() {
@@ -274,6 +290,40 @@ mod tests {
         assert!(matches!(_b.await, Ok(Delivery::Refused)));
         // Delivered hubs are uncovered: a is still waiting, so it is asked for again.
         assert_eq!(polls.take_uncovered(), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_just_got_a_command_is_asked_for_again_before_its_next_poll() {
+        let polls = Polls::default();
+        let first = polls.wait("a");
+        let _idle = polls.wait("b");
+        let mut asked = polls.take_uncovered();
+        asked.sort();
+        let answer = PollManyAnswer {
+            commands: [("a".to_string(), vec![envelope(4)])].into_iter().collect(),
+            refused: vec![],
+        };
+        polls.deliver(&asked, Some(answer));
+        assert!(matches!(first.await, Ok(Delivery::Commands(_))));
+        // a has no poll open (it is running the command), yet it is covered again at once, so
+        // the next command finds an upstream request waiting for it.
+        let mut again = polls.take_uncovered();
+        again.sort();
+        assert_eq!(again, ["a", "b"]);
+        let next = envelope(5);
+        let answer = PollManyAnswer {
+            commands: [("a".to_string(), vec![next.clone()])].into_iter().collect(),
+            refused: vec![],
+        };
+        polls.deliver(&again, Some(answer));
+        match polls.wait("a").await {
+            Ok(Delivery::Commands(l)) => assert_eq!(l, vec![next]),
+            _ => panic!("the hub's next poll gets it from its mailbox at once"),
+        }
+        // A hub that got nothing lately and has no poll open is not asked for.
+        drop(_idle);
+        polls.lock().recent.clear();
+        assert!(polls.take_uncovered().is_empty());
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! runs it, and returns a result signed with the machine key. A refused command runs nothing and
 //! its refusal is reported back, so the cloud's audit trail shows it.
 
-use crate::uplink::PathTransport;
+use crate::uplink::{CommandPath, PathTransport};
 use chrono::Utc;
 use outpost_shared::backoff::Backoff;
 use outpost_shared::keys::{
@@ -69,7 +69,7 @@ pub async fn run(transport: Arc<PathTransport>, exec: Executor, shutdown: Cancel
             _ = shutdown.cancelled() => return,
             c = transport.current() => c,
         };
-        let Some((client, base, session)) = current else {
+        let Some(CommandPath { client, base, poll_session, result_session }) = current else {
             sleep_or_stop(&shutdown, Duration::from_secs(1)).await;
             if shutdown.is_cancelled() {
                 return;
@@ -78,14 +78,16 @@ pub async fn run(transport: Arc<PathTransport>, exec: Executor, shutdown: Cancel
         };
         let polled = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = poll(&client, &base, &path, &exec.key, session.as_deref()) => r,
+            r = poll(&client, &base, &path, &exec.key, poll_session.as_deref()) => r,
         };
         match polled {
             Ok(list) => {
                 backoff.reset();
                 for signed in list {
                     let Some(result) = exec.handle(&signed).await else { continue };
-                    if let Err(e) = report(&client, &base, &exec.key, &result, session.as_deref()).await {
+                    if let Err(e) =
+                        report(&client, &base, &exec.key, &result, result_session.as_deref()).await
+                    {
                         tracing::warn!(command = %result.command_id, error = %e, "cannot report a command result");
                     }
                 }
@@ -159,11 +161,21 @@ async fn report(
     result: &CommandResult,
     session: Option<&SessionClient>,
 ) -> Result<(), String> {
-    let signed = Signed::sign(key, result).map_err(|e| e.to_string())?;
-    let body = serde_json::to_vec(&signed).map_err(|e| e.to_string())?;
     if let Some(session) = session {
+        // In a session the result travels bare: the session MAC over the request proves who sent
+        // it, end to end (a connector only relays it), and spares an RSA signature per command.
+        // If no session can be had right now the request is signed, and so is the document.
+        let body = |in_session: bool| {
+            let json = if in_session {
+                serde_json::to_vec(result).map_err(|e| e.to_string())?
+            } else {
+                let signed = Signed::sign(key, result).map_err(|e| e.to_string())?;
+                serde_json::to_vec(&signed).map_err(|e| e.to_string())?
+            };
+            Ok((json.clone(), json))
+        };
         let answer = session
-            .send(client, base, reqwest::Method::POST, "/v1/commands/result", &body, body.clone(), |r| {
+            .send_with(client, base, reqwest::Method::POST, "/v1/commands/result", body, |r| {
                 r.header(reqwest::header::CONTENT_TYPE, "application/json")
             })
             .await?;
@@ -172,6 +184,8 @@ async fn report(
         }
         return Ok(());
     }
+    let signed = Signed::sign(key, result).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&signed).map_err(|e| e.to_string())?;
     let resp = signed_request(client, reqwest::Method::POST, base, "/v1/commands/result", &body, key)?
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)

@@ -152,6 +152,11 @@ pub(super) struct Signer {
 }
 
 impl Signer {
+    /// Whether the request came in a machine session (a MAC under the session key), not signed.
+    pub(super) fn in_session(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// The answer as it goes out: in a session, with [`HEADER_ANSWER_MAC`] over its sequence
     /// number, status and body, so the machine can tell the cloud's acknowledgement from any
     /// other (it deletes data only on one that checks).

@@ -34,6 +34,7 @@ crate::both_engines!(
     a_revoked_machines_live_session_is_refused_at_once,
     session_opening_needs_a_fresh_challenge_and_this_clouds_key,
     an_expired_session_is_reopened_and_the_batch_stored_exactly_once,
+    a_result_travels_bare_only_in_a_session_and_only_unaltered,
 );
 
 /// The API on `engines` (keys in `keep`'s directory), with one hub enrolled in network `net`.
@@ -953,6 +954,106 @@ async fn a_session_carries_batches_once_and_refuses_replays_and_forgeries(e: Eng
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let mac = headers.get(msession::HEADER_ANSWER_MAC).and_then(|v| v.to_str().ok());
     assert!(msession::check_answer(&key, 101, 200, &body, mac));
+}
+
+/// A command result request in `hub`'s session `t`, sequence `seq`, with `json` as its body.
+fn session_result(
+    hub: &outpost_shared::keys::KeyPair,
+    t: &OpenAnswer,
+    key: &SessionKey,
+    seq: u64,
+    json: &[u8],
+) -> Request<Body> {
+    let h = msession::mac_request(
+        key,
+        hub.machine_id(),
+        &t.ticket,
+        seq,
+        "POST",
+        "/v1/commands/result",
+        json,
+        chrono::Utc::now().timestamp(),
+    );
+    let mut r = Request::post("/v1/commands/result").header(header::CONTENT_TYPE, "application/json");
+    for (n, v) in h.to_pairs() {
+        r = r.header(n, v);
+    }
+    let mut r = r.body(Body::from(json.to_vec())).unwrap();
+    r.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
+    r
+}
+
+/// In its session a hub answers a command with the bare result (no RSA signature): the MAC is
+/// the proof. Outside a session a bare result is refused; a result altered on the way (what a
+/// connector relaying it could try), replayed, or naming another machine changes nothing.
+async fn a_result_travels_bare_only_in_a_session_and_only_unaltered(e: Engines, k: &Keep) {
+    use outpost_shared::keys::{CommandEnvelope, CommandResult, CommandStatus, Signed};
+    let s = setup(e, k, Default::default()).await;
+    let id = s.hub.machine_id().as_str().to_string();
+    let (status, v) = admin(
+        &s,
+        "POST",
+        &format!("/v1/machines/{id}/commands"),
+        Some(serde_json::json!({"action": "ping"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let command_id = v["command_id"].as_str().unwrap().to_string();
+    let (status, v) = machine(&s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let envelopes: Vec<Signed<CommandEnvelope>> = serde_json::from_value(v).unwrap();
+    let result = CommandResult {
+        command_id: command_id.clone(),
+        machine_id: s.hub.machine_id().clone(),
+        status: CommandStatus::Done,
+        output: serde_json::json!({"pong": true}),
+        finished_at: chrono::Utc::now(),
+        envelope: Some(envelopes[0].digest()),
+    };
+    let bare = serde_json::to_vec(&result).unwrap();
+    // Signed with the machine key but not in a session: a bare result is not enough.
+    let (status, v) = machine(&s, &s.hub, "POST", "/v1/commands/result", bare.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("only inside a machine session"), "{v}");
+    let status_of = |s: &Setup| {
+        let s = s.app.clone();
+        let command_id = command_id.clone();
+        async move {
+            let r = Request::get(format!("/v1/commands/{command_id}"))
+                .header(header::AUTHORIZATION, "Bearer admin")
+                .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
+                .body(Body::empty())
+                .unwrap();
+            ack(&s, r).await.2["status"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(status_of(&s).await, "delivered");
+
+    let cloud = s.state.trust.key().public().clone();
+    let (t, key) = open_session(&s.app, &s.hub, &cloud).await;
+    // Altered on the way: MAC over the hub's bytes, "failed" in its place.
+    let mut altered = result.clone();
+    altered.status = CommandStatus::Failed;
+    let mut req = session_result(&s.hub, &t, &key, 1, &bare);
+    *req.body_mut() = Body::from(serde_json::to_vec(&altered).unwrap());
+    let (status, _, body) = raw(&s.app, req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(status_of(&s).await, "delivered", "a forged result changed nothing");
+    // Naming another machine, in this hub's session: refused.
+    let mut elsewhere = result.clone();
+    elsewhere.machine_id = outpost_shared::keys::KeyPair::generate().unwrap().machine_id().clone();
+    let (status, _, _) =
+        raw(&s.app, session_result(&s.hub, &t, &key, 2, &serde_json::to_vec(&elsewhere).unwrap())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The real one: taken, with an authenticated answer.
+    let (status, headers, body) = raw(&s.app, session_result(&s.hub, &t, &key, 3, &bare)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let mac = headers.get(msession::HEADER_ANSWER_MAC).and_then(|v| v.to_str().ok());
+    assert!(msession::check_answer(&key, 3, 200, &body, mac));
+    assert_eq!(status_of(&s).await, "done");
+    // Replayed: refused by the session's window.
+    let (status, _, _) = raw(&s.app, session_result(&s.hub, &t, &key, 3, &bare)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
 }
 
 async fn a_revoked_machines_live_session_is_refused_at_once(e: Engines, k: &Keep) {

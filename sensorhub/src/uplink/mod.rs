@@ -15,7 +15,7 @@ mod tests;
 pub use config::UplinkConfig;
 pub use error::{SendError, UplinkError};
 pub use http::HttpTransport;
-pub use path::{PathTransport, REMEMBERED_FILE};
+pub use path::{CommandPath, PathTransport, REMEMBERED_FILE};
 
 use chrono::{DateTime, Utc};
 use outpost_shared::backoff::Backoff;

@@ -108,6 +108,16 @@ struct State {
 }
 
 /// A [`Transport`] that picks the path for every batch.
+/// How commands reach the hub right now, and how its requests for them are authenticated.
+pub struct CommandPath {
+    pub client: reqwest::Client,
+    pub base: String,
+    /// The session command polls go in (`None`: signed with the machine key).
+    pub poll_session: Option<Arc<outpost_shared::keys::SessionClient>>,
+    /// The session results go in (`None`: signed with the machine key).
+    pub result_session: Option<Arc<outpost_shared::keys::SessionClient>>,
+}
+
 pub struct PathTransport {
     cfg: UplinkConfig,
     key: Arc<KeyPair>,
@@ -118,6 +128,11 @@ pub struct PathTransport {
     pinned: std::sync::Mutex<HashMap<CertFingerprint, reqwest::Client>>,
     data_dir: PathBuf,
     direct: Option<HttpTransport>,
+    /// The machine session with the cloud for what a connector passes through unchanged (command
+    /// results): end to end, opened through the connector, which relays the login and the MACs
+    /// but can read or make neither. A session of its own, so a connector without the relay
+    /// (an older version) sends only this path back to signatures, never the direct one.
+    relayed: Arc<outpost_shared::keys::SessionClient>,
     remember: PathBuf,
     state: Mutex<State>,
     last_path: std::sync::Mutex<String>,
@@ -142,12 +157,15 @@ impl PathTransport {
         let session =
             Arc::new(outpost_shared::keys::SessionClient::new(key.clone(), enrollment.cloud_key.clone()));
         let direct = direct.map(|d| d.with_session(session));
+        let relayed =
+            Arc::new(outpost_shared::keys::SessionClient::new(key.clone(), enrollment.cloud_key.clone()));
         Arc::new_cyclic(|me| PathTransport {
             key,
             enrollment: std::sync::Mutex::new(enrollment),
             last_refresh: std::sync::Mutex::new(None),
             pinned: std::sync::Mutex::new(HashMap::new()),
             direct,
+            relayed,
             remember: data_dir.join(REMEMBERED_FILE),
             data_dir,
             state: Mutex::new(State {
@@ -322,17 +340,31 @@ impl PathTransport {
     }
 
     /// Where commands are fetched from right now: the path readings take.
-    pub async fn current(
-        &self,
-    ) -> Option<(reqwest::Client, String, Option<Arc<outpost_shared::keys::SessionClient>>)> {
+    pub async fn current(&self) -> Option<CommandPath> {
         let st = self.state.lock().await;
         match (st.mode, &st.connector, &self.direct) {
-            (Mode::Connector, Some(c), _) => Some((c.client().clone(), c.base().to_string(), None)),
-            (_, _, Some(d)) if st.mode == Mode::Direct || st.connector.is_none() => {
-                Some((d.client().clone(), d.base().to_string(), d.session().cloned()))
-            }
+            // The connector checks a hub's poll itself (against its network's keys) before it
+            // carries it upstream, so the poll is signed; the result goes through to the cloud
+            // unchanged, so it can travel in the hub's own session with the cloud.
+            (Mode::Connector, Some(c), _) => Some(CommandPath {
+                client: c.client().clone(),
+                base: c.base().to_string(),
+                poll_session: None,
+                result_session: Some(self.relayed.clone()),
+            }),
+            (_, _, Some(d)) if st.mode == Mode::Direct || st.connector.is_none() => Some(CommandPath {
+                client: d.client().clone(),
+                base: d.base().to_string(),
+                poll_session: d.session().cloned(),
+                result_session: d.session().cloned(),
+            }),
             _ => None,
         }
+    }
+
+    /// The session relayed through connectors (see the field), for tests and logs.
+    pub fn relayed_session(&self) -> &Arc<outpost_shared::keys::SessionClient> {
+        &self.relayed
     }
 
     async fn find_connector(&self, discover: bool) -> Option<HttpTransport> {

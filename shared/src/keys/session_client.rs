@@ -114,9 +114,27 @@ impl SessionClient {
         wire: Vec<u8>,
         decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<Answer, String> {
+        self.send_with(client, base, method, path, |_| Ok((signed.to_vec(), wire.clone())), decorate).await
+    }
+
+    /// [`SessionClient::send`] for a request whose body depends on how it is authenticated:
+    /// `body(in_session)` gives what the MAC or signature covers and what goes on the wire. A
+    /// command result, for one, travels bare in a session (the MAC proves its sender) and as a
+    /// signed document otherwise.
+    pub async fn send_with(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Fn(bool) -> Result<(Vec<u8>, Vec<u8>), String>,
+        decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, String> {
         let base = base.trim_end_matches('/');
         for attempt in 0..2 {
-            let auth = self.authorize(client, base, method.as_str(), path, signed).await?;
+            let live = self.live(client, base).await;
+            let (signed, wire) = body(live.is_some())?;
+            let auth = self.authorize(live, method.as_str(), path, &signed).await?;
             let mut req = decorate(client.request(method.clone(), format!("{base}{path}")));
             match &auth {
                 Auth::Session { pairs, .. } => {
@@ -130,7 +148,7 @@ impl SessionClient {
                     }
                 }
             }
-            let resp = req.body(wire.clone()).send().await.map_err(|e| crate::error_chain(&e))?;
+            let resp = req.body(wire).send().await.map_err(|e| crate::error_chain(&e))?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = resp.bytes().await.map_err(|e| crate::error_chain(&e))?.to_vec();
@@ -181,38 +199,41 @@ impl SessionClient {
         }
     }
 
+    /// The session to send in: the current one, a new one if it is due for renewal, or none
+    /// (opening failed lately: the request is signed instead).
+    async fn live(&self, client: &reqwest::Client, base: &str) -> Option<Arc<Live>> {
+        let now = Instant::now();
+        // Held across the open so concurrent requests wait for one open instead of racing.
+        let mut st = self.state.lock().await;
+        match &st.live {
+            Some(l) if l.renew_at > now => Some(l.clone()),
+            _ if st.quiet_until.is_some_and(|q| q > now) => None,
+            _ => match self.open(client, base).await {
+                Ok(l) => {
+                    st.quiet_until = None;
+                    st.live = Some(l.clone());
+                    Some(l)
+                }
+                Err((why, unsupported)) => {
+                    tracing::info!(machine = %self.key.machine_id(), reason = %why,
+                        "no session with the cloud; signing requests with the machine key for now");
+                    st.live = None;
+                    st.quiet_until =
+                        Some(now + if unsupported { RETRY_OPEN_UNSUPPORTED } else { RETRY_OPEN });
+                    None
+                }
+            },
+        }
+    }
+
+    /// The headers for one request: a MAC in `live`, or the machine key's signature without one.
     async fn authorize(
         &self,
-        client: &reqwest::Client,
-        base: &str,
+        live: Option<Arc<Live>>,
         method: &str,
         path: &str,
         body: &[u8],
     ) -> Result<Auth, String> {
-        let now = Instant::now();
-        let live = {
-            // Held across the open so concurrent requests wait for one open instead of racing.
-            let mut st = self.state.lock().await;
-            match &st.live {
-                Some(l) if l.renew_at > now => Some(l.clone()),
-                _ if st.quiet_until.is_some_and(|q| q > now) => None,
-                _ => match self.open(client, base).await {
-                    Ok(l) => {
-                        st.quiet_until = None;
-                        st.live = Some(l.clone());
-                        Some(l)
-                    }
-                    Err((why, unsupported)) => {
-                        tracing::info!(machine = %self.key.machine_id(), reason = %why,
-                            "no session with the cloud; signing requests with the machine key for now");
-                        st.live = None;
-                        st.quiet_until =
-                            Some(now + if unsupported { RETRY_OPEN_UNSUPPORTED } else { RETRY_OPEN });
-                        None
-                    }
-                },
-            }
-        };
         let unix = chrono::Utc::now().timestamp();
         match live {
             Some(live) => {
@@ -291,7 +312,7 @@ impl SessionClient {
         let lifetime = Duration::from_secs(answer.lifetime_secs);
         self.opened.fetch_add(1, Ordering::Relaxed);
         // Once per lifetime (an hour): worth a line, it says the cheap path is in use.
-        tracing::info!(machine = %self.key.machine_id(), lifetime_secs = answer.lifetime_secs, "machine session with the cloud opened");
+        tracing::info!(machine = %self.key.machine_id(), through = %base, lifetime_secs = answer.lifetime_secs, "machine session with the cloud opened");
         Ok(Arc::new(Live {
             ticket: answer.ticket,
             key: session,
