@@ -118,7 +118,7 @@ async fn main() {
         }
     }
     report(
-        "command round trip through a connector (API → signed command → hub → signed result → API)",
+        "command round trip through a connector (API → signed command → hub → result in its session → API)",
         times,
     );
 
@@ -147,7 +147,7 @@ async fn main() {
             done_times.push(done);
         }
     }
-    report("relay switch through a connector, until the hub's result is stored (API → signed command → hub → card → signed result → API)", done_times);
+    report("relay switch through a connector, until the hub's result is stored (API → signed command → hub → card → result in its session → API)", done_times);
     report(
         "relay switch through a connector (API → signed command → hub → card on a 19200-baud pty → read-back reading → API)",
         times,
