@@ -79,6 +79,9 @@ pub enum Refusal {
     /// The records could not be read or written now: nothing was decided; retry later.
     #[error("{0}")]
     Storage(CloudError),
+    /// Too many session logins at once; the machine signs its requests meanwhile.
+    #[error("too many machine sessions are being opened right now; sign requests and open one later")]
+    Busy,
 }
 
 #[derive(Clone)]
@@ -96,6 +99,18 @@ pub struct Trust {
     windows: Arc<SessionWindows>,
     /// How long a machine session lives.
     session_lifetime: Duration,
+    /// Session logins being opened now, each an RSA private-key operation (several ms). Beyond
+    /// the permits a login is answered 503 + retry later: in a cold start of thousands of hubs
+    /// the logins would otherwise take every core from ingest, while a machine refused here just
+    /// signs its requests (a verification costs the cloud a fraction of a millisecond) and tries
+    /// to open again later, at a jittered time.
+    opening: Arc<tokio::sync::Semaphore>,
+}
+
+/// Session logins opened at once: half the cores (at least one), so a login storm leaves the
+/// other half to ingest.
+fn logins_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// Live sessions whose sequence numbers one node remembers. Policy when full (after dropping
@@ -149,7 +164,14 @@ impl Trust {
             parsed: Arc::default(),
             windows: Arc::default(),
             session_lifetime: outpost_shared::keys::session::DEFAULT_LIFETIME,
+            opening: Arc::new(tokio::sync::Semaphore::new(logins_at_once())),
         })
+    }
+
+    /// Opens at most `n` machine sessions at once (see the field; tests use 0 to see the refusal).
+    pub fn with_logins_at_once(mut self, n: usize) -> Trust {
+        self.opening = Arc::new(tokio::sync::Semaphore::new(n));
+        self
     }
 
     /// Machine sessions live `lifetime` (one hour unless changed; tests make it short).
@@ -170,6 +192,7 @@ impl Trust {
         let mk = self.enrolled(&req.machine_id).await?;
         let public =
             self.parsed_key(&mk).map_err(|e| Refusal::NotEnrolled(format!("{} ({e})", mk.machine_id)))?;
+        let _opening = self.opening.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
         let (key, tickets, lifetime) = (self.key.clone(), self.tickets.clone(), self.session_lifetime);
         // An RSA verification and an RSA private-key operation: off the async workers.
         let opened = tokio::task::spawn_blocking(move || {

@@ -250,6 +250,7 @@ pub(super) fn verdict_of(r: &Refusal) -> (StatusCode, Verdict, RefusalCode) {
         }
         // Nothing was decided: the records could not be read now.
         Refusal::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, Verdict::RetryLater, RefusalCode::Storage),
+        Refusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, Verdict::RetryLater, RefusalCode::Busy),
     }
 }
 

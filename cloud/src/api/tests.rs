@@ -35,6 +35,7 @@ crate::both_engines!(
     session_opening_needs_a_fresh_challenge_and_this_clouds_key,
     an_expired_session_is_reopened_and_the_batch_stored_exactly_once,
     a_result_travels_bare_only_in_a_session_and_only_unaltered,
+    logins_beyond_the_limit_are_told_to_retry_later_and_signed_requests_go_on,
 );
 
 /// The API on `engines` (keys in `keep`'s directory), with one hub enrolled in network `net`.
@@ -49,7 +50,17 @@ async fn setup_lived(
     ingest: crate::config::IngestLimits,
     lifetime: Duration,
 ) -> Setup {
-    let trust = Trust::open(keep.dir.path(), engines.trust.clone()).unwrap().with_session_lifetime(lifetime);
+    setup_trust(engines, keep, ingest, |t| t.with_session_lifetime(lifetime)).await
+}
+
+/// [`setup`] with the trust service changed by `adjust`.
+async fn setup_trust(
+    engines: Engines,
+    keep: &Keep,
+    ingest: crate::config::IngestLimits,
+    adjust: impl FnOnce(Trust) -> Trust,
+) -> Setup {
+    let trust = adjust(Trust::open(keep.dir.path(), engines.trust.clone()).unwrap());
     let commands = Commands::new(engines.commands.clone());
     let config = CloudConfig { ingest, ..Default::default() };
     let hub = outpost_shared::keys::KeyPair::generate().unwrap();
@@ -1054,6 +1065,24 @@ async fn a_result_travels_bare_only_in_a_session_and_only_unaltered(e: Engines, 
     // Replayed: refused by the session's window.
     let (status, _, _) = raw(&s.app, session_result(&s.hub, &t, &key, 3, &bare)).await;
     assert_eq!(status, StatusCode::CONFLICT);
+}
+
+/// A login storm (thousands of hubs after an outage) must not take every core from ingest:
+/// beyond the logins opened at once the cloud answers 503 + Retry-After, and the machine's signed
+/// requests are served meanwhile.
+async fn logins_beyond_the_limit_are_told_to_retry_later_and_signed_requests_go_on(e: Engines, k: &Keep) {
+    let s = setup_trust(e, k, Default::default(), |t| t.with_logins_at_once(0)).await;
+    let tk = outpost_shared::keys::TicketKeys::derive(s.state.trust.key());
+    let cloud = s.state.trust.key().public().clone();
+    let (req, _) =
+        msession::open_request(&s.hub, &cloud, &tk.challenge(chrono::Utc::now().timestamp()).unwrap())
+            .unwrap();
+    let (status, headers, body) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(verdict(&body), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)));
+    let (status, _, body) = ack(&s.app, batch_request(&s.hub, 7)).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(7)), "{body}");
 }
 
 async fn a_revoked_machines_live_session_is_refused_at_once(e: Engines, k: &Keep) {

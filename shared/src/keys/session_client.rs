@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long after a failed open requests are signed before opening is tried again.
+/// How long after a failed open requests are signed before opening is tried again (half to one
+/// and a half times this, at random).
 const RETRY_OPEN: Duration = Duration::from_secs(60);
 /// The same for a peer that has no session endpoints (an older cloud).
 const RETRY_OPEN_UNSUPPORTED: Duration = Duration::from_secs(600);
@@ -218,8 +219,10 @@ impl SessionClient {
                     tracing::info!(machine = %self.key.machine_id(), reason = %why,
                         "no session with the cloud; signing requests with the machine key for now");
                     st.live = None;
-                    st.quiet_until =
-                        Some(now + if unsupported { RETRY_OPEN_UNSUPPORTED } else { RETRY_OPEN });
+                    // Jittered: after a cloud restart (or one that refused logins while busy)
+                    // thousands of machines must not all try again in the same second.
+                    let quiet = if unsupported { RETRY_OPEN_UNSUPPORTED } else { RETRY_OPEN };
+                    st.quiet_until = Some(now + quiet.mul_f64(0.5 + fastrand::f64()));
                     None
                 }
             },
