@@ -1,6 +1,6 @@
 //! Command round trip through a connector on loopback: dashboard API call → cloud signs →
-//! connector relays the long-poll → hub verifies, runs `ping`, signs the result → back through
-//! the connector → status `done` visible on the API. Prints p50/p99 over 200 commands. Then the
+//! connector relays the long-poll → hub verifies, runs `ping`, answers in its machine session →
+//! relayed unchanged by the connector → status `done` visible on the API. Prints p50/p99 over 200 commands. Then the
 //! same for relay switching: `POST /v1/machines/{id}/relays/1/1` → the simulated card (on a real
 //! pseudo-terminal, answering with 19200-baud timing) switches → the state read back from the card
 //! is shown by the API (`relay.1.k1`). Prints p50/p99 over 100 switches, both until the hub's

@@ -1,6 +1,7 @@
 //! The command channel, hub side: long-polls the path readings take (connector or cloud) for
 //! commands, verifies each (cloud signature, target, expiry, replay — ids remembered on disk),
-//! runs it, and returns a result signed with the machine key. A refused command runs nothing and
+//! runs it, and returns its result: in the hub's machine session with the cloud (the session MAC
+//! proves the sender), or signed with the machine key. A refused command runs nothing and
 //! its refusal is reported back, so the cloud's audit trail shows it.
 
 use crate::uplink::{CommandPath, PathTransport};
@@ -179,10 +180,16 @@ async fn report(
                 r.header(reqwest::header::CONTENT_TYPE, "application/json")
             })
             .await?;
-        if !answer.status.is_success() {
+        let bare = answer.authentic.is_some();
+        if answer.status.is_success() {
+            return Ok(());
+        }
+        // A cloud older than bare results in a session answers 400 ("not a signed command
+        // result"): the same result goes once more as a signed document, as before sessions.
+        if !(bare && answer.status == reqwest::StatusCode::BAD_REQUEST) {
             return Err(format!("result answered {}", answer.status));
         }
-        return Ok(());
+        tracing::debug!(command = %result.command_id, "bare result refused; sending it signed");
     }
     let signed = Signed::sign(key, result).map_err(|e| e.to_string())?;
     let body = serde_json::to_vec(&signed).map_err(|e| e.to_string())?;
@@ -439,6 +446,95 @@ mod tests {
 
     async fn sampled(rx: &mut tokio::sync::mpsc::Receiver<crate::writer::Batch>) -> bool {
         tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await.is_ok()
+    }
+
+    /// A cloud from before bare results: it opens sessions but wants every result signed, and
+    /// answers a bare one 400 (with its answer MAC, as it seals every session answer).
+    #[tokio::test]
+    async fn a_cloud_that_refuses_a_bare_result_gets_it_signed() {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use outpost_shared::keys::session::{self, ChallengeAnswer, OpenRequest, TicketKeys};
+        let (cloud, _, hub) = keys();
+        #[derive(Default)]
+        struct Seen {
+            bare: usize,
+            signed: Vec<CommandResult>,
+        }
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let tickets = Arc::new(TicketKeys::derive(cloud));
+        let app = axum::Router::new()
+            .route(
+                "/v1/machine-session/challenge",
+                axum::routing::get({
+                    let tickets = tickets.clone();
+                    move || async move {
+                        axum::Json(ChallengeAnswer {
+                            challenge: tickets.challenge(Utc::now().timestamp()).unwrap(),
+                        })
+                    }
+                }),
+            )
+            .route(
+                "/v1/machine-session",
+                axum::routing::post({
+                    let tickets = tickets.clone();
+                    move |axum::Json(req): axum::Json<OpenRequest>| async move {
+                        let (answer, _) = session::accept_open(
+                            cloud,
+                            &tickets,
+                            &req,
+                            hub.public(),
+                            Utc::now().timestamp(),
+                            Duration::from_secs(3600),
+                        )
+                        .unwrap();
+                        axum::Json(answer)
+                    }
+                }),
+            )
+            .route(
+                "/v1/commands/result",
+                axum::routing::post({
+                    let (tickets, seen) = (tickets.clone(), seen.clone());
+                    move |headers: HeaderMap, body: axum::body::Bytes| async move {
+                        let signed = serde_json::from_slice::<Signed<CommandResult>>(&body);
+                        match session::SessionHeaders::from_header_map(&headers).unwrap() {
+                            Some(h) => {
+                                assert!(signed.is_err(), "in a session the result comes bare first");
+                                seen.lock().unwrap().bare += 1;
+                                let ticket = tickets.open(&h.ticket, Utc::now().timestamp()).unwrap();
+                                let text = b"{\"error\":\"not a signed command result\"}";
+                                let mac = session::answer_mac(&ticket.key, h.seq, 400, text);
+                                (StatusCode::BAD_REQUEST, [(session::HEADER_ANSWER_MAC, mac)], text.to_vec())
+                                    .into_response()
+                            }
+                            None => {
+                                let result = signed.unwrap().verify(hub.public()).unwrap();
+                                seen.lock().unwrap().signed.push(result);
+                                StatusCode::OK.into_response()
+                            }
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let result = CommandResult {
+            command_id: "c1".into(),
+            machine_id: hub.machine_id().clone(),
+            status: CommandStatus::Done,
+            output: json!({"pong": true}),
+            finished_at: Utc::now(),
+            envelope: Some("digest".into()),
+        };
+        let sessions = SessionClient::new(hub.clone(), cloud.public().clone());
+        let client = reqwest::Client::new();
+        report(&client, &base, hub, &result, Some(&sessions)).await.unwrap();
+        assert_eq!(sessions.opened(), 1, "the result was first sent in a session");
+        let seen = seen.lock().unwrap();
+        assert_eq!((seen.bare, seen.signed.clone()), (1, vec![result]));
     }
 
     #[tokio::test]
