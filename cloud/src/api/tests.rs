@@ -836,6 +836,27 @@ fn open_post(req: &msession::OpenRequest) -> Request<Body> {
     r
 }
 
+/// The session headers of a `POST path` with `json` in `hub`'s session `t`, sequence `seq`.
+fn session_post_headers(
+    hub: &outpost_shared::keys::KeyPair,
+    t: &OpenAnswer,
+    key: &SessionKey,
+    seq: u64,
+    path: &str,
+    json: &[u8],
+) -> msession::SessionHeaders {
+    msession::mac_request(
+        key,
+        hub.machine_id(),
+        &t.ticket,
+        seq,
+        "POST",
+        path,
+        json,
+        chrono::Utc::now().timestamp(),
+    )
+}
+
 /// A batch request in a session, with sequence number `seq`.
 fn session_batch(
     hub: &outpost_shared::keys::KeyPair,
@@ -844,16 +865,7 @@ fn session_batch(
     seq: u64,
     json: &[u8],
 ) -> Request<Body> {
-    let h = msession::mac_request(
-        key,
-        hub.machine_id(),
-        &t.ticket,
-        seq,
-        "POST",
-        "/v1/batches",
-        json,
-        chrono::Utc::now().timestamp(),
-    );
+    let h = session_post_headers(hub, t, key, seq, "/v1/batches", json);
     post("/v1/batches", Body::from(gzip(json)), &h.to_pairs())
 }
 
@@ -975,16 +987,7 @@ fn session_result(
     seq: u64,
     json: &[u8],
 ) -> Request<Body> {
-    let h = msession::mac_request(
-        key,
-        hub.machine_id(),
-        &t.ticket,
-        seq,
-        "POST",
-        "/v1/commands/result",
-        json,
-        chrono::Utc::now().timestamp(),
-    );
+    let h = session_post_headers(hub, t, key, seq, "/v1/commands/result", json);
     let mut r = Request::post("/v1/commands/result").header(header::CONTENT_TYPE, "application/json");
     for (n, v) in h.to_pairs() {
         r = r.header(n, v);
