@@ -1029,19 +1029,8 @@ async fn a_result_travels_bare_only_in_a_session_and_only_unaltered(e: Engines, 
     let (status, v) = machine(&s, &s.hub, "POST", "/v1/commands/result", bare.clone()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"].as_str().unwrap().contains("only inside a machine session"), "{v}");
-    let status_of = |s: &Setup| {
-        let s = s.app.clone();
-        let command_id = command_id.clone();
-        async move {
-            let r = Request::get(format!("/v1/commands/{command_id}"))
-                .header(header::AUTHORIZATION, "Bearer admin")
-                .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
-                .body(Body::empty())
-                .unwrap();
-            ack(&s, r).await.2["status"].as_str().unwrap().to_string()
-        }
-    };
-    assert_eq!(status_of(&s).await, "delivered");
+    let status_path = format!("/v1/commands/{command_id}");
+    assert_eq!(admin(&s, "GET", &status_path, None).await.1["status"], "delivered");
 
     let cloud = s.state.trust.key().public().clone();
     let (t, key) = open_session(&s.app, &s.hub, &cloud).await;
@@ -1052,7 +1041,11 @@ async fn a_result_travels_bare_only_in_a_session_and_only_unaltered(e: Engines, 
     *req.body_mut() = Body::from(serde_json::to_vec(&altered).unwrap());
     let (status, _, body) = raw(&s.app, req).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(status_of(&s).await, "delivered", "a forged result changed nothing");
+    assert_eq!(
+        admin(&s, "GET", &status_path, None).await.1["status"],
+        "delivered",
+        "a forged result changed nothing"
+    );
     // Naming another machine, in this hub's session: refused.
     let mut elsewhere = result.clone();
     elsewhere.machine_id = outpost_shared::keys::KeyPair::generate().unwrap().machine_id().clone();
@@ -1064,7 +1057,7 @@ async fn a_result_travels_bare_only_in_a_session_and_only_unaltered(e: Engines, 
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let mac = headers.get(msession::HEADER_ANSWER_MAC).and_then(|v| v.to_str().ok());
     assert!(msession::check_answer(&key, 3, 200, &body, mac));
-    assert_eq!(status_of(&s).await, "done");
+    assert_eq!(admin(&s, "GET", &status_path, None).await.1["status"], "done");
     // Replayed: refused by the session's window.
     let (status, _, _) = raw(&s.app, session_result(&s.hub, &t, &key, 3, &bare)).await;
     assert_eq!(status, StatusCode::CONFLICT);
