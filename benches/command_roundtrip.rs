@@ -178,13 +178,14 @@ async fn admin_api(req: reqwest::RequestBuilder, admin: &str) -> serde_json::Val
     r.json().await.unwrap()
 }
 
-/// Waits until the command `created` (the API's answer when it was issued) shows `done`.
+/// Waits until the command `created` (the API's answer when it was issued) shows `done`: the API
+/// answers a status request with `wait` as soon as the command ends.
 async fn until_done(api: &reqwest::Client, base: &str, admin: &str, created: &serde_json::Value, t: Instant) {
     let id = created["command_id"].as_str().unwrap();
     poll(
         &format!("command {id} done"),
         t,
-        || admin_api(api.get(format!("{base}/v1/commands/{id}")), admin),
+        || admin_api(api.get(format!("{base}/v1/commands/{id}?wait=10")), admin),
         |s| s["status"] == "done",
     )
     .await;

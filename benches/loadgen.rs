@@ -253,6 +253,7 @@ impl Hub {
             version: "loadgen".into(),
             quarantined: 0,
             clock_problem: None,
+            features: Vec::new(),
             readings,
         }
     }

@@ -52,6 +52,7 @@ fn write_history(data: &std::path::Path) {
             version: "t".into(),
             quarantined: 0,
             clock_problem: None,
+            features: Vec::new(),
             readings,
         };
         store.ingest(batch, now).await.unwrap();

@@ -26,6 +26,7 @@ fn batch(machine: &str, first: u64) -> Batch {
         version: "bench".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: (first..first + BATCH)
             .map(|seq| Reading {
                 machine_id: machine.into(),

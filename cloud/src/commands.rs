@@ -4,7 +4,7 @@
 
 use crate::error::CloudError;
 use chrono::{DateTime, Utc};
-use outpost_shared::keys::{CommandEnvelope, CommandResult, KeyPair, MachineId, PublicKey, Signed};
+use outpost_shared::keys::{CommandEnvelope, CommandResult, MachineId, PublicKey, Signed, SignsCommands};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +32,13 @@ pub struct Commands {
     /// Tells the other nodes that a machine has a command (PostgreSQL NOTIFY); None on sled,
     /// where this process is the only node.
     announce: Option<Announce>,
+    /// Woken whenever this node records a result: people waiting for a command's outcome.
+    finished: Arc<Notify>,
 }
+
+/// How often someone waiting for a command's outcome reads it again: a result recorded by
+/// another cloud node wakes no one here.
+const FINISHED_RECHECK: Duration = Duration::from_secs(1);
 
 /// Tells the other cloud nodes that a machine has a new command.
 pub type Announce = Arc<dyn Fn(&str) + Send + Sync>;
@@ -71,7 +77,7 @@ fn audit_of(rec: &CommandRecord, who: &str, event: &str, detail: serde_json::Val
 
 impl Commands {
     pub fn new(store: CommandStores) -> Commands {
-        Commands { store, waiters: Arc::default(), announce: None }
+        Commands { store, waiters: Arc::default(), announce: None, finished: Arc::default() }
     }
 
     /// With `announce`, every new command is also told to the other cloud nodes (their polls
@@ -107,16 +113,45 @@ impl Commands {
         self.store.get(id).await
     }
 
+    /// The command once it has ended (its result arrived, or it expired), or as it is after
+    /// `wait`. A result recorded on this node wakes the wait at once; one recorded on another
+    /// node is seen within [`FINISHED_RECHECK`].
+    pub async fn get_when_ended(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<CommandRecord>, CloudError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Listening before reading: a result stored between the two still wakes us.
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let rec = self.get(id).await?;
+            let now = tokio::time::Instant::now();
+            match &rec {
+                Some(r) if r.ended(Utc::now()).is_none() && now < deadline => {}
+                _ => return Ok(rec),
+            }
+            let next = deadline.min(now + FINISHED_RECHECK);
+            tokio::select! {
+                _ = finished => {}
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+    }
+
     /// Adds a line to the audit trail (durable on return): command events, and operator actions
     /// on machines (such as a revocation) that are not commands.
     pub async fn record(&self, e: AuditEntry) -> Result<(), CloudError> {
         self.store.record(&e).await
     }
 
-    /// Signs and queues a command for `machine`; durable before it returns.
+    /// Signs (with `key`: the RSA cloud key or its command key) and queues a command for
+    /// `machine`; durable before it returns.
     pub async fn create(
         &self,
-        key: &KeyPair,
+        key: &dyn SignsCommands,
         machine: &str,
         action: &str,
         parameters: serde_json::Value,
@@ -127,7 +162,7 @@ impl Commands {
         let now = Utc::now();
         let env = CommandEnvelope::new(target, action, parameters.clone(), now, ttl)
             .map_err(|e| CloudError::Keys(e.to_string()))?;
-        let signed = Signed::sign(key, &env).map_err(|e| CloudError::Keys(e.to_string()))?;
+        let signed = key.sign_command(&env).map_err(|e| CloudError::Keys(e.to_string()))?;
         let rec = CommandRecord {
             id: env.id.clone(),
             machine: machine.to_string(),
@@ -289,6 +324,7 @@ impl Commands {
             .save(&[CommandChange { rec: rec.clone(), waiting: false, audit: Some(audit) }])
             .await
             .map_err(ResultRefused::Storage)?;
+        self.finished.notify_waiters();
         Ok(rec)
     }
 
@@ -314,6 +350,7 @@ mod tests {
     use super::*;
     use crate::store::testing::Keep;
     use crate::store::Engines;
+    use outpost_shared::keys::KeyPair;
 
     crate::both_engines!(
         old_commands_and_audit_entries_are_pruned_and_waiting_ones_kept,

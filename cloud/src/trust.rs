@@ -7,9 +7,9 @@ use crate::error::CloudError;
 use chrono::{DateTime, Utc};
 use outpost_shared::keys::session::{OpenAnswer, OpenRequest, ReplayWindow};
 use outpost_shared::keys::{
-    verify_request, AuthorizedConnector, CertFingerprint, EnrollmentReceipt, EnrollmentToken, KeyPair,
-    MachineId, PublicKey, SessionError, SessionHeaders, Signed, SignedHeaders, Ticket, TicketKeys,
-    VerifyError,
+    verify_request, AuthorizedConnector, CertFingerprint, CommandKeyPair, EnrollmentReceipt, EnrollmentToken,
+    KeyPair, MachineId, PublicKey, SessionError, SessionHeaders, Signed, SignedHeaders, SignsCommands,
+    Ticket, TicketKeys, VerifyError,
 };
 use outpost_shared::model::Role;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,8 @@ pub struct Trust {
     parsed: Arc<std::sync::Mutex<std::collections::HashMap<String, PublicKey>>>,
     /// Challenge and ticket keys of machine sessions, derived from `key` (never stored).
     tickets: Arc<TicketKeys>,
+    /// The Ed25519 command key, derived from `key` (never stored) and certified by it.
+    command_key: Arc<CommandKeyPair>,
     /// The sequence numbers each live session has used on this node.
     windows: Arc<SessionWindows>,
     /// How long a machine session lives.
@@ -157,8 +159,10 @@ impl Trust {
         if created {
             tracing::info!(fingerprint = %key.machine_id(), "cloud signing key made");
         }
+        let command_key = CommandKeyPair::derive(&key).map_err(|e| CloudError::Keys(e.to_string()))?;
         Ok(Trust {
             tickets: Arc::new(TicketKeys::derive(&key)),
+            command_key: Arc::new(command_key),
             key: Arc::new(key),
             store,
             parsed: Arc::default(),
@@ -258,6 +262,16 @@ impl Trust {
 
     pub fn key(&self) -> &KeyPair {
         &self.key
+    }
+
+    /// What signs commands for a machine that reported `features`: the Ed25519 command key for
+    /// hubs that check it (microseconds), the RSA key for all others (about 2 ms).
+    pub fn command_signer(&self, features: &[String]) -> &dyn SignsCommands {
+        if features.iter().any(|f| f == outpost_shared::keys::command_key::FEATURE) {
+            self.command_key.as_ref()
+        } else {
+            self.key.as_ref()
+        }
     }
 
     /// A one-time token for one machine of `network` in `role`, valid for `ttl`. Made only by an

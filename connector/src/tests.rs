@@ -130,6 +130,7 @@ fn batch_json(machine: &str, n: usize, first_seq: u64) -> Vec<u8> {
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings,
     };
     serde_json::to_vec(&b).unwrap()

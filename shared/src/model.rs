@@ -213,6 +213,11 @@ pub struct Batch {
     /// words for the dashboard; cleared when readings are accepted again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_problem: Option<String>,
+    /// Protocol features this agent understands beyond the first version, such as
+    /// [`crate::keys::command_key::FEATURE`]; the cloud uses a feature only for machines that list
+    /// it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     pub readings: Vec<Reading>,
 }
 
@@ -228,6 +233,9 @@ pub enum BatchProblem {
     Invalid(String),
 }
 
+/// Most feature names one batch may list.
+const MAX_FEATURES: usize = 16;
+
 impl Batch {
     /// Checks a whole batch before anything of it is stored.
     pub fn validate(&self, max_readings: usize) -> Result<(), BatchProblem> {
@@ -237,6 +245,13 @@ impl Batch {
         }
         if self.readings.len() > max_readings {
             return Err(BatchProblem::TooMany { count: self.readings.len(), max: max_readings });
+        }
+        // Kept with the machine's status: a few short names, not whatever a sender makes up.
+        let name_ok = |f: &String| (1..=64).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_graphic());
+        if self.features.len() > MAX_FEATURES || !self.features.iter().all(name_ok) {
+            return bad(format!(
+                "features: at most {MAX_FEATURES} names of 1 to 64 printable ASCII characters"
+            ));
         }
         for (i, r) in self.readings.iter().enumerate() {
             if r.machine_id != self.machine_id {
@@ -413,6 +428,9 @@ pub struct MachineInfo {
     /// As [`Batch::clock_problem`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_problem: Option<String>,
+    /// As [`Batch::features`], from the latest batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// `GET /v1/machines/{id}/sensors` row: the latest reading of one sensor.
@@ -571,6 +589,7 @@ mod tests {
             version: String::new(),
             quarantined: 0,
             clock_problem: None,
+            features: Vec::new(),
             readings: vec![
                 at(now, 1),
                 at(year(2100), 2),

@@ -171,6 +171,7 @@ impl SimHub {
             version: "test".into(),
             quarantined: 0,
             clock_problem: None,
+            features: Vec::new(),
             readings: seqs
                 .map(|seq| outpost_shared::model::Reading {
                     machine_id: id.clone(),

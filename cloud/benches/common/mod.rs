@@ -33,6 +33,7 @@ pub fn signed_batch(key: &KeyPair, b: usize, uplink: &str) -> (Vec<u8>, Headers)
         version: "bench".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings,
     };
     let json = serde_json::to_vec(&batch).unwrap();

@@ -52,14 +52,24 @@ pub(super) async fn create_command(
         Err(e) => return internal(e),
     }
     let who = actor.label();
-    match st
-        .commands
-        .create(st.trust.key(), machine, action, parameters, ttl.unwrap_or(DEFAULT_TTL), &who)
-        .await
-    {
+    let signer = match command_signer(st, machine).await {
+        Ok(s) => s,
+        Err(e) => return internal(e),
+    };
+    match st.commands.create(signer, machine, action, parameters, ttl.unwrap_or(DEFAULT_TTL), &who).await {
         Ok(rec) => (StatusCode::CREATED, Json(serde_json::json!({"command_id": rec.id}))).into_response(),
         Err(e) => internal(e),
     }
+}
+
+/// The key that signs `machine`'s commands: the cloud's Ed25519 command key when the machine's
+/// latest batch says it checks those, else the cloud's RSA key.
+pub(super) async fn command_signer<'a>(
+    st: &'a AppState,
+    machine: &str,
+) -> Result<&'a dyn outpost_shared::keys::SignsCommands, crate::CloudError> {
+    let features = st.store.machine(machine).await?.map(|m| m.features).unwrap_or_default();
+    Ok(st.trust.command_signer(&features))
 }
 
 pub(super) async fn create(
@@ -90,11 +100,23 @@ pub(super) async fn switch_relay(
     create_command(&st, &id, "relay.set", params, None, &actor).await
 }
 
-/// `GET /v1/commands/{id}`: a command of a machine the actor may see; 404 otherwise.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatusQuery {
+    /// Seconds to wait for the command to end (result or expiry) before answering (at most 30).
+    wait: Option<u64>,
+}
+
+/// Longest `wait` of a status request.
+const STATUS_WAIT_MAX: u64 = 30;
+
+/// `GET /v1/commands/{id}[?wait=S]`: a command of a machine the actor may see; 404 otherwise.
+/// With `wait`, answered when the command ends or after S seconds, whichever comes first.
 pub(super) async fn status(
     State(st): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
+    Query(q): Query<StatusQuery>,
 ) -> Response {
     let found = match st.commands.get(&id).await {
         Ok(Some(rec)) => {
@@ -110,6 +132,13 @@ pub(super) async fn status(
             }
         }
         other => other,
+    };
+    // Waited for only once the actor may see it: no one holds a request open on another's command.
+    let found = match (found, q.wait.unwrap_or(0).min(STATUS_WAIT_MAX)) {
+        (Ok(Some(rec)), wait) if wait > 0 && rec.ended(Utc::now()).is_none() => {
+            st.commands.get_when_ended(&id, std::time::Duration::from_secs(wait)).await
+        }
+        (found, _) => found,
     };
     match found {
         Ok(Some(rec)) => {

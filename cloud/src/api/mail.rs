@@ -114,7 +114,11 @@ pub(super) async fn create(
     };
     let who = mail_who(&req.sender, &connector.machine_id);
     let params = serde_json::json!({"card": req.card, "relay": req.relay, "on": req.on});
-    match st.commands.create(st.trust.key(), &machine, "relay.set", params, DEFAULT_TTL, &who).await {
+    let signer = match super::commands::command_signer(&st, &machine).await {
+        Ok(s) => s,
+        Err(e) => return internal(e),
+    };
+    match st.commands.create(signer, &machine, "relay.set", params, DEFAULT_TTL, &who).await {
         Ok(rec) => {
             tracing::info!(%who, %machine, command = %rec.id, message_id = ?req.message_id, "mail command issued");
             (

@@ -92,6 +92,7 @@ async fn world_with(
             version: "t".into(),
             quarantined: 0,
             clock_problem: None,
+            features: Vec::new(),
             readings: vec![reading],
         };
         store.ingest(batch, now).await.unwrap();

@@ -28,6 +28,7 @@ crate::both_engines!(
     poll_many_serves_a_connector_only_its_own_networks_hubs,
     enrollment_tokens_are_one_time_bound_to_a_role_and_audited,
     a_command_goes_out_signed_comes_back_signed_and_is_audited,
+    commands_are_signed_with_the_command_key_only_for_machines_that_check_it,
     mail_commands_need_the_clouds_grant,
     a_series_joins_hourly_aggregates_to_raw_readings_without_gap_or_overlap,
     a_session_carries_batches_once_and_refuses_replays_and_forgeries,
@@ -237,6 +238,7 @@ async fn the_machine_list_says_network_connector_name_and_revocation(e: Engines,
         version: String::new(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: vec![],
     };
     s.state.store.ingest(batch, now).await.unwrap();
@@ -269,8 +271,13 @@ async fn machine_row(app: &Router, id: &str) -> serde_json::Value {
 
 /// A gzip batch of `n` readings from `hub`, signed, for `/v1/batches`.
 fn batch_request(hub: &outpost_shared::keys::KeyPair, n: u64) -> Request<Body> {
+    batch_request_with(hub, n, &[])
+}
+
+/// As [`batch_request`], from an agent that lists `features`.
+fn batch_request_with(hub: &outpost_shared::keys::KeyPair, n: u64, features: &[&str]) -> Request<Body> {
     let now = chrono::Utc::now();
-    let json = batch_json(hub, n);
+    let json = batch_json_with(hub, n, features);
     // The signature covers what the batch says, not its encoding on the wire.
     let sig = outpost_shared::keys::sign_request(hub, "POST", "/v1/batches", &json, now).unwrap();
     post("/v1/batches", Body::from(gzip(&json)), &sig.to_pairs())
@@ -285,6 +292,10 @@ fn gzip(json: &[u8]) -> Vec<u8> {
 
 /// A batch of readings 1..=n of `hub`, as JSON.
 fn batch_json(hub: &outpost_shared::keys::KeyPair, n: u64) -> Vec<u8> {
+    batch_json_with(hub, n, &[])
+}
+
+fn batch_json_with(hub: &outpost_shared::keys::KeyPair, n: u64, features: &[&str]) -> Vec<u8> {
     let now = chrono::Utc::now();
     let id = hub.machine_id().to_string();
     let batch = outpost_shared::model::Batch {
@@ -297,6 +308,7 @@ fn batch_json(hub: &outpost_shared::keys::KeyPair, n: u64) -> Vec<u8> {
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: features.iter().map(|f| f.to_string()).collect(),
         readings: (1..=n)
             .map(|seq| outpost_shared::model::Reading {
                 machine_id: id.clone(),
@@ -636,11 +648,25 @@ async fn a_command_goes_out_signed_comes_back_signed_and_is_audited(e: Engines, 
         machine(&s, &stranger, "POST", "/v1/commands/result", forged).await.0,
         StatusCode::BAD_REQUEST
     );
+    // Someone waiting for the outcome: told when the wait is over, then at once when it ends.
+    let status_path = format!("/v1/commands/{command_id}");
+    let (_, v) = admin(&s, "GET", &format!("{status_path}?wait=1"), None).await;
+    assert_eq!(v["status"], "delivered", "{v}");
     let body = serde_json::to_vec(&Signed::sign(&s.hub, &result).unwrap()).unwrap();
-    let (status, v) = machine(&s, &s.hub, "POST", "/v1/commands/result", body).await;
-    assert_eq!((status, v["status"].as_str()), (StatusCode::OK, Some("done")), "{v}");
-    let (_, v) = admin(&s, "GET", &format!("/v1/commands/{command_id}"), None).await;
+    let long_wait = format!("{status_path}?wait=30");
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(admin(&s, "GET", &long_wait, None), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            machine(&s, &s.hub, "POST", "/v1/commands/result", body).await
+        })
+    })
+    .await
+    .expect("the wait ends when the result arrives, not after its 30 s");
+    let ((_, v), (status, answered)) = waited;
+    assert_eq!((status, answered["status"].as_str()), (StatusCode::OK, Some("done")), "{answered}");
     assert_eq!(v["status"], "done", "{v}");
+    let (status, v) = admin(&s, "GET", &format!("{status_path}?wait=31&then=1"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown parameters are refused: {v}");
     let (_, audit) = admin(&s, "GET", &format!("/v1/audit?machine={id}"), None).await;
     let events: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, vec!["done", "delivered", "created"], "{audit}");
@@ -649,6 +675,58 @@ async fn a_command_goes_out_signed_comes_back_signed_and_is_audited(e: Engines, 
     let (status, v) = machine(&s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
     assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
+}
+
+/// A hub whose latest batch lists the feature gets commands signed with the cloud's certified
+/// Ed25519 key; one that does not (an earlier agent, or the same hub downgraded) gets RSA ones.
+async fn commands_are_signed_with_the_command_key_only_for_machines_that_check_it(e: Engines, k: &Keep) {
+    use outpost_shared::keys::{command_key, CommandEnvelope, CommandVerifier, DocumentError, Signed};
+    let s = setup(e, k, Default::default()).await;
+    let id = s.hub.machine_id().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let hub_side = CommandVerifier::open(
+        s.state.trust.key().public().clone(),
+        s.hub.machine_id().clone(),
+        &dir.path().join("commands.log"),
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let issue_and_poll = || async {
+        let (status, v) = admin(
+            &s,
+            "POST",
+            &format!("/v1/machines/{id}/commands"),
+            Some(serde_json::json!({"action": "ping"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        let command_id = v["command_id"].as_str().unwrap().to_string();
+        let (status, v) = machine(&s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let envelopes: Vec<Signed<CommandEnvelope>> = serde_json::from_value(v).unwrap();
+        envelopes.into_iter().find(|e| e.peek_unverified().unwrap().id == command_id).expect("handed out")
+    };
+    let (status, _, body) =
+        ack(&s.app, batch_request_with(&s.hub, 1, &[command_key::FEATURE, "later-thing"])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fast = issue_and_poll().await;
+    assert!(fast.signing_key.is_some(), "signed with the command key");
+    assert!(matches!(fast.verify(s.state.trust.key().public()), Err(DocumentError::Malformed(_))));
+    assert_eq!(hub_side.verify(&fast, chrono::Utc::now()).unwrap().action, "ping");
+
+    let (status, _, body) = ack(&s.app, batch_request(&s.hub, 2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rsa = issue_and_poll().await;
+    assert!(rsa.signing_key.is_none());
+    rsa.verify(s.state.trust.key().public()).expect("signed by the cloud's RSA key");
+    assert_eq!(hub_side.verify(&rsa, chrono::Utc::now()).unwrap().action, "ping");
+
+    // A batch naming more features than the cloud keeps is refused whole, and says why.
+    let many: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (status, _, body) = ack(&s.app, batch_request_with(&s.hub, 3, &many)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("features"), "{body}");
 }
 
 /// A connector asks for a relay command by mail only for senders the cloud granted it, and only
@@ -752,6 +830,7 @@ async fn a_series_joins_hourly_aggregates_to_raw_readings_without_gap_or_overlap
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings,
     };
     s.state.store.ingest(batch, now).await.unwrap();

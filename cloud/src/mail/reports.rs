@@ -179,6 +179,7 @@ mod tests {
             version: "t".into(),
             quarantined: 0,
             clock_problem: None,
+            features: Vec::new(),
             readings: vec![Reading {
                 machine_id: id.clone(),
                 seq: 1,

@@ -204,6 +204,7 @@ async fn the_live_feed_of_one_node_hears_batches_stored_by_the_other() {
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: vec![outpost_shared::model::Reading {
             machine_id: id.clone(),
             seq: 1,

@@ -317,6 +317,7 @@ pub(crate) fn machine_info(batch: &Batch, now: DateTime<Utc>) -> MachineInfo {
         version: batch.version.clone(),
         quarantined: batch.quarantined,
         clock_problem: batch.clock_problem.clone(),
+        features: batch.features.clone(),
     }
 }
 

@@ -92,6 +92,7 @@ fn batch(machine: &str, readings: Vec<(u64, &str, f64, DateTime<Utc>)>) -> Batch
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: readings
             .into_iter()
             .map(|(seq, sensor, v, ts)| Reading {

@@ -16,6 +16,7 @@ fn batch(seq: u64, state: State) -> Batch {
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: vec![Reading {
             machine_id: "hub1".into(),
             seq,

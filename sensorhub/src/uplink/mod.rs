@@ -268,6 +268,8 @@ impl<T: Transport> Uplink<T> {
             version: self.identity.version.clone(),
             quarantined: stats.quarantined,
             clock_problem: self.clock_problem.as_ref().map(|(words, _)| words.clone()),
+            // This hub checks commands signed with the cloud's certified Ed25519 key.
+            features: vec![outpost_shared::keys::command_key::FEATURE.to_string()],
             readings,
         };
         match self.transport.send(&mut batch).await {

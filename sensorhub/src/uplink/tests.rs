@@ -541,6 +541,7 @@ async fn http_answers_without_a_verdict_mean_retry_later_and_only_verdicts_decid
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: vec![Reading { machine_id: "m".into(), seq: 1, sample: Sample::new("s", 1.0, State::Ok) }],
     };
     let proxy_page = "<html><body><h1>404 Not Found</h1>nginx</body></html>".to_string();
@@ -759,6 +760,7 @@ async fn command_polls_do_not_wait_while_a_connector_candidate_is_probed() {
             version: "t".into(),
             quarantined: 0,
             clock_problem: None,
+            features: Vec::new(),
             readings: Vec::new(),
         };
         sender.send(&mut b).await
@@ -808,6 +810,7 @@ fn empty_batch() -> Batch {
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: Vec::new(),
     }
 }

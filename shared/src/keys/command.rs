@@ -1,5 +1,6 @@
 //! The hub's gate for commands: [`CommandVerifier`] accepts a [`Signed<CommandEnvelope>`] only if
-//! the pinned cloud key signed it, it is addressed to this machine, it is within its validity
+//! the pinned cloud key signed it (itself, or through the command key it certified, see
+//! [`super::command_key`]), it is addressed to this machine, it is within its validity
 //! window, and its id has never been accepted before, on this run or any earlier one.
 //!
 //! An id is recorded durably (appended and synced) *before* the command is handed out, so a
@@ -31,6 +32,7 @@ pub struct CommandVerifier {
     max_skew: Duration,
     max_lifetime: Duration,
     replay: Mutex<ReplayLog>,
+    checked: super::command_key::CheckedCertificates,
 }
 
 impl CommandVerifier {
@@ -49,6 +51,7 @@ impl CommandVerifier {
             max_skew: DEFAULT_MAX_SKEW,
             max_lifetime: DEFAULT_MAX_LIFETIME,
             replay: Mutex::new(replay),
+            checked: Default::default(),
         })
     }
 
@@ -73,10 +76,12 @@ impl CommandVerifier {
         signed: &Signed<CommandEnvelope>,
         now: DateTime<Utc>,
     ) -> Result<CommandEnvelope, CommandRefused> {
-        let command = signed.verify(&self.cloud_key).map_err(|e| match e {
-            super::DocumentError::Malformed(m) => CommandRefused::Malformed(m),
-            other => CommandRefused::Forged(other),
-        })?;
+        let command = super::command_key::verify_command(signed, &self.cloud_key, &self.checked).map_err(
+            |e| match e {
+                super::DocumentError::Malformed(m) => CommandRefused::Malformed(m),
+                other => CommandRefused::Forged(other),
+            },
+        )?;
         command.validate()?;
         if command.target != self.own_id {
             return Err(CommandRefused::WrongTarget {

@@ -10,6 +10,11 @@
 //!
 //! JSON form of the envelope:
 //! `{"kind":"command","signer":"<machine id>","payload":"<base64>","signature":"<base64>"}`
+//!
+//! A command may instead carry `"signing_key": <Signed<CommandKey>>`: then `signature` is Ed25519
+//! by the key that certificate names, and the certificate is RSA-signed by `signer` (see
+//! [`super::command_key`]). [`Signed::verify`] refuses such documents; only the hub's command
+//! check accepts them.
 
 use super::error::{CommandRefused, DocumentError, KeyError};
 use super::machine::{KeyPair, MachineId, PublicKey};
@@ -38,13 +43,17 @@ pub struct Signed<T> {
     pub signer: MachineId,
     /// The JSON bytes of the document, standard base64.
     pub payload: String,
-    /// RSA-PSS signature, standard base64.
+    /// RSA-PSS signature, standard base64 (Ed25519 when `signing_key` is set).
     pub signature: String,
+    /// The certificate of the Ed25519 key that made `signature`, signed by `signer`'s RSA key.
+    /// Only commands are signed that way (see [`super::command_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<Box<Signed<super::command_key::CommandKey>>>,
     #[serde(skip)]
     _doc: PhantomData<fn() -> T>,
 }
 
-fn signed_message(kind: &str, payload: &[u8]) -> Vec<u8> {
+pub(super) fn signed_message(kind: &str, payload: &[u8]) -> Vec<u8> {
     let mut message = format!("outpost-signed-v1\n{kind}\n").into_bytes();
     message.extend_from_slice(payload);
     message
@@ -55,11 +64,40 @@ impl<T> Signed<T> {
     /// command result names the digest of the envelope it answers, so a result can never be
     /// credited to an envelope the cloud did not issue, even one carrying a real command's id.
     pub fn digest(&self) -> String {
-        let text = format!(
+        let mut text = format!(
             "outpost-digest-v1\n{}\n{}\n{}\n{}",
             self.kind, self.signer, self.payload, self.signature
         );
+        // The certificate is part of what was received; without one the digest is as it always was.
+        if let Some(cert) = &self.signing_key {
+            text.push('\n');
+            text.push_str(&cert.digest());
+        }
         hex::encode(super::sha256(text.as_bytes()))
+    }
+
+    /// A document made by a signer other than [`Signed::sign`] (the Ed25519 command key).
+    pub(super) fn assemble(
+        kind: &str,
+        signer: MachineId,
+        payload: &[u8],
+        signature: &[u8],
+        signing_key: Option<Box<Signed<super::command_key::CommandKey>>>,
+    ) -> Signed<T> {
+        Signed {
+            kind: kind.to_string(),
+            signer,
+            payload: B64.encode(payload),
+            signature: B64.encode(signature),
+            signing_key,
+            _doc: PhantomData,
+        }
+    }
+
+    /// The signature, decoded from base64.
+    pub(super) fn signature_bytes(&self) -> Result<Vec<u8>, DocumentError> {
+        B64.decode(self.signature.as_bytes())
+            .map_err(|_| DocumentError::Malformed("signature is not base64".into()))
     }
 }
 
@@ -68,18 +106,30 @@ impl<T: SignedKind> Signed<T> {
     pub fn sign(key: &KeyPair, document: &T) -> Result<Signed<T>, KeyError> {
         let payload = serde_json::to_vec(document).map_err(|e| KeyError::Serialize(e.to_string()))?;
         let signature = key.sign_pss(&signed_message(T::KIND, &payload))?;
-        Ok(Signed {
-            kind: T::KIND.to_string(),
-            signer: key.machine_id().clone(),
-            payload: B64.encode(payload),
-            signature: B64.encode(signature),
-            _doc: PhantomData,
-        })
+        Ok(Signed::assemble(T::KIND, key.machine_id().clone(), &payload, &signature, None))
     }
 
     /// Checks the signature against `key` (which the caller trusts for this kind of document)
-    /// and returns the document.
+    /// and returns the document. A document signed by a certified key is refused here: only
+    /// the hub's command check ([`super::CommandVerifier`]) takes those.
     pub fn verify(&self, key: &PublicKey) -> Result<T, DocumentError> {
+        if self.signing_key.is_some() {
+            return Err(DocumentError::Malformed(format!(
+                "a {} signed by a certified key is not taken here; only commands may be",
+                self.kind
+            )));
+        }
+        self.check_frame(key)?;
+        let payload = self.payload_bytes()?;
+        let signature = self.signature_bytes()?;
+        if !key.verify_pss(&signed_message(T::KIND, &payload), &signature) {
+            return Err(DocumentError::BadSignature);
+        }
+        self.parse(&payload)
+    }
+
+    /// The signer is `key` and the kind is `T`'s.
+    pub(super) fn check_frame(&self, key: &PublicKey) -> Result<(), DocumentError> {
         if &self.signer != key.machine_id() {
             return Err(DocumentError::WrongSigner {
                 expected: key.machine_id().clone(),
@@ -89,22 +139,19 @@ impl<T: SignedKind> Signed<T> {
         if self.kind != T::KIND {
             return Err(DocumentError::Malformed(format!("expected a {}, got a {:?}", T::KIND, self.kind)));
         }
-        let payload = self.payload_bytes()?;
-        let signature = B64
-            .decode(self.signature.as_bytes())
-            .map_err(|_| DocumentError::Malformed("signature is not base64".into()))?;
-        if !key.verify_pss(&signed_message(T::KIND, &payload), &signature) {
-            return Err(DocumentError::BadSignature);
-        }
-        serde_json::from_slice(&payload)
+        Ok(())
+    }
+
+    /// The document in `payload` (bytes whose signature was checked).
+    pub(super) fn parse(&self, payload: &[u8]) -> Result<T, DocumentError> {
+        serde_json::from_slice(payload)
             .map_err(|e| DocumentError::Malformed(format!("{} payload is not valid: {e}", T::KIND)))
     }
 
     /// The document *without* checking the signature: for relays that must route it (a
     /// connector reads the target machine of a command) but never act on it.
     pub fn peek_unverified(&self) -> Result<T, DocumentError> {
-        serde_json::from_slice(&self.payload_bytes()?)
-            .map_err(|e| DocumentError::Malformed(format!("{} payload is not valid: {e}", T::KIND)))
+        self.parse(&self.payload_bytes()?)
     }
 
     /// The signed bytes, decoded from base64.
@@ -121,6 +168,7 @@ impl<T> Clone for Signed<T> {
             signer: self.signer.clone(),
             payload: self.payload.clone(),
             signature: self.signature.clone(),
+            signing_key: self.signing_key.clone(),
             _doc: PhantomData,
         }
     }
@@ -128,8 +176,8 @@ impl<T> Clone for Signed<T> {
 
 impl<T> PartialEq for Signed<T> {
     fn eq(&self, other: &Self) -> bool {
-        (&self.kind, &self.signer, &self.payload, &self.signature)
-            == (&other.kind, &other.signer, &other.payload, &other.signature)
+        (&self.kind, &self.signer, &self.payload, &self.signature, &self.signing_key)
+            == (&other.kind, &other.signer, &other.payload, &other.signature, &other.signing_key)
     }
 }
 

@@ -12,6 +12,8 @@
 //!   connector checks hub batches against.
 //! - [`command`]: the hub's [`CommandVerifier`]: pinned cloud key, target, expiry, and a replay
 //!   log on disk so a command runs at most once, even across restarts.
+//! - [`command_key`]: the cloud's Ed25519 command key, derived from its RSA key and certified by
+//!   it, which signs commands in microseconds for hubs that say they check it.
 //! - [`sealed`]: secrets sealed to one machine's public key (RSA-OAEP + AES-256-GCM), and
 //!   [`Secret`], which never prints its content.
 //! - [`session`]: the login (RSA-OAEP + RSA-PSS once, bound to a cloud challenge) and the
@@ -24,6 +26,7 @@
 //! request, a command, a receipt) can never be passed off as another.
 
 pub mod command;
+pub mod command_key;
 pub mod document;
 mod error;
 pub mod machine;
@@ -39,6 +42,7 @@ pub mod token;
 mod tests;
 
 pub use command::{CommandVerifier, ReplayLog, DEFAULT_MAX_LIFETIME};
+pub use command_key::{CommandKey, CommandKeyPair, SignsCommands};
 pub use document::{
     AuthorizedConnector, CommandEnvelope, CommandResult, CommandStatus, EnrollmentReceipt, Signed, SignedKind,
 };

@@ -383,6 +383,108 @@ fn mis_targeted_forged_and_malformed_commands_are_refused() {
     assert!(matches!(v.verify(&signed, t0()), Err(CommandRefused::Malformed(_))));
 }
 
+// ---- the command key ----
+
+fn command_key() -> &'static CommandKeyPair {
+    static KEY: OnceLock<CommandKeyPair> = OnceLock::new();
+    KEY.get_or_init(|| CommandKeyPair::derive(cloud()).unwrap())
+}
+
+/// `signed` as JSON, changed by `edit`, read back: what a relay or an attacker could hand a hub.
+fn edited(
+    signed: &Signed<CommandEnvelope>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Signed<CommandEnvelope> {
+    let mut json = serde_json::to_value(signed).unwrap();
+    edit(&mut json);
+    serde_json::from_value(json).unwrap()
+}
+
+#[test]
+fn a_command_signed_with_the_certified_key_runs_once_and_relays_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(dir.path(), t0());
+    let command = command_for(machine_a().machine_id(), t0(), 600);
+    let signed = command_key().sign_command(&command).unwrap();
+    let pretty = serde_json::to_string_pretty(&signed).unwrap();
+    let received: Signed<CommandEnvelope> = serde_json::from_str(&pretty).unwrap();
+    assert_eq!(received, signed);
+    assert_eq!(received.signer, *cloud().machine_id());
+    assert_eq!(v.verify(&received, t0() + secs(1)).unwrap(), command);
+    let again = v.verify(&received, t0() + secs(2)).unwrap_err();
+    assert!(matches!(again, CommandRefused::Replayed { .. }), "{again}");
+    // Every node with the same cloud key derives the same command key; each node's certificate
+    // (a fresh RSA-PSS signature) is accepted.
+    let other_node = CommandKeyPair::derive(cloud()).unwrap();
+    let cert = |k: &CommandKeyPair| k.certificate().peek_unverified().unwrap();
+    assert_eq!(cert(&other_node), cert(command_key()));
+    assert_ne!(other_node.certificate().signature, command_key().certificate().signature);
+    let from_b = other_node.sign_command(&command_for(machine_a().machine_id(), t0(), 600)).unwrap();
+    v.verify(&from_b, t0() + secs(3)).unwrap();
+    // The certificate is part of what the hub received: the digest a result names covers it.
+    let recertified =
+        edited(&signed, |j| j["signing_key"] = serde_json::to_value(other_node.certificate()).unwrap());
+    assert_ne!(recertified.digest(), signed.digest());
+}
+
+#[test]
+fn only_the_pinned_cloud_certifies_a_command_key_and_only_for_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(dir.path(), t0());
+    let command = command_for(machine_a().machine_id(), t0(), 600);
+    let genuine = command_key().sign_command(&command).unwrap();
+    let forged = |s: &Signed<CommandEnvelope>| match v.verify(s, t0()) {
+        Err(CommandRefused::Forged(e)) => e,
+        other => panic!("accepted or refused for another reason: {other:?}"),
+    };
+
+    // Another machine's own command key, certified by itself, posing as the cloud.
+    let attacker = CommandKeyPair::derive(machine_b()).unwrap();
+    let own = attacker.sign_command(&command).unwrap();
+    assert!(matches!(forged(&own), DocumentError::WrongSigner { .. }));
+    let posing = edited(&own, |j| j["signer"] = cloud().machine_id().as_str().into());
+    assert!(matches!(forged(&posing), DocumentError::WrongSigner { .. }), "the certificate is b's");
+    // The cloud's genuine certificate on a command the attacker signed with its own key.
+    let stolen_cert = edited(&own, |j| {
+        j["signer"] = cloud().machine_id().as_str().into();
+        j["signing_key"] = serde_json::to_value(command_key().certificate()).unwrap();
+    });
+    assert_eq!(forged(&stolen_cert), DocumentError::BadSignature);
+    // A genuine command, altered on its way.
+    let altered = edited(&genuine, |j| {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let text = String::from_utf8(genuine.payload_bytes().unwrap())
+            .unwrap()
+            .replace("\"on\":true", "\"on\":false");
+        j["payload"] = b64.encode(text).into();
+    });
+    assert_eq!(forged(&altered), DocumentError::BadSignature);
+    // The certificate edited to name the attacker's key.
+    let swapped = edited(&own, |j| {
+        j["signer"] = cloud().machine_id().as_str().into();
+        let mut cert = serde_json::to_value(command_key().certificate()).unwrap();
+        cert["payload"] = serde_json::to_value(attacker.certificate()).unwrap()["payload"].clone();
+        j["signing_key"] = cert;
+    });
+    assert_eq!(forged(&swapped), DocumentError::BadSignature);
+    // A certificate vouched for by another certificate (a chain) is not taken.
+    let chained = edited(&own, |j| {
+        j["signer"] = cloud().machine_id().as_str().into();
+        let mut cert = serde_json::to_value(attacker.certificate()).unwrap();
+        cert["signer"] = cloud().machine_id().as_str().into();
+        cert["signing_key"] = serde_json::to_value(command_key().certificate()).unwrap();
+        j["signing_key"] = cert;
+    });
+    let err = v.verify(&chained, t0()).unwrap_err();
+    assert!(matches!(err, CommandRefused::Malformed(_)), "{err}");
+    // Nothing but a command is taken with a certified key: the same bytes offered as a receipt.
+    let json = serde_json::to_string(&genuine).unwrap().replace("\"command\"", "\"enrollment-receipt\"");
+    let as_receipt: Signed<EnrollmentReceipt> = serde_json::from_str(&json).unwrap();
+    assert!(matches!(as_receipt.verify(cloud().public()), Err(DocumentError::Malformed(_))));
+    // None of this used up the id: the genuine command still runs.
+    v.verify(&genuine, t0()).unwrap();
+}
+
 #[test]
 fn the_replay_log_forgets_expired_ids_and_compacts() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ fn batch(machine: &str, seqs: std::ops::Range<u64>, ts: DateTime<Utc>) -> Batch 
         version: "t".into(),
         quarantined: 0,
         clock_problem: None,
+        features: Vec::new(),
         readings: seqs
             .map(|seq| Reading {
                 machine_id: machine.into(),
