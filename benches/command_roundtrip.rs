@@ -133,8 +133,10 @@ async fn main() {
             &admin,
         )
         .await;
-        until_done(&api, &base, &admin, &r, t).await;
+        let status = until_done(&api, &base, &admin, &r, t).await;
         let done = t.elapsed();
+        // The result carries the card's states as it reported them, not the ones asked for.
+        assert_eq!(status["result"]["state"].as_u64().map(|s| s & 1 == 1), Some(on), "{status}");
         poll(
             &format!("relay shown {on}"),
             t,
@@ -180,7 +182,13 @@ async fn admin_api(req: reqwest::RequestBuilder, admin: &str) -> serde_json::Val
 
 /// Waits until the command `created` (the API's answer when it was issued) shows `done`: the API
 /// answers a status request with `wait` as soon as the command ends.
-async fn until_done(api: &reqwest::Client, base: &str, admin: &str, created: &serde_json::Value, t: Instant) {
+async fn until_done(
+    api: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    created: &serde_json::Value,
+    t: Instant,
+) -> serde_json::Value {
     let id = created["command_id"].as_str().unwrap();
     poll(
         &format!("command {id} done"),
@@ -188,11 +196,17 @@ async fn until_done(api: &reqwest::Client, base: &str, admin: &str, created: &se
         || admin_api(api.get(format!("{base}/v1/commands/{id}?wait=10")), admin),
         |s| s["status"] == "done",
     )
-    .await;
+    .await
 }
 
-/// Asks `get` again every millisecond until `done` holds for its answer (10 s at most from `t`).
-async fn poll<F, Fut>(what: &str, t: Instant, get: F, done: impl Fn(&serde_json::Value) -> bool)
+/// Asks `get` again every millisecond until `done` holds for its answer (10 s at most from `t`);
+/// that answer.
+async fn poll<F, Fut>(
+    what: &str,
+    t: Instant,
+    get: F,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = serde_json::Value>,
@@ -200,7 +214,7 @@ where
     loop {
         let s = get().await;
         if done(&s) {
-            return;
+            return s;
         }
         assert!(t.elapsed() < Duration::from_secs(10), "{what}: stuck at {s}");
         tokio::time::sleep(Duration::from_millis(1)).await;
