@@ -677,12 +677,30 @@ async fn a_command_goes_out_signed_comes_back_signed_and_is_audited(e: Engines, 
     assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
 }
 
+/// Issues a `ping` to the set-up hub and polls as that hub: the command's id and its envelope.
+async fn issue_ping_and_poll(
+    s: &Setup,
+) -> (String, outpost_shared::keys::Signed<outpost_shared::keys::CommandEnvelope>) {
+    let id = s.hub.machine_id().to_string();
+    let (status, v) =
+        admin(s, "POST", &format!("/v1/machines/{id}/commands"), Some(serde_json::json!({"action": "ping"})))
+            .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let command_id = v["command_id"].as_str().unwrap().to_string();
+    let (status, v) = machine(s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let envelopes: Vec<outpost_shared::keys::Signed<outpost_shared::keys::CommandEnvelope>> =
+        serde_json::from_value(v).unwrap();
+    let envelope =
+        envelopes.into_iter().find(|e| e.peek_unverified().unwrap().id == command_id).expect("handed out");
+    (command_id, envelope)
+}
+
 /// A hub whose latest batch lists the feature gets commands signed with the cloud's certified
 /// Ed25519 key; one that does not (an earlier agent, or the same hub downgraded) gets RSA ones.
 async fn commands_are_signed_with_the_command_key_only_for_machines_that_check_it(e: Engines, k: &Keep) {
-    use outpost_shared::keys::{command_key, CommandEnvelope, CommandVerifier, DocumentError, Signed};
+    use outpost_shared::keys::{command_key, CommandVerifier, DocumentError};
     let s = setup(e, k, Default::default()).await;
-    let id = s.hub.machine_id().to_string();
     let dir = tempfile::tempdir().unwrap();
     let hub_side = CommandVerifier::open(
         s.state.trust.key().public().clone(),
@@ -691,32 +709,17 @@ async fn commands_are_signed_with_the_command_key_only_for_machines_that_check_i
         chrono::Utc::now(),
     )
     .unwrap();
-    let issue_and_poll = || async {
-        let (status, v) = admin(
-            &s,
-            "POST",
-            &format!("/v1/machines/{id}/commands"),
-            Some(serde_json::json!({"action": "ping"})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
-        let command_id = v["command_id"].as_str().unwrap().to_string();
-        let (status, v) = machine(&s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
-        assert_eq!(status, StatusCode::OK, "{v}");
-        let envelopes: Vec<Signed<CommandEnvelope>> = serde_json::from_value(v).unwrap();
-        envelopes.into_iter().find(|e| e.peek_unverified().unwrap().id == command_id).expect("handed out")
-    };
     let (status, _, body) =
         ack(&s.app, batch_request_with(&s.hub, 1, &[command_key::FEATURE, "later-thing"])).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let fast = issue_and_poll().await;
+    let fast = issue_ping_and_poll(&s).await.1;
     assert!(fast.signing_key.is_some(), "signed with the command key");
     assert!(matches!(fast.verify(s.state.trust.key().public()), Err(DocumentError::Malformed(_))));
     assert_eq!(hub_side.verify(&fast, chrono::Utc::now()).unwrap().action, "ping");
 
     let (status, _, body) = ack(&s.app, batch_request(&s.hub, 2)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let rsa = issue_and_poll().await;
+    let rsa = issue_ping_and_poll(&s).await.1;
     assert!(rsa.signing_key.is_none());
     rsa.verify(s.state.trust.key().public()).expect("signed by the cloud's RSA key");
     assert_eq!(hub_side.verify(&rsa, chrono::Utc::now()).unwrap().action, "ping");
@@ -1080,28 +1083,16 @@ fn session_result(
 /// the proof. Outside a session a bare result is refused; a result altered on the way (what a
 /// connector relaying it could try), replayed, or naming another machine changes nothing.
 async fn a_result_travels_bare_only_in_a_session_and_only_unaltered(e: Engines, k: &Keep) {
-    use outpost_shared::keys::{CommandEnvelope, CommandResult, CommandStatus, Signed};
+    use outpost_shared::keys::{CommandResult, CommandStatus};
     let s = setup(e, k, Default::default()).await;
-    let id = s.hub.machine_id().as_str().to_string();
-    let (status, v) = admin(
-        &s,
-        "POST",
-        &format!("/v1/machines/{id}/commands"),
-        Some(serde_json::json!({"action": "ping"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
-    let command_id = v["command_id"].as_str().unwrap().to_string();
-    let (status, v) = machine(&s, &s.hub, "GET", "/v1/commands/poll?wait=0", vec![]).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    let envelopes: Vec<Signed<CommandEnvelope>> = serde_json::from_value(v).unwrap();
+    let (command_id, envelope) = issue_ping_and_poll(&s).await;
     let result = CommandResult {
         command_id: command_id.clone(),
         machine_id: s.hub.machine_id().clone(),
         status: CommandStatus::Done,
         output: serde_json::json!({"pong": true}),
         finished_at: chrono::Utc::now(),
-        envelope: Some(envelopes[0].digest()),
+        envelope: Some(envelope.digest()),
     };
     let bare = serde_json::to_vec(&result).unwrap();
     // Signed with the machine key but not in a session: a bare result is not enough.
