@@ -34,6 +34,8 @@ pub struct Commands {
     announce: Option<Announce>,
     /// Woken whenever this node records a result: people waiting for a command's outcome.
     finished: Arc<Notify>,
+    /// How often a wait for an outcome reads the command again ([`FINISHED_RECHECK`]).
+    finished_recheck: Duration,
 }
 
 /// How often someone waiting for a command's outcome reads it again: a result recorded by
@@ -77,7 +79,20 @@ fn audit_of(rec: &CommandRecord, who: &str, event: &str, detail: serde_json::Val
 
 impl Commands {
     pub fn new(store: CommandStores) -> Commands {
-        Commands { store, waiters: Arc::default(), announce: None, finished: Arc::default() }
+        Commands {
+            store,
+            waiters: Arc::default(),
+            announce: None,
+            finished: Arc::default(),
+            finished_recheck: FINISHED_RECHECK,
+        }
+    }
+
+    /// Tests make the recheck rare, so only a wake-up can end a wait in time.
+    #[cfg(test)]
+    fn with_finished_recheck(mut self, every: Duration) -> Commands {
+        self.finished_recheck = every;
+        self
     }
 
     /// With `announce`, every new command is also told to the other cloud nodes (their polls
@@ -133,7 +148,7 @@ impl Commands {
                 Some(r) if r.ended(Utc::now()).is_none() && now < deadline => {}
                 _ => return Ok(rec),
             }
-            let next = deadline.min(now + FINISHED_RECHECK);
+            let next = deadline.min(now + self.finished_recheck);
             tokio::select! {
                 _ = finished => {}
                 _ = tokio::time::sleep_until(next) => {}
@@ -428,7 +443,7 @@ mod tests {
 
     async fn a_result_closes_its_command_once_and_a_forged_envelope_changes_nothing(e: Engines, _k: &Keep) {
         use outpost_shared::keys::{CommandResult, CommandStatus};
-        let cmds = Commands::new(e.commands.clone());
+        let cmds = Commands::new(e.commands.clone()).with_finished_recheck(Duration::from_secs(3600));
         let cloud = KeyPair::generate().unwrap();
         let hub = KeyPair::generate().unwrap();
         let machine = hub.machine_id().to_string();
@@ -456,8 +471,17 @@ mod tests {
         // Signed by another machine: refused.
         let stranger = KeyPair::generate().unwrap();
         assert!(cmds.finish(&machine, stranger.public(), &forged).await.is_err());
+        // Someone waiting for the outcome is woken by the result (the recheck is an hour away).
+        let waiting = tokio::spawn({
+            let (cmds, id) = (cmds.clone(), rec.id.clone());
+            async move { cmds.get_when_ended(&id, Duration::from_secs(3600)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let good = answer(Some(rec.envelope.digest()), CommandStatus::Done);
         assert_eq!(cmds.finish(&machine, hub.public(), &good).await.unwrap().status, "done");
+        let woken =
+            tokio::time::timeout(Duration::from_secs(30), waiting).await.expect("woken by the result");
+        assert_eq!(woken.unwrap().unwrap().unwrap().status, "done");
         // A second result changes nothing, and the command is no longer handed out.
         let late = answer(Some(rec.envelope.digest()), CommandStatus::Failed);
         assert_eq!(cmds.finish(&machine, hub.public(), &late).await.unwrap().status, "done");

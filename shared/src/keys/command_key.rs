@@ -75,8 +75,8 @@ impl CommandKeyPair {
         prk.expand(&[b"ed25519 seed"], ring::hkdf::HKDF_SHA256)
             .and_then(|okm| okm.fill(seed.as_mut_slice()))
             .expect("32 bytes is a valid HKDF-SHA-256 output length");
-        let key = Ed25519KeyPair::from_seed_unchecked(seed.as_slice())
-            .map_err(|e| KeyError::Rsa(format!("Ed25519 command key: {e}")))?;
+        let key =
+            Ed25519KeyPair::from_seed_unchecked(seed.as_slice()).expect("any 32 bytes are an Ed25519 seed");
         let public = CommandKey { ed25519: B64.encode(key.public_key().as_ref()) };
         let cert = Box::new(Signed::sign(cloud, &public)?);
         Ok(CommandKeyPair { key, signer: cloud.machine_id().clone(), cert })
