@@ -30,6 +30,11 @@ impl From<Vec<Sample>> for Batch {
 
 /// Most samples in one group commit.
 const GROUP_MAX: usize = 10_000;
+/// How long the writer waits after the first sample of a group for the rest of its round: the
+/// sensors due at one tick each finish their read a few milliseconds apart, and without the wait
+/// each of them cost an append of its own (a flush, a blocking thread and a wake of sled's seven
+/// I/O threads), about five a tick with the default sensors. News does not wait.
+const LINGER: Duration = Duration::from_millis(50);
 /// How long the buffer may refuse every write before the hub stops to be restarted.
 const FAILING_FATAL: Duration = Duration::from_secs(60);
 /// Samples held in memory while the disk refuses writes (full disk, I/O error). Past this the
@@ -59,16 +64,31 @@ pub async fn run(
         Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 0.5).expect("constant settings");
     let mut news = News::default();
     let mut failing_since: Option<std::time::Instant> = None;
+    // Whether `held` carries news (judged once per sample, as it arrives), told with its append.
+    let mut urgent = false;
     loop {
         if held.is_empty() {
             match rx.recv().await {
-                Some(b) => take(b, &mut held, &mut waiting),
+                Some(b) => take(b, &mut held, &mut waiting, &mut news, &mut urgent),
                 None => return,
+            }
+            // The rest of this round, unless the group is already news or full. A closed channel
+            // ends the wait; the loop's next `recv` then sees it.
+            let round = tokio::time::sleep(LINGER);
+            tokio::pin!(round);
+            while !urgent && held.len() < GROUP_MAX {
+                tokio::select! {
+                    _ = &mut round => break,
+                    more = rx.recv() => match more {
+                        Some(m) => take(m, &mut held, &mut waiting, &mut news, &mut urgent),
+                        None => break,
+                    },
+                }
             }
         }
         while held.len() < GROUP_MAX {
             match rx.try_recv() {
-                Ok(more) => take(more, &mut held, &mut waiting),
+                Ok(more) => take(more, &mut held, &mut waiting, &mut news, &mut urgent),
                 Err(_) => break,
             }
         }
@@ -89,7 +109,7 @@ pub async fn run(
         match appended {
             Ok(range) => {
                 feed.newest_group.store(range.start, Ordering::Release);
-                if news.any_in(&held) {
+                if std::mem::take(&mut urgent) {
                     feed.urgent.store(true, Ordering::Release);
                 }
                 feed.appended.notify_one();
@@ -129,7 +149,7 @@ pub async fn run(
                     tokio::select! {
                         _ = &mut sleep => break,
                         more = rx.recv() => match more {
-                            Some(m) => take(m, &mut held, &mut waiting),
+                            Some(m) => take(m, &mut held, &mut waiting, &mut news, &mut urgent),
                             None => closed = true,
                         },
                     }
@@ -144,7 +164,14 @@ pub async fn run(
     }
 }
 
-fn take(batch: Batch, held: &mut Vec<Sample>, waiting: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
+fn take(
+    batch: Batch,
+    held: &mut Vec<Sample>,
+    waiting: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    news: &mut News,
+    urgent: &mut bool,
+) {
+    *urgent |= news.any_in(&batch.samples);
     held.extend(batch.samples);
     waiting.extend(batch.durable);
 }
@@ -197,6 +224,99 @@ impl News {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outpost_shared::buffer::{BufferStats, MemoryBuffer, Quarantined, WhenFull};
+    use std::ops::Range;
+    use std::sync::Mutex;
+
+    /// A buffer that remembers how many samples each append carried.
+    struct Appends {
+        inner: MemoryBuffer,
+        sizes: Mutex<Vec<usize>>,
+    }
+
+    impl Appends {
+        fn new() -> Self {
+            Appends { inner: MemoryBuffer::new(16 << 20, WhenFull::DropOldest), sizes: Mutex::default() }
+        }
+        fn b(&self) -> &MemoryBuffer {
+            &self.inner
+        }
+        fn sizes(&self) -> Vec<usize> {
+            self.sizes.lock().unwrap().clone()
+        }
+    }
+
+    impl Storage for Appends {
+        fn append(&self, records: &[Vec<u8>]) -> Result<Range<u64>, BufferError> {
+            self.sizes.lock().unwrap().push(records.len());
+            self.b().append(records)
+        }
+        fn oldest(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
+            self.b().oldest(n)
+        }
+        fn newest(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
+            self.b().newest(n)
+        }
+        fn remove(&self, seqs: &[u64]) -> Result<(), BufferError> {
+            self.b().remove(seqs)
+        }
+        fn delete_through(&self, through: u64) -> Result<u64, BufferError> {
+            self.b().delete_through(through)
+        }
+        fn stats(&self) -> BufferStats {
+            self.b().stats()
+        }
+        fn quarantine(&self, items: &[(u64, String)]) -> Result<u64, BufferError> {
+            self.b().quarantine(items)
+        }
+        fn quarantined(&self, n: usize) -> Result<Vec<Quarantined>, BufferError> {
+            self.b().quarantined(n)
+        }
+        fn requeue(&self) -> Result<u64, BufferError> {
+            self.b().requeue()
+        }
+    }
+
+    /// The sensors of one tick finish their reads milliseconds apart: their samples go to disk in
+    /// one append. A state change does not wait for company.
+    #[tokio::test(start_paused = true)]
+    async fn one_round_of_samples_is_one_append_and_news_is_written_at_once() {
+        let buffer = Arc::new(Appends::new());
+        let feed = Arc::new(Feed::default());
+        let (tx, rx) = mpsc::channel(16);
+        let writer = tokio::spawn(run(
+            buffer.clone(),
+            rx,
+            feed.clone(),
+            tokio_util::sync::CancellationToken::new(),
+            Arc::new(std::sync::OnceLock::new()),
+        ));
+        for (i, after) in [0u64, 3, 5, 9, 20].into_iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            tx.send(vec![Sample::new(&format!("s{i}"), i as f64, State::Ok)].into()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(buffer.sizes(), vec![5], "one append for the round");
+        assert!(!feed.urgent.load(Ordering::Acquire), "first readings are no news");
+
+        // The next round: s0 goes to warn. It is written without the round's wait.
+        let (durable, written) = tokio::sync::oneshot::channel();
+        tx.send(Batch { samples: vec![Sample::new("s0", 99.0, State::Warn)], durable: Some(durable) })
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        written.await.unwrap();
+        assert!(started.elapsed() < LINGER, "news waited {:?}", started.elapsed());
+        assert_eq!(buffer.sizes(), vec![5, 1]);
+        assert!(feed.urgent.load(Ordering::Acquire), "the uplink is told not to linger");
+
+        // A lone sample with nothing after it is written once the round's wait is over.
+        tx.send(vec![Sample::new("s1", 7.0, State::Ok)].into()).await.unwrap();
+        tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
+        assert_eq!(buffer.sizes(), vec![5, 1, 1]);
+        drop(tx);
+        writer.await.unwrap();
+    }
 
     #[test]
     fn a_value_that_is_not_a_finite_number_is_stored_readably() {
