@@ -3,7 +3,7 @@
 //! loopback), and Debian's `zabbix_agent2` with its packaged configuration (passive checks from
 //! and active checks to 127.0.0.1), started together. After a warm-up minute both are measured for
 //! two minutes: CPU time (utime + stime) as a share of one core, and memory as RSS, PSS and
-//! anonymous (private) from `/proc/PID/smaps_rollup`; then the ratios.
+//! anonymous (private) from `/proc/PID/smaps_rollup`; then the ratios, and the hub's CPU by thread.
 //!
 //! Needs the `zabbix-agent2` package (`apt-get install zabbix-agent2`); without it the bench fails
 //! and says so, rather than print a figure with nothing beside it. Linux only.
@@ -22,6 +22,35 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // USER_HZ is 100 on every Linux this runs on.
     ticks / 100.0
+}
+
+/// Per thread group (the thread's name without its number, `sled-io-3` → `sled-io-*`): nanoseconds
+/// on a CPU so far (`/proc/PID/task/TID/schedstat`, exact, not in 10 ms ticks) and context switches
+/// (each one a wake-up of a sleeping thread, or a preemption). A thread that ended in between is
+/// missing from the later snapshot, so a group's difference is what its living threads used.
+fn threads(pid: u32) -> std::collections::BTreeMap<String, (u64, u64, usize)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let p = task.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let comm = read("comm").trim().to_string();
+        let group = match comm.trim_end_matches(|c: char| c.is_ascii_digit()) {
+            stem if stem.len() < comm.len() => format!("{stem}*"),
+            _ => comm,
+        };
+        let ns: u64 = read("schedstat").split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let switches: u64 = read("status")
+            .lines()
+            .filter(|l| l.contains("_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        let e = out.entry(group).or_insert((0, 0, 0));
+        e.0 += ns;
+        e.1 += switches;
+        e.2 += 1;
+    }
+    out
 }
 
 /// (RSS, PSS, anonymous) in kB.
@@ -212,8 +241,10 @@ fn main() {
     alive("zabbix_agent2", &mut zabbix, &d.join("zabbix.out"));
     let (hub_pid, zbx_pid) = (hub.0.id(), zabbix.0.id());
     let (h0, z0, t0) = (cpu_seconds(hub_pid), cpu_seconds(zbx_pid), Instant::now());
+    let hub_threads0 = threads(hub_pid);
     std::thread::sleep(Duration::from_secs(secs));
     let wall = t0.elapsed().as_secs_f64();
+    let hub_threads1 = threads(hub_pid);
     alive("the hub", &mut hub, &d.join("hub.log"));
     alive("zabbix_agent2", &mut zabbix, &d.join("zabbix.out"));
     let hub_cpu = (cpu_seconds(hub_pid) - h0) / wall * 100.0;
@@ -249,6 +280,17 @@ fn main() {
         mb(hub_code),
         std::fs::metadata(&hub_exe).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
     );
+    println!("where the hub's CPU went, by thread (share of one core, wake-ups per second):");
+    for (group, (ns1, sw1, n)) in &hub_threads1 {
+        let (ns0, sw0, _) = hub_threads0.get(group).copied().unwrap_or((0, 0, 0));
+        println!(
+            "  {:<22} {:>2} thread(s) {:>9.4} %  {:>6.2} wake-ups/s",
+            group,
+            n,
+            ns1.saturating_sub(ns0) as f64 / 1e9 / wall * 100.0,
+            sw1.saturating_sub(sw0) as f64 / wall
+        );
+    }
     let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "n/a".into() };
     println!(
         "{:<24} {:>10} {:>10} {:>10} {:>10}",

@@ -293,7 +293,7 @@ mod tests {
         ));
         for (i, after) in [0u64, 3, 5, 9, 20].into_iter().enumerate() {
             tokio::time::sleep(Duration::from_millis(after)).await;
-            tx.send(vec![Sample::new(&format!("s{i}"), i as f64, State::Ok)].into()).await.unwrap();
+            tx.send(vec![Sample::new(format!("s{i}"), i as f64, State::Ok)].into()).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(buffer.sizes(), vec![5], "one append for the round");
