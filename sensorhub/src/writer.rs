@@ -32,8 +32,9 @@ impl From<Vec<Sample>> for Batch {
 const GROUP_MAX: usize = 10_000;
 /// How long the writer waits after the first sample of a group for the rest of its round: the
 /// sensors due at one tick each finish their read a few milliseconds apart, and without the wait
-/// each of them cost an append of its own (a flush, a blocking thread and a wake of sled's seven
-/// I/O threads), about five a tick with the default sensors. News does not wait.
+/// they were split over several appends, each a flush, a blocking thread and a wake of sled's
+/// seven I/O threads (two a tick with the default sensors, counted with strace). News does not
+/// wait.
 const LINGER: Duration = Duration::from_millis(50);
 /// How long the buffer may refuse every write before the hub stops to be restarted.
 const FAILING_FATAL: Duration = Duration::from_secs(60);
