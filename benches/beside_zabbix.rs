@@ -24,12 +24,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Per thread group (the thread's name without its number, `sled-io-3` → `sled-io-*`): nanoseconds
-/// on a CPU so far (`/proc/PID/task/TID/schedstat`, exact, not in 10 ms ticks) and context switches
-/// (each one a wake-up of a sleeping thread, or a preemption). A thread that ended in between is
-/// missing from the later snapshot, so a group's difference is what its living threads used.
-fn threads(pid: u32) -> std::collections::BTreeMap<String, (u64, u64, usize)> {
-    let mut out = std::collections::BTreeMap::new();
+/// Per thread (by id): its group (the thread's name without its number, `sled-io-3` →
+/// `sled-io-*`), nanoseconds on a CPU so far (`/proc/PID/task/TID/schedstat`, exact, not in 10 ms
+/// ticks) and context switches (each one a wake-up of a sleeping thread, or a preemption).
+fn threads(pid: u32) -> std::collections::HashMap<String, (String, u64, u64)> {
+    let mut out = std::collections::HashMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
     for task in tasks.flatten() {
         let p = task.path();
@@ -45,10 +44,25 @@ fn threads(pid: u32) -> std::collections::BTreeMap<String, (u64, u64, usize)> {
             .filter(|l| l.contains("_ctxt_switches:"))
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum();
-        let e = out.entry(group).or_insert((0, 0, 0));
-        e.0 += ns;
-        e.1 += switches;
-        e.2 += 1;
+        out.insert(task.file_name().to_string_lossy().into_owned(), (group, ns, switches));
+    }
+    out
+}
+
+/// What each thread group used between two [`threads`] snapshots: (threads alive at the end,
+/// nanoseconds, context switches). A thread started in between counts from zero; one that ended
+/// in between is missing (what it used since the first snapshot is not counted).
+fn by_group(
+    before: &std::collections::HashMap<String, (String, u64, u64)>,
+    after: &std::collections::HashMap<String, (String, u64, u64)>,
+) -> std::collections::BTreeMap<String, (usize, u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for (tid, (group, ns, sw)) in after {
+        let (ns0, sw0) = before.get(tid).map_or((0, 0), |(_, n, s)| (*n, *s));
+        let e = out.entry(group.clone()).or_insert((0, 0, 0));
+        e.0 += 1;
+        e.1 += ns.saturating_sub(ns0);
+        e.2 += sw.saturating_sub(sw0);
     }
     out
 }
@@ -281,14 +295,13 @@ fn main() {
         std::fs::metadata(&hub_exe).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
     );
     println!("where the hub's CPU went, by thread (share of one core, wake-ups per second):");
-    for (group, (ns1, sw1, n)) in &hub_threads1 {
-        let (ns0, sw0, _) = hub_threads0.get(group).copied().unwrap_or((0, 0, 0));
+    for (group, (n, ns, switches)) in by_group(&hub_threads0, &hub_threads1) {
         println!(
             "  {:<22} {:>2} thread(s) {:>9.4} %  {:>6.2} wake-ups/s",
             group,
             n,
-            ns1.saturating_sub(ns0) as f64 / 1e9 / wall * 100.0,
-            sw1.saturating_sub(sw0) as f64 / wall
+            ns as f64 / 1e9 / wall * 100.0,
+            switches as f64 / wall
         );
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "n/a".into() };
