@@ -376,7 +376,9 @@ fn a_hub_that_reaches_only_a_connector_enrolls_through_it_without_showing_it_the
 fn a_revoked_connector_is_refused_by_the_cloud_and_left_by_its_hubs() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = CloudProc::start(&dir.path().join("cloud"));
-    let connector = ConnectorProc::start(&dir.path().join("connector"), &cloud, "");
+    // Once its hubs have left, the connector's next signed request is its key-list refresh: made
+    // every 2 s here (60 s by default) so the test need not wait for one.
+    let connector = ConnectorProc::start(&dir.path().join("connector"), &cloud, "cloud.keys_every = \"2s\"");
     let hub_dir = dir.path().join("hub");
     let uplink = format!(
         "{}fallback_after = \"1s\"\nrecheck_every = \"1s\"\nreprobe_every = \"1h\"\n",
