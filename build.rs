@@ -1,7 +1,12 @@
-//! Windows only: links a message table (`src/messages.mc`: one message, `%1`) into outpost.exe, so
-//! Event Viewer shows the services' events as written. Built with MinGW's `windmc` and `windres`
-//! (binutils-mingw-w64), named by the target's architecture or by the `WINDMC` and `WINDRES`
-//! variables. Other targets build nothing here.
+//! Two things the linker needs that cargo cannot say on its own:
+//!
+//! - Windows: a message table (`src/messages.mc`: one message, `%1`) linked into outpost.exe, so
+//!   Event Viewer shows the services' events as written. Built with MinGW's `windmc` and `windres`
+//!   (binutils-mingw-w64), named by the target's architecture or by the `WINDMC` and `WINDRES`
+//!   variables.
+//! - Linux release builds linked by LLD: the functions a running sensorhub keeps calling placed
+//!   next to each other (`link/hub-code.order`, see `link/README.md`), so the few hundred KiB of
+//!   code it uses stay resident instead of the megabytes they would be spread over.
 
 use std::env;
 use std::path::PathBuf;
@@ -12,6 +17,14 @@ fn main() {
     println!("cargo:rerun-if-changed=src/messages.mc");
     println!("cargo:rerun-if-env-changed=WINDMC");
     println!("cargo:rerun-if-env-changed=WINDRES");
+    println!("cargo:rerun-if-changed={ORDER_FILE}");
+    println!("cargo:rerun-if-env-changed=OUTPOST_CODE_ORDER");
+    if let Some(order) = code_order() {
+        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", order.display());
+        // Names the file lists that this build does not have (inlined here, or from another
+        // toolchain) are skipped; the bench says how many were found.
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows") {
         return;
     }
@@ -51,4 +64,39 @@ fn run(cmd: &mut Command) {
             "cannot run {shown}: {e}; install binutils-mingw-w64 (windmc, windres) or set WINDMC and WINDRES"
         ),
     }
+}
+
+const ORDER_FILE: &str = "link/hub-code.order";
+
+/// The symbol order file, when this build links with LLD: rustc's own `rust-lld`, the default for
+/// x86_64 Linux since Rust 1.90, unless the flags choose another linker. GNU ld would refuse the
+/// option, so anything else (or `OUTPOST_CODE_ORDER=off`) links in the compiler's order. Release
+/// builds only: a debug build's names never match and nobody measures its memory.
+fn code_order() -> Option<PathBuf> {
+    if env::var("OUTPOST_CODE_ORDER").as_deref() == Ok("off")
+        || env::var("PROFILE").as_deref() != Ok("release")
+        || env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
+    {
+        return None;
+    }
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if ["linker", "link-self-contained", "fuse-ld"].iter().any(|f| flags.contains(f)) {
+        return None;
+    }
+    let rustc = env::var_os("RUSTC")?;
+    let version = Command::new(&rustc).arg("-vV").output().ok()?;
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let release = version.lines().find_map(|l| l.strip_prefix("release: "))?;
+    let minor: u32 = release.split('.').nth(1)?.parse().ok()?;
+    if !release.starts_with("1.") || minor < 90 {
+        return None;
+    }
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    // Distributions that build rustc themselves often leave the bundled LLD out and link with cc.
+    if !sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld").exists() {
+        return None;
+    }
+    let order = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR")?).join(ORDER_FILE);
+    order.exists().then_some(order)
 }

@@ -294,6 +294,18 @@ fn main() {
         mb(hub_code),
         std::fs::metadata(&hub_exe).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
     );
+    match code_order_found(&hub_exe) {
+        Some((found, listed)) => println!(
+            "code order (link/hub-code.order): {found} of its {listed} names (the release and bench builds' \
+             together) are in this binary{}",
+            if found * 4 < listed {
+                "; most are not: regenerate it with link/make-hub-code-order"
+            } else {
+                ""
+            }
+        ),
+        None => println!("code order: cannot tell (`nm` did not run)"),
+    }
     println!("where the hub's CPU went, by thread (share of one core, wake-ups per second):");
     for (group, (n, ns, switches)) in by_group(&hub_threads0, &hub_threads1) {
         println!(
@@ -313,4 +325,16 @@ fn main() {
         ratio(hp as f64, zp as f64),
         ratio(ha as f64, za as f64)
     );
+}
+
+/// How many of the functions `link/hub-code.order` lists this binary has: the order only helps
+/// for names the build has (another toolchain or Cargo.lock renames most of them).
+fn code_order_found(exe: &Path) -> Option<(usize, usize)> {
+    let order = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/link/hub-code.order")).ok()?;
+    let out = Command::new("nm").arg(exe).output().ok().filter(|o| o.status.success())?;
+    let names: std::collections::HashSet<&str> =
+        std::str::from_utf8(&out.stdout).ok()?.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let listed: Vec<&str> =
+        order.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    Some((listed.iter().filter(|n| names.contains(*n)).count(), listed.len()))
 }

@@ -31,19 +31,26 @@ pub fn one_malloc_arena() {
     }
 }
 
-/// After `settle`, drops the executable's resident read-only pages (Linux; elsewhere nothing).
-pub fn release_startup_code_after(settle: std::time::Duration) {
+/// At each of `moments` (from now, in rising order), drops the executable's resident read-only
+/// pages (Linux; elsewhere nothing). More than one because start-up does not end at once: the
+/// first session, the first minute-long sensors and the first key refresh still run code no later
+/// cycle runs, so a release after those leaves only what the hub keeps calling (BENCHMARKS.md:
+/// with the code order of `link/`, 2 MB of code instead of 3.7 MB after one release at 30 s).
+pub fn release_startup_code_at(moments: &'static [std::time::Duration]) {
     #[cfg(target_os = "linux")]
     {
         let spawned = std::thread::Builder::new().name("footprint".into()).spawn(move || {
-            std::thread::sleep(settle);
-            match release_code_pages() {
-                Ok((before, after)) => tracing::debug!(
-                    resident_kib_before = before,
-                    resident_kib_after = after,
-                    "start-up code released"
-                ),
-                Err(e) => tracing::debug!(error = %e, "cannot release start-up code"),
+            let start = std::time::Instant::now();
+            for &at in moments {
+                std::thread::sleep(at.saturating_sub(start.elapsed()));
+                match release_code_pages() {
+                    Ok((before, after)) => tracing::debug!(
+                        resident_kib_before = before,
+                        resident_kib_after = after,
+                        "start-up code released"
+                    ),
+                    Err(e) => tracing::debug!(error = %e, "cannot release start-up code"),
+                }
             }
         });
         if let Err(e) = spawned {
@@ -51,7 +58,7 @@ pub fn release_startup_code_after(settle: std::time::Duration) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = settle;
+    let _ = moments;
 }
 
 /// Resident KiB of the executable's mappings, before and after.

@@ -383,6 +383,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// When a hub hands its start-up code back to the kernel (see `footprint`).
+const HUB_CODE_RELEASES: [std::time::Duration; 2] =
+    [std::time::Duration::from_secs(30), std::time::Duration::from_secs(120)];
+
 /// How long the hub's runtime may make no progress at all before the process exits: longer than
 /// any deadline inside it (a stalled flush or append is noticed after 60 s), so it only fires when
 /// those cannot.
@@ -431,8 +435,9 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
         }
         RoleConfig::Sensorhub(config) => {
             footprint::one_malloc_arena();
-            // By then sensors, uplink and command channel have all run once.
-            footprint::release_startup_code_after(std::time::Duration::from_secs(30));
+            // At 30 s sensors, uplink and command channel have all run once; by 2 min the
+            // minute-long sensors and the first refreshes have too.
+            footprint::release_startup_code_at(&HUB_CODE_RELEASES);
             let rt = hub_runtime()?;
             // A hub stuck for good (every worker waiting on a stalled disk) exits to be restarted.
             outpost_sensorhub::watchdog::spawn(rt.handle(), HUB_STALL_EXIT, || {
