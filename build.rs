@@ -79,8 +79,11 @@ fn code_order() -> Option<PathBuf> {
     {
         return None;
     }
+    // A linker chosen in cargo's config (RUSTC_LINKER) or in the flags may not be LLD.
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if ["linker", "link-self-contained", "fuse-ld"].iter().any(|f| flags.contains(f)) {
+    if env::var_os("RUSTC_LINKER").is_some()
+        || ["linker", "link-self-contained", "fuse-ld"].iter().any(|f| flags.contains(f))
+    {
         return None;
     }
     let rustc = env::var_os("RUSTC")?;
