@@ -32,10 +32,9 @@ pub fn one_malloc_arena() {
 }
 
 /// At each of `moments` (from now, in rising order), drops the executable's resident read-only
-/// pages (Linux; elsewhere nothing). More than one because start-up does not end at once: the
-/// first session, the first minute-long sensors and the first key refresh still run code no later
-/// cycle runs, so a release after those leaves only what the hub keeps calling (BENCHMARKS.md:
-/// with the code order of `link/`, 2 MB of code instead of 3.7 MB after one release at 30 s).
+/// pages (Linux; elsewhere nothing). More than one because start-up does not end at once: code
+/// that ran only in the first minutes stays resident after an early release if it runs again
+/// after it (BENCHMARKS.md: which code that is has not been found yet).
 pub fn release_startup_code_at(moments: &'static [std::time::Duration]) {
     #[cfg(target_os = "linux")]
     {

@@ -435,8 +435,8 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
         }
         RoleConfig::Sensorhub(config) => {
             footprint::one_malloc_arena();
-            // At 30 s sensors, uplink and command channel have all run once; by 2 min the
-            // minute-long sensors and the first refreshes have too.
+            // At 30 s sensors, uplink and command channel have all run once; the second release
+            // catches start-up code that still ran after the first.
             footprint::release_startup_code_at(&HUB_CODE_RELEASES);
             let rt = hub_runtime()?;
             // A hub stuck for good (every worker waiting on a stalled disk) exits to be restarted.
