@@ -126,3 +126,50 @@ fn a_disk_that_fills_under_a_restarted_hub_makes_it_exit_or_work_and_never_hang(
     eprintln!("disk filled under a running hub: the hub {outcome}");
     recovers(&s, hub);
 }
+
+/// A disk full for a few seconds under a running hub. sled answers every write after a failed one
+/// with that failure until the process restarts; the hub once went on uploading from such a
+/// buffer, which could neither take new readings nor forget delivered ones, and looked healthy.
+/// Once space is back the hub must, within seconds, either write and upload new readings with a
+/// clean status, or exit saying why (its service manager restarts it).
+#[test]
+fn a_disk_full_for_a_moment_leaves_a_hub_that_writes_again_or_restarts_within_seconds() {
+    let Some(s) = setup() else { return };
+    let mut hub = start_hub(&s.hub_dir, &s.config);
+    let stored = all_seqs(&s.cloud, &s.id).len();
+    wait_until(Duration::from_secs(60), "the restarted hub uploads", || {
+        all_seqs(&s.cloud, &s.id).len() > stored + 10
+    });
+    full(&s.disk, &s.hub_dir.join("data"));
+    std::thread::sleep(Duration::from_secs(3));
+    s.disk.free();
+    let freed = Instant::now();
+    let outcome = loop {
+        if let Some(status) = hub.child.try_wait().unwrap() {
+            let log = hub.log_text();
+            assert!(!status.success(), "a hub that cannot write its buffer does not exit as if all was well");
+            assert!(
+                log.contains("cannot write again") || log.contains("stalled"),
+                "the hub says why:\n{log}"
+            );
+            // Not the minute a full disk is given: sled's stuck error is told apart by the room.
+            assert!(freed.elapsed() < Duration::from_secs(30), "exited only after {:.1?}", freed.elapsed());
+            break format!("exited ({status}) {:.1?} after space came back", freed.elapsed());
+        }
+        let before = all_seqs(&s.cloud, &s.id).len();
+        std::thread::sleep(Duration::from_secs(2));
+        let clean = hub_status(&s.hub_dir)
+            .is_some_and(|st| st["storage_error"].is_null() && st["last_error"].is_null());
+        if clean && all_seqs(&s.cloud, &s.id).len() > before + 5 {
+            break format!("writes and uploads again {:.1?} after space came back", freed.elapsed());
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(30),
+            "30 s after space came back the hub neither writes and uploads cleanly nor exited; status {:?}:\n{}",
+            hub_status(&s.hub_dir),
+            hub.log_text()
+        );
+    };
+    eprintln!("disk full for 3 s under a running hub: the hub {outcome}");
+    recovers(&s, hub);
+}

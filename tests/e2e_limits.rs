@@ -3,7 +3,8 @@
 //! without a valid signature, for 60 s: health checks and the admin API must keep answering fast,
 //! and the cloud's memory must stay bounded.
 //!
-//! `OUTPOST_ATTACK_SECS` shortens the attack for a quick local run.
+//! `OUTPOST_ATTACK_SECS` shortens the attack for a quick local run. Unix only (descriptor limits).
+#![cfg(unix)]
 
 mod common;
 

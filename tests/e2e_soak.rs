@@ -330,6 +330,7 @@ fn nothing_a_hub_accepted_is_lost_or_stored_twice_whatever_fails() {
             hubs.iter().all(|h| {
                 hub_status(&h.dir).is_some_and(|s| {
                     s["last_error"].is_null()
+                        && s["storage_error"].is_null()
                         && s["buffered"].as_u64().is_some_and(|b| b < 100)
                         && s["last_upload"]
                             .as_str()

@@ -5,7 +5,7 @@
 //! Run: `cargo bench -p outpost-cloud --bench store_engines`
 
 use chrono::Utc;
-use outpost_cloud::store::{postgres, sled::SledStore, Store};
+use outpost_cloud::store::{sled::SledStore, Store};
 use outpost_shared::model::{Batch, Reading, Role, Sample, State};
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,7 +67,15 @@ async fn run(name: &str, store: Store) {
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     run("sled", Arc::new(SledStore::open(dir.path()).unwrap())).await;
+    #[cfg(unix)]
+    postgres_side().await;
+    #[cfg(not(unix))]
+    println!("store postgres: not measured here (the throwaway server runs on unix only)");
+}
 
+#[cfg(unix)]
+async fn postgres_side() {
+    use outpost_cloud::store::postgres;
     let server = tokio::task::spawn_blocking(|| {
         postgres::throwaway::Throwaway::start().unwrap_or_else(|e| panic!("{e}"))
     })

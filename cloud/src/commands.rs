@@ -88,8 +88,9 @@ impl Commands {
         }
     }
 
-    /// Tests make the recheck rare, so only a wake-up can end a wait in time.
-    #[cfg(test)]
+    /// Tests make the recheck rare, so only a wake-up can end a wait in time (the tests run on
+    /// both engines, so on unix only).
+    #[cfg(all(test, unix))]
     fn with_finished_recheck(mut self, every: Duration) -> Commands {
         self.finished_recheck = every;
         self

@@ -37,6 +37,10 @@ pub struct HubStatus {
     /// Hubs: why the last sensor document from the cloud was not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_problem: Option<String>,
+    /// Hubs: why the local buffer refused its latest write (full or failing disk), until one
+    /// succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
 }
 
 impl HubStatus {
@@ -93,7 +97,9 @@ impl RoleReport {
     pub fn healthy(&self) -> bool {
         let running = self.service.as_deref().is_none_or(|s| s == "active" || s == "running");
         let fresh = !matches!(self.uplink, Some(UplinkReport::Known { stale: true, .. }));
-        self.installed && running && fresh
+        // A buffer that cannot write loses what the sensors read: not healthy, whatever else.
+        let writes = !matches!(&self.uplink, Some(UplinkReport::Known { status, .. }) if status.storage_error.is_some());
+        self.installed && running && fresh && writes
     }
 }
 
@@ -264,6 +270,9 @@ pub fn render_text(reports: &[RoleReport]) -> String {
                 let _ = writeln!(out, "  last upload  {last}");
                 if let Some(e) = &status.last_error {
                     let _ = writeln!(out, "  last error   {e}");
+                }
+                if let Some(e) = &status.storage_error {
+                    let _ = writeln!(out, "  BUFFER FAILS {e}");
                 }
                 if let Some(v) = status.managed_version {
                     let _ = writeln!(out, "  managed      sensors v{v} from the cloud");

@@ -736,6 +736,7 @@ fn write_status(root: &Path, role: Role, age: chrono::Duration) -> crate::HubSta
         updated_at: now - age,
         managed_version: Some(7),
         managed_problem: None,
+        storage_error: None,
     };
     s.write(&root.join(format!("var/lib/outpost/{role}"))).unwrap();
     s
@@ -780,6 +781,15 @@ fn status_reports_uplink_buffer_and_staleness() {
     assert_eq!(json[0]["uplink"]["stale"], false);
     assert_eq!(json[1]["uplink"]["stale"], true);
     assert_eq!(json[0]["role"], "sensorhub");
+
+    // A hub whose buffer cannot write is running but not healthy, and says why.
+    let mut failing = write_status(r, Role::Sensorhub, chrono::Duration::seconds(1));
+    failing.storage_error = Some("buffer storage failed: No space left on device".into());
+    failing.write(&r.join("var/lib/outpost/sensorhub")).unwrap();
+    let reports = status::collect(&args, &runner, chrono::Utc::now());
+    assert!(!reports[0].healthy(), "a buffer that cannot write is not healthy");
+    let text = status::render_text(&reports);
+    assert!(text.contains("BUFFER FAILS buffer storage failed: No space left on device"), "{text}");
 
     // A role not installed is said so.
     let cloud = status::collect(&StatusArgs { role: Some(Role::Cloud), ..args }, &runner, chrono::Utc::now());

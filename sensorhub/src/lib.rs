@@ -13,6 +13,8 @@
 
 pub mod commands;
 pub mod config;
+#[cfg(test)]
+mod faulty_buffer;
 pub mod managed;
 pub mod relay;
 pub mod sensors;
@@ -167,6 +169,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
     };
     let uplink_stop = CancellationToken::new();
     let u = config.uplink.clone();
+    let storage_status = feed.storage_error.subscribe();
     let (status_tx, status) =
         tokio::sync::watch::channel(uplink::UplinkStatus { path: "offline".into(), ..Default::default() });
     let uplink_task = if u.cloud.is_some() || u.connector.is_some() || u.discover {
@@ -238,6 +241,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> Result<Hub
         machine_id.clone(),
         status.clone(),
         managed.status(),
+        storage_status,
         shutdown.clone(),
     ));
 
@@ -392,6 +396,9 @@ pub struct StatusFile {
     /// Why the last managed document (stored or delivered) was not applied.
     #[serde(default)]
     pub managed_problem: Option<String>,
+    /// Why the buffer refused its latest write (full or failing disk), until one succeeds.
+    #[serde(default)]
+    pub storage_error: Option<String>,
 }
 
 /// Rewrites the status file on every change, at most once a second, and at least every 10 s so
@@ -401,12 +408,14 @@ async fn write_status(
     machine_id: String,
     mut status: tokio::sync::watch::Receiver<uplink::UplinkStatus>,
     mut managed: tokio::sync::watch::Receiver<managed::ManagedStatus>,
+    mut storage: tokio::sync::watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) {
-    let mut managed_open = true;
+    let (mut managed_open, mut storage_open) = (true, true);
     loop {
         let s = status.borrow_and_update().clone();
         let m = managed.borrow_and_update().clone();
+        let storage_error = storage.borrow_and_update().clone();
         let file = StatusFile {
             machine_id: machine_id.clone(),
             pid: std::process::id(),
@@ -417,6 +426,7 @@ async fn write_status(
             updated_at: chrono::Utc::now(),
             managed_version: m.version,
             managed_problem: m.problem,
+            storage_error,
         };
         let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec_pretty(&file).expect("status serialises");
@@ -434,6 +444,10 @@ async fn write_status(
             }
             // The managed side may be gone before the hub stops; the file keeps being written.
             r = managed.changed(), if managed_open => managed_open = r.is_ok(),
+            r = storage.changed(), if storage_open => {
+                storage_open = r.is_ok();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -38,6 +38,12 @@ const GROUP_MAX: usize = 10_000;
 const LINGER: Duration = Duration::from_millis(50);
 /// How long the buffer may refuse every write before the hub stops to be restarted.
 const FAILING_FATAL: Duration = Duration::from_secs(60);
+/// How long a write may fail while the buffer's disk has [`ROOM_AGAIN`] free before the failure
+/// counts as sled's own: after one failed write sled returns that error for every later one until
+/// the process restarts, so waiting out [`FAILING_FATAL`] would only hold samples in memory longer.
+const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// Free bytes that make a full disk an unlikely cause: sled grows its file by segments of 512 KiB.
+const ROOM_AGAIN: u64 = 16 << 20;
 /// Samples held in memory while the disk refuses writes (full disk, I/O error). Past this the
 /// oldest held samples are dropped and counted: memory must stay bounded too.
 const HOLD_MAX: usize = 100_000;
@@ -45,8 +51,9 @@ const HOLD_MAX: usize = 100_000;
 /// Runs until every sender of `rx` is gone (the sensors stopped), then appends what is left.
 ///
 /// A stalled disk ([`BufferError::Stalled`]: sled cannot write again in this process), or a
-/// buffer that has refused every write for [`FAILING_FATAL`] (sled keeps returning an I/O error
-/// once it had one, even after space was freed), is fatal:
+/// buffer that has refused every write for [`FAILING_FATAL`], or for [`STUCK_AFTER`] while its disk
+/// has room again (sled keeps returning an I/O error once it had one, even after space was freed),
+/// is fatal:
 /// the writer records why in `failed`, cancels `fatal` so the whole hub stops, and returns; the
 /// hub exits with an error and its service manager restarts it, which reopens the buffer. The
 /// samples held then were never durable and are lost with the process, and logged as such.
@@ -120,6 +127,7 @@ pub async fn run(
                 }
                 backoff.reset();
                 failing_since = None;
+                feed.storage_error.send_if_modified(|s| s.take().is_some());
             }
             Err(e)
                 if matches!(e, BufferError::Stalled(_))
@@ -131,7 +139,28 @@ pub async fn run(
                 return;
             }
             Err(e) => {
-                failing_since.get_or_insert_with(std::time::Instant::now);
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                let message = e.to_string();
+                feed.storage_error.send_if_modified(|s| {
+                    let changed = s.as_deref() != Some(message.as_str());
+                    *s = Some(message);
+                    changed
+                });
+                if since.elapsed() >= STUCK_AFTER {
+                    let b = buffer.clone();
+                    let free = tokio::task::spawn_blocking(move || b.free_space()).await.ok().flatten();
+                    if let Some(free) = free.filter(|f| *f >= ROOM_AGAIN) {
+                        let why = format!(
+                            "{e}, still after {} s although its disk has {} MiB free again",
+                            since.elapsed().as_secs(),
+                            free >> 20
+                        );
+                        tracing::error!(error = %why, not_written = held.len(), "the buffer cannot write again in this process; stopping the hub so that it is restarted");
+                        let _ = failed.set(why);
+                        fatal.cancel();
+                        return;
+                    }
+                }
                 if held.len() > HOLD_MAX {
                     let excess = held.len() - HOLD_MAX;
                     held.drain(..excess);
@@ -225,64 +254,13 @@ impl News {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_shared::buffer::{BufferStats, MemoryBuffer, Quarantined, WhenFull};
-    use std::ops::Range;
-    use std::sync::Mutex;
-
-    /// A buffer that remembers how many samples each append carried.
-    struct Appends {
-        inner: MemoryBuffer,
-        sizes: Mutex<Vec<usize>>,
-    }
-
-    impl Appends {
-        fn new() -> Self {
-            Appends { inner: MemoryBuffer::new(16 << 20, WhenFull::DropOldest), sizes: Mutex::default() }
-        }
-        fn b(&self) -> &MemoryBuffer {
-            &self.inner
-        }
-        fn sizes(&self) -> Vec<usize> {
-            self.sizes.lock().unwrap().clone()
-        }
-    }
-
-    impl Storage for Appends {
-        fn append(&self, records: &[Vec<u8>]) -> Result<Range<u64>, BufferError> {
-            self.sizes.lock().unwrap().push(records.len());
-            self.b().append(records)
-        }
-        fn oldest(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
-            self.b().oldest(n)
-        }
-        fn newest(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, BufferError> {
-            self.b().newest(n)
-        }
-        fn remove(&self, seqs: &[u64]) -> Result<(), BufferError> {
-            self.b().remove(seqs)
-        }
-        fn delete_through(&self, through: u64) -> Result<u64, BufferError> {
-            self.b().delete_through(through)
-        }
-        fn stats(&self) -> BufferStats {
-            self.b().stats()
-        }
-        fn quarantine(&self, items: &[(u64, String)]) -> Result<u64, BufferError> {
-            self.b().quarantine(items)
-        }
-        fn quarantined(&self, n: usize) -> Result<Vec<Quarantined>, BufferError> {
-            self.b().quarantined(n)
-        }
-        fn requeue(&self) -> Result<u64, BufferError> {
-            self.b().requeue()
-        }
-    }
+    use crate::faulty_buffer::FaultyBuffer;
 
     /// The sensors of one tick finish their reads milliseconds apart: their samples go to disk in
     /// one append. A state change does not wait for company.
     #[tokio::test(start_paused = true)]
     async fn one_round_of_samples_is_one_append_and_news_is_written_at_once() {
-        let buffer = Arc::new(Appends::new());
+        let buffer = Arc::new(FaultyBuffer::new());
         let feed = Arc::new(Feed::default());
         let (tx, rx) = mpsc::channel(16);
         let writer = tokio::spawn(run(
@@ -317,6 +295,68 @@ mod tests {
         assert_eq!(buffer.sizes(), vec![5, 1, 1]);
         drop(tx);
         writer.await.unwrap();
+    }
+
+    /// Starts a writer on `buffer` and feeds it one sample every 100 ms until `stop` is cancelled.
+    fn write_steadily(
+        buffer: Arc<FaultyBuffer>,
+    ) -> (Arc<Feed>, tokio_util::sync::CancellationToken, Arc<std::sync::OnceLock<String>>) {
+        let feed = Arc::new(Feed::default());
+        let (fatal, failed) =
+            (tokio_util::sync::CancellationToken::new(), Arc::new(std::sync::OnceLock::new()));
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run(buffer, rx, feed.clone(), fatal.clone(), failed.clone()));
+        let stop = fatal.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = tx.send(vec![Sample::new("s", 1.0, State::Ok)].into()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        (feed, fatal, failed)
+    }
+
+    /// sled answers every write with the error of its first failed one until the process
+    /// restarts: once the disk has room again and writes still fail, the hub stops (to be
+    /// restarted) within seconds, not after the full minute a full disk is given. Real time: the
+    /// failure is timed with the system clock.
+    #[tokio::test]
+    async fn a_buffer_that_keeps_failing_with_room_on_its_disk_stops_the_hub_within_seconds() {
+        let buffer = Arc::new(FaultyBuffer::new());
+        buffer.fail_appends.store(true, Ordering::Release);
+        *buffer.free.lock().unwrap() = Some(1 << 30);
+        let started = std::time::Instant::now();
+        let (feed, fatal, failed) = write_steadily(buffer.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let shown = feed.storage_error.borrow().clone().expect("the status shows the failing buffer");
+        assert!(shown.contains("no storage space"), "{shown}");
+        tokio::time::timeout(STUCK_AFTER * 3, fatal.cancelled()).await.expect("the hub stops itself");
+        assert!(started.elapsed() >= STUCK_AFTER, "not before the failure lasted {STUCK_AFTER:?}");
+        assert!(started.elapsed() < FAILING_FATAL, "well before the full-disk limit");
+        let why = failed.get().expect("says why");
+        assert!(why.contains("1024 MiB free"), "{why}");
+    }
+
+    /// A full disk is waited out: samples are held, the status says why, and once there is room
+    /// they are written and the complaint is gone.
+    #[tokio::test]
+    async fn a_full_disk_is_waited_out_and_the_status_clears_once_writes_go_through() {
+        let buffer = Arc::new(FaultyBuffer::new());
+        buffer.fail_appends.store(true, Ordering::Release);
+        *buffer.free.lock().unwrap() = Some(4096);
+        let (feed, fatal, failed) = write_steadily(buffer.clone());
+        tokio::time::sleep(STUCK_AFTER + Duration::from_secs(3)).await;
+        assert!(!fatal.is_cancelled(), "stopped on a full disk: {:?}", failed.get());
+        assert!(feed.storage_error.borrow().is_some());
+        assert_eq!(buffer.stats().len, 0);
+        buffer.fail_appends.store(false, Ordering::Release);
+        let mut status = feed.storage_error.subscribe();
+        tokio::time::timeout(Duration::from_secs(40), status.wait_for(|e| e.is_none()))
+            .await
+            .expect("the complaint clears")
+            .unwrap();
+        assert!(buffer.stats().len >= 60, "what was held is written: {:?}", buffer.stats());
+        fatal.cancel();
     }
 
     #[test]

@@ -21,16 +21,16 @@ mod machine_sessions;
 mod machines;
 mod mail;
 mod managed;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod managed_tests;
 mod network;
 mod people;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod people_tests;
 mod series;
 mod sessions;
 mod silences;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;
 mod users;
 

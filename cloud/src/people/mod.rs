@@ -14,7 +14,7 @@
 
 pub mod actor;
 pub mod secret;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;
 pub mod totp;
 

@@ -70,7 +70,7 @@ pub mod silences;
 pub mod sled;
 #[cfg(all(test, unix))]
 pub(crate) mod testing;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 pub(crate) mod tests;
 pub mod trust;
 

@@ -4,7 +4,9 @@
 
 use super::*;
 use crate::commands::{Answered, Executor};
-use crate::relay::{RelaySettings, Restore};
+use crate::relay::RelaySettings;
+#[cfg(unix)]
+use crate::relay::Restore;
 use crate::writer::Batch;
 use chrono::Utc;
 use outpost_shared::keys::{CommandEnvelope, CommandStatus, CommandVerifier, SignedKind};
@@ -573,6 +575,7 @@ fn relay_document(version: u64, relays: Vec<RelaySettings>) -> Signed<SensorDocu
 }
 
 /// Waits for a relay reading of `sensor` whose message is `message`.
+#[cfg(unix)]
 async fn relay_reading(rx: &mut tokio::sync::mpsc::Receiver<Batch>, sensor: &str, message: &str) {
     within(async {
         while let Some(b) = rx.recv().await {
@@ -585,6 +588,7 @@ async fn relay_reading(rx: &mut tokio::sync::mpsc::Receiver<Batch>, sensor: &str
     .await
 }
 
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_names_locks_and_restores_relays_live_but_never_lifts_what_the_hub_file_says() {
     let sim_dir = tempfile::tempdir().unwrap();

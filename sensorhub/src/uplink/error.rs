@@ -23,6 +23,10 @@ pub enum SendError {
     /// Not enrolled, or refused by the receiver: retry slowly, an operator must act.
     #[error("not authorised ({status}): {message}; is this machine enrolled with this cloud (uplink.enroll_token)?")]
     Unauthorised { status: u16, message: String },
+    /// Delivered, but the local buffer refuses to forget what was delivered (full or failing
+    /// disk): wait as after a failure, the readings go again later and are stored once.
+    #[error("{0}")]
+    Storage(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -70,8 +70,10 @@ pub struct UplinkStatus {
     pub clock_problem: Option<String>,
 }
 
+/// How a failed removal of acknowledged readings starts its line in [`Feed::storage_error`].
+const REMOVE_FAILED: &str = "cannot remove acknowledged readings";
+
 /// Signals between the writer (which fills the buffer) and the uplink (which empties it).
-#[derive(Default)]
 pub struct Feed {
     /// Woken whenever the writer appended something.
     pub appended: Notify,
@@ -85,6 +87,22 @@ pub struct Feed {
     /// attempts (even when the receiver asked for longer), so a clean stop does not spend its
     /// short grace asleep.
     pub stopping: CancellationToken,
+    /// Why the buffer refused the latest write (an append or a removal), until one succeeds. Shown
+    /// in the hub's status: an uplink that delivers while the buffer cannot forget what was
+    /// delivered is not healthy.
+    pub storage_error: watch::Sender<Option<String>>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed {
+            appended: Notify::new(),
+            newest_group: AtomicU64::new(0),
+            urgent: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
+            storage_error: watch::Sender::new(None),
+        }
+    }
 }
 
 pub struct Uplink<T: Transport> {
@@ -193,7 +211,9 @@ impl<T: Transport> Uplink<T> {
                         // The verdict was obeyed (readings quarantined, or the batch halved):
                         // what is left goes at once.
                         SendError::Refused { .. } | SendError::TooLarge(_) => Duration::ZERO,
-                        SendError::Unreachable(_) | SendError::Unauthorised { .. } => backoff.next_delay(),
+                        SendError::Unreachable(_)
+                        | SendError::Unauthorised { .. }
+                        | SendError::Storage(_) => backoff.next_delay(),
                     }
                 }
             };
@@ -274,7 +294,7 @@ impl<T: Transport> Uplink<T> {
         };
         match self.transport.send(&mut batch).await {
             Ok(ack) => {
-                self.remove(seqs).await;
+                let removed = self.remove(seqs).await;
                 self.cap = (self.cap * 2).min(self.cfg.batch_max);
                 if let Some((_, mark)) = &self.clock_problem {
                     if batch.readings.iter().any(|r| r.seq >= *mark) {
@@ -303,7 +323,9 @@ impl<T: Transport> Uplink<T> {
                     s.quarantined = stats.quarantined;
                     s.clock_problem = clock;
                 });
-                Ok(Sent::Some(n))
+                // Sending the same readings again at once would only be answered "duplicates"
+                // (many times a second): wait as after a failure until the buffer writes again.
+                removed.map(|()| Sent::Some(n))
             }
             Err(SendError::TooLarge(message)) => {
                 if n > 1 {
@@ -436,12 +458,36 @@ impl<T: Transport> Uplink<T> {
         Ok(Collected { seqs, readings, unreadable })
     }
 
-    async fn remove(&self, seqs: Vec<u64>) {
+    /// Forgets readings the receiver acknowledged. On failure they stay and are sent again later;
+    /// the receiver stores them once.
+    async fn remove(&self, seqs: Vec<u64>) -> Result<(), SendError> {
         let buffer = self.buffer.clone();
-        let r = tokio::task::spawn_blocking(move || buffer.remove(&seqs)).await;
-        if let Ok(Err(e)) = r {
-            // The receiver has them; if they come back after a restart it stores them once.
-            tracing::error!(error = %e, "could not remove acknowledged readings from the buffer");
+        let r = tokio::task::spawn_blocking(move || buffer.remove(&seqs))
+            .await
+            .unwrap_or_else(|e| panic!("buffer removal panicked: {e}"));
+        let failure = r.as_ref().err().map(|e| format!("{REMOVE_FAILED}: {e}"));
+        let mut fresh = false;
+        self.feed.storage_error.send_if_modified(|s| match &failure {
+            Some(m) => {
+                fresh = s.as_ref() != Some(m);
+                *s = Some(m.clone());
+                fresh
+            }
+            // A success clears only this side's complaint; the writer clears its own.
+            None if s.as_deref().is_some_and(|s| s.starts_with(REMOVE_FAILED)) => {
+                *s = None;
+                true
+            }
+            None => false,
+        });
+        match failure {
+            Some(msg) => {
+                if fresh {
+                    tracing::error!(error = %msg, "the buffer refuses writes; acknowledged readings stay and are sent again later");
+                }
+                Err(SendError::Storage(msg))
+            }
+            None => Ok(()),
         }
     }
 

@@ -456,7 +456,8 @@ impl Transport for PathTransport {
                         e @ (SendError::Busy(_)
                         | SendError::Refused { .. }
                         | SendError::TooLarge(_)
-                        | SendError::Unauthorised { .. }),
+                        | SendError::Unauthorised { .. }
+                        | SendError::Storage(_)),
                     ) => return Err(e),
                     Err(SendError::Unreachable(e)) => {
                         last_err = e;

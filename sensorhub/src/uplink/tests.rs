@@ -360,6 +360,53 @@ async fn an_unreadable_record_is_quarantined_and_counted_not_silently_removed() 
     assert_eq!(fake.offered.lock().unwrap().last().unwrap().1, 1, "counted in the batch");
 }
 
+/// Ten minutes of a disk that takes no removal (virtual time): the receiver acknowledges every
+/// batch, but the buffer cannot forget them. The uplink does not send the same readings again at
+/// once (it did, every few milliseconds, answered "duplicates" each time): it backs off, says why
+/// in the status, and drains once the disk writes again.
+#[tokio::test(start_paused = true)]
+async fn acknowledged_readings_the_buffer_cannot_forget_are_not_sent_again_in_a_loop() {
+    let buffer = Arc::new(crate::faulty_buffer::FaultyBuffer::new());
+    buffer.fail_removes.store(true, Ordering::Release);
+    let feed = Arc::new(Feed::default());
+    let fake = Fake::default();
+    let mut up = uplink(buffer.clone(), fake.clone(), 100, feed.clone());
+    up.cfg.linger = Duration::from_millis(20);
+    let status = up.status.subscribe();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(up.run(stop.clone()));
+    let mut appended = 0u64;
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(600) {
+        append(&*buffer, &feed, 3);
+        appended += 3;
+        feed.appended.notify_one();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let tries = fake.offered.lock().unwrap().len();
+    assert!((5..=25).contains(&tries), "{tries} batches in ten minutes");
+    assert_eq!(buffer.stats().len, appended, "nothing forgotten that could not be");
+    let shown = feed.storage_error.borrow().clone().expect("the status says the buffer fails");
+    assert!(shown.starts_with("cannot remove acknowledged readings"), "{shown}");
+    assert!(status.borrow().last_upload.is_some(), "the uploads themselves went through");
+
+    buffer.fail_removes.store(false, Ordering::Release);
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while buffer.stats().len > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("drained once the disk writes again");
+    assert_eq!(*feed.storage_error.borrow(), None, "the complaint is gone");
+    stop.cancel();
+    running.await.unwrap();
+    let mut delivered = fake.delivered();
+    delivered.sort_unstable();
+    delivered.dedup();
+    assert_eq!(delivered, (1..=appended).collect::<Vec<_>>(), "every reading reached the receiver");
+}
+
 /// Ten minutes of a reverse proxy answering 404 (virtual time): the uplink backs off instead of
 /// hammering, keeps every reading, and delivers each exactly once when the receiver is back.
 #[tokio::test(start_paused = true)]

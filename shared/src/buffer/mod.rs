@@ -102,6 +102,11 @@ pub trait Storage: Send + Sync {
     /// Puts every quarantined record back into the send queue under its own `seq` (it was never
     /// stored by the next hop, so it keeps its identity); returns how many. Durable on return.
     fn requeue(&self) -> Result<u64, BufferError>;
+    /// Bytes free for an unprivileged writer on the disk holding the buffer, where that can be
+    /// told: a write that keeps failing while there is plenty of room is not a full disk.
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Bytes a record counts against the quota: its 8-byte key and its value.

@@ -93,6 +93,8 @@ pub struct SledBuffer {
     reserved: Mutex<u64>,
     /// The file mirroring the loss counters, so they outlive a database moved aside as corrupt.
     counters_file: PathBuf,
+    /// The database's directory, for [`Storage::free_space`].
+    dir: PathBuf,
     #[cfg(test)]
     pub(super) fail_flushes: std::sync::atomic::AtomicBool,
     /// Appends from many hubs at once share flushes, one at a time (see `group_flush`).
@@ -267,6 +269,7 @@ impl SledBuffer {
             floor_file,
             reserved: Mutex::new(reserved),
             counters_file,
+            dir: path.to_path_buf(),
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
             flusher: crate::group_flush::GroupFlush::new(db),
@@ -498,6 +501,10 @@ impl Storage for SledBuffer {
     }
 
     /// The copy published when the counters last changed: never waits for the disk.
+    fn free_space(&self) -> Option<u64> {
+        fs2::available_space(&self.dir).ok()
+    }
+
     fn stats(&self) -> BufferStats {
         *self.published.lock().unwrap_or_else(|p| p.into_inner())
     }

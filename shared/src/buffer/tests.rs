@@ -329,3 +329,21 @@ fn stats_never_wait_behind_a_write_that_waits_for_the_disk() {
     assert_eq!((stats.len, stats.next_seq), (2, 3), "the counters as of the last change");
     writer.join().unwrap();
 }
+
+/// The free space a sled buffer reports is its own disk's, as an unprivileged writer has it: a
+/// file taking room on that disk shows in it.
+#[test]
+fn a_sled_buffer_reports_the_free_space_of_its_own_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _) = SledBuffer::open(&dir.path().join("buf"), 1 << 20, WhenFull::DropOldest).unwrap();
+    let before = b.free_space().expect("known for a disk");
+    let total = fs2::total_space(dir.path()).unwrap();
+    assert!(before <= total, "{before} is more than the disk holds ({total})");
+    let filler = dir.path().join("buf/filler");
+    std::fs::write(&filler, vec![1u8; 64 << 20]).unwrap();
+    let file = std::fs::File::open(&filler).unwrap();
+    file.sync_all().unwrap();
+    let after = b.free_space().unwrap();
+    assert!(before.saturating_sub(after) >= 32 << 20, "64 MiB written, free went from {before} to {after}");
+    assert_eq!(MemoryBuffer::new(1, WhenFull::DropOldest).free_space(), None, "no disk, no figure");
+}
