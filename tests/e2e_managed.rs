@@ -247,11 +247,13 @@ fn hub_pid_alive(hub: &Proc) {
     assert!(Path::new(&format!("/proc/{}", hub.child.id())).exists(), "the hub process ended");
 }
 
-/// Starts a hub in `dir` reporting to `cloud` with a fast cpu sensor, returns it and its id.
+/// Starts a hub in `dir` reporting to `cloud` with a fast cpu sensor, returns it and its id once
+/// the cloud knows the machine (before its first upload, the machine's API answers 404).
 fn hub(dir: &Path, cloud: &CloudProc, extra: &str) -> (Proc, String) {
     let cfg = hub_config(dir, cloud, &format!("[[sensor]]\nkind = \"cpu\"\ninterval = \"500ms\"\n{extra}"));
     let p = start_hub(dir, &cfg);
     let id = machine_id(dir);
+    wait_until(Duration::from_secs(60), "the cloud knows the hub", || machine(cloud, &id).is_some());
     (p, id)
 }
 
