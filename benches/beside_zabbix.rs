@@ -298,8 +298,11 @@ fn main() {
         Some((found, listed)) => println!(
             "code order (link/hub-code.order): {found} of its {listed} names (the release and bench builds' \
              together) are in this binary{}",
-            if found * 4 < listed {
-                "; most are not: regenerate it with link/make-hub-code-order"
+            // A fresh order has nearly all of them (the two builds mostly share names); a change to
+            // the hub's crates or to Cargo.lock renames many, and the figures above then show a
+            // hub placed in the compiler's order.
+            if found * 4 < listed * 3 {
+                "; many are not: the order is stale, regenerate it with link/make-hub-code-order"
             } else {
                 ""
             }
