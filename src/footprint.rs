@@ -31,6 +31,30 @@ pub fn one_malloc_arena() {
     }
 }
 
+/// Every `period`, hands the heap's free pages back to the kernel (glibc; elsewhere nothing).
+/// For the servers (cloud, connector): under a heavy write load sled replaces tree nodes by the
+/// hundred thousand and frees the old ones later, and glibc keeps the freed pages inside its
+/// arenas for reuse, so the resident size grew to more than twice the live heap (measured,
+/// BENCHMARKS.md). `malloc_trim(0)` gives back whole free pages anywhere in each arena, not only
+/// at the top; it holds each arena's lock for the walk, a few milliseconds at most here.
+pub fn trim_heap_every(period: std::time::Duration) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(move || loop {
+            std::thread::sleep(period);
+            // SAFETY: malloc_trim only returns free memory to the kernel; glibc locks each arena.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no thread to trim the heap");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = period;
+}
+
 /// At each of `moments` (from now, in rising order), drops the executable's resident read-only
 /// pages (Linux; elsewhere nothing). More than one because start-up does not end at once: code
 /// that ran only in the first minutes stays resident after an early release if it runs again

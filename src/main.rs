@@ -383,6 +383,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// How often the cloud and the connector hand their heap's free pages back (see `footprint`).
+const SERVER_HEAP_TRIM: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// When a hub hands its start-up code back to the kernel (see `footprint`).
 const HUB_CODE_RELEASES: [std::time::Duration; 2] =
     [std::time::Duration::from_secs(30), std::time::Duration::from_secs(120)];
@@ -431,6 +434,7 @@ fn load_role(role: Role, path: Option<PathBuf>) -> Result<RoleConfig, ConfigErro
 fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<ExitCode> {
     match config {
         RoleConfig::Cloud(config) => {
+            footprint::trim_heap_every(SERVER_HEAP_TRIM);
             runtime()?.block_on(as_service(outpost_cloud::run(*config, shutdown)))?;
         }
         RoleConfig::Sensorhub(config) => {
@@ -455,6 +459,7 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             }
         }
         RoleConfig::Connector(config) => {
+            footprint::trim_heap_every(SERVER_HEAP_TRIM);
             runtime()?.block_on(as_service(outpost_connector::run(*config, shutdown)))?;
         }
     }

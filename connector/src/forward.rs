@@ -257,6 +257,88 @@ async fn settle(sh: &Arc<Shared>, taken: Taken, results: &[ForwardResult]) -> bo
     moved
 }
 
+/// Picks a forward request's batches from the candidates (see [`collect`]): fresh ones up to
+/// half the readings, then the oldest in order, within `max_readings` and `max_bytes` (at least
+/// one batch). The reading count is in each record's header, so a batch over the readings budget
+/// is passed over before it is inflated; only what may go is inflated. Also returns what cannot
+/// be framed, to be put aside.
+#[allow(clippy::type_complexity)]
+fn select(
+    live: Vec<(u64, Vec<u8>)>,
+    oldest: Vec<(u64, Vec<u8>)>,
+    max_readings: usize,
+    max_bytes: u64,
+    max_batches: usize,
+) -> (Taken, Vec<ForwardedBatch>, Vec<(u64, Vec<u8>, String)>) {
+    let mut taken = Taken::default();
+    let mut unframeable = Vec::new();
+    let mut batches = Vec::new();
+    let mut readings = 0usize;
+    let mut bytes = 0u64;
+    let live_budget = (max_readings / 2).max(1);
+    let mut in_request = HashSet::new();
+    let candidates = live.into_iter().map(|r| (true, r)).chain(oldest.into_iter().map(|r| (false, r)));
+    for (is_live, (seq, rec)) in candidates {
+        if batches.len() >= max_batches {
+            break;
+        }
+        if !in_request.insert(seq) {
+            continue;
+        }
+        let Some(r) = record::decode(&rec) else {
+            unframeable.push((seq, rec, "cannot be forwarded: unreadable record".to_string()));
+            continue;
+        };
+        let budget = if is_live { live_budget } else { max_readings };
+        let over = |cost: u64| {
+            !batches.is_empty() && (readings + r.readings as usize > budget || bytes + cost > max_bytes)
+        };
+        // The readings alone already over: not inflated at all.
+        if over(0) {
+            if is_live {
+                // Too big for the live share: it goes with the backlog, in order.
+                in_request.remove(&seq);
+                continue;
+            }
+            break;
+        }
+        let framed = r.json().map_err(|e| format!("packed batch: {e}")).and_then(|json| {
+            let json =
+                String::from_utf8(json.into_owned()).map_err(|e| format!("batch is not UTF-8: {e}"))?;
+            RawValue::from_string(json).map_err(|e| format!("batch is not JSON: {e}"))
+        });
+        let body = match framed {
+            Ok(body) => body,
+            Err(reason) => {
+                unframeable.push((seq, rec, format!("cannot be forwarded: {reason}")));
+                continue;
+            }
+        };
+        let cost = body.get().len() as u64 + PER_BATCH_OVERHEAD;
+        if over(cost) {
+            if is_live {
+                in_request.remove(&seq);
+                continue;
+            }
+            break;
+        }
+        readings += r.readings as usize;
+        bytes += cost;
+        batches.push(ForwardedBatch {
+            sig: BatchSignature {
+                machine_id: r.machine_id.to_string(),
+                timestamp: r.timestamp,
+                signature: r.signature.to_string(),
+            },
+            body,
+        });
+        taken.freed.push((r.machine_id.to_string(), rec.len() as u64));
+        taken.seqs.push(seq);
+        taken.records.push(rec);
+    }
+    (taken, batches, unframeable)
+}
+
 /// Moves records from the buffer into the quarantine, counted; on a quarantine error they stay
 /// in the buffer (never dropped uncounted).
 pub(crate) async fn put_aside(sh: &Arc<Shared>, items: Vec<(u64, Vec<u8>, String)>) {
@@ -379,58 +461,12 @@ pub(crate) async fn collect(
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
 
-    let mut taken = Taken { note_keys, ..Default::default() };
-    let mut unframeable = Vec::new();
-    let mut batches = Vec::new();
-    let mut readings = 0usize;
-    let mut bytes = 0u64;
-    let live_budget = (max_readings / 2).max(1);
-    let mut in_request = HashSet::new();
-    let candidates = live.into_iter().map(|r| (true, r)).chain(oldest.into_iter().map(|r| (false, r)));
-    for (is_live, (seq, rec)) in candidates {
-        if batches.len() >= max_batches {
-            break;
-        }
-        if !in_request.insert(seq) {
-            continue;
-        }
-        let framed = record::decode(&rec).ok_or_else(|| "unreadable record".to_string()).and_then(|r| {
-            let json = std::str::from_utf8(r.json).map_err(|e| format!("batch is not UTF-8: {e}"))?;
-            let body =
-                RawValue::from_string(json.to_string()).map_err(|e| format!("batch is not JSON: {e}"))?;
-            Ok((r, body))
-        });
-        let (r, body) = match framed {
-            Ok(x) => x,
-            Err(reason) => {
-                unframeable.push((seq, rec, format!("cannot be forwarded: {reason}")));
-                continue;
-            }
-        };
-        let cost = r.json.len() as u64 + PER_BATCH_OVERHEAD;
-        let budget = if is_live { live_budget } else { max_readings };
-        if !batches.is_empty() && (readings + r.readings as usize > budget || bytes + cost > max_bytes) {
-            if is_live {
-                // Too big for the live share: it goes with the backlog, in order.
-                in_request.remove(&seq);
-                continue;
-            }
-            break;
-        }
-        readings += r.readings as usize;
-        bytes += cost;
-        batches.push(ForwardedBatch {
-            sig: BatchSignature {
-                machine_id: r.machine_id.to_string(),
-                timestamp: r.timestamp,
-                signature: r.signature.to_string(),
-            },
-            body,
-        });
-        taken.freed.push((r.machine_id.to_string(), rec.len() as u64));
-        taken.seqs.push(seq);
-        taken.records.push(rec);
-    }
+    // Inflating packed batches is CPU work: off the async workers, like the reads.
+    let (mut taken, batches, unframeable) =
+        tokio::task::spawn_blocking(move || select(live, oldest, max_readings, max_bytes, max_batches))
+            .await
+            .map_err(|e| e.to_string())?;
+    taken.note_keys = note_keys;
     drop(custody);
     put_aside(sh, unframeable).await;
     let unattached = sh.unattached.lock().unwrap().clone();

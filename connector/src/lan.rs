@@ -112,6 +112,38 @@ async fn identity(State(sh): State<Arc<Shared>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({"machine_id": sh.machine_id, "version": env!("CARGO_PKG_VERSION")}))
 }
 
+/// The intake's gates, as in the cloud's ingest: hub batches being read, inflated, checked and
+/// taken at once (when all are taken, a batch is answered 503 "retry later" at once and the hub
+/// keeps it), and inflations at once among those (CPU and up to the inflation cap of memory
+/// each; a request waits for one). Without them a thousand hubs catching up after an outage
+/// each had a batch inflated and parsed in memory at once, and a flood of requests claiming a
+/// listed hub could make the connector inflate as many bodies as it had connections.
+pub(crate) struct IntakeGates {
+    slots: Arc<tokio::sync::Semaphore>,
+    inflating: tokio::sync::Semaphore,
+}
+
+impl IntakeGates {
+    pub(crate) fn new(slots: usize, inflating: usize) -> IntakeGates {
+        IntakeGates {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            inflating: tokio::sync::Semaphore::new(inflating.max(1)),
+        }
+    }
+
+    /// A place for one batch, held until it is answered; `None` when every place is taken.
+    pub(crate) fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
+
+impl Default for IntakeGates {
+    /// 64 batches at once, 2 inflating: the cloud's ingest defaults.
+    fn default() -> IntakeGates {
+        IntakeGates::new(64, 2)
+    }
+}
+
 fn busy(sh: &Shared, msg: String) -> Response {
     let mut r = verdict(StatusCode::SERVICE_UNAVAILABLE, Verdict::RetryLater, RefusalCode::Busy, msg);
     let secs = sh.retry_after.as_secs().max(1).to_string();
@@ -177,7 +209,7 @@ async fn signer_key(sh: &Shared, sig: &SignedHeaders, peer: SocketAddr) -> Resul
 /// stamped inside the accepted window. Cheap checks come first (header sizes, a known signer),
 /// the body is read and inflated only after them, and nothing refused touches the buffer, the
 /// fair shares, the per-hub maps or the outage alerts.
-async fn intake(
+pub(crate) async fn intake(
     State(sh): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -208,6 +240,9 @@ async fn intake(
         Ok(k) => k,
         Err(r) => return r,
     };
+    let Some(_slot) = sh.intake.admit() else {
+        return busy(&sh, "the connector is taking in as many batches as it can; send again later".into());
+    };
     let limits = sh.hub_keys.limits();
     let max_decompressed =
         limits.map_or(MAX_DECOMPRESSED, |l| (l.max_decompressed as usize).min(MAX_DECOMPRESSED));
@@ -225,7 +260,10 @@ async fn intake(
     };
     let gz = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
         == Some(outpost_shared::wire::GZIP);
-    // Inflating and the RSA check are CPU work: off the async workers.
+    // Inflating and the RSA check are CPU work: off the async workers, a few at once.
+    let Ok(inflating) = sh.intake.inflating.acquire().await else {
+        return busy(&sh, "the connector is stopping".into());
+    };
     let sig_check = sig.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let json = outpost_shared::wire::decompress(&body, gz, max_decompressed)?;
@@ -238,12 +276,15 @@ async fn intake(
             chrono::Utc::now(),
             outpost_shared::keys::DEFAULT_MAX_SKEW,
         );
-        Ok::<_, outpost_shared::wire::WireError>((json, verified))
+        // Packed for the buffer (see `record`) here, off the workers; only what checks out.
+        let packed = if verified.is_ok() { record::pack(&json) } else { Vec::new() };
+        Ok::<_, outpost_shared::wire::WireError>(((json, packed), verified))
     })
     .await
-    .expect("inflating and verifying do not panic");
-    let json = match checked {
-        Ok((json, Ok(()))) => json,
+    .expect("inflating, verifying and packing do not panic");
+    drop(inflating);
+    let (json, packed) = match checked {
+        Ok((x, Ok(()))) => x,
         Ok((_, Err(e @ VerifyError::Stale { .. }))) => {
             return verdict(StatusCode::UNAUTHORIZED, Verdict::RetryLater, RefusalCode::Other, e.to_string())
         }
@@ -317,17 +358,20 @@ async fn intake(
         machine_id: &batch.machine_id,
         timestamp: sig.timestamp,
         signature: &sig.signature_b64,
-        json: &json,
+        json: &packed,
+        packed: true,
     }) {
         Ok(r) => r,
         Err(e) => return malformed(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // Quotas count what the buffer holds; a forward request carries the batch inflated.
     let cost = rec.len() as u64;
+    let forward_cost = (rec.len() - packed.len() + json.len()) as u64;
     // A batch that could never fit beside other hubs' data (or into one forward) would be
     // refused forever; 413 makes the hub split it (its uplink halves a refused batch) instead of
     // retrying it unchanged.
     let forwardable = crate::forward::max_record_bytes(limits);
-    if cost > sh.quota / 2 || cost > forwardable {
+    if cost > sh.quota / 2 || forward_cost > forwardable {
         tracing::warn!(machine = %batch.machine_id, bytes = cost, quota = sh.quota, forwardable,
             "hub batch larger than this connector takes at once; hub told to send smaller batches");
         return verdict(

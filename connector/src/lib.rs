@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub ingest: config::IngestConfig,
     /// The hubs' command long-polls, carried upstream together.
     pub polls: polls::Polls,
+    /// How many hub batches are taken in at once.
+    pub intake: lan::IntakeGates,
 }
 
 /// A running connector.
@@ -187,6 +189,7 @@ pub async fn start(config: ConnectorConfig) -> Result<Connector, ConnectorError>
         quarantine: quarantine::Quarantine::open(dir, config.buffer.quarantine_quota)?,
         ingest: config.ingest.clone(),
         polls: polls::Polls::default(),
+        intake: lan::IntakeGates::default(),
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|source| ConnectorError::Listen { addr: config.listen, source })?;

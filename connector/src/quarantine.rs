@@ -203,6 +203,7 @@ mod tests {
             timestamp: 0,
             signature: "c2ln",
             json: b"{}",
+            packed: false,
         })
         .unwrap();
         Entry { record, hub: hub.into(), readings, reason: "refused: clock".into() }

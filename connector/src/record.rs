@@ -2,6 +2,13 @@
 //! carries fresh readings, hub id, the hub's signature) in front of the batch JSON exactly as the
 //! hub signed it, so the forwarder can size requests, put live data first and pass the signature
 //! on, and the intake can keep fair shares, all without parsing JSON again.
+//!
+//! The JSON is stored gzipped ("packed"). Not for the disk's sake: sled 0.34 keeps at least one
+//! leaf of every tree resident in each of its cache's 256 shards, whatever the cache's capacity,
+//! and a leaf holds up to 16 values, so what stays in memory grows with the size of a value. With
+//! whole hub batches as values that was most of a full buffer: 855 MB–1.1 GB for a backlog of
+//! five million readings (BENCHMARKS.md). Packed, a value is several times smaller, and the
+//! forwarder inflates only the batches it sends.
 
 use outpost_shared::buffer::{BufferError, Storage};
 use std::collections::HashMap;
@@ -10,6 +17,12 @@ use std::collections::HashMap;
 /// (A batch holds at most 50,000 readings, far below it; records written before this flag
 /// existed read as not fresh.)
 const FRESH: u32 = 1 << 31;
+/// The second bit of the count word: the JSON is stored gzipped. Records written before packing
+/// existed read as plain JSON.
+const PACKED: u32 = 1 << 30;
+/// The most a packed batch may inflate to: what a hub may send the intake at all is far below it;
+/// a damaged record must not inflate without bound.
+pub const MAX_JSON: usize = 64 << 20;
 
 pub struct Record<'a> {
     pub readings: u32,
@@ -18,7 +31,25 @@ pub struct Record<'a> {
     pub machine_id: &'a str,
     pub timestamp: i64,
     pub signature: &'a str,
+    /// The batch JSON as stored: gzipped when `packed` (see [`Record::json`]).
     pub json: &'a [u8],
+    pub packed: bool,
+}
+
+impl<'a> Record<'a> {
+    /// The batch JSON exactly as the hub signed it: inflated when packed, bounded by [`MAX_JSON`].
+    pub fn json(&self) -> Result<std::borrow::Cow<'a, [u8]>, outpost_shared::wire::WireError> {
+        if self.packed {
+            outpost_shared::wire::decompress(self.json, true, MAX_JSON).map(std::borrow::Cow::Owned)
+        } else {
+            Ok(std::borrow::Cow::Borrowed(self.json))
+        }
+    }
+}
+
+/// Packs a batch's JSON for [`Record::json`] with `packed: true`.
+pub fn pack(json: &[u8]) -> Vec<u8> {
+    outpost_shared::wire::gzip(json)
 }
 
 /// Why a batch cannot be framed as a record: a length that does not fit its field. Checked before
@@ -37,7 +68,9 @@ pub fn encode(r: &Record<'_>) -> Result<Vec<u8>, FrameError> {
     let id_len = u8::try_from(id.len()).map_err(|_| FrameError::MachineId(id.len()))?;
     let sig_len = u16::try_from(sig.len()).map_err(|_| FrameError::Signature(sig.len()))?;
     let mut out = Vec::with_capacity(15 + id.len() + sig.len() + r.json.len());
-    let word = (r.readings & !FRESH) | if r.fresh { FRESH } else { 0 };
+    let word = (r.readings & !(FRESH | PACKED))
+        | if r.fresh { FRESH } else { 0 }
+        | if r.packed { PACKED } else { 0 };
     out.extend_from_slice(&word.to_be_bytes());
     out.push(id_len);
     out.extend_from_slice(id);
@@ -60,8 +93,9 @@ pub fn decode(bytes: &[u8]) -> Option<Record<'_>> {
     let signature = std::str::from_utf8(bytes.get(at..at + sl)?).ok()?;
     at += sl;
     Some(Record {
-        readings: word & !FRESH,
+        readings: word & !(FRESH | PACKED),
         fresh: word & FRESH != 0,
+        packed: word & PACKED != 0,
         machine_id,
         timestamp,
         signature,
@@ -92,6 +126,7 @@ mod tests {
                 timestamp: 1_700_000_000,
                 signature: "c2ln",
                 json: b"{\"x\":1}",
+                packed: false,
             })
             .unwrap();
             let r = super::decode(&e).unwrap();
@@ -111,10 +146,46 @@ mod tests {
             timestamp: 0,
             signature: &long_sig,
             json: b"{}",
+            packed: false,
         };
         assert_eq!(super::encode(&r), Err(super::FrameError::Signature(70_000)));
         let long_id = "m".repeat(256);
         let r = super::Record { machine_id: &long_id, signature: "c2ln", ..r };
         assert_eq!(super::encode(&r), Err(super::FrameError::MachineId(256)));
+    }
+
+    #[test]
+    fn a_packed_batch_reads_back_as_signed_and_a_damaged_one_is_an_error() {
+        let json =
+            format!("{{\"readings\":[{}]}}", vec!["{\"sensor\":\"cpu.total\",\"v\":1.5}"; 500].join(","));
+        let packed = super::pack(json.as_bytes());
+        assert!(packed.len() * 4 < json.len(), "{} bytes packed from {}", packed.len(), json.len());
+        for fresh in [false, true] {
+            let e = super::encode(&super::Record {
+                readings: 500,
+                fresh,
+                machine_id: "abc",
+                timestamp: 7,
+                signature: "c2ln",
+                json: &packed,
+                packed: true,
+            })
+            .unwrap();
+            let r = super::decode(&e).unwrap();
+            assert_eq!((r.readings, r.fresh, r.packed), (500, fresh, true));
+            assert_eq!(&r.json().unwrap()[..], json.as_bytes());
+        }
+        let mut damaged = packed.clone();
+        damaged.truncate(packed.len() / 2);
+        let r = super::Record {
+            readings: 500,
+            fresh: false,
+            machine_id: "abc",
+            timestamp: 7,
+            signature: "c2ln",
+            json: &damaged,
+            packed: true,
+        };
+        assert!(r.json().is_err());
     }
 }

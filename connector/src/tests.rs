@@ -15,6 +15,15 @@ fn hub_key() -> Arc<KeyPair> {
 }
 
 fn shared(buffer: Arc<dyn Storage>, quota: u64, dir: &Path) -> Arc<Shared> {
+    shared_with(buffer, quota, dir, crate::lan::IntakeGates::default())
+}
+
+fn shared_with(
+    buffer: Arc<dyn Storage>,
+    quota: u64,
+    dir: &Path,
+    intake: crate::lan::IntakeGates,
+) -> Arc<Shared> {
     Arc::new(Shared {
         machine_id: "conn".into(),
         key: hub_key(),
@@ -34,10 +43,12 @@ fn shared(buffer: Arc<dyn Storage>, quota: u64, dir: &Path) -> Arc<Shared> {
         quarantine: quarantine::Quarantine::open(dir, 1 << 20).unwrap(),
         ingest: config::IngestConfig::default(),
         polls: crate::polls::Polls::default(),
+        intake,
     })
 }
 
-/// Appends one hub batch record the way the intake does, and counts it in the hub's share.
+/// Appends one hub batch record and counts it in the hub's share. Plain JSON, as connectors
+/// stored it before records were packed (they must still forward), so `pad` is its size.
 fn put(sh: &Shared, hub: &str, readings: u32, fresh: bool, pad: usize) -> u64 {
     let json = format!("{{\"hub\":\"{hub}\",\"pad\":\"{}\"}}", "x".repeat(pad));
     let rec = record::encode(&record::Record {
@@ -47,6 +58,7 @@ fn put(sh: &Shared, hub: &str, readings: u32, fresh: bool, pad: usize) -> u64 {
         timestamp: 0,
         signature: "c2ln",
         json: json.as_bytes(),
+        packed: false,
     })
     .unwrap();
     *sh.per_hub.lock().unwrap().entry(hub.into()).or_default() += rec.len() as u64;
@@ -273,9 +285,9 @@ async fn the_lan_api_takes_only_verified_batches_refuses_oversized_ones_and_push
         Ok(r) => assert_eq!(r.status(), 431, "oversized header"),
         Err(e) => assert!(format!("{e:?}").contains("header_list"), "oversized header refused: {e:?}"),
     }
-    // More than half the quota in one batch could never fit beside other hubs' data: 413, so the
-    // hub splits it instead of retrying it forever.
-    let r = post(batch_json(&hub, 2_000, 1), true).await.unwrap();
+    // More than half the quota in one batch (as stored, packed) could never fit beside other
+    // hubs' data: 413, so the hub splits it instead of retrying it forever.
+    let r = post(batch_json(&hub, 20_000, 1), true).await.unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("send smaller batches"));
     assert_eq!(conn.buffered().len, 0, "nothing refused is kept");
@@ -515,6 +527,7 @@ async fn a_record_that_cannot_be_forwarded_is_put_aside_and_the_rest_goes_on() {
         timestamp: 0,
         signature: "c2ln",
         json: b"{\"x\":\"\xff\"}",
+        packed: false,
     })
     .unwrap();
     sh.buffer.append(&[bad]).unwrap();
@@ -650,4 +663,70 @@ fn the_embedded_hub_takes_its_managed_rules_from_the_connectors_config() {
     )
     .unwrap_err();
     assert!(bad.problems().iter().any(|p| p.key == "managed.protected[0]"), "{bad}");
+}
+
+/// A connector taking in as many batches as it may answers the next "retry later" at once (the
+/// hub keeps it) and stores nothing of it; with a place free again the same batch is taken, and
+/// held packed, reading back as exactly the JSON the hub signed.
+#[tokio::test]
+async fn a_full_intake_answers_retry_later_and_a_taken_batch_is_kept_packed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = hub_key();
+    // The connector of `shared` has the key of these tests (its key list must name it).
+    key.save_new(&dir.path().join(outpost_sensorhub::trust::KEY_FILE)).unwrap();
+    seed_enrolled(dir.path(), &[&key]);
+    let sh = shared_with(
+        Arc::new(MemoryBuffer::new(1 << 30, WhenFull::Reject)),
+        1 << 30,
+        dir.path(),
+        crate::lan::IntakeGates::new(1, 1),
+    );
+    sh.hub_keys.set_cloud_key(cloud_key().public().clone());
+    let hub = key.machine_id().to_string();
+    let json = batch_json(&hub, 200, 1);
+    let send = || {
+        let sig = outpost_shared::keys::sign_request(&key, "POST", "/v1/batches", &json, chrono::Utc::now())
+            .unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        for (name, value) in sig.to_pairs() {
+            headers.insert(name, value.parse().unwrap());
+        }
+        headers.insert(axum::http::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        crate::lan::intake(
+            axum::extract::State(sh.clone()),
+            axum::extract::ConnectInfo(peer),
+            headers,
+            axum::body::Body::from(outpost_shared::wire::gzip(&json)),
+        )
+    };
+
+    let held = sh.intake.admit().expect("the one place is free");
+    let r = send().await;
+    let (parts, body) = r.into_parts();
+    let v: serde_json::Value =
+        serde_json::from_slice(&axum::body::to_bytes(body, 1 << 20).await.unwrap()).unwrap();
+    assert_eq!(parts.status, 503, "{v}");
+    assert_eq!(
+        parts.headers.get(axum::http::header::RETRY_AFTER).map(|h| h.to_str().unwrap()),
+        Some("1"),
+        "{v}"
+    );
+    assert_eq!((v["verdict"].as_str(), v["code"].as_str()), (Some("retry_later"), Some("busy")), "{v}");
+    assert_eq!(sh.buffer.stats().len, 0, "nothing of a batch turned away is kept");
+
+    drop(held);
+    let r = send().await;
+    assert_eq!(r.status(), 200);
+    let stored = sh.buffer.oldest(10).unwrap();
+    assert_eq!(stored.len(), 1);
+    let rec = record::decode(&stored[0].1).unwrap();
+    assert!(
+        rec.packed && rec.json.len() * 3 < json.len(),
+        "{} bytes held for {}",
+        rec.json.len(),
+        json.len()
+    );
+    assert_eq!(&rec.json().unwrap()[..], &json[..], "the JSON the hub signed, byte for byte");
+    assert!(sh.intake.admit().is_some(), "the place is given back once the batch is answered");
 }

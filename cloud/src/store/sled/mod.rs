@@ -32,8 +32,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Page cache: enough for the hot tail of every sensor of a small site, not the 1 GiB default.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Page cache: the hot tail of every sensor of a small site, not the 1 GiB default. sled counts
+/// a page by its size on disk, and its tree nodes take several times that in memory: at 64 MiB a
+/// backlog of five million readings written in a minute took the cloud to 825 MB resident, at
+/// 16 MiB to 627 MB (BENCHMARKS.md), with ingest no slower.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct SledStore {
