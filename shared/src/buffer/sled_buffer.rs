@@ -17,6 +17,33 @@ const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// that acknowledging a few live readings rewrites little.
 const CHUNK_ITEMS: usize = 512;
 
+/// Most bytes in one chunk (a single larger record is a chunk of its own). This bounds memory,
+/// not disk: sled 0.34 keeps at least one leaf resident in each of its cache's 256 shards
+/// whatever the cache's capacity, and a leaf holds up to 16 values, so the size of a value sets
+/// what a large backlog keeps in memory. Measured with a million readings buffered: 57 MB
+/// resident with 8 KiB chunks, 108 MB with chunks of 512 readings, about 57 KB each
+/// (BENCHMARKS.md); appends of a sampling round's size are as fast as before.
+const CHUNK_BYTES: usize = 8 * 1024;
+
+/// Splits one append's records into chunks of at most [`CHUNK_ITEMS`] records and
+/// [`CHUNK_BYTES`] bytes as encoded, in order.
+fn chunks_of<'a, 'r>(kept: &'a [(u64, &'r [u8])]) -> Vec<&'a [(u64, &'r [u8])]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, r)) in kept.iter().enumerate() {
+        let size = 12 + r.len();
+        if i > start && (i - start == CHUNK_ITEMS || bytes + size > CHUNK_BYTES) {
+            out.push(&kept[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < kept.len() {
+        out.push(&kept[start..]);
+    }
+    out
+}
+
 /// A chunk on disk: `(seq u64 BE, len u32 BE, bytes)` per record, ascending `seq`.
 fn encode_chunk<'a>(items: impl Iterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -64,7 +91,7 @@ pub enum OpenOutcome {
 }
 
 /// The durable buffer on sled. Records are stored in chunks: one sled value holds up to
-/// [`CHUNK_ITEMS`] records of one append, keyed by the big-endian `seq` of its first record, so key
+/// [`CHUNK_ITEMS`] records (and [`CHUNK_BYTES`]) of one append, keyed by the big-endian `seq` of its first record, so key
 /// order is `seq` order. One sled operation per chunk instead of per record is what makes a
 /// group commit of thousands of readings cheap. Counters live in tree `meta`, and the loss
 /// counters also in a small file beside the database (see [`LossCounters`]). Quarantined records
@@ -416,8 +443,8 @@ impl Storage for SledBuffer {
         let kept: Vec<(u64, &[u8])> =
             records.iter().enumerate().skip(skip).map(|(i, r)| (start + i as u64, r.as_slice())).collect();
         let dropped = c.dropped + skip as u64;
-        let chunks: Vec<([u8; 8], Vec<u8>)> = kept
-            .chunks(CHUNK_ITEMS)
+        let chunks: Vec<([u8; 8], Vec<u8>)> = chunks_of(&kept)
+            .into_iter()
             .map(|part| (part[0].0.to_be_bytes(), encode_chunk(part.iter().copied())))
             .collect();
         (&self.records, &self.meta)
@@ -758,5 +785,34 @@ fn is_corruption(e: &BufferError) -> bool {
         }
         BufferError::Malformed(_) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::{chunks_of, CHUNK_BYTES, CHUNK_ITEMS};
+
+    #[test]
+    fn chunks_hold_at_most_their_count_and_bytes_and_a_larger_record_goes_alone() {
+        let sizes = [100usize, 100, 20_000, 5, 7_000, 7_000, 9_000, 1, 1];
+        let bodies: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![b'x'; n]).collect();
+        let mut kept: Vec<(u64, &[u8])> =
+            bodies.iter().enumerate().map(|(i, b)| (i as u64, &b[..])).collect();
+        let small: Vec<Vec<u8>> = (0..2000).map(|_| vec![b'r'; 3]).collect();
+        kept.extend(small.iter().enumerate().map(|(i, b)| (100 + i as u64, &b[..])));
+        let chunks = chunks_of(&kept);
+        // In order, nothing lost or repeated.
+        let seqs: Vec<u64> = chunks.iter().flat_map(|c| c.iter().map(|(s, _)| *s)).collect();
+        assert_eq!(seqs, kept.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        for c in &chunks {
+            let bytes: usize = c.iter().map(|(_, r)| 12 + r.len()).sum();
+            assert!(c.len() <= CHUNK_ITEMS, "{} records in a chunk", c.len());
+            assert!(bytes <= CHUNK_BYTES || c.len() == 1, "{bytes} bytes in a chunk of {}", c.len());
+        }
+        // The 20,000- and 9,000-byte records each alone; the 3-byte ones 512 at a time.
+        assert!(chunks.iter().any(|c| c.len() == 1 && c[0].1.len() == 20_000));
+        assert!(chunks.iter().any(|c| c.len() == 1 && c[0].1.len() == 9_000));
+        assert_eq!(chunks.iter().filter(|c| c.len() == CHUNK_ITEMS).count(), 3);
+        assert!(chunks_of(&[]).is_empty());
     }
 }
