@@ -14,8 +14,8 @@
 //! 64–128 KiB runs. The log line says how much left residency for real, measured, not the size of
 //! the ranges asked about.
 
-// The only unsafe code in the binary: madvise calls on read-only mappings of the executable, and
-// one allocator setting.
+// The only unsafe code in the binary: madvise calls on read-only mappings of the executable, one
+// allocator setting, and the servers' heap trim.
 #![allow(unsafe_code)]
 
 /// One malloc arena for the whole process (glibc; elsewhere nothing). glibc gives threads that
@@ -36,7 +36,7 @@ pub fn one_malloc_arena() {
 /// hundred thousand and frees the old ones later, and glibc keeps the freed pages inside its
 /// arenas for reuse, so the resident size grew to more than twice the live heap (measured,
 /// BENCHMARKS.md). `malloc_trim(0)` gives back whole free pages anywhere in each arena, not only
-/// at the top; it holds each arena's lock for the walk, a few milliseconds at most here.
+/// at the top; it holds each arena's lock while it walks it (not timed yet).
 pub fn trim_heap_every(period: std::time::Duration) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
