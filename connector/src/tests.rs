@@ -730,3 +730,29 @@ async fn a_full_intake_answers_retry_later_and_a_taken_batch_is_kept_packed() {
     assert_eq!(&rec.json().unwrap()[..], &json[..], "the JSON the hub signed, byte for byte");
     assert!(sh.intake.admit().is_some(), "the place is given back once the batch is answered");
 }
+
+/// A packed record (as the intake stores it) goes out inflated, byte for byte what the hub signed,
+/// and a plain one written before packing goes out beside it unchanged.
+#[tokio::test]
+async fn packed_and_plain_records_are_forwarded_as_the_json_the_hubs_signed() {
+    let (sh, _dir) = mem_shared(1 << 30);
+    let json = format!("{{\"hub\":\"a\",\"pad\":\"{}\"}}", "y".repeat(5_000));
+    let packed = record::pack(json.as_bytes());
+    let rec = record::encode(&record::Record {
+        readings: 3,
+        fresh: false,
+        machine_id: "a",
+        timestamp: 0,
+        signature: "c2ln",
+        json: &packed,
+        packed: true,
+    })
+    .unwrap();
+    let first = sh.buffer.append(&[rec]).unwrap().start;
+    let plain = put(&sh, "b", 3, false, 10);
+    let (taken, env) = forward::collect(&sh, 3000, u64::MAX, 1000).await.unwrap();
+    let env = env.expect("something to send");
+    assert_eq!(taken.seqs, vec![first, plain]);
+    assert_eq!(env.batches[0].body.get(), json, "inflated, exactly as signed");
+    assert!(env.batches[1].body.get().contains("\"hub\":\"b\""));
+}
