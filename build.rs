@@ -6,7 +6,8 @@
 //!   variables.
 //! - x86_64 Linux release builds linked by LLD: the functions a running sensorhub keeps calling
 //!   placed next to each other (`link/hub-code.order`, see `link/README.md`), so the 1.4 MB of
-//!   code it uses stay resident instead of the many megabytes they would be spread over.
+//!   code it uses stay resident instead of the many megabytes they would be spread over. The
+//!   names are matched to this build's by `link/ordered-cc`, the linker cargo runs here.
 
 use std::env;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=WINDMC");
     println!("cargo:rerun-if-env-changed=WINDRES");
     println!("cargo:rerun-if-changed={ORDER_FILE}");
+    println!("cargo:rerun-if-changed=link/ordered-cc");
     println!("cargo:rerun-if-env-changed=OUTPOST_CODE_ORDER");
     if let Some(order) = code_order() {
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", order.display());
@@ -79,11 +81,13 @@ fn code_order() -> Option<PathBuf> {
     {
         return None;
     }
-    // A linker chosen in cargo's config (RUSTC_LINKER) or in the flags may not be LLD.
+    // A linker chosen in cargo's config (RUSTC_LINKER) or in the flags may not be LLD. The
+    // workspace's own (.cargo/config.toml) is `cc` behind link/ordered-cc, which resolves the
+    // order's names against this build's.
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if env::var_os("RUSTC_LINKER").is_some()
-        || ["linker", "link-self-contained", "fuse-ld"].iter().any(|f| flags.contains(f))
-    {
+    let own_linker = env::var_os("RUSTC_LINKER")
+        .is_none_or(|l| PathBuf::from(l).file_name() == Some("ordered-cc".as_ref()));
+    if !own_linker || ["linker", "link-self-contained", "fuse-ld"].iter().any(|f| flags.contains(f)) {
         return None;
     }
     let rustc = env::var_os("RUSTC")?;
