@@ -338,7 +338,12 @@ fn code_order_found(exe: &Path) -> Option<(usize, usize)> {
     let out = String::from_utf8(out.stdout).ok()?;
     let mut names = HashSet::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    for name in out.lines().filter_map(|l| l.split_whitespace().nth(2)) {
+    // Functions only (text and weak symbols), as the link counts them.
+    let functions = out.lines().filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+        [_, "t" | "T" | "w" | "W", name] => Some(name),
+        _ => None,
+    });
+    for name in functions {
         names.insert(without_lto_suffix(name));
         *by_key.entry(hashless(name)).or_default() += 1;
     }
