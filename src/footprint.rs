@@ -10,24 +10,35 @@
 //! What it can and cannot do (measured, BENCHMARKS.md): the kernel leaves alone any page another
 //! process maps too (another Outpost role run from the same file keeps those pages resident for
 //! both), and from then on we ask for no read-ahead on the read-only data; recent kernels read
-//! ahead around executable code whatever we ask, so what the hub keeps touching comes back in
-//! 64–128 KiB runs. The log line says how much left residency for real, measured, not the size of
-//! the ranges asked about.
+//! ahead around executable code whatever we ask, and map every cached page in the 64 KiB window
+//! of a page touched (fault-around), so what the hub keeps touching comes back in 64 KiB runs:
+//! hence the link order that keeps the steady code together (`link/README.md`). The log line says
+//! how much left residency for real, measured, not the size of the ranges asked about.
 
 // The only unsafe code in the binary: madvise calls on read-only mappings of the executable, one
 // allocator setting, and the servers' heap trim.
 #![allow(unsafe_code)]
 
-/// One malloc arena for the whole process (glibc; elsewhere nothing). glibc gives threads that
-/// allocate at once arenas of their own, each keeping freed memory for itself; a hub's dozen
-/// threads (runtime workers, sled's I/O pool, flushers) allocate little and seldom, so the arenas
-/// cost more resident memory than their contention would cost time (about 0.2 MB measured, with
-/// the default sensors). Call before the threads start: arenas already made stay.
-pub fn one_malloc_arena() {
+/// A small heap for the hub (glibc; elsewhere nothing), set before its threads start.
+///
+/// One malloc arena for the whole process: glibc gives threads that allocate at once arenas of
+/// their own, each keeping freed memory for itself; a hub's dozen threads (runtime workers, sled's
+/// I/O pool, flushers) allocate little and seldom, so the arenas cost more resident memory than
+/// their contention would cost time (about 0.2 MB measured, with the default sensors). Arenas
+/// already made stay, hence before the threads.
+///
+/// Blocks of 64 KiB and more from their own mappings, handed back when freed: an upload's
+/// compressor state and buffers are a few hundred KiB for a moment every few seconds, and with
+/// glibc's sliding threshold they came from the heap, whose pages then stayed resident between
+/// uploads (0.5–0.6 MB of the hub's heap, measured, BENCHMARKS.md). A fixed threshold also stops
+/// glibc from raising the point where it trims the heap's top. The price is a few dozen
+/// mmap/munmap calls a minute.
+pub fn small_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; glibc takes its own lock to do so.
+    // SAFETY: mallopt only sets allocator parameters; glibc takes its own lock to do so.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
 }
 
@@ -58,7 +69,7 @@ pub fn trim_heap_every(period: std::time::Duration) {
 /// At each of `moments` (from now, in rising order), drops the executable's resident read-only
 /// pages (Linux; elsewhere nothing). More than one because start-up does not end at once: code
 /// that ran only in the first minutes stays resident after an early release if it runs again
-/// after it (BENCHMARKS.md: which code that is has not been found yet).
+/// after it.
 pub fn release_startup_code_at(moments: &'static [std::time::Duration]) {
     #[cfg(target_os = "linux")]
     {

@@ -438,7 +438,7 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             runtime()?.block_on(as_service(outpost_cloud::run(*config, shutdown)))?;
         }
         RoleConfig::Sensorhub(config) => {
-            footprint::one_malloc_arena();
+            footprint::small_heap();
             // At 30 s sensors, uplink and command channel have all run once; the second release
             // catches start-up code that still ran after the first.
             footprint::release_startup_code_at(&HUB_CODE_RELEASES);
