@@ -154,6 +154,33 @@ fn resident_kib(exe: &str) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
+    /// Bytes in blocks glibc keeps in mappings of their own, outside every heap.
+    #[cfg(target_env = "gnu")]
+    fn mapped_apart() -> usize {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        unsafe { libc::mallinfo2() }.hblkhd
+    }
+
+    #[test]
+    #[cfg(target_env = "gnu")]
+    fn large_blocks_stay_out_of_the_heap_and_go_back_when_freed() {
+        small_heap();
+        // Under glibc's sliding threshold, freeing a large mapped block raises the threshold to
+        // its size, and blocks below it come from the heap from then on: an upload's buffers did.
+        drop(std::hint::black_box(vec![1u8; 4 << 20]));
+        let block_size = 256 << 10;
+        let before = mapped_apart();
+        let block = std::hint::black_box(vec![1u8; block_size]);
+        let during = mapped_apart();
+        drop(block);
+        let after = mapped_apart();
+        assert!(
+            during >= before + block_size,
+            "a 256 KiB block has a mapping of its own: {before} → {during}"
+        );
+        assert!(after + block_size <= during, "and it is handed back when freed: {during} → {after}");
+    }
+
     #[test]
     fn the_executable_is_found_resident_and_released_without_harm() {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
