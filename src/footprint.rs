@@ -15,8 +15,8 @@
 //! hence the link order that keeps the steady code together (`link/README.md`). The log line says
 //! how much left residency for real, measured, not the size of the ranges asked about.
 
-// The only unsafe code in the binary: madvise calls on read-only mappings of the executable, one
-// allocator setting, and the servers' heap trim.
+// The only unsafe code in the binary: madvise calls on read-only mappings of the executable, the
+// hub's allocator settings, and the servers' heap trim.
 #![allow(unsafe_code)]
 
 /// A small heap for the hub (glibc; elsewhere nothing), set before its threads start.
@@ -154,6 +154,10 @@ fn resident_kib(exe: &str) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
+    /// Held by each test here: the allocator test counts the whole process's mapped blocks, and
+    /// the other one reads `/proc` files into blocks large enough to be mapped.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Bytes in blocks glibc keeps in mappings of their own, outside every heap.
     #[cfg(target_env = "gnu")]
     fn mapped_apart() -> usize {
@@ -164,6 +168,7 @@ mod tests {
     #[test]
     #[cfg(target_env = "gnu")]
     fn large_blocks_stay_out_of_the_heap_and_go_back_when_freed() {
+        let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         small_heap();
         // Under glibc's sliding threshold, freeing a large mapped block raises the threshold to
         // its size, and blocks below it come from the heap from then on: an upload's buffers did.
@@ -183,6 +188,7 @@ mod tests {
 
     #[test]
     fn the_executable_is_found_resident_and_released_without_harm() {
+        let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         // Once, run right after a clean build with another build beside it, nothing was released
         // (876 → 876 KiB). Pages the kernel cannot reclaim yet are the likely cause, not proven:
