@@ -66,25 +66,32 @@ async fn measure() {
     let relay_cfg: outpost_sensorhub::relay::RelayConfig =
         serde_json::from_value(serde_json::json!({"port": sim.path(), "poll_interval": "5s"})).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let hub = outpost_sensorhub::start(
-        outpost_sensorhub::HubConfig {
-            data_dir: dir.path().join("hub"),
-            uplink: outpost_sensorhub::uplink::UplinkConfig {
-                connector: Some(connector.loopback_url()),
-                cloud: Some(cloud.url()),
-                ca_file: Some(cloud.ca_file.clone()),
-                enroll_token: token(outpost_shared::model::Role::Sensorhub).await,
-                discover: false,
-                advertise: false,
-                ..Default::default()
-            },
-            relay: Some(relay_cfg),
+    let hub_config = outpost_sensorhub::HubConfig {
+        data_dir: dir.path().join("hub"),
+        uplink: outpost_sensorhub::uplink::UplinkConfig {
+            connector: Some(connector.loopback_url()),
+            cloud: Some(cloud.url()),
+            ca_file: Some(cloud.ca_file.clone()),
+            enroll_token: token(outpost_shared::model::Role::Sensorhub).await,
+            discover: false,
+            advertise: false,
             ..Default::default()
         },
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+        relay: Some(relay_cfg),
+        ..Default::default()
+    };
+    // The hub on a runtime of its own, the one `outpost sensorhub` runs on (one thread), as in its
+    // own process: on the bench's runtime it would get that runtime's workers to itself.
+    let (started, machine) = tokio::sync::oneshot::channel();
+    let hub_stop = stop.clone();
+    let hub_thread = std::thread::spawn(move || {
+        outpost_sensorhub::runtime().unwrap().block_on(async move {
+            let hub = outpost_sensorhub::start(hub_config, hub_stop).await.unwrap();
+            started.send(hub.machine_id.clone()).unwrap();
+            hub.join().await;
+        })
+    });
+    let machine_id = machine.await.unwrap();
     let api = reqwest::Client::builder()
         .add_root_certificate(
             reqwest::Certificate::from_pem(&std::fs::read(&cloud.ca_file).unwrap()).unwrap(),
@@ -106,7 +113,7 @@ async fn measure() {
             .await
             .unwrap();
         if m.as_array().unwrap().iter().any(|m| {
-            m["id"] == hub.machine_id.as_str() && m["uplink"].as_str().unwrap().starts_with("connector:")
+            m["id"] == machine_id.as_str() && m["uplink"].as_str().unwrap().starts_with("connector:")
         }) {
             break;
         }
@@ -117,7 +124,7 @@ async fn measure() {
     for i in 0..220 {
         let t = Instant::now();
         let r = admin_api(
-            api.post(format!("{base}/v1/machines/{}/commands", hub.machine_id))
+            api.post(format!("{base}/v1/machines/{}/commands", machine_id))
                 .json(&serde_json::json!({"action": "ping"})),
             &admin,
         )
@@ -138,7 +145,7 @@ async fn measure() {
         let on = i % 2 == 0;
         let t = Instant::now();
         let r = admin_api(
-            api.post(format!("{base}/v1/machines/{}/relays/1/1", hub.machine_id))
+            api.post(format!("{base}/v1/machines/{}/relays/1/1", machine_id))
                 .json(&serde_json::json!({"on": on})),
             &admin,
         )
@@ -150,7 +157,7 @@ async fn measure() {
         poll(
             &format!("relay shown {on}"),
             t,
-            || admin_api(api.get(format!("{base}/v1/machines/{}/sensors", hub.machine_id)), &admin),
+            || admin_api(api.get(format!("{base}/v1/machines/{}/sensors", machine_id)), &admin),
             |s| s.as_array().unwrap().iter().any(|r| r["sensor"] == "relay.1.k1" && r["value"] == on),
         )
         .await;
@@ -166,7 +173,7 @@ async fn measure() {
     );
     drop(sim);
     stop.cancel();
-    hub.join().await;
+    tokio::task::spawn_blocking(move || hub_thread.join().unwrap()).await.unwrap();
     connector.stop().await;
     cloud.stop().await.unwrap();
 }

@@ -395,21 +395,6 @@ const HUB_CODE_RELEASES: [std::time::Duration; 2] =
 /// those cannot.
 const HUB_STALL_EXIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// The sensorhub's runtime, sized for an agent that should go unnoticed on the machine it watches:
-/// two workers, and blocking threads (sensor reads, buffer writes) kept between sampling rounds: a
-/// keep-alive of one second made the hub start and end about ten threads a minute, which cost more
-/// CPU than their idle stacks cost memory. The cap is generous on purpose: a sensor stuck in the
-/// kernel (a dead network mount) holds its thread, and the rest must go on.
-fn hub_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(32)
-        .thread_keep_alive(std::time::Duration::from_secs(120))
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// A role's config, loaded and validated: what is left to do cannot fail for a bad file.
 /// Boxed: the configs are large and differ in size, and one is moved into a service closure.
 enum RoleConfig {
@@ -442,7 +427,7 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             // At 30 s sensors, uplink and command channel have all run once; the second release
             // catches start-up code that still ran after the first.
             footprint::release_startup_code_at(&HUB_CODE_RELEASES);
-            let rt = hub_runtime()?;
+            let rt = outpost_sensorhub::runtime().context("cannot start the async runtime")?;
             // A hub stuck for good (every worker waiting on a stalled disk) exits to be restarted.
             outpost_sensorhub::watchdog::spawn(rt.handle(), HUB_STALL_EXIT, || {
                 tracing::error!(

@@ -9,6 +9,10 @@ use std::time::Duration;
 /// When a busy receiver does not say how long to wait.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// Largest upload (JSON bytes) compressed on the runtime's thread; larger ones go to a blocking
+/// thread. A sampling round is a few KiB; a backlog upload of 5,000 readings about a megabyte.
+const COMPRESS_INLINE_MAX: usize = 64 * 1024;
+
 /// Uploads over HTTPS to `POST {base}/v1/batches`, gzip-compressed JSON signed with the
 /// machine key (the signature covers the JSON itself, so it survives a connector unchanged), or,
 /// straight to the cloud, authenticated in a machine session (one login, then a MAC per request).
@@ -68,12 +72,18 @@ impl Transport for HttpTransport {
         let json = serde_json::to_vec(batch)
             .map_err(|e| SendError::Unreachable(format!("cannot encode batch: {e}")))?;
         if let Some(session) = &self.session {
-            return self.send_in_session(session, &json).await;
+            return self.send_in_session(session, json).await;
         }
-        let sig =
-            outpost_shared::keys::sign_request(&self.key, "POST", "/v1/batches", &json, chrono::Utc::now())
-                .map_err(|e| SendError::Unreachable(format!("cannot sign: {e}")))?;
-        let body = outpost_shared::wire::gzip(&json);
+        // An RSA signature takes milliseconds: not on the runtime's one thread.
+        let key = self.key.clone();
+        let (sig, body) = tokio::task::spawn_blocking(move || {
+            let sig =
+                outpost_shared::keys::sign_request(&key, "POST", "/v1/batches", &json, chrono::Utc::now());
+            (sig, outpost_shared::wire::gzip(&json))
+        })
+        .await
+        .expect("signing does not panic");
+        let sig = sig.map_err(|e| SendError::Unreachable(format!("cannot sign: {e}")))?;
         let mut req = self
             .client
             .post(&self.url)
@@ -113,20 +123,25 @@ impl Transport for HttpTransport {
 }
 
 impl HttpTransport {
-    async fn send_in_session(&self, session: &SessionClient, json: &[u8]) -> Result<BatchAck, SendError> {
+    async fn send_in_session(&self, session: &SessionClient, json: Vec<u8>) -> Result<BatchAck, SendError> {
+        // A round's few readings compress in microseconds; a backlog's megabyte takes
+        // milliseconds, which would hold up commands on the runtime's one thread.
+        let (json, body) = if json.len() <= COMPRESS_INLINE_MAX {
+            let body = outpost_shared::wire::gzip(&json);
+            (json, body)
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let body = outpost_shared::wire::gzip(&json);
+                (json, body)
+            })
+            .await
+            .expect("compressing does not panic")
+        };
         let answer = session
-            .send(
-                &self.client,
-                self.base(),
-                reqwest::Method::POST,
-                "/v1/batches",
-                json,
-                outpost_shared::wire::gzip(json),
-                |r| {
-                    r.header(CONTENT_ENCODING, outpost_shared::wire::GZIP)
-                        .header(CONTENT_TYPE, "application/json")
-                },
-            )
+            .send(&self.client, self.base(), reqwest::Method::POST, "/v1/batches", &json, body, |r| {
+                r.header(CONTENT_ENCODING, outpost_shared::wire::GZIP)
+                    .header(CONTENT_TYPE, "application/json")
+            })
             .await
             .map_err(SendError::Unreachable)?;
         if answer.status.is_success() {

@@ -13,6 +13,7 @@
 mod error;
 mod memory;
 mod sled_buffer;
+mod sled_threads;
 #[cfg(test)]
 mod tests;
 

@@ -189,6 +189,20 @@ impl SledBuffer {
     /// Opens (or creates) the buffer at `path`. A corrupt buffer is never a crash loop: it is moved
     /// aside, a fresh one starts, and [`OpenOutcome::Recovered`] says so.
     pub fn open(path: &Path, quota: u64, when_full: WhenFull) -> Result<(Self, OpenOutcome), BufferError> {
+        super::sled_threads::with_idle_pool_slack(|| {
+            let (buffer, outcome) = Self::open_or_recover(path, quota, when_full)?;
+            // A first write, so that sled's I/O pool surely starts here, with the slack: a fresh
+            // database has nothing to recover, which would start it otherwise.
+            buffer.flush()?;
+            Ok((buffer, outcome))
+        })
+    }
+
+    fn open_or_recover(
+        path: &Path,
+        quota: u64,
+        when_full: WhenFull,
+    ) -> Result<(Self, OpenOutcome), BufferError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|source| BufferError::Io { path: parent.to_path_buf(), source })?;
