@@ -392,3 +392,30 @@ async fn the_latest_value_carries_the_limits_it_was_judged_against(store: Store)
     assert_eq!(of("mem"), None);
     assert_eq!(of("disk"), None, "a limit at infinity is no line to draw");
 }
+
+/// sled only: an outage's catch-up (many hubs' backlogs at once) is written one batch per core at
+/// a time, not all side by side (sled held more memory the more writers overlapped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sled_store_writes_at_most_one_batch_per_core_at_once() {
+    use crate::store::ReadingStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::sled::SledStore::open(&dir.path().join("db")).unwrap();
+    store.writes.hold_ms.store(50, Ordering::SeqCst);
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let now = Utc::now();
+    let uploads: Vec<_> = (0..6 * cores)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let b = batch(&format!("m{i}"), vec![(1, "cpu", i as f64, now)]);
+                ReadingStore::ingest(&store, b, now).await.unwrap().stored
+            })
+        })
+        .collect();
+    for u in uploads {
+        assert_eq!(u.await.unwrap(), 1, "every upload is stored");
+    }
+    let peak = store.writes.peak.load(Ordering::SeqCst);
+    assert!(peak <= cores, "{peak} batches were written at once on {cores} cores");
+    assert_eq!(peak, cores, "uploads are still written side by side, one per core");
+}

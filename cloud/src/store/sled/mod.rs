@@ -61,6 +61,36 @@ pub struct SledStore {
     /// for a backlog of five million readings, which drained 12 % slower (BENCHMARKS.md). A
     /// queued batch waits without a thread.
     writers: Arc<tokio::sync::Semaphore>,
+    /// For tests: the batches being written at once, seen from inside the write.
+    #[cfg(test)]
+    pub(crate) writes: Arc<WriteWatch>,
+}
+
+/// For tests: how many batches are being written at this moment and at most so far. A write can
+/// be held open for a while, so that writers that are allowed to overlap surely do.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct WriteWatch {
+    now: std::sync::atomic::AtomicUsize,
+    pub peak: std::sync::atomic::AtomicUsize,
+    pub hold_ms: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(test)]
+impl WriteWatch {
+    fn enter(self: &Arc<Self>) -> impl Drop {
+        use std::sync::atomic::Ordering::SeqCst;
+        struct Leave(Arc<WriteWatch>);
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                self.0.now.fetch_sub(1, SeqCst);
+            }
+        }
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(self.hold_ms.load(SeqCst)));
+        Leave(self.clone())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,6 +192,8 @@ impl SledStore {
             )),
             flusher: outpost_shared::group_flush::GroupFlush::new(db.clone()),
             db,
+            #[cfg(test)]
+            writes: Arc::default(),
         })
     }
 
@@ -540,6 +572,8 @@ impl ReadingStore for SledStore {
             self.writers.clone().acquire_owned().await.expect("the writers' semaphore is never closed");
         self.blocking(move |s| {
             let _writing = writing;
+            #[cfg(test)]
+            let _watched = s.writes.enter();
             s.ingest(&batch, now)
         })
         .await
