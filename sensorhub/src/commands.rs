@@ -142,14 +142,25 @@ type SignatureHeaders = [(&'static str, String); 3];
 struct PollSignature(Option<(std::time::Instant, String, SignatureHeaders)>);
 
 impl PollSignature {
-    /// Signature headers for `GET path` on `base`: the last ones if still young enough.
-    fn headers(&mut self, key: &KeyPair, base: &str, path: &str) -> Result<SignatureHeaders, String> {
+    /// Signature headers for `GET path` on `base`: the last ones if still young enough. A new
+    /// one is made on a blocking thread: an RSA signature would hold the hub's one runtime thread
+    /// for milliseconds.
+    async fn headers(
+        &mut self,
+        key: &Arc<KeyPair>,
+        base: &str,
+        path: &str,
+    ) -> Result<SignatureHeaders, String> {
         match &self.0 {
             Some((made, for_base, pairs)) if for_base == base && made.elapsed() < POLL_SIGNATURE_REUSE => {
                 Ok(pairs.clone())
             }
             _ => {
-                let sig = sign_request(key, "GET", path, b"", Utc::now()).map_err(|e| e.to_string())?;
+                let (key, p) = (key.clone(), path.to_string());
+                let sig = tokio::task::spawn_blocking(move || sign_request(&key, "GET", &p, b"", Utc::now()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
                 let pairs = sig.to_pairs();
                 self.0 = Some((std::time::Instant::now(), base.to_string(), pairs.clone()));
                 Ok(pairs)
@@ -162,7 +173,7 @@ async fn poll(
     client: &reqwest::Client,
     base: &str,
     path: &str,
-    key: &KeyPair,
+    key: &Arc<KeyPair>,
     session: Option<&SessionClient>,
     signature: &mut PollSignature,
 ) -> Result<Vec<Signed<CommandEnvelope>>, String> {
@@ -180,7 +191,7 @@ async fn poll(
         return serde_json::from_slice(&answer.body).map_err(|e| e.to_string());
     }
     let mut req = client.get(format!("{}{path}", base.trim_end_matches('/')));
-    for (name, value) in signature.headers(key, base, path)? {
+    for (name, value) in signature.headers(key, base, path).await? {
         req = req.header(name, value);
     }
     let resp = req
@@ -430,13 +441,13 @@ mod tests {
     use outpost_shared::keys::MachineId;
     use std::sync::OnceLock;
 
-    #[test]
-    fn a_poll_signature_is_used_again_for_a_minute_on_one_path_only() {
+    #[tokio::test]
+    async fn a_poll_signature_is_used_again_for_a_minute_on_one_path_only() {
         let (_, _, hub) = keys();
         let path = "/v1/commands/poll?wait=25";
         let mut sig = PollSignature::default();
-        let first = sig.headers(hub, "https://connector:8443", path).unwrap();
-        assert_eq!(sig.headers(hub, "https://connector:8443", path).unwrap(), first);
+        let first = sig.headers(hub, "https://connector:8443", path).await.unwrap();
+        assert_eq!(sig.headers(hub, "https://connector:8443", path).await.unwrap(), first);
         // It checks out for that request: a connector takes it as the hub's.
         let mut map = reqwest::header::HeaderMap::new();
         for (name, value) in &first {
@@ -454,12 +465,12 @@ mod tests {
         )
         .unwrap();
         // Another hop, or an old one: signed afresh.
-        let other = sig.headers(hub, "https://cloud:443", path).unwrap();
+        let other = sig.headers(hub, "https://cloud:443", path).await.unwrap();
         assert_ne!(other[2], first[2]);
         if let Some((made, _, _)) = &mut sig.0 {
             *made -= POLL_SIGNATURE_REUSE;
         }
-        assert_ne!(sig.headers(hub, "https://cloud:443", path).unwrap()[2], other[2]);
+        assert_ne!(sig.headers(hub, "https://cloud:443", path).await.unwrap()[2], other[2]);
     }
 
     /// Keys are slow to make: one cloud, one impostor and one hub key for all tests.

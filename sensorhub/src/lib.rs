@@ -56,15 +56,15 @@ pub enum HubError {
 
 /// The runtime the hub runs on, sized for an agent that should go unnoticed on the machine it
 /// watches: one thread runs every task. A hub's tasks are small; what blocks, or computes for
-/// milliseconds on every upload (sensor reads, buffer reads and writes, a batch's RSA signature
-/// through a connector, a backlog's compression), runs on the blocking threads; rarer signatures
-/// (a command poll's through a connector, once a minute; a receipt's refresh) take the thread
-/// for about 8 ms each. With two workers the runtime's threads switched about 510 times a minute on an idle hub, handing
-/// work over and looking for work to steal; with one, about 290, for a sixth less CPU
-/// (BENCHMARKS.md). Blocking threads are kept between sampling rounds: a keep-alive of one second
-/// made the hub start and end about ten threads a minute, which cost more CPU than their idle
-/// stacks cost memory. The cap is generous on purpose: a sensor stuck in the kernel (a dead
-/// network mount) holds its thread, and the rest must go on.
+/// milliseconds on every upload or poll (sensor reads, buffer reads and writes, RSA signatures of
+/// batches and command polls through a connector, a backlog's compression), runs on the blocking
+/// threads; rare signatures (a receipt's refresh, a command result when no session can be had)
+/// take the thread for about 8 ms each. With two workers the runtime's threads switched about 510
+/// times a minute on an idle hub, handing work over and looking for work to steal; with one,
+/// about 290, for a sixth less CPU (BENCHMARKS.md). Blocking threads are kept between sampling
+/// rounds: a keep-alive of one second made the hub start and end about ten threads a minute,
+/// which cost more CPU than their idle stacks cost memory. The cap is generous on purpose: a
+/// sensor stuck in the kernel (a dead network mount) holds its thread, and the rest must go on.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(32)
