@@ -22,7 +22,7 @@
 /// A small heap for the hub (glibc; elsewhere nothing), set before its threads start.
 ///
 /// One malloc arena for the whole process: glibc gives threads that allocate at once arenas of
-/// their own, each keeping freed memory for itself; a hub's dozen threads (runtime workers, sled's
+/// their own, each keeping freed memory for itself; a hub's dozen threads (the runtime's, sled's
 /// I/O pool, flushers) allocate little and seldom, so the arenas cost more resident memory than
 /// their contention would cost time (about 0.2 MB measured, with the default sensors). Arenas
 /// already made stay, hence before the threads.

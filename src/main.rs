@@ -428,7 +428,7 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             // catches start-up code that still ran after the first.
             footprint::release_startup_code_at(&HUB_CODE_RELEASES);
             let rt = outpost_sensorhub::runtime().context("cannot start the async runtime")?;
-            // A hub stuck for good (every worker waiting on a stalled disk) exits to be restarted.
+            // A hub stuck for good (its runtime thread waiting on a stalled disk) exits to be restarted.
             outpost_sensorhub::watchdog::spawn(rt.handle(), HUB_STALL_EXIT, || {
                 tracing::error!(
                     "the sensorhub's runtime made no progress for {} s; exiting to be restarted",
