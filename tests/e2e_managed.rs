@@ -664,10 +664,13 @@ fn a_template_made_on_the_dashboard_is_applied_and_a_removal_is_rolled_back() {
         "return document.getElementById('mstatus').textContent === 'applied v3' \
            && !document.querySelector('tr.msensor[data-id=\"tcp.own\"]')",
     );
+    // The history must show version 3 first: its row, added on top, moves the older rows down,
+    // and a click aimed at version 2's button before that lands elsewhere.
     browser.wait_for(
         Duration::from_secs(10),
-        "the history offers version 2",
-        "return !!document.querySelector('button.mrollback[data-version=\"2\"]')",
+        "the history lists version 3 and offers version 2",
+        "return !!document.querySelector('tr.mversion[data-version=\"3\"]') \
+           && !!document.querySelector('button.mrollback[data-version=\"2\"]')",
     );
     browser.click("button.mrollback[data-version=\"2\"]");
     browser.wait_for(
