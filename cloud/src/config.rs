@@ -216,12 +216,22 @@ pub struct IngestLimits {
     /// stored, either would pin or skip a sensor's latest value and its alerts.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
-    /// Batches and forwards being taken at once; more get 503 + Retry-After (retry later). Worst
-    /// case memory is about `max_in_flight × max_body` read plus `max_inflating ×
-    /// max_decompressed` being inflated.
+    /// Batches and forwards being read, parsed and written at once; more get 503 + Retry-After
+    /// (retry later). Worst case memory is about `max_in_flight × max_body` read plus
+    /// `max_inflating × max_decompressed` being inflated. Written ones that only wait for their
+    /// flush give their place back; up to four times as many may wait so, each holding the
+    /// latest values its batch changed.
     pub max_in_flight: usize,
     /// Bodies being decompressed at once (CPU work, on blocking threads); more wait their turn.
     pub max_inflating: usize,
+    /// Batches and forwards that may wait for a place among `max_in_flight`, their bodies not
+    /// read yet (a waiting request costs a connection and at most what of its body the
+    /// connection's flow-control window holds, 1 MiB on HTTP/2); beyond them the answer is 503
+    /// at once. 0: refuse as soon as `max_in_flight` is reached.
+    pub max_queued: usize,
+    /// How long a queued request waits for its place before it gets 503 + Retry-After.
+    #[serde(with = "humantime_serde")]
+    pub queue_wait: Duration,
 }
 
 impl Default for CloudConfig {
@@ -256,6 +266,9 @@ impl Default for Retention {
     }
 }
 
+/// The longest `ingest.queue_wait` taken.
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
 impl Default for IngestLimits {
     fn default() -> Self {
         IngestLimits {
@@ -265,6 +278,8 @@ impl Default for IngestLimits {
             max_future: Duration::from_secs(300),
             max_in_flight: 64,
             max_inflating: 2,
+            max_queued: 256,
+            queue_wait: Duration::from_secs(5),
         }
     }
 }
@@ -350,6 +365,13 @@ impl Validate for CloudConfig {
                 "must be above 0 and at most ingest.max_in_flight",
             ));
         }
+        if self.ingest.queue_wait > MAX_QUEUE_WAIT {
+            problems.push(Problem::new(
+                "ingest.queue_wait",
+                "must be at most 10s: a sender gives up on a request after 30 s, and the wait is only \
+                 the start of it",
+            ));
+        }
         self.server.check("server", problems);
         if self.tls.is_none() && self.names.is_empty() {
             problems.push(Problem::new(
@@ -407,6 +429,18 @@ mod tests {
         let parsed: CloudConfig =
             outpost_shared::config::parse(DEFAULT_CONFIG, std::path::Path::new("default.toml")).unwrap();
         assert_eq!(parsed, CloudConfig::default());
+    }
+
+    #[test]
+    fn a_queue_wait_a_sender_would_not_outlast_is_refused() {
+        let mut c = CloudConfig::default();
+        let mut problems = Vec::new();
+        c.validate(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        c.ingest.queue_wait = Duration::from_secs(30);
+        c.validate(&mut problems);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(text.iter().any(|p| p.contains("ingest.queue_wait") && p.contains("10s")), "{text:?}");
     }
 
     #[test]

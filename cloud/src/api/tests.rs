@@ -23,6 +23,8 @@ crate::both_engines!(
     a_stale_timestamp_is_refused_before_the_body,
     oversized_bodies_get_413,
     ingest_beyond_its_slots_gets_503_retry_later_busy,
+    ingest_beyond_its_slots_waits_in_a_bounded_queue_for_a_bounded_time,
+    a_batch_waiting_for_its_flush_holds_no_admission_slot,
     the_machine_list_says_network_connector_name_and_revocation,
     a_batch_is_acknowledged_once_and_then_as_duplicates,
     poll_many_serves_a_connector_only_its_own_networks_hubs,
@@ -197,7 +199,12 @@ async fn oversized_bodies_get_413(e: Engines, k: &Keep) {
 }
 
 async fn ingest_beyond_its_slots_gets_503_retry_later_busy(e: Engines, k: &Keep) {
-    let limits = crate::config::IngestLimits { max_in_flight: 1, max_inflating: 1, ..Default::default() };
+    let limits = crate::config::IngestLimits {
+        max_in_flight: 1,
+        max_inflating: 1,
+        max_queued: 0,
+        ..Default::default()
+    };
     let s = setup(e, k, limits).await;
     // The first request holds the only slot with a body that never ends.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
@@ -218,6 +225,205 @@ async fn ingest_beyond_its_slots_gets_503_retry_later_busy(e: Engines, k: &Keep)
     let (body, _) = watched(b"{}".to_vec());
     let (status, _, _) = answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// With every slot taken, a request waits its turn in the queue (its body unread) rather than
+/// being turned away, first come first served; beyond the queue's places, or once its wait is
+/// over, the answer is 503 + Retry-After, busy.
+async fn ingest_beyond_its_slots_waits_in_a_bounded_queue_for_a_bounded_time(e: Engines, k: &Keep) {
+    let limits = crate::config::IngestLimits {
+        max_in_flight: 1,
+        max_inflating: 1,
+        max_queued: 1,
+        queue_wait: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let s = setup(e, k, limits).await;
+    // The first request holds the only slot with a body that does not end until told.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let first =
+        tokio::spawn(s.app.clone().oneshot(post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"))));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The second waits in the queue, its body not read.
+    let (body, read) = watched(b"{}".to_vec());
+    let (app, req) = (s.app.clone(), post("/v1/batches", body, &signed(&s.hub, "/v1/batches")));
+    let second = tokio::spawn(async move { answer(&app, req).await.0 });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!second.is_finished(), "the queued request was answered at once");
+    assert!(!read.load(Ordering::SeqCst), "a queued request's body was read");
+    // The third finds the queue full: refused at once.
+    let (body, _) = watched(b"{}".to_vec());
+    let asked = std::time::Instant::now();
+    let (status, headers, e) =
+        answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.error);
+    assert!(asked.elapsed() < Duration::from_secs(1), "a request beyond the queue waited");
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+    assert_eq!((e.verdict, e.code), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)));
+    // The slot frees: the queued one gets it and past admission (400, as `{}` is no gzip).
+    drop(tx);
+    let _ = first.await;
+    assert_eq!(second.await.unwrap(), StatusCode::BAD_REQUEST);
+
+    // A queued request whose wait runs out is told to retry later.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let first =
+        tokio::spawn(s.app.clone().oneshot(post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"))));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (body, read) = watched(b"{}".to_vec());
+    let asked = std::time::Instant::now();
+    let (status, _, e) = answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.error);
+    assert_eq!(e.code, Some(RefusalCode::Busy));
+    assert!(asked.elapsed() >= Duration::from_secs(2), "gave up before its wait was over");
+    assert!(!read.load(Ordering::SeqCst), "the refused request's body was read");
+    drop(tx);
+    let _ = first.await;
+}
+
+/// A [`crate::store::ReadingStore`] whose commits wait until the test opens them: batches
+/// written and waiting for their flush, as on a slow disk.
+struct HeldCommits {
+    inner: crate::store::Store,
+    open: tokio::sync::watch::Receiver<bool>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl crate::store::ReadingStore for HeldCommits {
+    async fn ingest(
+        &self,
+        batch: outpost_shared::model::Batch,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<crate::store::IngestOutcome, crate::error::CloudError> {
+        self.inner.ingest(batch, now).await
+    }
+    async fn commit(&self) -> Result<(), crate::error::CloudError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _ = self.open.clone().wait_for(|open| *open).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.inner.commit().await
+    }
+    async fn note_relay_quarantine(
+        &self,
+        connector: &str,
+        counts: &[(String, u64)],
+    ) -> Result<(), crate::error::CloudError> {
+        self.inner.note_relay_quarantine(connector, counts).await
+    }
+    async fn machines(&self) -> Result<Vec<outpost_shared::model::MachineInfo>, crate::error::CloudError> {
+        self.inner.machines().await
+    }
+    async fn machine(
+        &self,
+        id: &str,
+    ) -> Result<Option<outpost_shared::model::MachineInfo>, crate::error::CloudError> {
+        self.inner.machine(id).await
+    }
+    async fn sensors(
+        &self,
+        machine: &str,
+    ) -> Result<Vec<outpost_shared::model::SensorLatest>, crate::error::CloudError> {
+        self.inner.sensors(machine).await
+    }
+    async fn readings(
+        &self,
+        machine: &str,
+        sensor: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        limit: usize,
+    ) -> Result<Vec<outpost_shared::model::ReadingPoint>, crate::error::CloudError> {
+        self.inner.readings(machine, sensor, since, limit).await
+    }
+    async fn period(
+        &self,
+        machine: &str,
+        from: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::PeriodReading>, crate::error::CloudError> {
+        self.inner.period(machine, from, until, limit).await
+    }
+    async fn hourly(
+        &self,
+        machine: &str,
+        sensor: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        limit: usize,
+    ) -> Result<Vec<outpost_shared::model::HourlyPoint>, crate::error::CloudError> {
+        self.inner.hourly(machine, sensor, since, limit).await
+    }
+    async fn compact(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        raw: Duration,
+        hourly: Duration,
+    ) -> Result<crate::store::CompactOutcome, crate::error::CloudError> {
+        self.inner.compact(now, raw, hourly).await
+    }
+    async fn note_unattached(
+        &self,
+        hubs: &[outpost_shared::model::UnattachedHub],
+    ) -> Result<(), crate::error::CloudError> {
+        self.inner.note_unattached(hubs).await
+    }
+    async fn unattached(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<outpost_shared::model::UnattachedHub>, crate::error::CloudError> {
+        self.inner.unattached(now).await
+    }
+    async fn raw_count(&self) -> Result<u64, crate::error::CloudError> {
+        self.inner.raw_count().await
+    }
+}
+
+/// A batch that is written and only waits for its flush gives its admission slot back, so a slow
+/// flush does not turn the next sender away; four times the slots may wait so, and beyond that a
+/// written batch keeps its slot and the intake says "retry later". Nothing is answered before
+/// its flush, and every batch is then acknowledged.
+async fn a_batch_waiting_for_its_flush_holds_no_admission_slot(mut e: Engines, k: &Keep) {
+    let (open, closed) = tokio::sync::watch::channel(false);
+    let held = Arc::new(HeldCommits { inner: e.readings.clone(), open: closed, waiting: Default::default() });
+    e.readings = held.clone();
+    let limits = crate::config::IngestLimits { max_in_flight: 1, max_inflating: 1, ..Default::default() };
+    let s = setup(e, k, limits).await;
+    // Batch n carries seqs 1..=n, so the n-th written one makes n readings stored.
+    let mut sent = Vec::new();
+    for n in 1..=5u64 {
+        let app = s.app.clone();
+        let req = batch_request(&s.hub, n);
+        let task = tokio::spawn(async move { ack(&app, req).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while held.inner.raw_count().await.unwrap() < n {
+            if task.is_finished() {
+                let (status, _, body) = task.await.unwrap();
+                panic!("batch {n} was answered {status} while the others waited for their flush: {body}");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "batch {n} was never written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent.push(task);
+    }
+    // Four wait for their flush; the fifth, written, still holds the only slot.
+    assert_eq!(held.waiting.load(Ordering::SeqCst), 4);
+    let (status, headers, body) = ack(&s.app, batch_request(&s.hub, 6)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+    assert_eq!(body["code"], "busy", "{body}");
+    assert!(sent.iter().all(|t| !t.is_finished()), "acknowledged before the flush");
+
+    open.send(true).unwrap();
+    for (n, task) in sent.into_iter().enumerate() {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "batch {}: {body}", n + 1);
+        assert_eq!(body["stored"].as_u64(), Some(1), "batch {}: {body}", n + 1);
+    }
+    let (status, _, body) = ack(&s.app, batch_request(&s.hub, 6)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stored"].as_u64(), Some(1), "{body}");
 }
 
 /// `GET /v1/machines` names the network a machine is enrolled in and the connector it reports
