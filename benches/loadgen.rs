@@ -8,7 +8,8 @@
 //! loopback address of its own (127.x.y.z), as hubs on a network would, so the per-source limits
 //! of the listeners see N sources, not one.
 //!
-//! It prints acknowledgement latency (p50, p99, max), errors by cause, the cloud's (and the
+//! It prints acknowledgement latency (p50, p99, max), errors by cause, both again for what was
+//! sent after the fleet settled (`--settle`, 60 s: the start is every hub's login), the cloud's (and the
 //! connector's) CPU share and peak RSS, the generator's own CPU share, and the upstream
 //! connections the connector held; at the end it checks that every acknowledged reading is stored
 //! in the cloud exactly once, and prints how long that took to become true.
@@ -19,7 +20,7 @@
 //!
 //! Run: `cargo bench --bench loadgen -- --hubs 1000 [--per-minute 50] [--batches-per-minute 1]
 //!       [--minutes 2] [--via-connector] [--backlog 5000] [--signed] [--postgres]
-//!       [--cloud-config 'key = value']`
+//!       [--settle 60] [--cloud-config 'key = value']`
 //! (`--keys-only` makes the keys of `--hubs` hubs and stops.)
 
 #[path = "../tests/common/mod.rs"]
@@ -56,6 +57,9 @@ struct Args {
     signed: bool,
     /// Run the cloud on a throwaway PostgreSQL server (unix socket, this machine) instead of sled.
     postgres: bool,
+    /// Seconds from the start after which the fleet counts as settled: the latencies and errors
+    /// from then on are printed apart, as the sustained figures (the start is the fleet's logins).
+    settle: f64,
 }
 
 impl Args {
@@ -71,6 +75,7 @@ impl Args {
             keys_only: false,
             signed: false,
             postgres: false,
+            settle: 60.0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -87,6 +92,7 @@ impl Args {
                 "--keys-only" => a.keys_only = true,
                 "--signed" => a.signed = true,
                 "--postgres" => a.postgres = true,
+                "--settle" => a.settle = value("--settle").parse().expect("--settle SECONDS"),
                 "--backlog" => a.backlog = value("--backlog").parse().expect("--backlog N"),
                 "--cloud-config" => {
                     a.cloud_config.push_str(&value("--cloud-config"));
@@ -178,19 +184,44 @@ fn enroll_all(cloud: &CloudProc, keys: &[Arc<KeyPair>]) {
 }
 
 /// What the hubs saw, shared by all of them.
-#[derive(Default)]
 struct Stats {
-    /// Acknowledgement latency of each successful upload, in milliseconds.
-    latencies: Mutex<Vec<f64>>,
+    started: Instant,
+    /// When the fleet counts as settled (see `Args::settle`).
+    settled: Duration,
+    /// Of each successful upload: seconds from the start when it was sent, and its
+    /// acknowledgement latency in milliseconds.
+    latencies: Mutex<Vec<(f64, f64)>>,
     /// Failed attempts by cause (status and verdict, or transport error kind).
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The same, of attempts made once the fleet had settled.
+    late_errors: Mutex<BTreeMap<String, u64>>,
     polls_answered: AtomicU64,
     acked_readings: AtomicU64,
 }
 
 impl Stats {
+    fn new(settled: Duration) -> Stats {
+        Stats {
+            started: Instant::now(),
+            settled,
+            latencies: Mutex::default(),
+            errors: Mutex::default(),
+            late_errors: Mutex::default(),
+            polls_answered: AtomicU64::new(0),
+            acked_readings: AtomicU64::new(0),
+        }
+    }
+
     fn error(&self, cause: String) {
+        if self.started.elapsed() >= self.settled {
+            *self.late_errors.lock().unwrap().entry(cause.clone()).or_default() += 1;
+        }
         *self.errors.lock().unwrap().entry(cause).or_default() += 1;
+    }
+
+    fn acked(&self, sent: Instant) {
+        let at = sent.duration_since(self.started).as_secs_f64();
+        self.latencies.lock().unwrap().push((at, sent.elapsed().as_secs_f64() * 1000.0));
     }
 }
 
@@ -304,7 +335,7 @@ impl Hub {
             let sent = Instant::now();
             let wait = match self.send(reqwest::Method::POST, "/v1/batches", &json, body.clone()).await {
                 Ok((status, _, _)) if (200..300).contains(&status) => {
-                    stats.latencies.lock().unwrap().push(sent.elapsed().as_secs_f64() * 1000.0);
+                    stats.acked(sent);
                     stats.acked_readings.fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
                     return true;
                 }
@@ -496,7 +527,7 @@ fn main() {
         })
         .collect();
 
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(Duration::from_secs_f64(args.settle)));
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let watched: Vec<Watched> = [("cloud", cloud.proc.as_ref().map(|p| p.child.id()))]
@@ -636,8 +667,11 @@ fn main() {
     }
     let stored_in = verify_started.elapsed();
 
-    let mut lat = stats.latencies.lock().unwrap().clone();
+    let all = stats.latencies.lock().unwrap().clone();
+    let mut lat: Vec<f64> = all.iter().map(|&(_, ms)| ms).collect();
     lat.sort_by(f64::total_cmp);
+    let mut late: Vec<f64> = all.iter().filter(|&&(at, _)| at >= args.settle).map(|&(_, ms)| ms).collect();
+    late.sort_by(f64::total_cmp);
     println!(
         "\n== loadgen: {} hubs, {}, {machine} ==",
         args.hubs,
@@ -658,6 +692,21 @@ fn main() {
     }
     for (cause, n) in errors.iter() {
         println!("errors: {n} × {cause}");
+    }
+    println!(
+        "sent from {:.0} s on (settled): {} uploads acknowledged, ack latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.settle,
+        late.len(),
+        percentile(&late, 0.50),
+        percentile(&late, 0.99),
+        late.last().copied().unwrap_or(f64::NAN)
+    );
+    let late_errors = stats.late_errors.lock().unwrap();
+    if late_errors.is_empty() {
+        println!("errors from {:.0} s on: none", args.settle);
+    }
+    for (cause, n) in late_errors.iter() {
+        println!("errors from {:.0} s on: {n} × {cause}", args.settle);
     }
     for (name, cpu, peak, now) in &figures {
         println!("{name}: {cpu:.1} % of a core over {wall:.0} s, peak RSS {peak:.0} MB (now {now:.0} MB)");
