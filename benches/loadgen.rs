@@ -349,7 +349,8 @@ impl Hub {
                         eprintln!("hub {}: batch refused for good: {v}", self.index);
                         return false;
                     }
-                    Duration::from_secs(retry_after.unwrap_or(1).max(1))
+                    // As a hub does: at least the asked wait, spread.
+                    outpost_shared::backoff::spread(Duration::from_secs(retry_after.unwrap_or(1).max(1)))
                 }
                 Err(e) => {
                     stats.error(e.kind());

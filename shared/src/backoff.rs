@@ -58,9 +58,25 @@ impl Backoff {
     }
 }
 
+/// A wait the other side asked for (Retry-After), lengthened by up to half at random: a fleet
+/// turned away at the same moment with the same wait would otherwise come back at the same moment,
+/// and be turned away together again.
+pub fn spread(asked: Duration) -> Duration {
+    asked.mul_f64(1.0 + fastrand::f64() * 0.5)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_asked_wait_is_kept_and_spread() {
+        let asked = Duration::from_secs(5);
+        let waits: Vec<Duration> = (0..200).map(|_| spread(asked)).collect();
+        assert!(waits.iter().all(|w| *w >= asked && *w <= asked.mul_f64(1.5)), "{waits:?}");
+        let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*hi - *lo > Duration::from_secs(1), "not spread: {lo:?}..{hi:?}");
+    }
 
     #[test]
     fn delays_grow_stay_bounded_and_reset() {

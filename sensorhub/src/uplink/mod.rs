@@ -207,7 +207,9 @@ impl<T: Transport> Uplink<T> {
                 Err(e) => {
                     lingering = false;
                     match e {
-                        SendError::Busy(d) => d,
+                        // At least as long as asked, spread so a fleet refused together
+                        // does not come back together.
+                        SendError::Busy(d) => outpost_shared::backoff::spread(d),
                         // The verdict was obeyed (readings quarantined, or the batch halved):
                         // what is left goes at once.
                         SendError::Refused { .. } | SendError::TooLarge(_) => Duration::ZERO,
