@@ -358,6 +358,21 @@ impl Validate for CloudConfig {
                 "ingest.max_in_flight",
                 "must be above 0 and at most server.max_requests",
             ));
+        } else if self.ingest.max_in_flight.saturating_add(self.ingest.max_queued)
+            > self.server.max_requests / 2
+        {
+            // Admission comes before a signature is verified: whoever names an enrolled machine
+            // can hold these places, and must not be able to hold the long-polls' and the
+            // dashboard's as well.
+            problems.push(Problem::new(
+                "ingest.max_queued",
+                format!(
+                    "ingest.max_in_flight + ingest.max_queued ({}) must be at most half of server.max_requests \
+                     ({}): lower them or raise server.max_requests",
+                    self.ingest.max_in_flight.saturating_add(self.ingest.max_queued),
+                    self.server.max_requests
+                ),
+            ));
         }
         if self.ingest.max_inflating == 0 || self.ingest.max_inflating > self.ingest.max_in_flight {
             problems.push(Problem::new(
@@ -441,6 +456,20 @@ mod tests {
         c.validate(&mut problems);
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert!(text.iter().any(|p| p.contains("ingest.queue_wait") && p.contains("10s")), "{text:?}");
+    }
+
+    #[test]
+    fn ingest_may_not_take_more_than_half_the_servers_request_places() {
+        let mut c = CloudConfig::default();
+        c.server.max_requests = 600;
+        let mut problems = Vec::new();
+        c.validate(&mut problems);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(text.iter().any(|p| p.contains("ingest.max_queued") && p.contains("(320)")), "{text:?}");
+        c.ingest.max_queued = 236;
+        problems.clear();
+        c.validate(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

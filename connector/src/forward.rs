@@ -549,9 +549,15 @@ pub(crate) async fn send(
         // front of it, in maintenance) is no reason to split, let alone to put a batch aside.
         (413, _) if said_too_large => Err(Retry::TooLarge(format!("cloud answered 413: {msg}"))),
         (413, _) => Err(Retry::Backoff(format!("413 without the cloud's verdict (a proxy?): {msg}"))),
-        (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),
+        (503 | 429, Some(s)) => Err(Retry::After(asked_wait(s))),
         (code, _) => Err(Retry::Backoff(format!("cloud answered {code}: {msg}"))),
     }
+}
+
+/// A wait the cloud (or whatever answers in its place) asked for, at most an hour: an answer
+/// carries no MAC, and one asking for years must not stop the forwarding.
+fn asked_wait(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(outpost_shared::backoff::MAX_ASKED_WAIT)
 }
 
 /// [`send`] in the connector's machine session: a MAC instead of a signature, and an
@@ -600,7 +606,7 @@ async fn send_in_session(
     match (status.as_u16(), retry_after) {
         (413, _) if said_too_large => Err(Retry::TooLarge(format!("cloud answered 413: {msg}"))),
         (413, _) => Err(Retry::Backoff(format!("413 without the cloud's verdict (a proxy?): {msg}"))),
-        (503 | 429, Some(s)) => Err(Retry::After(Duration::from_secs(s))),
+        (503 | 429, Some(s)) => Err(Retry::After(asked_wait(s))),
         (code, _) => Err(Retry::Backoff(format!("cloud answered {code}: {msg}"))),
     }
 }

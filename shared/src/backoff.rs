@@ -58,11 +58,16 @@ impl Backoff {
     }
 }
 
-/// A wait the other side asked for (Retry-After), lengthened by up to half at random: a fleet
-/// turned away at the same moment with the same wait would otherwise come back at the same moment,
-/// and be turned away together again.
+/// The longest wait another side may ask for (Retry-After); more is taken as this. An answer
+/// asking for days is broken or hostile (error answers carry no MAC), and must not silence a
+/// machine's uplink until its buffer overflows.
+pub const MAX_ASKED_WAIT: Duration = Duration::from_secs(3600);
+
+/// A wait the other side asked for (Retry-After), at most [`MAX_ASKED_WAIT`], lengthened by up to
+/// half at random: a fleet turned away at the same moment with the same wait would otherwise come
+/// back at the same moment, and be turned away together again.
 pub fn spread(asked: Duration) -> Duration {
-    asked.mul_f64(1.0 + fastrand::f64() * 0.5)
+    asked.min(MAX_ASKED_WAIT).mul_f64(1.0 + fastrand::f64() * 0.5)
 }
 
 #[cfg(test)]
@@ -76,6 +81,9 @@ mod tests {
         assert!(waits.iter().all(|w| *w >= asked && *w <= asked.mul_f64(1.5)), "{waits:?}");
         let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
         assert!(*hi - *lo > Duration::from_secs(1), "not spread: {lo:?}..{hi:?}");
+        // An absurd wait is capped, not a panic or a silence of years.
+        let absurd = spread(Duration::from_secs(u64::MAX));
+        assert!(absurd >= MAX_ASKED_WAIT && absurd <= MAX_ASKED_WAIT.mul_f64(1.5), "{absurd:?}");
     }
 
     #[test]

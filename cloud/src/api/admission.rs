@@ -20,10 +20,16 @@ use futures_util::StreamExt;
 use outpost_shared::http_server::episode::Episode;
 use outpost_shared::keys::{SignedHeaders, VerifyError};
 use outpost_shared::wire::WireError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Ingest requests one machine may have in the queue or in slots at once. A hub sends one batch
+/// at a time and a connector one forward; a few more cover a resend that overtakes a request the
+/// server has not noticed was abandoned.
+const PER_MACHINE: usize = 4;
 
 /// What a saturated ingest tells senders to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -41,6 +47,10 @@ pub(super) struct Admission {
     /// backlog drained in 88 s, with the queue in 59 s; BENCHMARKS.md).
     queue: Arc<Semaphore>,
     queue_wait: Duration,
+    /// Requests per claimed machine in the queue or in a slot, at most [`PER_MACHINE`]. A claim
+    /// is not proof (a signature is checked once the body is read), so without this whoever
+    /// knows one enrolled machine's id could hold every slot and every place in the queue.
+    claims: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// Requests whose data is written and that wait only for the flush that makes it durable:
     /// four times `slots`. What such a request holds is its outcome (the latest values it changed),
     /// not its body, but that is still memory: when these are all taken, a written request keeps
@@ -60,6 +70,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(limits.max_in_flight)),
             queue: Arc::new(Semaphore::new(limits.max_queued)),
             queue_wait: limits.queue_wait,
+            claims: Arc::default(),
             committing: Arc::new(Semaphore::new(limits.max_in_flight.saturating_mul(COMMITTING_PER_SLOT))),
             inflating: Arc::new(Semaphore::new(limits.max_inflating)),
             busy: Episode::new("ingest requests in flight"),
@@ -104,7 +115,39 @@ impl Intake {
 /// An admitted request's place in the intake.
 pub(super) struct Slot {
     slot: OwnedSemaphorePermit,
+    claim: Claim,
     committing: Arc<Semaphore>,
+}
+
+/// One of a claimed machine's requests in the queue or in a slot; counts one less when dropped.
+struct Claim {
+    claims: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    machine: String,
+}
+
+impl Claim {
+    /// None when `machine` already has [`PER_MACHINE`] requests on their way in.
+    fn take(claims: &Arc<std::sync::Mutex<HashMap<String, usize>>>, machine: &str) -> Option<Claim> {
+        let mut map = claims.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(machine.to_string()).or_default();
+        if *n >= PER_MACHINE {
+            return None;
+        }
+        *n += 1;
+        Some(Claim { claims: claims.clone(), machine: machine.to_string() })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut map = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.machine) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.machine);
+            }
+        }
+    }
 }
 
 impl Slot {
@@ -114,6 +157,7 @@ impl Slot {
     pub(super) async fn written(self) -> OwnedSemaphorePermit {
         let waiting = self.committing.acquire_owned().await.expect("the semaphore is never closed");
         drop(self.slot);
+        drop(self.claim);
         waiting
     }
 }
@@ -141,6 +185,13 @@ pub(super) async fn read_signed(
     }
 
     let gate = &st.admission;
+    let Some(claim) = Claim::take(&gate.claims, &claimed.machine_id) else {
+        return Err(outpost_shared::http_server::retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RETRY_AFTER,
+            "this machine already has as many batches on their way in as it may; retry later",
+        ));
+    };
     let slot = match gate.admit().await {
         Some(s) => {
             gate.busy.clear();
@@ -184,7 +235,7 @@ pub(super) async fn read_signed(
         WireError::TooLarge { .. } => err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         e => err(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
-    Ok(Intake { json, slot: Slot { slot, committing: gate.committing.clone() } })
+    Ok(Intake { json, slot: Slot { slot, claim, committing: gate.committing.clone() } })
 }
 
 /// The signer a signed request claims: enrolled, not revoked, signing time inside the window.

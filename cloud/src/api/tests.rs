@@ -24,6 +24,7 @@ crate::both_engines!(
     oversized_bodies_get_413,
     ingest_beyond_its_slots_gets_503_retry_later_busy,
     ingest_beyond_its_slots_waits_in_a_bounded_queue_for_a_bounded_time,
+    one_claimed_machine_cannot_take_every_place_in_the_queue,
     a_batch_waiting_for_its_flush_holds_no_admission_slot,
     the_machine_list_says_network_connector_name_and_revocation,
     a_batch_is_acknowledged_once_and_then_as_duplicates,
@@ -283,6 +284,61 @@ async fn ingest_beyond_its_slots_waits_in_a_bounded_queue_for_a_bounded_time(e: 
     let _ = first.await;
 }
 
+/// Whoever names an enrolled machine gets as far as the queue before anything proves the claim:
+/// one machine's requests beyond a few are refused at once, and another machine still finds
+/// its place.
+async fn one_claimed_machine_cannot_take_every_place_in_the_queue(e: Engines, k: &Keep) {
+    let limits = crate::config::IngestLimits {
+        max_in_flight: 1,
+        max_inflating: 1,
+        max_queued: 16,
+        queue_wait: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let s = setup(e, k, limits).await;
+    let other = enroll_in(&s, "net", outpost_shared::model::Role::Sensorhub, "other").await;
+    // One request of the claimed machine holds the slot, its body never ending; three wait.
+    let mut held = Vec::new();
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        held.push(tx);
+        let req = post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"));
+        waiting.push(tokio::spawn(s.app.clone().oneshot(req)));
+        if i == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(waiting.iter().all(|t| !t.is_finished()), "a request within the machine's share was answered");
+    // The fifth of the same machine: refused at once, though the queue has room.
+    let (body, read) = watched(b"{}".to_vec());
+    let asked = std::time::Instant::now();
+    let (status, headers, e) =
+        answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.error);
+    assert!(asked.elapsed() < Duration::from_secs(1), "the machine's fifth request waited");
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+    assert_eq!(e.code, Some(RefusalCode::Busy));
+    assert!(!read.load(Ordering::SeqCst));
+    // Another machine waits its turn in the queue and gets in once the slot frees.
+    let (body, _) = watched(b"{}".to_vec());
+    let (app, req) = (s.app.clone(), post("/v1/batches", body, &signed(&other, "/v1/batches")));
+    let theirs = tokio::spawn(async move { answer(&app, req).await.0 });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!theirs.is_finished(), "the other machine was turned away");
+    drop(held);
+    assert_eq!(theirs.await.unwrap(), StatusCode::BAD_REQUEST, "past admission (`{{}}` is no gzip)");
+    for t in waiting {
+        let _ = t.await;
+    }
+    // Its requests answered, the machine has its whole share again.
+    let (body, _) = watched(b"{}".to_vec());
+    let (status, _, _) = answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 /// A [`crate::store::ReadingStore`] whose commits wait until the test opens them: batches
 /// written and waiting for their flush, as on a slow disk.
 struct HeldCommits {
@@ -388,7 +444,12 @@ async fn a_batch_waiting_for_its_flush_holds_no_admission_slot(mut e: Engines, k
     let (open, closed) = tokio::sync::watch::channel(false);
     let held = Arc::new(HeldCommits { inner: e.readings.clone(), open: closed, waiting: Default::default() });
     e.readings = held.clone();
-    let limits = crate::config::IngestLimits { max_in_flight: 1, max_inflating: 1, ..Default::default() };
+    let limits = crate::config::IngestLimits {
+        max_in_flight: 1,
+        max_inflating: 1,
+        max_queued: 0,
+        ..Default::default()
+    };
     let s = setup(e, k, limits).await;
     // Batch n carries seqs 1..=n, so the n-th written one makes n readings stored.
     let mut sent = Vec::new();

@@ -109,7 +109,7 @@ impl Transport for HttpTransport {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|secs| Duration::from_secs(secs).min(outpost_shared::backoff::MAX_ASKED_WAIT));
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => return Err(SendError::Unreachable(outpost_shared::error_chain(&e))),
@@ -159,7 +159,7 @@ impl HttpTransport {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|secs| Duration::from_secs(secs).min(outpost_shared::backoff::MAX_ASKED_WAIT));
         Err(classify(answer.status, retry_after, &answer.body))
     }
 }
