@@ -183,6 +183,10 @@ fn enroll_all(cloud: &CloudProc, keys: &[Arc<KeyPair>]) {
     eprintln!("enrolled {} hubs in {:.1?}", keys.len(), started.elapsed());
 }
 
+/// Seconds of the run whose latencies and errors are printed together, to show the start's
+/// storm apart from the steady state.
+const WINDOW: f64 = 30.0;
+
 /// What the hubs saw, shared by all of them.
 struct Stats {
     started: Instant,
@@ -195,6 +199,8 @@ struct Stats {
     errors: Mutex<BTreeMap<String, u64>>,
     /// The same, of attempts made once the fleet had settled.
     late_errors: Mutex<BTreeMap<String, u64>>,
+    /// Failed attempts by [`WINDOW`] of the run they were made in.
+    window_errors: Mutex<BTreeMap<u64, u64>>,
     polls_answered: AtomicU64,
     acked_readings: AtomicU64,
 }
@@ -207,12 +213,15 @@ impl Stats {
             latencies: Mutex::default(),
             errors: Mutex::default(),
             late_errors: Mutex::default(),
+            window_errors: Mutex::default(),
             polls_answered: AtomicU64::new(0),
             acked_readings: AtomicU64::new(0),
         }
     }
 
     fn error(&self, cause: String) {
+        let window = (self.started.elapsed().as_secs_f64() / WINDOW) as u64;
+        *self.window_errors.lock().unwrap().entry(window).or_default() += 1;
         if self.started.elapsed() >= self.settled {
             *self.late_errors.lock().unwrap().entry(cause.clone()).or_default() += 1;
         }
@@ -702,6 +711,22 @@ fn main() {
         percentile(&late, 0.99),
         late.last().copied().unwrap_or(f64::NAN)
     );
+    let window_errors = stats.window_errors.lock().unwrap();
+    let windows = (wall / WINDOW).ceil() as u64;
+    for w in 0..windows {
+        let mut in_window: Vec<f64> =
+            all.iter().filter(|&&(at, _)| (at / WINDOW) as u64 == w).map(|&(_, ms)| ms).collect();
+        in_window.sort_by(f64::total_cmp);
+        println!(
+            "  sent in {:>3.0}–{:<3.0} s: {:>6} acknowledged, p50 {:>8.1} ms, p99 {:>8.1} ms; {} errors",
+            w as f64 * WINDOW,
+            (w + 1) as f64 * WINDOW,
+            in_window.len(),
+            percentile(&in_window, 0.50),
+            percentile(&in_window, 0.99),
+            window_errors.get(&w).copied().unwrap_or(0)
+        );
+    }
     let late_errors = stats.late_errors.lock().unwrap();
     if late_errors.is_empty() {
         println!("errors from {:.0} s on: none", args.settle);
