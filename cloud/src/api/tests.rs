@@ -199,6 +199,27 @@ async fn oversized_bodies_get_413(e: Engines, k: &Keep) {
     assert_eq!(s.state.admission.inflated.load(Ordering::SeqCst), 1);
 }
 
+/// An upload by `key` whose body does not end until the sender is dropped: it holds an ingest
+/// slot (or waits for one) meanwhile.
+#[allow(clippy::type_complexity)]
+fn held_upload(
+    s: &Setup,
+    key: &outpost_shared::keys::KeyPair,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tokio::task::JoinHandle<Result<axum::response::Response, std::convert::Infallible>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (tx, tokio::spawn(s.app.clone().oneshot(post("/v1/batches", slow, &signed(key, "/v1/batches")))))
+}
+
+/// A busy intake's answer: retry later, and when.
+fn assert_busy(headers: &axum::http::HeaderMap, e: &ApiError) {
+    assert!(headers.get(header::RETRY_AFTER).is_some(), "{}", e.error);
+    assert_eq!((e.verdict, e.code), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)), "{}", e.error);
+}
+
 async fn ingest_beyond_its_slots_gets_503_retry_later_busy(e: Engines, k: &Keep) {
     let limits = crate::config::IngestLimits {
         max_in_flight: 1,
@@ -208,17 +229,13 @@ async fn ingest_beyond_its_slots_gets_503_retry_later_busy(e: Engines, k: &Keep)
     };
     let s = setup(e, k, limits).await;
     // The first request holds the only slot with a body that never ends.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let first =
-        tokio::spawn(s.app.clone().oneshot(post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"))));
+    let (tx, first) = held_upload(&s, &s.hub);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (body, _) = watched(b"{}".to_vec());
     let (status, headers, e) =
         answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(headers.get(header::RETRY_AFTER).is_some());
-    assert_eq!((e.verdict, e.code), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)));
+    assert_busy(&headers, &e);
     drop(tx);
     let _ = first.await;
     // The slot is free again: the next request gets past admission (and fails later, as `{}`
@@ -241,10 +258,7 @@ async fn ingest_beyond_its_slots_waits_in_a_bounded_queue_for_a_bounded_time(e: 
     };
     let s = setup(e, k, limits).await;
     // The first request holds the only slot with a body that does not end until told.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let first =
-        tokio::spawn(s.app.clone().oneshot(post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"))));
+    let (tx, first) = held_upload(&s, &s.hub);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The second waits in the queue, its body not read.
     let (body, read) = watched(b"{}".to_vec());
@@ -260,18 +274,14 @@ async fn ingest_beyond_its_slots_waits_in_a_bounded_queue_for_a_bounded_time(e: 
         answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.error);
     assert!(asked.elapsed() < Duration::from_secs(1), "a request beyond the queue waited");
-    assert!(headers.get(header::RETRY_AFTER).is_some());
-    assert_eq!((e.verdict, e.code), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)));
+    assert_busy(&headers, &e);
     // The slot frees: the queued one gets it and past admission (400, as `{}` is no gzip).
     drop(tx);
     let _ = first.await;
     assert_eq!(second.await.unwrap(), StatusCode::BAD_REQUEST);
 
     // A queued request whose wait runs out is told to retry later.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let first =
-        tokio::spawn(s.app.clone().oneshot(post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"))));
+    let (tx, first) = held_upload(&s, &s.hub);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (body, read) = watched(b"{}".to_vec());
     let asked = std::time::Instant::now();
@@ -301,11 +311,9 @@ async fn one_claimed_machine_cannot_take_every_place_in_the_queue(e: Engines, k:
     let mut held = Vec::new();
     let mut waiting = Vec::new();
     for i in 0..4 {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-        let slow = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let (tx, task) = held_upload(&s, &s.hub);
         held.push(tx);
-        let req = post("/v1/batches", slow, &signed(&s.hub, "/v1/batches"));
-        waiting.push(tokio::spawn(s.app.clone().oneshot(req)));
+        waiting.push(task);
         if i == 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -319,8 +327,7 @@ async fn one_claimed_machine_cannot_take_every_place_in_the_queue(e: Engines, k:
         answer(&s.app, post("/v1/batches", body, &signed(&s.hub, "/v1/batches"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", e.error);
     assert!(asked.elapsed() < Duration::from_secs(1), "the machine's fifth request waited");
-    assert!(headers.get(header::RETRY_AFTER).is_some());
-    assert_eq!(e.code, Some(RefusalCode::Busy));
+    assert_busy(&headers, &e);
     assert!(!read.load(Ordering::SeqCst));
     // Another machine waits its turn in the queue and gets in once the slot frees.
     let (body, _) = watched(b"{}".to_vec());
