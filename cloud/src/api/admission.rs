@@ -31,6 +31,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// server has not noticed was abandoned.
 const PER_MACHINE: usize = 4;
 
+/// Places for requests waiting for their flush, per admission slot.
+const COMMITTING_PER_SLOT: usize = 4;
+
+/// Requests on their way in, by the machine they claim to come from.
+type Claims = Arc<std::sync::Mutex<HashMap<String, usize>>>;
+
 /// What a saturated ingest tells senders to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -50,7 +56,7 @@ pub(super) struct Admission {
     /// Requests per claimed machine in the queue or in a slot, at most [`PER_MACHINE`]. A claim
     /// is not proof (a signature is checked once the body is read), so without this whoever
     /// knows one enrolled machine's id could hold every slot and every place in the queue.
-    claims: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    claims: Claims,
     /// Requests whose data is written and that wait only for the flush that makes it durable:
     /// four times `slots`. What such a request holds is its outcome (the latest values it changed),
     /// not its body, but that is still memory: when these are all taken, a written request keeps
@@ -77,9 +83,7 @@ impl Admission {
             inflated: AtomicU64::new(0),
         }
     }
-}
 
-impl Admission {
     /// A slot now, or after a wait in the queue; None when the queue is full or the wait is over.
     async fn admit(&self) -> Option<OwnedSemaphorePermit> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
@@ -93,9 +97,6 @@ impl Admission {
         }
     }
 }
-
-/// Places for requests waiting for their flush, per admission slot.
-const COMMITTING_PER_SLOT: usize = 4;
 
 /// An admitted request's JSON, its signature not verified yet. Holds the admission slot until
 /// dropped, or until [`Intake::into_parts`] hands it to the caller.
@@ -121,13 +122,13 @@ pub(super) struct Slot {
 
 /// One of a claimed machine's requests in the queue or in a slot; counts one less when dropped.
 struct Claim {
-    claims: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    claims: Claims,
     machine: String,
 }
 
 impl Claim {
     /// None when `machine` already has [`PER_MACHINE`] requests on their way in.
-    fn take(claims: &Arc<std::sync::Mutex<HashMap<String, usize>>>, machine: &str) -> Option<Claim> {
+    fn take(claims: &Claims, machine: &str) -> Option<Claim> {
         let mut map = claims.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(machine.to_string()).or_default();
         if *n >= PER_MACHINE {
