@@ -1,6 +1,6 @@
 //! Load generator: N simulated hubs against a real cloud (and optionally a connector), each with a
 //! real RSA-3072 machine key, enrolled with its own one-time token, authenticating like a hub:
-//! straight to the cloud in a machine session (one RSA login, then an HMAC per request; `--signed`
+//! straight to the cloud in a machine session (one X25519 login, then an HMAC per request; `--signed`
 //! signs every request instead, as hubs did before sessions), through a connector with a signature
 //! per request. Each hub posts a gzip batch at a set rate with strictly rising seqs and holds a
 //! command long-poll open, directly or through a connector; optionally it first sends a backlog

@@ -94,9 +94,10 @@ fn every_reading_taken_while_the_cloud_was_down_arrives_once() {
         let m = machines(&cloud);
         m[0]["buffered"] == 0 && m[0]["uplink"] == "direct" && all_seqs(&cloud, &id).len() > 60
     });
-    // Straight to the cloud the hub authenticates in a machine session (one RSA login, then a MAC
+    // Straight to the cloud the hub authenticates in a machine session (one X25519 login, then a MAC
     // per request); its tickets outlive the cloud's restart, the exactly-once check below holds.
     assert!(hub.log_text().contains("machine session with the cloud opened"), "{}", hub.log_text());
+    assert!(hub.log_text().contains("login=\"x25519\""), "an X25519 login: {}", hub.log_text());
     assert!(hub.stop().success());
     let stats = buffer_stats(&hub_dir);
     assert_eq!(stats["len"], 0, "a clean stop hands everything over: {stats}");

@@ -5,7 +5,7 @@
 
 use crate::error::CloudError;
 use chrono::{DateTime, Utc};
-use outpost_shared::keys::session::{OpenAnswer, OpenRequest, ReplayWindow};
+use outpost_shared::keys::session::{ChallengeAnswer, OpenAnswer, OpenRequest, ReplayWindow};
 use outpost_shared::keys::{
     verify_request, AuthorizedConnector, CertFingerprint, CommandKeyPair, EnrollmentReceipt, EnrollmentToken,
     KeyPair, MachineId, PublicKey, SessionError, SessionHeaders, Signed, SignedHeaders, SignsCommands,
@@ -184,9 +184,12 @@ impl Trust {
         self
     }
 
-    /// A fresh challenge for opening a machine session (no state kept).
-    pub fn session_challenge(&self) -> Result<String, CloudError> {
-        self.tickets.challenge(Utc::now().timestamp()).map_err(|e| CloudError::Keys(e.to_string()))
+    /// A fresh challenge for opening a machine session (no state kept), with the certificate of
+    /// the key that signs the cloud's half of an X25519 login.
+    pub fn session_challenge(&self) -> Result<ChallengeAnswer, CloudError> {
+        let challenge =
+            self.tickets.challenge(Utc::now().timestamp()).map_err(|e| CloudError::Keys(e.to_string()))?;
+        Ok(ChallengeAnswer { challenge, exchange_key: Some(self.command_key.certificate().clone()) })
     }
 
     /// Opens a machine session: the machine must be enrolled (and not revoked) and its key must
@@ -196,6 +199,25 @@ impl Trust {
         let mk = self.enrolled(&req.machine_id).await?;
         let public =
             self.parsed_key(&mk).map_err(|e| Refusal::NotEnrolled(format!("{} ({e})", mk.machine_id)))?;
+        if req.x25519.is_some() {
+            // An RSA verification, an X25519 and an Ed25519 signature: about what checking one
+            // signed request costs, so no login permit; off the async workers all the same.
+            let (exchange, tickets, lifetime) =
+                (self.command_key.clone(), self.tickets.clone(), self.session_lifetime);
+            let opened = tokio::task::spawn_blocking(move || {
+                outpost_shared::keys::session::accept_open_x25519(
+                    &exchange,
+                    &tickets,
+                    &req,
+                    &public,
+                    Utc::now().timestamp(),
+                    lifetime,
+                )
+            })
+            .await
+            .map_err(|e| Refusal::Storage(CloudError::Keys(e.to_string())))?;
+            return opened.map(|(answer, _)| answer).map_err(Refusal::Session);
+        }
         let _opening = self.opening.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
         let (key, tickets, lifetime) = (self.key.clone(), self.tickets.clone(), self.session_lifetime);
         // An RSA verification and an RSA private-key operation: off the async workers.

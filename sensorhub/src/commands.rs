@@ -551,8 +551,10 @@ mod tests {
                 axum::routing::get({
                     let tickets = tickets.clone();
                     move || async move {
+                        // A cloud of an earlier version: RSA-OAEP logins only.
                         axum::Json(ChallengeAnswer {
                             challenge: tickets.challenge(Utc::now().timestamp()).unwrap(),
+                            exchange_key: None,
                         })
                     }
                 }),

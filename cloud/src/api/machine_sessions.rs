@@ -7,13 +7,14 @@ use super::{internal, AppState};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use outpost_shared::keys::session::{ChallengeAnswer, OpenRequest};
+use outpost_shared::keys::session::OpenRequest;
 
 /// `GET /v1/machine-session/challenge`: a challenge good for 60 s on any node with the same
-/// cloud key. Costs one HMAC and keeps nothing.
+/// cloud key, and the certificate of the key that signs the cloud's half of an X25519 login.
+/// Costs one HMAC and keeps nothing.
 pub(super) async fn challenge(State(st): State<AppState>) -> Response {
     match st.trust.session_challenge() {
-        Ok(challenge) => Json(ChallengeAnswer { challenge }).into_response(),
+        Ok(answer) => Json(answer).into_response(),
         Err(e) => internal(e),
     }
 }

@@ -40,6 +40,8 @@ crate::both_engines!(
     an_expired_session_is_reopened_and_the_batch_stored_exactly_once,
     a_result_travels_bare_only_in_a_session_and_only_unaltered,
     logins_beyond_the_limit_are_told_to_retry_later_and_signed_requests_go_on,
+    an_rsa_oaep_login_of_an_earlier_hub_still_opens_a_session,
+    an_x25519_login_is_bound_to_the_machine_key_and_the_exchange,
 );
 
 /// The API on `engines` (keys in `keep`'s directory), with one hub enrolled in network `net`.
@@ -1162,24 +1164,40 @@ async fn a_series_joins_hourly_aggregates_to_raw_readings_without_gap_or_overlap
 
 use outpost_shared::keys::session::{self as msession, OpenAnswer, SessionKey};
 
-/// Opens a session for `hub` over the API, as a machine does.
-async fn open_session(
+/// The challenge answer of the API, and the Ed25519 key its certificate, checked against `cloud`,
+/// names.
+async fn session_challenge(
     app: &Router,
-    hub: &outpost_shared::keys::KeyPair,
     cloud: &outpost_shared::keys::PublicKey,
-) -> (OpenAnswer, SessionKey) {
+) -> (msession::ChallengeAnswer, [u8; 32]) {
     let r = Request::get("/v1/machine-session/challenge")
         .extension(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))))
         .body(Body::empty())
         .unwrap();
     let (status, _, body) = ack(app, r).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let challenge = body["challenge"].as_str().unwrap().to_string();
-    let (req, key) = msession::open_request(hub, cloud, &challenge).unwrap();
+    let answer: msession::ChallengeAnswer = serde_json::from_value(body).unwrap();
+    let cert = answer.exchange_key.as_ref().expect("the cloud offers an X25519 login");
+    let key = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        cert.verify(cloud).unwrap().ed25519,
+    )
+    .unwrap();
+    (answer, key.try_into().unwrap())
+}
+
+/// Opens a session for `hub` over the API, as a machine does (an X25519 login).
+async fn open_session(
+    app: &Router,
+    hub: &outpost_shared::keys::KeyPair,
+    cloud: &outpost_shared::keys::PublicKey,
+) -> (OpenAnswer, SessionKey) {
+    let (challenge, exchange_key) = session_challenge(app, cloud).await;
+    let (req, pending) = msession::open_request_x25519(hub, &challenge.challenge).unwrap();
     let (status, _, body) = ack(app, open_post(&req)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let answer: OpenAnswer = serde_json::from_value(body).unwrap();
-    assert!(msession::check_opened(&key, &answer));
+    let key = msession::finish_open_x25519(pending, &answer, &exchange_key).unwrap();
     (answer, key)
 }
 
@@ -1423,6 +1441,78 @@ async fn logins_beyond_the_limit_are_told_to_retry_later_and_signed_requests_go_
     assert_eq!(verdict(&body), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)));
     let (status, _, body) = ack(&s.app, batch_request(&s.hub, 7)).await;
     assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(7)), "{body}");
+    // An X25519 login costs the cloud no RSA private-key operation and takes no login place.
+    let (t, key) = open_session(&s.app, &s.hub, &cloud).await;
+    let (status, _, _) = raw(&s.app, session_batch(&s.hub, &t, &key, 1, &batch_json(&s.hub, 2))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Hubs of earlier versions log in with RSA-OAEP; the cloud still takes that.
+async fn an_rsa_oaep_login_of_an_earlier_hub_still_opens_a_session(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let cloud = s.state.trust.key().public().clone();
+    let (challenge, _) = session_challenge(&s.app, &cloud).await;
+    let (req, key) = msession::open_request(&s.hub, &cloud, &challenge.challenge).unwrap();
+    let (status, _, body) = ack(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: OpenAnswer = serde_json::from_value(body).unwrap();
+    assert!(msession::check_opened(&key, &answer));
+    assert_eq!((answer.x25519.as_ref(), answer.exchange_signature.as_ref()), (None, None));
+    let (status, _, _) = raw(&s.app, session_batch(&s.hub, &answer, &key, 1, &batch_json(&s.hub, 4))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(readings_stored(&s.app, s.hub.machine_id().as_str()).await, 4);
+}
+
+/// An X25519 login as an attacker would try it: with someone else's key, a swapped key half, both
+/// kinds of login in one request, a low-order point; and an answer replayed to another login.
+async fn an_x25519_login_is_bound_to_the_machine_key_and_the_exchange(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let cloud = s.state.trust.key().public().clone();
+    let (challenge, exchange_key) = session_challenge(&s.app, &cloud).await;
+    let c = challenge.challenge.as_str();
+    // Signed by an enrolled machine but carrying another ephemeral key than it signed.
+    let (mut swapped, _) = msession::open_request_x25519(&s.hub, c).unwrap();
+    let (other, _) = msession::open_request_x25519(&s.hub, c).unwrap();
+    swapped.x25519 = other.x25519.clone();
+    let (status, _, body) = raw(&s.app, open_post(&swapped)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&body));
+    // Signed by a key that is not the claimed machine's.
+    let stranger = outpost_shared::keys::KeyPair::generate().unwrap();
+    let (mut forged, _) = msession::open_request_x25519(&stranger, c).unwrap();
+    forged.machine_id = s.hub.machine_id().to_string();
+    let (status, _, _) = raw(&s.app, open_post(&forged)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Both a sealed key and an X25519 key: which one would count? Neither.
+    let (sealed, _) = msession::open_request(&s.hub, &cloud, c).unwrap();
+    let mut both = other.clone();
+    both.sealed = sealed.sealed;
+    let (status, _, body) = raw(&s.app, open_post(&both)).await;
+    assert!(status.is_client_error(), "{status} {}", String::from_utf8_lossy(&body));
+    // A low-order point (all zeros) would make the shared secret known to anyone: refused, even
+    // though the machine signed it.
+    let (mut zero, _) = msession::open_request_x25519(&s.hub, c).unwrap();
+    zero.x25519 = Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0u8; 32]));
+    let zero = resigned_x25519(&s.hub, zero);
+    let (status, _, body) = raw(&s.app, open_post(&zero)).await;
+    assert!(status.is_client_error(), "{status} {}", String::from_utf8_lossy(&body));
+    // The cloud's answer to one login is no answer to another: its signature covers the
+    // machine's ephemeral key, so a replayed answer is not believed.
+    let (first, _) = msession::open_request_x25519(&s.hub, c).unwrap();
+    let (status, _, body) = ack(&s.app, open_post(&first)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: OpenAnswer = serde_json::from_value(body).unwrap();
+    let (_, second) = msession::open_request_x25519(&s.hub, c).unwrap();
+    assert_eq!(
+        msession::finish_open_x25519(second, &answer, &exchange_key).unwrap_err(),
+        msession::SessionError::BadSignature
+    );
+    assert_eq!(readings_stored(&s.app, s.hub.machine_id().as_str()).await, 0);
+}
+
+/// `req` signed again by `hub` over its (altered) X25519 key, as a machine would sign it.
+fn resigned_x25519(hub: &outpost_shared::keys::KeyPair, req: msession::OpenRequest) -> msession::OpenRequest {
+    let signature = msession::sign_open_x25519(hub, &req.challenge, req.x25519.as_deref().unwrap()).unwrap();
+    msession::OpenRequest { signature, ..req }
 }
 
 async fn a_revoked_machines_live_session_is_refused_at_once(e: Engines, k: &Keep) {
@@ -1479,6 +1569,8 @@ async fn session_opening_needs_a_fresh_challenge_and_this_clouds_key(e: Engines,
         expires_at: now + 3600,
         lifetime_secs: 3600,
         mac: String::new(),
+        x25519: None,
+        exchange_signature: None,
     };
     let (status, _, body) =
         raw(&s.app, session_batch(&s.hub, &forged, &key, 1, &batch_json(&s.hub, 1))).await;

@@ -947,7 +947,11 @@ async fn fake_cloud() -> (HttpTransport, Arc<FakeCloud>) {
         .route(
             "/v1/machine-session/challenge",
             axum::routing::get(|Shared(c): Shared<Arc<FakeCloud>>| async move {
-                axum::Json(session::ChallengeAnswer { challenge: c.tickets.challenge(chrono::Utc::now().timestamp()).unwrap() })
+                // Offers no X25519 login, as clouds before it did: the hub logs in with RSA-OAEP.
+                axum::Json(session::ChallengeAnswer {
+                    challenge: c.tickets.challenge(chrono::Utc::now().timestamp()).unwrap(),
+                    exchange_key: None,
+                })
             }),
         )
         .route(

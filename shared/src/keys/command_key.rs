@@ -12,6 +12,9 @@
 //! - Only commands are accepted with a certified key: [`Signed::verify`] refuses any document that
 //!   carries one, so the command key cannot pass for the cloud on a receipt, a network key list or
 //!   a managed sensor document.
+//! - It also signs the cloud's half of a machine-session login (an X25519 exchange, see
+//!   [`super::session`]), over a text with its own prefix that no signed document's message
+//!   starts with.
 //! - A hub says it can check such commands by listing [`FEATURE`] in its batches; the cloud signs
 //!   with RSA for every machine that has not, so hubs of earlier versions keep working.
 
@@ -86,6 +89,13 @@ impl CommandKeyPair {
     pub fn certificate(&self) -> &Signed<CommandKey> {
         &self.cert
     }
+
+    /// Signs the cloud's half of an X25519 session login (`super::session`). Its text starts
+    /// with its own prefix, never with a signed document's, so it cannot pass for a command.
+    pub(super) fn sign_exchange(&self, exchange: &[u8]) -> Vec<u8> {
+        debug_assert!(exchange.starts_with(b"outpost-session-v2-exchange\n"));
+        self.key.sign(exchange).as_ref().to_vec()
+    }
 }
 
 impl SignsCommands for CommandKeyPair {
@@ -111,7 +121,11 @@ const CHECKED_CERTIFICATES: usize = 8;
 
 impl CheckedCertificates {
     /// The Ed25519 key `cert` certifies, if `cloud` signed it.
-    fn key_of(&self, cert: &Signed<CommandKey>, cloud: &PublicKey) -> Result<[u8; 32], DocumentError> {
+    pub(super) fn key_of(
+        &self,
+        cert: &Signed<CommandKey>,
+        cloud: &PublicKey,
+    ) -> Result<[u8; 32], DocumentError> {
         let digest = cert.digest();
         let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, key)) = known.iter().find(|(d, _)| *d == digest) {

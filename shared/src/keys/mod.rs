@@ -16,7 +16,8 @@
 //!   it, which signs commands in microseconds for hubs that say they check it.
 //! - [`sealed`]: secrets sealed to one machine's public key (RSA-OAEP + AES-256-GCM), and
 //!   [`Secret`], which never prints its content.
-//! - [`session`]: the login (RSA-OAEP + RSA-PSS once, bound to a cloud challenge) and the
+//! - [`session`]: the login (once, bound to a cloud challenge: an X25519 exchange signed by the
+//!   machine key and the command key, or RSA-OAEP with clouds of earlier versions) and the
 //!   per-request HMAC that replace a signature per request; [`session_client`] is a machine's
 //!   holder of one session (open lazily, renew, re-open on expiry, fall back to signatures).
 //! - [`token`]: one-time enrollment tokens that carry the cloud key's fingerprint.

@@ -8,9 +8,10 @@
 //! signed with the machine key as before, and opening is tried again a minute later: a session
 //! is a saving, never a condition for delivery.
 
+use super::command_key::CheckedCertificates;
 use super::session::{
-    check_answer, check_opened, mac_request, open_request, ChallengeAnswer, OpenAnswer, SessionKey,
-    HEADER_ANSWER_MAC,
+    check_answer, check_opened, finish_open_x25519, mac_request, open_request, open_request_x25519,
+    ChallengeAnswer, OpenAnswer, SessionKey, HEADER_ANSWER_MAC,
 };
 use super::{sign_request, KeyPair, PublicKey};
 use crate::model::{ApiError, RefusalCode};
@@ -50,6 +51,8 @@ pub struct SessionClient {
     opened: AtomicU64,
     /// Share of a session's lifetime after which it is renewed before the next request.
     renew_at: f64,
+    /// Command-key certificates already checked against `cloud` (X25519 logins).
+    checked: CheckedCertificates,
 }
 
 impl std::fmt::Debug for SessionClient {
@@ -83,9 +86,17 @@ enum Auth {
 }
 
 impl SessionClient {
-    /// `cloud` is the cloud key pinned at enrollment: the session key is sealed to it.
+    /// `cloud` is the cloud key pinned at enrollment: the login's exchange must be signed by a key
+    /// it certified (or, with a cloud of an earlier version, the session key is sealed to it).
     pub fn new(key: Arc<KeyPair>, cloud: PublicKey) -> SessionClient {
-        SessionClient { key, cloud, state: Default::default(), opened: AtomicU64::new(0), renew_at: 0.8 }
+        SessionClient {
+            key,
+            cloud,
+            state: Default::default(),
+            opened: AtomicU64::new(0),
+            renew_at: 0.8,
+            checked: CheckedCertificates::default(),
+        }
     }
 
     /// Renews a session after `fraction` of its lifetime (0.8 unless changed). Above 1 a session
@@ -283,12 +294,22 @@ impl SessionClient {
             return Err((format!("challenge answered {}", resp.status()), false));
         }
         let challenge: ChallengeAnswer = resp.json().await.map_err(|e| (e.to_string(), false))?;
+        // A cloud that offers an X25519 login proves its command key with a certificate by the
+        // pinned cloud key; one that does not (an earlier version) gets an RSA-OAEP login.
+        let exchange_key = match &challenge.exchange_key {
+            Some(cert) => Some(self.checked.key_of(cert, &self.cloud).map_err(|e| {
+                (format!("the cloud's exchange key is not certified by the cloud key this machine enrolled with: {e}"), false)
+            })?),
+            None => None,
+        };
         let (key, cloud) = (self.key.clone(), self.cloud.clone());
-        let (req, session) =
-            tokio::task::spawn_blocking(move || open_request(&key, &cloud, &challenge.challenge))
-                .await
-                .map_err(|e| (e.to_string(), false))?
-                .map_err(|e| (e.to_string(), false))?;
+        let (req, pending) = tokio::task::spawn_blocking(move || match exchange_key {
+            Some(_) => open_request_x25519(&key, &challenge.challenge).map(|(r, p)| (r, Pending::X25519(p))),
+            None => open_request(&key, &cloud, &challenge.challenge).map(|(r, s)| (r, Pending::Sealed(s))),
+        })
+        .await
+        .map_err(|e| (e.to_string(), false))?
+        .map_err(|e| (e.to_string(), false))?;
         let started = Instant::now();
         let resp = client
             .post(format!("{base}/v1/machine-session"))
@@ -306,16 +327,21 @@ impl SessionClient {
             ));
         }
         let answer: OpenAnswer = resp.json().await.map_err(|e| (e.to_string(), false))?;
-        if !check_opened(&session, &answer) {
-            return Err((
-                "the session answer is not from the cloud this machine enrolled with".into(),
-                false,
-            ));
-        }
+        let not_the_cloud =
+            || ("the session answer is not from the cloud this machine enrolled with".to_string(), false);
+        let (session, login) = match (pending, exchange_key) {
+            (Pending::X25519(p), Some(exchange_key)) => (
+                finish_open_x25519(p, &answer, &exchange_key)
+                    .map_err(|e| (format!("{}: {e}", not_the_cloud().0), false))?,
+                "x25519",
+            ),
+            (Pending::Sealed(session), _) if check_opened(&session, &answer) => (session, "rsa-oaep"),
+            _ => return Err(not_the_cloud()),
+        };
         let lifetime = Duration::from_secs(answer.lifetime_secs);
         self.opened.fetch_add(1, Ordering::Relaxed);
         // Once per lifetime (an hour): worth a line, it says the cheap path is in use.
-        tracing::info!(machine = %self.key.machine_id(), through = %base, lifetime_secs = answer.lifetime_secs, "machine session with the cloud opened");
+        tracing::info!(machine = %self.key.machine_id(), through = %base, lifetime_secs = answer.lifetime_secs, login, "machine session with the cloud opened");
         Ok(Arc::new(Live {
             ticket: answer.ticket,
             key: session,
@@ -323,6 +349,12 @@ impl SessionClient {
             seq: AtomicU64::new(0),
         }))
     }
+}
+
+/// A login between request and answer.
+enum Pending {
+    X25519(super::session::PendingExchange),
+    Sealed(SessionKey),
 }
 
 /// Whether an answer body is the cloud's "open a new session" verdict.

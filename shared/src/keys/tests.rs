@@ -943,6 +943,96 @@ mod sessions {
         assert!(!check_opened(&session, &answer));
     }
 
+    /// The cloud's command key and the Ed25519 public key its certificate names.
+    fn exchange_key() -> (super::super::command_key::CommandKeyPair, [u8; 32]) {
+        let pair = super::super::command_key::CommandKeyPair::derive(cloud()).unwrap();
+        let public = B64.decode(pair.certificate().verify(cloud().public()).unwrap().ed25519).unwrap();
+        (pair, public.try_into().unwrap())
+    }
+
+    #[test]
+    fn an_x25519_login_gives_both_sides_the_same_key_and_no_one_else() {
+        let tk = TicketKeys::derive(cloud());
+        let (pair, public) = exchange_key();
+        let c = tk.challenge(NOW).unwrap();
+        let (req, pending) = open_request_x25519(machine_a(), &c).unwrap();
+        assert!(req.sealed.is_empty(), "nothing sealed to the cloud's RSA key");
+        let (answer, ticket) = accept_open_x25519(&pair, &tk, &req, machine_a().public(), NOW, LIFE).unwrap();
+        let key = finish_open_x25519(pending, &answer, &public).unwrap();
+        // The machine's key is the one in the ticket: an answer MAC made with one checks with the other.
+        let mac = answer_mac(&ticket.key, 1, 200, b"{}");
+        assert!(check_answer(&key, 1, 200, b"{}", Some(&mac)));
+        assert_eq!(&tk.open(&answer.ticket, NOW).unwrap().machine_id, machine_a().machine_id());
+        // Two logins never share a key (both halves are fresh).
+        let (req2, pending2) = open_request_x25519(machine_a(), &c).unwrap();
+        let (answer2, _) = accept_open_x25519(&pair, &tk, &req2, machine_a().public(), NOW, LIFE).unwrap();
+        let key2 = finish_open_x25519(pending2, &answer2, &public).unwrap();
+        assert!(!check_answer(&key2, 1, 200, b"{}", Some(&mac)));
+    }
+
+    #[test]
+    fn an_x25519_login_is_refused_when_anything_in_it_is_not_what_was_signed() {
+        let tk = TicketKeys::derive(cloud());
+        let (pair, _) = exchange_key();
+        let c = tk.challenge(NOW).unwrap();
+        let (req, _) = open_request_x25519(machine_a(), &c).unwrap();
+        let accept = |r: &OpenRequest, by: &KeyPair, now: i64| {
+            accept_open_x25519(&pair, &tk, r, by.public(), now, LIFE).map(|_| ()).unwrap_err()
+        };
+        assert_eq!(accept(&req, machine_b(), NOW), SessionError::BadSignature, "checked against B's key");
+        assert_eq!(accept(&req, machine_a(), NOW + 61), SessionError::BadChallenge, "stale challenge");
+        let (other, _) = open_request_x25519(machine_a(), &c).unwrap();
+        let swapped = OpenRequest { x25519: other.x25519.clone(), ..req.clone() };
+        assert_eq!(accept(&swapped, machine_a(), NOW), SessionError::BadSignature, "another key half");
+        let (by_b, _) = open_request_x25519(machine_b(), &c).unwrap();
+        let claimed = OpenRequest { machine_id: machine_a().machine_id().to_string(), ..by_b };
+        assert_eq!(accept(&claimed, machine_a(), NOW), SessionError::BadSignature, "B claiming A");
+        let (sealed, _) = open_request(machine_a(), cloud().public(), &c).unwrap();
+        let both = OpenRequest { sealed: sealed.sealed, ..req.clone() };
+        assert!(matches!(accept(&both, machine_a(), NOW), SessionError::Malformed(_)), "both kinds at once");
+        for bad in ["AAAA", "not base64!", &"A".repeat(100)] {
+            let signature = sign_open_x25519(machine_a(), &c, bad).unwrap();
+            let r = OpenRequest { x25519: Some(bad.to_string()), signature, ..req.clone() };
+            assert!(matches!(accept(&r, machine_a(), NOW), SessionError::Malformed(_)), "{bad}");
+        }
+        // A low-order point, signed by the machine itself: the shared secret would be all zeros,
+        // known to anyone. Refused.
+        let zero = B64.encode([0u8; 32]);
+        let signature = sign_open_x25519(machine_a(), &c, &zero).unwrap();
+        let r = OpenRequest { x25519: Some(zero), signature, ..req.clone() };
+        assert_eq!(accept(&r, machine_a(), NOW), SessionError::Undecryptable);
+    }
+
+    #[test]
+    fn a_machine_believes_only_the_cloud_it_pinned_and_only_for_this_login() {
+        let tk = TicketKeys::derive(cloud());
+        let (pair, public) = exchange_key();
+        let c = tk.challenge(NOW).unwrap();
+        let login = || open_request_x25519(machine_a(), &c).unwrap();
+        let finish = |p, answer: &OpenAnswer| finish_open_x25519(p, answer, &public);
+        // Someone without the cloud key answers in its place (a man in the middle, a fake cloud):
+        // it can do its half of the exchange and MAC the answer, but not sign as the cloud.
+        let (req, p) = login();
+        let impostor = super::super::command_key::CommandKeyPair::derive(machine_b()).unwrap();
+        let (fake, _) = accept_open_x25519(&impostor, &tk, &req, machine_a().public(), NOW, LIFE).unwrap();
+        assert_eq!(finish(p, &fake).unwrap_err(), SessionError::BadSignature);
+        // The cloud's real answer to another login of the same machine.
+        let (req, _) = login();
+        let (other, _) = accept_open_x25519(&pair, &tk, &req, machine_a().public(), NOW, LIFE).unwrap();
+        let (_, p) = login();
+        assert_eq!(finish(p, &other).unwrap_err(), SessionError::BadSignature);
+        // No exchange at all (an answer to an RSA-OAEP login).
+        let (req, p) = login();
+        let (answer, _) = accept_open_x25519(&pair, &tk, &req, machine_a().public(), NOW, LIFE).unwrap();
+        let bare = OpenAnswer { x25519: None, exchange_signature: None, ..answer.clone() };
+        assert!(matches!(finish(p, &bare).unwrap_err(), SessionError::Malformed(_)));
+        // The ticket's lifetime altered on the way: the MAC under the derived key fails.
+        let (req, p) = login();
+        let (answer, _) = accept_open_x25519(&pair, &tk, &req, machine_a().public(), NOW, LIFE).unwrap();
+        let altered = OpenAnswer { lifetime_secs: answer.lifetime_secs + 1, ..answer.clone() };
+        assert_eq!(finish(p, &altered).unwrap_err(), SessionError::BadSignature);
+    }
+
     #[test]
     fn answers_are_bound_to_sequence_status_and_body() {
         let (_, _, ticket, session) = opened();
