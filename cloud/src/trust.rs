@@ -115,6 +115,11 @@ fn logins_at_once() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
+/// Runs a login's key operations on a blocking thread, off the async workers.
+async fn off_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Refusal::Storage(CloudError::Keys(e.to_string())))
+}
+
 /// Live sessions whose sequence numbers one node remembers. Policy when full (after dropping
 /// expired ones): a request of a session not yet remembered is answered 503 + retry later, so
 /// its sender keeps its data; sessions already remembered go on.
@@ -193,46 +198,29 @@ impl Trust {
     }
 
     /// Opens a machine session: the machine must be enrolled (and not revoked) and its key must
-    /// have signed the challenge and the sealed session key. The session key goes into the ticket
-    /// only; nothing is stored.
+    /// have signed the challenge and its half of the exchange (or the sealed session key). The
+    /// session key goes into the ticket only; nothing is stored.
     pub async fn open_session(&self, req: OpenRequest) -> Result<OpenAnswer, Refusal> {
         let mk = self.enrolled(&req.machine_id).await?;
         let public =
             self.parsed_key(&mk).map_err(|e| Refusal::NotEnrolled(format!("{} ({e})", mk.machine_id)))?;
-        if req.x25519.is_some() {
+        let (tickets, lifetime) = (self.tickets.clone(), self.session_lifetime);
+        use outpost_shared::keys::session::{accept_open, accept_open_x25519};
+        let opened = if req.x25519.is_some() {
             // An RSA verification, an X25519 and an Ed25519 signature: about what checking one
-            // signed request costs, so no login permit; off the async workers all the same.
-            let (exchange, tickets, lifetime) =
-                (self.command_key.clone(), self.tickets.clone(), self.session_lifetime);
-            let opened = tokio::task::spawn_blocking(move || {
-                outpost_shared::keys::session::accept_open_x25519(
-                    &exchange,
-                    &tickets,
-                    &req,
-                    &public,
-                    Utc::now().timestamp(),
-                    lifetime,
-                )
+            // signed request costs, so no login permit.
+            let exchange = self.command_key.clone();
+            off_workers(move || {
+                accept_open_x25519(&exchange, &tickets, &req, &public, Utc::now().timestamp(), lifetime)
             })
-            .await
-            .map_err(|e| Refusal::Storage(CloudError::Keys(e.to_string())))?;
-            return opened.map(|(answer, _)| answer).map_err(Refusal::Session);
-        }
-        let _opening = self.opening.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
-        let (key, tickets, lifetime) = (self.key.clone(), self.tickets.clone(), self.session_lifetime);
-        // An RSA verification and an RSA private-key operation: off the async workers.
-        let opened = tokio::task::spawn_blocking(move || {
-            outpost_shared::keys::session::accept_open(
-                &key,
-                &tickets,
-                &req,
-                &public,
-                Utc::now().timestamp(),
-                lifetime,
-            )
-        })
-        .await
-        .map_err(|e| Refusal::Storage(CloudError::Keys(e.to_string())))?;
+            .await?
+        } else {
+            // An RSA private-key operation besides: one of the few logins opened at once.
+            let _opening = self.opening.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
+            let key = self.key.clone();
+            off_workers(move || accept_open(&key, &tickets, &req, &public, Utc::now().timestamp(), lifetime))
+                .await?
+        };
         opened.map(|(answer, _)| answer).map_err(Refusal::Session)
     }
 

@@ -464,16 +464,13 @@ pub fn accept_open(
     now: i64,
     lifetime: Duration,
 ) -> Result<(OpenAnswer, Ticket), SessionError> {
-    if req.machine_id != machine_key.machine_id().as_str() {
-        return Err(SessionError::BadSignature);
-    }
-    tickets.check_challenge(&req.challenge, now)?;
-    let signature = B64
-        .decode(req.signature.as_bytes())
-        .map_err(|_| SessionError::Malformed("signature is not base64".into()))?;
-    if !machine_key.verify_pss(&open_text(&req.machine_id, &req.challenge, &req.sealed), &signature) {
-        return Err(SessionError::BadSignature);
-    }
+    check_signed_open(
+        tickets,
+        req,
+        machine_key,
+        now,
+        &open_text(&req.machine_id, &req.challenge, &req.sealed),
+    )?;
     let sealed = B64
         .decode(req.sealed.as_bytes())
         .map_err(|_| SessionError::Malformed("sealed is not base64".into()))?;
@@ -499,18 +496,9 @@ pub fn accept_open_x25519(
     let Some(machine_public) = req.x25519.as_deref().filter(|_| req.sealed.is_empty()) else {
         return Err(SessionError::Malformed("an X25519 login carries its key and no sealed key".into()));
     };
-    if req.machine_id != machine_key.machine_id().as_str() {
-        return Err(SessionError::BadSignature);
-    }
-    tickets.check_challenge(&req.challenge, now)?;
     let peer = x25519_public(machine_public, "the machine's")?;
-    let signature = B64
-        .decode(req.signature.as_bytes())
-        .map_err(|_| SessionError::Malformed("signature is not base64".into()))?;
-    if !machine_key.verify_pss(&open_text_x25519(&req.machine_id, &req.challenge, machine_public), &signature)
-    {
-        return Err(SessionError::BadSignature);
-    }
+    let signed = open_text_x25519(&req.machine_id, &req.challenge, machine_public);
+    check_signed_open(tickets, req, machine_key, now, &signed)?;
     let rng = ring::rand::SystemRandom::new();
     let private = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
         .map_err(|_| SessionError::Malformed("no randomness for an X25519 key".into()))?;
@@ -529,6 +517,28 @@ pub fn accept_open_x25519(
     answer.x25519 = Some(cloud_public);
     answer.exchange_signature = Some(B64.encode(exchange_key.sign_exchange(&exchange)));
     Ok((answer, ticket))
+}
+
+/// What every login must show before the cloud does more: the claimed machine is `machine_key`'s,
+/// the challenge is this cloud's and fresh, and the machine key signed `signed`.
+fn check_signed_open(
+    tickets: &TicketKeys,
+    req: &OpenRequest,
+    machine_key: &PublicKey,
+    now: i64,
+    signed: &[u8],
+) -> Result<(), SessionError> {
+    if req.machine_id != machine_key.machine_id().as_str() {
+        return Err(SessionError::BadSignature);
+    }
+    tickets.check_challenge(&req.challenge, now)?;
+    let signature = B64
+        .decode(req.signature.as_bytes())
+        .map_err(|_| SessionError::Malformed("signature is not base64".into()))?;
+    if !machine_key.verify_pss(signed, &signature) {
+        return Err(SessionError::BadSignature);
+    }
+    Ok(())
 }
 
 /// The ticket and the answer for a session whose key both sides now hold.
