@@ -419,6 +419,7 @@ fn load_role(role: Role, path: Option<PathBuf>) -> Result<RoleConfig, ConfigErro
 fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<ExitCode> {
     match config {
         RoleConfig::Cloud(config) => {
+            footprint::server_heap();
             footprint::trim_heap_every(SERVER_HEAP_TRIM);
             runtime()?.block_on(as_service(outpost_cloud::run(*config, shutdown)))?;
         }
@@ -444,6 +445,7 @@ fn run_role(config: RoleConfig, shutdown: impl std::future::Future<Output = ()>)
             }
         }
         RoleConfig::Connector(config) => {
+            footprint::server_heap();
             footprint::trim_heap_every(SERVER_HEAP_TRIM);
             runtime()?.block_on(as_service(outpost_connector::run(*config, shutdown)))?;
         }
