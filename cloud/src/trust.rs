@@ -107,7 +107,15 @@ pub struct Trust {
     /// signs its requests (a verification costs the cloud a fraction of a millisecond) and tries
     /// to open again later, at a jittered time.
     opening: Arc<tokio::sync::Semaphore>,
+    /// X25519 logins being opened now, each about 0.2 ms of CPU. As many at once as RSA-OAEP
+    /// logins, so a flood of them (whoever knows an enrolled machine's id can send one) takes at
+    /// most that share of the cores; beyond the permits a login waits up to [`EXCHANGE_WAIT`]
+    /// (thousands fit in that time), then gets 503 + retry later.
+    exchanging: Arc<tokio::sync::Semaphore>,
 }
+
+/// How long an X25519 login waits for a permit before it is told to retry later.
+const EXCHANGE_WAIT: Duration = Duration::from_secs(1);
 
 /// Session logins opened at once: half the cores (at least one), so a login storm leaves the
 /// other half to ingest.
@@ -174,12 +182,19 @@ impl Trust {
             windows: Arc::default(),
             session_lifetime: outpost_shared::keys::session::DEFAULT_LIFETIME,
             opening: Arc::new(tokio::sync::Semaphore::new(logins_at_once())),
+            exchanging: Arc::new(tokio::sync::Semaphore::new(logins_at_once())),
         })
     }
 
     /// Opens at most `n` machine sessions at once (see the field; tests use 0 to see the refusal).
     pub fn with_logins_at_once(mut self, n: usize) -> Trust {
         self.opening = Arc::new(tokio::sync::Semaphore::new(n));
+        self
+    }
+
+    /// Opens at most `n` X25519 logins at once (tests use 0 to see the refusal).
+    pub fn with_exchanges_at_once(mut self, n: usize) -> Trust {
+        self.exchanging = Arc::new(tokio::sync::Semaphore::new(n));
         self
     }
 
@@ -201,6 +216,8 @@ impl Trust {
     /// have signed the challenge and its half of the exchange (or the sealed session key). The
     /// session key goes into the ticket only; nothing is stored.
     pub async fn open_session(&self, req: OpenRequest) -> Result<OpenAnswer, Refusal> {
+        // An HMAC first: a login without a fresh challenge of this cloud costs no lookup.
+        self.tickets.check_challenge(&req.challenge, Utc::now().timestamp()).map_err(Refusal::Session)?;
         let mk = self.enrolled(&req.machine_id).await?;
         let public =
             self.parsed_key(&mk).map_err(|e| Refusal::NotEnrolled(format!("{} ({e})", mk.machine_id)))?;
@@ -208,7 +225,12 @@ impl Trust {
         use outpost_shared::keys::session::{accept_open, accept_open_x25519};
         let opened = if req.x25519.is_some() {
             // An RSA verification, an X25519 and an Ed25519 signature: about what checking one
-            // signed request costs, so no login permit.
+            // signed request costs, under a permit of its own (see the field).
+            let waiting = self.exchanging.clone().acquire_owned();
+            let _exchanging = match tokio::time::timeout(EXCHANGE_WAIT, waiting).await {
+                Ok(permit) => permit.map_err(|_| Refusal::Busy)?,
+                Err(_) => return Err(Refusal::Busy),
+            };
             let exchange = self.command_key.clone();
             off_workers(move || {
                 accept_open_x25519(&exchange, &tickets, &req, &public, Utc::now().timestamp(), lifetime)

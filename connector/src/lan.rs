@@ -54,10 +54,11 @@ pub(crate) fn serve(
     let enrollment = Router::new()
         .route("/v1/enroll", post(enroll))
         .route_layer(middleware::from_fn_with_state(enroll_limit.clone(), rate::limit));
-    // A hub's login to its machine session with the cloud, relayed: the session key inside is
-    // sealed to the cloud's key and the request signed by the hub, so the connector can neither
-    // read nor make one. Each opening costs the cloud a private-key operation, hence the
-    // enrollment's limit per source.
+    // A hub's login to its machine session with the cloud, relayed: the hub signs its half, and
+    // the cloud signs its own (an X25519 exchange; with earlier hubs the session key is sealed to
+    // the cloud's key), so the connector can neither read nor make a session. An opening costs
+    // the cloud a signature check and more (an RSA private-key operation for earlier hubs), hence
+    // the enrollment's limit per source.
     let sessions = Router::new()
         .route("/v1/machine-session/challenge", get(proxy))
         .route("/v1/machine-session", post(proxy))

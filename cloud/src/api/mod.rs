@@ -56,6 +56,8 @@ const SIGN_IN_BODY: usize = 64 << 10;
 /// Largest body of a request people send once signed in (commands, users, a template of managed
 /// sensors): far above any real one.
 const PEOPLE_BODY: usize = 256 << 10;
+/// Largest machine-session login body taken (see the route).
+const LOGIN_BODY: usize = 4 << 10;
 
 /// Live events buffered per slow dashboard before it starts missing some (it then reloads).
 const EVENT_BACKLOG: usize = 1024;
@@ -224,8 +226,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(DefaultBodyLimit::max(PEOPLE_BODY));
-    let machines = Router::new()
+    // A login is a few hundred bytes of JSON (about 1.5 KB with 4096-bit keys).
+    let login = Router::new()
         .route("/v1/machine-session", post(machine_sessions::open))
+        .layer(DefaultBodyLimit::max(LOGIN_BODY));
+    let machines = Router::new()
         .route("/v1/batches", post(ingest::batches))
         .route("/v1/forward", post(ingest::forward))
         .route("/v1/network-keys", post(network::keys))
@@ -242,6 +247,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sign_in)
         .merge(people)
         .merge(machines)
+        .merge(login)
         .fallback(|| async {
             err(StatusCode::NOT_FOUND, "no such endpoint; see the API section of README.md")
         })

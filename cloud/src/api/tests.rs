@@ -41,6 +41,8 @@ crate::both_engines!(
     a_result_travels_bare_only_in_a_session_and_only_unaltered,
     logins_beyond_the_limit_are_told_to_retry_later_and_signed_requests_go_on,
     an_rsa_oaep_login_of_an_earlier_hub_still_opens_a_session,
+    an_x25519_login_beyond_its_permits_is_told_to_retry_later,
+    a_login_that_proves_nothing_costs_nothing,
     an_x25519_login_is_bound_to_the_machine_key_and_the_exchange,
 );
 
@@ -1445,6 +1447,48 @@ async fn logins_beyond_the_limit_are_told_to_retry_later_and_signed_requests_go_
     let (t, key) = open_session(&s.app, &s.hub, &cloud).await;
     let (status, _, _) = raw(&s.app, session_batch(&s.hub, &t, &key, 1, &batch_json(&s.hub, 2))).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// X25519 logins cost little but are not free: beyond their permits (here none) a login waits a
+/// moment, then is told to retry later, and the machine's signed requests go on meanwhile.
+async fn an_x25519_login_beyond_its_permits_is_told_to_retry_later(e: Engines, k: &Keep) {
+    let s = setup_trust(e, k, Default::default(), |t| t.with_exchanges_at_once(0)).await;
+    let cloud = s.state.trust.key().public().clone();
+    let (challenge, _) = session_challenge(&s.app, &cloud).await;
+    let (req, _) = msession::open_request_x25519(&s.hub, &challenge.challenge).unwrap();
+    let (status, headers, body) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(verdict(&body), (Some(Verdict::RetryLater), Some(RefusalCode::Busy)));
+    let (status, _, body) = ack(&s.app, batch_request(&s.hub, 3)).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(3)), "{body}");
+}
+
+/// What a login costs before it proves anything: a body far larger than any login is refused
+/// unread, and a login without a fresh challenge of this cloud is refused before the machine is
+/// looked up (an unknown machine with a stale challenge hears about the challenge).
+async fn a_login_that_proves_nothing_costs_nothing(e: Engines, k: &Keep) {
+    let s = setup(e, k, Default::default()).await;
+    let cloud = s.state.trust.key().public().clone();
+    let (challenge, _) = session_challenge(&s.app, &cloud).await;
+    let (mut big, _) = msession::open_request_x25519(&s.hub, &challenge.challenge).unwrap();
+    big.signature = "A".repeat(8 << 10);
+    let (status, _, _) = raw(&s.app, open_post(&big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let stranger = outpost_shared::keys::KeyPair::generate().unwrap();
+    let tk = outpost_shared::keys::TicketKeys::derive(s.state.trust.key());
+    let stale = tk.challenge(chrono::Utc::now().timestamp() - 61).unwrap();
+    let (req, _) = msession::open_request_x25519(&stranger, &stale).unwrap();
+    let (status, _, body) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        verdict(&body),
+        (Some(Verdict::RetryLater), Some(RefusalCode::Other)),
+        "the challenge, not the machine"
+    );
+    let (req, _) = msession::open_request_x25519(&stranger, &challenge.challenge).unwrap();
+    let (_, _, body) = raw(&s.app, open_post(&req)).await;
+    assert_eq!(verdict(&body).1, Some(RefusalCode::NotEnrolled), "with a fresh challenge, the machine");
 }
 
 /// Hubs of earlier versions log in with RSA-OAEP; the cloud still takes that.

@@ -120,6 +120,11 @@ pub(super) struct CheckedCertificates(Mutex<Vec<(String, [u8; 32])>>);
 const CHECKED_CERTIFICATES: usize = 8;
 
 impl CheckedCertificates {
+    /// Whether any certificate was checked so far.
+    pub(super) fn any(&self) -> bool {
+        !self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     /// The Ed25519 key `cert` certifies, if `cloud` signed it.
     pub(super) fn key_of(
         &self,

@@ -16,8 +16,8 @@
 //!      pinned cloud key signed ([`finish_open_x25519`]). Both derive the session key from the
 //!      shared secret (HKDF-SHA-256 over the exchange). The cloud's part costs about 0.2 ms (an
 //!      RSA verification, an X25519, an Ed25519 signature), so a fleet of thousands logging in at
-//!      once costs a cloud node seconds, not minutes; and as both halves are ephemeral, a later
-//!      theft of `cloud.key` does not open the sessions of recorded logins.
+//!      once costs a cloud node seconds, not minutes. (No forward secrecy: the ticket carries the
+//!      session key sealed under a key derived from `cloud.key`, see step 3.)
 //!    - **RSA-OAEP** (with clouds that offer no command key): the machine draws a 32-byte session
 //!      key and a 16-byte nonce, seals them with RSA-OAEP-SHA-256 to the cloud's public key (only
 //!      the holder of `cloud.key` can read them) and signs, with its machine key, the challenge

@@ -8,7 +8,8 @@
 //! signed with the machine key as before, and opening is tried again a minute later: a session
 //! is a saving, never a condition for delivery.
 
-use super::command_key::CheckedCertificates;
+use super::command_key::{CheckedCertificates, CommandKey};
+use super::document::Signed;
 use super::session::{
     check_answer, check_opened, finish_open_x25519, mac_request, open_request, open_request_x25519,
     ChallengeAnswer, OpenAnswer, SessionKey, HEADER_ANSWER_MAC,
@@ -279,6 +280,28 @@ impl SessionClient {
         }
     }
 
+    /// The Ed25519 key to check the cloud's half of an X25519 login with, or None for an RSA-OAEP
+    /// login. A cloud that offers an X25519 login proves its command key with a certificate by
+    /// the pinned cloud key; one that does not (an earlier version) gets an RSA-OAEP login, unless
+    /// this client has already seen a certificate: then the offer was more likely stripped on the
+    /// way (a relaying connector sees the challenge answer in clear) than the cloud downgraded, and
+    /// the machine signs its requests instead, trying again later.
+    pub(super) fn exchange_key(
+        &self,
+        offered: Option<&Signed<CommandKey>>,
+    ) -> Result<Option<[u8; 32]>, String> {
+        match offered {
+            Some(cert) => self.checked.key_of(cert, &self.cloud).map(Some).map_err(|e| {
+                format!("the cloud's exchange key is not certified by the cloud key this machine enrolled with: {e}")
+            }),
+            None if self.checked.any() => Err(
+                "the cloud offered an X25519 login before and this challenge answer offers none (removed on the way?)"
+                    .into(),
+            ),
+            None => Ok(None),
+        }
+    }
+
     /// Challenge, then open. The error says whether the peer lacks the endpoints altogether.
     async fn open(&self, client: &reqwest::Client, base: &str) -> Result<Arc<Live>, (String, bool)> {
         let resp = client
@@ -294,14 +317,7 @@ impl SessionClient {
             return Err((format!("challenge answered {}", resp.status()), false));
         }
         let challenge: ChallengeAnswer = resp.json().await.map_err(|e| (e.to_string(), false))?;
-        // A cloud that offers an X25519 login proves its command key with a certificate by the
-        // pinned cloud key; one that does not (an earlier version) gets an RSA-OAEP login.
-        let exchange_key = match &challenge.exchange_key {
-            Some(cert) => Some(self.checked.key_of(cert, &self.cloud).map_err(|e| {
-                (format!("the cloud's exchange key is not certified by the cloud key this machine enrolled with: {e}"), false)
-            })?),
-            None => None,
-        };
+        let exchange_key = self.exchange_key(challenge.exchange_key.as_ref()).map_err(|e| (e, false))?;
         let (key, cloud) = (self.key.clone(), self.cloud.clone());
         let (req, pending) = tokio::task::spawn_blocking(move || match exchange_key {
             Some(_) => open_request_x25519(&key, &challenge.challenge).map(|(r, p)| (r, Pending::X25519(p))),

@@ -1034,6 +1034,23 @@ mod sessions {
     }
 
     #[test]
+    fn a_machine_that_saw_the_x25519_offer_does_not_take_a_login_without_it() {
+        let client = super::super::session_client::SessionClient::new(
+            std::sync::Arc::new(machine_a().clone()),
+            cloud().public().clone(),
+        );
+        // A cloud of an earlier version, first: the RSA-OAEP login.
+        assert_eq!(client.exchange_key(None), Ok(None));
+        let (pair, public) = exchange_key();
+        assert_eq!(client.exchange_key(Some(pair.certificate())), Ok(Some(public)));
+        // Now an answer without the offer is taken as stripped on the way: no RSA-OAEP login.
+        assert!(client.exchange_key(None).unwrap_err().contains("offers none"));
+        // A certificate by another key than the pinned cloud key is refused.
+        let other = super::super::command_key::CommandKeyPair::derive(machine_b()).unwrap();
+        assert!(client.exchange_key(Some(other.certificate())).unwrap_err().contains("not certified"));
+    }
+
+    #[test]
     fn answers_are_bound_to_sequence_status_and_body() {
         let (_, _, ticket, session) = opened();
         assert_eq!(format!("{:?}", session), "SessionKey(hidden)");
