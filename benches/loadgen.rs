@@ -2,15 +2,18 @@
 //! real RSA-3072 machine key, enrolled with its own one-time token, authenticating like a hub:
 //! straight to the cloud in a machine session (one X25519 login, then an HMAC per request; `--signed`
 //! signs every request instead, as hubs did before sessions), through a connector with a signature
-//! per request. Each hub posts a gzip batch at a set rate with strictly rising seqs and holds a
-//! command long-poll open, directly or through a connector; optionally it first sends a backlog
-//! (the catch-up after an outage) as fast as it is acknowledged. Every simulated hub sends from a
+//! per request. Each hub starts at its own phase of the batch period (the fleet spread evenly
+//! over it, as hubs started at different times are), then posts a gzip batch at a set rate with
+//! strictly rising seqs and holds a command long-poll open, directly or through a connector;
+//! optionally it first sends a backlog (the catch-up after an outage: then every hub starts at
+//! once) as fast as it is acknowledged. Every simulated hub sends from a
 //! loopback address of its own (127.x.y.z), as hubs on a network would, so the per-source limits
 //! of the listeners see N sources, not one.
 //!
 //! It prints acknowledgement latency (p50, p99, max), errors by cause, both again for what was
 //! sent after the fleet settled (`--settle`, 60 s: the start is every hub's login), the cloud's (and the
-//! connector's) CPU share and peak RSS, the generator's own CPU share, and the upstream
+//! connector's) CPU share and peak RSS, the database server's CPU share with `--postgres`, the
+//! generator's own CPU share (all of these every 5 s as well), and the upstream
 //! connections the connector held; at the end it checks that every acknowledged reading is stored
 //! in the cloud exactly once, and prints how long that took to become true.
 //!
@@ -373,13 +376,15 @@ impl Hub {
         }
     }
 
-    /// The hub's command long-poll, held open until `stop`.
-    async fn poll(&self, stats: &Stats, stop: &AtomicBool) {
+    /// When in each `period` this hub sends its batch: the fleet spread evenly over it.
+    fn phase(&self, period: Duration) -> Duration {
+        period.mul_f64((self.index as f64 * 0.618_033_988_7).fract())
+    }
+
+    /// The hub's command long-poll, its first after `start`, held open until `stop`.
+    async fn poll(&self, start: Duration, stats: &Stats, stop: &AtomicBool) {
         let path = "/v1/commands/poll?wait=25";
-        // Hubs start at different times: the fleet's first polls spread over one poll period,
-        // rather than all signed in the same instant.
-        tokio::time::sleep(Duration::from_secs(25).mul_f64((self.index as f64 * 0.381_966_011_3).fract()))
-            .await;
+        tokio::time::sleep(start).await;
         while !stop.load(Ordering::Relaxed) {
             match self.send(reqwest::Method::GET, path, b"", Vec::new()).await {
                 Ok((status, _, _)) if (200..300).contains(&status) => {
@@ -400,10 +405,25 @@ impl Hub {
 
 /// CPU seconds a process has used (utime + stime; USER_HZ is 100 on every Linux this runs on).
 fn cpu_seconds(pid: u32) -> f64 {
+    stat_fields(pid, &[11, 12]) / 100.0
+}
+
+/// The sum of fields of `/proc/<pid>/stat`, counted after the command name (0 is the state).
+fn stat_fields(pid: u32, fields: &[usize]) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0
+    fields.iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum()
+}
+
+/// CPU seconds of a process and its children (a database server: the postmaster and its
+/// backends, which come and go with their connections): the live ones', and the reaped ones' as
+/// the kernel adds them to their parent (cutime + cstime).
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    cpu_seconds(pid)
+        + stat_fields(pid, &[13, 14]) / 100.0
+        + children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()).map(cpu_seconds).sum::<f64>()
 }
 
 /// Peak resident set (VmHWM) and current RSS of a process, in MB.
@@ -432,6 +452,26 @@ struct Watched {
     name: &'static str,
     pid: u32,
     cpu0: f64,
+    /// Counted with its children (the database server).
+    tree: bool,
+}
+
+impl Watched {
+    fn cpu(&self) -> f64 {
+        if self.tree {
+            tree_cpu_seconds(self.pid)
+        } else {
+            cpu_seconds(self.pid)
+        }
+    }
+}
+
+/// What a sampled process used over the load window: its CPU share (% of a core) and, for one
+/// process, its peak and current RSS in MB.
+struct Figure {
+    name: &'static str,
+    cpu: f64,
+    memory: Option<(f64, f64)>,
 }
 
 /// Lets each process of the test raise its descriptor limit: the cloud holds two connections per
@@ -540,10 +580,19 @@ fn main() {
     let stats = Arc::new(Stats::new(Duration::from_secs_f64(args.settle)));
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let watched: Vec<Watched> = [("cloud", cloud.proc.as_ref().map(|p| p.child.id()))]
+    #[cfg(unix)]
+    let database_pid = database.as_ref().and_then(|(server, _)| {
+        let pid = std::fs::read_to_string(server.data_dir().join("postmaster.pid")).ok()?;
+        pid.lines().next()?.trim().parse::<u32>().ok()
+    });
+    #[cfg(not(unix))]
+    let database_pid: Option<u32> = None;
+    let watched: Vec<Watched> = [("cloud", cloud.proc.as_ref().map(|p| p.child.id()), false)]
         .into_iter()
-        .chain(connector.iter().map(|c| ("connector", c.proc.as_ref().map(|p| p.child.id()))))
-        .filter_map(|(name, pid)| pid.map(|pid| Watched { name, pid, cpu0: cpu_seconds(pid) }))
+        .chain(connector.iter().map(|c| ("connector", c.proc.as_ref().map(|p| p.child.id()), false)))
+        .chain([("database", database_pid, true)])
+        .filter_map(|(name, pid, tree)| pid.map(|pid| Watched { name, pid, cpu0: 0.0, tree }))
+        .map(|w| Watched { cpu0: w.cpu(), ..w })
         .collect();
     let me = std::process::id();
     let my_cpu0 = cpu_seconds(me);
@@ -561,7 +610,17 @@ fn main() {
         let mut polls = tokio::task::JoinSet::new();
         for hub in &hubs {
             let (h, s, st) = (hub.clone(), stats.clone(), stop.clone());
-            polls.spawn(async move { h.poll(&s, &st).await });
+            // A live fleet's hubs started at different times: each logs in, polls and sends its
+            // first batch at its own phase of the batch period (a real hub signs its login on its
+            // own machine; here the generator signs them all, so 10,000 logins crowded into a
+            // shorter spread measure the generator). After an outage every hub is back at once:
+            // then the polls spread over one poll period.
+            let start = if args.backlog == 0 {
+                h.phase(period)
+            } else {
+                Duration::from_secs(25).mul_f64((h.index as f64 * 0.381_966_011_3).fract())
+            };
+            polls.spawn(async move { h.poll(start, &s, &st).await });
         }
         let mut tasks = tokio::task::JoinSet::new();
         for hub in &hubs {
@@ -587,8 +646,8 @@ fn main() {
                     bd.lock().unwrap().push(t0.elapsed());
                 }
                 // Spread the fleet over the period, as real hubs started at different times are.
-                let phase = period.mul_f64((h.index as f64 * 0.618_033_988_7).fract());
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + h.phase(period), period);
                 loop {
                     tick.tick().await;
                     if st.load(Ordering::Relaxed) {
@@ -607,26 +666,41 @@ fn main() {
         let cloud_port = cloud.port;
         let peak = peak_connections.clone();
         let deadline = tokio::time::Instant::now() + duration;
+        // CPU per tick too: whether the generator's own work (its hubs' logins) crowds the cloud
+        // out shows only here, not in the averages over the whole run.
+        let mut last: Vec<f64> = watched.iter().map(|w| w.cpu0).chain([my_cpu0]).collect();
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(5)).await;
             if let Some(pid) = conn_pid {
                 peak.fetch_max(connections_to(pid, cloud_port) as u64, Ordering::Relaxed);
             }
+            let now: Vec<f64> = watched.iter().map(Watched::cpu).chain([cpu_seconds(me)]).collect();
+            let shares: Vec<String> = watched
+                .iter()
+                .map(|w| w.name)
+                .chain(["generator"])
+                .zip(now.iter().zip(&last))
+                .map(|(name, (n, l))| format!("{name} {:.0} %", (n - l) / 5.0 * 100.0))
+                .collect();
+            last = now;
             eprintln!(
-                "  {:>4.0} s: {} readings acknowledged, {} errors",
+                "  {:>4.0} s: {} readings acknowledged, {} errors; CPU {}",
                 started.elapsed().as_secs_f64(),
                 stats.acked_readings.load(Ordering::Relaxed),
-                stats.errors.lock().unwrap().values().sum::<u64>()
+                stats.errors.lock().unwrap().values().sum::<u64>(),
+                shares.join(", ")
             );
         }
         // The figures cover the load window, not the wind-down.
         let wall = started.elapsed().as_secs_f64();
         let my_cpu = cpu_seconds(me) - my_cpu0;
-        let figures: Vec<(String, f64, f64, f64)> = watched
+        // A database server's memory is its shared buffers and each backend's: not one figure.
+        let figures: Vec<Figure> = watched
             .iter()
-            .map(|w| {
-                let (peak, now) = memory_mb(w.pid);
-                (w.name.to_string(), (cpu_seconds(w.pid) - w.cpu0) / wall * 100.0, peak, now)
+            .map(|w| Figure {
+                name: w.name,
+                cpu: (w.cpu() - w.cpu0) / wall * 100.0,
+                memory: (!w.tree).then(|| memory_mb(w.pid)),
             })
             .collect();
         stop.store(true, Ordering::Relaxed);
@@ -734,8 +808,15 @@ fn main() {
     for (cause, n) in late_errors.iter() {
         println!("errors from {:.0} s on: {n} × {cause}", args.settle);
     }
-    for (name, cpu, peak, now) in &figures {
-        println!("{name}: {cpu:.1} % of a core over {wall:.0} s, peak RSS {peak:.0} MB (now {now:.0} MB)");
+    for Figure { name, cpu, memory } in &figures {
+        match memory {
+            Some((peak, now)) => {
+                println!(
+                    "{name}: {cpu:.1} % of a core over {wall:.0} s, peak RSS {peak:.0} MB (now {now:.0} MB)"
+                )
+            }
+            None => println!("{name}: {cpu:.1} % of a core over {wall:.0} s"),
+        }
     }
     println!("generator: {:.1} % of a core", my_cpu / wall * 100.0);
     if connector.is_some() {
