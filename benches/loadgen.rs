@@ -750,6 +750,10 @@ fn main() {
         }
     }
     let stored_in = verify_started.elapsed();
+    // Through a connector the cloud may still have been taking in the backlog after the load
+    // window: its peak over the drain as well.
+    let peaks_at_end: Vec<(&str, f64)> =
+        watched.iter().filter(|w| !w.tree).map(|w| (w.name, memory_mb(w.pid).0)).collect();
 
     let all = stats.latencies.lock().unwrap().clone();
     let mut lat: Vec<f64> = all.iter().map(|&(_, ms)| ms).collect();
@@ -844,6 +848,9 @@ fn main() {
         extra,
         stored_in
     );
+    for (name, peak) in peaks_at_end {
+        println!("{name}: peak RSS {peak:.0} MB by the time that was checked");
+    }
     if !pending.is_empty() || twice > 0 {
         std::process::exit(1);
     }
