@@ -49,8 +49,8 @@ pub fn small_heap() {
 /// with glibc's sliding threshold (which rises to 32 MiB once such a block is freed) they came
 /// from the arenas, which then kept the pages. Two arenas per core instead of glibc's eight: the
 /// blocking threads that write batches each took an arena of their own and kept its freed pages
-/// too. With both, a thousand hubs' five-million-reading backlog peaked at 285 MB instead of
-/// 400 MB, drained in 58.5 s instead of 53.0 s (one run each, BENCHMARKS.md).
+/// too. With both, a thousand hubs' five-million-reading backlog peaked at 278–303 MB over four
+/// runs instead of 400 MB, and drained in 52.1–58.5 s against 53.0 s (BENCHMARKS.md).
 pub fn server_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
